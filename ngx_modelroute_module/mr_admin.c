@@ -1,0 +1,647 @@
+
+/*
+ * ModelRoute: the operator's admin API (accounts, keys, credit).
+ *
+ * Paths are relative to the location's prefix, e.g. with
+ * "location /admin/ { modelroute_admin; }":
+ *
+ *   POST /admin/accounts                    create an account
+ *   GET  /admin/accounts/{org}              read it
+ *   POST /admin/accounts/{org}/keys         issue a key (secret shown once)
+ *   GET  /admin/accounts/{org}/keys         list its keys
+ *   POST /admin/accounts/{org}/credit       add balance
+ *   POST /admin/accounts/{org}/debit        take balance
+ *   GET  /admin/accounts/{org}/verify       check the ledger invariant
+ *   POST /admin/keys/{key}/revoke           revoke a key
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_modelroute_module.h"
+#include "mr_http.h"
+#include "mr_auth.h"
+#include "mr_admin.h"
+
+
+#define MR_NAME_MAX  200
+
+
+static ngx_int_t mr_admin_account_create(ngx_http_request_t *r);
+static ngx_int_t mr_admin_account_get(ngx_http_request_t *r);
+static ngx_int_t mr_admin_adjust(ngx_http_request_t *r);
+static ngx_int_t mr_admin_key_create(ngx_http_request_t *r);
+static ngx_int_t mr_admin_keys_list(ngx_http_request_t *r);
+static ngx_int_t mr_admin_key_revoke(ngx_http_request_t *r);
+static ngx_int_t mr_admin_verify(ngx_http_request_t *r);
+static void mr_admin_done(mr_store_op_t *op);
+static ngx_int_t mr_admin_name(ngx_http_request_t *r, json_t *body,
+    ngx_str_t *name, json_t *details);
+static json_t *mr_admin_account_json(mr_account_t *acct);
+static json_t *mr_admin_key_json(mr_key_t *key);
+
+
+ngx_int_t
+mr_admin_handler(ngx_http_request_t *r)
+{
+    u_char                    *p, *last;
+    ngx_str_t                  seg[4];
+    ngx_uint_t                 n, post, get;
+    mr_http_ctx_t             *ctx;
+    ngx_http_core_loc_conf_t  *clcf;
+
+    ctx = mr_http_ctx(r);
+    if (ctx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+
+    p = r->uri.data;
+    last = r->uri.data + r->uri.len;
+
+    if (r->uri.len >= clcf->name.len
+        && ngx_strncmp(p, clcf->name.data, clcf->name.len) == 0)
+    {
+        p += clcf->name.len;
+    }
+
+    while (p < last && *p == '/') {
+        p++;
+    }
+
+    n = mr_http_split(p, last, seg, 3);
+
+    post = (r->method == NGX_HTTP_POST);
+    get = (r->method & (NGX_HTTP_GET | NGX_HTTP_HEAD)) ? 1 : 0;
+
+#define mr_seg_is(i, s)                                                     \
+    (seg[i].len == sizeof(s) - 1                                            \
+     && ngx_strncmp(seg[i].data, s, sizeof(s) - 1) == 0)
+
+    if (n >= 1 && mr_seg_is(0, "accounts")) {
+
+        if (n == 1) {
+            if (!post) {
+                return mr_http_not_allowed(r, "POST");
+            }
+
+            return mr_http_read_body(r, mr_admin_account_create);
+        }
+
+        if (!mr_id_valid(&seg[1], "org_", MR_ORG_ID_LEN)) {
+            goto not_found;
+        }
+
+        ctx->id = seg[1];
+
+        if (n == 2) {
+            if (!get) {
+                return mr_http_not_allowed(r, "GET, HEAD");
+            }
+
+            ngx_http_discard_request_body(r);
+            return mr_admin_account_get(r);
+        }
+
+        if (mr_seg_is(2, "keys")) {
+            if (post) {
+                return mr_http_read_body(r, mr_admin_key_create);
+            }
+
+            if (!get) {
+                return mr_http_not_allowed(r, "GET, HEAD, POST");
+            }
+
+            ngx_http_discard_request_body(r);
+            return mr_admin_keys_list(r);
+        }
+
+        if (mr_seg_is(2, "credit") || mr_seg_is(2, "debit")) {
+            if (!post) {
+                return mr_http_not_allowed(r, "POST");
+            }
+
+            ctx->op.amount = mr_seg_is(2, "debit") ? -1 : 1;
+
+            return mr_http_read_body(r, mr_admin_adjust);
+        }
+
+        if (mr_seg_is(2, "verify")) {
+            if (!get) {
+                return mr_http_not_allowed(r, "GET, HEAD");
+            }
+
+            ngx_http_discard_request_body(r);
+            return mr_admin_verify(r);
+        }
+
+        goto not_found;
+    }
+
+    if (n == 3 && mr_seg_is(0, "keys") && mr_seg_is(2, "revoke")) {
+        if (!mr_id_valid(&seg[1], "key_", MR_KEY_ID_LEN)) {
+            goto not_found;
+        }
+
+        if (!post) {
+            return mr_http_not_allowed(r, "POST");
+        }
+
+        ctx->id = seg[1];
+
+        return mr_http_read_body(r, mr_admin_key_revoke);
+    }
+
+#undef mr_seg_is
+
+not_found:
+
+    ngx_http_discard_request_body(r);
+
+    return mr_http_error(r, MR_E_NOT_FOUND, "no such path", NULL);
+}
+
+
+static ngx_int_t
+mr_admin_account_create(ngx_http_request_t *r)
+{
+    json_t         *body, *details, *credit;
+    ngx_int_t       rc;
+    mr_http_ctx_t  *ctx;
+    mr_store_op_t  *op;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_modelroute_module);
+    op = &ctx->op;
+
+    if (ctx->body.len == 0) {
+        body = json_object();
+
+    } else {
+        body = mr_http_parse_object(r, &rc);
+        if (body == NULL) {
+            return rc;
+        }
+    }
+
+    details = json_array();
+
+    (void) mr_admin_name(r, body, &op->account.name, details);
+
+    credit = json_object_get(body, "credit");
+
+    if (credit && !json_is_null(credit)
+        && (!json_is_string(credit)
+            || mr_money_parse((u_char *) json_string_value(credit),
+                              json_string_length(credit),
+                              &op->account.rec.balance)
+               != NGX_OK))
+    {
+        mr_json_detail(details, "credit", "INVALID_AMOUNT",
+                       "credit must be a decimal string such as \"10.00\"");
+    }
+
+    json_decref(body);
+
+    if (json_array_size(details)) {
+        return mr_http_error(r, MR_E_INPUT_VALIDATION,
+                             "the request is not valid", details);
+    }
+
+    json_decref(details);
+
+    if (mr_random_id(op->account.id, "org_", 24) != NGX_OK) {
+        return mr_http_error(r, MR_E_INTERNAL, "no randomness", NULL);
+    }
+
+    op->account.rec.credited = op->account.rec.balance;
+    op->account.rec.created_ms = mr_now_ms();
+
+    op->type = MR_OP_ACCOUNT_CREATE;
+    op->pool = r->pool;
+    op->handler = mr_admin_done;
+    op->data = r;
+
+    mr_store_submit(op);
+
+    return NGX_DONE;
+}
+
+
+static ngx_int_t
+mr_admin_account_get(ngx_http_request_t *r)
+{
+    ngx_int_t       rc;
+    mr_account_t    acct;
+    mr_http_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_modelroute_module);
+
+    rc = mr_store_account_get(ctx->id.data, &acct, r->pool);
+
+    if (rc == NGX_DECLINED) {
+        return mr_http_error(r, MR_E_NOT_FOUND, "no such account", NULL);
+    }
+
+    if (rc != NGX_OK) {
+        return mr_http_error(r, MR_E_INTERNAL, "store read failed", NULL);
+    }
+
+    return mr_http_send_json(r, NGX_HTTP_OK, mr_admin_account_json(&acct));
+}
+
+
+static ngx_int_t
+mr_admin_adjust(ngx_http_request_t *r)
+{
+    u_char         *ref;
+    json_t         *body, *details, *amount, *reference;
+    int64_t         value;
+    ngx_int_t       rc;
+    mr_http_ctx_t  *ctx;
+    mr_store_op_t  *op;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_modelroute_module);
+    op = &ctx->op;
+
+    body = mr_http_parse_object(r, &rc);
+    if (body == NULL) {
+        return rc;
+    }
+
+    details = json_array();
+
+    amount = json_object_get(body, "amount");
+
+    if (amount == NULL) {
+        mr_json_detail(details, "amount", "REQUIRED", "amount is required");
+
+    } else if (!json_is_string(amount)
+               || mr_money_parse((u_char *) json_string_value(amount),
+                                 json_string_length(amount), &value)
+                  != NGX_OK
+               || value == 0)
+    {
+        mr_json_detail(details, "amount", "INVALID_AMOUNT",
+                       "amount must be a positive decimal string such as "
+                       "\"10.00\", at most 6 decimal places");
+
+    } else {
+        op->amount *= value;
+    }
+
+    reference = json_object_get(body, "reference");
+
+    if (reference && !json_is_null(reference)) {
+        if (!json_is_string(reference)
+            || json_string_length(reference) == 0
+            || json_string_length(reference) > 255)
+        {
+            mr_json_detail(details, "reference", "INVALID_VALUE",
+                           "reference must be a string of 1-255 bytes");
+
+        } else {
+            ref = ngx_pnalloc(r->pool, json_string_length(reference));
+            if (ref == NULL) {
+                json_decref(body);
+                json_decref(details);
+                return mr_http_error(r, MR_E_INTERNAL, "out of memory",
+                                     NULL);
+            }
+
+            op->reference.len = json_string_length(reference);
+            op->reference.data = ref;
+            ngx_memcpy(ref, json_string_value(reference),
+                       op->reference.len);
+        }
+    }
+
+    json_decref(body);
+
+    if (json_array_size(details)) {
+        return mr_http_error(r, MR_E_INPUT_VALIDATION,
+                             "the request is not valid", details);
+    }
+
+    json_decref(details);
+
+    ngx_memcpy(op->org, ctx->id.data, MR_ORG_ID_LEN);
+
+    op->type = MR_OP_ACCOUNT_ADJUST;
+    op->pool = r->pool;
+    op->handler = mr_admin_done;
+    op->data = r;
+
+    mr_store_submit(op);
+
+    return NGX_DONE;
+}
+
+
+static ngx_int_t
+mr_admin_key_create(ngx_http_request_t *r)
+{
+    json_t         *body, *details, *perm;
+    ngx_int_t       rc;
+    mr_http_ctx_t  *ctx;
+    mr_store_op_t  *op;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_modelroute_module);
+    op = &ctx->op;
+
+    if (ctx->body.len == 0) {
+        body = json_object();
+
+    } else {
+        body = mr_http_parse_object(r, &rc);
+        if (body == NULL) {
+            return rc;
+        }
+    }
+
+    details = json_array();
+
+    (void) mr_admin_name(r, body, &op->key.name, details);
+
+    perm = json_object_get(body, "permission");
+
+    op->key.rec.permission = MR_PERM_FULL;
+
+    if (perm && !json_is_null(perm)) {
+        if (json_is_string(perm)
+            && ngx_strcmp(json_string_value(perm), "execution") == 0)
+        {
+            op->key.rec.permission = MR_PERM_EXECUTION;
+
+        } else if (!json_is_string(perm)
+                   || ngx_strcmp(json_string_value(perm), "full") != 0)
+        {
+            mr_json_detail(details, "permission", "INVALID_VALUE",
+                           "permission must be \"full\" or \"execution\"");
+        }
+    }
+
+    json_decref(body);
+
+    if (json_array_size(details)) {
+        return mr_http_error(r, MR_E_INPUT_VALIDATION,
+                             "the request is not valid", details);
+    }
+
+    json_decref(details);
+
+    if (mr_auth_generate(ctx->secret, &op->key) != NGX_OK) {
+        return mr_http_error(r, MR_E_INTERNAL, "no randomness", NULL);
+    }
+
+    ngx_memcpy(op->key.rec.org, ctx->id.data, MR_ORG_ID_LEN);
+
+    op->type = MR_OP_KEY_CREATE;
+    op->pool = r->pool;
+    op->handler = mr_admin_done;
+    op->data = r;
+
+    mr_store_submit(op);
+
+    return NGX_DONE;
+}
+
+
+static ngx_int_t
+mr_admin_keys_list(ngx_http_request_t *r)
+{
+    json_t         *data, *k;
+    ngx_int_t       rc;
+    mr_key_t       *key;
+    ngx_uint_t      i;
+    ngx_array_t     keys;
+    mr_account_t    acct;
+    mr_http_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_modelroute_module);
+
+    rc = mr_store_account_get(ctx->id.data, &acct, r->pool);
+
+    if (rc == NGX_DECLINED) {
+        return mr_http_error(r, MR_E_NOT_FOUND, "no such account", NULL);
+    }
+
+    if (rc != NGX_OK
+        || ngx_array_init(&keys, r->pool, 4, sizeof(mr_key_t)) != NGX_OK
+        || mr_store_keys_list(ctx->id.data, &keys, r->pool) != NGX_OK)
+    {
+        return mr_http_error(r, MR_E_INTERNAL, "store read failed", NULL);
+    }
+
+    data = json_array();
+    key = keys.elts;
+
+    for (i = 0; i < keys.nelts; i++) {
+        k = mr_admin_key_json(&key[i]);
+
+        if (k == NULL || json_array_append_new(data, k) != 0) {
+            json_decref(data);
+            return mr_http_error(r, MR_E_INTERNAL, "out of memory", NULL);
+        }
+    }
+
+    return mr_http_send_json(r, NGX_HTTP_OK,
+                             json_pack("{s:s, s:o}", "object", "list",
+                                       "data", data));
+}
+
+
+static ngx_int_t
+mr_admin_key_revoke(ngx_http_request_t *r)
+{
+    mr_http_ctx_t  *ctx;
+    mr_store_op_t  *op;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_modelroute_module);
+    op = &ctx->op;
+
+    ngx_memcpy(op->key_id, ctx->id.data, MR_KEY_ID_LEN);
+
+    op->type = MR_OP_KEY_REVOKE;
+    op->pool = r->pool;
+    op->handler = mr_admin_done;
+    op->data = r;
+
+    mr_store_submit(op);
+
+    return NGX_DONE;
+}
+
+
+static ngx_int_t
+mr_admin_verify(ngx_http_request_t *r)
+{
+    json_t         *j;
+    ngx_int_t       rc;
+    mr_verify_t     vf;
+    mr_account_t    acct;
+    mr_http_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_modelroute_module);
+
+    rc = mr_store_account_get(ctx->id.data, &acct, r->pool);
+
+    if (rc == NGX_DECLINED) {
+        return mr_http_error(r, MR_E_NOT_FOUND, "no such account", NULL);
+    }
+
+    /* two reads: the invariant also holds between them, barring writes */
+
+    if (rc != NGX_OK || mr_store_verify(ctx->id.data, &vf) != NGX_OK) {
+        return mr_http_error(r, MR_E_INTERNAL, "store read failed", NULL);
+    }
+
+    j = json_pack("{s:b, s:o, s:o, s:o, s:o, s:o, s:o, s:I, s:I}",
+                  "ok", (int) (vf.open_holds == acct.rec.held
+                               && acct.rec.balance == acct.rec.credited
+                                                      - acct.rec.debited
+                                                      - acct.rec.charged
+                               && acct.rec.held <= acct.rec.balance
+                               && acct.rec.held >= 0),
+                  "balance", mr_json_money(acct.rec.balance),
+                  "held", mr_json_money(acct.rec.held),
+                  "open_holds", mr_json_money(vf.open_holds),
+                  "credited", mr_json_money(acct.rec.credited),
+                  "debited", mr_json_money(acct.rec.debited),
+                  "charged", mr_json_money(acct.rec.charged),
+                  "executions", (json_int_t) vf.executions,
+                  "open_executions", (json_int_t) vf.open_executions);
+
+    return mr_http_send_json(r, NGX_HTTP_OK, j);
+}
+
+
+static void
+mr_admin_done(mr_store_op_t *op)
+{
+    json_t              *j;
+    ngx_int_t            rc;
+    ngx_str_t            value;
+    mr_http_ctx_t       *ctx;
+    ngx_http_request_t  *r;
+
+    r = op->data;
+    ctx = ngx_http_get_module_ctx(r, ngx_http_modelroute_module);
+
+    if (op->result == MR_R_REPLAYED) {
+        ngx_str_set(&value, "true");
+        (void) mr_http_header(r, "Idempotent-Replayed", &value);
+
+    } else if (op->result != MR_R_OK
+               && !(op->result == MR_R_NOOP && op->type == MR_OP_KEY_REVOKE))
+    {
+        mr_http_finalize(r, mr_http_op_error(r, op));
+        return;
+    }
+
+    switch (op->type) {
+
+    case MR_OP_ACCOUNT_CREATE:
+        rc = mr_http_send_json(r, NGX_HTTP_CREATED,
+                               mr_admin_account_json(&op->account));
+        break;
+
+    case MR_OP_ACCOUNT_ADJUST:
+        rc = mr_http_send_json(r, NGX_HTTP_OK,
+                               mr_admin_account_json(&op->account));
+        break;
+
+    case MR_OP_KEY_CREATE:
+        j = mr_admin_key_json(&op->key);
+        if (j) {
+            json_object_set_new(j, "key",
+                                json_stringn((char *) ctx->secret,
+                                             MR_SECRET_LEN));
+        }
+
+        rc = mr_http_send_json(r, NGX_HTTP_CREATED, j);
+        break;
+
+    default: /* MR_OP_KEY_REVOKE */
+        rc = mr_http_send_json(r, NGX_HTTP_OK, mr_admin_key_json(&op->old_key));
+    }
+
+    mr_http_finalize(r, rc);
+}
+
+
+/* an optional "name": a string of at most 200 bytes, kept as JSON text */
+
+static ngx_int_t
+mr_admin_name(ngx_http_request_t *r, json_t *body, ngx_str_t *name,
+    json_t *details)
+{
+    json_t  *v;
+
+    ngx_str_null(name);
+
+    v = json_object_get(body, "name");
+
+    if (v == NULL || json_is_null(v)) {
+        return NGX_OK;
+    }
+
+    if (!json_is_string(v) || json_string_length(v) > MR_NAME_MAX) {
+        mr_json_detail(details, "name", "INVALID_VALUE",
+                       "name must be a string of at most 200 bytes");
+        return NGX_DECLINED;
+    }
+
+    return mr_json_dump(r->pool, v, name) == NGX_OK ? NGX_OK : NGX_ERROR;
+}
+
+
+static json_t *
+mr_admin_account_json(mr_account_t *acct)
+{
+    return json_pack("{s:s#, s:s, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:s,"
+                     " s:o}",
+                     "id", acct->id, (int) MR_ORG_ID_LEN,
+                     "object", "account",
+                     "name", acct->name.len
+                             ? json_loadb((char *) acct->name.data,
+                                          acct->name.len, JSON_DECODE_ANY,
+                                          NULL)
+                             : json_null(),
+                     "balance", mr_json_money(acct->rec.balance),
+                     "held", mr_json_money(acct->rec.held),
+                     "available", mr_json_money(acct->rec.balance
+                                                - acct->rec.held),
+                     "credited", mr_json_money(acct->rec.credited),
+                     "debited", mr_json_money(acct->rec.debited),
+                     "charged", mr_json_money(acct->rec.charged),
+                     "currency", "USD",
+                     "created_at", mr_json_time(acct->rec.created_ms));
+}
+
+
+static json_t *
+mr_admin_key_json(mr_key_t *key)
+{
+    u_char  hint[sizeof("sk_...") + 4];
+
+    ngx_sprintf(hint, "sk_...%*s", (size_t) 4, key->rec.hint);
+
+    return json_pack("{s:s#, s:s, s:s#, s:s, s:o, s:s#, s:b, s:o, s:o}",
+                     "id", key->rec.key_id, (int) MR_KEY_ID_LEN,
+                     "object", "api_key",
+                     "account", key->rec.org, (int) MR_ORG_ID_LEN,
+                     "permission",
+                     mr_auth_permission_name(key->rec.permission),
+                     "name", key->name.len
+                             ? json_loadb((char *) key->name.data,
+                                          key->name.len, JSON_DECODE_ANY,
+                                          NULL)
+                             : json_null(),
+                     "hint", hint, (int) (sizeof("sk_...") + 3),
+                     "revoked", (int) key->rec.revoked,
+                     "created_at", mr_json_time(key->rec.created_ms),
+                     "valid_until", mr_json_time(key->rec.valid_until_ms));
+}

@@ -1,0 +1,19 @@
+
+/*
+ * ModelRoute: the operator's admin API (accounts, keys, credit).
+ */
+
+
+#ifndef _MR_ADMIN_H_INCLUDED_
+#define _MR_ADMIN_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+
+ngx_int_t mr_admin_handler(ngx_http_request_t *r);
+
+
+#endif /* _MR_ADMIN_H_INCLUDED_ */

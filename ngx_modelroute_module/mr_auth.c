@@ -1,0 +1,174 @@
+
+/*
+ * ModelRoute: API keys.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_modelroute_module.h"
+#include "mr_http.h"
+#include "mr_auth.h"
+
+
+static ngx_int_t mr_auth_parse(ngx_str_t *secret);
+static ngx_int_t mr_auth_check(ngx_http_request_t *r,
+    ngx_uint_t permission);
+
+
+/* a fresh secret and its key record (id, hash, hint, created) */
+
+ngx_int_t
+mr_auth_generate(u_char *secret, mr_key_t *key)
+{
+    uint32_t  crc;
+
+    if (mr_random_id(secret, "sk_", 64) != NGX_OK
+        || mr_random_id(key->rec.key_id, "key_", 24) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    crc = ngx_crc32_long(secret + 3, 64);
+    ngx_sprintf(secret + 67, "_%08xD", crc);
+
+    mr_sha256(key->rec.hash, secret, MR_SECRET_LEN);
+    ngx_memcpy(key->rec.hint, secret + 63, 4);
+    key->rec.created_ms = mr_now_ms();
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+mr_auth_parse(ngx_str_t *secret)
+{
+    uint32_t    crc;
+    ngx_str_t   hex;
+    ngx_uint_t  i;
+    u_char      buf[8];
+
+    if (secret->len != MR_SECRET_LEN
+        || ngx_strncmp(secret->data, "sk_", 3) != 0
+        || secret->data[67] != '_')
+    {
+        return NGX_DECLINED;
+    }
+
+    hex.data = secret->data;
+    hex.len = 67;
+
+    /* "sk_" + 64 hex, then the 8 hex of the checksum */
+
+    if (!mr_id_valid(&hex, "sk_", 67)) {
+        return NGX_DECLINED;
+    }
+
+    for (i = 68; i < MR_SECRET_LEN; i++) {
+        if (!((secret->data[i] >= '0' && secret->data[i] <= '9')
+              || (secret->data[i] >= 'a' && secret->data[i] <= 'f')))
+        {
+            return NGX_DECLINED;
+        }
+    }
+
+    crc = ngx_crc32_long(secret->data + 3, 64);
+    ngx_sprintf(buf, "%08xD", crc);
+
+    return ngx_memcmp(buf, secret->data + 68, 8) == 0 ? NGX_OK
+                                                       : NGX_DECLINED;
+}
+
+
+/*
+ * Authenticates the request into ctx->key: NGX_OK, or NGX_DECLINED with
+ * the refusal (401, 403, 500) sent and its rc in *rc.
+ */
+
+ngx_int_t
+mr_auth_request(ngx_http_request_t *r, ngx_uint_t permission, ngx_int_t *rc)
+{
+    *rc = mr_auth_check(r, permission);
+
+    return *rc == NGX_DONE ? NGX_OK : NGX_DECLINED;
+}
+
+
+static ngx_int_t
+mr_auth_check(ngx_http_request_t *r, ngx_uint_t permission)
+{
+    ngx_int_t        rc;
+    ngx_str_t        secret;
+    mr_http_ctx_t   *ctx;
+    ngx_table_elt_t *h;
+    u_char           hash[MR_SHA256_LEN];
+
+    ctx = mr_http_ctx(r);
+    if (ctx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    h = r->headers_in.authorization;
+
+    if (h == NULL || h->value.len < sizeof("Bearer ") - 1
+        || ngx_strncasecmp(h->value.data, (u_char *) "Bearer ",
+                           sizeof("Bearer ") - 1) != 0)
+    {
+        return mr_http_error(r, MR_E_UNAUTHORIZED,
+                             "missing \"Authorization: Bearer\" API key",
+                             NULL);
+    }
+
+    secret.data = h->value.data + sizeof("Bearer ") - 1;
+    secret.len = h->value.len - (sizeof("Bearer ") - 1);
+
+    if (mr_auth_parse(&secret) != NGX_OK) {
+        return mr_http_error(r, MR_E_UNAUTHORIZED,
+                             "malformed API key", NULL);
+    }
+
+    mr_sha256(hash, secret.data, secret.len);
+
+    rc = mr_store_key_by_hash(hash, &ctx->key, r->pool);
+
+    if (rc == NGX_ERROR) {
+        return mr_http_error(r, MR_E_INTERNAL, "key lookup failed", NULL);
+    }
+
+    if (rc == NGX_DECLINED
+        || !mr_memeq_ct(hash, ctx->key.rec.hash, MR_SHA256_LEN))
+    {
+        return mr_http_error(r, MR_E_UNAUTHORIZED, "unknown API key", NULL);
+    }
+
+    if (ctx->key.rec.revoked) {
+        return mr_http_error(r, MR_E_UNAUTHORIZED, "revoked API key", NULL);
+    }
+
+    if (ctx->key.rec.valid_until_ms
+        && ctx->key.rec.valid_until_ms <= mr_now_ms())
+    {
+        return mr_http_error(r, MR_E_UNAUTHORIZED,
+                             "this API key was rotated and has expired",
+                             NULL);
+    }
+
+    if (permission == MR_PERM_FULL
+        && ctx->key.rec.permission != MR_PERM_FULL)
+    {
+        return mr_http_error(r, MR_E_FORBIDDEN,
+                             "this operation needs a key with full "
+                             "permission", NULL);
+    }
+
+    return NGX_DONE;
+}
+
+
+const char *
+mr_auth_permission_name(ngx_uint_t permission)
+{
+    return permission == MR_PERM_FULL ? "full" : "execution";
+}

@@ -1,0 +1,666 @@
+
+/*
+ * ModelRoute: executions: validation, estimates and the public object.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_modelroute_module.h"
+#include "mr_http.h"
+#include "mr_exec.h"
+
+
+#define MR_IDEM_KEY_MAX      255
+#define MR_METADATA_KEYS     16
+#define MR_METADATA_SIZE     4096
+#define MR_WEBHOOK_URL_MAX   2048
+#define MR_INPUT_N_MAX       128
+#define MR_DURATION_MAX      86400
+#define MR_MAX_TOKENS_MAX    10000000
+
+
+static ngx_int_t mr_exec_idem_key(ngx_http_request_t *r, json_t *body,
+    ngx_str_t *key, json_t *details);
+static ngx_int_t mr_exec_estimate(mr_model_t *m, json_t *input,
+    size_t input_len, int64_t *estimate, json_t *details);
+static int64_t mr_exec_price(int64_t units, int64_t price, int64_t per);
+static ngx_int_t mr_exec_dump(ngx_pool_t *pool, json_t *json, size_t flags,
+    ngx_str_t *out);
+
+
+static ngx_str_t  mr_status_names[] = {
+    ngx_null_string,
+    ngx_string("PENDING"),
+    ngx_string("PROCESSING"),
+    ngx_string("AWAITING_WEBHOOK"),
+    ngx_string("COMPLETED"),
+    ngx_string("FAILED"),
+    ngx_string("CANCELLED"),
+    ngx_string("EXPIRED")
+};
+
+
+/*
+ * Validates a create request and fills the execution (without id, org
+ * and status).  NGX_DECLINED: details say what is wrong.
+ */
+
+ngx_int_t
+mr_exec_prepare(ngx_http_request_t *r, json_t *body, mr_exec_t *exec,
+    ngx_str_t *idem_key, json_t *details)
+{
+    size_t           n;
+    int64_t          estimate, timeout;
+    json_t          *model, *input, *metadata, *url, *tmo, *fp;
+    ngx_str_t        slug, canon;
+    mr_model_t      *m;
+    ngx_uint_t       bad;
+    mr_main_conf_t  *mcf;
+
+    mcf = mr_main_conf();
+    m = NULL;
+    bad = 0;
+    estimate = 0;
+
+    model = json_object_get(body, "model");
+
+    if (model == NULL) {
+        mr_json_detail(details, "model", "REQUIRED", "model is required");
+        bad = 1;
+
+    } else if (!json_is_string(model)) {
+        mr_json_detail(details, "model", "INVALID_TYPE",
+                       "model must be a string");
+        bad = 1;
+
+    } else {
+        slug.data = (u_char *) json_string_value(model);
+        slug.len = json_string_length(model);
+
+        m = mr_model_find(mcf, &slug);
+        if (m == NULL) {
+            mr_json_detail(details, "model", "UNKNOWN_MODEL",
+                           "no such model; see GET /v1/models");
+            bad = 1;
+        }
+    }
+
+    input = json_object_get(body, "input");
+
+    if (input == NULL) {
+        mr_json_detail(details, "input", "REQUIRED", "input is required");
+        bad = 1;
+
+    } else if (!json_is_object(input)) {
+        mr_json_detail(details, "input", "INVALID_TYPE",
+                       "input must be an object");
+        bad = 1;
+        input = NULL;
+    }
+
+    if (mr_exec_idem_key(r, body, idem_key, details) != NGX_OK) {
+        bad = 1;
+    }
+
+    url = json_object_get(body, "webhook_url");
+
+    if (json_is_null(url)) {
+        url = NULL;
+    }
+
+    if (url) {
+        if (!json_is_string(url)) {
+            mr_json_detail(details, "webhook_url", "INVALID_TYPE",
+                           "webhook_url must be a string");
+            bad = 1;
+            url = NULL;
+
+        } else if (json_string_length(url) > MR_WEBHOOK_URL_MAX
+                   || (ngx_strncmp(json_string_value(url), "https://", 8)
+                       != 0
+                       && ngx_strncmp(json_string_value(url), "http://", 7)
+                          != 0))
+        {
+            mr_json_detail(details, "webhook_url", "INVALID_URL",
+                           "webhook_url must be an http(s) URL of at most "
+                           "2048 characters");
+            bad = 1;
+            url = NULL;
+        }
+    }
+
+    metadata = json_object_get(body, "metadata");
+
+    if (json_is_null(metadata)) {
+        metadata = NULL;
+    }
+
+    if (metadata) {
+        if (!json_is_object(metadata)) {
+            mr_json_detail(details, "metadata", "INVALID_TYPE",
+                           "metadata must be an object");
+            bad = 1;
+            metadata = NULL;
+
+        } else if (json_object_size(metadata) > MR_METADATA_KEYS) {
+            mr_json_detail(details, "metadata", "TOO_MANY_KEYS",
+                           "metadata has at most 16 keys");
+            bad = 1;
+            metadata = NULL;
+
+        } else {
+            n = json_dumpb(metadata, NULL, 0, JSON_COMPACT);
+            if (n > MR_METADATA_SIZE) {
+                mr_json_detail(details, "metadata", "TOO_LARGE",
+                               "metadata is at most 4096 bytes encoded");
+                bad = 1;
+                metadata = NULL;
+            }
+        }
+    }
+
+    timeout = m ? (int64_t) m->timeout : 0;
+
+    tmo = json_object_get(body, "timeout_seconds");
+
+    if (json_is_null(tmo)) {
+        tmo = NULL;
+    }
+
+    if (tmo) {
+        if (!json_is_integer(tmo)) {
+            mr_json_detail(details, "timeout_seconds", "INVALID_TYPE",
+                           "timeout_seconds must be an integer");
+            bad = 1;
+
+        } else if (m && (json_integer_value(tmo) < 1
+                         || json_integer_value(tmo) * 1000 > timeout))
+        {
+            mr_json_detail(details, "timeout_seconds", "OUT_OF_RANGE",
+                           "timeout_seconds must be between 1 and the "
+                           "model's timeout");
+            bad = 1;
+
+        } else {
+            timeout = json_integer_value(tmo) * 1000;
+        }
+    }
+
+    if (input) {
+        if (mr_exec_dump(r->pool, input, JSON_SORT_KEYS,
+                         &exec->seg[MR_SEG_INPUT])
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        if (m && mr_exec_estimate(m, input, exec->seg[MR_SEG_INPUT].len,
+                                  &estimate, details)
+                 != NGX_OK)
+        {
+            bad = 1;
+        }
+    }
+
+    if (bad) {
+        return NGX_DECLINED;
+    }
+
+    /* the fingerprint: every field that defines the work, canonical */
+
+    fp = json_pack("{s:O, s:O, s:O?, s:O?, s:O?}",
+                   "model", model, "input", input, "webhook_url", url,
+                   "metadata", metadata, "timeout_seconds", tmo);
+
+    if (fp == NULL
+        || mr_exec_dump(r->pool, fp, JSON_SORT_KEYS, &canon) != NGX_OK)
+    {
+        json_decref(fp);
+        return NGX_ERROR;
+    }
+
+    json_decref(fp);
+
+    mr_sha256(exec->rec.fingerprint, canon.data, canon.len);
+
+    exec->seg[MR_SEG_MODEL] = m->slug;
+
+    if (mr_exec_dump(r->pool, json_object_get(body, "idempotency_key"), 0,
+                     &exec->seg[MR_SEG_IDEM_KEY])
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (metadata
+        && mr_exec_dump(r->pool, metadata, 0, &exec->seg[MR_SEG_METADATA])
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (url
+        && mr_exec_dump(r->pool, url, 0, &exec->seg[MR_SEG_WEBHOOK_URL])
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    exec->rec.estimate = estimate;
+
+    /* hold = max(ceil(estimate * 1.2), $0.01) */
+
+    exec->rec.hold = ngx_max((estimate * 6 + 4) / 5, 10000);
+    exec->rec.cost = -1;
+    exec->rec.created_ms = mr_now_ms();
+    exec->rec.expires_ms = exec->rec.created_ms + timeout;
+
+    return NGX_OK;
+}
+
+
+/* from the body or the Idempotency-Key header; both must agree */
+
+static ngx_int_t
+mr_exec_idem_key(ngx_http_request_t *r, json_t *body, ngx_str_t *key,
+    json_t *details)
+{
+    size_t            i;
+    json_t           *k;
+    ngx_str_t         hdr;
+    ngx_uint_t        n;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    ngx_str_null(&hdr);
+
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (n = 0; /* void */ ; n++) {
+
+        if (n >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            n = 0;
+        }
+
+        if (h[n].key.len == sizeof("Idempotency-Key") - 1
+            && ngx_strncasecmp(h[n].key.data, (u_char *) "Idempotency-Key",
+                               sizeof("Idempotency-Key") - 1) == 0)
+        {
+            hdr = h[n].value;
+            break;
+        }
+    }
+
+    k = json_object_get(body, "idempotency_key");
+
+    if (k && !json_is_string(k)) {
+        mr_json_detail(details, "idempotency_key", "INVALID_TYPE",
+                       "idempotency_key must be a string");
+        return NGX_DECLINED;
+    }
+
+    if (k) {
+        key->data = (u_char *) json_string_value(k);
+        key->len = json_string_length(k);
+
+        if (hdr.data
+            && (hdr.len != key->len
+                || ngx_memcmp(hdr.data, key->data, key->len) != 0))
+        {
+            mr_json_detail(details, "idempotency_key", "MISMATCH",
+                           "the Idempotency-Key header and the body's "
+                           "idempotency_key differ");
+            return NGX_DECLINED;
+        }
+
+    } else if (hdr.data) {
+        *key = hdr;
+
+        /* stored as a JSON string like a body key */
+
+        k = json_stringn((char *) hdr.data, hdr.len);
+        if (k == NULL || json_object_set_new(body, "idempotency_key", k)) {
+            mr_json_detail(details, "idempotency_key", "INVALID_VALUE",
+                           "idempotency_key must be 1-255 printable "
+                           "ASCII characters");
+            return NGX_DECLINED;
+        }
+
+    } else {
+        mr_json_detail(details, "idempotency_key", "REQUIRED",
+                       "an idempotency_key (body) or Idempotency-Key "
+                       "(header) is required");
+        return NGX_DECLINED;
+    }
+
+    if (key->len == 0 || key->len > MR_IDEM_KEY_MAX) {
+        goto invalid;
+    }
+
+    for (i = 0; i < key->len; i++) {
+        if (key->data[i] < 0x20 || key->data[i] > 0x7e) {
+            goto invalid;
+        }
+    }
+
+    return NGX_OK;
+
+invalid:
+
+    mr_json_detail(details, "idempotency_key", "INVALID_VALUE",
+                   "idempotency_key must be 1-255 printable ASCII "
+                   "characters");
+
+    return NGX_DECLINED;
+}
+
+
+static ngx_int_t
+mr_exec_estimate(mr_model_t *m, json_t *input, size_t input_len,
+    int64_t *estimate, json_t *details)
+{
+    json_t     *v;
+    int64_t     n, tokens, secs;
+    double      duration;
+    ngx_uint_t  bad;
+
+    bad = 0;
+    n = 1;
+    duration = 1;
+    tokens = m->max_tokens;
+
+    v = json_object_get(input, "n");
+
+    if (v && !json_is_null(v)) {
+        if (!json_is_integer(v)
+            || json_integer_value(v) < 1
+            || json_integer_value(v) > MR_INPUT_N_MAX)
+        {
+            mr_json_detail(details, "input.n", "INVALID_VALUE",
+                           "input.n must be an integer from 1 to 128");
+            bad = 1;
+
+        } else {
+            n = json_integer_value(v);
+        }
+    }
+
+    v = json_object_get(input, "duration");
+
+    if (v && !json_is_null(v)) {
+        if (!json_is_number(v)
+            || json_number_value(v) <= 0
+            || json_number_value(v) > MR_DURATION_MAX)
+        {
+            mr_json_detail(details, "input.duration", "INVALID_VALUE",
+                           "input.duration must be a number of seconds "
+                           "above 0, at most 86400");
+            bad = 1;
+
+        } else {
+            duration = json_number_value(v);
+        }
+    }
+
+    v = json_object_get(input, "max_tokens");
+
+    if (v && !json_is_null(v)) {
+        if (!json_is_integer(v)
+            || json_integer_value(v) < 1
+            || json_integer_value(v) > MR_MAX_TOKENS_MAX)
+        {
+            mr_json_detail(details, "input.max_tokens", "INVALID_VALUE",
+                           "input.max_tokens must be an integer from 1 "
+                           "to 10000000");
+            bad = 1;
+
+        } else {
+            tokens = json_integer_value(v);
+        }
+    }
+
+    if (bad) {
+        return NGX_DECLINED;
+    }
+
+    /* whole seconds, rounded up: prices are per second */
+
+    secs = (int64_t) duration;
+    if ((double) secs < duration) {
+        secs++;
+    }
+
+    *estimate = m->per_request
+                + m->per_image * n
+                + m->per_second * secs
+                + mr_exec_price((input_len + 3) / 4, m->input_per_mtok,
+                                1000000)
+                + mr_exec_price(tokens, m->output_per_mtok, 1000000);
+
+    return NGX_OK;
+}
+
+
+/* ceil(units * price / per) without overflow for sane inputs */
+
+static int64_t
+mr_exec_price(int64_t units, int64_t price, int64_t per)
+{
+    int64_t  whole, rest;
+
+    whole = units / per * price;
+    rest = units % per * price;
+
+    return whole + (rest + per - 1) / per;
+}
+
+
+static ngx_int_t
+mr_exec_dump(ngx_pool_t *pool, json_t *json, size_t flags, ngx_str_t *out)
+{
+    size_t  n;
+
+    if (json == NULL) {
+        ngx_str_null(out);
+        return NGX_OK;
+    }
+
+    flags |= JSON_COMPACT | JSON_ENCODE_ANY;
+
+    n = json_dumpb(json, NULL, 0, flags);
+    if (n == 0) {
+        return NGX_ERROR;
+    }
+
+    out->data = ngx_pnalloc(pool, n);
+    if (out->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    out->len = json_dumpb(json, (char *) out->data, n, flags);
+
+    return out->len == n ? NGX_OK : NGX_ERROR;
+}
+
+
+#define mr_seg_or(exec, i, dflt)                                            \
+    ((exec)->seg[i].len ? &(exec)->seg[i] : (ngx_str_t *) &dflt)
+
+
+static ngx_str_t  mr_null = ngx_string("null");
+static ngx_str_t  mr_empty_object = ngx_string("{}");
+static ngx_str_t  mr_empty_array = ngx_string("[]");
+
+
+ngx_int_t
+mr_exec_render(ngx_pool_t *pool, mr_exec_t *exec, ngx_str_t *out)
+{
+    u_char         *p;
+    size_t          len;
+    ngx_uint_t      i;
+    mr_exec_rec_t  *rec;
+    u_char          est[MR_MONEY_LEN], hold[MR_MONEY_LEN];
+    u_char          cost[MR_MONEY_LEN + 2], lat[NGX_INT64_LEN];
+    u_char          created[MR_TIME_LEN + 2], started[MR_TIME_LEN + 2];
+    u_char          completed[MR_TIME_LEN + 2], expires[MR_TIME_LEN + 2];
+    ngx_str_t       s_est, s_hold, s_cost, s_lat;
+    ngx_str_t       s_created, s_started, s_completed, s_expires;
+
+    rec = &exec->rec;
+
+    s_est.data = est;
+    s_est.len = mr_money_format(est, rec->estimate);
+    s_hold.data = hold;
+    s_hold.len = mr_money_format(hold, rec->hold);
+
+    if (rec->cost >= 0) {
+        cost[0] = '"';
+        p = cost + 1 + mr_money_format(cost + 1, rec->cost);
+        *p++ = '"';
+        s_cost.data = cost;
+        s_cost.len = p - cost;
+
+    } else {
+        s_cost = mr_null;
+    }
+
+#define mr_time_json(buf, s, ms)                                            \
+    if ((ms) > 0) {                                                         \
+        buf[0] = '"';                                                       \
+        p = mr_time_format(buf + 1, ms);                                    \
+        *p++ = '"';                                                         \
+        s.data = buf;                                                       \
+        s.len = p - buf;                                                    \
+    } else {                                                                \
+        s = mr_null;                                                        \
+    }
+
+    mr_time_json(created, s_created, rec->created_ms);
+    mr_time_json(started, s_started, rec->started_ms);
+    mr_time_json(completed, s_completed, rec->completed_ms);
+    mr_time_json(expires, s_expires, rec->expires_ms);
+
+#undef mr_time_json
+
+    if (mr_status_terminal(rec->status) && rec->completed_ms) {
+        s_lat.data = lat;
+        s_lat.len = ngx_sprintf(lat, "%L",
+                                rec->completed_ms - rec->created_ms) - lat;
+
+    } else {
+        s_lat = mr_null;
+    }
+
+    len = sizeof("{\"id\":\"\",\"object\":\"execution\",\"status\":\"\","
+                 "\"model\":\"\",\"idempotency_key\":,\"metadata\":,"
+                 "\"webhook_url\":,\"estimated_cost\":\"\","
+                 "\"hold_amount\":\"\",\"cost\":,\"result\":,\"error\":,"
+                 "\"attempts\":,\"created_at\":,\"started_at\":,"
+                 "\"completed_at\":,\"expires_at\":,\"latency_ms\":}")
+          + MR_EXEC_ID_LEN + sizeof("AWAITING_WEBHOOK")
+          + 4 * (MR_TIME_LEN + 2) + 3 * MR_MONEY_LEN + NGX_INT64_LEN
+          + 4 * sizeof("null");
+
+    for (i = 0; i < MR_SEG_N; i++) {
+        if (i != MR_SEG_INPUT) {
+            len += exec->seg[i].len;
+        }
+    }
+
+    out->data = ngx_pnalloc(pool, len);
+    if (out->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_sprintf(out->data,
+                    "{\"id\":\"%*s\",\"object\":\"execution\","
+                    "\"status\":\"%V\",\"model\":\"%V\","
+                    "\"idempotency_key\":%V,\"metadata\":%V,"
+                    "\"webhook_url\":%V,\"estimated_cost\":\"%V\","
+                    "\"hold_amount\":\"%V\",\"cost\":%V,",
+                    (size_t) MR_EXEC_ID_LEN, exec->id,
+                    &mr_status_names[rec->status <= MR_EXPIRED
+                                     ? rec->status : 0],
+                    &exec->seg[MR_SEG_MODEL],
+                    mr_seg_or(exec, MR_SEG_IDEM_KEY, mr_null),
+                    mr_seg_or(exec, MR_SEG_METADATA, mr_empty_object),
+                    mr_seg_or(exec, MR_SEG_WEBHOOK_URL, mr_null),
+                    &s_est, &s_hold, &s_cost);
+
+    p = ngx_sprintf(p, "\"result\":%V,\"error\":%V,\"attempts\":%V,"
+                    "\"created_at\":%V,\"started_at\":%V,"
+                    "\"completed_at\":%V,\"expires_at\":%V,"
+                    "\"latency_ms\":%V}",
+                    mr_seg_or(exec, MR_SEG_RESULT, mr_null),
+                    mr_seg_or(exec, MR_SEG_ERROR, mr_null),
+                    mr_seg_or(exec, MR_SEG_ATTEMPTS, mr_empty_array),
+                    &s_created, &s_started, &s_completed, &s_expires,
+                    &s_lat);
+
+    out->len = p - out->data;
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+mr_exec_render_result(ngx_pool_t *pool, mr_exec_t *exec, ngx_str_t *out)
+{
+    json_t     *j;
+    ngx_str_t   res;
+    u_char      cost[MR_MONEY_LEN];
+
+    res = *mr_seg_or(exec, MR_SEG_RESULT, mr_null);
+
+    j = json_pack("{s:s#, s:s, s:o, s:s#, s:I}",
+                  "execution_id", exec->id, (int) MR_EXEC_ID_LEN,
+                  "status", mr_status_names[exec->rec.status].data,
+                  "result", json_loadb((char *) res.data, res.len,
+                                       JSON_DECODE_ANY, NULL),
+                  "cost", cost, (int) mr_money_format(cost,
+                                                      ngx_max(exec->rec.cost,
+                                                              0)),
+                  "latency_ms", (json_int_t) (exec->rec.completed_ms
+                                              - exec->rec.created_ms));
+
+    if (j == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (mr_json_dump(pool, j, out) != NGX_OK) {
+        json_decref(j);
+        return NGX_ERROR;
+    }
+
+    json_decref(j);
+
+    return NGX_OK;
+}
+
+
+ngx_uint_t
+mr_exec_status_parse(ngx_str_t *name)
+{
+    ngx_uint_t  i;
+
+    for (i = MR_PENDING; i <= MR_EXPIRED; i++) {
+        if (name->len == mr_status_names[i].len
+            && ngx_strncmp(name->data, mr_status_names[i].data, name->len)
+               == 0)
+        {
+            return i;
+        }
+    }
+
+    return 0;
+}

@@ -1,0 +1,28 @@
+
+/*
+ * ModelRoute: executions: validation, estimates and the public object.
+ */
+
+
+#ifndef _MR_EXEC_H_INCLUDED_
+#define _MR_EXEC_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include <jansson.h>
+
+#include "mr_store.h"
+
+
+ngx_int_t mr_exec_prepare(ngx_http_request_t *r, json_t *body,
+    mr_exec_t *exec, ngx_str_t *idem_key, json_t *details);
+ngx_int_t mr_exec_render(ngx_pool_t *pool, mr_exec_t *exec, ngx_str_t *out);
+ngx_int_t mr_exec_render_result(ngx_pool_t *pool, mr_exec_t *exec,
+    ngx_str_t *out);
+ngx_uint_t mr_exec_status_parse(ngx_str_t *name);
+
+
+#endif /* _MR_EXEC_H_INCLUDED_ */

@@ -1,0 +1,635 @@
+
+/*
+ * ModelRoute: request context, JSON answers and the error envelope.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_modelroute_module.h"
+#include "mr_http.h"
+
+
+typedef struct {
+    ngx_uint_t                status;
+    const char               *name;
+    ngx_uint_t                retryable;
+} mr_error_t;
+
+
+static void mr_http_body_ready(ngx_http_request_t *r);
+static ngx_int_t mr_http_body_copy(ngx_http_request_t *r);
+static ngx_int_t mr_http_json_type(ngx_http_request_t *r);
+
+
+static mr_error_t  mr_errors[] = {
+    { NGX_HTTP_BAD_REQUEST, "INPUT_VALIDATION_ERROR", 0 },
+    { NGX_HTTP_UNAUTHORIZED, "UNAUTHORIZED", 0 },
+    { 402, "INSUFFICIENT_BALANCE", 0 },
+    { NGX_HTTP_FORBIDDEN, "FORBIDDEN", 0 },
+    { NGX_HTTP_NOT_FOUND, "NOT_FOUND", 0 },
+    { NGX_HTTP_NOT_ALLOWED, "METHOD_NOT_ALLOWED", 0 },
+    { NGX_HTTP_CONFLICT, "IDEMPOTENCY_KEY_REUSED", 0 },
+    { NGX_HTTP_CONFLICT, "EXECUTION_TERMINAL", 0 },
+    { NGX_HTTP_CONFLICT, "CONFLICT", 0 },
+    { NGX_HTTP_REQUEST_ENTITY_TOO_LARGE, "PAYLOAD_TOO_LARGE", 0 },
+    { NGX_HTTP_UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE", 0 },
+    { NGX_HTTP_INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", 0 },
+    { NGX_HTTP_SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE", 1 },
+    { 507, "STORAGE_FULL", 1 }
+};
+
+
+static ngx_str_t  mr_json_type = ngx_string("application/json");
+
+
+mr_http_ctx_t *
+mr_http_ctx(ngx_http_request_t *r)
+{
+    mr_http_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_modelroute_module);
+    if (ctx) {
+        return ctx;
+    }
+
+    ctx = ngx_pcalloc(r->pool, sizeof(mr_http_ctx_t));
+    if (ctx == NULL) {
+        return NULL;
+    }
+
+    if (mr_random_id(ctx->request_id, "req_", 32) != NGX_OK) {
+        return NULL;
+    }
+
+    ngx_http_set_ctx(r, ctx, ngx_http_modelroute_module);
+
+    return ctx;
+}
+
+
+/*
+ * Reads the body of a POST and calls the handler with ctx->body set.
+ * Returns NGX_DONE, or the answer already sent for a refused body.
+ */
+
+ngx_int_t
+mr_http_read_body(ngx_http_request_t *r, mr_http_body_pt handler)
+{
+    ngx_int_t                  rc;
+    mr_http_ctx_t             *ctx;
+    ngx_http_core_loc_conf_t  *clcf;
+
+    ctx = mr_http_ctx(r);
+    ctx->body_handler = handler;
+
+    if (r->headers_in.content_length_n > 0 || r->headers_in.chunked) {
+
+        if (mr_http_json_type(r) != NGX_OK) {
+            r->keepalive = 0;
+            return mr_http_error(r, MR_E_UNSUPPORTED_MEDIA_TYPE,
+                                 "the body must be application/json", NULL);
+        }
+
+        clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+
+        if (clcf->client_max_body_size
+            && r->headers_in.content_length_n
+               > (off_t) clcf->client_max_body_size)
+        {
+            r->keepalive = 0;
+            r->lingering_close = 1;
+            return mr_http_error(r, MR_E_PAYLOAD_TOO_LARGE,
+                                 "the body is larger than the limit", NULL);
+        }
+    }
+
+    r->request_body_in_single_buf = 1;
+
+    rc = ngx_http_read_client_request_body(r, mr_http_body_ready);
+
+    if (rc == NGX_HTTP_REQUEST_ENTITY_TOO_LARGE) {
+        r->keepalive = 0;
+        r->lingering_close = 1;
+        return mr_http_error(r, MR_E_PAYLOAD_TOO_LARGE,
+                             "the body is larger than the limit", NULL);
+    }
+
+    if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
+        /* a broken body (bad chunk, client timeout): nginx answers */
+        return rc;
+    }
+
+    return NGX_DONE;
+}
+
+
+static void
+mr_http_body_ready(ngx_http_request_t *r)
+{
+    ngx_int_t       rc;
+    mr_http_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_modelroute_module);
+
+    if (r->request_body == NULL) {
+        ngx_str_null(&ctx->body);
+
+    } else if (mr_http_body_copy(r) != NGX_OK) {
+        ngx_http_finalize_request(r, mr_http_error(r, MR_E_INTERNAL,
+                                  "cannot read the body", NULL));
+        return;
+    }
+
+    rc = ctx->body_handler(r);
+
+    if (rc != NGX_DONE) {
+        ngx_http_finalize_request(r, rc);
+    }
+}
+
+
+static ngx_int_t
+mr_http_body_copy(ngx_http_request_t *r)
+{
+    u_char         *p;
+    size_t          len;
+    ssize_t         n;
+    ngx_buf_t      *b;
+    ngx_chain_t    *cl;
+    mr_http_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_modelroute_module);
+
+    len = 0;
+
+    for (cl = r->request_body->bufs; cl; cl = cl->next) {
+        len += ngx_buf_size(cl->buf);
+    }
+
+    p = ngx_pnalloc(r->pool, len + 1);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    ctx->body.data = p;
+
+    for (cl = r->request_body->bufs; cl; cl = cl->next) {
+        b = cl->buf;
+
+        if (b->in_file) {
+            /* a body larger than client_body_buffer_size: a local file */
+            n = ngx_read_file(b->file, p, (size_t) (b->file_last
+                                                    - b->file_pos),
+                              b->file_pos);
+            if (n != b->file_last - b->file_pos) {
+                return NGX_ERROR;
+            }
+
+            p += n;
+            continue;
+        }
+
+        p = ngx_cpymem(p, b->pos, b->last - b->pos);
+    }
+
+    ctx->body.len = p - ctx->body.data;
+    *p = '\0';
+
+    return NGX_OK;
+}
+
+
+/* "application/json", with any parameters; no Content-Type is accepted */
+
+static ngx_int_t
+mr_http_json_type(ngx_http_request_t *r)
+{
+    u_char     *p, *last;
+    ngx_str_t  *t;
+
+    if (r->headers_in.content_type == NULL) {
+        return NGX_OK;
+    }
+
+    t = &r->headers_in.content_type->value;
+    last = t->data + t->len;
+
+    for (p = t->data; p < last && *p != ';' && *p != ' '; p++) {
+        /* void */
+    }
+
+    if ((size_t) (p - t->data) == mr_json_type.len
+        && ngx_strncasecmp(t->data, mr_json_type.data, mr_json_type.len) == 0)
+    {
+        return NGX_OK;
+    }
+
+    return NGX_DECLINED;
+}
+
+
+json_t *
+mr_http_parse_object(ngx_http_request_t *r, ngx_int_t *rc)
+{
+    json_t         *json, *details;
+    json_error_t    err;
+    mr_http_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_modelroute_module);
+
+    if (ctx->body.len == 0) {
+        *rc = mr_http_error(r, MR_E_INPUT_VALIDATION,
+                            "the body must be a JSON object", NULL);
+        return NULL;
+    }
+
+    json = json_loadb((char *) ctx->body.data, ctx->body.len,
+                      JSON_REJECT_DUPLICATES, &err);
+
+    if (json == NULL) {
+        details = json_array();
+        mr_json_detail(details, "body", "MALFORMED_JSON", err.text);
+        *rc = mr_http_error(r, MR_E_INPUT_VALIDATION,
+                            "the body is not valid JSON", details);
+        return NULL;
+    }
+
+    if (!json_is_object(json)) {
+        json_decref(json);
+        *rc = mr_http_error(r, MR_E_INPUT_VALIDATION,
+                            "the body must be a JSON object", NULL);
+        return NULL;
+    }
+
+    return json;
+}
+
+
+ngx_int_t
+mr_http_header(ngx_http_request_t *r, const char *name, ngx_str_t *value)
+{
+    ngx_table_elt_t  *h;
+
+    h = ngx_list_push(&r->headers_out.headers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    h->hash = 1;
+#if (nginx_version >= 1023000)
+    h->next = NULL;
+#endif
+    h->key.data = (u_char *) name;
+    h->key.len = ngx_strlen(name);
+    h->value = *value;
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+mr_http_send(ngx_http_request_t *r, ngx_uint_t status, ngx_str_t *body)
+{
+    ngx_int_t       rc;
+    ngx_buf_t      *b;
+    ngx_str_t       rid;
+    ngx_chain_t     out;
+    mr_http_ctx_t  *ctx;
+
+    ctx = mr_http_ctx(r);
+    if (ctx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rid.data = ctx->request_id;
+    rid.len = MR_REQ_ID_LEN;
+
+    if (mr_http_header(r, "X-Request-Id", &rid) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    r->headers_out.status = status;
+    r->headers_out.content_type = mr_json_type;
+    r->headers_out.content_type_len = mr_json_type.len;
+    r->headers_out.content_length_n = body->len + 1;
+
+    rc = ngx_http_send_header(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc;
+    }
+
+    b = ngx_calloc_buf(r->pool);
+    if (b == NULL) {
+        return NGX_ERROR;
+    }
+
+    /* every body ends with a newline: friendlier in a terminal */
+
+    b->start = ngx_pnalloc(r->pool, body->len + 1);
+    if (b->start == NULL) {
+        return NGX_ERROR;
+    }
+
+    b->pos = b->start;
+    b->last = ngx_cpymem(b->pos, body->data, body->len);
+    *b->last++ = '\n';
+    b->end = b->last;
+    b->memory = 1;
+    b->last_buf = (r == r->main) ? 1 : 0;
+    b->last_in_chain = 1;
+
+    out.buf = b;
+    out.next = NULL;
+
+    return ngx_http_output_filter(r, &out);
+}
+
+
+ngx_int_t
+mr_http_send_json(ngx_http_request_t *r, ngx_uint_t status, json_t *json)
+{
+    ngx_str_t  body;
+
+    if (json == NULL || mr_json_dump(r->pool, json, &body) != NGX_OK) {
+        json_decref(json);
+        return mr_http_error(r, MR_E_INTERNAL, "out of memory", NULL);
+    }
+
+    json_decref(json);
+
+    return mr_http_send(r, status, &body);
+}
+
+
+/* the envelope; takes the reference to details */
+
+ngx_int_t
+mr_http_error(ngx_http_request_t *r, mr_error_e code, const char *message,
+    json_t *details)
+{
+    json_t         *err, *env;
+    ngx_str_t       body;
+    mr_error_t     *e;
+    mr_http_ctx_t  *ctx;
+
+    ctx = mr_http_ctx(r);
+    if (ctx == NULL) {
+        json_decref(details);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    e = &mr_errors[code];
+
+    if (code == MR_E_INTERNAL) {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "modelroute: request %*s: %s",
+                      (size_t) MR_REQ_ID_LEN, ctx->request_id, message);
+        message = "internal error";
+    }
+
+    err = json_pack("{s:s, s:s, s:b, s:s#}",
+                    "code", e->name, "message", message,
+                    "retryable", (int) e->retryable,
+                    "request_id", ctx->request_id, (int) MR_REQ_ID_LEN);
+
+    if (err && details && json_array_size(details)) {
+        json_object_set(err, "details", details);
+    }
+
+    json_decref(details);
+
+    env = err ? json_pack("{s:o}", "error", err) : NULL;
+
+    if (env == NULL || mr_json_dump(r->pool, env, &body) != NGX_OK) {
+        json_decref(env);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    json_decref(env);
+
+    if (e->retryable && e->status == NGX_HTTP_SERVICE_UNAVAILABLE) {
+        ngx_str_t  ra = ngx_string("1");
+
+        (void) mr_http_header(r, "Retry-After", &ra);
+    }
+
+    return mr_http_send(r, e->status, &body);
+}
+
+
+/* the answer for a store operation that did not succeed */
+
+ngx_int_t
+mr_http_op_error(ngx_http_request_t *r, mr_store_op_t *op)
+{
+    u_char   buf[MR_MONEY_LEN];
+    json_t  *details, *d;
+
+    switch (op->result) {
+
+    case MR_R_NOT_FOUND:
+        return mr_http_error(r, MR_E_NOT_FOUND, "no such resource", NULL);
+
+    case MR_R_IDEM_REUSED:
+        return mr_http_error(r, MR_E_IDEMPOTENCY_KEY_REUSED,
+                             "this key was used with a different request",
+                             NULL);
+
+    case MR_R_INSUFFICIENT:
+        details = json_array();
+        d = mr_json_detail(details, "balance", "INSUFFICIENT_BALANCE",
+                           "available balance is below the amount required");
+        if (d) {
+            json_object_set_new(d, "required", json_stringn((char *) buf,
+                                mr_money_format(buf, op->required)));
+            json_object_set_new(d, "available", json_stringn((char *) buf,
+                                mr_money_format(buf, op->available)));
+        }
+
+        return mr_http_error(r, MR_E_INSUFFICIENT_BALANCE,
+                             "insufficient balance", details);
+
+    case MR_R_TERMINAL:
+        return mr_http_error(r, MR_E_EXECUTION_TERMINAL,
+                             "the execution has already finished", NULL);
+
+    case MR_R_FORBIDDEN:
+        return mr_http_error(r, MR_E_INPUT_VALIDATION,
+                             "the balance would exceed its maximum", NULL);
+
+    case MR_R_STORAGE_FULL:
+        return mr_http_error(r, MR_E_STORAGE_FULL,
+                             "the store is full; nothing was accepted",
+                             NULL);
+
+    case MR_R_UNAVAILABLE:
+        return mr_http_error(r, MR_E_SERVICE_UNAVAILABLE,
+                             "the store is not available", NULL);
+
+    default:
+        return mr_http_error(r, MR_E_INTERNAL, "store operation failed",
+                             NULL);
+    }
+}
+
+
+ngx_int_t
+mr_http_not_allowed(ngx_http_request_t *r, const char *allow)
+{
+    ngx_str_t  value;
+
+    value.data = (u_char *) allow;
+    value.len = ngx_strlen(allow);
+
+    if (mr_http_header(r, "Allow", &value) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_http_discard_request_body(r);
+
+    return mr_http_error(r, MR_E_METHOD_NOT_ALLOWED,
+                         "method not allowed on this path", NULL);
+}
+
+
+/* ends a request resumed from outside its own connection's events */
+
+void
+mr_http_finalize(ngx_http_request_t *r, ngx_int_t rc)
+{
+    ngx_connection_t  *c;
+
+    c = r->connection;
+
+    ngx_http_finalize_request(r, rc);
+    ngx_http_run_posted_requests(c);
+}
+
+
+/* "a/b/c" -> segments; max + 1 when there are more than max */
+
+ngx_uint_t
+mr_http_split(u_char *p, u_char *last, ngx_str_t *seg, ngx_uint_t max)
+{
+    u_char      *s;
+    ngx_uint_t   n;
+
+    for (n = 0; n <= max; n++) {
+        if (n == max) {
+            return max + 1;
+        }
+
+        s = p;
+
+        while (p < last && *p != '/') {
+            p++;
+        }
+
+        seg[n].data = s;
+        seg[n].len = p - s;
+
+        if (p == last) {
+            return n + 1;
+        }
+
+        p++;
+    }
+
+    return n;
+}
+
+
+/* a query argument, unescaped; NGX_DECLINED if absent */
+
+ngx_int_t
+mr_http_arg(ngx_http_request_t *r, const char *name, ngx_str_t *value)
+{
+    u_char     *dst, *src;
+    ngx_str_t   raw;
+
+    if (ngx_http_arg(r, (u_char *) name, ngx_strlen(name), &raw) != NGX_OK) {
+        return NGX_DECLINED;
+    }
+
+    dst = ngx_pnalloc(r->pool, raw.len + 1);
+    if (dst == NULL) {
+        return NGX_ERROR;
+    }
+
+    value->data = dst;
+    src = raw.data;
+
+    ngx_unescape_uri(&dst, &src, raw.len, 0);
+
+    value->len = dst - value->data;
+
+    return NGX_OK;
+}
+
+
+json_t *
+mr_json_detail(json_t *details, const char *field, const char *code,
+    const char *message)
+{
+    json_t  *d;
+
+    if (details == NULL) {
+        return NULL;
+    }
+
+    d = json_pack("{s:s, s:s, s:s}", "field", field, "code", code,
+                  "message", message);
+
+    if (d == NULL || json_array_append_new(details, d) != 0) {
+        return NULL;
+    }
+
+    return d;
+}
+
+
+ngx_int_t
+mr_json_dump(ngx_pool_t *pool, json_t *json, ngx_str_t *out)
+{
+    size_t  n;
+
+    n = json_dumpb(json, NULL, 0, JSON_COMPACT);
+    if (n == 0) {
+        return NGX_ERROR;
+    }
+
+    out->data = ngx_pnalloc(pool, n);
+    if (out->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    out->len = json_dumpb(json, (char *) out->data, n, JSON_COMPACT);
+
+    return out->len == n ? NGX_OK : NGX_ERROR;
+}
+
+
+json_t *
+mr_json_money(int64_t micros)
+{
+    u_char  buf[MR_MONEY_LEN];
+
+    return json_stringn((char *) buf, mr_money_format(buf, micros));
+}
+
+
+json_t *
+mr_json_time(int64_t ms)
+{
+    u_char  buf[MR_TIME_LEN];
+
+    if (ms <= 0) {
+        return json_null();
+    }
+
+    return json_stringn((char *) buf, mr_time_format(buf, ms) - buf);
+}

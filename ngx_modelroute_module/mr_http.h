@@ -1,0 +1,80 @@
+
+/*
+ * ModelRoute: request context, JSON answers and the error envelope.
+ */
+
+
+#ifndef _MR_HTTP_H_INCLUDED_
+#define _MR_HTTP_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include <jansson.h>
+
+#include "mr_util.h"
+#include "mr_store.h"
+
+
+typedef enum {
+    MR_E_INPUT_VALIDATION = 0,
+    MR_E_UNAUTHORIZED,
+    MR_E_INSUFFICIENT_BALANCE,
+    MR_E_FORBIDDEN,
+    MR_E_NOT_FOUND,
+    MR_E_METHOD_NOT_ALLOWED,
+    MR_E_IDEMPOTENCY_KEY_REUSED,
+    MR_E_EXECUTION_TERMINAL,
+    MR_E_CONFLICT,
+    MR_E_PAYLOAD_TOO_LARGE,
+    MR_E_UNSUPPORTED_MEDIA_TYPE,
+    MR_E_INTERNAL,
+    MR_E_SERVICE_UNAVAILABLE,
+    MR_E_STORAGE_FULL
+} mr_error_e;
+
+
+typedef ngx_int_t (*mr_http_body_pt)(ngx_http_request_t *r);
+
+
+typedef struct {
+    u_char                    request_id[MR_REQ_ID_LEN];
+    mr_http_body_pt           body_handler;
+    ngx_str_t                 body;
+    ngx_str_t                 id;             /* id in the path */
+    mr_key_t                  key;            /* the caller's key */
+    u_char                    secret[80];     /* a new key's secret */
+    mr_store_op_t             op;
+} mr_http_ctx_t;
+
+
+mr_http_ctx_t *mr_http_ctx(ngx_http_request_t *r);
+ngx_int_t mr_http_read_body(ngx_http_request_t *r, mr_http_body_pt handler);
+json_t *mr_http_parse_object(ngx_http_request_t *r, ngx_int_t *rc);
+
+ngx_int_t mr_http_send(ngx_http_request_t *r, ngx_uint_t status,
+    ngx_str_t *body);
+ngx_int_t mr_http_send_json(ngx_http_request_t *r, ngx_uint_t status,
+    json_t *json);
+ngx_int_t mr_http_error(ngx_http_request_t *r, mr_error_e code,
+    const char *message, json_t *details);
+ngx_int_t mr_http_op_error(ngx_http_request_t *r, mr_store_op_t *op);
+ngx_int_t mr_http_not_allowed(ngx_http_request_t *r, const char *allow);
+ngx_int_t mr_http_header(ngx_http_request_t *r, const char *name,
+    ngx_str_t *value);
+void mr_http_finalize(ngx_http_request_t *r, ngx_int_t rc);
+ngx_uint_t mr_http_split(u_char *p, u_char *last, ngx_str_t *seg,
+    ngx_uint_t max);
+ngx_int_t mr_http_arg(ngx_http_request_t *r, const char *name,
+    ngx_str_t *value);
+
+json_t *mr_json_detail(json_t *details, const char *field, const char *code,
+    const char *message);
+ngx_int_t mr_json_dump(ngx_pool_t *pool, json_t *json, ngx_str_t *out);
+json_t *mr_json_money(int64_t micros);
+json_t *mr_json_time(int64_t ms);
+
+
+#endif /* _MR_HTTP_H_INCLUDED_ */

@@ -1,0 +1,1687 @@
+
+/*
+ * ModelRoute: the LMDB store.
+ *
+ * Databases:
+ *   exec     exec_id                      -> mr_exec_rec_t + segments
+ *   idem     org + idempotency key        -> exec_id + be64 created_ms
+ *   byorg    org + be64 created_ms + id   -> ""          (list, verify)
+ *   acct     org                          -> mr_account_rec_t + name
+ *   key      key_id                       -> mr_key_rec_t + name
+ *   keyhash  sha256(secret)               -> key_id
+ *   acctkey  org + key_id                 -> ""
+ *   ref      org + credit reference       -> be64 amount
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_event.h>
+
+#include <lmdb.h>
+
+#include "mr_store.h"
+
+
+#define MR_STORE_VERSION       1
+#define MR_STORE_MAXREADERS    512
+#define MR_STORE_TICK          1000
+#define MR_STORE_READER_CHECK  10
+#define MR_STORE_BATCH_MAX     1024
+
+
+typedef struct {
+    MDB_env                  *env;
+    MDB_txn                  *rtxn;
+    MDB_dbi                   exec;
+    MDB_dbi                   idem;
+    MDB_dbi                   byorg;
+    MDB_dbi                   acct;
+    MDB_dbi                   key;
+    MDB_dbi                   keyhash;
+    MDB_dbi                   acctkey;
+    MDB_dbi                   ref;
+    MDB_dbi                   meta;
+    size_t                    page_size;
+    size_t                    map_pages;
+    ngx_uint_t                dirty;          /* commits not yet synced */
+    ngx_uint_t                ticks;
+    ngx_queue_t               queue;
+    ngx_event_t               commit_ev;
+    ngx_event_t               tick_ev;
+    ngx_log_t                *log;
+    mr_main_conf_t           *mcf;
+} mr_store_t;
+
+
+static int mr_store_open(MDB_env **envp, mr_main_conf_t *mcf,
+    ngx_log_t *log);
+static int mr_store_open_dbis(MDB_txn *txn, mr_store_t *st);
+static int mr_store_txn_begin(unsigned flags, MDB_txn **txn);
+static MDB_txn *mr_store_read_begin(void);
+static void mr_store_read_end(void);
+static void mr_store_commit_handler(ngx_event_t *ev);
+static void mr_store_tick_handler(ngx_event_t *ev);
+static int mr_store_run(ngx_queue_t *ops, ngx_uint_t n);
+static ngx_int_t mr_store_headroom(MDB_txn *txn);
+static int mr_store_apply(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room);
+static int mr_store_exec_create(MDB_txn *txn, mr_store_op_t *op,
+    ngx_int_t room);
+static int mr_store_exec_cancel(MDB_txn *txn, mr_store_op_t *op);
+static int mr_store_account_create(MDB_txn *txn, mr_store_op_t *op,
+    ngx_int_t room);
+static int mr_store_account_adjust(MDB_txn *txn, mr_store_op_t *op,
+    ngx_int_t room);
+static int mr_store_key_create(MDB_txn *txn, mr_store_op_t *op,
+    ngx_int_t room);
+static int mr_store_key_update(MDB_txn *txn, mr_store_op_t *op);
+static int mr_store_exec_put(MDB_txn *txn, mr_exec_t *exec);
+static int mr_store_exec_read(MDB_txn *txn, u_char *id, mr_exec_t *exec,
+    ngx_pool_t *pool);
+static int mr_store_account_read(MDB_txn *txn, u_char *org,
+    mr_account_t *acct, ngx_pool_t *pool);
+static int mr_store_account_put(MDB_txn *txn, mr_account_t *acct);
+static int mr_store_key_read(MDB_txn *txn, u_char *key_id, mr_key_t *key,
+    ngx_pool_t *pool);
+static int mr_store_key_put(MDB_txn *txn, mr_key_t *key);
+static ngx_int_t mr_store_copy(ngx_pool_t *pool, ngx_str_t *dst, u_char *src,
+    size_t len);
+static ngx_int_t mr_store_read_rc(int rc, const char *what);
+
+
+static mr_store_t  mr_store;
+
+
+/* master: create the directory, validate the environment, hand it over */
+
+ngx_int_t
+mr_store_init_module(ngx_cycle_t *cycle, mr_main_conf_t *mcf)
+{
+    int                rc;
+    u_char            *p;
+    MDB_env           *env;
+    MDB_txn           *txn;
+    ngx_uint_t         i;
+    ngx_core_conf_t   *ccf;
+    mr_store_t         st;
+    u_char             path[NGX_MAX_PATH];
+    static const char *files[] = { "", "/data.mdb", "/lock.mdb" };
+
+    if (mcf->store_path.len + sizeof("/lock.mdb") > NGX_MAX_PATH) {
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
+                      "modelroute_store: path too long");
+        return NGX_ERROR;
+    }
+
+    p = ngx_cpymem(path, mcf->store_path.data, mcf->store_path.len);
+    *p = '\0';
+
+    if (ngx_create_dir(path, 0700) == NGX_FILE_ERROR
+        && ngx_errno != NGX_EEXIST)
+    {
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno,
+                      "modelroute_store: cannot create \"%s\"", path);
+        return NGX_ERROR;
+    }
+
+    rc = mr_store_open(&env, mcf, cycle->log);
+    if (rc != 0) {
+        return NGX_ERROR;
+    }
+
+    ngx_memzero(&st, sizeof(mr_store_t));
+
+    rc = mdb_txn_begin(env, NULL, 0, &txn);
+    if (rc == 0) {
+        rc = mr_store_open_dbis(txn, &st);
+        if (rc == 0) {
+            rc = mdb_txn_commit(txn);
+        } else {
+            mdb_txn_abort(txn);
+        }
+    }
+
+    mdb_env_close(env);
+
+    if (rc != 0) {
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
+                      "modelroute_store: \"%V\": %s",
+                      &mcf->store_path, mdb_strerror(rc));
+        return NGX_ERROR;
+    }
+
+    ccf = (ngx_core_conf_t *) ngx_get_conf(cycle->conf_ctx, ngx_core_module);
+
+    if (geteuid() != 0 || ccf->user == (ngx_uid_t) NGX_CONF_UNSET_UINT) {
+        return NGX_OK;
+    }
+
+    for (i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
+        p = ngx_cpymem(path, mcf->store_path.data, mcf->store_path.len);
+        p = ngx_cpystrn(p, (u_char *) files[i], NGX_MAX_PATH - (p - path));
+
+        if (chown((char *) path, ccf->user, ccf->group) == -1) {
+            ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno,
+                          "modelroute_store: chown(\"%s\") failed", path);
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+static int
+mr_store_open(MDB_env **envp, mr_main_conf_t *mcf, ngx_log_t *log)
+{
+    int           rc;
+    u_char       *path;
+    MDB_env      *env;
+    unsigned int  flags;
+
+    path = ngx_alloc(mcf->store_path.len + 1, log);
+    if (path == NULL) {
+        return ENOMEM;
+    }
+
+    ngx_cpystrn(path, mcf->store_path.data, mcf->store_path.len + 1);
+
+    flags = MDB_NOTLS;
+
+    if (mcf->durability == MR_DURABILITY_RELAXED) {
+        flags |= MDB_NOSYNC;
+    }
+
+    rc = mdb_env_create(&env);
+    if (rc != 0) {
+        goto failed;
+    }
+
+    rc = mdb_env_set_maxdbs(env, 16);
+    if (rc == 0) {
+        rc = mdb_env_set_maxreaders(env, MR_STORE_MAXREADERS);
+    }
+    if (rc == 0) {
+        rc = mdb_env_set_mapsize(env, mcf->map_size);
+    }
+    if (rc == 0) {
+        rc = mdb_env_open(env, (char *) path, flags, 0600);
+    }
+
+    if (rc != 0) {
+        mdb_env_close(env);
+        goto failed;
+    }
+
+    ngx_free(path);
+    *envp = env;
+
+    return 0;
+
+failed:
+
+    ngx_log_error(NGX_LOG_EMERG, log, 0,
+                  "modelroute_store: cannot open \"%s\": %s",
+                  path, mdb_strerror(rc));
+    ngx_free(path);
+
+    return rc;
+}
+
+
+static int
+mr_store_open_dbis(MDB_txn *txn, mr_store_t *st)
+{
+    int       rc;
+    MDB_val   k, v;
+    uint32_t  version;
+
+    if ((rc = mdb_dbi_open(txn, "exec", MDB_CREATE, &st->exec))
+        || (rc = mdb_dbi_open(txn, "idem", MDB_CREATE, &st->idem))
+        || (rc = mdb_dbi_open(txn, "byorg", MDB_CREATE, &st->byorg))
+        || (rc = mdb_dbi_open(txn, "acct", MDB_CREATE, &st->acct))
+        || (rc = mdb_dbi_open(txn, "key", MDB_CREATE, &st->key))
+        || (rc = mdb_dbi_open(txn, "keyhash", MDB_CREATE, &st->keyhash))
+        || (rc = mdb_dbi_open(txn, "acctkey", MDB_CREATE, &st->acctkey))
+        || (rc = mdb_dbi_open(txn, "ref", MDB_CREATE, &st->ref))
+        || (rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &st->meta)))
+    {
+        return rc;
+    }
+
+    k.mv_data = "version";
+    k.mv_size = sizeof("version") - 1;
+
+    rc = mdb_get(txn, st->meta, &k, &v);
+
+    if (rc == MDB_NOTFOUND) {
+        version = MR_STORE_VERSION;
+        v.mv_data = &version;
+        v.mv_size = sizeof(uint32_t);
+        return mdb_put(txn, st->meta, &k, &v, 0);
+    }
+
+    if (rc != 0) {
+        return rc;
+    }
+
+    if (v.mv_size != sizeof(uint32_t)) {
+        return MDB_INCOMPATIBLE;
+    }
+
+    ngx_memcpy(&version, v.mv_data, sizeof(uint32_t));
+
+    return version == MR_STORE_VERSION ? 0 : MDB_VERSION_MISMATCH;
+}
+
+
+/* worker: open the environment once, after fork and setuid */
+
+ngx_int_t
+mr_store_init_process(ngx_cycle_t *cycle, mr_main_conf_t *mcf)
+{
+    int           rc, dead;
+    MDB_txn      *txn;
+    MDB_envinfo   info;
+    MDB_stat      stat;
+
+    ngx_memzero(&mr_store, sizeof(mr_store_t));
+    mr_store.mcf = mcf;
+    mr_store.log = cycle->log;
+    ngx_queue_init(&mr_store.queue);
+
+    if (mr_store_open(&mr_store.env, mcf, cycle->log) != 0) {
+        return NGX_ERROR;
+    }
+
+    rc = mdb_reader_check(mr_store.env, &dead);
+    if (rc == 0 && dead) {
+        ngx_log_error(NGX_LOG_NOTICE, cycle->log, 0,
+                      "modelroute_store: cleared %d stale readers", dead);
+    }
+
+    rc = mdb_txn_begin(mr_store.env, NULL, 0, &txn);
+    if (rc == 0) {
+        rc = mr_store_open_dbis(txn, &mr_store);
+        if (rc == 0) {
+            rc = mdb_txn_commit(txn);
+        } else {
+            mdb_txn_abort(txn);
+        }
+    }
+
+    if (rc != 0) {
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
+                      "modelroute_store: %s", mdb_strerror(rc));
+        mdb_env_close(mr_store.env);
+        mr_store.env = NULL;
+        return NGX_ERROR;
+    }
+
+    mdb_env_stat(mr_store.env, &stat);
+    mdb_env_info(mr_store.env, &info);
+    mr_store.page_size = stat.ms_psize;
+    mr_store.map_pages = info.me_mapsize / stat.ms_psize;
+
+    mr_store.commit_ev.handler = mr_store_commit_handler;
+    mr_store.commit_ev.log = cycle->log;
+    mr_store.commit_ev.data = &mr_store;
+
+    mr_store.tick_ev.handler = mr_store_tick_handler;
+    mr_store.tick_ev.log = cycle->log;
+    mr_store.tick_ev.data = &mr_store;
+    mr_store.tick_ev.cancelable = 1;
+
+    ngx_add_timer(&mr_store.tick_ev, MR_STORE_TICK);
+
+    return NGX_OK;
+}
+
+
+void
+mr_store_exit_process(ngx_cycle_t *cycle)
+{
+    if (mr_store.env == NULL) {
+        return;
+    }
+
+    /* posted events always run before a worker exits: nothing is queued */
+
+    if (mr_store.commit_ev.posted) {
+        ngx_delete_posted_event(&mr_store.commit_ev);
+    }
+
+    if (mr_store.rtxn) {
+        mdb_txn_abort(mr_store.rtxn);
+        mr_store.rtxn = NULL;
+    }
+
+    if (mr_store.dirty) {
+        (void) mdb_env_sync(mr_store.env, 1);
+    }
+
+    mdb_env_close(mr_store.env);
+    mr_store.env = NULL;
+}
+
+
+static void
+mr_store_tick_handler(ngx_event_t *ev)
+{
+    int  rc, dead;
+
+    if (mr_store.dirty) {
+        rc = mdb_env_sync(mr_store.env, 1);
+        if (rc != 0) {
+            ngx_log_error(NGX_LOG_ERR, ev->log, 0,
+                          "modelroute_store: sync failed: %s",
+                          mdb_strerror(rc));
+        } else {
+            mr_store.dirty = 0;
+        }
+    }
+
+    if (++mr_store.ticks % MR_STORE_READER_CHECK == 0) {
+        rc = mdb_reader_check(mr_store.env, &dead);
+        if (rc == 0 && dead) {
+            ngx_log_error(NGX_LOG_NOTICE, ev->log, 0,
+                          "modelroute_store: cleared %d stale readers", dead);
+        }
+    }
+
+    if (!ngx_exiting && !ngx_quit && !ngx_terminate) {
+        ngx_add_timer(ev, MR_STORE_TICK);
+    }
+}
+
+
+static int
+mr_store_txn_begin(unsigned flags, MDB_txn **txn)
+{
+    int  rc, dead;
+
+    rc = mdb_txn_begin(mr_store.env, NULL, flags, txn);
+
+    if (rc == MDB_MAP_RESIZED) {
+        rc = mdb_env_set_mapsize(mr_store.env, 0);
+        if (rc == 0) {
+            rc = mdb_txn_begin(mr_store.env, NULL, flags, txn);
+        }
+
+    } else if (rc == MDB_READERS_FULL) {
+        (void) mdb_reader_check(mr_store.env, &dead);
+        rc = mdb_txn_begin(mr_store.env, NULL, flags, txn);
+    }
+
+    if (rc == 0 && !(flags & MDB_RDONLY)) {
+        /* the map may have grown through another process */
+        MDB_envinfo  info;
+
+        mdb_env_info(mr_store.env, &info);
+        mr_store.map_pages = info.me_mapsize / mr_store.page_size;
+    }
+
+    return rc;
+}
+
+
+static MDB_txn *
+mr_store_read_begin(void)
+{
+    int  rc;
+
+    if (mr_store.env == NULL) {
+        return NULL;
+    }
+
+    if (mr_store.rtxn) {
+        rc = mdb_txn_renew(mr_store.rtxn);
+        if (rc == 0) {
+            return mr_store.rtxn;
+        }
+
+        mdb_txn_abort(mr_store.rtxn);
+        mr_store.rtxn = NULL;
+    }
+
+    rc = mr_store_txn_begin(MDB_RDONLY, &mr_store.rtxn);
+    if (rc != 0) {
+        ngx_log_error(NGX_LOG_ERR, mr_store.log, 0,
+                      "modelroute_store: read transaction: %s",
+                      mdb_strerror(rc));
+        mr_store.rtxn = NULL;
+        return NULL;
+    }
+
+    return mr_store.rtxn;
+}
+
+
+static void
+mr_store_read_end(void)
+{
+    if (mr_store.rtxn) {
+        mdb_txn_reset(mr_store.rtxn);
+    }
+}
+
+
+/* group commit */
+
+void
+mr_store_submit(mr_store_op_t *op)
+{
+    ngx_queue_insert_tail(&mr_store.queue, &op->queue);
+
+    if (!mr_store.commit_ev.posted) {
+        ngx_post_event(&mr_store.commit_ev, &ngx_posted_events);
+    }
+}
+
+
+static void
+mr_store_commit_handler(ngx_event_t *ev)
+{
+    int             rc;
+    ngx_uint_t      n;
+    ngx_queue_t     ops, *q;
+    mr_store_op_t  *op;
+
+    while (!ngx_queue_empty(&mr_store.queue)) {
+
+        /* take at most MR_STORE_BATCH_MAX operations in one transaction */
+
+        ngx_queue_init(&ops);
+
+        for (n = 0; n < MR_STORE_BATCH_MAX; n++) {
+            if (ngx_queue_empty(&mr_store.queue)) {
+                break;
+            }
+
+            q = ngx_queue_head(&mr_store.queue);
+            ngx_queue_remove(q);
+            ngx_queue_insert_tail(&ops, q);
+        }
+
+        rc = mr_store_run(&ops, n);
+
+        if (rc != 0 && n > 1) {
+
+            /*
+             * the batch failed as a whole (MDB_MAP_FULL, say):
+             * commit each operation on its own so that only those
+             * that do not fit fail
+             */
+
+            ngx_log_error(NGX_LOG_NOTICE, ev->log, 0,
+                          "modelroute_store: batch of %ui failed (%s), "
+                          "committing one by one", n, mdb_strerror(rc));
+
+            while (!ngx_queue_empty(&ops)) {
+                q = ngx_queue_head(&ops);
+                ngx_queue_remove(q);
+
+                op = ngx_queue_data(q, mr_store_op_t, queue);
+
+                ngx_queue_init(&op->queue);
+                (void) mr_store_run(&op->queue, 1);
+                op->handler(op);
+            }
+
+            continue;
+        }
+
+        while (!ngx_queue_empty(&ops)) {
+            q = ngx_queue_head(&ops);
+            ngx_queue_remove(q);
+
+            op = ngx_queue_data(q, mr_store_op_t, queue);
+            op->handler(op);
+        }
+    }
+}
+
+
+/*
+ * Runs the operations in one write transaction and commits it.  Logical
+ * outcomes are in op->result; a non-zero return means nothing of the
+ * batch was stored and every op->result says why.
+ */
+
+static int
+mr_store_run(ngx_queue_t *ops, ngx_uint_t n)
+{
+    int             rc;
+    ngx_int_t       room;
+    ngx_uint_t      result, level;
+    MDB_txn        *txn;
+    ngx_queue_t    *q;
+    mr_store_op_t  *op;
+
+    if (ngx_queue_empty(ops)) {
+        return 0;
+    }
+
+    rc = mr_store_txn_begin(0, &txn);
+    if (rc != 0) {
+        goto failed;
+    }
+
+    room = mr_store_headroom(txn);
+
+    for (q = ngx_queue_head(ops);
+         q != ngx_queue_sentinel(ops);
+         q = ngx_queue_next(q))
+    {
+        op = ngx_queue_data(q, mr_store_op_t, queue);
+
+        op->result = MR_R_OK;
+
+        rc = mr_store_apply(txn, op, room);
+        if (rc != 0) {
+            mdb_txn_abort(txn);
+            goto failed;
+        }
+    }
+
+    rc = mdb_txn_commit(txn);
+    if (rc != 0) {
+        goto failed;
+    }
+
+    if (mr_store.mcf->durability == MR_DURABILITY_RELAXED) {
+        mr_store.dirty = 1;
+    }
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, mr_store.log, 0,
+                   "modelroute_store: committed %ui operations", n);
+
+    return 0;
+
+failed:
+
+    result = (rc == MDB_MAP_FULL) ? MR_R_STORAGE_FULL : MR_R_INTERNAL;
+
+    if (n == 1 || rc != MDB_MAP_FULL) {
+        level = (rc == MDB_MAP_FULL) ? NGX_LOG_WARN : NGX_LOG_ERR;
+        ngx_log_error(level, mr_store.log, 0,
+                      "modelroute_store: write failed: %s",
+                      mdb_strerror(rc));
+    }
+
+    for (q = ngx_queue_head(ops);
+         q != ngx_queue_sentinel(ops);
+         q = ngx_queue_next(q))
+    {
+        op = ngx_queue_data(q, mr_store_op_t, queue);
+        op->result = result;
+    }
+
+    return rc;
+}
+
+
+/*
+ * New work is refused once the store is within 1/8 of its map size, so
+ * that changes to work already accepted (cancel, settle) always have room.
+ */
+
+static ngx_int_t
+mr_store_headroom(MDB_txn *txn)
+{
+    int           rc;
+    size_t        used, reserve, nfree;
+    MDB_val       k, v;
+    MDB_cursor   *cur;
+    MDB_envinfo   info;
+
+    mdb_env_info(mr_store.env, &info);
+
+    reserve = mr_store.map_pages / 8;
+
+    if (info.me_last_pgno + 1 + reserve < mr_store.map_pages) {
+        return 1;
+    }
+
+    /* near the end of the map: count the pages on the free list */
+
+    nfree = 0;
+
+    rc = mdb_cursor_open(txn, 0, &cur);
+    if (rc != 0) {
+        return 0;
+    }
+
+    while ((rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) == 0) {
+        if (v.mv_size >= sizeof(size_t)) {
+            nfree += *(size_t *) v.mv_data;
+        }
+    }
+
+    mdb_cursor_close(cur);
+
+    used = info.me_last_pgno + 1 - ngx_min(nfree, info.me_last_pgno + 1);
+
+    return used + reserve < mr_store.map_pages;
+}
+
+
+static int
+mr_store_apply(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
+{
+    switch (op->type) {
+
+    case MR_OP_EXEC_CREATE:
+        return mr_store_exec_create(txn, op, room);
+
+    case MR_OP_EXEC_CANCEL:
+        return mr_store_exec_cancel(txn, op);
+
+    case MR_OP_ACCOUNT_CREATE:
+        return mr_store_account_create(txn, op, room);
+
+    case MR_OP_ACCOUNT_ADJUST:
+        return mr_store_account_adjust(txn, op, room);
+
+    case MR_OP_KEY_CREATE:
+        return mr_store_key_create(txn, op, room);
+
+    default: /* MR_OP_KEY_REVOKE, MR_OP_KEY_ROTATE */
+        return mr_store_key_update(txn, op);
+    }
+}
+
+
+static int
+mr_store_exec_create(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
+{
+    int            rc;
+    u_char        *p;
+    size_t         klen;
+    MDB_val        k, v;
+    mr_exec_t     *exec;
+    mr_account_t   acct;
+    u_char         ikey[MR_ORG_ID_LEN + 256];
+    u_char         ival[MR_EXEC_ID_LEN + 8];
+    u_char         okey[MR_ORG_ID_LEN + 8 + MR_EXEC_ID_LEN];
+
+    exec = &op->exec;
+
+    if (op->idem_key.len > 255) {
+        op->result = MR_R_INTERNAL;
+        return 0;
+    }
+
+    /* the idempotency key first: a replay needs no room and no balance */
+
+    p = ngx_cpymem(ikey, exec->rec.org, MR_ORG_ID_LEN);
+    p = ngx_cpymem(p, op->idem_key.data, op->idem_key.len);
+    klen = p - ikey;
+
+    k.mv_data = ikey;
+    k.mv_size = klen;
+
+    rc = mdb_get(txn, mr_store.idem, &k, &v);
+
+    if (rc == 0 && v.mv_size == sizeof(ival)) {
+        mr_exec_t  old;
+
+        ngx_memcpy(ival, v.mv_data, sizeof(ival));
+
+        if ((int64_t) mr_be64_get(ival + MR_EXEC_ID_LEN) + op->idem_ttl_ms
+            > exec->rec.created_ms)
+        {
+            rc = mr_store_exec_read(txn, ival, &old, op->pool);
+
+            if (rc == 0) {
+                if (!mr_memeq_ct(old.rec.fingerprint, exec->rec.fingerprint,
+                                 MR_SHA256_LEN))
+                {
+                    op->result = MR_R_IDEM_REUSED;
+                    return 0;
+                }
+
+                *exec = old;
+                op->result = MR_R_REPLAYED;
+                return 0;
+            }
+
+            if (rc != MDB_NOTFOUND) {
+                return rc;
+            }
+
+            /* the execution was purged: the key is free again */
+        }
+
+    } else if (rc != 0 && rc != MDB_NOTFOUND) {
+        return rc;
+    }
+
+    if (!room) {
+        op->result = MR_R_STORAGE_FULL;
+        return 0;
+    }
+
+    rc = mr_store_account_read(txn, exec->rec.org, &acct, NULL);
+    if (rc == MDB_NOTFOUND) {
+        op->result = MR_R_NOT_FOUND;
+        return 0;
+    }
+
+    if (rc != 0) {
+        return rc;
+    }
+
+    if (acct.rec.balance - acct.rec.held < exec->rec.hold) {
+        op->result = MR_R_INSUFFICIENT;
+        op->required = exec->rec.hold;
+        op->available = acct.rec.balance - acct.rec.held;
+        return 0;
+    }
+
+    acct.rec.held += exec->rec.hold;
+
+    rc = mr_store_account_put(txn, &acct);
+    if (rc != 0) {
+        return rc;
+    }
+
+    rc = mr_store_exec_put(txn, exec);
+    if (rc != 0) {
+        return rc;
+    }
+
+    ngx_memcpy(ival, exec->id, MR_EXEC_ID_LEN);
+    mr_be64_put(ival + MR_EXEC_ID_LEN, (uint64_t) exec->rec.created_ms);
+
+    k.mv_data = ikey;
+    k.mv_size = klen;
+    v.mv_data = ival;
+    v.mv_size = sizeof(ival);
+
+    rc = mdb_put(txn, mr_store.idem, &k, &v, 0);
+    if (rc != 0) {
+        return rc;
+    }
+
+    p = ngx_cpymem(okey, exec->rec.org, MR_ORG_ID_LEN);
+    mr_be64_put(p, (uint64_t) exec->rec.created_ms);
+    ngx_memcpy(p + 8, exec->id, MR_EXEC_ID_LEN);
+
+    k.mv_data = okey;
+    k.mv_size = sizeof(okey);
+    v.mv_data = "";
+    v.mv_size = 0;
+
+    return mdb_put(txn, mr_store.byorg, &k, &v, 0);
+}
+
+
+static int
+mr_store_exec_cancel(MDB_txn *txn, mr_store_op_t *op)
+{
+    int            rc;
+    int64_t        now;
+    mr_exec_t     *exec;
+    mr_account_t   acct;
+
+    exec = &op->exec;
+
+    rc = mr_store_exec_read(txn, exec->id, exec, op->pool);
+
+    if (rc == MDB_NOTFOUND
+        || (rc == 0
+            && ngx_memcmp(exec->rec.org, op->org, MR_ORG_ID_LEN) != 0))
+    {
+        op->result = MR_R_NOT_FOUND;
+        return 0;
+    }
+
+    if (rc != 0) {
+        return rc;
+    }
+
+    if (exec->rec.status == MR_CANCELLED) {
+        op->result = MR_R_NOOP;
+        return 0;
+    }
+
+    if (mr_status_terminal(exec->rec.status)) {
+        op->result = MR_R_TERMINAL;
+        return 0;
+    }
+
+    rc = mr_store_account_read(txn, exec->rec.org, &acct, NULL);
+    if (rc != 0) {
+        return rc == MDB_NOTFOUND ? MDB_CORRUPTED : rc;
+    }
+
+    /* release the whole hold, charge nothing */
+
+    acct.rec.held -= exec->rec.hold;
+
+    now = mr_now_ms();
+
+    exec->rec.status = MR_CANCELLED;
+    exec->rec.cost = 0;
+    exec->rec.completed_ms = ngx_max(now, exec->rec.created_ms);
+    exec->rec.lease_owner = 0;
+    exec->rec.lease_until_ms = 0;
+
+    rc = mr_store_account_put(txn, &acct);
+    if (rc != 0) {
+        return rc;
+    }
+
+    return mr_store_exec_put(txn, exec);
+}
+
+
+static int
+mr_store_account_create(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
+{
+    int      rc;
+    MDB_val  k, v;
+
+    if (!room) {
+        op->result = MR_R_STORAGE_FULL;
+        return 0;
+    }
+
+    k.mv_data = op->account.id;
+    k.mv_size = MR_ORG_ID_LEN;
+
+    rc = mdb_get(txn, mr_store.acct, &k, &v);
+    if (rc == 0) {
+        /* 96 random bits collided: refuse rather than overwrite */
+        op->result = MR_R_INTERNAL;
+        return 0;
+    }
+
+    if (rc != MDB_NOTFOUND) {
+        return rc;
+    }
+
+    return mr_store_account_put(txn, &op->account);
+}
+
+
+static int
+mr_store_account_adjust(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
+{
+    int       rc;
+    u_char   *p;
+    int64_t   prev;
+    MDB_val   k, v;
+    u_char    rkey[MR_ORG_ID_LEN + 256];
+    u_char    rval[8];
+
+    p = rkey;
+
+    rc = mr_store_account_read(txn, op->org, &op->account, op->pool);
+    if (rc == MDB_NOTFOUND) {
+        op->result = MR_R_NOT_FOUND;
+        return 0;
+    }
+
+    if (rc != 0) {
+        return rc;
+    }
+
+    if (op->reference.len) {
+        p = ngx_cpymem(rkey, op->org, MR_ORG_ID_LEN);
+        p = ngx_cpymem(p, op->reference.data,
+                       ngx_min(op->reference.len, 255));
+
+        k.mv_data = rkey;
+        k.mv_size = p - rkey;
+
+        rc = mdb_get(txn, mr_store.ref, &k, &v);
+
+        if (rc == 0 && v.mv_size == sizeof(rval)) {
+            ngx_memcpy(rval, v.mv_data, sizeof(rval));
+            prev = (int64_t) mr_be64_get(rval);
+
+            op->result = (prev == op->amount) ? MR_R_REPLAYED
+                                              : MR_R_IDEM_REUSED;
+            return 0;
+        }
+
+        if (rc != 0 && rc != MDB_NOTFOUND) {
+            return rc;
+        }
+    }
+
+    if (!room && op->amount > 0) {
+        op->result = MR_R_STORAGE_FULL;
+        return 0;
+    }
+
+    if (op->amount >= 0) {
+        if (op->account.rec.balance + op->amount > MR_MONEY_MAX) {
+            op->result = MR_R_FORBIDDEN;
+            return 0;
+        }
+
+        op->account.rec.balance += op->amount;
+        op->account.rec.credited += op->amount;
+
+    } else {
+        if (op->account.rec.balance - op->account.rec.held < -op->amount) {
+            op->result = MR_R_INSUFFICIENT;
+            op->required = -op->amount;
+            op->available = op->account.rec.balance - op->account.rec.held;
+            return 0;
+        }
+
+        op->account.rec.balance += op->amount;
+        op->account.rec.debited -= op->amount;
+    }
+
+    rc = mr_store_account_put(txn, &op->account);
+    if (rc != 0) {
+        return rc;
+    }
+
+    if (op->reference.len == 0) {
+        return 0;
+    }
+
+    mr_be64_put(rval, (uint64_t) op->amount);
+
+    k.mv_data = rkey;
+    k.mv_size = p - rkey;
+    v.mv_data = rval;
+    v.mv_size = sizeof(rval);
+
+    return mdb_put(txn, mr_store.ref, &k, &v, 0);
+}
+
+
+static int
+mr_store_key_create(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
+{
+    int           rc;
+    mr_account_t  acct;
+
+    if (!room) {
+        op->result = MR_R_STORAGE_FULL;
+        return 0;
+    }
+
+    rc = mr_store_account_read(txn, op->key.rec.org, &acct, NULL);
+    if (rc == MDB_NOTFOUND) {
+        op->result = MR_R_NOT_FOUND;
+        return 0;
+    }
+
+    if (rc != 0) {
+        return rc;
+    }
+
+    return mr_store_key_put(txn, &op->key);
+}
+
+
+/* revoke, or rotate: a new key, and the old one ends after the grace */
+
+static int
+mr_store_key_update(MDB_txn *txn, mr_store_op_t *op)
+{
+    int      rc;
+    int64_t  until;
+
+    rc = mr_store_key_read(txn, op->key_id, &op->old_key, op->pool);
+    if (rc == MDB_NOTFOUND) {
+        op->result = MR_R_NOT_FOUND;
+        return 0;
+    }
+
+    if (rc != 0) {
+        return rc;
+    }
+
+    if (op->type == MR_OP_KEY_REVOKE) {
+        if (op->old_key.rec.revoked) {
+            op->result = MR_R_NOOP;
+            return 0;
+        }
+
+        op->old_key.rec.revoked = 1;
+
+        return mr_store_key_put(txn, &op->old_key);
+    }
+
+    /* MR_OP_KEY_ROTATE: only within the caller's account */
+
+    if (ngx_memcmp(op->old_key.rec.org, op->org, MR_ORG_ID_LEN) != 0
+        || op->old_key.rec.revoked)
+    {
+        op->result = MR_R_NOT_FOUND;
+        return 0;
+    }
+
+    op->key.rec.permission = op->old_key.rec.permission;
+    op->key.name = op->old_key.name;
+
+    until = op->key.rec.created_ms + op->grace_ms;
+
+    if (op->old_key.rec.valid_until_ms == 0
+        || op->old_key.rec.valid_until_ms > until)
+    {
+        op->old_key.rec.valid_until_ms = until;
+    }
+
+    rc = mr_store_key_put(txn, &op->old_key);
+    if (rc != 0) {
+        return rc;
+    }
+
+    return mr_store_key_put(txn, &op->key);
+}
+
+
+/* records */
+
+static int
+mr_store_exec_put(MDB_txn *txn, mr_exec_t *exec)
+{
+    int         rc;
+    u_char     *p;
+    size_t      size;
+    MDB_val     k, v;
+    ngx_uint_t  i;
+
+    size = sizeof(mr_exec_rec_t);
+
+    for (i = 0; i < MR_SEG_N; i++) {
+        exec->rec.seg_len[i] = (uint32_t) exec->seg[i].len;
+        size += exec->seg[i].len;
+    }
+
+    exec->rec.version = MR_STORE_VERSION;
+
+    k.mv_data = exec->id;
+    k.mv_size = MR_EXEC_ID_LEN;
+    v.mv_size = size;
+
+    rc = mdb_put(txn, mr_store.exec, &k, &v, MDB_RESERVE);
+    if (rc != 0) {
+        return rc;
+    }
+
+    p = ngx_cpymem(v.mv_data, &exec->rec, sizeof(mr_exec_rec_t));
+
+    for (i = 0; i < MR_SEG_N; i++) {
+        p = ngx_cpymem(p, exec->seg[i].data, exec->seg[i].len);
+    }
+
+    return 0;
+}
+
+
+/*
+ * Reads an execution; its segments are copied into the pool, or, without
+ * a pool, point into the map and live as long as the transaction.
+ */
+
+static int
+mr_store_exec_read(MDB_txn *txn, u_char *id, mr_exec_t *exec,
+    ngx_pool_t *pool)
+{
+    int         rc;
+    u_char     *p, *last;
+    MDB_val     k, v;
+    ngx_uint_t  i;
+
+    k.mv_data = id;
+    k.mv_size = MR_EXEC_ID_LEN;
+
+    rc = mdb_get(txn, mr_store.exec, &k, &v);
+    if (rc != 0) {
+        return rc;
+    }
+
+    if (v.mv_size < sizeof(mr_exec_rec_t)) {
+        return MDB_CORRUPTED;
+    }
+
+    if (exec->id != id) {
+        ngx_memcpy(exec->id, id, MR_EXEC_ID_LEN);
+    }
+
+    ngx_memcpy(&exec->rec, v.mv_data, sizeof(mr_exec_rec_t));
+
+    p = (u_char *) v.mv_data + sizeof(mr_exec_rec_t);
+    last = (u_char *) v.mv_data + v.mv_size;
+
+    for (i = 0; i < MR_SEG_N; i++) {
+        if (exec->rec.seg_len[i] > (size_t) (last - p)) {
+            return MDB_CORRUPTED;
+        }
+
+        if (mr_store_copy(pool, &exec->seg[i], p, exec->rec.seg_len[i])
+            != NGX_OK)
+        {
+            return ENOMEM;
+        }
+
+        p += exec->rec.seg_len[i];
+    }
+
+    return 0;
+}
+
+
+static int
+mr_store_account_read(MDB_txn *txn, u_char *org, mr_account_t *acct,
+    ngx_pool_t *pool)
+{
+    int      rc;
+    MDB_val  k, v;
+
+    k.mv_data = org;
+    k.mv_size = MR_ORG_ID_LEN;
+
+    rc = mdb_get(txn, mr_store.acct, &k, &v);
+    if (rc != 0) {
+        return rc;
+    }
+
+    if (v.mv_size < sizeof(mr_account_rec_t)) {
+        return MDB_CORRUPTED;
+    }
+
+    if (acct->id != org) {
+        ngx_memcpy(acct->id, org, MR_ORG_ID_LEN);
+    }
+
+    ngx_memcpy(&acct->rec, v.mv_data, sizeof(mr_account_rec_t));
+
+    if (acct->rec.name_len > v.mv_size - sizeof(mr_account_rec_t)) {
+        return MDB_CORRUPTED;
+    }
+
+    if (mr_store_copy(pool, &acct->name,
+                      (u_char *) v.mv_data + sizeof(mr_account_rec_t),
+                      acct->rec.name_len)
+        != NGX_OK)
+    {
+        return ENOMEM;
+    }
+
+    return 0;
+}
+
+
+static int
+mr_store_account_put(MDB_txn *txn, mr_account_t *acct)
+{
+    int      rc;
+    MDB_val  k, v;
+
+    acct->rec.name_len = (uint32_t) acct->name.len;
+
+    k.mv_data = acct->id;
+    k.mv_size = MR_ORG_ID_LEN;
+    v.mv_size = sizeof(mr_account_rec_t) + acct->name.len;
+
+    rc = mdb_put(txn, mr_store.acct, &k, &v, MDB_RESERVE);
+    if (rc != 0) {
+        return rc;
+    }
+
+    ngx_memcpy(ngx_cpymem(v.mv_data, &acct->rec, sizeof(mr_account_rec_t)),
+               acct->name.data, acct->name.len);
+
+    return 0;
+}
+
+
+static int
+mr_store_key_read(MDB_txn *txn, u_char *key_id, mr_key_t *key,
+    ngx_pool_t *pool)
+{
+    int      rc;
+    MDB_val  k, v;
+
+    k.mv_data = key_id;
+    k.mv_size = MR_KEY_ID_LEN;
+
+    rc = mdb_get(txn, mr_store.key, &k, &v);
+    if (rc != 0) {
+        return rc;
+    }
+
+    if (v.mv_size < sizeof(mr_key_rec_t)) {
+        return MDB_CORRUPTED;
+    }
+
+    ngx_memcpy(&key->rec, v.mv_data, sizeof(mr_key_rec_t));
+
+    if (key->rec.name_len > v.mv_size - sizeof(mr_key_rec_t)) {
+        return MDB_CORRUPTED;
+    }
+
+    if (mr_store_copy(pool, &key->name,
+                      (u_char *) v.mv_data + sizeof(mr_key_rec_t),
+                      key->rec.name_len)
+        != NGX_OK)
+    {
+        return ENOMEM;
+    }
+
+    return 0;
+}
+
+
+static int
+mr_store_key_put(MDB_txn *txn, mr_key_t *key)
+{
+    int      rc;
+    MDB_val  k, v;
+    u_char   akey[MR_ORG_ID_LEN + MR_KEY_ID_LEN];
+
+    key->rec.name_len = (uint32_t) key->name.len;
+
+    k.mv_data = key->rec.key_id;
+    k.mv_size = MR_KEY_ID_LEN;
+    v.mv_size = sizeof(mr_key_rec_t) + key->name.len;
+
+    rc = mdb_put(txn, mr_store.key, &k, &v, MDB_RESERVE);
+    if (rc != 0) {
+        return rc;
+    }
+
+    ngx_memcpy(ngx_cpymem(v.mv_data, &key->rec, sizeof(mr_key_rec_t)),
+               key->name.data, key->name.len);
+
+    k.mv_data = key->rec.hash;
+    k.mv_size = MR_SHA256_LEN;
+    v.mv_data = key->rec.key_id;
+    v.mv_size = MR_KEY_ID_LEN;
+
+    rc = mdb_put(txn, mr_store.keyhash, &k, &v, 0);
+    if (rc != 0) {
+        return rc;
+    }
+
+    ngx_memcpy(akey, key->rec.org, MR_ORG_ID_LEN);
+    ngx_memcpy(akey + MR_ORG_ID_LEN, key->rec.key_id, MR_KEY_ID_LEN);
+
+    k.mv_data = akey;
+    k.mv_size = sizeof(akey);
+    v.mv_data = "";
+    v.mv_size = 0;
+
+    return mdb_put(txn, mr_store.acctkey, &k, &v, 0);
+}
+
+
+static ngx_int_t
+mr_store_copy(ngx_pool_t *pool, ngx_str_t *dst, u_char *src, size_t len)
+{
+    dst->len = len;
+
+    if (pool == NULL || len == 0) {
+        dst->data = src;
+        return NGX_OK;
+    }
+
+    dst->data = ngx_pnalloc(pool, len);
+    if (dst->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(dst->data, src, len);
+
+    return NGX_OK;
+}
+
+
+/* reads */
+
+static ngx_int_t
+mr_store_read_rc(int rc, const char *what)
+{
+    if (rc == 0) {
+        return NGX_OK;
+    }
+
+    if (rc == MDB_NOTFOUND) {
+        return NGX_DECLINED;
+    }
+
+    ngx_log_error(NGX_LOG_ERR, mr_store.log, 0,
+                  "modelroute_store: reading %s: %s", what, mdb_strerror(rc));
+
+    return NGX_ERROR;
+}
+
+
+ngx_int_t
+mr_store_key_by_hash(u_char *hash, mr_key_t *key, ngx_pool_t *pool)
+{
+    int       rc;
+    MDB_val   k, v;
+    MDB_txn  *txn;
+
+    txn = mr_store_read_begin();
+    if (txn == NULL) {
+        return NGX_ERROR;
+    }
+
+    k.mv_data = hash;
+    k.mv_size = MR_SHA256_LEN;
+
+    rc = mdb_get(txn, mr_store.keyhash, &k, &v);
+
+    if (rc == 0) {
+        if (v.mv_size == MR_KEY_ID_LEN) {
+            rc = mr_store_key_read(txn, v.mv_data, key, pool);
+
+        } else {
+            rc = MDB_CORRUPTED;
+        }
+    }
+
+    mr_store_read_end();
+
+    return mr_store_read_rc(rc, "key");
+}
+
+
+ngx_int_t
+mr_store_key_get(u_char *key_id, mr_key_t *key, ngx_pool_t *pool)
+{
+    int       rc;
+    MDB_txn  *txn;
+
+    txn = mr_store_read_begin();
+    if (txn == NULL) {
+        return NGX_ERROR;
+    }
+
+    rc = mr_store_key_read(txn, key_id, key, pool);
+
+    mr_store_read_end();
+
+    return mr_store_read_rc(rc, "key");
+}
+
+
+ngx_int_t
+mr_store_keys_list(u_char *org, ngx_array_t *keys, ngx_pool_t *pool)
+{
+    int          rc;
+    MDB_val      k, v;
+    MDB_txn     *txn;
+    mr_key_t    *key;
+    MDB_cursor  *cur;
+
+    txn = mr_store_read_begin();
+    if (txn == NULL) {
+        return NGX_ERROR;
+    }
+
+    rc = mdb_cursor_open(txn, mr_store.acctkey, &cur);
+    if (rc != 0) {
+        goto done;
+    }
+
+    k.mv_data = org;
+    k.mv_size = MR_ORG_ID_LEN;
+
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+         rc == 0;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT))
+    {
+        if (k.mv_size != MR_ORG_ID_LEN + MR_KEY_ID_LEN
+            || ngx_memcmp(k.mv_data, org, MR_ORG_ID_LEN) != 0)
+        {
+            break;
+        }
+
+        key = ngx_array_push(keys);
+        if (key == NULL) {
+            rc = ENOMEM;
+            break;
+        }
+
+        rc = mr_store_key_read(txn, (u_char *) k.mv_data + MR_ORG_ID_LEN,
+                               key, pool);
+        if (rc != 0) {
+            break;
+        }
+    }
+
+    mdb_cursor_close(cur);
+
+    if (rc == MDB_NOTFOUND) {
+        rc = 0;
+    }
+
+done:
+
+    mr_store_read_end();
+
+    return mr_store_read_rc(rc, "keys");
+}
+
+
+ngx_int_t
+mr_store_account_get(u_char *org, mr_account_t *acct, ngx_pool_t *pool)
+{
+    int       rc;
+    MDB_txn  *txn;
+
+    txn = mr_store_read_begin();
+    if (txn == NULL) {
+        return NGX_ERROR;
+    }
+
+    rc = mr_store_account_read(txn, org, acct, pool);
+
+    mr_store_read_end();
+
+    return mr_store_read_rc(rc, "account");
+}
+
+
+ngx_int_t
+mr_store_exec_get(u_char *id, mr_exec_t *exec, ngx_pool_t *pool)
+{
+    int       rc;
+    MDB_txn  *txn;
+
+    txn = mr_store_read_begin();
+    if (txn == NULL) {
+        return NGX_ERROR;
+    }
+
+    rc = mr_store_exec_read(txn, id, exec, pool);
+
+    mr_store_read_end();
+
+    return mr_store_read_rc(rc, "execution");
+}
+
+
+/* newest first: walk the account's index backwards */
+
+ngx_int_t
+mr_store_exec_list(mr_list_query_t *q, ngx_array_t *execs,
+    ngx_uint_t *has_more, ngx_pool_t *pool)
+{
+    int          rc;
+    MDB_val      k, v;
+    MDB_txn     *txn;
+    mr_exec_t   *exec, cur_exec;
+    MDB_cursor  *cur;
+    u_char       okey[MR_ORG_ID_LEN + 8 + MR_EXEC_ID_LEN];
+
+    *has_more = 0;
+
+    txn = mr_store_read_begin();
+    if (txn == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(okey, q->org, MR_ORG_ID_LEN);
+
+    if (q->starting_after.len) {
+        rc = mr_store_exec_read(txn, q->starting_after.data, &cur_exec, NULL);
+        if (rc == 0
+            && ngx_memcmp(cur_exec.rec.org, q->org, MR_ORG_ID_LEN) != 0)
+        {
+            rc = MDB_NOTFOUND;
+        }
+
+        if (rc != 0) {
+            mr_store_read_end();
+            return mr_store_read_rc(rc, "execution");
+        }
+
+        mr_be64_put(okey + MR_ORG_ID_LEN, (uint64_t) cur_exec.rec.created_ms);
+        ngx_memcpy(okey + MR_ORG_ID_LEN + 8, q->starting_after.data,
+                   MR_EXEC_ID_LEN);
+
+    } else {
+        ngx_memset(okey + MR_ORG_ID_LEN, 0xff, 8 + MR_EXEC_ID_LEN);
+    }
+
+    rc = mdb_cursor_open(txn, mr_store.byorg, &cur);
+    if (rc != 0) {
+        mr_store_read_end();
+        return mr_store_read_rc(rc, "executions");
+    }
+
+    k.mv_data = okey;
+    k.mv_size = sizeof(okey);
+
+    /* position at the first entry strictly before okey */
+
+    rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+
+    if (rc == 0) {
+        rc = mdb_cursor_get(cur, &k, &v, MDB_PREV);
+
+    } else if (rc == MDB_NOTFOUND) {
+        rc = mdb_cursor_get(cur, &k, &v, MDB_LAST);
+    }
+
+    for ( /* void */ ; rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_PREV)) {
+
+        if (k.mv_size != sizeof(okey)
+            || ngx_memcmp(k.mv_data, q->org, MR_ORG_ID_LEN) != 0)
+        {
+            break;
+        }
+
+        rc = mr_store_exec_read(txn, (u_char *) k.mv_data + MR_ORG_ID_LEN + 8,
+                                &cur_exec, NULL);
+        if (rc != 0) {
+            break;
+        }
+
+        if (q->status && cur_exec.rec.status != q->status) {
+            continue;
+        }
+
+        if (q->model.len
+            && (cur_exec.seg[MR_SEG_MODEL].len != q->model.len
+                || ngx_memcmp(cur_exec.seg[MR_SEG_MODEL].data, q->model.data,
+                              q->model.len) != 0))
+        {
+            continue;
+        }
+
+        if (execs->nelts == q->limit) {
+            *has_more = 1;
+            break;
+        }
+
+        exec = ngx_array_push(execs);
+        if (exec == NULL) {
+            rc = ENOMEM;
+            break;
+        }
+
+        rc = mr_store_exec_read(txn, (u_char *) k.mv_data + MR_ORG_ID_LEN + 8,
+                                exec, pool);
+        if (rc != 0) {
+            break;
+        }
+    }
+
+    mdb_cursor_close(cur);
+
+    if (rc == MDB_NOTFOUND) {
+        rc = 0;
+    }
+
+    mr_store_read_end();
+
+    return mr_store_read_rc(rc, "executions");
+}
+
+
+ngx_int_t
+mr_store_verify(u_char *org, mr_verify_t *vf)
+{
+    int          rc;
+    MDB_val      k, v;
+    MDB_txn     *txn;
+    mr_exec_t    exec;
+    MDB_cursor  *cur;
+
+    ngx_memzero(vf, sizeof(mr_verify_t));
+
+    txn = mr_store_read_begin();
+    if (txn == NULL) {
+        return NGX_ERROR;
+    }
+
+    rc = mdb_cursor_open(txn, mr_store.byorg, &cur);
+    if (rc != 0) {
+        mr_store_read_end();
+        return mr_store_read_rc(rc, "executions");
+    }
+
+    k.mv_data = org;
+    k.mv_size = MR_ORG_ID_LEN;
+
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+         rc == 0;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT))
+    {
+        if (k.mv_size != MR_ORG_ID_LEN + 8 + MR_EXEC_ID_LEN
+            || ngx_memcmp(k.mv_data, org, MR_ORG_ID_LEN) != 0)
+        {
+            break;
+        }
+
+        rc = mr_store_exec_read(txn, (u_char *) k.mv_data + MR_ORG_ID_LEN + 8,
+                                &exec, NULL);
+        if (rc != 0) {
+            break;
+        }
+
+        vf->executions++;
+
+        if (!mr_status_terminal(exec.rec.status)) {
+            vf->open_executions++;
+            vf->open_holds += exec.rec.hold;
+        }
+    }
+
+    mdb_cursor_close(cur);
+
+    if (rc == MDB_NOTFOUND) {
+        rc = 0;
+    }
+
+    mr_store_read_end();
+
+    return mr_store_read_rc(rc, "executions");
+}

@@ -1,0 +1,208 @@
+
+/*
+ * ModelRoute: the store interface.
+ *
+ * Every persistent change is a domain operation (create an execution with
+ * its hold and idempotency key, cancel it, credit an account, ...).  Reads
+ * are synchronous; writes are queued with mr_store_submit() and committed
+ * together at the end of the event-loop turn (group commit), after which
+ * each operation's handler runs.  The LMDB backend lives in mr_store.c;
+ * nothing outside it sees LMDB.
+ */
+
+
+#ifndef _MR_STORE_H_INCLUDED_
+#define _MR_STORE_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+
+#include "ngx_http_modelroute_module.h"
+#include "mr_util.h"
+
+
+#define MR_PENDING           1
+#define MR_PROCESSING        2
+#define MR_AWAITING_WEBHOOK  3
+#define MR_COMPLETED         4
+#define MR_FAILED            5
+#define MR_CANCELLED         6
+#define MR_EXPIRED           7
+
+#define mr_status_terminal(s)  ((s) >= MR_COMPLETED)
+
+
+#define MR_PERM_FULL         1
+#define MR_PERM_EXECUTION    2
+
+
+/* variable parts of an execution, each a JSON text (empty = null) */
+#define MR_SEG_MODEL         0      /* raw slug */
+#define MR_SEG_IDEM_KEY      1      /* JSON string */
+#define MR_SEG_METADATA      2      /* JSON object */
+#define MR_SEG_WEBHOOK_URL   3
+#define MR_SEG_INPUT         4
+#define MR_SEG_RESULT        5
+#define MR_SEG_ERROR         6
+#define MR_SEG_ATTEMPTS      7      /* JSON array */
+#define MR_SEG_N             8
+
+
+typedef struct {
+    uint32_t                  version;
+    uint32_t                  status;
+    int64_t                   estimate;
+    int64_t                   hold;
+    int64_t                   cost;            /* -1: not settled */
+    int64_t                   created_ms;
+    int64_t                   expires_ms;
+    int64_t                   started_ms;
+    int64_t                   completed_ms;
+    int64_t                   lease_until_ms;
+    uint64_t                  lease_owner;
+    u_char                    org[MR_ORG_ID_LEN];
+    u_char                    fingerprint[MR_SHA256_LEN];
+    uint32_t                  seg_len[MR_SEG_N];
+} mr_exec_rec_t;
+
+
+typedef struct {
+    u_char                    id[MR_EXEC_ID_LEN];
+    mr_exec_rec_t             rec;
+    ngx_str_t                 seg[MR_SEG_N];
+} mr_exec_t;
+
+
+typedef struct {
+    int64_t                   balance;
+    int64_t                   held;
+    int64_t                   credited;
+    int64_t                   debited;
+    int64_t                   charged;
+    int64_t                   created_ms;
+    uint32_t                  name_len;        /* JSON string follows */
+} mr_account_rec_t;
+
+
+typedef struct {
+    u_char                    id[MR_ORG_ID_LEN];
+    mr_account_rec_t          rec;
+    ngx_str_t                 name;
+} mr_account_t;
+
+
+typedef struct {
+    u_char                    key_id[MR_KEY_ID_LEN];
+    u_char                    org[MR_ORG_ID_LEN];
+    u_char                    hash[MR_SHA256_LEN];
+    u_char                    hint[4];         /* last 4 hex of the secret */
+    uint32_t                  permission;
+    uint32_t                  revoked;
+    int64_t                   created_ms;
+    int64_t                   valid_until_ms;  /* 0: no end */
+    uint32_t                  name_len;        /* JSON string follows */
+} mr_key_rec_t;
+
+
+typedef struct {
+    mr_key_rec_t              rec;
+    ngx_str_t                 name;
+} mr_key_t;
+
+
+typedef struct {
+    int64_t                   open_holds;
+    ngx_uint_t                executions;
+    ngx_uint_t                open_executions;
+} mr_verify_t;
+
+
+typedef struct {
+    u_char                   *org;
+    ngx_uint_t                status;          /* 0: any */
+    ngx_str_t                 model;           /* empty: any */
+    ngx_uint_t                limit;
+    ngx_str_t                 starting_after;  /* empty: from the newest */
+} mr_list_query_t;
+
+
+/* operation outcomes */
+#define MR_R_OK                 0
+#define MR_R_REPLAYED           1
+#define MR_R_NOOP               2
+#define MR_R_NOT_FOUND          3
+#define MR_R_IDEM_REUSED        4
+#define MR_R_INSUFFICIENT       5
+#define MR_R_TERMINAL           6
+#define MR_R_FORBIDDEN          7
+#define MR_R_STORAGE_FULL       8
+#define MR_R_INTERNAL           9
+#define MR_R_UNAVAILABLE       10
+
+
+#define MR_OP_EXEC_CREATE       1
+#define MR_OP_EXEC_CANCEL       2
+#define MR_OP_ACCOUNT_CREATE    3
+#define MR_OP_ACCOUNT_ADJUST    4
+#define MR_OP_KEY_CREATE        5
+#define MR_OP_KEY_REVOKE        6
+#define MR_OP_KEY_ROTATE        7
+
+
+typedef struct mr_store_op_s  mr_store_op_t;
+
+typedef void (*mr_store_op_handler_pt)(mr_store_op_t *op);
+
+struct mr_store_op_s {
+    ngx_queue_t               queue;
+    ngx_uint_t                type;
+    ngx_pool_t               *pool;          /* results are copied here */
+    mr_store_op_handler_pt    handler;
+    void                     *data;
+
+    ngx_uint_t                result;        /* MR_R_* */
+
+    /* MR_OP_EXEC_CREATE: exec, idem_key, idem_ttl_ms;
+     * MR_OP_EXEC_CANCEL: exec.id, org */
+    mr_exec_t                 exec;
+    ngx_str_t                 idem_key;
+    int64_t                   idem_ttl_ms;
+
+    /* accounts: org, account; adjust: amount (signed), reference */
+    u_char                    org[MR_ORG_ID_LEN];
+    mr_account_t              account;
+    int64_t                   amount;
+    ngx_str_t                 reference;
+
+    /* keys: key (new), key_id (revoke, rotate), grace_ms */
+    mr_key_t                  key;
+    mr_key_t                  old_key;
+    u_char                    key_id[MR_KEY_ID_LEN];
+    int64_t                   grace_ms;
+
+    /* MR_R_INSUFFICIENT */
+    int64_t                   required;
+    int64_t                   available;
+};
+
+
+ngx_int_t mr_store_init_module(ngx_cycle_t *cycle, mr_main_conf_t *mcf);
+ngx_int_t mr_store_init_process(ngx_cycle_t *cycle, mr_main_conf_t *mcf);
+void mr_store_exit_process(ngx_cycle_t *cycle);
+
+void mr_store_submit(mr_store_op_t *op);
+
+ngx_int_t mr_store_key_by_hash(u_char *hash, mr_key_t *key, ngx_pool_t *pool);
+ngx_int_t mr_store_key_get(u_char *key_id, mr_key_t *key, ngx_pool_t *pool);
+ngx_int_t mr_store_keys_list(u_char *org, ngx_array_t *keys,
+    ngx_pool_t *pool);
+ngx_int_t mr_store_account_get(u_char *org, mr_account_t *acct,
+    ngx_pool_t *pool);
+ngx_int_t mr_store_exec_get(u_char *id, mr_exec_t *exec, ngx_pool_t *pool);
+ngx_int_t mr_store_exec_list(mr_list_query_t *q, ngx_array_t *execs,
+    ngx_uint_t *has_more, ngx_pool_t *pool);
+ngx_int_t mr_store_verify(u_char *org, mr_verify_t *v);
+
+
+#endif /* _MR_STORE_H_INCLUDED_ */

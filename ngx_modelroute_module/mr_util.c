@@ -1,0 +1,220 @@
+
+/*
+ * ModelRoute: ids, clocks, money and hashing helpers.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+#include <openssl/sha.h>
+
+#include "mr_util.h"
+
+
+ngx_int_t
+mr_random_id(u_char *dst, const char *prefix, size_t hexlen)
+{
+    size_t  plen;
+    u_char  rnd[32];
+
+    plen = ngx_strlen(prefix);
+
+    if (hexlen / 2 > sizeof(rnd) || RAND_bytes(rnd, hexlen / 2) != 1) {
+        return NGX_ERROR;
+    }
+
+    dst = ngx_cpymem(dst, prefix, plen);
+    mr_hex(dst, rnd, hexlen / 2);
+
+    return NGX_OK;
+}
+
+
+/* "<prefix><lowercase hex>" of exactly len characters */
+
+ngx_int_t
+mr_id_valid(ngx_str_t *id, const char *prefix, size_t len)
+{
+    size_t  i, plen;
+    u_char  c;
+
+    plen = ngx_strlen(prefix);
+
+    if (id->len != len || ngx_strncmp(id->data, prefix, plen) != 0) {
+        return 0;
+    }
+
+    for (i = plen; i < len; i++) {
+        c = id->data[i];
+
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) {
+            return 0;
+        }
+    }
+
+    return 1;
+}
+
+
+int64_t
+mr_now_ms(void)
+{
+    ngx_time_t  *tp;
+
+    tp = ngx_timeofday();
+
+    return (int64_t) tp->sec * 1000 + tp->msec;
+}
+
+
+u_char *
+mr_time_format(u_char *dst, int64_t ms)
+{
+    ngx_tm_t  tm;
+
+    ngx_gmtime((time_t) (ms / 1000), &tm);
+
+    return ngx_sprintf(dst, "%4d-%02d-%02dT%02d:%02d:%02d.%03dZ",
+                       tm.ngx_tm_year, tm.ngx_tm_mon, tm.ngx_tm_mday,
+                       tm.ngx_tm_hour, tm.ngx_tm_min, tm.ngx_tm_sec,
+                       (int) (ms % 1000));
+}
+
+
+/* "12", "12.5", "0.000001": non-negative, at most 6 decimal places */
+
+ngx_int_t
+mr_money_parse(u_char *s, size_t len, int64_t *out)
+{
+    size_t   i, frac;
+    int64_t  v;
+    ngx_int_t  dot, digits;
+
+    v = 0;
+    dot = 0;
+    frac = 0;
+    digits = 0;
+
+    for (i = 0; i < len; i++) {
+
+        if (s[i] == '.') {
+            if (dot || digits == 0) {
+                return NGX_ERROR;
+            }
+            dot = 1;
+            continue;
+        }
+
+        if (s[i] < '0' || s[i] > '9') {
+            return NGX_ERROR;
+        }
+
+        if (dot && ++frac > 6) {
+            return NGX_ERROR;
+        }
+
+        v = v * 10 + (s[i] - '0');
+        digits++;
+
+        if (v > MR_MONEY_MAX) {
+            return NGX_ERROR;
+        }
+    }
+
+    if (digits == 0 || (dot && frac == 0)) {
+        return NGX_ERROR;
+    }
+
+    while (frac++ < 6) {
+        v *= 10;
+    }
+
+    if (v > MR_MONEY_MAX) {
+        return NGX_ERROR;
+    }
+
+    *out = v;
+
+    return NGX_OK;
+}
+
+
+/* 48000 -> "0.048", 12500000 -> "12.50", 10000 -> "0.01" */
+
+size_t
+mr_money_format(u_char *dst, int64_t micros)
+{
+    u_char    *p;
+    uint64_t   a;
+    ngx_int_t  keep;
+
+    p = dst;
+
+    if (micros < 0) {
+        *p++ = '-';
+        a = (uint64_t) -micros;
+
+    } else {
+        a = (uint64_t) micros;
+    }
+
+    p = ngx_sprintf(p, "%uL.%06uL", a / 1000000, a % 1000000);
+
+    for (keep = 4; keep > 0 && p[-1] == '0'; keep--) {
+        p--;
+    }
+
+    return p - dst;
+}
+
+
+u_char *
+mr_hex(u_char *dst, u_char *src, size_t len)
+{
+    return ngx_hex_dump(dst, src, len);
+}
+
+
+void
+mr_sha256(u_char *dst, u_char *src, size_t len)
+{
+    SHA256(src, len, dst);
+}
+
+
+ngx_int_t
+mr_memeq_ct(u_char *a, u_char *b, size_t len)
+{
+    return CRYPTO_memcmp(a, b, len) == 0;
+}
+
+
+void
+mr_be64_put(u_char *dst, uint64_t v)
+{
+    ngx_int_t  i;
+
+    for (i = 7; i >= 0; i--) {
+        dst[i] = (u_char) (v & 0xff);
+        v >>= 8;
+    }
+}
+
+
+uint64_t
+mr_be64_get(u_char *src)
+{
+    ngx_int_t  i;
+    uint64_t   v;
+
+    v = 0;
+
+    for (i = 0; i < 8; i++) {
+        v = (v << 8) | src[i];
+    }
+
+    return v;
+}

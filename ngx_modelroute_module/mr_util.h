@@ -1,0 +1,45 @@
+
+/*
+ * ModelRoute: ids, clocks, money and hashing helpers.
+ */
+
+
+#ifndef _MR_UTIL_H_INCLUDED_
+#define _MR_UTIL_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+
+
+/* "exec_" + 32 hex, "org_"/"key_" + 24 hex, "req_" + 32 hex */
+#define MR_EXEC_ID_LEN     37
+#define MR_ORG_ID_LEN      28
+#define MR_KEY_ID_LEN      28
+#define MR_REQ_ID_LEN      36
+
+#define MR_TIME_LEN        24      /* 2026-03-20T10:30:00.000Z */
+#define MR_MONEY_LEN       32
+#define MR_SHA256_LEN      32
+
+#define MR_MONEY_MAX       ((int64_t) 1000000000000000LL)  /* $1e9 */
+
+
+ngx_int_t mr_random_id(u_char *dst, const char *prefix, size_t hexlen);
+ngx_int_t mr_id_valid(ngx_str_t *id, const char *prefix, size_t len);
+
+int64_t mr_now_ms(void);
+u_char *mr_time_format(u_char *dst, int64_t ms);
+
+ngx_int_t mr_money_parse(u_char *s, size_t len, int64_t *out);
+size_t mr_money_format(u_char *dst, int64_t micros);
+
+u_char *mr_hex(u_char *dst, u_char *src, size_t len);
+void mr_sha256(u_char *dst, u_char *src, size_t len);
+ngx_int_t mr_memeq_ct(u_char *a, u_char *b, size_t len);
+
+void mr_be64_put(u_char *dst, uint64_t v);
+uint64_t mr_be64_get(u_char *src);
+
+
+#endif /* _MR_UTIL_H_INCLUDED_ */

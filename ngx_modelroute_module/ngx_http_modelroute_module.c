@@ -1,0 +1,530 @@
+
+/*
+ * ModelRoute for nginx: directives, configuration and process hooks.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_modelroute_module.h"
+#include "mr_util.h"
+#include "mr_store.h"
+#include "mr_api.h"
+#include "mr_admin.h"
+
+
+#define MR_MAP_SIZE_MIN  (1024 * 1024)
+
+
+static void *ngx_http_modelroute_create_main_conf(ngx_conf_t *cf);
+static char *ngx_http_modelroute_init_main_conf(ngx_conf_t *cf, void *conf);
+static void *ngx_http_modelroute_create_loc_conf(ngx_conf_t *cf);
+static char *ngx_http_modelroute_merge_loc_conf(ngx_conf_t *cf, void *parent,
+    void *child);
+static char *ngx_http_modelroute_model(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_modelroute_mount(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_modelroute_map_size(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static ngx_int_t ngx_http_modelroute_handler(ngx_http_request_t *r);
+static mr_main_conf_t *ngx_http_modelroute_cycle_conf(ngx_cycle_t *cycle);
+static ngx_int_t ngx_http_modelroute_init_module(ngx_cycle_t *cycle);
+static ngx_int_t ngx_http_modelroute_init_process(ngx_cycle_t *cycle);
+static void ngx_http_modelroute_exit_process(ngx_cycle_t *cycle);
+
+
+static ngx_conf_enum_t  ngx_http_modelroute_durability[] = {
+    { ngx_string("full"), MR_DURABILITY_FULL },
+    { ngx_string("relaxed"), MR_DURABILITY_RELAXED },
+    { ngx_null_string, 0 }
+};
+
+
+static ngx_command_t  ngx_http_modelroute_commands[] = {
+
+    { ngx_string("modelroute_store"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(mr_main_conf_t, store_path),
+      NULL },
+
+    { ngx_string("modelroute_store_map_size"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_modelroute_map_size,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(mr_main_conf_t, map_size),
+      NULL },
+
+    { ngx_string("modelroute_durability"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_enum_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(mr_main_conf_t, durability),
+      &ngx_http_modelroute_durability },
+
+    { ngx_string("modelroute_idempotency_ttl"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_sec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(mr_main_conf_t, idempotency_ttl),
+      NULL },
+
+    { ngx_string("modelroute_key_rotation_grace"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_sec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(mr_main_conf_t, rotation_grace),
+      NULL },
+
+    { ngx_string("modelroute_model"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_http_modelroute_model,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("modelroute_api"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_modelroute_mount,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      (void *) MR_HANDLER_API },
+
+    { ngx_string("modelroute_admin"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_modelroute_mount,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      (void *) MR_HANDLER_ADMIN },
+
+      ngx_null_command
+};
+
+
+static ngx_http_module_t  ngx_http_modelroute_module_ctx = {
+    NULL,                                  /* preconfiguration */
+    NULL,                                  /* postconfiguration */
+
+    ngx_http_modelroute_create_main_conf,  /* create main configuration */
+    ngx_http_modelroute_init_main_conf,    /* init main configuration */
+
+    NULL,                                  /* create server configuration */
+    NULL,                                  /* merge server configuration */
+
+    ngx_http_modelroute_create_loc_conf,   /* create location configuration */
+    ngx_http_modelroute_merge_loc_conf     /* merge location configuration */
+};
+
+
+ngx_module_t  ngx_http_modelroute_module = {
+    NGX_MODULE_V1,
+    &ngx_http_modelroute_module_ctx,       /* module context */
+    ngx_http_modelroute_commands,          /* module directives */
+    NGX_HTTP_MODULE,                       /* module type */
+    NULL,                                  /* init master */
+    ngx_http_modelroute_init_module,       /* init module */
+    ngx_http_modelroute_init_process,      /* init process */
+    NULL,                                  /* init thread */
+    NULL,                                  /* exit thread */
+    ngx_http_modelroute_exit_process,      /* exit process */
+    NULL,                                  /* exit master */
+    NGX_MODULE_V1_PADDING
+};
+
+
+static mr_main_conf_t  *mr_conf;    /* of the running cycle */
+
+
+mr_main_conf_t *
+mr_main_conf(void)
+{
+    return mr_conf;
+}
+
+
+mr_model_t *
+mr_model_find(mr_main_conf_t *mcf, ngx_str_t *slug)
+{
+    ngx_uint_t   i;
+    mr_model_t  *m;
+
+    m = mcf->models.elts;
+
+    for (i = 0; i < mcf->models.nelts; i++) {
+        if (m[i].slug.len == slug->len
+            && ngx_strncmp(m[i].slug.data, slug->data, slug->len) == 0)
+        {
+            return &m[i];
+        }
+    }
+
+    return NULL;
+}
+
+
+static ngx_int_t
+ngx_http_modelroute_handler(ngx_http_request_t *r)
+{
+    mr_loc_conf_t  *lcf;
+
+    lcf = ngx_http_get_module_loc_conf(r, ngx_http_modelroute_module);
+
+    if (lcf->handler == MR_HANDLER_ADMIN) {
+        return mr_admin_handler(r);
+    }
+
+    return mr_api_handler(r);
+}
+
+
+static void *
+ngx_http_modelroute_create_main_conf(ngx_conf_t *cf)
+{
+    mr_main_conf_t  *mcf;
+
+    mcf = ngx_pcalloc(cf->pool, sizeof(mr_main_conf_t));
+    if (mcf == NULL) {
+        return NULL;
+    }
+
+    mcf->map_size = NGX_CONF_UNSET_SIZE;
+    mcf->durability = NGX_CONF_UNSET_UINT;
+    mcf->idempotency_ttl = NGX_CONF_UNSET;
+    mcf->rotation_grace = NGX_CONF_UNSET;
+
+    if (ngx_array_init(&mcf->models, cf->pool, 4, sizeof(mr_model_t))
+        != NGX_OK)
+    {
+        return NULL;
+    }
+
+    return mcf;
+}
+
+
+static char *
+ngx_http_modelroute_init_main_conf(ngx_conf_t *cf, void *conf)
+{
+    mr_main_conf_t *mcf = conf;
+
+    ngx_conf_init_size_value(mcf->map_size, 1024 * 1024 * 1024);
+    ngx_conf_init_uint_value(mcf->durability, MR_DURABILITY_FULL);
+    ngx_conf_init_value(mcf->idempotency_ttl, 24 * 3600);
+    ngx_conf_init_value(mcf->rotation_grace, 3600);
+
+    if (!mcf->used) {
+        return NGX_CONF_OK;
+    }
+
+    if (mcf->store_path.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"modelroute_api\" and \"modelroute_admin\" "
+                           "need \"modelroute_store\" in the http block");
+        return NGX_CONF_ERROR;
+    }
+
+    if (mcf->models.nelts == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"modelroute_api\" needs at least one "
+                           "\"modelroute_model\" in the http block");
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_conf_full_name(cf->cycle, &mcf->store_path, 0) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static void *
+ngx_http_modelroute_create_loc_conf(ngx_conf_t *cf)
+{
+    mr_loc_conf_t  *lcf;
+
+    lcf = ngx_pcalloc(cf->pool, sizeof(mr_loc_conf_t));
+    if (lcf == NULL) {
+        return NULL;
+    }
+
+    lcf->handler = NGX_CONF_UNSET_UINT;
+
+    return lcf;
+}
+
+
+static char *
+ngx_http_modelroute_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
+{
+    mr_loc_conf_t *prev = parent;
+    mr_loc_conf_t *conf = child;
+
+    ngx_conf_merge_uint_value(conf->handler, prev->handler, MR_HANDLER_NONE);
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_modelroute_mount(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    mr_loc_conf_t *lcf = conf;
+
+    mr_main_conf_t            *mcf;
+    ngx_http_core_loc_conf_t  *clcf;
+
+    if (lcf->handler != NGX_CONF_UNSET_UINT) {
+        return "is duplicate";
+    }
+
+    lcf->handler = (ngx_uint_t) cmd->post;
+
+    mcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_modelroute_module);
+    mcf->used = 1;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    clcf->handler = ngx_http_modelroute_handler;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_modelroute_map_size(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    mr_main_conf_t *mcf = conf;
+
+    ngx_str_t  *value;
+
+    if (mcf->map_size != NGX_CONF_UNSET_SIZE) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    mcf->map_size = ngx_parse_size(&value[1]);
+
+    if (mcf->map_size == (size_t) NGX_ERROR
+        || mcf->map_size < MR_MAP_SIZE_MIN)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"modelroute_store_map_size\" must be a size "
+                           "of at least 1m, not \"%V\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * modelroute_model <slug> [per_request=USD] [per_image=USD]
+ *     [per_second=USD] [input_per_mtok=USD] [output_per_mtok=USD]
+ *     [max_tokens=N] [timeout=time];
+ */
+
+static char *
+ngx_http_modelroute_model(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    mr_main_conf_t *mcf = conf;
+
+    u_char      *eq, c;
+    int64_t     *price;
+    ngx_int_t    n;
+    ngx_str_t   *value, name, arg;
+    ngx_uint_t   i;
+    mr_model_t  *m;
+
+    value = cf->args->elts;
+
+    if (value[1].len == 0 || value[1].len > 128) {
+        goto bad_slug;
+    }
+
+    for (i = 0; i < value[1].len; i++) {
+        c = value[1].data[i];
+
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
+              || (c >= '0' && c <= '9')
+              || c == '-' || c == '_' || c == '.' || c == ':' || c == '/'))
+        {
+            goto bad_slug;
+        }
+    }
+
+    if (mr_model_find(mcf, &value[1])) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"modelroute_model\" \"%V\" is declared twice",
+                           &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    m = ngx_array_push(&mcf->models);
+    if (m == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memzero(m, sizeof(mr_model_t));
+    m->slug = value[1];
+    m->max_tokens = 1024;
+    m->timeout = 300000;
+
+    for (i = 2; i < cf->args->nelts; i++) {
+
+        eq = ngx_strlchr(value[i].data, value[i].data + value[i].len, '=');
+        if (eq == NULL) {
+            goto bad_param;
+        }
+
+        name.data = value[i].data;
+        name.len = eq - value[i].data;
+        arg.data = eq + 1;
+        arg.len = value[i].data + value[i].len - arg.data;
+
+        price = NULL;
+
+        if (ngx_strncmp(name.data, "per_request", name.len) == 0
+            && name.len == sizeof("per_request") - 1)
+        {
+            price = &m->per_request;
+
+        } else if (name.len == sizeof("per_image") - 1
+                   && ngx_strncmp(name.data, "per_image", name.len) == 0)
+        {
+            price = &m->per_image;
+
+        } else if (name.len == sizeof("per_second") - 1
+                   && ngx_strncmp(name.data, "per_second", name.len) == 0)
+        {
+            price = &m->per_second;
+
+        } else if (name.len == sizeof("input_per_mtok") - 1
+                   && ngx_strncmp(name.data, "input_per_mtok", name.len)
+                      == 0)
+        {
+            price = &m->input_per_mtok;
+
+        } else if (name.len == sizeof("output_per_mtok") - 1
+                   && ngx_strncmp(name.data, "output_per_mtok", name.len)
+                      == 0)
+        {
+            price = &m->output_per_mtok;
+
+        } else if (name.len == sizeof("max_tokens") - 1
+                   && ngx_strncmp(name.data, "max_tokens", name.len) == 0)
+        {
+            n = ngx_atoi(arg.data, arg.len);
+            if (n < 1 || n > 10000000) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "\"modelroute_model\" \"%V\": invalid "
+                                   "max_tokens \"%V\"", &m->slug, &arg);
+                return NGX_CONF_ERROR;
+            }
+
+            m->max_tokens = n;
+            continue;
+
+        } else if (name.len == sizeof("timeout") - 1
+                   && ngx_strncmp(name.data, "timeout", name.len) == 0)
+        {
+            m->timeout = ngx_parse_time(&arg, 0);
+            if (m->timeout == (ngx_msec_t) NGX_ERROR
+                || m->timeout < 1000 || m->timeout > 7 * 86400 * 1000)
+            {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "\"modelroute_model\" \"%V\": invalid "
+                                   "timeout \"%V\" (1s to 7d)",
+                                   &m->slug, &arg);
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+
+        } else {
+            goto bad_param;
+        }
+
+        if (mr_money_parse(arg.data, arg.len, price) != NGX_OK) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "\"modelroute_model\" \"%V\": invalid price "
+                               "\"%V\" (USD, at most 6 decimal places)",
+                               &m->slug, &value[i]);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    return NGX_CONF_OK;
+
+bad_slug:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "\"modelroute_model\": invalid model name \"%V\" "
+                       "(1-128 of a-z A-Z 0-9 - _ . : /)", &value[1]);
+    return NGX_CONF_ERROR;
+
+bad_param:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "\"modelroute_model\" \"%V\": unknown parameter "
+                       "\"%V\"", &value[1], &value[i]);
+    return NGX_CONF_ERROR;
+}
+
+
+static mr_main_conf_t *
+ngx_http_modelroute_cycle_conf(ngx_cycle_t *cycle)
+{
+    if (cycle->conf_ctx[ngx_http_module.index] == NULL) {
+        return NULL;
+    }
+
+    return ngx_http_cycle_get_module_main_conf(cycle,
+                                               ngx_http_modelroute_module);
+}
+
+
+static ngx_int_t
+ngx_http_modelroute_init_module(ngx_cycle_t *cycle)
+{
+    mr_main_conf_t  *mcf;
+
+    mcf = ngx_http_modelroute_cycle_conf(cycle);
+
+    if (mcf == NULL || !mcf->used) {
+        mr_conf = NULL;
+        return NGX_OK;
+    }
+
+    mr_conf = mcf;
+
+    return mr_store_init_module(cycle, mcf);
+}
+
+
+static ngx_int_t
+ngx_http_modelroute_init_process(ngx_cycle_t *cycle)
+{
+    mr_main_conf_t  *mcf;
+
+    mcf = ngx_http_modelroute_cycle_conf(cycle);
+
+    if (mcf == NULL || !mcf->used) {
+        return NGX_OK;
+    }
+
+    mr_conf = mcf;
+
+    return mr_store_init_process(cycle, mcf);
+}
+
+
+static void
+ngx_http_modelroute_exit_process(ngx_cycle_t *cycle)
+{
+    mr_store_exit_process(cycle);
+}
