@@ -66,7 +66,9 @@ build() {
             exit 1
         }
     )
-    cp "$tree/objs/ngx_http_modelroute_module.so" "$module"
+    # rename, not overwrite: running nginx processes keep their mapping
+    cp "$tree/objs/ngx_http_modelroute_module.so" "$module.tmp"
+    mv -f "$module.tmp" "$module"
     echo "build.sh: built $module"
 }
 

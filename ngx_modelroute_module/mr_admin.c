@@ -220,11 +220,8 @@ mr_admin_account_create(ngx_http_request_t *r)
     op->account.rec.created_ms = mr_now_ms();
 
     op->type = MR_OP_ACCOUNT_CREATE;
-    op->pool = r->pool;
-    op->handler = mr_admin_done;
-    op->data = r;
 
-    mr_store_submit(op);
+    mr_http_submit(r, op, mr_admin_done);
 
     return NGX_DONE;
 }
@@ -330,11 +327,8 @@ mr_admin_adjust(ngx_http_request_t *r)
     ngx_memcpy(op->org, ctx->id.data, MR_ORG_ID_LEN);
 
     op->type = MR_OP_ACCOUNT_ADJUST;
-    op->pool = r->pool;
-    op->handler = mr_admin_done;
-    op->data = r;
 
-    mr_store_submit(op);
+    mr_http_submit(r, op, mr_admin_done);
 
     return NGX_DONE;
 }
@@ -399,11 +393,8 @@ mr_admin_key_create(ngx_http_request_t *r)
     ngx_memcpy(op->key.rec.org, ctx->id.data, MR_ORG_ID_LEN);
 
     op->type = MR_OP_KEY_CREATE;
-    op->pool = r->pool;
-    op->handler = mr_admin_done;
-    op->data = r;
 
-    mr_store_submit(op);
+    mr_http_submit(r, op, mr_admin_done);
 
     return NGX_DONE;
 }
@@ -465,11 +456,8 @@ mr_admin_key_revoke(ngx_http_request_t *r)
     ngx_memcpy(op->key_id, ctx->id.data, MR_KEY_ID_LEN);
 
     op->type = MR_OP_KEY_REVOKE;
-    op->pool = r->pool;
-    op->handler = mr_admin_done;
-    op->data = r;
 
-    mr_store_submit(op);
+    mr_http_submit(r, op, mr_admin_done);
 
     return NGX_DONE;
 }
@@ -527,7 +515,11 @@ mr_admin_done(mr_store_op_t *op)
     mr_http_ctx_t       *ctx;
     ngx_http_request_t  *r;
 
-    r = op->data;
+    r = mr_http_resume(op);
+    if (r == NULL) {
+        return;
+    }
+
     ctx = ngx_http_get_module_ctx(r, ngx_http_modelroute_module);
 
     if (op->result == MR_R_REPLAYED) {

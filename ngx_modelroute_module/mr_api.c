@@ -238,12 +238,9 @@ mr_api_create(ngx_http_request_t *r)
     exec->rec.status = MR_PENDING;
 
     op->type = MR_OP_EXEC_CREATE;
-    op->pool = r->pool;
     op->idem_ttl_ms = (int64_t) mcf->idempotency_ttl * 1000;
-    op->handler = mr_api_create_done;
-    op->data = r;
 
-    mr_store_submit(op);
+    mr_http_submit(r, op, mr_api_create_done);
 
     return NGX_DONE;
 }
@@ -256,7 +253,10 @@ mr_api_create_done(mr_store_op_t *op)
     ngx_str_t            value;
     ngx_http_request_t  *r;
 
-    r = op->data;
+    r = mr_http_resume(op);
+    if (r == NULL) {
+        return;
+    }
 
     switch (op->result) {
 
@@ -485,13 +485,10 @@ mr_api_cancel(ngx_http_request_t *r)
     op = &ctx->op;
 
     op->type = MR_OP_EXEC_CANCEL;
-    op->pool = r->pool;
-    op->handler = mr_api_cancel_done;
-    op->data = r;
     ngx_memcpy(op->exec.id, ctx->id.data, MR_EXEC_ID_LEN);
     ngx_memcpy(op->org, ctx->key.rec.org, MR_ORG_ID_LEN);
 
-    mr_store_submit(op);
+    mr_http_submit(r, op, mr_api_cancel_done);
 
     return NGX_DONE;
 }
@@ -503,7 +500,10 @@ mr_api_cancel_done(mr_store_op_t *op)
     ngx_int_t            rc;
     ngx_http_request_t  *r;
 
-    r = op->data;
+    r = mr_http_resume(op);
+    if (r == NULL) {
+        return;
+    }
 
     if (op->result == MR_R_OK || op->result == MR_R_NOOP) {
         rc = mr_api_send_exec(r, NGX_HTTP_OK, &op->exec);
@@ -615,14 +615,11 @@ mr_api_rotate(ngx_http_request_t *r)
     ngx_memcpy(op->key.rec.org, ctx->key.rec.org, MR_ORG_ID_LEN);
 
     op->type = MR_OP_KEY_ROTATE;
-    op->pool = r->pool;
-    op->handler = mr_api_rotate_done;
-    op->data = r;
     op->grace_ms = (int64_t) mcf->rotation_grace * 1000;
     ngx_memcpy(op->key_id, ctx->id.data, MR_KEY_ID_LEN);
     ngx_memcpy(op->org, ctx->key.rec.org, MR_ORG_ID_LEN);
 
-    mr_store_submit(op);
+    mr_http_submit(r, op, mr_api_rotate_done);
 
     return NGX_DONE;
 }
@@ -636,7 +633,11 @@ mr_api_rotate_done(mr_store_op_t *op)
     mr_http_ctx_t       *ctx;
     ngx_http_request_t  *r;
 
-    r = op->data;
+    r = mr_http_resume(op);
+    if (r == NULL) {
+        return;
+    }
+
     ctx = ngx_http_get_module_ctx(r, ngx_http_modelroute_module);
 
     if (op->result != MR_R_OK) {

@@ -510,6 +510,47 @@ mr_http_finalize(ngx_http_request_t *r, ngx_int_t rc)
 }
 
 
+/*
+ * Hands an operation to the store.  The request is "blocked" meanwhile,
+ * as for nginx's own thread tasks: if the connection is closed (say, at
+ * worker_shutdown_timeout) nginx keeps the request and its pool, which
+ * the operation uses, until mr_http_resume().
+ */
+
+void
+mr_http_submit(ngx_http_request_t *r, mr_store_op_t *op,
+    mr_store_op_handler_pt handler)
+{
+    op->pool = r->pool;
+    op->data = r;
+    op->handler = handler;
+
+    r->main->blocked++;
+
+    mr_store_submit(op);
+}
+
+
+/* the operation's request, or NULL if it was terminated meanwhile */
+
+ngx_http_request_t *
+mr_http_resume(mr_store_op_t *op)
+{
+    ngx_http_request_t  *r;
+
+    r = op->data;
+
+    r->main->blocked--;
+
+    if (r->connection->error) {
+        mr_http_finalize(r, NGX_ERROR);
+        return NULL;
+    }
+
+    return r;
+}
+
+
 /* "a/b/c" -> segments; max + 1 when there are more than max */
 
 ngx_uint_t

@@ -65,6 +65,9 @@ ngx_int_t mr_http_not_allowed(ngx_http_request_t *r, const char *allow);
 ngx_int_t mr_http_header(ngx_http_request_t *r, const char *name,
     ngx_str_t *value);
 void mr_http_finalize(ngx_http_request_t *r, ngx_int_t rc);
+void mr_http_submit(ngx_http_request_t *r, mr_store_op_t *op,
+    mr_store_op_handler_pt handler);
+ngx_http_request_t *mr_http_resume(mr_store_op_t *op);
 ngx_uint_t mr_http_split(u_char *p, u_char *last, ngx_str_t *seg,
     ngx_uint_t max);
 ngx_int_t mr_http_arg(ngx_http_request_t *r, const char *name,

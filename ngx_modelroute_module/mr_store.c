@@ -31,6 +31,14 @@
 
 
 typedef struct {
+    ngx_queue_t               ops;
+    ngx_uint_t                n;
+    ngx_uint_t                sync;          /* relaxed: fsync after it */
+    int                       rc;
+} mr_store_batch_t;
+
+
+typedef struct {
     MDB_env                  *env;
     MDB_txn                  *rtxn;
     MDB_dbi                   exec;
@@ -45,8 +53,15 @@ typedef struct {
     size_t                    page_size;
     size_t                    map_pages;
     ngx_uint_t                dirty;          /* commits not yet synced */
+    ngx_uint_t                busy;           /* a batch is in flight */
     ngx_uint_t                ticks;
+    int64_t                   synced_ms;
     ngx_queue_t               queue;
+    mr_store_batch_t          batch;
+#if (NGX_THREADS)
+    ngx_thread_pool_t        *tp;
+    ngx_thread_task_t        *task;
+#endif
     ngx_event_t               commit_ev;
     ngx_event_t               tick_ev;
     ngx_log_t                *log;
@@ -61,8 +76,11 @@ static int mr_store_txn_begin(unsigned flags, MDB_txn **txn);
 static MDB_txn *mr_store_read_begin(void);
 static void mr_store_read_end(void);
 static void mr_store_commit_handler(ngx_event_t *ev);
+static void mr_store_batch_thread(void *data, ngx_log_t *log);
+static void mr_store_batch_done(ngx_event_t *ev);
 static void mr_store_tick_handler(ngx_event_t *ev);
-static int mr_store_run(ngx_queue_t *ops, ngx_uint_t n);
+static void mr_store_map_pages(void);
+static int mr_store_run(ngx_queue_t *ops, mr_store_op_t *one);
 static ngx_int_t mr_store_headroom(MDB_txn *txn);
 static int mr_store_apply(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room);
 static int mr_store_exec_create(MDB_txn *txn, mr_store_op_t *op,
@@ -334,6 +352,27 @@ mr_store_init_process(ngx_cycle_t *cycle, mr_main_conf_t *mcf)
 
     ngx_add_timer(&mr_store.tick_ev, MR_STORE_TICK);
 
+    mr_store.synced_ms = mr_now_ms();
+
+#if (NGX_THREADS)
+
+    mr_store.tp = ngx_thread_pool_get(cycle, &mcf->thread_pool);
+
+    if (mr_store.tp) {
+        mr_store.task = ngx_thread_task_alloc(cycle->pool, 0);
+        if (mr_store.task == NULL) {
+            return NGX_ERROR;
+        }
+
+        mr_store.task->ctx = &mr_store.batch;
+        mr_store.task->handler = mr_store_batch_thread;
+        mr_store.task->event.handler = mr_store_batch_done;
+        mr_store.task->event.data = &mr_store;
+        mr_store.task->event.log = cycle->log;
+    }
+
+#endif
+
     return NGX_OK;
 }
 
@@ -371,14 +410,8 @@ mr_store_tick_handler(ngx_event_t *ev)
     int  rc, dead;
 
     if (mr_store.dirty) {
-        rc = mdb_env_sync(mr_store.env, 1);
-        if (rc != 0) {
-            ngx_log_error(NGX_LOG_ERR, ev->log, 0,
-                          "modelroute_store: sync failed: %s",
-                          mdb_strerror(rc));
-        } else {
-            mr_store.dirty = 0;
-        }
+        /* relaxed durability: an fsync batch of its own when idle */
+        mr_store_commit_handler(&mr_store.commit_ev);
     }
 
     if (++mr_store.ticks % MR_STORE_READER_CHECK == 0) {
@@ -395,14 +428,30 @@ mr_store_tick_handler(ngx_event_t *ev)
 }
 
 
+static void
+mr_store_map_pages(void)
+{
+    MDB_envinfo  info;
+
+    mdb_env_info(mr_store.env, &info);
+    mr_store.map_pages = info.me_mapsize / mr_store.page_size;
+}
+
+
+/* a read transaction (the write ones may run in a thread) */
+
 static int
 mr_store_txn_begin(unsigned flags, MDB_txn **txn)
 {
-    int  rc, dead;
+    int         rc, dead;
+    ngx_uint_t  resized;
+
+    resized = 0;
 
     rc = mdb_txn_begin(mr_store.env, NULL, flags, txn);
 
-    if (rc == MDB_MAP_RESIZED) {
+    if (rc == MDB_MAP_RESIZED && !mr_store.busy) {
+        resized = 1;
         rc = mdb_env_set_mapsize(mr_store.env, 0);
         if (rc == 0) {
             rc = mdb_txn_begin(mr_store.env, NULL, flags, txn);
@@ -413,12 +462,8 @@ mr_store_txn_begin(unsigned flags, MDB_txn **txn)
         rc = mdb_txn_begin(mr_store.env, NULL, flags, txn);
     }
 
-    if (rc == 0 && !(flags & MDB_RDONLY)) {
-        /* the map may have grown through another process */
-        MDB_envinfo  info;
-
-        mdb_env_info(mr_store.env, &info);
-        mr_store.map_pages = info.me_mapsize / mr_store.page_size;
+    if (rc == 0 && resized) {
+        mr_store_map_pages();
     }
 
     return rc;
@@ -466,14 +511,26 @@ mr_store_read_end(void)
 }
 
 
-/* group commit */
+/*
+ * Group commit.
+ *
+ * Operations submitted during an event-loop turn are committed together
+ * in one write transaction by a posted event.  With thread support the
+ * transaction and its fsync run in a thread of nginx's thread pool, so
+ * the event loop keeps reading requests (which form the next batch) while
+ * the disk works; one batch is in flight per worker at a time, and the
+ * operations' handlers run on the event loop when it is committed.
+ * Without threads the same batch is committed on the event loop.
+ */
 
 void
 mr_store_submit(mr_store_op_t *op)
 {
+    op->now = mr_now_ms();
+
     ngx_queue_insert_tail(&mr_store.queue, &op->queue);
 
-    if (!mr_store.commit_ev.posted) {
+    if (!mr_store.busy && !mr_store.commit_ev.posted) {
         ngx_post_event(&mr_store.commit_ev, &ngx_posted_events);
     }
 }
@@ -482,131 +539,246 @@ mr_store_submit(mr_store_op_t *op)
 static void
 mr_store_commit_handler(ngx_event_t *ev)
 {
+    int64_t            now;
+    ngx_uint_t         n, sync;
+    ngx_queue_t       *q;
+    mr_store_batch_t  *b;
+
+    if (mr_store.busy) {
+        return;
+    }
+
+    now = mr_now_ms();
+
+    sync = mr_store.mcf->durability == MR_DURABILITY_RELAXED
+           && now - mr_store.synced_ms >= MR_STORE_TICK
+           && (mr_store.dirty || !ngx_queue_empty(&mr_store.queue));
+
+    if (ngx_queue_empty(&mr_store.queue) && !sync) {
+        return;
+    }
+
+    b = &mr_store.batch;
+
+    ngx_queue_init(&b->ops);
+
+    for (n = 0; n < MR_STORE_BATCH_MAX; n++) {
+        if (ngx_queue_empty(&mr_store.queue)) {
+            break;
+        }
+
+        q = ngx_queue_head(&mr_store.queue);
+        ngx_queue_remove(q);
+        ngx_queue_insert_tail(&b->ops, q);
+    }
+
+    b->n = n;
+    b->rc = 0;
+    b->sync = sync;
+
+    mr_store.busy = 1;
+
+#if (NGX_THREADS)
+
+    if (mr_store.task) {
+        if (ngx_thread_task_post(mr_store.tp, mr_store.task) == NGX_OK) {
+            return;
+        }
+
+        ngx_log_error(NGX_LOG_WARN, ev->log, 0,
+                      "modelroute_store: committing on the event loop");
+    }
+
+#endif
+
+    mr_store_batch_thread(b, ev->log);
+    mr_store_batch_done(ev);
+}
+
+
+/* in a thread: touches only the environment and the batch */
+
+static void
+mr_store_batch_thread(void *data, ngx_log_t *log)
+{
+    mr_store_batch_t  *b = data;
+
     int             rc;
-    ngx_uint_t      n;
-    ngx_queue_t     ops, *q;
+    ngx_queue_t    *q;
     mr_store_op_t  *op;
 
-    while (!ngx_queue_empty(&mr_store.queue)) {
+    if (b->n) {
+        b->rc = mr_store_run(&b->ops, NULL);
 
-        /* take at most MR_STORE_BATCH_MAX operations in one transaction */
-
-        ngx_queue_init(&ops);
-
-        for (n = 0; n < MR_STORE_BATCH_MAX; n++) {
-            if (ngx_queue_empty(&mr_store.queue)) {
-                break;
-            }
-
-            q = ngx_queue_head(&mr_store.queue);
-            ngx_queue_remove(q);
-            ngx_queue_insert_tail(&ops, q);
-        }
-
-        rc = mr_store_run(&ops, n);
-
-        if (rc != 0 && n > 1) {
+        if (b->rc != 0 && b->rc != MDB_MAP_RESIZED && b->n > 1) {
 
             /*
-             * the batch failed as a whole (MDB_MAP_FULL, say):
-             * commit each operation on its own so that only those
-             * that do not fit fail
+             * the batch failed as a whole (MDB_MAP_FULL, say): commit
+             * each operation on its own so that only those that do not
+             * fit fail
              */
 
-            ngx_log_error(NGX_LOG_NOTICE, ev->log, 0,
-                          "modelroute_store: batch of %ui failed (%s), "
-                          "committing one by one", n, mdb_strerror(rc));
-
-            while (!ngx_queue_empty(&ops)) {
-                q = ngx_queue_head(&ops);
-                ngx_queue_remove(q);
-
+            for (q = ngx_queue_head(&b->ops);
+                 q != ngx_queue_sentinel(&b->ops);
+                 q = ngx_queue_next(q))
+            {
                 op = ngx_queue_data(q, mr_store_op_t, queue);
-
-                ngx_queue_init(&op->queue);
-                (void) mr_store_run(&op->queue, 1);
-                op->handler(op);
+                (void) mr_store_run(NULL, op);
             }
-
-            continue;
         }
+    }
 
-        while (!ngx_queue_empty(&ops)) {
-            q = ngx_queue_head(&ops);
-            ngx_queue_remove(q);
-
-            op = ngx_queue_data(q, mr_store_op_t, queue);
-            op->handler(op);
+    if (b->sync) {
+        rc = mdb_env_sync(mr_store.env, 1);
+        if (rc != 0) {
+            b->rc = rc;
         }
     }
 }
 
 
+static void
+mr_store_batch_done(ngx_event_t *ev)
+{
+    int                rc;
+    ngx_uint_t         level;
+    ngx_queue_t       *q;
+    mr_store_op_t     *op;
+    mr_store_batch_t  *b;
+
+    b = &mr_store.batch;
+
+    mr_store.busy = 0;
+
+    if (b->rc == MDB_MAP_RESIZED) {
+
+        /* the map grew in another process; no transaction is open here */
+
+        rc = mdb_env_set_mapsize(mr_store.env, 0);
+        if (rc == 0) {
+            mr_store_map_pages();
+
+            /* again, ahead of what arrived meanwhile */
+
+            while (!ngx_queue_empty(&mr_store.queue)) {
+                q = ngx_queue_head(&mr_store.queue);
+                ngx_queue_remove(q);
+                ngx_queue_insert_tail(&b->ops, q);
+            }
+
+            while (!ngx_queue_empty(&b->ops)) {
+                q = ngx_queue_head(&b->ops);
+                ngx_queue_remove(q);
+                ngx_queue_insert_tail(&mr_store.queue, q);
+            }
+
+            mr_store_commit_handler(ev);
+            return;
+        }
+
+        b->rc = rc;
+
+        for (q = ngx_queue_head(&b->ops);
+             q != ngx_queue_sentinel(&b->ops);
+             q = ngx_queue_next(q))
+        {
+            op = ngx_queue_data(q, mr_store_op_t, queue);
+            op->result = MR_R_INTERNAL;
+        }
+    }
+
+    if (b->rc != 0) {
+        level = (b->rc == MDB_MAP_FULL) ? NGX_LOG_WARN : NGX_LOG_ERR;
+        ngx_log_error(level, ev->log, 0, "modelroute_store: commit of %ui "
+                      "operations failed: %s", b->n, mdb_strerror(b->rc));
+
+    } else if (b->sync) {
+        mr_store.dirty = 0;
+        mr_store.synced_ms = mr_now_ms();
+
+    } else if (b->n) {
+        mr_store.dirty = (mr_store.mcf->durability
+                          == MR_DURABILITY_RELAXED);
+    }
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, ev->log, 0,
+                   "modelroute_store: batch of %ui done", b->n);
+
+    while (!ngx_queue_empty(&b->ops)) {
+        q = ngx_queue_head(&b->ops);
+        ngx_queue_remove(q);
+
+        op = ngx_queue_data(q, mr_store_op_t, queue);
+        op->handler(op);
+    }
+
+    /* what arrived meanwhile is the next batch */
+
+    if (!ngx_queue_empty(&mr_store.queue) && !mr_store.commit_ev.posted) {
+        ngx_post_event(&mr_store.commit_ev, &ngx_posted_events);
+    }
+}
+
+
 /*
- * Runs the operations in one write transaction and commits it.  Logical
- * outcomes are in op->result; a non-zero return means nothing of the
- * batch was stored and every op->result says why.
+ * Runs the operations of a queue (or one operation) in one write
+ * transaction and commits it.  Outcomes are in op->result; a non-zero
+ * return means nothing was stored.
  */
 
 static int
-mr_store_run(ngx_queue_t *ops, ngx_uint_t n)
+mr_store_run(ngx_queue_t *ops, mr_store_op_t *one)
 {
     int             rc;
     ngx_int_t       room;
-    ngx_uint_t      result, level;
     MDB_txn        *txn;
     ngx_queue_t    *q;
     mr_store_op_t  *op;
 
-    if (ngx_queue_empty(ops)) {
-        return 0;
-    }
-
-    rc = mr_store_txn_begin(0, &txn);
+    rc = mdb_txn_begin(mr_store.env, NULL, 0, &txn);
     if (rc != 0) {
         goto failed;
     }
 
     room = mr_store_headroom(txn);
 
-    for (q = ngx_queue_head(ops);
-         q != ngx_queue_sentinel(ops);
-         q = ngx_queue_next(q))
-    {
-        op = ngx_queue_data(q, mr_store_op_t, queue);
+    if (one) {
+        one->result = MR_R_OK;
 
-        op->result = MR_R_OK;
-
-        rc = mr_store_apply(txn, op, room);
+        rc = mr_store_apply(txn, one, room);
         if (rc != 0) {
             mdb_txn_abort(txn);
             goto failed;
         }
+
+    } else {
+        for (q = ngx_queue_head(ops);
+             q != ngx_queue_sentinel(ops);
+             q = ngx_queue_next(q))
+        {
+            op = ngx_queue_data(q, mr_store_op_t, queue);
+
+            op->result = MR_R_OK;
+
+            rc = mr_store_apply(txn, op, room);
+            if (rc != 0) {
+                mdb_txn_abort(txn);
+                goto failed;
+            }
+        }
     }
 
     rc = mdb_txn_commit(txn);
-    if (rc != 0) {
-        goto failed;
+    if (rc == 0) {
+        return 0;
     }
-
-    if (mr_store.mcf->durability == MR_DURABILITY_RELAXED) {
-        mr_store.dirty = 1;
-    }
-
-    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, mr_store.log, 0,
-                   "modelroute_store: committed %ui operations", n);
-
-    return 0;
 
 failed:
 
-    result = (rc == MDB_MAP_FULL) ? MR_R_STORAGE_FULL : MR_R_INTERNAL;
-
-    if (n == 1 || rc != MDB_MAP_FULL) {
-        level = (rc == MDB_MAP_FULL) ? NGX_LOG_WARN : NGX_LOG_ERR;
-        ngx_log_error(level, mr_store.log, 0,
-                      "modelroute_store: write failed: %s",
-                      mdb_strerror(rc));
+    if (one) {
+        one->result = (rc == MDB_MAP_FULL) ? MR_R_STORAGE_FULL
+                                           : MR_R_INTERNAL;
+        return rc;
     }
 
     for (q = ngx_queue_head(ops);
@@ -614,7 +786,8 @@ failed:
          q = ngx_queue_next(q))
     {
         op = ngx_queue_data(q, mr_store_op_t, queue);
-        op->result = result;
+        op->result = (rc == MDB_MAP_FULL) ? MR_R_STORAGE_FULL
+                                          : MR_R_INTERNAL;
     }
 
     return rc;
@@ -860,7 +1033,7 @@ mr_store_exec_cancel(MDB_txn *txn, mr_store_op_t *op)
 
     acct.rec.held -= exec->rec.hold;
 
-    now = mr_now_ms();
+    now = op->now;
 
     exec->rec.status = MR_CANCELLED;
     exec->rec.cost = 0;

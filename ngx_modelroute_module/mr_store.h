@@ -5,9 +5,10 @@
  * Every persistent change is a domain operation (create an execution with
  * its hold and idempotency key, cancel it, credit an account, ...).  Reads
  * are synchronous; writes are queued with mr_store_submit() and committed
- * together at the end of the event-loop turn (group commit), after which
- * each operation's handler runs.  The LMDB backend lives in mr_store.c;
- * nothing outside it sees LMDB.
+ * together (group commit), after which each operation's handler runs on
+ * the event loop.  The commit may run in a thread: until its handler runs,
+ * an operation and the memory it points to (op->pool) belong to the store.
+ * The LMDB backend lives in mr_store.c; nothing outside it sees LMDB.
  */
 
 
@@ -162,6 +163,7 @@ struct mr_store_op_s {
     void                     *data;
 
     ngx_uint_t                result;        /* MR_R_* */
+    int64_t                   now;           /* set by mr_store_submit() */
 
     /* MR_OP_EXEC_CREATE: exec, idem_key, idem_ttl_ms;
      * MR_OP_EXEC_CANCEL: exec.id, org */

@@ -80,6 +80,13 @@ static ngx_command_t  ngx_http_modelroute_commands[] = {
       offsetof(mr_main_conf_t, rotation_grace),
       NULL },
 
+    { ngx_string("modelroute_thread_pool"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(mr_main_conf_t, thread_pool),
+      NULL },
+
     { ngx_string("modelroute_model"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
       ngx_http_modelroute_model,
@@ -237,6 +244,36 @@ ngx_http_modelroute_init_main_conf(ngx_conf_t *cf, void *conf)
     if (ngx_conf_full_name(cf->cycle, &mcf->store_path, 0) != NGX_OK) {
         return NGX_CONF_ERROR;
     }
+
+    if (mcf->thread_pool.len == 0) {
+        ngx_str_set(&mcf->thread_pool, "default");
+    }
+
+    if (mcf->thread_pool.len == 3
+        && ngx_strncmp(mcf->thread_pool.data, "off", 3) == 0)
+    {
+        ngx_str_null(&mcf->thread_pool);
+        return NGX_CONF_OK;
+    }
+
+#if (NGX_THREADS)
+
+    if (ngx_thread_pool_add(cf, &mcf->thread_pool) == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+#else
+
+    if (ngx_strcmp(mcf->thread_pool.data, "default") != 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"modelroute_thread_pool\" needs nginx built "
+                           "--with-threads");
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_str_null(&mcf->thread_pool);
+
+#endif
 
     return NGX_CONF_OK;
 }

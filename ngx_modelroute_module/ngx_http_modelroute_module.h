@@ -36,6 +36,7 @@ typedef struct {
     time_t                    idempotency_ttl;
     time_t                    rotation_grace;
     ngx_array_t               models;          /* mr_model_t */
+    ngx_str_t                 thread_pool;
     ngx_uint_t                used;            /* api or admin mounted */
 } mr_main_conf_t;
 
