@@ -28,7 +28,7 @@ static ngx_int_t mr_exec_estimate(mr_model_t *m, json_t *input,
     size_t input_len, int64_t *estimate, json_t *details);
 static int64_t mr_exec_price(int64_t units, int64_t price, int64_t per);
 static ngx_int_t mr_exec_dump(ngx_pool_t *pool, json_t *json, size_t flags,
-    ngx_str_t *out);
+    size_t hint, ngx_str_t *out);
 
 
 static ngx_str_t  mr_status_names[] = {
@@ -52,18 +52,27 @@ ngx_int_t
 mr_exec_prepare(ngx_http_request_t *r, json_t *body, mr_exec_t *exec,
     ngx_str_t *idem_key, json_t *details)
 {
-    size_t           n;
+    u_char          *p;
+    size_t           hint, i;
     int64_t          estimate, timeout;
-    json_t          *model, *input, *metadata, *url, *tmo, *fp;
-    ngx_str_t        slug, canon;
+    json_t          *model, *input, *metadata, *url, *tmo;
+    ngx_str_t        slug, fp;
     mr_model_t      *m;
     ngx_uint_t       bad;
     mr_main_conf_t  *mcf;
+
+    static const ngx_uint_t  fields[] = {
+        MR_SEG_MODEL, MR_SEG_INPUT, MR_SEG_WEBHOOK_URL, MR_SEG_METADATA
+    };
 
     mcf = mr_main_conf();
     m = NULL;
     bad = 0;
     estimate = 0;
+
+    /* a compact dump of part of the body is rarely larger than the body */
+    hint = ((mr_http_ctx_t *) ngx_http_get_module_ctx(r,
+                                ngx_http_modelroute_module))->body.len + 32;
 
     model = json_object_get(body, "model");
 
@@ -151,14 +160,16 @@ mr_exec_prepare(ngx_http_request_t *r, json_t *body, mr_exec_t *exec,
             bad = 1;
             metadata = NULL;
 
-        } else {
-            n = json_dumpb(metadata, NULL, 0, JSON_COMPACT);
-            if (n > MR_METADATA_SIZE) {
-                mr_json_detail(details, "metadata", "TOO_LARGE",
-                               "metadata is at most 4096 bytes encoded");
-                bad = 1;
-                metadata = NULL;
-            }
+        } else if (mr_exec_dump(r->pool, metadata, JSON_SORT_KEYS, hint,
+                                &exec->seg[MR_SEG_METADATA])
+                   != NGX_OK)
+        {
+            return NGX_ERROR;
+
+        } else if (exec->seg[MR_SEG_METADATA].len > MR_METADATA_SIZE) {
+            mr_json_detail(details, "metadata", "TOO_LARGE",
+                           "metadata is at most 4096 bytes encoded");
+            bad = 1;
         }
     }
 
@@ -190,7 +201,7 @@ mr_exec_prepare(ngx_http_request_t *r, json_t *body, mr_exec_t *exec,
     }
 
     if (input) {
-        if (mr_exec_dump(r->pool, input, JSON_SORT_KEYS,
+        if (mr_exec_dump(r->pool, input, JSON_SORT_KEYS, hint,
                          &exec->seg[MR_SEG_INPUT])
             != NGX_OK)
         {
@@ -209,45 +220,46 @@ mr_exec_prepare(ngx_http_request_t *r, json_t *body, mr_exec_t *exec,
         return NGX_DECLINED;
     }
 
-    /* the fingerprint: every field that defines the work, canonical */
-
-    fp = json_pack("{s:O, s:O, s:O?, s:O?, s:O?}",
-                   "model", model, "input", input, "webhook_url", url,
-                   "metadata", metadata, "timeout_seconds", tmo);
-
-    if (fp == NULL
-        || mr_exec_dump(r->pool, fp, JSON_SORT_KEYS, &canon) != NGX_OK)
-    {
-        json_decref(fp);
-        return NGX_ERROR;
-    }
-
-    json_decref(fp);
-
-    mr_sha256(exec->rec.fingerprint, canon.data, canon.len);
-
     exec->seg[MR_SEG_MODEL] = m->slug;
 
     if (mr_exec_dump(r->pool, json_object_get(body, "idempotency_key"), 0,
-                     &exec->seg[MR_SEG_IDEM_KEY])
-        != NGX_OK)
-    {
-        return NGX_ERROR;
-    }
-
-    if (metadata
-        && mr_exec_dump(r->pool, metadata, 0, &exec->seg[MR_SEG_METADATA])
+                     hint, &exec->seg[MR_SEG_IDEM_KEY])
+        != NGX_OK
+        || mr_exec_dump(r->pool, url, 0, hint,
+                        &exec->seg[MR_SEG_WEBHOOK_URL])
            != NGX_OK)
     {
         return NGX_ERROR;
     }
 
-    if (url
-        && mr_exec_dump(r->pool, url, 0, &exec->seg[MR_SEG_WEBHOOK_URL])
-           != NGX_OK)
-    {
+    /*
+     * the fingerprint: every field that defines the work, in canonical
+     * form (sorted keys, compact), each ended by a NUL
+     */
+
+    fp.len = NGX_INT64_LEN;
+
+    for (i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
+        fp.len += exec->seg[fields[i]].len + 1;
+    }
+
+    fp.data = ngx_pnalloc(r->pool, fp.len);
+    if (fp.data == NULL) {
         return NGX_ERROR;
     }
+
+    p = fp.data;
+
+    for (i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
+        p = ngx_cpymem(p, exec->seg[fields[i]].data,
+                       exec->seg[fields[i]].len);
+        *p++ = '\0';
+    }
+
+    p = ngx_sprintf(p, "%L", tmo ? (int64_t) json_integer_value(tmo)
+                                 : (int64_t) -1);
+
+    mr_sha256(exec->rec.fingerprint, fp.data, p - fp.data);
 
     exec->rec.estimate = estimate;
 
@@ -466,7 +478,8 @@ mr_exec_price(int64_t units, int64_t price, int64_t per)
 
 
 static ngx_int_t
-mr_exec_dump(ngx_pool_t *pool, json_t *json, size_t flags, ngx_str_t *out)
+mr_exec_dump(ngx_pool_t *pool, json_t *json, size_t flags, size_t hint,
+    ngx_str_t *out)
 {
     size_t  n;
 
@@ -477,19 +490,26 @@ mr_exec_dump(ngx_pool_t *pool, json_t *json, size_t flags, ngx_str_t *out)
 
     flags |= JSON_COMPACT | JSON_ENCODE_ANY;
 
-    n = json_dumpb(json, NULL, 0, flags);
-    if (n == 0) {
-        return NGX_ERROR;
+    /* one pass into a buffer of the hinted size, a second if too small */
+
+    for ( ;; ) {
+        out->data = ngx_pnalloc(pool, hint);
+        if (out->data == NULL) {
+            return NGX_ERROR;
+        }
+
+        n = json_dumpb(json, (char *) out->data, hint, flags);
+        if (n == 0) {
+            return NGX_ERROR;
+        }
+
+        if (n <= hint) {
+            out->len = n;
+            return NGX_OK;
+        }
+
+        hint = n;
     }
-
-    out->data = ngx_pnalloc(pool, n);
-    if (out->data == NULL) {
-        return NGX_ERROR;
-    }
-
-    out->len = json_dumpb(json, (char *) out->data, n, flags);
-
-    return out->len == n ? NGX_OK : NGX_ERROR;
 }
 
 

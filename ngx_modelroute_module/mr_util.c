@@ -14,6 +14,39 @@
 #include "mr_util.h"
 
 
+/*
+ * Random bytes from OpenSSL's CSPRNG, drawn 4 KB at a time: a call per id
+ * costs more than the rest of a request.  Used on the event loop only.
+ */
+
+static ngx_int_t
+mr_random_bytes(u_char *dst, size_t n)
+{
+    static u_char  pool[4096];
+    static size_t  avail;
+
+    if (n > sizeof(pool)) {
+        return NGX_ERROR;
+    }
+
+    if (avail < n) {
+        if (RAND_bytes(pool, sizeof(pool)) != 1) {
+            return NGX_ERROR;
+        }
+
+        avail = sizeof(pool);
+    }
+
+    avail -= n;
+    ngx_memcpy(dst, pool + avail, n);
+
+    /* never hand out the same bytes twice (the master never draws) */
+    ngx_memzero(pool + avail, n);
+
+    return NGX_OK;
+}
+
+
 ngx_int_t
 mr_random_id(u_char *dst, const char *prefix, size_t hexlen)
 {
@@ -22,7 +55,9 @@ mr_random_id(u_char *dst, const char *prefix, size_t hexlen)
 
     plen = ngx_strlen(prefix);
 
-    if (hexlen / 2 > sizeof(rnd) || RAND_bytes(rnd, hexlen / 2) != 1) {
+    if (hexlen / 2 > sizeof(rnd)
+        || mr_random_bytes(rnd, hexlen / 2) != NGX_OK)
+    {
         return NGX_ERROR;
     }
 
