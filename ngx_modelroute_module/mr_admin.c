@@ -102,8 +102,11 @@ mr_admin_handler(ngx_http_request_t *r)
                 return mr_http_not_allowed(r, "GET, HEAD");
             }
 
-            ngx_http_discard_request_body(r);
             return mr_admin_account_get(r);
+        }
+
+        if (n != 3) {
+            goto not_found;
         }
 
         if (mr_seg_is(2, "keys")) {
@@ -115,7 +118,6 @@ mr_admin_handler(ngx_http_request_t *r)
                 return mr_http_not_allowed(r, "GET, HEAD, POST");
             }
 
-            ngx_http_discard_request_body(r);
             return mr_admin_keys_list(r);
         }
 
@@ -134,7 +136,6 @@ mr_admin_handler(ngx_http_request_t *r)
                 return mr_http_not_allowed(r, "GET, HEAD");
             }
 
-            ngx_http_discard_request_body(r);
             return mr_admin_verify(r);
         }
 
@@ -158,8 +159,6 @@ mr_admin_handler(ngx_http_request_t *r)
 #undef mr_seg_is
 
 not_found:
-
-    ngx_http_discard_request_body(r);
 
     return mr_http_error(r, MR_E_NOT_FOUND, "no such path", NULL);
 }
@@ -188,7 +187,11 @@ mr_admin_account_create(ngx_http_request_t *r)
 
     details = json_array();
 
-    (void) mr_admin_name(r, body, &op->account.name, details);
+    if (mr_admin_name(r, body, &op->account.name, details) == NGX_ERROR) {
+        json_decref(body);
+        json_decref(details);
+        return mr_http_error(r, MR_E_INTERNAL, "out of memory", NULL);
+    }
 
     credit = json_object_get(body, "credit");
 
@@ -357,24 +360,32 @@ mr_admin_key_create(ngx_http_request_t *r)
 
     details = json_array();
 
-    (void) mr_admin_name(r, body, &op->key.name, details);
+    if (mr_admin_name(r, body, &op->key.name, details) == NGX_ERROR) {
+        json_decref(body);
+        json_decref(details);
+        return mr_http_error(r, MR_E_INTERNAL, "out of memory", NULL);
+    }
 
     perm = json_object_get(body, "permission");
 
-    op->key.rec.permission = MR_PERM_FULL;
+    if (perm == NULL) {
+        mr_json_detail(details, "permission", "REQUIRED",
+                       "permission is required: \"full\" or "
+                       "\"execution\"");
 
-    if (perm && !json_is_null(perm)) {
-        if (json_is_string(perm)
-            && ngx_strcmp(json_string_value(perm), "execution") == 0)
-        {
-            op->key.rec.permission = MR_PERM_EXECUTION;
+    } else if (json_is_string(perm)
+               && ngx_strcmp(json_string_value(perm), "execution") == 0)
+    {
+        op->key.rec.permission = MR_PERM_EXECUTION;
 
-        } else if (!json_is_string(perm)
-                   || ngx_strcmp(json_string_value(perm), "full") != 0)
-        {
-            mr_json_detail(details, "permission", "INVALID_VALUE",
-                           "permission must be \"full\" or \"execution\"");
-        }
+    } else if (json_is_string(perm)
+               && ngx_strcmp(json_string_value(perm), "full") == 0)
+    {
+        op->key.rec.permission = MR_PERM_FULL;
+
+    } else {
+        mr_json_detail(details, "permission", "INVALID_VALUE",
+                       "permission must be \"full\" or \"execution\"");
     }
 
     json_decref(body);

@@ -81,7 +81,6 @@ mr_api_handler(ngx_http_request_t *r)
             return mr_api_post(r, mr_api_create);
         }
 
-        ngx_http_discard_request_body(r);
         return mr_api_list(r);
     }
 
@@ -117,7 +116,6 @@ mr_api_handler(ngx_http_request_t *r)
             return rc;
         }
 
-        ngx_http_discard_request_body(r);
         return mr_api_get(r, n == 3);
     }
 
@@ -130,9 +128,7 @@ mr_api_handler(ngx_http_request_t *r)
             return rc;
         }
 
-        ngx_http_discard_request_body(r);
-
-        return mr_seg_is(0, "balance") ? mr_api_balance(r)
+            return mr_seg_is(0, "balance") ? mr_api_balance(r)
                                        : mr_api_models(r);
     }
 
@@ -159,8 +155,6 @@ mr_api_handler(ngx_http_request_t *r)
 #undef mr_get
 
 not_found:
-
-    ngx_http_discard_request_body(r);
 
     return mr_http_error(r, MR_E_NOT_FOUND, "no such path", NULL);
 }
@@ -258,41 +252,34 @@ mr_api_create_done(mr_store_op_t *op)
         return;
     }
 
-    switch (op->result) {
+    if (op->result != MR_R_OK && op->result != MR_R_REPLAYED) {
+        mr_http_finalize(r, mr_http_op_error(r, op));
+        return;
+    }
 
-    case MR_R_OK:
-        value.len = sizeof("/v1/executions/") - 1 + MR_EXEC_ID_LEN;
-        value.data = ngx_pnalloc(r->pool, value.len);
+    value.len = sizeof("/v1/executions/") - 1 + MR_EXEC_ID_LEN;
+    value.data = ngx_pnalloc(r->pool, value.len);
 
-        if (value.data == NULL) {
-            rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
-            break;
-        }
+    if (value.data == NULL) {
+        mr_http_finalize(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
 
-        ngx_sprintf(value.data, "/v1/executions/%*s",
-                    (size_t) MR_EXEC_ID_LEN, op->exec.id);
+    ngx_sprintf(value.data, "/v1/executions/%*s",
+                (size_t) MR_EXEC_ID_LEN, op->exec.id);
 
-        if (mr_http_header(r, "Location", &value) != NGX_OK) {
-            rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
-            break;
-        }
+    rc = mr_http_header(r, "Location", &value);
 
-        rc = mr_api_send_exec(r, NGX_HTTP_ACCEPTED, &op->exec);
-        break;
-
-    case MR_R_REPLAYED:
+    if (rc == NGX_OK && op->result == MR_R_REPLAYED) {
         ngx_str_set(&value, "true");
+        rc = mr_http_header(r, "Idempotent-Replayed", &value);
+    }
 
-        if (mr_http_header(r, "Idempotent-Replayed", &value) != NGX_OK) {
-            rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
-            break;
-        }
-
+    if (rc == NGX_OK) {
         rc = mr_api_send_exec(r, NGX_HTTP_ACCEPTED, &op->exec);
-        break;
 
-    default:
-        rc = mr_http_op_error(r, op);
+    } else {
+        rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
     mr_http_finalize(r, rc);

@@ -19,6 +19,9 @@ typedef struct {
 } mr_error_t;
 
 
+static ngx_int_t mr_http_header_filter(ngx_http_request_t *r);
+static ngx_int_t mr_http_body_filter(ngx_http_request_t *r,
+    ngx_chain_t *in);
 static void mr_http_body_ready(ngx_http_request_t *r);
 static ngx_int_t mr_http_body_copy(ngx_http_request_t *r);
 static ngx_int_t mr_http_json_type(ngx_http_request_t *r);
@@ -36,6 +39,7 @@ static mr_error_t  mr_errors[] = {
     { NGX_HTTP_CONFLICT, "CONFLICT", 0 },
     { NGX_HTTP_REQUEST_ENTITY_TOO_LARGE, "PAYLOAD_TOO_LARGE", 0 },
     { NGX_HTTP_UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE", 0 },
+    { NGX_HTTP_TOO_MANY_REQUESTS, "RATE_LIMITED", 1 },
     { NGX_HTTP_INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", 0 },
     { NGX_HTTP_SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE", 1 },
     { 507, "STORAGE_FULL", 1 }
@@ -43,6 +47,174 @@ static mr_error_t  mr_errors[] = {
 
 
 static ngx_str_t  mr_json_type = ngx_string("application/json");
+
+
+static ngx_http_output_header_filter_pt  mr_next_header_filter;
+static ngx_http_output_body_filter_pt    mr_next_body_filter;
+
+
+/*
+ * nginx's own refusals in a ModelRoute location (413 from
+ * client_max_body_size, 405, 403 from "deny", 503 from limit_req, ...)
+ * get the error envelope instead of nginx's HTML page.
+ */
+
+ngx_int_t
+mr_http_filter_init(ngx_conf_t *cf)
+{
+    mr_next_header_filter = ngx_http_top_header_filter;
+    ngx_http_top_header_filter = mr_http_header_filter;
+
+    mr_next_body_filter = ngx_http_top_body_filter;
+    ngx_http_top_body_filter = mr_http_body_filter;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+mr_http_header_filter(ngx_http_request_t *r)
+{
+    json_t          *env;
+    ngx_str_t        rid;
+    mr_error_e       code;
+    ngx_uint_t       status;
+    mr_loc_conf_t   *lcf;
+    mr_http_ctx_t   *ctx;
+
+    status = r->headers_out.status;
+
+    if (r != r->main || status < NGX_HTTP_BAD_REQUEST) {
+        return mr_next_header_filter(r);
+    }
+
+    lcf = ngx_http_get_module_loc_conf(r, ngx_http_modelroute_module);
+
+    if (lcf->handler == MR_HANDLER_NONE) {
+        return mr_next_header_filter(r);
+    }
+
+    ctx = mr_http_ctx(r);
+
+    if (ctx == NULL || ctx->answered) {
+        return mr_next_header_filter(r);
+    }
+
+    switch (status) {
+    case NGX_HTTP_BAD_REQUEST:
+    case NGX_HTTP_REQUEST_TIME_OUT:
+        code = MR_E_INPUT_VALIDATION;
+        break;
+    case NGX_HTTP_UNAUTHORIZED:
+        code = MR_E_UNAUTHORIZED;
+        break;
+    case NGX_HTTP_FORBIDDEN:
+        code = MR_E_FORBIDDEN;
+        break;
+    case NGX_HTTP_NOT_FOUND:
+        code = MR_E_NOT_FOUND;
+        break;
+    case NGX_HTTP_NOT_ALLOWED:
+        code = MR_E_METHOD_NOT_ALLOWED;
+        break;
+    case NGX_HTTP_REQUEST_ENTITY_TOO_LARGE:
+        code = MR_E_PAYLOAD_TOO_LARGE;
+        break;
+    case NGX_HTTP_UNSUPPORTED_MEDIA_TYPE:
+        code = MR_E_UNSUPPORTED_MEDIA_TYPE;
+        break;
+    case NGX_HTTP_TOO_MANY_REQUESTS:
+        code = MR_E_RATE_LIMITED;
+        break;
+    case NGX_HTTP_SERVICE_UNAVAILABLE:
+        code = MR_E_SERVICE_UNAVAILABLE;
+        break;
+    default:
+        code = MR_E_INTERNAL;
+    }
+
+    env = json_pack("{s:{s:s, s:s, s:b, s:s#}}", "error",
+                    "code", mr_errors[code].name,
+                    "message", status < 500 ? "refused by the server"
+                                            : "the server failed",
+                    "retryable", (int) mr_errors[code].retryable,
+                    "request_id", ctx->request_id, (int) MR_REQ_ID_LEN);
+
+    if (env == NULL || mr_json_dump(r->pool, env, &ctx->envelope) != NGX_OK) {
+        json_decref(env);
+        return mr_next_header_filter(r);
+    }
+
+    json_decref(env);
+
+    rid.data = ctx->request_id;
+    rid.len = MR_REQ_ID_LEN;
+
+    if (mr_http_header(r, "X-Request-Id", &rid) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    r->headers_out.content_type = mr_json_type;
+    r->headers_out.content_type_len = mr_json_type.len;
+    r->headers_out.content_type_lowcase = NULL;
+    r->headers_out.charset.len = 0;
+    r->headers_out.content_length_n = ctx->envelope.len;
+
+    if (r->headers_out.content_length) {
+        r->headers_out.content_length->hash = 0;
+        r->headers_out.content_length = NULL;
+    }
+
+    ngx_http_clear_accept_ranges(r);
+    ngx_http_clear_last_modified(r);
+    ngx_http_clear_etag(r);
+
+    return mr_next_header_filter(r);
+}
+
+
+static ngx_int_t
+mr_http_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
+{
+    ngx_buf_t      *b;
+    ngx_chain_t    *cl, out;
+    mr_http_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_modelroute_module);
+
+    if (ctx == NULL || ctx->envelope.len == 0 || r != r->main) {
+        return mr_next_body_filter(r, in);
+    }
+
+    /* swallow nginx's page, send the envelope once */
+
+    for (cl = in; cl; cl = cl->next) {
+        cl->buf->pos = cl->buf->last;
+        cl->buf->file_pos = cl->buf->file_last;
+    }
+
+    if (ctx->envelope_sent) {
+        return NGX_OK;
+    }
+
+    ctx->envelope_sent = 1;
+
+    b = ngx_calloc_buf(r->pool);
+    if (b == NULL) {
+        return NGX_ERROR;
+    }
+
+    b->pos = ctx->envelope.data;
+    b->last = ctx->envelope.data + ctx->envelope.len;
+    b->memory = 1;
+    b->last_buf = 1;
+    b->last_in_chain = 1;
+
+    out.buf = b;
+    out.next = NULL;
+
+    return mr_next_body_filter(r, &out);
+}
 
 
 mr_http_ctx_t *
@@ -78,47 +250,27 @@ mr_http_ctx(ngx_http_request_t *r)
 ngx_int_t
 mr_http_read_body(ngx_http_request_t *r, mr_http_body_pt handler)
 {
-    ngx_int_t                  rc;
-    mr_http_ctx_t             *ctx;
-    ngx_http_core_loc_conf_t  *clcf;
+    ngx_int_t       rc;
+    mr_http_ctx_t  *ctx;
 
     ctx = mr_http_ctx(r);
     ctx->body_handler = handler;
 
-    if (r->headers_in.content_length_n > 0 || r->headers_in.chunked) {
+    /* an oversized body never gets here: nginx refuses it (413) first */
 
-        if (mr_http_json_type(r) != NGX_OK) {
-            r->keepalive = 0;
-            return mr_http_error(r, MR_E_UNSUPPORTED_MEDIA_TYPE,
-                                 "the body must be application/json", NULL);
-        }
-
-        clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
-
-        if (clcf->client_max_body_size
-            && r->headers_in.content_length_n
-               > (off_t) clcf->client_max_body_size)
-        {
-            r->keepalive = 0;
-            r->lingering_close = 1;
-            return mr_http_error(r, MR_E_PAYLOAD_TOO_LARGE,
-                                 "the body is larger than the limit", NULL);
-        }
+    if ((r->headers_in.content_length_n > 0 || r->headers_in.chunked)
+        && mr_http_json_type(r) != NGX_OK)
+    {
+        return mr_http_error(r, MR_E_UNSUPPORTED_MEDIA_TYPE,
+                             "the body must be application/json", NULL);
     }
 
     r->request_body_in_single_buf = 1;
 
     rc = ngx_http_read_client_request_body(r, mr_http_body_ready);
 
-    if (rc == NGX_HTTP_REQUEST_ENTITY_TOO_LARGE) {
-        r->keepalive = 0;
-        r->lingering_close = 1;
-        return mr_http_error(r, MR_E_PAYLOAD_TOO_LARGE,
-                             "the body is larger than the limit", NULL);
-    }
-
     if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
-        /* a broken body (bad chunk, client timeout): nginx answers */
+        /* 413 for a chunked body, 400 for a bad one: the filter wraps it */
         return rc;
     }
 
@@ -303,6 +455,14 @@ mr_http_send(ngx_http_request_t *r, ngx_uint_t status, ngx_str_t *body)
     if (ctx == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
+
+    /* an answer before the body was read: drop it, keep the connection */
+
+    if (ngx_http_discard_request_body(r) != NGX_OK) {
+        r->keepalive = 0;
+    }
+
+    ctx->answered = 1;
 
     rid.data = ctx->request_id;
     rid.len = MR_REQ_ID_LEN;
@@ -489,8 +649,6 @@ mr_http_not_allowed(ngx_http_request_t *r, const char *allow)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    ngx_http_discard_request_body(r);
-
     return mr_http_error(r, MR_E_METHOD_NOT_ALLOWED,
                          "method not allowed on this path", NULL);
 }
@@ -638,7 +796,7 @@ mr_json_dump(ngx_pool_t *pool, json_t *json, ngx_str_t *out)
 {
     size_t  n;
 
-    n = json_dumpb(json, NULL, 0, JSON_COMPACT);
+    n = json_dumpb(json, NULL, 0, JSON_COMPACT | JSON_ENCODE_ANY);
     if (n == 0) {
         return NGX_ERROR;
     }
@@ -648,7 +806,8 @@ mr_json_dump(ngx_pool_t *pool, json_t *json, ngx_str_t *out)
         return NGX_ERROR;
     }
 
-    out->len = json_dumpb(json, (char *) out->data, n, JSON_COMPACT);
+    out->len = json_dumpb(json, (char *) out->data, n,
+                          JSON_COMPACT | JSON_ENCODE_ANY);
 
     return out->len == n ? NGX_OK : NGX_ERROR;
 }

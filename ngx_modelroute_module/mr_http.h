@@ -30,6 +30,7 @@ typedef enum {
     MR_E_CONFLICT,
     MR_E_PAYLOAD_TOO_LARGE,
     MR_E_UNSUPPORTED_MEDIA_TYPE,
+    MR_E_RATE_LIMITED,
     MR_E_INTERNAL,
     MR_E_SERVICE_UNAVAILABLE,
     MR_E_STORAGE_FULL
@@ -46,10 +47,14 @@ typedef struct {
     ngx_str_t                 id;             /* id in the path */
     mr_key_t                  key;            /* the caller's key */
     u_char                    secret[80];     /* a new key's secret */
+    ngx_str_t                 envelope;       /* for nginx's own errors */
+    unsigned                  answered:1;     /* mr_http_send() was used */
+    unsigned                  envelope_sent:1;
     mr_store_op_t             op;
 } mr_http_ctx_t;
 
 
+ngx_int_t mr_http_filter_init(ngx_conf_t *cf);
 mr_http_ctx_t *mr_http_ctx(ngx_http_request_t *r);
 ngx_int_t mr_http_read_body(ngx_http_request_t *r, mr_http_body_pt handler);
 json_t *mr_http_parse_object(ngx_http_request_t *r, ngx_int_t *rc);

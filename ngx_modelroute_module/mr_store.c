@@ -28,6 +28,7 @@
 #define MR_STORE_TICK          1000
 #define MR_STORE_READER_CHECK  10
 #define MR_STORE_BATCH_MAX     1024
+#define MR_STORE_INFLIGHT      10000
 
 
 typedef struct {
@@ -64,6 +65,7 @@ typedef struct {
 #endif
     ngx_event_t               commit_ev;
     ngx_event_t               tick_ev;
+    ngx_event_t               inflight_ev;
     ngx_log_t                *log;
     mr_main_conf_t           *mcf;
 } mr_store_t;
@@ -79,6 +81,7 @@ static void mr_store_commit_handler(ngx_event_t *ev);
 static void mr_store_batch_thread(void *data, ngx_log_t *log);
 static void mr_store_batch_done(ngx_event_t *ev);
 static void mr_store_tick_handler(ngx_event_t *ev);
+static void mr_store_inflight_handler(ngx_event_t *ev);
 static void mr_store_map_pages(void);
 static int mr_store_run(ngx_queue_t *ops, mr_store_op_t *one);
 static ngx_int_t mr_store_headroom(MDB_txn *txn);
@@ -350,6 +353,10 @@ mr_store_init_process(ngx_cycle_t *cycle, mr_main_conf_t *mcf)
     mr_store.tick_ev.data = &mr_store;
     mr_store.tick_ev.cancelable = 1;
 
+    mr_store.inflight_ev.handler = mr_store_inflight_handler;
+    mr_store.inflight_ev.log = cycle->log;
+    mr_store.inflight_ev.data = &mr_store;
+
     ngx_add_timer(&mr_store.tick_ev, MR_STORE_TICK);
 
     mr_store.synced_ms = mr_now_ms();
@@ -425,6 +432,17 @@ mr_store_tick_handler(ngx_event_t *ev)
     if (!ngx_exiting && !ngx_quit && !ngx_terminate) {
         ngx_add_timer(ev, MR_STORE_TICK);
     }
+}
+
+
+static void
+mr_store_inflight_handler(ngx_event_t *ev)
+{
+    ngx_log_error(NGX_LOG_WARN, ev->log, 0,
+                  "modelroute_store: a commit has been running for %d s",
+                  MR_STORE_INFLIGHT / 1000);
+
+    ngx_add_timer(ev, MR_STORE_INFLIGHT);
 }
 
 
@@ -582,6 +600,13 @@ mr_store_commit_handler(ngx_event_t *ev)
 
     if (mr_store.task) {
         if (ngx_thread_task_post(mr_store.tp, mr_store.task) == NGX_OK) {
+
+            /*
+             * a timer that is not cancelable: a worker that shuts down
+             * waits for the batch and answers its requests
+             */
+
+            ngx_add_timer(&mr_store.inflight_ev, MR_STORE_INFLIGHT);
             return;
         }
 
@@ -649,6 +674,10 @@ mr_store_batch_done(ngx_event_t *ev)
     b = &mr_store.batch;
 
     mr_store.busy = 0;
+
+    if (mr_store.inflight_ev.timer_set) {
+        ngx_del_timer(&mr_store.inflight_ev);
+    }
 
     if (b->rc == MDB_MAP_RESIZED) {
 

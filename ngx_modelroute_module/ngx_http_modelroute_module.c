@@ -11,6 +11,7 @@
 #include "ngx_http_modelroute_module.h"
 #include "mr_util.h"
 #include "mr_store.h"
+#include "mr_http.h"
 #include "mr_api.h"
 #include "mr_admin.h"
 
@@ -18,6 +19,7 @@
 #define MR_MAP_SIZE_MIN  (1024 * 1024)
 
 
+static ngx_int_t ngx_http_modelroute_postconfiguration(ngx_conf_t *cf);
 static void *ngx_http_modelroute_create_main_conf(ngx_conf_t *cf);
 static char *ngx_http_modelroute_init_main_conf(ngx_conf_t *cf, void *conf);
 static void *ngx_http_modelroute_create_loc_conf(ngx_conf_t *cf);
@@ -29,6 +31,8 @@ static char *ngx_http_modelroute_mount(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_modelroute_map_size(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_modelroute_durability_slot(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
 static ngx_int_t ngx_http_modelroute_handler(ngx_http_request_t *r);
 static mr_main_conf_t *ngx_http_modelroute_cycle_conf(ngx_cycle_t *cycle);
 static ngx_int_t ngx_http_modelroute_init_module(ngx_cycle_t *cycle);
@@ -61,7 +65,7 @@ static ngx_command_t  ngx_http_modelroute_commands[] = {
 
     { ngx_string("modelroute_durability"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
-      ngx_conf_set_enum_slot,
+      ngx_http_modelroute_durability_slot,
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(mr_main_conf_t, durability),
       &ngx_http_modelroute_durability },
@@ -114,7 +118,7 @@ static ngx_command_t  ngx_http_modelroute_commands[] = {
 
 static ngx_http_module_t  ngx_http_modelroute_module_ctx = {
     NULL,                                  /* preconfiguration */
-    NULL,                                  /* postconfiguration */
+    ngx_http_modelroute_postconfiguration, /* postconfiguration */
 
     ngx_http_modelroute_create_main_conf,  /* create main configuration */
     ngx_http_modelroute_init_main_conf,    /* init main configuration */
@@ -359,6 +363,33 @@ ngx_http_modelroute_map_size(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
+/* ngx_conf_set_enum_slot(), with a message that names the directive */
+
+static char *
+ngx_http_modelroute_durability_slot(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    char       *rv;
+    ngx_str_t  *value;
+
+    value = cf->args->elts;
+
+    if (value[1].len == 0
+        || (ngx_strcmp(value[1].data, "full") != 0
+            && ngx_strcmp(value[1].data, "relaxed") != 0))
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%V\" must be \"full\" or \"relaxed\", "
+                           "not \"%V\"", &cmd->name, &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    rv = ngx_conf_set_enum_slot(cf, cmd, conf);
+
+    return rv;
+}
+
+
 /*
  * modelroute_model <slug> [per_request=USD] [per_image=USD]
  *     [per_second=USD] [input_per_mtok=USD] [output_per_mtok=USD]
@@ -510,6 +541,13 @@ bad_param:
                        "\"modelroute_model\" \"%V\": unknown parameter "
                        "\"%V\"", &value[1], &value[i]);
     return NGX_CONF_ERROR;
+}
+
+
+static ngx_int_t
+ngx_http_modelroute_postconfiguration(ngx_conf_t *cf)
+{
+    return mr_http_filter_init(cf);
 }
 
 
