@@ -43,8 +43,10 @@ static json_t *mr_admin_account_json(mr_account_t *acct);
 static json_t *mr_admin_key_json(mr_key_t *key);
 
 
+/* skip: how much of the URI is the mount point; 0: the location's name */
+
 ngx_int_t
-mr_admin_handler(ngx_http_request_t *r)
+mr_admin_handler(ngx_http_request_t *r, size_t skip)
 {
     u_char                    *p, *last;
     ngx_str_t                  seg[4];
@@ -62,8 +64,11 @@ mr_admin_handler(ngx_http_request_t *r)
     p = r->uri.data;
     last = r->uri.data + r->uri.len;
 
-    if (r->uri.len >= clcf->name.len
-        && ngx_strncmp(p, clcf->name.data, clcf->name.len) == 0)
+    if (skip) {
+        p += skip;
+
+    } else if (r->uri.len >= clcf->name.len
+               && ngx_strncmp(p, clcf->name.data, clcf->name.len) == 0)
     {
         p += clcf->name.len;
     }

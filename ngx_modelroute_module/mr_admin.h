@@ -13,7 +13,7 @@
 #include <ngx_http.h>
 
 
-ngx_int_t mr_admin_handler(ngx_http_request_t *r);
+ngx_int_t mr_admin_handler(ngx_http_request_t *r, size_t skip);
 
 
 #endif /* _MR_ADMIN_H_INCLUDED_ */

@@ -38,8 +38,10 @@ static ngx_int_t mr_api_post(ngx_http_request_t *r, mr_http_body_pt handler);
 #define MR_ROUTE_GET   2
 
 
+/* path: the URI from "/v1/" on */
+
 ngx_int_t
-mr_api_handler(ngx_http_request_t *r)
+mr_api_handler(ngx_http_request_t *r, u_char *path, u_char *last)
 {
     ngx_int_t       rc;
     ngx_str_t       seg[4];
@@ -51,13 +53,13 @@ mr_api_handler(ngx_http_request_t *r)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    if (r->uri.len < sizeof("/v1/") - 1
-        || ngx_strncmp(r->uri.data, "/v1/", sizeof("/v1/") - 1) != 0)
+    if ((size_t) (last - path) < sizeof("/v1/") - 1
+        || ngx_strncmp(path, "/v1/", sizeof("/v1/") - 1) != 0)
     {
         goto not_found;
     }
 
-    n = mr_http_split(r->uri.data + 4, r->uri.data + r->uri.len, seg, 3);
+    n = mr_http_split(path + 4, last, seg, 3);
 
 #define mr_seg_is(i, s)                                                     \
     (seg[i].len == sizeof(s) - 1                                            \
@@ -326,7 +328,7 @@ mr_api_get(ngx_http_request_t *r, ngx_uint_t result)
     }
 
     if (exec.rec.status != MR_COMPLETED) {
-        return mr_http_error(r, MR_E_CONFLICT,
+        return mr_http_error(r, MR_E_NOT_COMPLETED,
                              "the execution has no result: it is not "
                              "COMPLETED", NULL);
     }

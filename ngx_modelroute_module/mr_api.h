@@ -13,7 +13,8 @@
 #include <ngx_http.h>
 
 
-ngx_int_t mr_api_handler(ngx_http_request_t *r);
+ngx_int_t mr_api_handler(ngx_http_request_t *r, u_char *path,
+    u_char *last);
 
 
 #endif /* _MR_API_H_INCLUDED_ */

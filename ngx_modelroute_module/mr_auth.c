@@ -16,6 +16,7 @@
 static ngx_int_t mr_auth_parse(ngx_str_t *secret);
 static ngx_int_t mr_auth_check(ngx_http_request_t *r,
     ngx_uint_t permission);
+static ngx_int_t mr_auth_trusted(ngx_http_request_t *r, mr_http_ctx_t *ctx);
 
 
 /* a fresh secret and its key record (id, hash, hint, created) */
@@ -101,6 +102,7 @@ mr_auth_check(ngx_http_request_t *r, ngx_uint_t permission)
 {
     ngx_int_t        rc;
     ngx_str_t        secret;
+    mr_loc_conf_t   *lcf;
     mr_http_ctx_t   *ctx;
     ngx_table_elt_t *h;
     u_char           hash[MR_SHA256_LEN];
@@ -108,6 +110,12 @@ mr_auth_check(ngx_http_request_t *r, ngx_uint_t permission)
     ctx = mr_http_ctx(r);
     if (ctx == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    lcf = ngx_http_get_module_loc_conf(r, ngx_http_modelroute_module);
+
+    if (lcf->handler == MR_HANDLER_LUA) {
+        return mr_auth_trusted(r, ctx);
     }
 
     h = r->headers_in.authorization;
@@ -162,6 +170,45 @@ mr_auth_check(ngx_http_request_t *r, ngx_uint_t permission)
                              "this operation needs a key with full "
                              "permission", NULL);
     }
+
+    return NGX_DONE;
+}
+
+
+/*
+ * lua-compat: the caller's own auth layer chose the account, passed as
+ * the "mr_account" argument of a subrequest (never of a client request).
+ */
+
+static ngx_int_t
+mr_auth_trusted(ngx_http_request_t *r, mr_http_ctx_t *ctx)
+{
+    ngx_int_t     rc;
+    ngx_str_t     org;
+    mr_account_t  acct;
+
+    if (r == r->main
+        || mr_http_arg(r, "mr_account", &org) != NGX_OK
+        || !mr_id_valid(&org, "org_", MR_ORG_ID_LEN))
+    {
+        return mr_http_error(r, MR_E_UNAUTHORIZED,
+                             "an account id (org_...) is required", NULL);
+    }
+
+    rc = mr_store_account_get(org.data, &acct, NULL);
+
+    if (rc == NGX_ERROR) {
+        return mr_http_error(r, MR_E_INTERNAL, "account lookup failed",
+                             NULL);
+    }
+
+    if (rc == NGX_DECLINED) {
+        return mr_http_error(r, MR_E_UNAUTHORIZED, "unknown account", NULL);
+    }
+
+    ngx_memzero(&ctx->key, sizeof(mr_key_t));
+    ngx_memcpy(ctx->key.rec.org, org.data, MR_ORG_ID_LEN);
+    ctx->key.rec.permission = MR_PERM_FULL;
 
     return NGX_DONE;
 }

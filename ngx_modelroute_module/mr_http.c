@@ -36,7 +36,7 @@ static mr_error_t  mr_errors[] = {
     { NGX_HTTP_NOT_ALLOWED, "METHOD_NOT_ALLOWED", 0 },
     { NGX_HTTP_CONFLICT, "IDEMPOTENCY_KEY_REUSED", 0 },
     { NGX_HTTP_CONFLICT, "EXECUTION_TERMINAL", 0 },
-    { NGX_HTTP_CONFLICT, "CONFLICT", 0 },
+    { NGX_HTTP_CONFLICT, "EXECUTION_NOT_COMPLETED", 0 },
     { NGX_HTTP_REQUEST_ENTITY_TOO_LARGE, "PAYLOAD_TOO_LARGE", 0 },
     { NGX_HTTP_UNSUPPORTED_MEDIA_TYPE, "UNSUPPORTED_MEDIA_TYPE", 0 },
     { NGX_HTTP_TOO_MANY_REQUESTS, "RATE_LIMITED", 1 },
@@ -256,9 +256,13 @@ mr_http_read_body(ngx_http_request_t *r, mr_http_body_pt handler)
     ctx = mr_http_ctx(r);
     ctx->body_handler = handler;
 
-    /* an oversized body never gets here: nginx refuses it (413) first */
+    /*
+     * an oversized body never gets here: nginx refuses it (413) first;
+     * a subrequest (lua-compat) has its parent's headers and a JSON body
+     */
 
-    if ((r->headers_in.content_length_n > 0 || r->headers_in.chunked)
+    if (r == r->main
+        && (r->headers_in.content_length_n > 0 || r->headers_in.chunked)
         && mr_http_json_type(r) != NGX_OK)
     {
         return mr_http_error(r, MR_E_UNSUPPORTED_MEDIA_TYPE,

@@ -14,6 +14,7 @@
 #include "mr_http.h"
 #include "mr_api.h"
 #include "mr_admin.h"
+#include "mr_lua.h"
 
 
 #define MR_MAP_SIZE_MIN  (1024 * 1024)
@@ -112,6 +113,13 @@ static ngx_command_t  ngx_http_modelroute_commands[] = {
       0,
       (void *) MR_HANDLER_ADMIN },
 
+    { ngx_string("modelroute_lua"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_modelroute_mount,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      (void *) MR_HANDLER_LUA },
+
       ngx_null_command
 };
 
@@ -184,11 +192,17 @@ ngx_http_modelroute_handler(ngx_http_request_t *r)
 
     lcf = ngx_http_get_module_loc_conf(r, ngx_http_modelroute_module);
 
-    if (lcf->handler == MR_HANDLER_ADMIN) {
-        return mr_admin_handler(r);
-    }
+    switch (lcf->handler) {
 
-    return mr_api_handler(r);
+    case MR_HANDLER_ADMIN:
+        return mr_admin_handler(r, 0);
+
+    case MR_HANDLER_LUA:
+        return mr_lua_handler(r);
+
+    default:
+        return mr_api_handler(r, r->uri.data, r->uri.data + r->uri.len);
+    }
 }
 
 
@@ -340,6 +354,7 @@ ngx_http_modelroute_map_size(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     mr_main_conf_t *mcf = conf;
 
+    off_t       size;
     ngx_str_t  *value;
 
     if (mcf->map_size != NGX_CONF_UNSET_SIZE) {
@@ -348,10 +363,11 @@ ngx_http_modelroute_map_size(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     value = cf->args->elts;
 
-    mcf->map_size = ngx_parse_size(&value[1]);
+    size = ngx_parse_offset(&value[1]);
 
-    if (mcf->map_size == (size_t) NGX_ERROR
-        || mcf->map_size < MR_MAP_SIZE_MIN)
+    mcf->map_size = (size_t) size;
+
+    if (size == NGX_ERROR || size < MR_MAP_SIZE_MIN)
     {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"modelroute_store_map_size\" must be a size "

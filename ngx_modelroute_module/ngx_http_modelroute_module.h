@@ -44,6 +44,7 @@ typedef struct {
 #define MR_HANDLER_NONE   0
 #define MR_HANDLER_API    1
 #define MR_HANDLER_ADMIN  2
+#define MR_HANDLER_LUA    3      /* subrequests from lua-compat */
 
 
 typedef struct {

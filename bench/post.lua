@@ -1,0 +1,32 @@
+-- wrk script: POST /v1/executions-style bodies, each with its own
+-- idempotency key (run seed + thread number + per-thread counter).
+--
+--   wrk ... -s bench/post.lua http://127.0.0.1:PORT -- PATH KEY SEED
+--
+-- PATH is /v1/executions (or /baseline for the same request against a
+-- plain `return 202`), KEY the API key, SEED makes keys unique per run.
+
+local threads = 0
+
+function setup(thread)
+    threads = threads + 1
+    thread:set("thread_no", threads)
+end
+
+function init(args)
+    path = args[1] or "/v1/executions"
+    seed = args[3] or tostring(os.time())
+    counter = 0
+    headers = {
+        ["Content-Type"] = "application/json",
+        ["Authorization"] = "Bearer " .. (args[2] or ""),
+    }
+end
+
+function request()
+    counter = counter + 1
+    local body = string.format(
+        '{"model":"demo-chat","input":{"prompt":"hello"},'
+        .. '"idempotency_key":"bench-%s-%d-%d"}', seed, thread_no, counter)
+    return wrk.format("POST", path, headers, body)
+end
