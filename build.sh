@@ -15,7 +15,8 @@ module="$out/ngx_http_modelroute_module.so"
 
 deps=(nginx nginx-dev liblmdb-dev lmdb-utils libjansson-dev
       libcurl4-openssl-dev libssl-dev gcc make perl libtest-base-perl
-      libnginx-mod-http-echo curl wrk)
+      libnginx-mod-http-echo curl wrk
+      libnginx-mod-http-lua lua-resty-core lua-cjson)
 
 install_deps() {
     local missing=() p
