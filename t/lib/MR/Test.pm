@@ -1,0 +1,889 @@
+package MR::Test;
+
+# Test harness for ModelRoute: runs a real nginx with the module from a
+# temporary prefix, speaks HTTP to it and checks its error log at the end.
+#
+#   my $t = MR::Test->new(extra_http => "modelroute_idempotency_ttl 2s;\n");
+#   $t->start;
+#   my $acct = $t->new_account(credit => '10.00');
+#   my $r = $t->create_exec($acct->{key}, { model => 'demo-chat', ... });
+#   $t->done;    # stops nginx, checks the error log, done_testing
+#
+# Environment: MR_MODULE (the .so, default build/…), MR_NGINX (default
+# /usr/sbin/nginx), MR_KEEP=1 keeps the temporary prefix for a post-mortem.
+
+use strict;
+use warnings;
+use feature 'state';
+
+use Carp qw(croak);
+use Compress::Zlib ();
+use Cwd qw(abs_path);
+use File::Basename qw(dirname);
+use File::Path qw(make_path);
+use File::Temp qw(tempdir tempfile);
+use HTTP::Tiny;
+use IO::Socket::INET;
+use JSON::PP;
+use POSIX qw(WNOHANG);
+use Test::More;
+use Time::HiRes qw(time sleep);
+
+use Exporter 'import';
+our @EXPORT_OK = qw(wait_for default_http make_key_string json_encode
+    json_decode is_error is_rfc3339 parse_rfc3339 random_hex auth
+    detail_for money_is micros http_message);
+our %EXPORT_TAGS = (all => \@EXPORT_OK);
+
+our $ROOT = abs_path(dirname(__FILE__) . '/../../..');
+our $NGINX = $ENV{MR_NGINX} || '/usr/sbin/nginx';
+
+my $JSON = JSON::PP->new->utf8->canonical->allow_nonref;
+my @LIVE;    # instances started by this process, stopped in END
+
+sub module_path {
+    my $m = $ENV{MR_MODULE} || "$ROOT/build/ngx_http_modelroute_module.so";
+    $m = "$ROOT/$m" unless $m =~ m{^/};
+    return $m;
+}
+
+sub default_http {
+    return <<'EOF';
+modelroute_store %%STORE%%;
+modelroute_model demo-chat per_request=0.04 timeout=5m;
+modelroute_model demo-tokens input_per_mtok=1.00 output_per_mtok=2.00
+                 max_tokens=1000;
+modelroute_model demo-image per_image=0.02;
+modelroute_model demo-video per_second=0.05;
+server {
+    listen 127.0.0.1:%%PORT%%;
+    large_client_header_buffers 4 32k;
+    location /v1/ { modelroute_api; client_max_body_size 64k; }
+    location /admin/ { modelroute_admin; }
+}
+EOF
+}
+
+# ---------------------------------------------------------------- lifecycle
+
+sub new {
+    my ($class, %o) = @_;
+
+    become_subreaper();
+    my $module = module_path();
+    plan skip_all => "module not built: $module (run ./build.sh)"
+        unless -f $module;
+    plan skip_all => "nginx not found: $NGINX" unless -x $NGINX;
+
+    my $prefix = tempdir('mr-test-XXXXXX', TMPDIR => 1,
+        CLEANUP => !$ENV{MR_KEEP});
+    chmod 0755, $prefix or croak "chmod $prefix: $!";
+    make_path(map { "$prefix/$_" } qw(logs conf tmp));
+    chmod 0755, "$prefix/tmp";
+
+    my $self = bless {
+        module      => $module,
+        prefix      => $prefix,
+        workers     => $o{workers} // 2,
+        http        => $o{http} // default_http(),
+        extra_http  => $o{extra_http} // '',
+        extra_main  => $o{extra_main} // '',
+        expect_log  => $o{expect_log} // [],
+        keep_alive  => $o{keep_alive} // 0,
+        access_log  => $o{access_log} // 0,
+        timeout     => $o{timeout} // 10,
+        owner       => $$,
+        seq         => 0,
+    }, $class;
+    $self->{port} = free_port();
+    $self->{port2} = free_port();
+    $self->{port3} = free_port();
+    $self->write_config;
+    return $self;
+}
+
+sub prefix { $_[0]{prefix} }
+sub port   { $_[0]{port} }
+sub store  { "$_[0]{prefix}/store" }
+sub error_log_path { "$_[0]{prefix}/logs/error.log" }
+
+# The daemonized nginx master is re-parented to us instead of to init, so
+# that we reap it (init here may not).
+sub become_subreaper {
+    state $done;
+    return if $done++;
+    my ($sysname, undef, undef, undef, $machine) = POSIX::uname();
+    return unless $sysname eq 'Linux' && $machine eq 'x86_64';
+    syscall(157, 36, 1, 0, 0, 0);    # prctl(PR_SET_CHILD_SUBREAPER, 1)
+}
+
+sub free_port {
+    my $s = IO::Socket::INET->new(Listen => 1, LocalAddr => '127.0.0.1',
+        LocalPort => 0, Proto => 'tcp', ReuseAddr => 1)
+        or croak "cannot bind a free port: $!";
+    my $port = $s->sockport;
+    close $s;
+    return $port;
+}
+
+sub config_text {
+    my ($self) = @_;
+    my $p = $self->{prefix};
+    my $http = $self->{extra_http} . $self->{http};
+    my %sub = (PORT => $self->{port}, PORT2 => $self->{port2},
+        PORT3 => $self->{port3}, STORE => $self->store, PREFIX => $p);
+    $http =~ s/%%(PORT[23]?|STORE|PREFIX)%%/$sub{$1}/g;
+    $http =~ s/^/    /mg;
+    my $log = $self->{access_log}
+        ? "log_format mr '\$pid \$status \$request';\n"
+          . "    access_log $p/logs/access.log mr;"
+        : 'access_log off;';
+    return <<EOF;
+load_module $self->{module};
+daemon on;
+master_process on;
+worker_processes $self->{workers};
+error_log $p/logs/error.log notice;
+pid $p/logs/nginx.pid;
+$self->{extra_main}
+events { worker_connections 4096; }
+
+http {
+    $log
+    client_body_temp_path $p/tmp/body;
+    proxy_temp_path $p/tmp/proxy;
+    fastcgi_temp_path $p/tmp/fastcgi;
+    uwsgi_temp_path $p/tmp/uwsgi;
+    scgi_temp_path $p/tmp/scgi;
+
+$http}
+EOF
+}
+
+sub write_config {
+    my ($self, %o) = @_;
+    $self->{$_} = $o{$_}
+        for grep { exists $o{$_} } qw(http extra_http workers);
+    my $f = "$self->{prefix}/conf/nginx.conf";
+    open my $fh, '>', $f or croak "$f: $!";
+    print $fh $self->config_text;
+    close $fh;
+}
+
+sub nginx_cmd {
+    my ($self, @args) = @_;
+    return ($NGINX, '-p', "$self->{prefix}/", '-c',
+        "$self->{prefix}/conf/nginx.conf", @args);
+}
+
+# Runs `nginx -t`; returns (exit code, output).
+sub test_config {
+    my ($self) = @_;
+    my $out = run_capture($self->nginx_cmd('-t'));
+    return ($? >> 8, $out);
+}
+
+sub run_capture {
+    my (@cmd) = @_;
+    my $pid = open(my $fh, '-|') // croak "fork: $!";
+    if (!$pid) {
+        open STDERR, '>&', \*STDOUT;
+        exec @cmd or POSIX::_exit(127);
+    }
+    local $/;
+    my $out = <$fh> // '';
+    close $fh;
+    return $out;
+}
+
+sub start {
+    my ($self) = @_;
+    croak 'already running' if $self->{running};
+    unlink "$self->{prefix}/logs/nginx.pid";
+    my $out = run_capture($self->nginx_cmd);
+    croak "nginx failed to start (exit " . ($? >> 8) . "): $out\n"
+        . $self->tail_log if $?;
+    $self->{running} = 1;
+    push @LIVE, $self;
+
+    my $master = wait_for(sub { $self->master_pid }, $self->{timeout})
+        or croak "no pid file\n" . $self->tail_log;
+    $self->{master} = $master;
+    wait_for(sub { $self->port_open }, $self->{timeout})
+        or croak "port $self->{port} never opened\n" . $self->tail_log;
+    wait_for(sub { $self->worker_pids == $self->{workers} }, $self->{timeout})
+        or croak "workers did not start\n" . $self->tail_log;
+    return $self;
+}
+
+sub master_pid {
+    my ($self) = @_;
+    open my $fh, '<', "$self->{prefix}/logs/nginx.pid" or return;
+    my $pid = <$fh>;
+    return unless defined $pid && $pid =~ /^(\d+)/;
+    return alive($1) ? $1 : undef;
+}
+
+sub port_open {
+    my ($self, $port) = @_;
+    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+        PeerPort => $port // $self->{port}, Proto => 'tcp', Timeout => 1);
+    return 0 unless $s;
+    close $s;
+    return 1;
+}
+
+# A pid is alive if it exists and is not a zombie (reaped if ours).
+sub alive {
+    my ($pid) = @_;
+    waitpid($pid, WNOHANG);
+    my $st = proc_stat($pid) or return 0;
+    return $st->{state} ne 'Z';
+}
+
+sub proc_stat {
+    my ($pid) = @_;
+    open my $fh, '<', "/proc/$pid/stat" or return;
+    my $line = <$fh> // return;
+    $line =~ /^\d+ \((.*)\) (\S) (\d+)/s or return;
+    return { comm => $1, state => $2, ppid => $3 };
+}
+
+sub cmdline {
+    my ($pid) = @_;
+    open my $fh, '<', "/proc/$pid/cmdline" or return '';
+    local $/;
+    my $c = <$fh> // '';
+    $c =~ tr/\0/ /;
+    return $c;
+}
+
+sub children_of {
+    my ($ppid) = @_;
+    my @kids;
+    opendir my $dh, '/proc' or return;
+    for my $pid (grep { /^\d+$/ } readdir $dh) {
+        my $st = proc_stat($pid) or next;
+        push @kids, $pid if $st->{ppid} == $ppid && $st->{state} ne 'Z';
+    }
+    return sort { $a <=> $b } @kids;
+}
+
+# Live workers of the current master (not the ones shutting down).
+sub worker_pids {
+    my ($self) = @_;
+    my $master = $self->{master} // $self->master_pid // return;
+    return grep { cmdline($_) =~ /worker process\s*$/ } children_of($master);
+}
+
+sub all_children {
+    my ($self) = @_;
+    my $master = $self->{master} // return;
+    return children_of($master);
+}
+
+sub stop {
+    my ($self) = @_;
+    return unless $self->{running};
+    $self->{running} = 0;
+    @LIVE = grep { $_ != $self } @LIVE;
+    my $master = $self->{master} // $self->master_pid;
+    return unless $master;
+    my @kids = children_of($master);
+    kill 'QUIT', $master;
+    unless (wait_for(sub { !alive($master) }, 20)) {
+        diag "nginx $master did not quit: TERM";
+        kill 'TERM', $master;
+        unless (wait_for(sub { !alive($master) }, 5)) {
+            kill 'KILL', $master, @kids;
+            wait_for(sub { !alive($master) }, 5);
+        }
+    }
+    # The workers die with the master; make sure none is left behind.
+    my @left = grep { alive($_) } @kids;
+    kill 'KILL', @left if @left && !wait_for(sub {
+        !grep { alive($_) } @kids }, 10);
+    delete $self->{master};
+}
+
+sub restart {
+    my ($self) = @_;
+    $self->stop;
+    return $self->start;
+}
+
+# HUP; wait until every worker is new and the old ones are gone.
+sub reload {
+    my ($self) = @_;
+    my $master = $self->{master} or croak 'not running';
+    my @old = $self->all_children;
+    my %old = map { $_ => 1 } @old;
+    kill 'HUP', $master or croak "HUP: $!";
+    wait_for(sub {
+        my @w = $self->worker_pids;
+        @w == $self->{workers} && !grep { $old{$_} } @w;
+    }, $self->{timeout}) or croak "reload: no new workers\n" . $self->tail_log;
+    wait_for(sub { !grep { alive($_) } @old }, $self->{timeout})
+        or croak "reload: old workers did not exit\n" . $self->tail_log;
+    return $self;
+}
+
+# ---------------------------------------------------------------- error log
+
+sub read_log {
+    my ($self) = @_;
+    open my $fh, '<', $self->error_log_path or return '';
+    local $/;
+    return <$fh> // '';
+}
+
+sub tail_log {
+    my ($self, $n) = @_;
+    my @l = split /\n/, $self->read_log;
+    $n //= 20;
+    @l = @l[-$n .. -1] if @l > $n;
+    return join '', map { "  log: $_\n" } @l;
+}
+
+# Lines of the access log (with access_log => 1): "pid status request".
+sub access_log_lines {
+    my ($self) = @_;
+    open my $fh, '<', "$self->{prefix}/logs/access.log" or return;
+    chomp(my @l = <$fh>);
+    return @l;
+}
+
+sub expect_log {
+    my ($self, @re) = @_;
+    push @{ $self->{expect_log} }, @re;
+}
+
+sub bad_log_lines {
+    my ($self) = @_;
+    my @bad;
+    for my $line (split /\n/, $self->read_log) {
+        next unless $line =~ /\[(?:alert|crit|emerg)\]|exited on signal/;
+        next if grep { $line =~ $_ } @{ $self->{expect_log} };
+        push @bad, $line;
+    }
+    return @bad;
+}
+
+sub check_log {
+    my ($self) = @_;
+    my @bad = $self->bad_log_lines;
+    ok(!@bad, 'error log has no alert/crit/emerg/signal lines')
+        or diag join "\n", @bad[0 .. ($#bad < 19 ? $#bad : 19)];
+}
+
+# Stops nginx, checks the error log and ends the test.
+sub done {
+    my ($self) = @_;
+    $self->stop;
+    $self->check_log;
+    done_testing();
+}
+
+END {
+    my $rc = $?;
+    for my $t (@LIVE) {
+        next unless $t->{owner} == $$;
+        $t->stop;
+    }
+    $? = $rc;
+}
+
+$SIG{PIPE} = 'IGNORE';
+for my $sig (qw(INT TERM)) {
+    $SIG{$sig} = sub { die "caught SIG$sig\n" };
+}
+
+# ---------------------------------------------------------------- polling
+
+# Calls $cond until it returns true or $timeout seconds pass.
+sub wait_for {
+    my ($cond, $timeout, $step) = @_;
+    my $deadline = time + ($timeout // 10);
+    my $grow = !defined $step;
+    $step //= 0.02;
+    while (1) {
+        my $v = $cond->();
+        return $v if $v;
+        return undef if time > $deadline;
+        sleep $step;
+        $step *= 1.5 if $grow && $step < 0.2;
+    }
+}
+
+# ---------------------------------------------------------------- HTTP
+
+sub json_encode { $JSON->encode($_[0]) }
+sub json_decode { my $v = eval { $JSON->decode($_[0]) }; $v }
+
+sub ua {
+    my ($self) = @_;
+    return $self->{ua} if $self->{ua} && $self->{ua_pid} == $$;
+    $self->{ua_pid} = $$;
+    return $self->{ua} = HTTP::Tiny->new(keep_alive => $self->{keep_alive},
+        timeout => $self->{timeout}, agent => 'mr-test');
+}
+
+sub keep_alive {
+    my ($self, $on) = @_;
+    $self->{keep_alive} = $on;
+    delete $self->{ua};
+}
+
+sub url {
+    my ($self, $path, $port) = @_;
+    return "http://127.0.0.1:" . ($port // $self->{port}) . $path;
+}
+
+# req(METHOD, PATH, {headers}, BODY) -> {status, headers, body, json}.
+# A reference BODY is sent as JSON; a string as is. Header names in the
+# answer are lowercase. Status 599 means a connection error.
+sub req {
+    my ($self, $method, $path, $headers, $body) = @_;
+    my %h = %{ $headers // {} };
+    my %opt = (headers => \%h);
+    if (defined $body) {
+        if (ref $body) {
+            $body = json_encode($body);
+            $h{'Content-Type'} //= 'application/json';
+        }
+        $opt{content} = $body;
+    }
+    my $r = $self->ua->request($method, $self->url($path), \%opt);
+    return response($r->{status}, $r->{headers}, $r->{content});
+}
+
+sub response {
+    my ($status, $headers, $body) = @_;
+    my $res = { status => $status, headers => $headers, body => $body // '' };
+    $res->{json} = json_decode($res->{body})
+        if $res->{body} =~ /^\s*[\[{]/;
+    return $res;
+}
+
+sub auth { return { Authorization => "Bearer $_[0]" } }
+
+# Sends raw bytes on a new connection and reads the answer until EOF.
+sub raw {
+    my ($self, $bytes, $port) = @_;
+    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+        PeerPort => $port // $self->{port}, Proto => 'tcp',
+        Timeout => $self->{timeout})
+        or return response(599, {}, "connect: $!");
+    binmode $s;
+    $s->autoflush(1);
+    print $s $bytes;
+    my $in = '';
+    my $deadline = time + $self->{timeout};
+    while (time < $deadline) {
+        my $rin = '';
+        vec($rin, fileno($s), 1) = 1;
+        last unless select(my $rout = $rin, undef, undef, 1) >= 0;
+        my $n = sysread($s, my $buf, 65536);
+        last if defined $n && $n == 0;
+        last if !defined $n && !$!{EINTR} && !$!{EAGAIN};
+        $in .= $buf if $n;
+    }
+    close $s;
+    return parse_http($in);
+}
+
+sub parse_http {
+    my ($in) = @_;
+    my @all = parse_http_all($in);
+    return @all ? $all[0] : response(599, {}, $in);
+}
+
+# Splits a stream of HTTP answers (as read from one connection) into
+# responses; the last one may be delimited by the end of the stream.
+sub parse_http_all {
+    my ($in) = @_;
+    my @out;
+    while (length $in) {
+        last unless $in =~ s{^HTTP/1\.[01] (\d{3})[^\r\n]*\r\n}{};
+        my $status = $1;
+        my %h;
+        while ($in =~ s/^([^\r\n]*)\r\n//) {
+            my $line = $1;
+            last if $line eq '';
+            my ($k, $v) = $line =~ /^([^:]+):\s*(.*)$/ or next;
+            $k = lc $k;
+            $h{$k} = exists $h{$k}
+                ? [ (ref $h{$k} ? @{ $h{$k} } : $h{$k}), $v ] : $v;
+        }
+        my $body = '';
+        if (($h{'transfer-encoding'} // '') =~ /chunked/i) {
+            while ($in =~ s/^([0-9a-fA-F]+)[^\r\n]*\r\n//) {
+                my $n = hex $1;
+                if ($n == 0) {
+                    $in =~ s/^\r\n//;
+                    last;
+                }
+                $body .= substr($in, 0, $n, '');
+                $in =~ s/^\r\n//;
+            }
+        } elsif (defined $h{'content-length'}) {
+            $body = substr($in, 0, $h{'content-length'}, '');
+        } elsif ($status !~ /^(?:1..|204|304)$/) {
+            ($body, $in) = ($in, '');
+        }
+        push @out, response($status, \%h, $body);
+    }
+    return @out;
+}
+
+# Sends raw bytes (several requests, say) on one connection; returns every
+# answer read until the server closes it.
+sub raw_all {
+    my ($self, @chunks) = @_;
+    my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
+        PeerPort => $self->{port}, Proto => 'tcp',
+        Timeout => $self->{timeout}) or return;
+    binmode $s;
+    $s->autoflush(1);
+    for my $c (@chunks) {
+        if (ref $c eq 'CODE') { $c->() } else { print $s $c }
+    }
+    my $in = '';
+    my $deadline = time + $self->{timeout};
+    while (time < $deadline) {
+        my $rin = '';
+        vec($rin, fileno($s), 1) = 1;
+        next unless select(my $rout = $rin, undef, undef, 0.5) > 0;
+        my $n = sysread($s, my $buf, 65536);
+        last unless $n;
+        $in .= $buf;
+    }
+    close $s;
+    return parse_http_all($in);
+}
+
+# A raw request message (keep-alive unless $close).
+sub http_message {
+    my ($method, $path, $headers, $body, $close) = @_;
+    my $msg = "$method $path HTTP/1.1\r\nHost: 127.0.0.1\r\n";
+    $msg .= "Connection: close\r\n" if $close;
+    $msg .= "$_: $headers->{$_}\r\n" for sort keys %{ $headers // {} };
+    $msg .= "Content-Length: " . length($body) . "\r\n" if defined $body;
+    return "$msg\r\n" . ($body // '');
+}
+
+# A raw HTTP/1.1 request with the given body bytes (Connection: close).
+sub raw_request {
+    my ($self, $method, $path, $headers, $body) = @_;
+    return $self->raw(http_message($method, $path, $headers, $body, 1));
+}
+
+# ---------------------------------------------------------------- checks
+
+sub is_rfc3339 {
+    my ($s) = @_;
+    return defined $s && !ref $s
+        && $s =~ /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,6})?Z$/;
+}
+
+sub parse_rfc3339 {
+    my ($s) = @_;
+    my ($y, $mo, $d, $h, $mi, $sec, $frac) =
+        $s =~ /^(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(\.\d+)?Z$/
+        or return;
+    local $ENV{TZ} = 'UTC';
+    POSIX::tzset();
+    my $t = POSIX::mktime($sec, $mi, $h, $d, $mo - 1, $y - 1900);
+    return $t + ($frac // 0);
+}
+
+# is_error($res, STATUS, CODE, NAME): the error envelope, checked in full.
+# An undef CODE accepts any code.
+sub is_error {
+    my ($res, $status, $code, $name) = @_;
+    my $tb = Test::More->builder;
+    local $Test::Builder::Level = $Test::Builder::Level + 1;
+    my @why;
+    push @why, "status $res->{status}, want $status"
+        if $res->{status} != $status;
+    my $e = ref $res->{json} eq 'HASH' ? $res->{json}{error} : undef;
+    if (ref $e ne 'HASH') {
+        push @why, 'no error envelope';
+    } else {
+        push @why, "code " . ($e->{code} // 'undef') . ", want "
+            . ($code // 'any') if defined $code
+                ? ($e->{code} // '') ne $code : !length($e->{code} // '');
+        push @why, 'message missing'
+            unless defined $e->{message} && !ref $e->{message}
+                && length $e->{message};
+        push @why, 'retryable not a boolean'
+            unless JSON::PP::is_bool($e->{retryable});
+        my $rid = $e->{request_id} // '';
+        push @why, "request_id '$rid' not req_<32 hex>"
+            unless $rid =~ /^req_[0-9a-f]{32}$/;
+        my $hid = $res->{headers}{'x-request-id'} // '';
+        push @why, "X-Request-Id '$hid' differs from request_id '$rid'"
+            if $hid ne $rid;
+    }
+    my $ok = $tb->ok(!@why, $name // "$status " . ($code // ''));
+    $tb->diag(join("\n", @why) . "\nbody: " . substr($res->{body}, 0, 500))
+        unless $ok;
+    return $ok ? $e : undef;
+}
+
+# True if the error's details contain an entry for $field.
+sub detail_for {
+    my ($res, $field) = @_;
+    my $d = eval { $res->{json}{error}{details} };
+    return unless ref $d eq 'ARRAY';
+    my ($hit) = grep { ref $_ eq 'HASH' && ($_->{field} // '') eq $field } @$d;
+    return $hit;
+}
+
+# ---------------------------------------------------------------- keys
+
+sub random_hex {
+    my ($n) = @_;
+    return join '', map { sprintf '%x', int rand 16 } 1 .. $n;
+}
+
+# make_key_string(hex => 64 hex chars, crc => 'good' | 'bad' | '8 hex').
+sub make_key_string {
+    my (%o) = @_;
+    my $hex = $o{hex} // random_hex(64);
+    my $crc = $o{crc} // 'good';
+    my $good = sprintf '%08x', Compress::Zlib::crc32($hex);
+    if ($crc eq 'good') {
+        $crc = $good;
+    } elsif ($crc eq 'bad') {
+        $crc = sprintf '%08x', (hex($good) ^ 1);
+    }
+    return "sk_${hex}_$crc";
+}
+
+# ---------------------------------------------------------------- domain
+
+sub admin {
+    my ($self, $method, $path, $body) = @_;
+    return $self->req($method, "/admin$path", {}, $body);
+}
+
+sub expect_status {
+    my ($res, $want, $what) = @_;
+    croak "$what: status $res->{status}, want $want: $res->{body}"
+        unless $res->{status} == $want;
+    return $res->{json};
+}
+
+sub admin_create_account {
+    my ($self, %o) = @_;
+    my %body;
+    $body{credit} = $o{credit} if defined $o{credit};
+    $body{name} = $o{name} if defined $o{name};
+    my $r = $self->admin(POST => '/accounts', \%body);
+    return expect_status($r, 201, 'create account');
+}
+
+# Returns (secret, key id) in list context, the secret otherwise.
+sub admin_create_key {
+    my ($self, $org, $perm, $name) = @_;
+    my %body = (permission => $perm // 'full');
+    $body{name} = $name if defined $name;
+    my $r = $self->admin(POST => "/accounts/$org/keys", \%body);
+    my $k = expect_status($r, 201, 'create key');
+    return wantarray ? ($k->{key}, $k->{id}, $k) : $k->{key};
+}
+
+# An account with one key: {org, key, key_id, account}.
+sub new_account {
+    my ($self, %o) = @_;
+    my $acct = $self->admin_create_account(credit => $o{credit} // '10.00',
+        name => $o{name});
+    my ($key, $id) = $self->admin_create_key($acct->{id},
+        $o{permission} // 'full');
+    return { org => $acct->{id}, key => $key, key_id => $id,
+        account => $acct };
+}
+
+sub create_exec {
+    my ($self, $key, $body, $headers) = @_;
+    my %h = (%{ auth($key) }, %{ $headers // {} });
+    return $self->req(POST => '/v1/executions', \%h, $body);
+}
+
+# A valid demo-chat body with a fresh idempotency key, plus %over.
+sub exec_body {
+    my ($self, %over) = @_;
+    return { model => 'demo-chat', input => { prompt => 'hello' },
+        idempotency_key => $self->fresh_key, %over };
+}
+
+sub fresh_key {
+    my ($self) = @_;
+    return sprintf 'k-%d-%d-%s', $$, ++$self->{seq}, random_hex(8);
+}
+
+sub get_exec {
+    my ($self, $key, $id) = @_;
+    return $self->req(GET => "/v1/executions/$id", auth($key));
+}
+
+sub balance {
+    my ($self, $key) = @_;
+    my $r = $self->req(GET => '/v1/balance', auth($key));
+    return expect_status($r, 200, 'balance');
+}
+
+sub verify {
+    my ($self, $org) = @_;
+    my $r = $self->admin(GET => "/accounts/$org/verify");
+    return expect_status($r, 200, 'verify');
+}
+
+# Every execution of an account, newest first, following pagination.
+sub list_all {
+    my ($self, $key, $query) = @_;
+    my @all;
+    my $after;
+    for (1 .. 10_000) {
+        my $q = 'limit=100' . ($query ? "&$query" : '')
+            . ($after ? "&starting_after=$after" : '');
+        my $r = $self->req(GET => "/v1/executions?$q", auth($key));
+        my $j = expect_status($r, 200, 'list');
+        push @all, @{ $j->{data} };
+        last unless $j->{has_more} && @{ $j->{data} };
+        $after = $j->{data}[-1]{id};
+    }
+    return @all;
+}
+
+# ---------------------------------------------------------------- money
+
+# Decimal string -> integer micro-dollars (exact).
+sub micros {
+    my ($s) = @_;
+    croak "not a money string: " . ($s // 'undef')
+        unless defined $s && $s =~ /^(-?)(\d+)(?:\.(\d{1,6}))?$/;
+    my $v = $2 * 1_000_000 + substr(($3 // '') . '000000', 0, 6);
+    return $1 ? -$v : $v;
+}
+
+# Same amount, whatever the number of decimals.
+sub money_is {
+    my ($got, $want, $name) = @_;
+    local $Test::Builder::Level = $Test::Builder::Level + 1;
+    my $ok = defined $got && !ref $got
+        && $got =~ /^-?\d+\.\d{2,6}$/ && micros($got) == micros($want);
+    ok($ok, $name) or diag "got " . (defined $got ? "'$got'" : 'undef')
+        . ", want $want";
+    return $ok;
+}
+
+# ---------------------------------------------------------------- parallel
+
+# Forks $n children; each runs $code->($i) and returns a JSON-able value.
+# Returns the values in child order; a child that died gives
+# {died => message}. Children that outlive the deadline are killed.
+# Options: timeout (seconds), during => sub run by the parent while the
+# children work. The children start together once all are forked.
+sub parallel {
+    my ($self, $n, $code, %o) = @_;
+    my $timeout = $o{timeout} // 120;
+    my $dir = tempdir('mr-par-XXXXXX', TMPDIR => 1, CLEANUP => 1);
+    my %kid;
+    for my $i (0 .. $n - 1) {
+        my $pid = fork // croak "fork: $!";
+        if (!$pid) {
+            $SIG{$_} = 'DEFAULT' for qw(INT TERM);
+            delete $self->{ua};
+            srand($$ ^ time);
+            wait_for(sub { -e "$dir/go" }, $timeout, 0.005);
+            my $out = eval { { ok => $code->($i) } }
+                // { died => "$@" };
+            if (open my $fh, '>', "$dir/$i.tmp") {
+                print $fh json_encode($out);
+                close $fh;
+                rename "$dir/$i.tmp", "$dir/$i.json";
+            }
+            POSIX::_exit(0);
+        }
+        $kid{$pid} = $i;
+    }
+    open my $go, '>', "$dir/go" or croak "$dir/go: $!";
+    close $go;
+    my $deadline = time + $timeout;
+    if ($o{during}) {
+        eval { $o{during}->(); 1 } or do {
+            my $err = $@;
+            kill 'KILL', keys %kid;
+            waitpid($_, 0) for keys %kid;
+            die $err;
+        };
+    }
+    while (%kid) {
+        my $pid = waitpid(-1, WNOHANG);
+        if ($pid > 0) {
+            delete $kid{$pid};
+            next;
+        }
+        if (time > $deadline) {
+            diag "parallel: killing " . scalar(keys %kid) . " late children";
+            kill 'KILL', keys %kid;
+            waitpid($_, 0) for keys %kid;
+            last;
+        }
+        sleep 0.01;
+    }
+    my @res;
+    for my $i (0 .. $n - 1) {
+        my $j;
+        if (open my $fh, '<', "$dir/$i.json") {
+            local $/;
+            $j = json_decode(<$fh>);
+        }
+        $j //= { died => 'no result (killed or crashed)' };
+        push @res, exists $j->{ok} ? $j->{ok} : { died => $j->{died} };
+    }
+    return @res;
+}
+
+# Starts one background child running $code->() (e.g. a poller) until
+# stop_background is called. The child's return value is collected.
+sub background {
+    my ($self, $code) = @_;
+    my ($fh, $file) = tempfile('mr-bg-XXXXXX', TMPDIR => 1, UNLINK => 1);
+    close $fh;
+    my $stop = "$file.stop";
+    my $pid = fork // croak "fork: $!";
+    if (!$pid) {
+        $SIG{$_} = 'DEFAULT' for qw(INT TERM);
+        delete $self->{ua};
+        my $out = eval { { ok => $code->(sub { -e $stop }) } }
+            // { died => "$@" };
+        if (open my $o, '>', "$file.tmp") {
+            print $o json_encode($out);
+            close $o;
+            rename "$file.tmp", $file;
+        }
+        POSIX::_exit(0);
+    }
+    return { pid => $pid, file => $file, stop => $stop };
+}
+
+sub stop_background {
+    my ($self, $bg) = @_;
+    open my $s, '>', $bg->{stop};
+    close $s;
+    my $done = wait_for(sub { waitpid($bg->{pid}, WNOHANG) > 0 }, 30);
+    unless ($done) {
+        kill 'KILL', $bg->{pid};
+        waitpid($bg->{pid}, 0);
+    }
+    unlink $bg->{stop};
+    open my $fh, '<', $bg->{file} or return { died => 'no result' };
+    local $/;
+    my $j = json_decode(<$fh> // '') // { died => 'bad result' };
+    return exists $j->{ok} ? $j->{ok} : { died => $j->{died} };
+}
+
+1;
