@@ -226,7 +226,7 @@ mr_api_create(ngx_http_request_t *r)
 
     json_decref(body);
 
-    if (mr_random_id(exec->id, "exec_", 32) != NGX_OK) {
+    if (mr_exec_id(exec->id, exec->rec.created_ms) != NGX_OK) {
         return mr_http_error(r, MR_E_INTERNAL, "no randomness", NULL);
     }
 

@@ -8,6 +8,7 @@
 #include <ngx_core.h>
 
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <openssl/sha.h>
 
@@ -65,6 +66,15 @@ mr_random_id(u_char *dst, const char *prefix, size_t hexlen)
     mr_hex(dst, rnd, hexlen / 2);
 
     return NGX_OK;
+}
+
+
+ngx_int_t
+mr_exec_id(u_char *dst, int64_t ms)
+{
+    dst = ngx_sprintf(dst, "exec_%012xL", (uint64_t) ms & 0xffffffffffffULL);
+
+    return mr_random_id(dst, "", 32);
 }
 
 
@@ -213,10 +223,30 @@ mr_hex(u_char *dst, u_char *src, size_t len)
 }
 
 
+/*
+ * SHA-256 with a digest context kept for the process: OpenSSL 3's one-shot
+ * SHA256() looks the algorithm up and takes locks on every call.  Used on
+ * the event loop only.
+ */
+
 void
 mr_sha256(u_char *dst, u_char *src, size_t len)
 {
-    SHA256(src, len, dst);
+    static EVP_MD      *md;
+    static EVP_MD_CTX  *ctx;
+
+    if (ctx == NULL) {
+        md = EVP_MD_fetch(NULL, "SHA256", NULL);
+        ctx = EVP_MD_CTX_new();
+    }
+
+    if (md == NULL || ctx == NULL
+        || EVP_DigestInit_ex(ctx, md, NULL) != 1
+        || EVP_DigestUpdate(ctx, src, len) != 1
+        || EVP_DigestFinal_ex(ctx, dst, NULL) != 1)
+    {
+        SHA256(src, len, dst);
+    }
 }
 
 

@@ -12,8 +12,12 @@
 #include <ngx_core.h>
 
 
-/* "exec_" + 32 hex, "org_"/"key_" + 24 hex, "req_" + 32 hex */
-#define MR_EXEC_ID_LEN     37
+/*
+ * "exec_" + 12 hex of milliseconds + 32 random hex (128 bits): time-ordered,
+ * so that new executions land on the same few B-tree pages;
+ * "org_"/"key_" + 24 hex, "req_" + 32 hex
+ */
+#define MR_EXEC_ID_LEN     49
 #define MR_ORG_ID_LEN      28
 #define MR_KEY_ID_LEN      28
 #define MR_REQ_ID_LEN      36
@@ -26,6 +30,7 @@
 
 
 ngx_int_t mr_random_id(u_char *dst, const char *prefix, size_t hexlen);
+ngx_int_t mr_exec_id(u_char *dst, int64_t ms);
 ngx_int_t mr_id_valid(ngx_str_t *id, const char *prefix, size_t len);
 
 int64_t mr_now_ms(void);

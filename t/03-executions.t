@@ -25,7 +25,7 @@ my $res = $t->create_exec($key, $body);
 is($res->{status}, 202, 'create: 202') or diag $res->{body};
 my $e = $res->{json} // {};
 my $id = $e->{id} // '';
-like($id, qr/^exec_[0-9a-f]{32}$/, 'id is exec_ + 32 hex');
+like($id, qr/^exec_[0-9a-f]{44}$/, 'id is exec_ + 44 hex');
 is($res->{headers}{location}, "/v1/executions/$id", 'Location header');
 like($res->{headers}{'x-request-id'} // '', qr/^req_[0-9a-f]{32}$/,
     'X-Request-Id on success');
@@ -72,7 +72,7 @@ is_error($t->req(POST => "/v1/executions/$id/cancel", auth($oth->{key})),
     404, 'NOT_FOUND', 'another account cannot cancel it');
 is($t->get_exec($key, $id)->{json}{status}, 'PENDING',
     'still PENDING after the foreign cancel');
-is_error($t->get_exec($key, 'exec_' . random_hex(32)), 404, 'NOT_FOUND',
+is_error($t->get_exec($key, 'exec_' . random_hex(44)), 404, 'NOT_FOUND',
     'unknown id');
 
 # ---- result of a PENDING execution

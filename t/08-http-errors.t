@@ -17,7 +17,7 @@ my $A = auth($key);
 my $id = $t->create_exec($key, $t->exec_body)->{json}{id};
 
 sub http_msg { MR::Test::http_message(@_) }
-like($id, qr/^exec_[0-9a-f]{32}$/, 'an execution to aim at');
+like($id, qr/^exec_[0-9a-f]{44}$/, 'an execution to aim at');
 
 # ---- unknown paths
 for my $p ('/v1/', '/v1/nothing', '/v1/executionsx', '/v1/balance/x',
@@ -55,10 +55,10 @@ is($t->get_exec($key, $id)->{json}{status}, 'PENDING',
 # ---- malformed and hostile ids
 my @bad_ids = (
     'exec_' . ('a' x 10_000),
-    'exec_' . random_hex(31), 'exec_' . random_hex(33),
-    'EXEC_' . random_hex(32), 'exec_' . uc(random_hex(32)),
+    'exec_' . random_hex(43), 'exec_' . random_hex(45),
+    'EXEC_' . random_hex(44), 'exec_' . uc(random_hex(44)),
     'exe_' . random_hex(32), 'exec' . random_hex(32),
-    'exec_' . ('g' x 32), 'exec_', 'x', uc($id),
+    'exec_' . ('g' x 44), 'exec_', 'x', uc($id),
     "$id%20", "$id;x", "$id..", "..$id",
 );
 for my $bad (@bad_ids) {

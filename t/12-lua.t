@@ -123,7 +123,7 @@ my $body = { model => 'demo-chat', input => { prompt => 'hi' },
     idempotency_key => 'lua-1', metadata => { via => 'lua' } };
 my $c = app(create => $body);
 my $e = $c->{res};
-ok(ref $e eq 'HASH' && $e->{id} =~ /^exec_[0-9a-f]{32}$/, 'create: an id')
+ok(ref $e eq 'HASH' && $e->{id} =~ /^exec_[0-9a-f]{44}$/, 'create: an id')
     or diag explain $c;
 is($e->{status}, 'PENDING', 'create: PENDING');
 money_is($e->{hold_amount}, '0.048', 'create: the same hold as HTTP');
@@ -166,7 +166,7 @@ is($res->{info}{status}, 409, 'result: status 409');
 my $l = app(list => { limit => 1 });
 is(scalar @{ $l->{res}{data} // [] }, 1, 'list limit 1');
 ok($l->{res}{has_more}, 'list has_more');
-my $nf = app(get => { id => 'exec_' . ('0' x 32) });
+my $nf = app(get => { id => 'exec_' . ('0' x 44) });
 like($nf->{err}, qr/^NOT_FOUND: /, 'unknown id: NOT_FOUND');
 my $bad_id = app(get => { id => '../admin' });
 like($bad_id->{err}, qr/^NOT_FOUND: /, 'malformed id: NOT_FOUND');
