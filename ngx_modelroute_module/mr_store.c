@@ -11,6 +11,8 @@
  *   keyhash  sha256(secret)               -> key_id
  *   acctkey  org + key_id                 -> ""
  *   ref      org + credit reference       -> be64 amount
+ *   due      be64 expires_ms + exec_id    -> ""  (open executions)
+ *   idemttl  be64 created_ms + idem key   -> ""  (idem, by age)
  */
 
 
@@ -29,6 +31,7 @@
 #define MR_STORE_READER_CHECK  10
 #define MR_STORE_BATCH_MAX     1024
 #define MR_STORE_INFLIGHT      10000
+#define MR_STORE_SWEEP_MAX     256
 
 
 typedef struct {
@@ -50,6 +53,8 @@ typedef struct {
     MDB_dbi                   keyhash;
     MDB_dbi                   acctkey;
     MDB_dbi                   ref;
+    MDB_dbi                   due;
+    MDB_dbi                   idemttl;
     MDB_dbi                   meta;
     size_t                    page_size;
     size_t                    map_pages;
@@ -96,9 +101,14 @@ static int mr_store_account_adjust(MDB_txn *txn, mr_store_op_t *op,
 static int mr_store_key_create(MDB_txn *txn, mr_store_op_t *op,
     ngx_int_t room);
 static int mr_store_key_update(MDB_txn *txn, mr_store_op_t *op);
+static int mr_store_due_put(MDB_txn *txn, mr_exec_t *exec, ngx_uint_t add);
+static int mr_store_sweep(MDB_txn *txn, mr_store_op_t *op);
+static int mr_store_expire(MDB_txn *txn, mr_store_op_t *op, u_char *id);
 static int mr_store_exec_put(MDB_txn *txn, mr_exec_t *exec);
 static int mr_store_exec_read(MDB_txn *txn, u_char *id, mr_exec_t *exec,
     ngx_pool_t *pool);
+static int mr_store_exec_parse(u_char *id, u_char *data, size_t size,
+    mr_exec_t *exec, ngx_pool_t *pool);
 static int mr_store_account_read(MDB_txn *txn, u_char *org,
     mr_account_t *acct, ngx_pool_t *pool);
 static int mr_store_account_put(MDB_txn *txn, mr_account_t *acct);
@@ -265,6 +275,8 @@ mr_store_open_dbis(MDB_txn *txn, mr_store_t *st)
         || (rc = mdb_dbi_open(txn, "keyhash", MDB_CREATE, &st->keyhash))
         || (rc = mdb_dbi_open(txn, "acctkey", MDB_CREATE, &st->acctkey))
         || (rc = mdb_dbi_open(txn, "ref", MDB_CREATE, &st->ref))
+        || (rc = mdb_dbi_open(txn, "due", MDB_CREATE, &st->due))
+        || (rc = mdb_dbi_open(txn, "idemttl", MDB_CREATE, &st->idemttl))
         || (rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &st->meta)))
     {
         return rc;
@@ -888,6 +900,9 @@ mr_store_apply(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
     case MR_OP_KEY_CREATE:
         return mr_store_key_create(txn, op, room);
 
+    case MR_OP_SWEEP:
+        return mr_store_sweep(txn, op);
+
     default: /* MR_OP_KEY_REVOKE, MR_OP_KEY_ROTATE */
         return mr_store_key_update(txn, op);
     }
@@ -904,6 +919,7 @@ mr_store_exec_create(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
     mr_exec_t     *exec;
     mr_account_t   acct;
     u_char         ikey[MR_ORG_ID_LEN + 256];
+    u_char         tkey[8 + MR_ORG_ID_LEN + 256];
     u_char         ival[MR_EXEC_ID_LEN + 8];
     u_char         okey[MR_ORG_ID_LEN + 8 + MR_EXEC_ID_LEN];
 
@@ -1006,16 +1022,61 @@ mr_store_exec_create(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
         return rc;
     }
 
+    /* the idempotency key by age, for the sweeper */
+
+    mr_be64_put(tkey, (uint64_t) exec->rec.created_ms);
+    ngx_memcpy(tkey + 8, ikey, klen);
+
+    k.mv_data = tkey;
+    k.mv_size = 8 + klen;
+    v.mv_data = "";
+    v.mv_size = 0;
+
+    rc = mdb_put(txn, mr_store.idemttl, &k, &v, 0);
+    if (rc != 0) {
+        return rc;
+    }
+
+    rc = mr_store_due_put(txn, exec, 1);
+    if (rc != 0) {
+        return rc;
+    }
+
     p = ngx_cpymem(okey, exec->rec.org, MR_ORG_ID_LEN);
     mr_be64_put(p, (uint64_t) exec->rec.created_ms);
     ngx_memcpy(p + 8, exec->id, MR_EXEC_ID_LEN);
 
     k.mv_data = okey;
     k.mv_size = sizeof(okey);
+
+    return mdb_put(txn, mr_store.byorg, &k, &v, 0);
+}
+
+
+/* an open execution's entry in the deadline index */
+
+static int
+mr_store_due_put(MDB_txn *txn, mr_exec_t *exec, ngx_uint_t add)
+{
+    int      rc;
+    MDB_val  k, v;
+    u_char   dkey[8 + MR_EXEC_ID_LEN];
+
+    mr_be64_put(dkey, (uint64_t) exec->rec.expires_ms);
+    ngx_memcpy(dkey + 8, exec->id, MR_EXEC_ID_LEN);
+
+    k.mv_data = dkey;
+    k.mv_size = sizeof(dkey);
     v.mv_data = "";
     v.mv_size = 0;
 
-    return mdb_put(txn, mr_store.byorg, &k, &v, 0);
+    if (add) {
+        return mdb_put(txn, mr_store.due, &k, &v, 0);
+    }
+
+    rc = mdb_del(txn, mr_store.due, &k, NULL);
+
+    return rc == MDB_NOTFOUND ? 0 : rc;
 }
 
 
@@ -1071,6 +1132,11 @@ mr_store_exec_cancel(MDB_txn *txn, mr_store_op_t *op)
     exec->rec.lease_until_ms = 0;
 
     rc = mr_store_account_put(txn, &acct);
+    if (rc != 0) {
+        return rc;
+    }
+
+    rc = mr_store_due_put(txn, exec, 0);
     if (rc != 0) {
         return rc;
     }
@@ -1283,6 +1349,296 @@ mr_store_key_update(MDB_txn *txn, mr_store_op_t *op)
 }
 
 
+/*
+ * The sweeper's work, bounded by op->limit per step (the batch shares its
+ * transaction with client requests): executions past their deadline
+ * become EXPIRED with their hold released; idempotency keys past their
+ * lifetime are freed; terminal executions past the retention are purged.
+ * All of it in one write transaction, so two workers (or an old and a new
+ * one during a reload) never expire the same execution twice: the second
+ * finds it gone from the index.
+ */
+
+static int
+mr_store_sweep(MDB_txn *txn, mr_store_op_t *op)
+{
+    int          rc;
+    u_char      *p;
+    int64_t      t;
+    MDB_val      k, v, iv;
+    ngx_uint_t   i, n, limit;
+    MDB_cursor  *cur;
+    u_char       keys[MR_STORE_SWEEP_MAX][8 + MR_ORG_ID_LEN + 256];
+    size_t       lens[MR_STORE_SWEEP_MAX];
+
+    op->expired = 0;
+    op->purged = 0;
+    op->more = 0;
+
+    limit = ngx_min(op->limit, MR_STORE_SWEEP_MAX);
+
+    /* 1. deadlines: collect first, then change (no cursor across puts) */
+
+    rc = mdb_cursor_open(txn, mr_store.due, &cur);
+    if (rc != 0) {
+        return rc;
+    }
+
+    n = 0;
+
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+         rc == 0 && n < limit;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT))
+    {
+        if (k.mv_size != 8 + MR_EXEC_ID_LEN) {
+            continue;
+        }
+
+        if ((int64_t) mr_be64_get(k.mv_data) > op->now) {
+            break;
+        }
+
+        ngx_memcpy(keys[n], k.mv_data, k.mv_size);
+        n++;
+    }
+
+    mdb_cursor_close(cur);
+
+    if (rc != 0 && rc != MDB_NOTFOUND) {
+        return rc;
+    }
+
+    op->more |= (n == limit);
+
+    for (i = 0; i < n; i++) {
+        rc = mr_store_expire(txn, op, keys[i] + 8);
+        if (rc != 0) {
+            return rc;
+        }
+
+        k.mv_data = keys[i];
+        k.mv_size = 8 + MR_EXEC_ID_LEN;
+
+        rc = mdb_del(txn, mr_store.due, &k, NULL);
+        if (rc != 0 && rc != MDB_NOTFOUND) {
+            return rc;
+        }
+    }
+
+    /* 2. idempotency keys past their lifetime */
+
+    rc = mdb_cursor_open(txn, mr_store.idemttl, &cur);
+    if (rc != 0) {
+        return rc;
+    }
+
+    n = 0;
+
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+         rc == 0 && n < limit;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT))
+    {
+        if (k.mv_size <= 8 || k.mv_size > sizeof(keys[0])) {
+            continue;
+        }
+
+        if ((int64_t) mr_be64_get(k.mv_data) + op->idem_ttl_ms > op->now) {
+            break;
+        }
+
+        ngx_memcpy(keys[n], k.mv_data, k.mv_size);
+        lens[n] = k.mv_size;
+        n++;
+    }
+
+    mdb_cursor_close(cur);
+
+    if (rc != 0 && rc != MDB_NOTFOUND) {
+        return rc;
+    }
+
+    op->more |= (n == limit);
+
+    for (i = 0; i < n; i++) {
+        t = (int64_t) mr_be64_get(keys[i]);
+
+        k.mv_data = keys[i] + 8;
+        k.mv_size = lens[i] - 8;
+
+        /* the key may be bound to a newer execution since */
+
+        rc = mdb_get(txn, mr_store.idem, &k, &iv);
+
+        if (rc == 0 && iv.mv_size == MR_EXEC_ID_LEN + 8
+            && (int64_t) mr_be64_get((u_char *) iv.mv_data + MR_EXEC_ID_LEN)
+               == t)
+        {
+            rc = mdb_del(txn, mr_store.idem, &k, NULL);
+        }
+
+        if (rc != 0 && rc != MDB_NOTFOUND) {
+            return rc;
+        }
+
+        k.mv_data = keys[i];
+        k.mv_size = lens[i];
+
+        rc = mdb_del(txn, mr_store.idemttl, &k, NULL);
+        if (rc != 0 && rc != MDB_NOTFOUND) {
+            return rc;
+        }
+
+        op->purged++;
+    }
+
+    /* 3. retention: execution ids sort by creation time */
+
+    if (op->retention_ms == 0) {
+        return 0;
+    }
+
+    rc = mdb_cursor_open(txn, mr_store.exec, &cur);
+    if (rc != 0) {
+        return rc;
+    }
+
+    n = 0;
+
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+         rc == 0 && n < limit;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT))
+    {
+        mr_exec_rec_t  rec;
+
+        if (k.mv_size != MR_EXEC_ID_LEN
+            || v.mv_size < sizeof(mr_exec_rec_t))
+        {
+            continue;
+        }
+
+        ngx_memcpy(&rec, v.mv_data, sizeof(mr_exec_rec_t));
+
+        if (rec.created_ms + op->retention_ms > op->now) {
+            break;
+        }
+
+        if (!mr_status_terminal(rec.status)) {
+            continue;
+        }
+
+        p = ngx_cpymem(keys[n], k.mv_data, MR_EXEC_ID_LEN);
+        p = ngx_cpymem(p, rec.org, MR_ORG_ID_LEN);
+        mr_be64_put(p, (uint64_t) rec.created_ms);
+        n++;
+    }
+
+    mdb_cursor_close(cur);
+
+    if (rc != 0 && rc != MDB_NOTFOUND) {
+        return rc;
+    }
+
+    op->more |= (n == limit);
+
+    for (i = 0; i < n; i++) {
+        u_char  okey[MR_ORG_ID_LEN + 8 + MR_EXEC_ID_LEN];
+
+        k.mv_data = keys[i];
+        k.mv_size = MR_EXEC_ID_LEN;
+
+        rc = mdb_del(txn, mr_store.exec, &k, NULL);
+        if (rc != 0 && rc != MDB_NOTFOUND) {
+            return rc;
+        }
+
+        p = ngx_cpymem(okey, keys[i] + MR_EXEC_ID_LEN, MR_ORG_ID_LEN);
+        p = ngx_cpymem(p, keys[i] + MR_EXEC_ID_LEN + MR_ORG_ID_LEN, 8);
+        ngx_memcpy(p, keys[i], MR_EXEC_ID_LEN);
+
+        k.mv_data = okey;
+        k.mv_size = sizeof(okey);
+
+        rc = mdb_del(txn, mr_store.byorg, &k, NULL);
+        if (rc != 0 && rc != MDB_NOTFOUND) {
+            return rc;
+        }
+
+        op->purged++;
+    }
+
+    return 0;
+}
+
+
+/* one execution past its deadline: EXPIRED, the whole hold released */
+
+static int
+mr_store_expire(MDB_txn *txn, mr_store_op_t *op, u_char *id)
+{
+    int            rc;
+    u_char        *copy;
+    MDB_val        k, v;
+    mr_exec_t      exec;
+    mr_account_t   acct;
+
+    static ngx_str_t  error = ngx_string(
+        "{\"code\":\"GENERATION_TIMEOUT\",\"message\":\"the execution "
+        "expired before a result\",\"retryable\":true}");
+
+    k.mv_data = id;
+    k.mv_size = MR_EXEC_ID_LEN;
+
+    rc = mdb_get(txn, mr_store.exec, &k, &v);
+    if (rc == MDB_NOTFOUND) {
+        return 0;
+    }
+
+    if (rc != 0) {
+        return rc;
+    }
+
+    /* the value is rewritten below: work on a copy of it */
+
+    copy = ngx_alloc(v.mv_size, ngx_cycle->log);
+    if (copy == NULL) {
+        return ENOMEM;
+    }
+
+    ngx_memcpy(copy, v.mv_data, v.mv_size);
+
+    rc = mr_store_exec_parse(id, copy, v.mv_size, &exec, NULL);
+    if (rc != 0 || mr_status_terminal(exec.rec.status)) {
+        ngx_free(copy);
+        return rc;
+    }
+
+    rc = mr_store_account_read(txn, exec.rec.org, &acct, NULL);
+    if (rc == 0) {
+        acct.rec.held -= exec.rec.hold;
+        rc = mr_store_account_put(txn, &acct);
+    }
+
+    if (rc == 0) {
+        exec.rec.status = MR_EXPIRED;
+        exec.rec.cost = 0;
+        exec.rec.completed_ms = ngx_max(op->now, exec.rec.created_ms);
+        exec.rec.lease_owner = 0;
+        exec.rec.lease_until_ms = 0;
+        exec.seg[MR_SEG_ERROR] = error;
+
+        rc = mr_store_exec_put(txn, &exec);
+    }
+
+    ngx_free(copy);
+
+    if (rc == 0) {
+        op->expired++;
+    }
+
+    return rc;
+}
+
+
 /* records */
 
 static int
@@ -1331,10 +1687,8 @@ static int
 mr_store_exec_read(MDB_txn *txn, u_char *id, mr_exec_t *exec,
     ngx_pool_t *pool)
 {
-    int         rc;
-    u_char     *p, *last;
-    MDB_val     k, v;
-    ngx_uint_t  i;
+    int      rc;
+    MDB_val  k, v;
 
     k.mv_data = id;
     k.mv_size = MR_EXEC_ID_LEN;
@@ -1344,7 +1698,18 @@ mr_store_exec_read(MDB_txn *txn, u_char *id, mr_exec_t *exec,
         return rc;
     }
 
-    if (v.mv_size < sizeof(mr_exec_rec_t)) {
+    return mr_store_exec_parse(id, v.mv_data, v.mv_size, exec, pool);
+}
+
+
+static int
+mr_store_exec_parse(u_char *id, u_char *data, size_t size, mr_exec_t *exec,
+    ngx_pool_t *pool)
+{
+    u_char      *p, *last;
+    ngx_uint_t   i;
+
+    if (size < sizeof(mr_exec_rec_t)) {
         return MDB_CORRUPTED;
     }
 
@@ -1352,10 +1717,10 @@ mr_store_exec_read(MDB_txn *txn, u_char *id, mr_exec_t *exec,
         ngx_memcpy(exec->id, id, MR_EXEC_ID_LEN);
     }
 
-    ngx_memcpy(&exec->rec, v.mv_data, sizeof(mr_exec_rec_t));
+    ngx_memcpy(&exec->rec, data, sizeof(mr_exec_rec_t));
 
-    p = (u_char *) v.mv_data + sizeof(mr_exec_rec_t);
-    last = (u_char *) v.mv_data + v.mv_size;
+    p = data + sizeof(mr_exec_rec_t);
+    last = data + size;
 
     for (i = 0; i < MR_SEG_N; i++) {
         if (exec->rec.seg_len[i] > (size_t) (last - p)) {

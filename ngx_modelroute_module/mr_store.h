@@ -149,6 +149,7 @@ typedef struct {
 #define MR_OP_KEY_CREATE        5
 #define MR_OP_KEY_REVOKE        6
 #define MR_OP_KEY_ROTATE        7
+#define MR_OP_SWEEP             8
 
 
 typedef struct mr_store_op_s  mr_store_op_t;
@@ -186,6 +187,14 @@ struct mr_store_op_s {
     /* MR_R_INSUFFICIENT */
     int64_t                   required;
     int64_t                   available;
+
+    /* MR_OP_SWEEP: in: limit, idem_ttl_ms, retention_ms (0: keep);
+     * out: expired, purged, more (a limit was reached) */
+    ngx_uint_t                limit;
+    int64_t                   retention_ms;
+    ngx_uint_t                expired;
+    ngx_uint_t                purged;
+    ngx_uint_t                more;
 };
 
 

@@ -15,6 +15,7 @@
 #include "mr_api.h"
 #include "mr_admin.h"
 #include "mr_lua.h"
+#include "mr_sweeper.h"
 
 
 #define MR_MAP_SIZE_MIN  (1024 * 1024)
@@ -34,6 +35,8 @@ static char *ngx_http_modelroute_map_size(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_modelroute_durability_slot(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
+static char *ngx_http_modelroute_retention(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 static ngx_int_t ngx_http_modelroute_handler(ngx_http_request_t *r);
 static mr_main_conf_t *ngx_http_modelroute_cycle_conf(ngx_cycle_t *cycle);
 static ngx_int_t ngx_http_modelroute_init_module(ngx_cycle_t *cycle);
@@ -83,6 +86,20 @@ static ngx_command_t  ngx_http_modelroute_commands[] = {
       ngx_conf_set_sec_slot,
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(mr_main_conf_t, rotation_grace),
+      NULL },
+
+    { ngx_string("modelroute_retention"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_http_modelroute_retention,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(mr_main_conf_t, retention),
+      NULL },
+
+    { ngx_string("modelroute_sweep_interval"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(mr_main_conf_t, sweep_interval),
       NULL },
 
     { ngx_string("modelroute_thread_pool"),
@@ -220,6 +237,8 @@ ngx_http_modelroute_create_main_conf(ngx_conf_t *cf)
     mcf->durability = NGX_CONF_UNSET_UINT;
     mcf->idempotency_ttl = NGX_CONF_UNSET;
     mcf->rotation_grace = NGX_CONF_UNSET;
+    mcf->retention = NGX_CONF_UNSET;
+    mcf->sweep_interval = NGX_CONF_UNSET_MSEC;
 
     if (ngx_array_init(&mcf->models, cf->pool, 4, sizeof(mr_model_t))
         != NGX_OK)
@@ -240,6 +259,15 @@ ngx_http_modelroute_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_conf_init_uint_value(mcf->durability, MR_DURABILITY_FULL);
     ngx_conf_init_value(mcf->idempotency_ttl, 24 * 3600);
     ngx_conf_init_value(mcf->rotation_grace, 3600);
+    ngx_conf_init_value(mcf->retention, 30 * 86400);
+    ngx_conf_init_msec_value(mcf->sweep_interval, 1000);
+
+    if (mcf->sweep_interval < 10) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"modelroute_sweep_interval\" must be at least "
+                           "10ms");
+        return NGX_CONF_ERROR;
+    }
 
     if (!mcf->used) {
         return NGX_CONF_OK;
@@ -372,6 +400,39 @@ ngx_http_modelroute_map_size(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"modelroute_store_map_size\" must be a size "
                            "of at least 1m, not \"%V\"", &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/* modelroute_retention time | off */
+
+static char *
+ngx_http_modelroute_retention(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    mr_main_conf_t *mcf = conf;
+
+    ngx_str_t  *value;
+
+    if (mcf->retention != NGX_CONF_UNSET) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (ngx_strcmp(value[1].data, "off") == 0) {
+        mcf->retention = 0;
+        return NGX_CONF_OK;
+    }
+
+    mcf->retention = ngx_parse_time(&value[1], 1);
+
+    if (mcf->retention == (time_t) NGX_ERROR || mcf->retention < 1) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"modelroute_retention\" must be \"off\" or a "
+                           "positive time, not \"%V\"", &value[1]);
         return NGX_CONF_ERROR;
     }
 
@@ -610,7 +671,11 @@ ngx_http_modelroute_init_process(ngx_cycle_t *cycle)
 
     mr_conf = mcf;
 
-    return mr_store_init_process(cycle, mcf);
+    if (mr_store_init_process(cycle, mcf) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    return mr_sweeper_init_process(cycle, mcf);
 }
 
 

@@ -35,6 +35,8 @@ typedef struct {
     ngx_uint_t                durability;
     time_t                    idempotency_ttl;
     time_t                    rotation_grace;
+    time_t                    retention;       /* 0: keep forever */
+    ngx_msec_t                sweep_interval;
     ngx_array_t               models;          /* mr_model_t */
     ngx_str_t                 thread_pool;
     ngx_uint_t                used;            /* api or admin mounted */

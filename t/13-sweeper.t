@@ -1,0 +1,134 @@
+# The sweeper: a storm of deadlines, idempotency keys freed from the store,
+# retention, all while the API keeps answering.
+use strict;
+use warnings;
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use Test::More;
+use POSIX qw(ceil);
+use Time::HiRes qw(time);
+use MR::Test qw(:all);
+
+my $t = MR::Test->new(extra_http => "modelroute_idempotency_ttl 2s;\n"
+    . "modelroute_retention off;\nmodelroute_sweep_interval 200ms;\n");
+$t->start;
+
+# ---- 10,000 executions expiring in the same second
+my $N = 10_000;
+my $acc = $t->new_account(credit => '1000.00');
+my $key = $acc->{key};
+my $deadline = int(time) + 20;
+
+my @res = $t->parallel(20, sub {
+    my ($i) = @_;
+    my ($ok, $bad) = (0, 0);
+
+    # pipelined chunks of 50, each with the time left to the deadline, so
+    # that every execution expires within about a second of the others
+    for my $chunk (0 .. $N / 20 / 50 - 1) {
+        my $tmo = ceil($deadline - time);
+        my @msg = map {
+            my $j = $chunk * 50 + $_;
+            http_message(POST => '/v1/executions',
+                { %{ auth($key) }, 'Content-Type' => 'application/json' },
+                json_encode({ model => 'demo-chat', input => {},
+                    idempotency_key => "storm-$i-$j",
+                    timeout_seconds => $tmo }), $_ == 50);
+        } 1 .. 50;
+        for my $r ($t->raw_all(join '', @msg)) {
+            $r->{status} == 202 ? $ok++ : $bad++;
+        }
+    }
+    return { ok => $ok, bad => $bad };
+}, timeout => 120);
+
+my ($ok, $bad) = (0, 0);
+for (@res) {
+    diag "client died: $_->{died}" if $_->{died};
+    $ok += $_->{ok} // 0;
+    $bad += $_->{bad} // 1;
+}
+is($ok, $N, "$N creates accepted");
+is($bad, 0, 'no refusals');
+ok(time < $deadline, 'all created before the common deadline')
+    or diag 'the machine is too slow for this test';
+
+money_is($t->balance($key)->{held}, '480.00', 'every hold is open');
+
+# while they expire, the API answers, and every answer is quick
+my ($polls, $slow, $worst) = (0, 0, 0);
+my $all = wait_for(sub {
+    my $t0 = time;
+    my $b = $t->req(GET => '/v1/balance', auth($key));
+    my $dt = time - $t0;
+    $polls++;
+    $worst = $dt if $dt > $worst;
+    $slow++ if $b->{status} != 200 || $dt > 1;
+    return $b->{status} == 200 && micros($b->{json}{held}) == 0;
+}, $deadline - time + 30, 0.05);
+ok($all, 'every hold released by the sweeper');
+is($slow, 0, "the API answered every poll in under 1 s ($polls polls, "
+    . sprintf('worst %.3f s)', $worst));
+
+my $v = $t->verify($acc->{org});
+ok($v->{ok}, 'ledger invariant after the storm');
+is($v->{open_executions}, 0, 'no open execution left');
+
+my $page = $t->req(GET => '/v1/executions?status=EXPIRED&limit=3', auth($key));
+is(scalar @{ $page->{json}{data} // [] }, 3, 'listed as EXPIRED');
+my $e = $page->{json}{data}[0] // {};
+is($e->{error}{code}, 'GENERATION_TIMEOUT', 'error code of an expiry');
+money_is($e->{cost}, '0.00', 'nothing charged');
+ok($e->{completed_at}, 'completed_at set');
+
+# ---- idempotency keys past their lifetime leave the store
+my $acc2 = $t->new_account(credit => '10.00');
+my $r1 = $t->create_exec($acc2->{key}, { model => 'demo-chat',
+    input => { a => 1 }, idempotency_key => 'reuse-me' });
+is($r1->{status}, 202, 'a first execution');
+my $freed = wait_for(sub {
+    my $r = $t->create_exec($acc2->{key}, { model => 'demo-chat',
+        input => { a => 2 }, idempotency_key => 'reuse-me' });
+    return $r->{status} == 202 ? $r : undef;
+}, 15, 0.2);
+ok($freed && $freed->{json}{id} ne $r1->{json}{id},
+    'after the lifetime the key makes a new execution');
+
+# the sweeper removed the old binding: mdb_stat sees one key per account
+SKIP: {
+    skip 'mdb_stat (lmdb-utils) not installed', 1
+        unless -x '/usr/bin/mdb_stat';
+    my $count = wait_for(sub {
+        my $out = `/usr/bin/mdb_stat -s idem ${\ $t->store } 2>/dev/null`;
+        my ($n) = $out =~ /Entries: (\d+)/;
+        return defined $n && $n <= 1 ? "$n" : undef;
+    }, 15, 0.2);
+    ok(defined $count, 'expired idempotency keys purged from the store')
+        or diag `/usr/bin/mdb_stat -s idem ${\ $t->store }`;
+}
+
+$t->stop;
+$t->check_log;
+
+# ---- retention: terminal executions older than 3 s are purged
+$t = MR::Test->new(extra_http => "modelroute_retention 3s;\n"
+    . "modelroute_sweep_interval 200ms;\n");
+$t->start;
+
+my $acc3 = $t->new_account(credit => '10.00');
+my $c = $t->create_exec($acc3->{key}, $t->exec_body);
+my $id = $c->{json}{id};
+my $open = $t->create_exec($acc3->{key}, $t->exec_body(timeout_seconds => 60));
+is($t->req(POST => "/v1/executions/$id/cancel", auth($acc3->{key}))->{status},
+    200, 'cancelled');
+my $gone = wait_for(sub {
+    $t->get_exec($acc3->{key}, $id)->{status} == 404;
+}, 20, 0.2);
+ok($gone, 'a terminal execution past the retention is purged');
+is($t->get_exec($acc3->{key}, $open->{json}{id})->{status}, 200,
+    'an open one is kept');
+my $v3 = $t->verify($acc3->{org});
+ok($v3->{ok}, 'ledger invariant after purging');
+is($v3->{executions}, 1, 'the purged one left the account index too');
+
+$t->done;
