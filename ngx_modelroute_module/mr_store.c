@@ -23,65 +23,22 @@
 #include <lmdb.h>
 
 #include "mr_store.h"
+#include "mr_store_lmdb.h"
 
 
-#define MR_STORE_VERSION       1
 #define MR_STORE_MAXREADERS    512
 #define MR_STORE_TICK          1000
 #define MR_STORE_READER_CHECK  10
 #define MR_STORE_BATCH_MAX     1024
 #define MR_STORE_INFLIGHT      10000
-#define MR_STORE_SWEEP_MAX     256
 
 
-typedef struct {
-    ngx_queue_t               ops;
-    ngx_uint_t                n;
-    ngx_uint_t                sync;          /* relaxed: fsync after it */
-    int                       rc;
-} mr_store_batch_t;
-
-
-typedef struct {
-    MDB_env                  *env;
-    MDB_txn                  *rtxn;
-    MDB_dbi                   exec;
-    MDB_dbi                   idem;
-    MDB_dbi                   byorg;
-    MDB_dbi                   acct;
-    MDB_dbi                   key;
-    MDB_dbi                   keyhash;
-    MDB_dbi                   acctkey;
-    MDB_dbi                   ref;
-    MDB_dbi                   due;
-    MDB_dbi                   idemttl;
-    MDB_dbi                   meta;
-    size_t                    page_size;
-    size_t                    map_pages;
-    ngx_uint_t                dirty;          /* commits not yet synced */
-    ngx_uint_t                busy;           /* a batch is in flight */
-    ngx_uint_t                ticks;
-    int64_t                   synced_ms;
-    ngx_queue_t               queue;
-    mr_store_batch_t          batch;
-#if (NGX_THREADS)
-    ngx_thread_pool_t        *tp;
-    ngx_thread_task_t        *task;
-#endif
-    ngx_event_t               commit_ev;
-    ngx_event_t               tick_ev;
-    ngx_event_t               inflight_ev;
-    ngx_log_t                *log;
-    mr_main_conf_t           *mcf;
-} mr_store_t;
 
 
 static int mr_store_open(MDB_env **envp, mr_main_conf_t *mcf,
     ngx_log_t *log);
 static int mr_store_open_dbis(MDB_txn *txn, mr_store_t *st);
 static int mr_store_txn_begin(unsigned flags, MDB_txn **txn);
-static MDB_txn *mr_store_read_begin(void);
-static void mr_store_read_end(void);
 static void mr_store_commit_handler(ngx_event_t *ev);
 static void mr_store_batch_thread(void *data, ngx_log_t *log);
 static void mr_store_batch_done(ngx_event_t *ev);
@@ -104,23 +61,12 @@ static int mr_store_key_update(MDB_txn *txn, mr_store_op_t *op);
 static int mr_store_due_put(MDB_txn *txn, mr_exec_t *exec, ngx_uint_t add);
 static int mr_store_sweep(MDB_txn *txn, mr_store_op_t *op);
 static int mr_store_expire(MDB_txn *txn, mr_store_op_t *op, u_char *id);
-static int mr_store_exec_put(MDB_txn *txn, mr_exec_t *exec);
-static int mr_store_exec_read(MDB_txn *txn, u_char *id, mr_exec_t *exec,
-    ngx_pool_t *pool);
-static int mr_store_exec_parse(u_char *id, u_char *data, size_t size,
-    mr_exec_t *exec, ngx_pool_t *pool);
-static int mr_store_account_read(MDB_txn *txn, u_char *org,
-    mr_account_t *acct, ngx_pool_t *pool);
-static int mr_store_account_put(MDB_txn *txn, mr_account_t *acct);
 static int mr_store_key_read(MDB_txn *txn, u_char *key_id, mr_key_t *key,
     ngx_pool_t *pool);
 static int mr_store_key_put(MDB_txn *txn, mr_key_t *key);
-static ngx_int_t mr_store_copy(ngx_pool_t *pool, ngx_str_t *dst, u_char *src,
-    size_t len);
-static ngx_int_t mr_store_read_rc(int rc, const char *what);
 
 
-static mr_store_t  mr_store;
+mr_store_t  mr_store;
 
 
 /* master: create the directory, validate the environment, hand it over */
@@ -500,7 +446,7 @@ mr_store_txn_begin(unsigned flags, MDB_txn **txn)
 }
 
 
-static MDB_txn *
+MDB_txn *
 mr_store_read_begin(void)
 {
     int  rc;
@@ -532,7 +478,7 @@ mr_store_read_begin(void)
 }
 
 
-static void
+void
 mr_store_read_end(void)
 {
     if (mr_store.rtxn) {
@@ -1641,7 +1587,7 @@ mr_store_expire(MDB_txn *txn, mr_store_op_t *op, u_char *id)
 
 /* records */
 
-static int
+int
 mr_store_exec_put(MDB_txn *txn, mr_exec_t *exec)
 {
     int         rc;
@@ -1683,7 +1629,7 @@ mr_store_exec_put(MDB_txn *txn, mr_exec_t *exec)
  * a pool, point into the map and live as long as the transaction.
  */
 
-static int
+int
 mr_store_exec_read(MDB_txn *txn, u_char *id, mr_exec_t *exec,
     ngx_pool_t *pool)
 {
@@ -1702,7 +1648,7 @@ mr_store_exec_read(MDB_txn *txn, u_char *id, mr_exec_t *exec,
 }
 
 
-static int
+int
 mr_store_exec_parse(u_char *id, u_char *data, size_t size, mr_exec_t *exec,
     ngx_pool_t *pool)
 {
@@ -1740,7 +1686,7 @@ mr_store_exec_parse(u_char *id, u_char *data, size_t size, mr_exec_t *exec,
 }
 
 
-static int
+int
 mr_store_account_read(MDB_txn *txn, u_char *org, mr_account_t *acct,
     ngx_pool_t *pool)
 {
@@ -1781,7 +1727,7 @@ mr_store_account_read(MDB_txn *txn, u_char *org, mr_account_t *acct,
 }
 
 
-static int
+int
 mr_store_account_put(MDB_txn *txn, mr_account_t *acct)
 {
     int      rc;
@@ -1885,7 +1831,7 @@ mr_store_key_put(MDB_txn *txn, mr_key_t *key)
 }
 
 
-static ngx_int_t
+ngx_int_t
 mr_store_copy(ngx_pool_t *pool, ngx_str_t *dst, u_char *src, size_t len)
 {
     dst->len = len;
@@ -1908,7 +1854,7 @@ mr_store_copy(ngx_pool_t *pool, ngx_str_t *dst, u_char *src, size_t len)
 
 /* reads */
 
-static ngx_int_t
+ngx_int_t
 mr_store_read_rc(int rc, const char *what)
 {
     if (rc == 0) {
@@ -1951,25 +1897,6 @@ mr_store_key_by_hash(u_char *hash, mr_key_t *key, ngx_pool_t *pool)
             rc = MDB_CORRUPTED;
         }
     }
-
-    mr_store_read_end();
-
-    return mr_store_read_rc(rc, "key");
-}
-
-
-ngx_int_t
-mr_store_key_get(u_char *key_id, mr_key_t *key, ngx_pool_t *pool)
-{
-    int       rc;
-    MDB_txn  *txn;
-
-    txn = mr_store_read_begin();
-    if (txn == NULL) {
-        return NGX_ERROR;
-    }
-
-    rc = mr_store_key_read(txn, key_id, key, pool);
 
     mr_store_read_end();
 

@@ -205,7 +205,6 @@ void mr_store_exit_process(ngx_cycle_t *cycle);
 void mr_store_submit(mr_store_op_t *op);
 
 ngx_int_t mr_store_key_by_hash(u_char *hash, mr_key_t *key, ngx_pool_t *pool);
-ngx_int_t mr_store_key_get(u_char *key_id, mr_key_t *key, ngx_pool_t *pool);
 ngx_int_t mr_store_keys_list(u_char *org, ngx_array_t *keys,
     ngx_pool_t *pool);
 ngx_int_t mr_store_account_get(u_char *org, mr_account_t *acct,

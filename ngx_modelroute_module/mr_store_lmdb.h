@@ -1,0 +1,85 @@
+
+/*
+ * ModelRoute: the LMDB store's internals, shared by its files
+ * (mr_store.c, mr_store_webhook.c).  Nothing else includes this.
+ */
+
+
+#ifndef _MR_STORE_LMDB_H_INCLUDED_
+#define _MR_STORE_LMDB_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_event.h>
+
+#include <lmdb.h>
+
+#include "mr_store.h"
+
+
+#define MR_STORE_VERSION       1
+#define MR_STORE_SWEEP_MAX     256
+
+
+typedef struct {
+    ngx_queue_t               ops;
+    ngx_uint_t                n;
+    ngx_uint_t                sync;          /* relaxed: fsync after it */
+    int                       rc;
+} mr_store_batch_t;
+
+
+typedef struct {
+    MDB_env                  *env;
+    MDB_txn                  *rtxn;
+    MDB_dbi                   exec;
+    MDB_dbi                   idem;
+    MDB_dbi                   byorg;
+    MDB_dbi                   acct;
+    MDB_dbi                   key;
+    MDB_dbi                   keyhash;
+    MDB_dbi                   acctkey;
+    MDB_dbi                   ref;
+    MDB_dbi                   due;
+    MDB_dbi                   idemttl;
+    MDB_dbi                   meta;
+    size_t                    page_size;
+    size_t                    map_pages;
+    ngx_uint_t                dirty;          /* commits not yet synced */
+    ngx_uint_t                busy;           /* a batch is in flight */
+    ngx_uint_t                ticks;
+    int64_t                   synced_ms;
+    ngx_queue_t               queue;
+    mr_store_batch_t          batch;
+#if (NGX_THREADS)
+    ngx_thread_pool_t        *tp;
+    ngx_thread_task_t        *task;
+#endif
+    ngx_event_t               commit_ev;
+    ngx_event_t               tick_ev;
+    ngx_event_t               inflight_ev;
+    ngx_log_t                *log;
+    mr_main_conf_t           *mcf;
+} mr_store_t;
+
+
+extern mr_store_t  mr_store;
+
+
+MDB_txn *mr_store_read_begin(void);
+void mr_store_read_end(void);
+ngx_int_t mr_store_read_rc(int rc, const char *what);
+ngx_int_t mr_store_copy(ngx_pool_t *pool, ngx_str_t *dst, u_char *src,
+    size_t len);
+int mr_store_exec_put(MDB_txn *txn, mr_exec_t *exec);
+int mr_store_exec_read(MDB_txn *txn, u_char *id, mr_exec_t *exec,
+    ngx_pool_t *pool);
+int mr_store_exec_parse(u_char *id, u_char *data, size_t size,
+    mr_exec_t *exec, ngx_pool_t *pool);
+int mr_store_account_read(MDB_txn *txn, u_char *org, mr_account_t *acct,
+    ngx_pool_t *pool);
+int mr_store_account_put(MDB_txn *txn, mr_account_t *acct);
+
+
+#endif /* _MR_STORE_LMDB_H_INCLUDED_ */
