@@ -490,15 +490,13 @@ mr_admin_verify(ngx_http_request_t *r)
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_modelroute_module);
 
-    rc = mr_store_account_get(ctx->id.data, &acct, r->pool);
+    rc = mr_store_verify(ctx->id.data, &acct, &vf, r->pool);
 
     if (rc == NGX_DECLINED) {
         return mr_http_error(r, MR_E_NOT_FOUND, "no such account", NULL);
     }
 
-    /* two reads: the invariant also holds between them, barring writes */
-
-    if (rc != NGX_OK || mr_store_verify(ctx->id.data, &vf) != NGX_OK) {
+    if (rc != NGX_OK) {
         return mr_http_error(r, MR_E_INTERNAL, "store read failed", NULL);
     }
 

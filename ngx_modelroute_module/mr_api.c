@@ -267,8 +267,8 @@ mr_api_create_done(mr_store_op_t *op)
         return;
     }
 
-    ngx_sprintf(value.data, "/v1/executions/%*s",
-                (size_t) MR_EXEC_ID_LEN, op->exec.id);
+    ngx_sprintf(value.data, "/v1/executions/%*s", (size_t) MR_EXEC_ID_LEN,
+                op->result == MR_R_REPLAYED ? op->replay.id : op->exec.id);
 
     rc = mr_http_header(r, "Location", &value);
 
@@ -278,7 +278,9 @@ mr_api_create_done(mr_store_op_t *op)
     }
 
     if (rc == NGX_OK) {
-        rc = mr_api_send_exec(r, NGX_HTTP_ACCEPTED, &op->exec);
+        rc = mr_api_send_exec(r, NGX_HTTP_ACCEPTED,
+                              op->result == MR_R_REPLAYED ? &op->replay
+                                                          : &op->exec);
 
     } else {
         rc = NGX_HTTP_INTERNAL_SERVER_ERROR;

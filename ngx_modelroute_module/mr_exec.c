@@ -188,7 +188,7 @@ mr_exec_prepare(ngx_http_request_t *r, json_t *body, mr_exec_t *exec,
             bad = 1;
 
         } else if (m && (json_integer_value(tmo) < 1
-                         || json_integer_value(tmo) * 1000 > timeout))
+                         || json_integer_value(tmo) > timeout / 1000))
         {
             mr_json_detail(details, "timeout_seconds", "OUT_OF_RANGE",
                            "timeout_seconds must be between 1 and the "
@@ -292,7 +292,9 @@ mr_exec_idem_key(ngx_http_request_t *r, json_t *body, ngx_str_t *key,
     part = &r->headers_in.headers.part;
     h = part->elts;
 
-    for (n = 0; /* void */ ; n++) {
+    /* a subrequest (lua-compat) has its client's headers: not its own */
+
+    for (n = 0; r == r->main; n++) {
 
         if (n >= part->nelts) {
             if (part->next == NULL) {

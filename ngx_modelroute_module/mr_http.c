@@ -23,6 +23,7 @@ static ngx_int_t mr_http_header_filter(ngx_http_request_t *r);
 static ngx_int_t mr_http_body_filter(ngx_http_request_t *r,
     ngx_chain_t *in);
 static void mr_http_body_ready(ngx_http_request_t *r);
+static void mr_http_pool_cleanup(void *data);
 static ngx_int_t mr_http_body_copy(ngx_http_request_t *r);
 static ngx_int_t mr_http_json_type(ngx_http_request_t *r);
 
@@ -194,7 +195,8 @@ mr_http_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
     }
 
     if (ctx->envelope_sent) {
-        return NGX_OK;
+        /* still pass flushes on: the envelope may wait in the writer */
+        return mr_next_body_filter(r, NULL);
     }
 
     ctx->envelope_sent = 1;
@@ -683,13 +685,55 @@ void
 mr_http_submit(ngx_http_request_t *r, mr_store_op_t *op,
     mr_store_op_handler_pt handler)
 {
-    op->pool = r->pool;
+    ngx_pool_cleanup_t  *cln;
+
+    /*
+     * the operation's results go to a pool of its own: the commit thread
+     * must not allocate from r->pool, which lua-compat subrequests share
+     * with their main request and its other subrequests
+     */
+
+    op->pool = ngx_create_pool(1024, r->connection->log);
+    if (op->pool == NULL) {
+        goto failed;
+    }
+
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (cln == NULL) {
+        ngx_destroy_pool(op->pool);
+        goto failed;
+    }
+
+    cln->handler = mr_http_pool_cleanup;
+    cln->data = op->pool;
+
     op->data = r;
     op->handler = handler;
 
     r->main->blocked++;
 
     mr_store_submit(op);
+
+    return;
+
+failed:
+
+    /* as if the store had failed: the handler answers 500 */
+
+    op->pool = r->pool;
+    op->data = r;
+    op->result = MR_R_INTERNAL;
+
+    r->main->blocked++;
+
+    handler(op);
+}
+
+
+static void
+mr_http_pool_cleanup(void *data)
+{
+    ngx_destroy_pool(data);
 }
 
 

@@ -46,6 +46,7 @@ static void mr_store_tick_handler(ngx_event_t *ev);
 static void mr_store_inflight_handler(ngx_event_t *ev);
 static void mr_store_map_pages(void);
 static int mr_store_run(ngx_queue_t *ops, mr_store_op_t *one);
+static void mr_store_op_reset(mr_store_op_t *op, ngx_uint_t result);
 static ngx_int_t mr_store_headroom(MDB_txn *txn);
 static int mr_store_apply(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room);
 static int mr_store_exec_create(MDB_txn *txn, mr_store_op_t *op,
@@ -174,7 +175,7 @@ mr_store_open(MDB_env **envp, mr_main_conf_t *mcf, ngx_log_t *log)
         goto failed;
     }
 
-    rc = mdb_env_set_maxdbs(env, 16);
+    rc = mdb_env_set_maxdbs(env, 32);
     if (rc == 0) {
         rc = mdb_env_set_maxreaders(env, MR_STORE_MAXREADERS);
     }
@@ -223,6 +224,14 @@ mr_store_open_dbis(MDB_txn *txn, mr_store_t *st)
         || (rc = mdb_dbi_open(txn, "ref", MDB_CREATE, &st->ref))
         || (rc = mdb_dbi_open(txn, "due", MDB_CREATE, &st->due))
         || (rc = mdb_dbi_open(txn, "idemttl", MDB_CREATE, &st->idemttl))
+        || (rc = mdb_dbi_open(txn, "whep", MDB_CREATE, &st->whep))
+        || (rc = mdb_dbi_open(txn, "orgwh", MDB_CREATE, &st->orgwh))
+        || (rc = mdb_dbi_open(txn, "whsecret", MDB_CREATE, &st->whsecret))
+        || (rc = mdb_dbi_open(txn, "event", MDB_CREATE, &st->event))
+        || (rc = mdb_dbi_open(txn, "dlv", MDB_CREATE, &st->dlv))
+        || (rc = mdb_dbi_open(txn, "dlvdue", MDB_CREATE, &st->dlvdue))
+        || (rc = mdb_dbi_open(txn, "whdlv", MDB_CREATE, &st->whdlv))
+        || (rc = mdb_dbi_open(txn, "execdlv", MDB_CREATE, &st->execdlv))
         || (rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &st->meta)))
     {
         return rc;
@@ -624,12 +633,13 @@ static void
 mr_store_batch_done(ngx_event_t *ev)
 {
     int                rc;
-    ngx_uint_t         level;
+    ngx_uint_t         level, emitted;
     ngx_queue_t       *q;
     mr_store_op_t     *op;
     mr_store_batch_t  *b;
 
     b = &mr_store.batch;
+    emitted = 0;
 
     mr_store.busy = 0;
 
@@ -683,7 +693,10 @@ mr_store_batch_done(ngx_event_t *ev)
         mr_store.dirty = 0;
         mr_store.synced_ms = mr_now_ms();
 
-    } else if (b->n) {
+    }
+
+    if (b->n && !(b->sync && b->rc == 0)) {
+        /* one by one after a failed batch, some may have been committed */
         mr_store.dirty = (mr_store.mcf->durability
                           == MR_DURABILITY_RELAXED);
     }
@@ -696,7 +709,16 @@ mr_store_batch_done(ngx_event_t *ev)
         ngx_queue_remove(q);
 
         op = ngx_queue_data(q, mr_store_op_t, queue);
+
+        if (op->emitted && op->result == MR_R_OK) {
+            emitted = 1;
+        }
+
         op->handler(op);
+    }
+
+    if (emitted && mr_store_deliveries_hook) {
+        mr_store_deliveries_hook();
     }
 
     /* what arrived meanwhile is the next batch */
@@ -729,29 +751,22 @@ mr_store_run(ngx_queue_t *ops, mr_store_op_t *one)
 
     room = mr_store_headroom(txn);
 
-    if (one) {
-        one->result = MR_R_OK;
+    for (q = one ? NULL : ngx_queue_head(ops);
+         one || q != ngx_queue_sentinel(ops);
+         q = ngx_queue_next(q))
+    {
+        op = one ? one : ngx_queue_data(q, mr_store_op_t, queue);
 
-        rc = mr_store_apply(txn, one, room);
+        mr_store_op_reset(op, MR_R_OK);
+
+        rc = mr_store_apply(txn, op, room);
         if (rc != 0) {
             mdb_txn_abort(txn);
             goto failed;
         }
 
-    } else {
-        for (q = ngx_queue_head(ops);
-             q != ngx_queue_sentinel(ops);
-             q = ngx_queue_next(q))
-        {
-            op = ngx_queue_data(q, mr_store_op_t, queue);
-
-            op->result = MR_R_OK;
-
-            rc = mr_store_apply(txn, op, room);
-            if (rc != 0) {
-                mdb_txn_abort(txn);
-                goto failed;
-            }
+        if (one) {
+            break;
         }
     }
 
@@ -762,22 +777,40 @@ mr_store_run(ngx_queue_t *ops, mr_store_op_t *one)
 
 failed:
 
-    if (one) {
-        one->result = (rc == MDB_MAP_FULL) ? MR_R_STORAGE_FULL
-                                           : MR_R_INTERNAL;
-        return rc;
-    }
-
-    for (q = ngx_queue_head(ops);
-         q != ngx_queue_sentinel(ops);
+    for (q = one ? NULL : ngx_queue_head(ops);
+         one || q != ngx_queue_sentinel(ops);
          q = ngx_queue_next(q))
     {
-        op = ngx_queue_data(q, mr_store_op_t, queue);
-        op->result = (rc == MDB_MAP_FULL) ? MR_R_STORAGE_FULL
-                                          : MR_R_INTERNAL;
+        op = one ? one : ngx_queue_data(q, mr_store_op_t, queue);
+
+        mr_store_op_reset(op, (rc == MDB_MAP_FULL) ? MR_R_STORAGE_FULL
+                                                   : MR_R_INTERNAL);
+        if (one) {
+            break;
+        }
     }
 
     return rc;
+}
+
+
+/* before an operation is applied, and when its transaction is lost */
+
+static void
+mr_store_op_reset(mr_store_op_t *op, ngx_uint_t result)
+{
+    mr_dlv_job_t  *job;
+
+    op->result = result;
+    op->emitted = 0;
+
+    /* claims that were not committed are not claims */
+
+    while (op->wh.jobs) {
+        job = op->wh.jobs;
+        op->wh.jobs = job->next;
+        ngx_free(job);
+    }
 }
 
 
@@ -792,6 +825,7 @@ mr_store_headroom(MDB_txn *txn)
     int           rc;
     size_t        used, reserve, nfree;
     MDB_val       k, v;
+    MDB_txn      *rtxn;
     MDB_cursor   *cur;
     MDB_envinfo   info;
 
@@ -803,13 +837,22 @@ mr_store_headroom(MDB_txn *txn)
         return 1;
     }
 
-    /* near the end of the map: count the pages on the free list */
+    /*
+     * near the end of the map: count the pages on the free list, which
+     * LMDB lets only a read-only transaction open
+     */
 
     nfree = 0;
 
-    rc = mdb_cursor_open(txn, 0, &cur);
+    rc = mdb_txn_begin(mr_store.env, NULL, MDB_RDONLY, &rtxn);
     if (rc != 0) {
-        return 0;
+        return 1;    /* unknown: MDB_MAP_FULL will tell */
+    }
+
+    rc = mdb_cursor_open(rtxn, 0, &cur);
+    if (rc != 0) {
+        mdb_txn_abort(rtxn);
+        return 1;
     }
 
     while ((rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) == 0) {
@@ -819,6 +862,7 @@ mr_store_headroom(MDB_txn *txn)
     }
 
     mdb_cursor_close(cur);
+    mdb_txn_abort(rtxn);
 
     used = info.me_last_pgno + 1 - ngx_min(nfree, info.me_last_pgno + 1);
 
@@ -848,6 +892,16 @@ mr_store_apply(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
 
     case MR_OP_SWEEP:
         return mr_store_sweep(txn, op);
+
+    case MR_OP_WH_CREATE:
+    case MR_OP_WH_UPDATE:
+    case MR_OP_WH_DELETE:
+    case MR_OP_WH_TEST:
+    case MR_OP_WH_SECRET:
+    case MR_OP_DLV_RETRY:
+    case MR_OP_DLV_CLAIM:
+    case MR_OP_DLV_DONE:
+        return mr_store_wh_apply(txn, op, room);
 
     default: /* MR_OP_KEY_REVOKE, MR_OP_KEY_ROTATE */
         return mr_store_key_update(txn, op);
@@ -905,7 +959,7 @@ mr_store_exec_create(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
                     return 0;
                 }
 
-                *exec = old;
+                op->replay = old;
                 op->result = MR_R_REPLAYED;
                 return 0;
             }
@@ -1087,7 +1141,12 @@ mr_store_exec_cancel(MDB_txn *txn, mr_store_op_t *op)
         return rc;
     }
 
-    return mr_store_exec_put(txn, exec);
+    rc = mr_store_exec_put(txn, exec);
+    if (rc != 0) {
+        return rc;
+    }
+
+    return mr_store_emit(txn, op, exec, "execution.cancelled");
 }
 
 
@@ -1172,7 +1231,9 @@ mr_store_account_adjust(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
     }
 
     if (op->amount >= 0) {
-        if (op->account.rec.balance + op->amount > MR_MONEY_MAX) {
+        if (op->account.rec.balance + op->amount > MR_MONEY_MAX
+            || op->account.rec.credited > MR_LEDGER_MAX - op->amount)
+        {
             op->result = MR_R_FORBIDDEN;
             return 0;
         }
@@ -1181,6 +1242,11 @@ mr_store_account_adjust(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
         op->account.rec.credited += op->amount;
 
     } else {
+        if (op->account.rec.debited > MR_LEDGER_MAX + op->amount) {
+            op->result = MR_R_FORBIDDEN;
+            return 0;
+        }
+
         if (op->account.rec.balance - op->account.rec.held < -op->amount) {
             op->result = MR_R_INSUFFICIENT;
             op->required = -op->amount;
@@ -1573,6 +1639,10 @@ mr_store_expire(MDB_txn *txn, mr_store_op_t *op, u_char *id)
         exec.seg[MR_SEG_ERROR] = error;
 
         rc = mr_store_exec_put(txn, &exec);
+    }
+
+    if (rc == 0) {
+        rc = mr_store_emit(txn, op, &exec, "execution.expired");
     }
 
     ngx_free(copy);
@@ -2121,7 +2191,8 @@ mr_store_exec_list(mr_list_query_t *q, ngx_array_t *execs,
 
 
 ngx_int_t
-mr_store_verify(u_char *org, mr_verify_t *vf)
+mr_store_verify(u_char *org, mr_account_t *acct, mr_verify_t *vf,
+    ngx_pool_t *pool)
 {
     int          rc;
     MDB_val      k, v;
@@ -2131,9 +2202,17 @@ mr_store_verify(u_char *org, mr_verify_t *vf)
 
     ngx_memzero(vf, sizeof(mr_verify_t));
 
+    /* the account and its executions in one snapshot */
+
     txn = mr_store_read_begin();
     if (txn == NULL) {
         return NGX_ERROR;
+    }
+
+    rc = mr_store_account_read(txn, org, acct, pool);
+    if (rc != 0) {
+        mr_store_read_end();
+        return mr_store_read_rc(rc, "account");
     }
 
     rc = mdb_cursor_open(txn, mr_store.byorg, &cur);

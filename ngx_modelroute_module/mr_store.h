@@ -112,6 +112,113 @@ typedef struct {
 } mr_key_t;
 
 
+/* webhooks */
+
+#define MR_WH_ID_LEN         27     /* "wh_" + 24 hex */
+#define MR_EVT_ID_LEN        48     /* "evt_" + 12 hex of ms + 32 hex */
+#define MR_DLV_ID_LEN        48     /* "dlv_" + 12 hex of ms + 32 hex */
+#define MR_WH_SECRET_LEN     50     /* "whsec_" + base64 of 32 bytes */
+
+#define MR_WH_SEG_URL         0
+#define MR_WH_SEG_DESCRIPTION 1     /* JSON string or empty */
+#define MR_WH_SEG_EVENTS      2     /* JSON array of strings */
+#define MR_WH_SEG_HEADERS     3     /* JSON object of strings */
+#define MR_WH_SEG_SECRET      4
+#define MR_WH_SEG_N           5
+
+typedef struct {
+    u_char                    id[MR_WH_ID_LEN];
+    u_char                    org[MR_ORG_ID_LEN];
+    uint32_t                  active;
+    uint32_t                  failures;
+    int64_t                   created_ms;
+    int64_t                   last_success_ms;
+    uint32_t                  seg_len[MR_WH_SEG_N];
+} mr_wh_rec_t;
+
+typedef struct {
+    mr_wh_rec_t               rec;
+    ngx_str_t                 seg[MR_WH_SEG_N];
+} mr_wh_t;
+
+#define MR_DLV_PENDING        1
+#define MR_DLV_SUCCEEDED      2
+#define MR_DLV_FAILED         3
+
+#define MR_DLV_SEG_URL        0     /* an execution's webhook_url */
+#define MR_DLV_SEG_TYPE       1     /* event type */
+#define MR_DLV_SEG_ATTEMPTS   2     /* JSON array */
+#define MR_DLV_SEG_N          3
+
+typedef struct {
+    u_char                    id[MR_DLV_ID_LEN];
+    u_char                    event_id[MR_EVT_ID_LEN];
+    u_char                    wh_id[MR_WH_ID_LEN];   /* zeros: webhook_url */
+    u_char                    org[MR_ORG_ID_LEN];
+    u_char                    exec_id[MR_EXEC_ID_LEN]; /* zeros: none */
+    uint32_t                  status;
+    uint32_t                  attempts;
+    int64_t                   created_ms;
+    int64_t                   due_ms;        /* key in the due index */
+    int64_t                   next_ms;       /* next attempt, if pending */
+    uint64_t                  token;         /* of the current lease */
+    uint32_t                  seg_len[MR_DLV_SEG_N];
+} mr_dlv_rec_t;
+
+typedef struct {
+    mr_dlv_rec_t              rec;
+    ngx_str_t                 seg[MR_DLV_SEG_N];
+} mr_dlv_t;
+
+/* a claimed delivery: one malloc'ed block, freed with ngx_free() */
+typedef struct mr_dlv_job_s  mr_dlv_job_t;
+
+struct mr_dlv_job_s {
+    mr_dlv_job_t             *next;
+    u_char                    dlv_id[MR_DLV_ID_LEN];
+    u_char                    wh_id[MR_WH_ID_LEN];
+    u_char                    event_id[MR_EVT_ID_LEN];
+    uint64_t                  token;
+    ngx_str_t                 url;
+    ngx_str_t                 body;
+    ngx_str_t                 secret;
+    ngx_str_t                 headers;       /* JSON object or empty */
+};
+
+#define MR_WH_PATCH_URL          0x01
+#define MR_WH_PATCH_DESCRIPTION  0x02
+#define MR_WH_PATCH_EVENTS       0x04
+#define MR_WH_PATCH_HEADERS      0x08
+#define MR_WH_PATCH_ACTIVE       0x10
+
+typedef struct {
+    mr_wh_t                   ep;            /* create, update */
+    u_char                    wh_id[MR_WH_ID_LEN];
+    u_char                    dlv_id[MR_DLV_ID_LEN];
+    u_char                    event_id[MR_EVT_ID_LEN];
+    ngx_uint_t                patch;
+    u_char                    secret[MR_WH_SECRET_LEN];
+    mr_dlv_t                  dlv;           /* MR_OP_DLV_RETRY */
+
+    /* MR_OP_DLV_CLAIM */
+    ngx_uint_t                limit;
+    ngx_uint_t                per_endpoint;
+    u_char                   *busy;          /* wh ids at their cap */
+    ngx_uint_t                nbusy;
+    int64_t                   lease_ms;
+    mr_dlv_job_t             *jobs;
+
+    /* MR_OP_DLV_DONE */
+    uint64_t                  token;
+    ngx_uint_t                status_code;   /* 0: no HTTP answer */
+    int64_t                   latency_ms;
+    ngx_str_t                 error;
+    ngx_msec_t               *schedule;
+    ngx_uint_t                nschedule;
+    int64_t                   max_age_ms;
+} mr_wh_op_t;
+
+
 typedef struct {
     int64_t                   open_holds;
     ngx_uint_t                executions;
@@ -150,6 +257,14 @@ typedef struct {
 #define MR_OP_KEY_REVOKE        6
 #define MR_OP_KEY_ROTATE        7
 #define MR_OP_SWEEP             8
+#define MR_OP_WH_CREATE         9
+#define MR_OP_WH_UPDATE        10
+#define MR_OP_WH_DELETE        11
+#define MR_OP_WH_TEST          12
+#define MR_OP_WH_SECRET        13
+#define MR_OP_DLV_RETRY        14
+#define MR_OP_DLV_CLAIM        15
+#define MR_OP_DLV_DONE         16
 
 
 typedef struct mr_store_op_s  mr_store_op_t;
@@ -169,6 +284,7 @@ struct mr_store_op_s {
     /* MR_OP_EXEC_CREATE: exec, idem_key, idem_ttl_ms;
      * MR_OP_EXEC_CANCEL: exec.id, org */
     mr_exec_t                 exec;
+    mr_exec_t                 replay;        /* MR_R_REPLAYED */
     ngx_str_t                 idem_key;
     int64_t                   idem_ttl_ms;
 
@@ -195,6 +311,10 @@ struct mr_store_op_s {
     ngx_uint_t                expired;
     ngx_uint_t                purged;
     ngx_uint_t                more;
+
+    /* webhooks; emitted: deliveries this operation created */
+    mr_wh_op_t                wh;
+    ngx_uint_t                emitted;
 };
 
 
@@ -212,7 +332,20 @@ ngx_int_t mr_store_account_get(u_char *org, mr_account_t *acct,
 ngx_int_t mr_store_exec_get(u_char *id, mr_exec_t *exec, ngx_pool_t *pool);
 ngx_int_t mr_store_exec_list(mr_list_query_t *q, ngx_array_t *execs,
     ngx_uint_t *has_more, ngx_pool_t *pool);
-ngx_int_t mr_store_verify(u_char *org, mr_verify_t *v);
+ngx_int_t mr_store_verify(u_char *org, mr_account_t *acct, mr_verify_t *v,
+    ngx_pool_t *pool);
+
+ngx_int_t mr_store_wh_get(u_char *wh_id, mr_wh_t *wh, ngx_pool_t *pool);
+ngx_int_t mr_store_wh_list(u_char *org, ngx_array_t *whs, ngx_pool_t *pool);
+ngx_int_t mr_store_dlv_get(u_char *dlv_id, mr_dlv_t *dlv, ngx_pool_t *pool);
+ngx_int_t mr_store_dlv_list(u_char *prefix, size_t len, ngx_uint_t limit,
+    ngx_array_t *dlvs, ngx_pool_t *pool);
+ngx_int_t mr_store_secret_get(u_char *org, ngx_str_t *secret,
+    ngx_pool_t *pool);
+ngx_int_t mr_store_new_secret(u_char *secret);
+
+/* called after a commit that created deliveries */
+extern void (*mr_store_deliveries_hook)(void);
 
 
 #endif /* _MR_STORE_H_INCLUDED_ */

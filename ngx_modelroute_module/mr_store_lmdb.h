@@ -44,6 +44,14 @@ typedef struct {
     MDB_dbi                   due;
     MDB_dbi                   idemttl;
     MDB_dbi                   meta;
+    MDB_dbi                   whep;
+    MDB_dbi                   orgwh;
+    MDB_dbi                   whsecret;
+    MDB_dbi                   event;
+    MDB_dbi                   dlv;
+    MDB_dbi                   dlvdue;
+    MDB_dbi                   whdlv;
+    MDB_dbi                   execdlv;
     size_t                    page_size;
     size_t                    map_pages;
     ngx_uint_t                dirty;          /* commits not yet synced */
@@ -80,6 +88,10 @@ int mr_store_exec_parse(u_char *id, u_char *data, size_t size,
 int mr_store_account_read(MDB_txn *txn, u_char *org, mr_account_t *acct,
     ngx_pool_t *pool);
 int mr_store_account_put(MDB_txn *txn, mr_account_t *acct);
+
+int mr_store_wh_apply(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room);
+int mr_store_emit(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
+    const char *type);
 
 
 #endif /* _MR_STORE_LMDB_H_INCLUDED_ */

@@ -174,6 +174,10 @@ mr_money_parse(u_char *s, size_t len, int64_t *out)
     }
 
     while (frac++ < 6) {
+        if (v > MR_MONEY_MAX / 10) {
+            return NGX_ERROR;
+        }
+
         v *= 10;
     }
 

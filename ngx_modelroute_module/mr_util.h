@@ -27,6 +27,8 @@
 #define MR_SHA256_LEN      32
 
 #define MR_MONEY_MAX       ((int64_t) 1000000000000000LL)  /* $1e9 */
+#define MR_PRICE_MAX       ((int64_t) 1000000000000LL)     /* $1e6 */
+#define MR_LEDGER_MAX      ((int64_t) 4000000000000000000LL)
 
 
 ngx_int_t mr_random_id(u_char *dst, const char *prefix, size_t hexlen);

@@ -594,10 +594,13 @@ ngx_http_modelroute_model(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             goto bad_param;
         }
 
-        if (mr_money_parse(arg.data, arg.len, price) != NGX_OK) {
+        if (mr_money_parse(arg.data, arg.len, price) != NGX_OK
+            || *price > MR_PRICE_MAX)
+        {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "\"modelroute_model\" \"%V\": invalid price "
-                               "\"%V\" (USD, at most 6 decimal places)",
+                               "\"%V\" (USD, at most 6 decimal places, "
+                               "at most 1000000)",
                                &m->slug, &value[i]);
             return NGX_CONF_ERROR;
         }

@@ -140,6 +140,15 @@ like($reuse->{err}, qr/^IDEMPOTENCY_KEY_REUSED: /, 'err carries the code');
 is($reuse->{info}{error}{code}, 'IDEMPOTENCY_KEY_REUSED',
     'info.error is the envelope');
 
+# the client's own Idempotency-Key header is not the Lua call's
+my $hk = $t->req(POST => '/app/create',
+    { 'X-App-Account' => $org, 'Idempotency-Key' => 'from-the-client' },
+    { model => 'demo-chat', input => { prompt => 'hdr' },
+      idempotency_key => 'lua-hdr' });
+is($hk->{json}{res}{idempotency_key}, 'lua-hdr',
+    "a client's Idempotency-Key header does not reach mr.create")
+    or diag $hk->{body};
+
 my $bad = app(create => { model => 'nope', input => {},
     idempotency_key => 'lua-2' });
 like($bad->{err}, qr/^INPUT_VALIDATION_ERROR: /, 'unknown model: 400 code');
@@ -172,7 +181,7 @@ my $bad_id = app(get => { id => '../admin' });
 like($bad_id->{err}, qr/^NOT_FOUND: /, 'malformed id: NOT_FOUND');
 
 my $b = app(balance => {});
-money_is($b->{res}{held}, '0.096', 'balance: two holds');
+money_is($b->{res}{held}, '0.144', 'balance: three holds');
 
 # another account's execution is not found through Lua either
 my $oth = $t->new_account(credit => '1.00');
@@ -183,7 +192,7 @@ like($x->{err}, qr/^NOT_FOUND: /, "another account's id: NOT_FOUND");
 my $cn = app(cancel => { id => $e->{id} });
 is($cn->{res}{status}, 'CANCELLED', 'cancel');
 my $b2 = app(balance => {});
-money_is($b2->{res}{held}, '0.048', 'cancel released its hold');
+money_is($b2->{res}{held}, '0.096', 'cancel released its hold');
 
 # ---- credit, idempotent by reference
 my $cr = app(credit => { amount => '2.00', reference => 'inv-1' });

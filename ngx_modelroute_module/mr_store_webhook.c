@@ -1,0 +1,1565 @@
+
+/*
+ * ModelRoute: the store's webhook outbox.
+ *
+ * Databases:
+ *   whep      wh_id                  -> mr_wh_rec_t + segments
+ *   orgwh     org + wh_id            -> ""
+ *   whsecret  org                    -> the default secret
+ *   event     evt_id                 -> org + the event's body
+ *   dlv       dlv_id                 -> mr_dlv_rec_t + segments
+ *   dlvdue    be64 due_ms + dlv_id   -> ""   (pending deliveries)
+ *   whdlv     wh_id + dlv_id         -> ""   (an endpoint's log)
+ *   execdlv   exec_id + dlv_id       -> ""   (an execution's, in order)
+ *
+ * Events and their deliveries are written in the transaction of the
+ * state change that causes them (mr_store_emit()).  A claim moves a
+ * delivery's due time to the end of its lease: if its worker dies, it is
+ * due again then, and sent again with the same event id.
+ *
+ * These functions may run in a thread of the commit pool: they use
+ * malloc'ed memory and OpenSSL's RAND_bytes(), nothing of the event loop.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+
+#include <openssl/rand.h>
+#include <jansson.h>
+
+#include "mr_store.h"
+#include "mr_store_lmdb.h"
+#include "mr_exec.h"
+
+
+#define MR_DLV_SCAN         4       /* due entries looked at per claim */
+#define MR_DLV_INACTIVE     2000    /* ms: look again at an inactive one */
+#define MR_WH_FAILURES_MAX  10
+
+
+static int mr_store_wh_read(MDB_txn *txn, u_char *id, mr_wh_t *wh,
+    ngx_pool_t *pool);
+static int mr_store_wh_put(MDB_txn *txn, mr_wh_t *wh);
+static int mr_store_dlv_read(MDB_txn *txn, u_char *id, mr_dlv_t *dlv,
+    ngx_pool_t *pool);
+static int mr_store_dlv_put(MDB_txn *txn, mr_dlv_t *dlv);
+static int mr_store_dlv_due(MDB_txn *txn, mr_dlv_t *dlv, int64_t due);
+static int mr_store_dlv_create(MDB_txn *txn, mr_store_op_t *op,
+    u_char *org, u_char *event_id, u_char *wh_id, ngx_str_t *url,
+    u_char *exec_id, ngx_str_t *type, int64_t now);
+static int mr_store_event_put(MDB_txn *txn, u_char *event_id, u_char *org,
+    ngx_str_t *type, u_char *exec_id, ngx_str_t *data, int64_t now,
+    ngx_pool_t *pool);
+static int mr_store_secret(MDB_txn *txn, u_char *org, u_char *secret,
+    ngx_str_t *out);
+static int mr_store_wh_update(MDB_txn *txn, mr_store_op_t *op);
+static int mr_store_wh_test(MDB_txn *txn, mr_store_op_t *op);
+static int mr_store_dlv_retry(MDB_txn *txn, mr_store_op_t *op);
+static int mr_store_dlv_claim(MDB_txn *txn, mr_store_op_t *op);
+static int mr_store_dlv_claim_one(MDB_txn *txn, mr_store_op_t *op,
+    u_char *dlv_id, ngx_pool_t *pool, ngx_uint_t *claimed);
+static int mr_store_dlv_done(MDB_txn *txn, mr_store_op_t *op);
+static ngx_int_t mr_store_tid(u_char *dst, const char *prefix, int64_t ms);
+static ngx_int_t mr_store_wh_wants(mr_wh_t *wh, ngx_str_t *type);
+static int mr_store_seg_put(MDB_dbi dbi, MDB_txn *txn, u_char *key,
+    size_t klen, void *rec, size_t rlen, uint32_t *seg_len, ngx_str_t *seg,
+    ngx_uint_t nseg);
+static int mr_store_seg_parse(u_char *data, size_t size, void *rec,
+    size_t rlen, uint32_t *seg_len, ngx_str_t *seg, ngx_uint_t nseg,
+    ngx_pool_t *pool);
+static int mr_store_index(MDB_dbi dbi, MDB_txn *txn, u_char *a, size_t alen,
+    u_char *b, size_t blen, ngx_uint_t add);
+
+
+void  (*mr_store_deliveries_hook)(void);
+
+
+static u_char  mr_zero[MR_EXEC_ID_LEN];
+
+
+int
+mr_store_wh_apply(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
+{
+    int       rc;
+    mr_wh_t   wh;
+    MDB_val   k, v;
+    u_char    okey[MR_ORG_ID_LEN + MR_WH_ID_LEN];
+
+    switch (op->type) {
+
+    case MR_OP_WH_CREATE:
+        if (!room) {
+            op->result = MR_R_STORAGE_FULL;
+            return 0;
+        }
+
+        rc = mr_store_wh_put(txn, &op->wh.ep);
+        if (rc != 0) {
+            return rc;
+        }
+
+        return mr_store_index(mr_store.orgwh, txn, op->wh.ep.rec.org,
+                              MR_ORG_ID_LEN, op->wh.ep.rec.id, MR_WH_ID_LEN,
+                              1);
+
+    case MR_OP_WH_UPDATE:
+        return mr_store_wh_update(txn, op);
+
+    case MR_OP_WH_DELETE:
+        rc = mr_store_wh_read(txn, op->wh.wh_id, &wh, NULL);
+        if (rc == MDB_NOTFOUND
+            || (rc == 0
+                && ngx_memcmp(wh.rec.org, op->org, MR_ORG_ID_LEN) != 0))
+        {
+            op->result = MR_R_NOT_FOUND;
+            return 0;
+        }
+
+        if (rc != 0) {
+            return rc;
+        }
+
+        k.mv_data = op->wh.wh_id;
+        k.mv_size = MR_WH_ID_LEN;
+
+        rc = mdb_del(txn, mr_store.whep, &k, NULL);
+        if (rc != 0) {
+            return rc;
+        }
+
+        ngx_memcpy(okey, op->org, MR_ORG_ID_LEN);
+        ngx_memcpy(okey + MR_ORG_ID_LEN, op->wh.wh_id, MR_WH_ID_LEN);
+
+        return mr_store_index(mr_store.orgwh, txn, okey, sizeof(okey),
+                              NULL, 0, 0);
+
+    case MR_OP_WH_TEST:
+        return mr_store_wh_test(txn, op);
+
+    case MR_OP_WH_SECRET:
+        k.mv_data = op->org;
+        k.mv_size = MR_ORG_ID_LEN;
+
+        rc = mdb_get(txn, mr_store.whsecret, &k, &v);
+
+        if (rc == 0 && v.mv_size == MR_WH_SECRET_LEN) {
+            ngx_memcpy(op->wh.secret, v.mv_data, MR_WH_SECRET_LEN);
+            return 0;
+        }
+
+        if (rc != 0 && rc != MDB_NOTFOUND) {
+            return rc;
+        }
+
+        v.mv_data = op->wh.secret;
+        v.mv_size = MR_WH_SECRET_LEN;
+
+        return mdb_put(txn, mr_store.whsecret, &k, &v, 0);
+
+    case MR_OP_DLV_RETRY:
+        return mr_store_dlv_retry(txn, op);
+
+    case MR_OP_DLV_CLAIM:
+        return mr_store_dlv_claim(txn, op);
+
+    default: /* MR_OP_DLV_DONE */
+        return mr_store_dlv_done(txn, op);
+    }
+}
+
+
+/*
+ * An event of an execution's state change, and its deliveries: to every
+ * endpoint of the account that wants it, and for a terminal event to the
+ * execution's own webhook_url.  In the transaction of the change.
+ */
+
+int
+mr_store_emit(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
+    const char *type_name)
+{
+    int          rc;
+    u_char      *p;
+    MDB_val      k, v;
+    mr_wh_t      wh;
+    ngx_str_t    data, type, url;
+    ngx_pool_t  *pool;
+    MDB_cursor  *cur;
+    ngx_uint_t   i, n;
+    u_char       event_id[MR_EVT_ID_LEN];
+    u_char       ids[64][MR_WH_ID_LEN];
+
+    type.data = (u_char *) type_name;
+    type.len = ngx_strlen(type_name);
+
+    pool = ngx_create_pool(2048, ngx_cycle->log);
+    if (pool == NULL) {
+        return ENOMEM;
+    }
+
+    rc = ENOMEM;
+
+    if (mr_exec_render(pool, exec, &data) != NGX_OK
+        || mr_store_tid(event_id, "evt_", op->now) != NGX_OK)
+    {
+        goto done;
+    }
+
+    rc = mr_store_event_put(txn, event_id, exec->rec.org, &type, exec->id,
+                            &data, op->now, pool);
+    if (rc != 0) {
+        goto done;
+    }
+
+    /* the account's endpoints, in batches (no cursor across puts) */
+
+    ngx_memcpy(ids[0], mr_zero, MR_WH_ID_LEN);
+    p = NULL;
+
+    for ( ;; ) {
+        u_char  start[MR_ORG_ID_LEN + MR_WH_ID_LEN];
+
+        ngx_memcpy(start, exec->rec.org, MR_ORG_ID_LEN);
+        ngx_memcpy(start + MR_ORG_ID_LEN, p ? p : mr_zero, MR_WH_ID_LEN);
+
+        rc = mdb_cursor_open(txn, mr_store.orgwh, &cur);
+        if (rc != 0) {
+            goto done;
+        }
+
+        k.mv_data = start;
+        k.mv_size = sizeof(start);
+        n = 0;
+
+        for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+             rc == 0 && n < 64;
+             rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT))
+        {
+            if (k.mv_size != sizeof(start)
+                || ngx_memcmp(k.mv_data, exec->rec.org, MR_ORG_ID_LEN) != 0)
+            {
+                rc = MDB_NOTFOUND;
+                break;
+            }
+
+            if (p && ngx_memcmp((u_char *) k.mv_data + MR_ORG_ID_LEN, p,
+                                MR_WH_ID_LEN) == 0)
+            {
+                continue;
+            }
+
+            ngx_memcpy(ids[n++], (u_char *) k.mv_data + MR_ORG_ID_LEN,
+                       MR_WH_ID_LEN);
+        }
+
+        mdb_cursor_close(cur);
+
+        if (rc != 0 && rc != MDB_NOTFOUND) {
+            goto done;
+        }
+
+        for (i = 0; i < n; i++) {
+            rc = mr_store_wh_read(txn, ids[i], &wh, NULL);
+            if (rc == MDB_NOTFOUND) {
+                continue;
+            }
+
+            if (rc != 0) {
+                goto done;
+            }
+
+            if (!mr_store_wh_wants(&wh, &type)) {
+                continue;
+            }
+
+            rc = mr_store_dlv_create(txn, op, exec->rec.org, event_id, ids[i],
+                                     NULL, exec->id, &type, op->now);
+            if (rc != 0) {
+                goto done;
+            }
+        }
+
+        if (n < 64) {
+            break;
+        }
+
+        p = ids[n - 1];
+    }
+
+    rc = 0;
+
+    /* the execution's own webhook_url: its terminal events */
+
+    url = exec->seg[MR_SEG_WEBHOOK_URL];
+
+    if (url.len > 2 && mr_status_terminal(exec->rec.status)) {
+        u_char  secret[MR_WH_SECRET_LEN];
+
+        url.data++;
+        url.len -= 2;
+
+        rc = mr_store_secret(txn, exec->rec.org, secret, NULL);
+        if (rc != 0) {
+            goto done;
+        }
+
+        rc = mr_store_dlv_create(txn, op, exec->rec.org, event_id, NULL, &url,
+                                 exec->id, &type, op->now);
+    }
+
+done:
+
+    ngx_destroy_pool(pool);
+
+    return rc;
+}
+
+
+/* the account's default secret, made on first use */
+
+static int
+mr_store_secret(MDB_txn *txn, u_char *org, u_char *secret, ngx_str_t *out)
+{
+    int      rc;
+    MDB_val  k, v;
+
+    k.mv_data = org;
+    k.mv_size = MR_ORG_ID_LEN;
+
+    rc = mdb_get(txn, mr_store.whsecret, &k, &v);
+
+    if (rc == 0 && v.mv_size == MR_WH_SECRET_LEN) {
+        ngx_memcpy(secret, v.mv_data, MR_WH_SECRET_LEN);
+        return 0;
+    }
+
+    if (rc != 0 && rc != MDB_NOTFOUND) {
+        return rc;
+    }
+
+    if (mr_store_new_secret(secret) != NGX_OK) {
+        return ENOMEM;
+    }
+
+    v.mv_data = secret;
+    v.mv_size = MR_WH_SECRET_LEN;
+
+    return mdb_put(txn, mr_store.whsecret, &k, &v, 0);
+}
+
+
+ngx_int_t
+mr_store_new_secret(u_char *secret)
+{
+    u_char     raw[32];
+    ngx_str_t  src, dst;
+
+    if (RAND_bytes(raw, sizeof(raw)) != 1) {
+        return NGX_ERROR;
+    }
+
+    src.data = raw;
+    src.len = sizeof(raw);
+    dst.data = ngx_cpymem(secret, "whsec_", 6);
+
+    ngx_encode_base64(&dst, &src);
+
+    return dst.len == MR_WH_SECRET_LEN - 6 ? NGX_OK : NGX_ERROR;
+}
+
+
+static int
+mr_store_event_put(MDB_txn *txn, u_char *event_id, u_char *org,
+    ngx_str_t *type, u_char *exec_id, ngx_str_t *data, int64_t now,
+    ngx_pool_t *pool)
+{
+    u_char   *p;
+    MDB_val   k, v;
+    u_char    ts[MR_TIME_LEN];
+
+    mr_time_format(ts, now);
+
+    k.mv_data = event_id;
+    k.mv_size = MR_EVT_ID_LEN;
+    v.mv_size = MR_ORG_ID_LEN + data->len + type->len + 256;
+
+    v.mv_data = ngx_pnalloc(pool, v.mv_size);
+    if (v.mv_data == NULL) {
+        return ENOMEM;
+    }
+
+    p = ngx_cpymem(v.mv_data, org, MR_ORG_ID_LEN);
+
+    p = ngx_sprintf(p, "{\"id\":\"%*s\",\"event_type\":\"%V\","
+                    "\"timestamp\":\"%*s\",\"version\":\"1.0\","
+                    "\"organization_id\":\"%*s\",",
+                    (size_t) MR_EVT_ID_LEN, event_id, type,
+                    (size_t) MR_TIME_LEN, ts, (size_t) MR_ORG_ID_LEN, org);
+
+    if (exec_id) {
+        p = ngx_sprintf(p, "\"execution_id\":\"%*s\",",
+                        (size_t) MR_EXEC_ID_LEN, exec_id);
+
+    } else {
+        p = ngx_sprintf(p, "\"execution_id\":null,");
+    }
+
+    p = ngx_sprintf(p, "\"data\":%V}", data);
+
+    v.mv_size = p - (u_char *) v.mv_data;
+
+    return mdb_put(txn, mr_store.event, &k, &v, 0);
+}
+
+
+static int
+mr_store_dlv_create(MDB_txn *txn, mr_store_op_t *op, u_char *org,
+    u_char *event_id, u_char *wh_id, ngx_str_t *url, u_char *exec_id,
+    ngx_str_t *type, int64_t now)
+{
+    int       rc;
+    mr_dlv_t  dlv;
+
+    ngx_memzero(&dlv, sizeof(mr_dlv_t));
+
+    if (mr_store_tid(dlv.rec.id, "dlv_", now) != NGX_OK) {
+        return ENOMEM;
+    }
+
+    ngx_memcpy(dlv.rec.event_id, event_id, MR_EVT_ID_LEN);
+    ngx_memcpy(dlv.rec.org, org, MR_ORG_ID_LEN);
+
+    if (wh_id) {
+        ngx_memcpy(dlv.rec.wh_id, wh_id, MR_WH_ID_LEN);
+    }
+
+    if (exec_id) {
+        ngx_memcpy(dlv.rec.exec_id, exec_id, MR_EXEC_ID_LEN);
+    }
+
+    dlv.rec.status = MR_DLV_PENDING;
+    dlv.rec.created_ms = now;
+    dlv.rec.due_ms = 0;
+    dlv.rec.next_ms = now;
+
+    if (url) {
+        dlv.seg[MR_DLV_SEG_URL] = *url;
+    }
+
+    dlv.seg[MR_DLV_SEG_TYPE] = *type;
+    ngx_str_set(&dlv.seg[MR_DLV_SEG_ATTEMPTS], "[]");
+
+    rc = mr_store_dlv_due(txn, &dlv, now);
+    if (rc != 0) {
+        return rc;
+    }
+
+    rc = mr_store_dlv_put(txn, &dlv);
+    if (rc != 0) {
+        return rc;
+    }
+
+    if (wh_id) {
+        rc = mr_store_index(mr_store.whdlv, txn, wh_id, MR_WH_ID_LEN,
+                            dlv.rec.id, MR_DLV_ID_LEN, 1);
+        if (rc != 0) {
+            return rc;
+        }
+    }
+
+    if (exec_id) {
+        rc = mr_store_index(mr_store.execdlv, txn, exec_id, MR_EXEC_ID_LEN,
+                            dlv.rec.id, MR_DLV_ID_LEN, 1);
+        if (rc != 0) {
+            return rc;
+        }
+    }
+
+    op->emitted++;
+
+    return 0;
+}
+
+
+static int
+mr_store_wh_update(MDB_txn *txn, mr_store_op_t *op)
+{
+    int         rc;
+    mr_wh_t     wh;
+    ngx_uint_t  i;
+
+    rc = mr_store_wh_read(txn, op->wh.wh_id, &wh, op->pool);
+    if (rc == MDB_NOTFOUND
+        || (rc == 0 && ngx_memcmp(wh.rec.org, op->org, MR_ORG_ID_LEN) != 0))
+    {
+        op->result = MR_R_NOT_FOUND;
+        return 0;
+    }
+
+    if (rc != 0) {
+        return rc;
+    }
+
+    /* the new values are in op->wh.ep: url, description, events, headers */
+
+    for (i = 0; i < 4; i++) {
+        if (op->wh.patch & (1 << i)) {
+            wh.seg[i] = op->wh.ep.seg[i];
+        }
+    }
+
+    if (op->wh.patch & MR_WH_PATCH_ACTIVE) {
+        if (op->wh.ep.rec.active && !wh.rec.active) {
+            op->emitted++;
+        }
+
+        if (op->wh.ep.rec.active) {
+            wh.rec.failures = 0;
+        }
+
+        wh.rec.active = op->wh.ep.rec.active ? 1 : 0;
+    }
+
+    rc = mr_store_wh_put(txn, &wh);
+    if (rc != 0) {
+        return rc;
+    }
+
+    op->wh.ep = wh;
+
+    return 0;
+}
+
+
+static int
+mr_store_wh_test(MDB_txn *txn, mr_store_op_t *op)
+{
+    int        rc;
+    u_char    *p;
+    mr_wh_t    wh;
+    ngx_str_t  type, data;
+    u_char     buf[sizeof("{\"endpoint_id\":\"\"}") + MR_WH_ID_LEN];
+
+    rc = mr_store_wh_read(txn, op->wh.wh_id, &wh, NULL);
+    if (rc == MDB_NOTFOUND
+        || (rc == 0 && ngx_memcmp(wh.rec.org, op->org, MR_ORG_ID_LEN) != 0))
+    {
+        op->result = MR_R_NOT_FOUND;
+        return 0;
+    }
+
+    if (rc != 0) {
+        return rc;
+    }
+
+    ngx_str_set(&type, "webhook.test");
+
+    p = ngx_sprintf(buf, "{\"endpoint_id\":\"%*s\"}", (size_t) MR_WH_ID_LEN,
+                    op->wh.wh_id);
+    data.data = buf;
+    data.len = p - buf;
+
+    if (mr_store_tid(op->wh.event_id, "evt_", op->now) != NGX_OK) {
+        return ENOMEM;
+    }
+
+    rc = mr_store_event_put(txn, op->wh.event_id, op->org, &type, NULL,
+                            &data, op->now, op->pool);
+    if (rc != 0) {
+        return rc;
+    }
+
+    rc = mr_store_dlv_create(txn, op, op->org, op->wh.event_id,
+                             op->wh.wh_id, NULL, NULL, &type, op->now);
+    if (rc != 0) {
+        return rc;
+    }
+
+    /* the id of the delivery just made: the last of the endpoint's log */
+    {
+        MDB_val      k, v;
+        MDB_cursor  *cur;
+        u_char       key[MR_WH_ID_LEN + MR_DLV_ID_LEN];
+
+        ngx_memcpy(key, op->wh.wh_id, MR_WH_ID_LEN);
+        ngx_memset(key + MR_WH_ID_LEN, 0xff, MR_DLV_ID_LEN);
+
+        rc = mdb_cursor_open(txn, mr_store.whdlv, &cur);
+        if (rc != 0) {
+            return rc;
+        }
+
+        k.mv_data = key;
+        k.mv_size = sizeof(key);
+
+        rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+        rc = (rc == 0) ? mdb_cursor_get(cur, &k, &v, MDB_PREV)
+                       : mdb_cursor_get(cur, &k, &v, MDB_LAST);
+
+        if (rc == 0 && k.mv_size == sizeof(key)) {
+            ngx_memcpy(op->wh.dlv_id, (u_char *) k.mv_data + MR_WH_ID_LEN,
+                       MR_DLV_ID_LEN);
+        }
+
+        mdb_cursor_close(cur);
+    }
+
+    return rc;
+}
+
+
+static int
+mr_store_dlv_retry(MDB_txn *txn, mr_store_op_t *op)
+{
+    int       rc;
+    mr_dlv_t  dlv;
+
+    rc = mr_store_dlv_read(txn, op->wh.dlv_id, &dlv, op->pool);
+    if (rc == MDB_NOTFOUND
+        || (rc == 0 && ngx_memcmp(dlv.rec.org, op->org, MR_ORG_ID_LEN) != 0))
+    {
+        op->result = MR_R_NOT_FOUND;
+        return 0;
+    }
+
+    if (rc != 0) {
+        return rc;
+    }
+
+    /* due now, with a new schedule and a new max age from now */
+
+    dlv.rec.status = MR_DLV_PENDING;
+    dlv.rec.next_ms = op->now;
+    dlv.rec.token = 0;
+    dlv.rec.attempts = 0;
+    dlv.rec.created_ms = op->now;
+
+    rc = mr_store_dlv_due(txn, &dlv, op->now);
+    if (rc != 0) {
+        return rc;
+    }
+
+    op->emitted++;
+
+    rc = mr_store_dlv_put(txn, &dlv);
+    if (rc != 0) {
+        return rc;
+    }
+
+    op->wh.dlv = dlv;
+
+    return 0;
+}
+
+
+/* claims due deliveries, each with a lease; op->wh.jobs gets them */
+
+static int
+mr_store_dlv_claim(MDB_txn *txn, mr_store_op_t *op)
+{
+    int          rc;
+    MDB_val      k, v;
+    ngx_pool_t  *pool;
+    ngx_uint_t   i, n, max, claimed;
+    MDB_cursor  *cur;
+    u_char     (*ids)[MR_DLV_ID_LEN];
+
+    op->wh.jobs = NULL;
+
+    max = op->wh.limit * MR_DLV_SCAN;
+    if (max == 0) {
+        return 0;
+    }
+
+    pool = ngx_create_pool(4096, ngx_cycle->log);
+    if (pool == NULL) {
+        return ENOMEM;
+    }
+
+    ids = ngx_palloc(pool, max * MR_DLV_ID_LEN);
+    if (ids == NULL) {
+        ngx_destroy_pool(pool);
+        return ENOMEM;
+    }
+
+    rc = mdb_cursor_open(txn, mr_store.dlvdue, &cur);
+    if (rc != 0) {
+        ngx_destroy_pool(pool);
+        return rc;
+    }
+
+    n = 0;
+
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+         rc == 0 && n < max;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT))
+    {
+        if (k.mv_size != 8 + MR_DLV_ID_LEN) {
+            continue;
+        }
+
+        if ((int64_t) mr_be64_get(k.mv_data) > op->now) {
+            break;
+        }
+
+        ngx_memcpy(ids[n++], (u_char *) k.mv_data + 8, MR_DLV_ID_LEN);
+    }
+
+    mdb_cursor_close(cur);
+
+    if (rc != 0 && rc != MDB_NOTFOUND) {
+        ngx_destroy_pool(pool);
+        return rc;
+    }
+
+    rc = 0;
+    claimed = 0;
+
+    for (i = 0; i < n && claimed < op->wh.limit; i++) {
+        rc = mr_store_dlv_claim_one(txn, op, ids[i], pool, &claimed);
+        if (rc != 0) {
+            break;
+        }
+    }
+
+    ngx_destroy_pool(pool);
+
+    if (rc != 0) {
+        while (op->wh.jobs) {
+            mr_dlv_job_t  *job = op->wh.jobs;
+
+            op->wh.jobs = job->next;
+            ngx_free(job);
+        }
+    }
+
+    return rc;
+}
+
+
+static int
+mr_store_dlv_claim_one(MDB_txn *txn, mr_store_op_t *op, u_char *dlv_id,
+    ngx_pool_t *pool, ngx_uint_t *claimed)
+{
+    int            rc;
+    u_char        *p;
+    size_t         size;
+    MDB_val        k, v, ev;
+    mr_wh_t        wh;
+    mr_dlv_t       dlv, other;
+    ngx_str_t      url, secret, headers;
+    ngx_uint_t     i, same;
+    MDB_cursor    *cur;
+    mr_dlv_job_t  *job;
+    u_char         sbuf[MR_WH_SECRET_LEN];
+    u_char         ekey[MR_EXEC_ID_LEN + MR_DLV_ID_LEN];
+
+    rc = mr_store_dlv_read(txn, dlv_id, &dlv, pool);
+    if (rc == MDB_NOTFOUND) {
+        return 0;
+    }
+
+    if (rc != 0) {
+        return rc;
+    }
+
+    if (dlv.rec.status != MR_DLV_PENDING) {
+        /* a stale entry of the due index */
+        return mr_store_dlv_due(txn, &dlv, 0);
+    }
+
+    ngx_str_null(&headers);
+
+    if (ngx_memcmp(dlv.rec.wh_id, mr_zero, MR_WH_ID_LEN) != 0) {
+
+        rc = mr_store_wh_read(txn, dlv.rec.wh_id, &wh, pool);
+
+        if (rc == MDB_NOTFOUND) {
+            dlv.rec.status = MR_DLV_FAILED;
+            dlv.rec.next_ms = 0;
+
+            rc = mr_store_dlv_due(txn, &dlv, 0);
+            return rc ? rc : mr_store_dlv_put(txn, &dlv);
+        }
+
+        if (rc != 0) {
+            return rc;
+        }
+
+        if (!wh.rec.active) {
+            rc = mr_store_dlv_due(txn, &dlv, op->now + MR_DLV_INACTIVE);
+            return rc ? rc : mr_store_dlv_put(txn, &dlv);
+        }
+
+        /* the endpoint's concurrency: in flight here, and claimed now */
+
+        same = 0;
+
+        for (i = 0; i < op->wh.nbusy; i++) {
+            if (ngx_memcmp(op->wh.busy + i * MR_WH_ID_LEN, wh.rec.id,
+                           MR_WH_ID_LEN) == 0)
+            {
+                same++;
+            }
+        }
+
+        for (job = op->wh.jobs; job; job = job->next) {
+            if (ngx_memcmp(job->wh_id, wh.rec.id, MR_WH_ID_LEN) == 0) {
+                same++;
+            }
+        }
+
+        if (same >= op->wh.per_endpoint) {
+            return 0;
+        }
+
+        url = wh.seg[MR_WH_SEG_URL];
+        secret = wh.seg[MR_WH_SEG_SECRET];
+        headers = wh.seg[MR_WH_SEG_HEADERS];
+
+    } else {
+        url = dlv.seg[MR_DLV_SEG_URL];
+
+        rc = mr_store_secret(txn, dlv.rec.org, sbuf, NULL);
+        if (rc != 0) {
+            return rc;
+        }
+
+        secret.data = sbuf;
+        secret.len = MR_WH_SECRET_LEN;
+    }
+
+    /* the events of one execution reach a destination in order */
+
+    if (ngx_memcmp(dlv.rec.exec_id, mr_zero, MR_EXEC_ID_LEN) != 0) {
+
+        rc = mdb_cursor_open(txn, mr_store.execdlv, &cur);
+        if (rc != 0) {
+            return rc;
+        }
+
+        ngx_memcpy(ekey, dlv.rec.exec_id, MR_EXEC_ID_LEN);
+        ngx_memzero(ekey + MR_EXEC_ID_LEN, MR_DLV_ID_LEN);
+
+        k.mv_data = ekey;
+        k.mv_size = sizeof(ekey);
+
+        for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+             rc == 0;
+             rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT))
+        {
+            if (k.mv_size != sizeof(ekey)
+                || ngx_memcmp(k.mv_data, dlv.rec.exec_id, MR_EXEC_ID_LEN)
+                   != 0
+                || ngx_memcmp((u_char *) k.mv_data + MR_EXEC_ID_LEN,
+                              dlv.rec.id, MR_DLV_ID_LEN) >= 0)
+            {
+                rc = MDB_NOTFOUND;
+                break;
+            }
+
+            rc = mr_store_dlv_read(txn, (u_char *) k.mv_data
+                                        + MR_EXEC_ID_LEN, &other, NULL);
+            if (rc != 0) {
+                break;
+            }
+
+            if (other.rec.status == MR_DLV_PENDING
+                && ngx_memcmp(other.rec.wh_id, dlv.rec.wh_id, MR_WH_ID_LEN)
+                   == 0)
+            {
+                break;    /* an earlier one goes first */
+            }
+        }
+
+        mdb_cursor_close(cur);
+
+        if (rc == 0) {
+            return 0;
+        }
+
+        if (rc != MDB_NOTFOUND) {
+            return rc;
+        }
+    }
+
+    k.mv_data = dlv.rec.event_id;
+    k.mv_size = MR_EVT_ID_LEN;
+
+    rc = mdb_get(txn, mr_store.event, &k, &ev);
+    if (rc != 0 || ev.mv_size <= MR_ORG_ID_LEN) {
+        return rc == MDB_NOTFOUND ? MDB_CORRUPTED : rc;
+    }
+
+    size = sizeof(mr_dlv_job_t) + url.len + 1 + secret.len + headers.len
+           + ev.mv_size - MR_ORG_ID_LEN;
+
+    job = ngx_alloc(size, ngx_cycle->log);
+    if (job == NULL) {
+        return ENOMEM;
+    }
+
+    ngx_memcpy(job->dlv_id, dlv.rec.id, MR_DLV_ID_LEN);
+    ngx_memcpy(job->wh_id, dlv.rec.wh_id, MR_WH_ID_LEN);
+    ngx_memcpy(job->event_id, dlv.rec.event_id, MR_EVT_ID_LEN);
+
+    if (RAND_bytes((u_char *) &job->token, sizeof(uint64_t)) != 1) {
+        ngx_free(job);
+        return ENOMEM;
+    }
+
+    p = (u_char *) (job + 1);
+
+    job->url.data = p;
+    job->url.len = url.len;
+    p = ngx_cpymem(p, url.data, url.len);
+    *p++ = '\0';
+
+    job->secret.data = p;
+    job->secret.len = secret.len;
+    p = ngx_cpymem(p, secret.data, secret.len);
+
+    job->headers.data = p;
+    job->headers.len = headers.len;
+    p = ngx_cpymem(p, headers.data, headers.len);
+
+    job->body.data = p;
+    job->body.len = ev.mv_size - MR_ORG_ID_LEN;
+    ngx_memcpy(p, (u_char *) ev.mv_data + MR_ORG_ID_LEN, job->body.len);
+
+    dlv.rec.token = job->token;
+
+    rc = mr_store_dlv_due(txn, &dlv, op->now + op->wh.lease_ms);
+    if (rc == 0) {
+        rc = mr_store_dlv_put(txn, &dlv);
+    }
+
+    if (rc != 0) {
+        ngx_free(job);
+        return rc;
+    }
+
+    job->next = op->wh.jobs;
+    op->wh.jobs = job;
+    (*claimed)++;
+
+    return 0;
+}
+
+
+/* the outcome of an attempt */
+
+static int
+mr_store_dlv_done(MDB_txn *txn, mr_store_op_t *op)
+{
+    int          rc;
+    char        *dump;
+    json_t      *attempts, *a;
+    mr_wh_t      wh;
+    mr_dlv_t     dlv;
+    ngx_uint_t   ok, has_wh;
+    ngx_pool_t  *pool;
+    u_char       at[MR_TIME_LEN];
+
+    pool = ngx_create_pool(2048, ngx_cycle->log);
+    if (pool == NULL) {
+        return ENOMEM;
+    }
+
+    rc = mr_store_dlv_read(txn, op->wh.dlv_id, &dlv, pool);
+
+    if (rc == MDB_NOTFOUND
+        || (rc == 0
+            && (dlv.rec.status != MR_DLV_PENDING
+                || dlv.rec.token != op->wh.token)))
+    {
+        /* deleted, or taken over by another worker after its lease */
+        op->result = MR_R_NOOP;
+        ngx_destroy_pool(pool);
+        return 0;
+    }
+
+    if (rc != 0) {
+        ngx_destroy_pool(pool);
+        return rc;
+    }
+
+    ok = (op->wh.status_code >= 200 && op->wh.status_code < 300);
+
+    /* the attempt's record */
+
+    mr_time_format(at, op->now - op->wh.latency_ms);
+
+    attempts = json_loadb((char *) dlv.seg[MR_DLV_SEG_ATTEMPTS].data,
+                          dlv.seg[MR_DLV_SEG_ATTEMPTS].len, 0, NULL);
+    if (!json_is_array(attempts)) {
+        json_decref(attempts);
+        attempts = json_array();
+    }
+
+    a = json_pack("{s:s#, s:o, s:I, s:o}",
+                  "at", at, (int) MR_TIME_LEN,
+                  "status_code", op->wh.status_code
+                                 ? json_integer(op->wh.status_code)
+                                 : json_null(),
+                  "latency_ms", (json_int_t) op->wh.latency_ms,
+                  "error", op->wh.error.len
+                           ? json_stringn((char *) op->wh.error.data,
+                                          op->wh.error.len)
+                           : json_null());
+
+    if (attempts == NULL || a == NULL
+        || json_array_append_new(attempts, a) != 0
+        || (dump = json_dumps(attempts, JSON_COMPACT)) == NULL)
+    {
+        json_decref(attempts);
+        ngx_destroy_pool(pool);
+        return ENOMEM;
+    }
+
+    json_decref(attempts);
+
+    dlv.seg[MR_DLV_SEG_ATTEMPTS].len = ngx_strlen(dump);
+    dlv.seg[MR_DLV_SEG_ATTEMPTS].data = ngx_pnalloc(pool,
+                                         dlv.seg[MR_DLV_SEG_ATTEMPTS].len);
+    if (dlv.seg[MR_DLV_SEG_ATTEMPTS].data == NULL) {
+        free(dump);
+        ngx_destroy_pool(pool);
+        return ENOMEM;
+    }
+
+    ngx_memcpy(dlv.seg[MR_DLV_SEG_ATTEMPTS].data, dump,
+               dlv.seg[MR_DLV_SEG_ATTEMPTS].len);
+    free(dump);
+
+    dlv.rec.attempts++;
+    dlv.rec.token = 0;
+
+    /* the endpoint's health */
+
+    has_wh = (ngx_memcmp(dlv.rec.wh_id, mr_zero, MR_WH_ID_LEN) != 0);
+
+    if (has_wh) {
+        rc = mr_store_wh_read(txn, dlv.rec.wh_id, &wh, pool);
+
+        if (rc == 0) {
+            if (ok) {
+                wh.rec.failures = 0;
+                wh.rec.last_success_ms = op->now;
+
+            } else {
+                wh.rec.failures++;
+
+                if (op->wh.status_code == 410
+                    || wh.rec.failures >= MR_WH_FAILURES_MAX)
+                {
+                    wh.rec.active = 0;
+                }
+            }
+
+            rc = mr_store_wh_put(txn, &wh);
+
+        } else if (rc == MDB_NOTFOUND) {
+            rc = 0;
+        }
+
+        if (rc != 0) {
+            ngx_destroy_pool(pool);
+            return rc;
+        }
+    }
+
+    if (ok) {
+        dlv.rec.status = MR_DLV_SUCCEEDED;
+        dlv.rec.next_ms = 0;
+        rc = mr_store_dlv_due(txn, &dlv, 0);
+
+    } else if (dlv.rec.attempts <= op->wh.nschedule
+               && op->now - dlv.rec.created_ms < op->wh.max_age_ms)
+    {
+        dlv.rec.next_ms = op->now
+                          + (int64_t) op->wh.schedule[dlv.rec.attempts - 1];
+        rc = mr_store_dlv_due(txn, &dlv, dlv.rec.next_ms);
+
+    } else {
+        dlv.rec.status = MR_DLV_FAILED;
+        dlv.rec.next_ms = 0;
+        rc = mr_store_dlv_due(txn, &dlv, 0);
+    }
+
+    if (rc == 0) {
+        rc = mr_store_dlv_put(txn, &dlv);
+    }
+
+    /* the next event of the execution may go now */
+
+    if (rc == 0 && dlv.rec.status != MR_DLV_PENDING) {
+        op->emitted++;
+    }
+
+    ngx_destroy_pool(pool);
+
+    return rc;
+}
+
+
+/* moves a delivery in the due index; due 0: out of it */
+
+static int
+mr_store_dlv_due(MDB_txn *txn, mr_dlv_t *dlv, int64_t due)
+{
+    int     rc;
+    u_char  key[8 + MR_DLV_ID_LEN];
+
+    ngx_memcpy(key + 8, dlv->rec.id, MR_DLV_ID_LEN);
+
+    if (dlv->rec.due_ms) {
+        mr_be64_put(key, (uint64_t) dlv->rec.due_ms);
+
+        rc = mr_store_index(mr_store.dlvdue, txn, key, sizeof(key), NULL, 0,
+                            0);
+        if (rc != 0) {
+            return rc;
+        }
+    }
+
+    dlv->rec.due_ms = due;
+
+    if (due == 0) {
+        return 0;
+    }
+
+    mr_be64_put(key, (uint64_t) due);
+
+    return mr_store_index(mr_store.dlvdue, txn, key, sizeof(key), NULL, 0, 1);
+}
+
+
+/* records */
+
+static int
+mr_store_wh_read(MDB_txn *txn, u_char *id, mr_wh_t *wh, ngx_pool_t *pool)
+{
+    int      rc;
+    MDB_val  k, v;
+
+    k.mv_data = id;
+    k.mv_size = MR_WH_ID_LEN;
+
+    rc = mdb_get(txn, mr_store.whep, &k, &v);
+    if (rc != 0) {
+        return rc;
+    }
+
+    return mr_store_seg_parse(v.mv_data, v.mv_size, &wh->rec,
+                              sizeof(mr_wh_rec_t), wh->rec.seg_len, wh->seg,
+                              MR_WH_SEG_N, pool);
+}
+
+
+static int
+mr_store_wh_put(MDB_txn *txn, mr_wh_t *wh)
+{
+    return mr_store_seg_put(mr_store.whep, txn, wh->rec.id, MR_WH_ID_LEN,
+                            &wh->rec, sizeof(mr_wh_rec_t), wh->rec.seg_len,
+                            wh->seg, MR_WH_SEG_N);
+}
+
+
+static int
+mr_store_dlv_read(MDB_txn *txn, u_char *id, mr_dlv_t *dlv, ngx_pool_t *pool)
+{
+    int      rc;
+    MDB_val  k, v;
+
+    k.mv_data = id;
+    k.mv_size = MR_DLV_ID_LEN;
+
+    rc = mdb_get(txn, mr_store.dlv, &k, &v);
+    if (rc != 0) {
+        return rc;
+    }
+
+    return mr_store_seg_parse(v.mv_data, v.mv_size, &dlv->rec,
+                              sizeof(mr_dlv_rec_t), dlv->rec.seg_len,
+                              dlv->seg, MR_DLV_SEG_N, pool);
+}
+
+
+static int
+mr_store_dlv_put(MDB_txn *txn, mr_dlv_t *dlv)
+{
+    return mr_store_seg_put(mr_store.dlv, txn, dlv->rec.id, MR_DLV_ID_LEN,
+                            &dlv->rec, sizeof(mr_dlv_rec_t),
+                            dlv->rec.seg_len, dlv->seg, MR_DLV_SEG_N);
+}
+
+
+static int
+mr_store_seg_put(MDB_dbi dbi, MDB_txn *txn, u_char *key, size_t klen,
+    void *rec, size_t rlen, uint32_t *seg_len, ngx_str_t *seg,
+    ngx_uint_t nseg)
+{
+    int         rc;
+    u_char     *p;
+    MDB_val     k, v;
+    ngx_uint_t  i;
+
+    v.mv_size = rlen;
+
+    for (i = 0; i < nseg; i++) {
+        seg_len[i] = (uint32_t) seg[i].len;
+        v.mv_size += seg[i].len;
+    }
+
+    k.mv_data = key;
+    k.mv_size = klen;
+
+    rc = mdb_put(txn, dbi, &k, &v, MDB_RESERVE);
+    if (rc != 0) {
+        return rc;
+    }
+
+    p = ngx_cpymem(v.mv_data, rec, rlen);
+
+    for (i = 0; i < nseg; i++) {
+        p = ngx_cpymem(p, seg[i].data, seg[i].len);
+    }
+
+    return 0;
+}
+
+
+static int
+mr_store_seg_parse(u_char *data, size_t size, void *rec, size_t rlen,
+    uint32_t *seg_len, ngx_str_t *seg, ngx_uint_t nseg, ngx_pool_t *pool)
+{
+    u_char      *p, *last;
+    ngx_uint_t   i;
+
+    if (size < rlen) {
+        return MDB_CORRUPTED;
+    }
+
+    ngx_memcpy(rec, data, rlen);
+
+    p = data + rlen;
+    last = data + size;
+
+    for (i = 0; i < nseg; i++) {
+        if (seg_len[i] > (size_t) (last - p)) {
+            return MDB_CORRUPTED;
+        }
+
+        if (mr_store_copy(pool, &seg[i], p, seg_len[i]) != NGX_OK) {
+            return ENOMEM;
+        }
+
+        p += seg_len[i];
+    }
+
+    return 0;
+}
+
+
+/* an index entry a + b -> "" */
+
+static int
+mr_store_index(MDB_dbi dbi, MDB_txn *txn, u_char *a, size_t alen, u_char *b,
+    size_t blen, ngx_uint_t add)
+{
+    int      rc;
+    MDB_val  k, v;
+    u_char   key[128];
+
+    if (alen + blen > sizeof(key)) {
+        return EINVAL;
+    }
+
+    ngx_memcpy(key, a, alen);
+    if (blen) {
+        ngx_memcpy(key + alen, b, blen);
+    }
+
+    k.mv_data = key;
+    k.mv_size = alen + blen;
+    v.mv_data = "";
+    v.mv_size = 0;
+
+    if (add) {
+        return mdb_put(txn, dbi, &k, &v, 0);
+    }
+
+    rc = mdb_del(txn, dbi, &k, NULL);
+
+    return rc == MDB_NOTFOUND ? 0 : rc;
+}
+
+
+/* "<prefix>" + 12 hex of ms + 32 random hex; safe in a thread */
+
+static ngx_int_t
+mr_store_tid(u_char *dst, const char *prefix, int64_t ms)
+{
+    u_char  rnd[16];
+
+    if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
+        return NGX_ERROR;
+    }
+
+    dst = ngx_sprintf(dst, "%s%012xL", prefix,
+                      (uint64_t) ms & 0xffffffffffffULL);
+    mr_hex(dst, rnd, sizeof(rnd));
+
+    return NGX_OK;
+}
+
+
+/* events: [] is every event; else a JSON array of type names */
+
+static ngx_int_t
+mr_store_wh_wants(mr_wh_t *wh, ngx_str_t *type)
+{
+    u_char     *p, *last;
+    ngx_str_t  *ev;
+
+    ev = &wh->seg[MR_WH_SEG_EVENTS];
+
+    if (ev->len <= 2) {
+        return 1;
+    }
+
+    p = ev->data;
+    last = ev->data + ev->len;
+
+    while (p + type->len + 2 <= last) {
+        p = ngx_strlchr(p, last, '"');
+        if (p == NULL) {
+            return 0;
+        }
+
+        if (p + type->len + 2 <= last
+            && ngx_strncmp(p + 1, type->data, type->len) == 0
+            && p[type->len + 1] == '"')
+        {
+            return 1;
+        }
+
+        /* skip the whole string */
+        p = ngx_strlchr(p + 1, last, '"');
+        if (p == NULL) {
+            return 0;
+        }
+
+        p++;
+    }
+
+    return 0;
+}
+
+
+/* reads */
+
+ngx_int_t
+mr_store_wh_get(u_char *wh_id, mr_wh_t *wh, ngx_pool_t *pool)
+{
+    int       rc;
+    MDB_txn  *txn;
+
+    txn = mr_store_read_begin();
+    if (txn == NULL) {
+        return NGX_ERROR;
+    }
+
+    rc = mr_store_wh_read(txn, wh_id, wh, pool);
+
+    mr_store_read_end();
+
+    return mr_store_read_rc(rc, "endpoint");
+}
+
+
+ngx_int_t
+mr_store_wh_list(u_char *org, ngx_array_t *whs, ngx_pool_t *pool)
+{
+    int          rc;
+    MDB_val      k, v;
+    mr_wh_t     *wh;
+    MDB_txn     *txn;
+    MDB_cursor  *cur;
+
+    txn = mr_store_read_begin();
+    if (txn == NULL) {
+        return NGX_ERROR;
+    }
+
+    rc = mdb_cursor_open(txn, mr_store.orgwh, &cur);
+    if (rc != 0) {
+        mr_store_read_end();
+        return mr_store_read_rc(rc, "endpoints");
+    }
+
+    k.mv_data = org;
+    k.mv_size = MR_ORG_ID_LEN;
+
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+         rc == 0;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT))
+    {
+        if (k.mv_size != MR_ORG_ID_LEN + MR_WH_ID_LEN
+            || ngx_memcmp(k.mv_data, org, MR_ORG_ID_LEN) != 0)
+        {
+            break;
+        }
+
+        wh = ngx_array_push(whs);
+        if (wh == NULL) {
+            rc = ENOMEM;
+            break;
+        }
+
+        rc = mr_store_wh_read(txn, (u_char *) k.mv_data + MR_ORG_ID_LEN, wh,
+                              pool);
+        if (rc != 0) {
+            break;
+        }
+    }
+
+    mdb_cursor_close(cur);
+
+    if (rc == MDB_NOTFOUND) {
+        rc = 0;
+    }
+
+    mr_store_read_end();
+
+    return mr_store_read_rc(rc, "endpoints");
+}
+
+
+ngx_int_t
+mr_store_dlv_get(u_char *dlv_id, mr_dlv_t *dlv, ngx_pool_t *pool)
+{
+    int       rc;
+    MDB_txn  *txn;
+
+    txn = mr_store_read_begin();
+    if (txn == NULL) {
+        return NGX_ERROR;
+    }
+
+    rc = mr_store_dlv_read(txn, dlv_id, dlv, pool);
+
+    mr_store_read_end();
+
+    return mr_store_read_rc(rc, "delivery");
+}
+
+
+/*
+ * Deliveries by endpoint (prefix: a wh id) or by execution (an exec id),
+ * newest first.
+ */
+
+ngx_int_t
+mr_store_dlv_list(u_char *prefix, size_t len, ngx_uint_t limit,
+    ngx_array_t *dlvs, ngx_pool_t *pool)
+{
+    int          rc;
+    MDB_dbi      dbi;
+    MDB_val      k, v;
+    MDB_txn     *txn;
+    mr_dlv_t    *dlv;
+    MDB_cursor  *cur;
+    u_char       key[MR_EXEC_ID_LEN + MR_DLV_ID_LEN];
+
+    dbi = (len == MR_WH_ID_LEN) ? mr_store.whdlv : mr_store.execdlv;
+
+    txn = mr_store_read_begin();
+    if (txn == NULL) {
+        return NGX_ERROR;
+    }
+
+    rc = mdb_cursor_open(txn, dbi, &cur);
+    if (rc != 0) {
+        mr_store_read_end();
+        return mr_store_read_rc(rc, "deliveries");
+    }
+
+    ngx_memcpy(key, prefix, len);
+    ngx_memset(key + len, 0xff, MR_DLV_ID_LEN);
+
+    k.mv_data = key;
+    k.mv_size = len + MR_DLV_ID_LEN;
+
+    rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+    rc = (rc == 0) ? mdb_cursor_get(cur, &k, &v, MDB_PREV)
+                   : mdb_cursor_get(cur, &k, &v, MDB_LAST);
+
+    for ( /* void */ ;
+         rc == 0 && dlvs->nelts < limit;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_PREV))
+    {
+        if (k.mv_size != len + MR_DLV_ID_LEN
+            || ngx_memcmp(k.mv_data, prefix, len) != 0)
+        {
+            break;
+        }
+
+        dlv = ngx_array_push(dlvs);
+        if (dlv == NULL) {
+            rc = ENOMEM;
+            break;
+        }
+
+        rc = mr_store_dlv_read(txn, (u_char *) k.mv_data + len, dlv, pool);
+        if (rc == MDB_NOTFOUND) {
+            dlvs->nelts--;
+            rc = 0;
+        }
+
+        if (rc != 0) {
+            break;
+        }
+    }
+
+    mdb_cursor_close(cur);
+
+    if (rc == MDB_NOTFOUND) {
+        rc = 0;
+    }
+
+    mr_store_read_end();
+
+    return mr_store_read_rc(rc, "deliveries");
+}
+
+
+ngx_int_t
+mr_store_secret_get(u_char *org, ngx_str_t *secret, ngx_pool_t *pool)
+{
+    int       rc;
+    MDB_val   k, v;
+    MDB_txn  *txn;
+
+    txn = mr_store_read_begin();
+    if (txn == NULL) {
+        return NGX_ERROR;
+    }
+
+    k.mv_data = org;
+    k.mv_size = MR_ORG_ID_LEN;
+
+    rc = mdb_get(txn, mr_store.whsecret, &k, &v);
+
+    if (rc == 0 && mr_store_copy(pool, secret, v.mv_data, v.mv_size)
+                   != NGX_OK)
+    {
+        rc = ENOMEM;
+    }
+
+    mr_store_read_end();
+
+    return mr_store_read_rc(rc, "secret");
+}
