@@ -13,6 +13,7 @@
 #include "mr_auth.h"
 #include "mr_exec.h"
 #include "mr_api.h"
+#include "mr_webhook.h"
 
 
 #define MR_LIST_DEFAULT  20
@@ -44,7 +45,7 @@ ngx_int_t
 mr_api_handler(ngx_http_request_t *r, u_char *path, u_char *last)
 {
     ngx_int_t       rc;
-    ngx_str_t       seg[4];
+    ngx_str_t       seg[5];
     ngx_uint_t      n, allowed;
     mr_http_ctx_t  *ctx;
 
@@ -59,7 +60,7 @@ mr_api_handler(ngx_http_request_t *r, u_char *path, u_char *last)
         goto not_found;
     }
 
-    n = mr_http_split(path + 4, last, seg, 3);
+    n = mr_http_split(path + 4, last, seg, 4);
 
 #define mr_seg_is(i, s)                                                     \
     (seg[i].len == sizeof(s) - 1                                            \
@@ -132,6 +133,10 @@ mr_api_handler(ngx_http_request_t *r, u_char *path, u_char *last)
 
             return mr_seg_is(0, "balance") ? mr_api_balance(r)
                                        : mr_api_models(r);
+    }
+
+    if (n >= 2 && n <= 4 && mr_seg_is(0, "webhooks")) {
+        return mr_webhook_api_handler(r, seg, n);
     }
 
     if (n == 3 && mr_seg_is(0, "api-keys") && mr_seg_is(2, "rotate")) {

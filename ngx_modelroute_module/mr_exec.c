@@ -11,12 +11,12 @@
 #include "ngx_http_modelroute_module.h"
 #include "mr_http.h"
 #include "mr_exec.h"
+#include "mr_webhook.h"
 
 
 #define MR_IDEM_KEY_MAX      255
 #define MR_METADATA_KEYS     16
 #define MR_METADATA_SIZE     4096
-#define MR_WEBHOOK_URL_MAX   2048
 #define MR_INPUT_N_MAX       128
 #define MR_DURATION_MAX      86400
 #define MR_MAX_TOKENS_MAX    10000000
@@ -127,17 +127,20 @@ mr_exec_prepare(ngx_http_request_t *r, json_t *body, mr_exec_t *exec,
             bad = 1;
             url = NULL;
 
-        } else if (json_string_length(url) > MR_WEBHOOK_URL_MAX
-                   || (ngx_strncmp(json_string_value(url), "https://", 8)
-                       != 0
-                       && ngx_strncmp(json_string_value(url), "http://", 7)
-                          != 0))
-        {
-            mr_json_detail(details, "webhook_url", "INVALID_URL",
-                           "webhook_url must be an http(s) URL of at most "
-                           "2048 characters");
-            bad = 1;
-            url = NULL;
+        } else {
+            ngx_str_t    u;
+            const char  *why;
+
+            u.data = (u_char *) json_string_value(url);
+            u.len = json_string_length(url);
+
+            why = mr_webhook_url_check(&u, mcf->webhook_allow_private);
+
+            if (why) {
+                mr_json_detail(details, "webhook_url", "INVALID_URL", why);
+                bad = 1;
+                url = NULL;
+            }
         }
     }
 

@@ -45,6 +45,7 @@ static int mr_store_dlv_read(MDB_txn *txn, u_char *id, mr_dlv_t *dlv,
     ngx_pool_t *pool);
 static int mr_store_dlv_put(MDB_txn *txn, mr_dlv_t *dlv);
 static int mr_store_dlv_due(MDB_txn *txn, mr_dlv_t *dlv, int64_t due);
+static int mr_store_wh_drop(MDB_txn *txn, u_char *wh_id);
 static int mr_store_dlv_create(MDB_txn *txn, mr_store_op_t *op,
     u_char *org, u_char *event_id, u_char *wh_id, ngx_str_t *url,
     u_char *exec_id, ngx_str_t *type, int64_t now);
@@ -131,8 +132,13 @@ mr_store_wh_apply(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
         ngx_memcpy(okey, op->org, MR_ORG_ID_LEN);
         ngx_memcpy(okey + MR_ORG_ID_LEN, op->wh.wh_id, MR_WH_ID_LEN);
 
-        return mr_store_index(mr_store.orgwh, txn, okey, sizeof(okey),
-                              NULL, 0, 0);
+        rc = mr_store_index(mr_store.orgwh, txn, okey, sizeof(okey),
+                            NULL, 0, 0);
+        if (rc != 0) {
+            return rc;
+        }
+
+        return mr_store_wh_drop(txn, op->wh.wh_id);
 
     case MR_OP_WH_TEST:
         return mr_store_wh_test(txn, op);
@@ -274,7 +280,8 @@ mr_store_emit(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
             }
 
             rc = mr_store_dlv_create(txn, op, exec->rec.org, event_id, ids[i],
-                                     NULL, exec->id, &type, op->now);
+                                     &wh.seg[MR_WH_SEG_URL], exec->id, &type,
+                                     op->now);
             if (rc != 0) {
                 goto done;
             }
@@ -571,7 +578,8 @@ mr_store_wh_test(MDB_txn *txn, mr_store_op_t *op)
     }
 
     rc = mr_store_dlv_create(txn, op, op->org, op->wh.event_id,
-                             op->wh.wh_id, NULL, NULL, &type, op->now);
+                             op->wh.wh_id, &wh.seg[MR_WH_SEG_URL], NULL,
+                             &type, op->now);
     if (rc != 0) {
         return rc;
     }
@@ -1101,6 +1109,92 @@ mr_store_dlv_done(MDB_txn *txn, mr_store_op_t *op)
     ngx_destroy_pool(pool);
 
     return rc;
+}
+
+
+/* a deleted endpoint's deliveries go with it */
+
+static int
+mr_store_wh_drop(MDB_txn *txn, u_char *wh_id)
+{
+    int          rc;
+    MDB_val      k, v;
+    mr_dlv_t     dlv;
+    ngx_uint_t   i, n;
+    MDB_cursor  *cur;
+    u_char       key[MR_WH_ID_LEN + MR_DLV_ID_LEN];
+    u_char       ids[64][MR_DLV_ID_LEN];
+
+    do {
+        rc = mdb_cursor_open(txn, mr_store.whdlv, &cur);
+        if (rc != 0) {
+            return rc;
+        }
+
+        ngx_memcpy(key, wh_id, MR_WH_ID_LEN);
+        ngx_memzero(key + MR_WH_ID_LEN, MR_DLV_ID_LEN);
+
+        k.mv_data = key;
+        k.mv_size = sizeof(key);
+        n = 0;
+
+        for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+             rc == 0 && n < 64;
+             rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT))
+        {
+            if (k.mv_size != sizeof(key)
+                || ngx_memcmp(k.mv_data, wh_id, MR_WH_ID_LEN) != 0)
+            {
+                break;
+            }
+
+            ngx_memcpy(ids[n++], (u_char *) k.mv_data + MR_WH_ID_LEN,
+                       MR_DLV_ID_LEN);
+        }
+
+        mdb_cursor_close(cur);
+
+        if (rc != 0 && rc != MDB_NOTFOUND) {
+            return rc;
+        }
+
+        for (i = 0; i < n; i++) {
+            rc = mr_store_dlv_read(txn, ids[i], &dlv, NULL);
+
+            if (rc == 0) {
+                rc = mr_store_dlv_due(txn, &dlv, 0);
+            }
+
+            if (rc == 0
+                && ngx_memcmp(dlv.rec.exec_id, mr_zero, MR_EXEC_ID_LEN) != 0)
+            {
+                rc = mr_store_index(mr_store.execdlv, txn, dlv.rec.exec_id,
+                                    MR_EXEC_ID_LEN, ids[i], MR_DLV_ID_LEN, 0);
+            }
+
+            if (rc == 0) {
+                k.mv_data = ids[i];
+                k.mv_size = MR_DLV_ID_LEN;
+                rc = mdb_del(txn, mr_store.dlv, &k, NULL);
+            }
+
+            if (rc == MDB_NOTFOUND) {
+                rc = 0;
+            }
+
+            if (rc == 0) {
+                rc = mr_store_index(mr_store.whdlv, txn, wh_id, MR_WH_ID_LEN,
+                                    ids[i], MR_DLV_ID_LEN, 0);
+            }
+
+            if (rc != 0) {
+                return rc;
+            }
+        }
+
+    } while (n == 64);
+
+    return 0;
 }
 
 

@@ -16,6 +16,7 @@
 #include "mr_admin.h"
 #include "mr_lua.h"
 #include "mr_sweeper.h"
+#include "mr_webhook.h"
 
 
 #define MR_MAP_SIZE_MIN  (1024 * 1024)
@@ -37,6 +38,10 @@ static char *ngx_http_modelroute_durability_slot(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
 static char *ngx_http_modelroute_retention(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_modelroute_webhook_retry(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+static char *ngx_http_modelroute_webhook_concurrency(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
 static ngx_int_t ngx_http_modelroute_handler(ngx_http_request_t *r);
 static mr_main_conf_t *ngx_http_modelroute_cycle_conf(ngx_cycle_t *cycle);
 static ngx_int_t ngx_http_modelroute_init_module(ngx_cycle_t *cycle);
@@ -100,6 +105,41 @@ static ngx_command_t  ngx_http_modelroute_commands[] = {
       ngx_conf_set_msec_slot,
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(mr_main_conf_t, sweep_interval),
+      NULL },
+
+    { ngx_string("modelroute_webhook_retry"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_http_modelroute_webhook_retry,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("modelroute_webhook_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(mr_main_conf_t, webhook_timeout),
+      NULL },
+
+    { ngx_string("modelroute_webhook_max_age"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_sec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(mr_main_conf_t, webhook_max_age),
+      NULL },
+
+    { ngx_string("modelroute_webhook_concurrency"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE12,
+      ngx_http_modelroute_webhook_concurrency,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("modelroute_webhook_allow_private"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(mr_main_conf_t, webhook_allow_private),
       NULL },
 
     { ngx_string("modelroute_thread_pool"),
@@ -239,6 +279,12 @@ ngx_http_modelroute_create_main_conf(ngx_conf_t *cf)
     mcf->rotation_grace = NGX_CONF_UNSET;
     mcf->retention = NGX_CONF_UNSET;
     mcf->sweep_interval = NGX_CONF_UNSET_MSEC;
+    mcf->webhook_retry = NGX_CONF_UNSET_PTR;
+    mcf->webhook_timeout = NGX_CONF_UNSET_MSEC;
+    mcf->webhook_max_age = NGX_CONF_UNSET;
+    mcf->webhook_total = NGX_CONF_UNSET_UINT;
+    mcf->webhook_per_endpoint = NGX_CONF_UNSET_UINT;
+    mcf->webhook_allow_private = NGX_CONF_UNSET;
 
     if (ngx_array_init(&mcf->models, cf->pool, 4, sizeof(mr_model_t))
         != NGX_OK)
@@ -261,6 +307,25 @@ ngx_http_modelroute_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_conf_init_value(mcf->rotation_grace, 3600);
     ngx_conf_init_value(mcf->retention, 30 * 86400);
     ngx_conf_init_msec_value(mcf->sweep_interval, 1000);
+    ngx_conf_init_msec_value(mcf->webhook_timeout, 30000);
+    ngx_conf_init_value(mcf->webhook_max_age, 24 * 3600);
+    ngx_conf_init_uint_value(mcf->webhook_total, 64);
+    ngx_conf_init_uint_value(mcf->webhook_per_endpoint, 8);
+    ngx_conf_init_value(mcf->webhook_allow_private, 0);
+
+    if (mcf->webhook_retry == NGX_CONF_UNSET_PTR) {
+        static ngx_msec_t  schedule[] = { 120000, 240000, 480000, 960000,
+                                          1800000 };
+
+        mcf->webhook_retry = ngx_array_create(cf->pool, 5,
+                                              sizeof(ngx_msec_t));
+        if (mcf->webhook_retry == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        mcf->webhook_retry->nelts = 5;
+        ngx_memcpy(mcf->webhook_retry->elts, schedule, sizeof(schedule));
+    }
 
     if (mcf->sweep_interval < 10) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
@@ -404,6 +469,96 @@ ngx_http_modelroute_map_size(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     return NGX_CONF_OK;
+}
+
+
+/* modelroute_webhook_retry time ...; */
+
+static char *
+ngx_http_modelroute_webhook_retry(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    mr_main_conf_t *mcf = conf;
+
+    ngx_str_t   *value;
+    ngx_msec_t  *ms;
+    ngx_uint_t   i;
+
+    if (mcf->webhook_retry != NGX_CONF_UNSET_PTR) {
+        return "is duplicate";
+    }
+
+    mcf->webhook_retry = ngx_array_create(cf->pool, cf->args->nelts,
+                                          sizeof(ngx_msec_t));
+    if (mcf->webhook_retry == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    value = cf->args->elts;
+
+    for (i = 1; i < cf->args->nelts; i++) {
+        ms = ngx_array_push(mcf->webhook_retry);
+        if (ms == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        *ms = ngx_parse_time(&value[i], 0);
+
+        if (*ms == (ngx_msec_t) NGX_ERROR || *ms == 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "\"modelroute_webhook_retry\": invalid "
+                               "time \"%V\"", &value[i]);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/* modelroute_webhook_concurrency total [per_endpoint]; */
+
+static char *
+ngx_http_modelroute_webhook_concurrency(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    mr_main_conf_t *mcf = conf;
+
+    ngx_int_t   n;
+    ngx_str_t  *value;
+
+    if (mcf->webhook_total != NGX_CONF_UNSET_UINT) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    n = ngx_atoi(value[1].data, value[1].len);
+    if (n < 1 || n > 4096) {
+        goto invalid;
+    }
+
+    mcf->webhook_total = n;
+    mcf->webhook_per_endpoint = ngx_min(8, n);
+
+    if (cf->args->nelts == 3) {
+        n = ngx_atoi(value[2].data, value[2].len);
+        if (n < 1 || (ngx_uint_t) n > mcf->webhook_total) {
+            goto invalid;
+        }
+
+        mcf->webhook_per_endpoint = n;
+    }
+
+    return NGX_CONF_OK;
+
+invalid:
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "\"modelroute_webhook_concurrency\": invalid value "
+                       "\"%V\" (1 to 4096; per endpoint at most the total)",
+                       &value[cf->args->nelts - 1]);
+    return NGX_CONF_ERROR;
 }
 
 
@@ -674,16 +829,24 @@ ngx_http_modelroute_init_process(ngx_cycle_t *cycle)
 
     mr_conf = mcf;
 
-    if (mr_store_init_process(cycle, mcf) != NGX_OK) {
+    if (mr_store_init_process(cycle, mcf) != NGX_OK
+        || mr_sweeper_init_process(cycle, mcf) != NGX_OK)
+    {
         return NGX_ERROR;
     }
 
-    return mr_sweeper_init_process(cycle, mcf);
+    return mr_webhook_init_process(cycle, mcf);
 }
 
 
 static void
 ngx_http_modelroute_exit_process(ngx_cycle_t *cycle)
 {
+    if (mr_conf == NULL) {
+        return;
+    }
+
+    /* the attempts in flight first: none may reach the store after it */
+    mr_webhook_exit_process(cycle);
     mr_store_exit_process(cycle);
 }

@@ -39,6 +39,12 @@ typedef struct {
     ngx_msec_t                sweep_interval;
     ngx_array_t               models;          /* mr_model_t */
     ngx_str_t                 thread_pool;
+    ngx_array_t              *webhook_retry;   /* ngx_msec_t */
+    ngx_msec_t                webhook_timeout;
+    time_t                    webhook_max_age;
+    ngx_uint_t                webhook_total;
+    ngx_uint_t                webhook_per_endpoint;
+    ngx_flag_t                webhook_allow_private;
     ngx_uint_t                used;            /* api or admin mounted */
 } mr_main_conf_t;
 

@@ -1,0 +1,358 @@
+
+/*
+ * ModelRoute: libcurl's multi interface on nginx's event loop.
+ *
+ * Each socket curl opens gets an ngx_connection_t with level-triggered
+ * events (flags 0: curl does not drain sockets), curl's one timeout is
+ * one nginx timer, and transfers end through mr_curl_done_pt callbacks.
+ * The connection of a socket is never touched after
+ * curl_multi_socket_action(): curl may have removed it meanwhile.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_event.h>
+
+#include "mr_curl.h"
+
+
+struct mr_curl_req_s {
+    ngx_queue_t               queue;
+    CURL                     *easy;
+    mr_curl_done_pt           done;
+    void                     *data;
+};
+
+
+static int mr_curl_socket(CURL *easy, curl_socket_t s, int what, void *userp,
+    void *socketp);
+static int mr_curl_timer(CURLM *multi, long timeout_ms, void *userp);
+static void mr_curl_event_handler(ngx_event_t *ev);
+static void mr_curl_timer_handler(ngx_event_t *ev);
+static void mr_curl_check(void);
+static void mr_curl_remove(mr_curl_req_t *req);
+
+
+static CURLM        *mr_curl_multi;
+static ngx_event_t   mr_curl_timer_ev;
+static ngx_queue_t   mr_curl_reqs;
+static ngx_log_t    *mr_curl_log;
+
+
+ngx_int_t
+mr_curl_init_process(ngx_cycle_t *cycle)
+{
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
+                      "modelroute: curl_global_init() failed");
+        return NGX_ERROR;
+    }
+
+    mr_curl_multi = curl_multi_init();
+    if (mr_curl_multi == NULL) {
+        return NGX_ERROR;
+    }
+
+    mr_curl_log = cycle->log;
+    ngx_queue_init(&mr_curl_reqs);
+
+    curl_multi_setopt(mr_curl_multi, CURLMOPT_SOCKETFUNCTION, mr_curl_socket);
+    curl_multi_setopt(mr_curl_multi, CURLMOPT_TIMERFUNCTION, mr_curl_timer);
+
+    mr_curl_timer_ev.handler = mr_curl_timer_handler;
+    mr_curl_timer_ev.log = cycle->log;
+    mr_curl_timer_ev.data = mr_curl_multi;
+    mr_curl_timer_ev.cancelable = 1;
+
+    return NGX_OK;
+}
+
+
+/* abandons every transfer: their work is in the store, to be retried */
+
+void
+mr_curl_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_queue_t    *q;
+    mr_curl_req_t  *req;
+
+    if (mr_curl_multi == NULL) {
+        return;
+    }
+
+    while (!ngx_queue_empty(&mr_curl_reqs)) {
+        q = ngx_queue_head(&mr_curl_reqs);
+        req = ngx_queue_data(q, mr_curl_req_t, queue);
+
+        mr_curl_remove(req);
+        req->done(req->easy, CURLE_ABORTED_BY_CALLBACK, req->data);
+        ngx_free(req);
+    }
+
+    if (mr_curl_timer_ev.timer_set) {
+        ngx_del_timer(&mr_curl_timer_ev);
+    }
+
+    curl_multi_cleanup(mr_curl_multi);
+    mr_curl_multi = NULL;
+}
+
+
+ngx_int_t
+mr_curl_start(CURL *easy, mr_curl_done_pt done, void *data)
+{
+    mr_curl_req_t  *req;
+
+    if (mr_curl_multi == NULL) {
+        return NGX_ERROR;
+    }
+
+    req = ngx_alloc(sizeof(mr_curl_req_t), mr_curl_log);
+    if (req == NULL) {
+        return NGX_ERROR;
+    }
+
+    req->easy = easy;
+    req->done = done;
+    req->data = data;
+
+    curl_easy_setopt(easy, CURLOPT_PRIVATE, req);
+    curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
+
+    if (curl_multi_add_handle(mr_curl_multi, easy) != CURLM_OK) {
+        ngx_free(req);
+        return NGX_ERROR;
+    }
+
+    ngx_queue_insert_tail(&mr_curl_reqs, &req->queue);
+
+    return NGX_OK;
+}
+
+
+/* stops a transfer; its done callback is not called */
+
+void
+mr_curl_abort(CURL *easy)
+{
+    char           *p;
+    mr_curl_req_t  *req;
+
+    p = NULL;
+
+    if (curl_easy_getinfo(easy, CURLINFO_PRIVATE, &p) != CURLE_OK
+        || p == NULL)
+    {
+        return;
+    }
+
+    req = (mr_curl_req_t *) p;
+
+    mr_curl_remove(req);
+    ngx_free(req);
+}
+
+
+ngx_uint_t
+mr_curl_active(void)
+{
+    ngx_uint_t    n;
+    ngx_queue_t  *q;
+
+    n = 0;
+
+    for (q = ngx_queue_head(&mr_curl_reqs);
+         q != ngx_queue_sentinel(&mr_curl_reqs);
+         q = ngx_queue_next(q))
+    {
+        n++;
+    }
+
+    return n;
+}
+
+
+static void
+mr_curl_remove(mr_curl_req_t *req)
+{
+    ngx_queue_remove(&req->queue);
+
+    /* may call mr_curl_socket() with CURL_POLL_REMOVE */
+    curl_multi_remove_handle(mr_curl_multi, req->easy);
+    curl_easy_setopt(req->easy, CURLOPT_PRIVATE, NULL);
+}
+
+
+static int
+mr_curl_socket(CURL *easy, curl_socket_t s, int what, void *userp,
+    void *socketp)
+{
+    ngx_event_t       *rev, *wev;
+    ngx_connection_t  *c;
+
+    c = socketp;
+
+    if (what == CURL_POLL_REMOVE) {
+        if (c == NULL) {
+            return 0;
+        }
+
+        if (c->read->active) {
+            ngx_del_event(c->read, NGX_READ_EVENT, 0);
+        }
+
+        if (c->write->active) {
+            ngx_del_event(c->write, NGX_WRITE_EVENT, 0);
+        }
+
+        if (c->read->posted) {
+            ngx_delete_posted_event(c->read);
+        }
+
+        if (c->write->posted) {
+            ngx_delete_posted_event(c->write);
+        }
+
+        /* curl owns and closes the descriptor */
+
+        c->fd = (ngx_socket_t) -1;
+        ngx_free_connection(c);
+        curl_multi_assign(mr_curl_multi, s, NULL);
+
+        return 0;
+    }
+
+    if (c == NULL) {
+        c = ngx_get_connection(s, mr_curl_log);
+        if (c == NULL) {
+            return -1;
+        }
+
+        c->data = mr_curl_multi;
+        c->log = mr_curl_log;
+        c->read->log = mr_curl_log;
+        c->write->log = mr_curl_log;
+        c->read->handler = mr_curl_event_handler;
+        c->write->handler = mr_curl_event_handler;
+
+        curl_multi_assign(mr_curl_multi, s, c);
+    }
+
+    rev = c->read;
+    wev = c->write;
+
+    if (what & CURL_POLL_IN) {
+        if (!rev->active && ngx_add_event(rev, NGX_READ_EVENT, 0) != NGX_OK) {
+            return -1;
+        }
+
+    } else if (rev->active) {
+        ngx_del_event(rev, NGX_READ_EVENT, 0);
+    }
+
+    if (what & CURL_POLL_OUT) {
+        if (!wev->active && ngx_add_event(wev, NGX_WRITE_EVENT, 0) != NGX_OK)
+        {
+            return -1;
+        }
+
+    } else if (wev->active) {
+        ngx_del_event(wev, NGX_WRITE_EVENT, 0);
+    }
+
+    return 0;
+}
+
+
+static int
+mr_curl_timer(CURLM *multi, long timeout_ms, void *userp)
+{
+    if (timeout_ms < 0) {
+        if (mr_curl_timer_ev.timer_set) {
+            ngx_del_timer(&mr_curl_timer_ev);
+        }
+
+        return 0;
+    }
+
+    ngx_add_timer(&mr_curl_timer_ev, (ngx_msec_t) timeout_ms);
+
+    return 0;
+}
+
+
+static void
+mr_curl_event_handler(ngx_event_t *ev)
+{
+    int                running;
+    ngx_socket_t       fd;
+    ngx_connection_t  *c;
+
+    c = ev->data;
+
+    if (c->close) {
+        /* worker_shutdown_timeout: give every transfer up */
+        mr_curl_exit_process(NULL);
+        return;
+    }
+
+    fd = c->fd;
+
+    (void) curl_multi_socket_action(mr_curl_multi, fd,
+                                    ev->write ? CURL_CSELECT_OUT
+                                              : CURL_CSELECT_IN,
+                                    &running);
+
+    /* c may be gone now */
+
+    mr_curl_check();
+}
+
+
+static void
+mr_curl_timer_handler(ngx_event_t *ev)
+{
+    int  running;
+
+    (void) curl_multi_socket_action(mr_curl_multi, CURL_SOCKET_TIMEOUT, 0,
+                                    &running);
+
+    mr_curl_check();
+}
+
+
+static void
+mr_curl_check(void)
+{
+    int             pending;
+    char           *p;
+    CURL           *easy;
+    CURLMsg        *msg;
+    CURLcode        rc;
+    mr_curl_req_t  *req;
+
+    while (mr_curl_multi
+           && (msg = curl_multi_info_read(mr_curl_multi, &pending)))
+    {
+        if (msg->msg != CURLMSG_DONE) {
+            continue;
+        }
+
+        easy = msg->easy_handle;
+        rc = msg->data.result;
+        p = NULL;
+
+        curl_easy_getinfo(easy, CURLINFO_PRIVATE, &p);
+        if (p == NULL) {
+            continue;
+        }
+
+        req = (mr_curl_req_t *) p;
+
+        mr_curl_remove(req);
+
+        req->done(easy, rc, req->data);
+        ngx_free(req);
+    }
+}

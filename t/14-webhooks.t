@@ -1,0 +1,808 @@
+# Webhooks: endpoint CRUD and validation, permissions, the default secret,
+# webhook.test, execution.cancelled and execution.expired to endpoints and
+# to an execution's webhook_url, both signatures, the deliveries lists,
+# retry of a delivery, no redirects; and, on a second nginx without
+# modelroute_webhook_allow_private, the URL rules (https only, no private
+# or loopback address at registration, and the address actually connected
+# to checked on every attempt).
+use strict;
+use warnings;
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use Test::More;
+use Socket qw(inet_ntoa);
+use Time::HiRes qw(time);
+use MR::Test qw(:all);
+use MR::Receiver qw(:all);
+
+my $t = MR::Test->new(extra_http => "modelroute_webhook_allow_private on;\n"
+    . "modelroute_webhook_retry 1s 1s 1s;\n"
+    . "modelroute_webhook_timeout 2s;\n"
+    . "modelroute_sweep_interval 200ms;\n");
+$t->start;
+my $rc = MR::Receiver->new;
+$rc->start;
+
+my $acc = $t->new_account(credit => '10.00');
+my $key = $acc->{key};
+my $oth = $t->new_account(credit => '10.00');
+my ($ek) = $t->admin_create_key($acc->{org}, 'execution');
+
+sub is_true  { JSON::PP::is_bool($_[0]) && $_[0] }
+sub is_false { JSON::PP::is_bool($_[0]) && !$_[0] }
+
+sub details_for_prefix {
+    my ($res, $prefix) = @_;
+    my $d = eval { $res->{json}{error}{details} };
+    return unless ref $d eq 'ARRAY';
+    return grep { ref $_ eq 'HASH' && ($_->{field} // '') =~ /^\Q$prefix\E/ }
+        @$d;
+}
+
+# Checks the fields of an endpoint object.
+sub endpoint_ok {
+    my ($e, $name) = @_;
+    local $Test::Builder::Level = $Test::Builder::Level + 1;
+    my @why;
+    $e = {} unless ref $e eq 'HASH';
+    push @why, "id '" . ($e->{id} // 'undef') . "'"
+        unless ($e->{id} // '') =~ /^wh_[A-Za-z0-9]+$/;
+    push @why, 'object' unless ($e->{object} // '') eq 'webhook_endpoint';
+    push @why, 'url' unless defined $e->{url} && !ref $e->{url};
+    push @why, 'description' unless exists $e->{description};
+    push @why, 'events not an array' unless ref $e->{events} eq 'ARRAY';
+    push @why, 'headers not an object'
+        unless !defined $e->{headers} || ref $e->{headers} eq 'HASH';
+    push @why, 'is_active not a boolean'
+        unless JSON::PP::is_bool($e->{is_active});
+    push @why, 'failure_count not an integer'
+        unless defined $e->{failure_count} && $e->{failure_count} =~ /^\d+$/;
+    push @why, 'last_success missing' unless exists $e->{last_success};
+    push @why, 'last_success not RFC 3339'
+        if defined $e->{last_success} && !is_rfc3339($e->{last_success});
+    push @why, 'created_at not RFC 3339' unless is_rfc3339($e->{created_at});
+    ok(!@why, $name) or diag join("\n", @why) . "\n" . explain $e;
+}
+
+sub delivery_ok {
+    my ($d, $name) = @_;
+    local $Test::Builder::Level = $Test::Builder::Level + 1;
+    my @why;
+    $d = {} unless ref $d eq 'HASH';
+    push @why, 'id' unless ($d->{id} // '') =~ /^dlv_[A-Za-z0-9]+$/;
+    push @why, 'object' unless ($d->{object} // '') eq 'webhook_delivery';
+    push @why, 'event_id' unless ($d->{event_id} // '') =~ /^evt_/;
+    push @why, 'event_type' unless defined $d->{event_type};
+    push @why, 'endpoint_id' unless exists $d->{endpoint_id};
+    push @why, 'url' unless defined $d->{url};
+    push @why, 'execution_id' unless exists $d->{execution_id};
+    push @why, "status '" . ($d->{status} // 'undef') . "'"
+        unless ($d->{status} // '') =~ /^(?:pending|succeeded|failed)$/;
+    push @why, 'attempts not an array' unless ref $d->{attempts} eq 'ARRAY';
+    for my $a (@{ ref $d->{attempts} eq 'ARRAY' ? $d->{attempts} : [] }) {
+        push @why, 'attempt.at' unless is_rfc3339($a->{at});
+        push @why, 'attempt.status_code'
+            unless !defined $a->{status_code} || $a->{status_code} =~ /^\d+$/;
+        push @why, 'attempt.latency_ms'
+            unless defined $a->{latency_ms} && $a->{latency_ms} =~ /^\d+$/;
+        push @why, 'attempt.error' unless exists $a->{error};
+    }
+    push @why, 'next_attempt_at' unless exists $d->{next_attempt_at};
+    push @why, 'next_attempt_at not RFC 3339'
+        if defined $d->{next_attempt_at}
+            && !is_rfc3339($d->{next_attempt_at});
+    push @why, 'created_at' unless is_rfc3339($d->{created_at});
+    ok(!@why, $name) or diag join("\n", @why) . "\n" . explain $d;
+}
+
+# Checks a received webhook.test / execution event against what it should
+# be; returns the event.
+sub check_delivery_request {
+    my ($req, $secret, $name, %want) = @_;
+    local $Test::Builder::Level = $Test::Builder::Level + 1;
+    my @why;
+    my $h = $req->{headers} // {};
+    push @why, "method $req->{method}" unless $req->{method} eq 'POST';
+    push @why, 'Content-Type ' . ($h->{'content-type'} // 'undef')
+        unless ($h->{'content-type'} // '') =~ m{^application/json\b};
+    push @why, 'User-Agent ' . ($h->{'user-agent'} // 'undef')
+        unless ($h->{'user-agent'} // '') eq 'ModelRoute-Webhooks/1.0';
+    push @why, signature_problems($req, $secret);
+    my $ev = event_of($req);
+    if (ref $ev ne 'HASH') {
+        push @why, "body is not a JSON object: $req->{body}";
+    } else {
+        push @why, "id '" . ($ev->{id} // 'undef') . "'"
+            unless ($ev->{id} // '') =~ /^evt_[A-Za-z0-9]{21,}$/;
+        push @why, 'webhook-id ' . ($h->{'webhook-id'} // 'undef')
+            . ' is not the event id'
+            unless ($h->{'webhook-id'} // '') eq ($ev->{id} // '-');
+        push @why, 'timestamp not RFC 3339' unless is_rfc3339($ev->{timestamp});
+        push @why, 'version ' . ($ev->{version} // 'undef')
+            unless ($ev->{version} // '') eq '1.0';
+        push @why, 'execution_id missing' unless exists $ev->{execution_id};
+        push @why, 'data missing' unless ref $ev->{data} eq 'HASH';
+        for my $f (sort keys %want) {
+            my $got = $ev->{$f};
+            push @why, "$f: " . (defined $got ? "'$got'" : 'undef')
+                . ", want " . (defined $want{$f} ? "'$want{$f}'" : 'undef')
+                unless (defined $got ? $got : "\0undef")
+                    eq (defined $want{$f} ? $want{$f} : "\0undef");
+        }
+    }
+    ok(!@why, $name) or diag join("\n", @why);
+    return ref $ev eq 'HASH' ? $ev : {};
+}
+
+# Polls the deliveries of an execution until the one $pick chooses
+# satisfies $cond; returns it (or the last seen).
+sub wait_exec_delivery {
+    my ($t, $key, $exec, $pick, $cond, $timeout) = @_;
+    my $last;
+    wait_for(sub {
+        my ($d) = grep { $pick->($_) }
+            @{ wh_exec_deliveries($t, $key, $exec) // [] };
+        $last = $d if $d;
+        return $d && $cond->($d);
+    }, $timeout // 15, 0.05);
+    return $last // {};
+}
+
+sub by_event {
+    my ($field, $value) = @_;
+    return sub {
+        my $ev = event_of($_[0]);
+        return ref $ev eq 'HASH' && ($ev->{$field} // '') eq $value;
+    };
+}
+
+my %A = %{ auth($key) };
+
+# ---------------------------------------------------------------- create
+
+my $r = wh_create($t, $key, { url => $rc->url('/all'),
+    description => 'every event',
+    headers => { 'X-Custom' => 'abc', 'X-Tenant' => 't-1' } });
+is($r->{status}, 201, 'create endpoint: 201') or diag $r->{body};
+like($r->{headers}{'x-request-id'} // '', qr/^req_[0-9a-f]{32}$/,
+    'create endpoint: X-Request-Id');
+my $all = $r->{json} // {};
+endpoint_ok($all, 'create: endpoint object');
+is($all->{url}, $rc->url('/all'), 'create: url');
+is($all->{description}, 'every event', 'create: description');
+is_deeply($all->{events}, [], 'create: events default to [] (all)');
+is_deeply($all->{headers}, { 'X-Custom' => 'abc', 'X-Tenant' => 't-1' },
+    'create: headers');
+ok(is_true($all->{is_active}), 'create: is_active true');
+is($all->{failure_count}, 0, 'create: failure_count 0');
+ok(!defined $all->{last_success}, 'create: last_success null');
+ok(secret_ok($all->{secret}), 'create: secret is whsec_ + base64 of 32 bytes')
+    or diag $all->{secret};
+my $all_secret = $all->{secret} // 'whsec_';
+my $all_id = $all->{id} // 'wh_none';
+
+$r = wh_create($t, $key, { url => $rc->url('/exp'),
+    events => ['execution.expired'] });
+is($r->{status}, 201, 'create endpoint for execution.expired only: 201')
+    or diag $r->{body};
+my $exp = $r->{json} // {};
+is_deeply($exp->{events}, ['execution.expired'], 'events stored');
+ok(!defined $exp->{headers} || ref $exp->{headers} eq 'HASH'
+    && !%{ $exp->{headers} }, 'headers default to none');
+ok(secret_ok($exp->{secret}), 'second secret well formed');
+isnt($exp->{secret}, $all_secret, 'each endpoint has its own secret');
+isnt($exp->{id}, $all_id, 'each endpoint has its own id');
+my $exp_secret = $exp->{secret} // 'whsec_';
+my $exp_id = $exp->{id} // 'wh_none';
+
+# ---------------------------------------------------------------- read
+
+$r = $t->req(GET => "/v1/webhooks/endpoints/$all_id", \%A);
+is($r->{status}, 200, 'get endpoint: 200');
+endpoint_ok($r->{json}, 'get: endpoint object');
+ok(!defined $r->{json}{secret}, 'get: no secret');
+unlike($r->{body}, qr/whsec_/, 'get: the secret appears nowhere');
+{
+    my %c = %$all;
+    my %g = %{ $r->{json} // {} };
+    delete @c{qw(secret)};
+    delete @g{qw(secret)};
+    is_deeply(\%g, \%c, 'get: the created endpoint');
+}
+
+$r = $t->req(GET => '/v1/webhooks/endpoints', \%A);
+is($r->{status}, 200, 'list endpoints: 200');
+is($r->{json}{object}, 'list', 'list: object list');
+my %listed = map { ($_->{id} // '') => $_ } @{ $r->{json}{data} // [] };
+ok($listed{$all_id} && $listed{$exp_id}, 'list: both endpoints');
+is(scalar keys %listed, 2, 'list: only this account\'s two');
+unlike($r->{body}, qr/whsec_/, 'list: no secret');
+endpoint_ok($listed{$all_id}, 'list: endpoint objects');
+
+$r = $t->req(GET => '/v1/webhooks/endpoints', auth($oth->{key}));
+is($r->{status}, 200, 'other account lists: 200');
+is_deeply($r->{json}{data}, [], 'other account lists none of them');
+
+# ---------------------------------------------------------------- validation
+
+my @bad = (
+    [ 'missing url', {}, 'url' ],
+    [ 'url not a string', { url => 123 }, 'url' ],
+    [ 'url null', { url => undef }, 'url' ],
+    [ 'url not a URL', { url => 'not a url' }, 'url' ],
+    [ 'url ftp', { url => 'ftp://127.0.0.1/x' }, 'url' ],
+    [ 'url empty', { url => '' }, 'url' ],
+    [ 'events a string', { events => 'execution.cancelled' }, 'events' ],
+    [ 'events with a number', { events => [1] }, 'events' ],
+    [ 'events an object', { events => {} }, 'events' ],
+    [ 'unknown event type', { events => ['execution.bogus'] }, 'events' ],
+    [ 'unknown among known',
+        { events => ['execution.cancelled', 'nope'] }, 'events' ],
+    [ 'headers an array', { headers => ['X-A'] }, 'headers' ],
+    [ 'headers a string', { headers => 'X-A: 1' }, 'headers' ],
+    [ 'header value a number', { headers => { 'X-A' => 1 } }, 'headers' ],
+    [ 'header value an object', { headers => { 'X-A' => {} } }, 'headers' ],
+    [ 'header value null', { headers => { 'X-A' => undef } }, 'headers' ],
+    [ 'description a number', { description => 5 }, 'description' ],
+);
+for my $b (@bad) {
+    my ($what, $body, $field) = @$b;
+    my %body = (url => $rc->url('/bad'), %$body);
+    delete $body{url} if $what eq 'missing url';
+    my $res = wh_create($t, $key, \%body);
+    is_error($res, 400, 'INPUT_VALIDATION_ERROR', "create, $what: 400");
+    ok(details_for_prefix($res, $field), "create, $what: details name $field")
+        or diag $res->{body};
+}
+for my $raw ('{"url": ', '[]', '"x"', 'null') {
+    my $res = $t->req(POST => '/v1/webhooks/endpoints',
+        { %A, 'Content-Type' => 'application/json' }, $raw);
+    is_error($res, 400, 'INPUT_VALIDATION_ERROR', "create, body '$raw': 400");
+}
+$r = $t->req(GET => '/v1/webhooks/endpoints', \%A);
+is(scalar @{ $r->{json}{data} // [] }, 2, 'no refused create stored anything');
+
+# a header value that would inject another header: refused, or sent
+# without the injection
+$r = wh_create($t, $key, { url => $rc->url('/inject'),
+    headers => { 'X-Evil' => "a\r\nX-Injected: 1" } });
+if ($r->{status} == 201) {
+    my $tr = $t->req(POST => "/v1/webhooks/endpoints/$r->{json}{id}/test", \%A);
+    is($tr->{status}, 202, 'header with CRLF accepted: test sent');
+    my ($q) = $rc->wait_requests(1, path => '/inject');
+    ok($q && !exists $q->{headers}{'x-injected'},
+        'a CRLF in a header value injects no header')
+        or diag explain $q->{header_list};
+    $t->req(DELETE => "/v1/webhooks/endpoints/$r->{json}{id}", \%A);
+} else {
+    is_error($r, 400, 'INPUT_VALIDATION_ERROR', 'header with CRLF refused');
+}
+
+# a custom header cannot forge or replace a signature header
+$r = wh_create($t, $key, { url => $rc->url('/forge'),
+    headers => { 'X-Signature' => 'forged', 'webhook-id' => 'evt_forged' } });
+if ($r->{status} == 201) {
+    my $sec = $r->{json}{secret};
+    my $tr = $t->req(POST => "/v1/webhooks/endpoints/$r->{json}{id}/test", \%A);
+    my ($q) = $rc->wait_requests(1, path => '/forge');
+    ok($q, 'custom signature headers accepted: the test arrives');
+    my @p = $q ? signature_problems($q, $sec) : ('no request');
+    ok(!@p && ($q->{headers}{'webhook-id'} // '') eq
+        ($tr->{json}{event_id} // '-'),
+        'custom headers do not replace the signature headers')
+        or diag join "\n", @p, explain $q->{header_list};
+    $t->req(DELETE => "/v1/webhooks/endpoints/$r->{json}{id}", \%A);
+} else {
+    is_error($r, 400, 'INPUT_VALIDATION_ERROR',
+        'custom headers named like signature headers refused');
+}
+
+# ---------------------------------------------------------------- patch, delete
+
+$r = wh_create($t, $key, { url => $rc->url('/tmp1'), description => 'tmp' });
+is($r->{status}, 201, 'create a third endpoint') or diag $r->{body};
+my $tmp = $r->{json} // {};
+my $tmp_id = $tmp->{id} // 'wh_none';
+my $tmp_secret = $tmp->{secret} // 'whsec_';
+
+$r = $t->req(PATCH => "/v1/webhooks/endpoints/$tmp_id", \%A, {
+    url => $rc->url('/tmp2'), description => 'changed',
+    events => ['execution.cancelled', 'execution.expired'],
+    headers => { 'X-New' => 'v' } });
+is($r->{status}, 200, 'patch url, description, events, headers: 200')
+    or diag $r->{body};
+endpoint_ok($r->{json}, 'patch: endpoint object');
+is($r->{json}{url}, $rc->url('/tmp2'), 'patch: url');
+is($r->{json}{description}, 'changed', 'patch: description');
+is_deeply([sort @{ $r->{json}{events} // [] }],
+    ['execution.cancelled', 'execution.expired'], 'patch: events');
+is_deeply($r->{json}{headers}, { 'X-New' => 'v' }, 'patch: headers replaced');
+unlike($r->{body}, qr/whsec_/, 'patch: no secret');
+is($r->{json}{created_at}, $tmp->{created_at}, 'patch: created_at kept');
+is_deeply(wh_get($t, $key, $tmp_id), $r->{json}, 'get after patch');
+
+$r = $t->req(PATCH => "/v1/webhooks/endpoints/$tmp_id", \%A,
+    { description => 'only this' });
+is($r->{status}, 200, 'patch description only');
+is($r->{json}{url}, $rc->url('/tmp2'), '... url kept');
+is_deeply($r->{json}{headers}, { 'X-New' => 'v' }, '... headers kept');
+
+$r = $t->req(PATCH => "/v1/webhooks/endpoints/$tmp_id", \%A,
+    { is_active => JSON::PP::false });
+is($r->{status}, 200, 'patch is_active false');
+ok(is_false($r->{json}{is_active}), '... inactive');
+$r = $t->req(PATCH => "/v1/webhooks/endpoints/$tmp_id", \%A,
+    { is_active => JSON::PP::true });
+is($r->{status}, 200, 'patch is_active true');
+ok(is_true($r->{json}{is_active}), '... active');
+is($r->{json}{failure_count}, 0, '... failure_count 0');
+
+my $before = wh_get($t, $key, $tmp_id);
+for my $b ([ 'url ftp', { url => 'ftp://x/y' }, 'url' ],
+    [ 'url a number', { url => 5 }, 'url' ],
+    [ 'events unknown', { events => ['execution.nope'] }, 'events' ],
+    [ 'events a string', { events => 'execution.expired' }, 'events' ],
+    [ 'headers an array', { headers => [1] }, 'headers' ],
+    [ 'header value a number', { headers => { A => 2 } }, 'headers' ],
+    [ 'is_active a string', { is_active => 'yes' }, 'is_active' ],
+    [ 'description a number', { description => [] }, 'description' ]) {
+    my $res = $t->req(PATCH => "/v1/webhooks/endpoints/$tmp_id", \%A, $b->[1]);
+    is_error($res, 400, 'INPUT_VALIDATION_ERROR', "patch, $b->[0]: 400");
+    ok(details_for_prefix($res, $b->[2]), "patch, $b->[0]: details")
+        or diag $res->{body};
+}
+is_deeply(wh_get($t, $key, $tmp_id), $before, 'refused patches changed nothing');
+
+# the secret survives a patch: a test event to the new url, signed with it
+$r = $t->req(POST => "/v1/webhooks/endpoints/$tmp_id/test", \%A);
+is($r->{status}, 202, 'test after patch: 202');
+{
+    my ($q) = $rc->wait_requests(1, path => '/tmp2');
+    ok($q, 'test after patch arrives at the new url');
+    check_delivery_request($q // {}, $tmp_secret,
+        'test after patch: signed with the original secret',
+        event_type => 'webhook.test');
+    is($q && $q->{headers}{'x-new'}, 'v', 'test after patch: new header');
+    is($rc->count(path => '/tmp1'), 0, 'nothing to the old url');
+}
+
+$r = $t->req(DELETE => "/v1/webhooks/endpoints/$tmp_id", \%A);
+is($r->{status}, 200, 'delete: 200') or diag $r->{body};
+is($r->{json}{id}, $tmp_id, 'delete: id');
+is($r->{json}{object}, 'webhook_endpoint', 'delete: object');
+ok(is_true($r->{json}{deleted}), 'delete: deleted true');
+is_error($t->req(GET => "/v1/webhooks/endpoints/$tmp_id", \%A), 404,
+    'NOT_FOUND', 'get after delete: 404');
+is_error($t->req(DELETE => "/v1/webhooks/endpoints/$tmp_id", \%A), 404,
+    'NOT_FOUND', 'delete again: 404');
+is_error($t->req(PATCH => "/v1/webhooks/endpoints/$tmp_id", \%A,
+    { description => 'x' }), 404, 'NOT_FOUND', 'patch after delete: 404');
+is_error($t->req(POST => "/v1/webhooks/endpoints/$tmp_id/test", \%A), 404,
+    'NOT_FOUND', 'test after delete: 404');
+is_error($t->req(GET => "/v1/webhooks/endpoints/$tmp_id/deliveries", \%A),
+    404, 'NOT_FOUND', 'deliveries after delete: 404');
+ok(!grep({ ($_->{id} // '') eq $tmp_id }
+    @{ $t->req(GET => '/v1/webhooks/endpoints', \%A)->{json}{data} // [] }),
+    'list after delete: gone');
+for my $m (qw(GET PATCH DELETE)) {
+    is_error($t->req($m => '/v1/webhooks/endpoints/wh_0000000000000000', \%A,
+        $m eq 'PATCH' ? { description => 'x' } : undef), 404, 'NOT_FOUND',
+        "$m unknown endpoint: 404");
+}
+
+# ---------------------------------------------------------------- default secret
+
+$r = $t->req(GET => '/v1/webhooks/default/secret', \%A);
+is($r->{status}, 200, 'default secret: 200') or diag $r->{body};
+my $default_secret = $r->{json}{secret} // 'whsec_';
+ok(secret_ok($default_secret), 'default secret well formed')
+    or diag $r->{body};
+is($t->req(GET => '/v1/webhooks/default/secret', \%A)->{json}{secret},
+    $default_secret, 'default secret stable across calls');
+my $oth_default = $t->req(GET => '/v1/webhooks/default/secret',
+    auth($oth->{key}))->{json}{secret} // '';
+ok(secret_ok($oth_default), 'other account: default secret');
+isnt($oth_default, $default_secret, 'default secrets differ per account');
+ok($default_secret ne $all_secret && $default_secret ne $exp_secret,
+    'default secret is not an endpoint secret');
+
+# ---------------------------------------------------------------- test event
+
+$r = $t->req(POST => "/v1/webhooks/endpoints/$all_id/test", \%A);
+is($r->{status}, 202, 'test event: 202') or diag $r->{body};
+my $t1 = $r->{json} // {};
+like($t1->{event_id} // '', qr/^evt_/, 'test: event_id');
+like($t1->{delivery_id} // '', qr/^dlv_/, 'test: delivery_id');
+my ($tq) = $rc->wait_requests(1, path => '/all',
+    where => by_event(id => $t1->{event_id} // '-'));
+ok($tq, 'test event arrives') or diag explain [$rc->connections];
+my $tev = check_delivery_request($tq // {}, $all_secret,
+    'test event: headers, both signatures, body',
+    id => $t1->{event_id}, event_type => 'webhook.test',
+    organization_id => $acc->{org}, execution_id => undef);
+is_deeply($tev->{data}, { endpoint_id => $all_id }, 'test event: data');
+is($tq && $tq->{headers}{'x-custom'}, 'abc', 'custom header X-Custom sent');
+is($tq && $tq->{headers}{'x-tenant'}, 't-1', 'custom header X-Tenant sent');
+ok(abs((parse_rfc3339($tev->{timestamp} // '') // 0) - time) < 60,
+    'test event: timestamp is now');
+
+my $d1 = wait_delivery($t, $key, $all_id, $t1->{delivery_id} // '-',
+    sub { $_[0]{status} eq 'succeeded' });
+delivery_ok($d1, 'test delivery: object');
+is($d1->{status}, 'succeeded', 'test delivery: succeeded');
+is($d1->{event_id}, $t1->{event_id}, 'test delivery: event_id');
+is($d1->{event_type}, 'webhook.test', 'test delivery: event_type');
+is($d1->{endpoint_id}, $all_id, 'test delivery: endpoint_id');
+is($d1->{url}, $rc->url('/all'), 'test delivery: url');
+ok(!defined $d1->{execution_id}, 'test delivery: execution_id null');
+is(scalar @{ $d1->{attempts} // [] }, 1, 'test delivery: one attempt');
+my $a1 = $d1->{attempts}[0] // {};
+is($a1->{status_code}, 200, 'attempt: status_code 200');
+ok(!defined $a1->{error}, 'attempt: error null');
+ok(defined $a1->{latency_ms} && $a1->{latency_ms} >= 0
+    && $a1->{latency_ms} < 2000, 'attempt: latency_ms');
+ok(!defined $d1->{next_attempt_at}, 'succeeded: next_attempt_at null');
+
+my $ge = wh_get($t, $key, $all_id);
+ok(is_rfc3339($ge->{last_success}), 'endpoint: last_success set');
+is($ge->{failure_count}, 0, 'endpoint: failure_count 0');
+
+# retry of a succeeded delivery sends it again, same event id
+$r = $t->req(POST => "/v1/webhooks/deliveries/$t1->{delivery_id}/retry", \%A);
+is($r->{status}, 202, 'retry a succeeded delivery: 202') or diag $r->{body};
+is($r->{json}{id}, $t1->{delivery_id}, 'retry: the delivery');
+is($r->{json}{object}, 'webhook_delivery', 'retry: delivery object');
+my @again = $rc->wait_requests(2, path => '/all',
+    where => by_event(id => $t1->{event_id} // '-'));
+is(scalar @again, 2, 'retry: sent again');
+check_delivery_request($again[1] // {}, $all_secret,
+    'retry: same event id, signed', id => $t1->{event_id});
+is($again[1] && $again[1]{headers}{'webhook-id'}, $t1->{event_id},
+    'retry: webhook-id is the same event id');
+$d1 = wait_delivery($t, $key, $all_id, $t1->{delivery_id} // '-',
+    sub { @{ $_[0]{attempts} } >= 2 && $_[0]{status} eq 'succeeded' });
+is(scalar @{ $d1->{attempts} // [] }, 2, 'retry: second attempt recorded');
+
+is_error($t->req(POST => '/v1/webhooks/deliveries/dlv_0000000000000000/retry',
+    \%A), 404, 'NOT_FOUND', 'retry an unknown delivery: 404');
+
+# newest first, limit
+$r = $t->req(POST => "/v1/webhooks/endpoints/$all_id/test", \%A);
+my $t2 = $r->{json} // {};
+$rc->wait_requests(1, path => '/all',
+    where => by_event(id => $t2->{event_id} // '-'));
+my $list = wh_deliveries($t, $key, $all_id) // [];
+is_deeply([map { $_->{id} } @$list],
+    [$t2->{delivery_id}, $t1->{delivery_id}], 'deliveries: newest first');
+$list = wh_deliveries($t, $key, $all_id, 1) // [];
+is_deeply([map { $_->{id} } @$list], [$t2->{delivery_id}], 'limit=1');
+for my $q ('limit=0', 'limit=abc') {
+    is_error($t->req(GET => "/v1/webhooks/endpoints/$all_id/deliveries?$q",
+        \%A), 400, 'INPUT_VALIDATION_ERROR', "deliveries $q: 400");
+}
+is(scalar @{ wh_deliveries($t, $key, $exp_id) // [1] }, 0,
+    'the other endpoint has no delivery');
+
+# any 2xx is a success
+$r = wh_create($t, $key, { url => $rc->url('/nocontent') });
+my $nc_id = $r->{json}{id} // 'wh_none';
+$rc->set('/nocontent', status => 204);
+my $nt = $t->req(POST => "/v1/webhooks/endpoints/$nc_id/test", \%A)->{json};
+my $nd = wait_delivery($t, $key, $nc_id, $nt->{delivery_id} // '-',
+    sub { $_[0]{status} ne 'pending' });
+is($nd->{status}, 'succeeded', '204 is a success');
+is($nd->{attempts}[0]{status_code}, 204, '... status_code 204');
+$t->req(DELETE => "/v1/webhooks/endpoints/$nc_id", \%A);
+
+# no redirects are followed
+$r = wh_create($t, $key, { url => $rc->url('/redir') });
+my $rd_id = $r->{json}{id} // 'wh_none';
+$rc->set('/redir', status => 302,
+    headers => { Location => $rc->url('/redir-target') });
+my $rt = $t->req(POST => "/v1/webhooks/endpoints/$rd_id/test", \%A)->{json};
+my $rdd = wait_delivery($t, $key, $rd_id, $rt->{delivery_id} // '-',
+    sub { @{ $_[0]{attempts} } >= 1 });
+is($rdd->{attempts}[0]{status_code}, 302, 'a 302 is recorded as such');
+is($rdd->{status}, 'pending', 'a 302 is a failure: retried');
+is($rc->count(path => '/redir-target'), 0, 'the redirect is not followed');
+$t->req(DELETE => "/v1/webhooks/endpoints/$rd_id", \%A);
+
+# ---------------------------------------------------------------- permissions
+
+my %E = %{ auth($ek) };
+my $pe = $t->create_exec($key, $t->exec_body)->{json}{id} // 'exec_none';
+my @routes = (
+    [ POST => '/v1/webhooks/endpoints', { url => $rc->url('/x') } ],
+    [ GET => '/v1/webhooks/endpoints' ],
+    [ GET => "/v1/webhooks/endpoints/$all_id" ],
+    [ PATCH => "/v1/webhooks/endpoints/$all_id", { description => 'x' } ],
+    [ DELETE => "/v1/webhooks/endpoints/$all_id" ],
+    [ POST => "/v1/webhooks/endpoints/$all_id/test" ],
+    [ GET => "/v1/webhooks/endpoints/$all_id/deliveries" ],
+    [ GET => "/v1/webhooks/deliveries?execution_id=$pe" ],
+    [ POST => "/v1/webhooks/deliveries/$t1->{delivery_id}/retry" ],
+    [ GET => '/v1/webhooks/default/secret' ],
+);
+my $nreq = $rc->count(path => '/all');
+for my $rt (@routes) {
+    my ($m, $p, $b) = @$rt;
+    is_error($t->req($m => $p, \%E, $b), 403, 'FORBIDDEN',
+        "execution key: $m $p: 403");
+    is_error($t->req($m => $p, {}, $b), 401, 'UNAUTHORIZED',
+        "no key: $m $p: 401");
+}
+my $still = wh_get($t, $key, $all_id);
+ok($still && $still->{description} eq 'every event',
+    'the endpoint is untouched by the refused calls');
+is(scalar @{ $t->req(GET => '/v1/webhooks/endpoints', \%A)->{json}{data} // [] },
+    2, 'no endpoint created by the execution key');
+
+# another account's endpoint and delivery: 404
+my %O = %{ auth($oth->{key}) };
+for my $rt (
+    [ GET => "/v1/webhooks/endpoints/$all_id" ],
+    [ PATCH => "/v1/webhooks/endpoints/$all_id", { description => 'x' } ],
+    [ DELETE => "/v1/webhooks/endpoints/$all_id" ],
+    [ POST => "/v1/webhooks/endpoints/$all_id/test" ],
+    [ GET => "/v1/webhooks/endpoints/$all_id/deliveries" ],
+    [ POST => "/v1/webhooks/deliveries/$t1->{delivery_id}/retry" ]) {
+    my ($m, $p, $b) = @$rt;
+    is_error($t->req($m => $p, \%O, $b), 404, 'NOT_FOUND',
+        "another account: $m $p: 404");
+}
+$r = $t->req(GET => "/v1/webhooks/deliveries?execution_id=$pe", \%O);
+ok($r->{status} == 404
+    || $r->{status} == 200 && !@{ $r->{json}{data} // [1] },
+    'another account: deliveries of my execution: 404 or none')
+    or diag $r->{body};
+$still = wh_get($t, $key, $all_id);
+ok($still && $still->{description} eq 'every event',
+    'the endpoint is untouched by the other account');
+is($rc->count(path => '/all'), $nreq, 'no refused call sent anything');
+
+# ---------------------------------------------------------------- executions
+
+# cancelled: to the all-events endpoint and to the execution's webhook_url
+my $c1 = $t->create_exec($key, $t->exec_body(
+    webhook_url => $rc->url('/exec-hook')))->{json};
+my $c1_id = $c1->{id} // 'exec_none';
+$r = $t->req(POST => "/v1/executions/$c1_id/cancel", \%A);
+is($r->{status}, 200, 'cancel: 200');
+my $c1_obj = $t->get_exec($key, $c1_id)->{json};
+
+my $dl = wh_exec_deliveries($t, $key, $c1_id);
+ok($dl, 'deliveries of an execution: 200');
+$dl //= [];
+is(scalar @$dl, 2, 'cancel: one delivery per destination, committed with '
+    . 'the cancel') or diag explain $dl;
+my ($dl_ep) = grep { ($_->{endpoint_id} // '') eq $all_id } @$dl;
+my ($dl_wu) = grep { !defined $_->{endpoint_id} } @$dl;
+ok($dl_ep, 'a delivery to the all-events endpoint');
+ok($dl_wu, 'a delivery to the webhook_url (endpoint_id null)');
+ok(!grep({ ($_->{endpoint_id} // '') eq $exp_id } @$dl),
+    'none to the execution.expired endpoint');
+delivery_ok($dl_wu, 'webhook_url delivery: object');
+is($dl_wu && $dl_wu->{url}, $rc->url('/exec-hook'), 'webhook_url delivery: url');
+is($dl_wu && $dl_wu->{execution_id}, $c1_id, '... execution_id');
+is($dl_wu && $dl_wu->{event_type}, 'execution.cancelled', '... event_type');
+ok($dl_ep && $dl_wu && $dl_ep->{event_id} eq $dl_wu->{event_id},
+    'one event, two deliveries');
+my $c1_evt = $dl_ep ? $dl_ep->{event_id} : 'evt_none';
+
+my ($cq) = $rc->wait_requests(1, path => '/all',
+    where => by_event(execution_id => $c1_id));
+ok($cq, 'execution.cancelled reaches the endpoint');
+my $cev = check_delivery_request($cq // {}, $all_secret,
+    'execution.cancelled to the endpoint: headers, signatures, body',
+    id => $c1_evt, event_type => 'execution.cancelled',
+    organization_id => $acc->{org}, execution_id => $c1_id);
+is_deeply($cev->{data}, $c1_obj, 'data is the execution object');
+is($cev->{data}{status}, 'CANCELLED', 'data.status CANCELLED');
+is($cq && $cq->{headers}{'x-custom'}, 'abc', 'endpoint headers sent');
+
+my ($wq) = $rc->wait_requests(1, path => '/exec-hook');
+ok($wq, 'execution.cancelled reaches the webhook_url');
+my $wev = check_delivery_request($wq // {}, $default_secret,
+    'webhook_url: signed with the default secret',
+    id => $c1_evt, event_type => 'execution.cancelled',
+    organization_id => $acc->{org}, execution_id => $c1_id);
+is_deeply($wev->{data}, $c1_obj, 'webhook_url: data is the execution object');
+ok($wq && !exists $wq->{headers}{'x-custom'},
+    'webhook_url: no endpoint headers');
+ok($wq && signature_problems($wq, $all_secret),
+    'webhook_url: not signed with an endpoint secret');
+
+for my $pick ([ $all_id => sub { ($_[0]{endpoint_id} // '') eq $all_id } ],
+    [ webhook_url => sub { !defined $_[0]{endpoint_id} } ]) {
+    my $dd = wait_exec_delivery($t, $key, $c1_id, $pick->[1],
+        sub { $_[0]{status} eq 'succeeded' });
+    is($dd->{status}, 'succeeded', "cancel delivery to $pick->[0] succeeded");
+    is(scalar @{ $dd->{attempts} // [] }, 1, '... in one attempt');
+}
+
+# expired: to the all-events endpoint, the execution.expired endpoint and
+# the webhook_url
+my $x1 = $t->create_exec($key, $t->exec_body(timeout_seconds => 1,
+    webhook_url => $rc->url('/exec-hook-x')))->{json};
+my $x1_id = $x1->{id} // 'exec_none';
+my $xobj = wait_for(sub {
+    my $g = $t->get_exec($key, $x1_id)->{json};
+    return $g && ($g->{status} // '') eq 'EXPIRED' ? $g : undef;
+}, 20, 0.1);
+ok($xobj, 'execution expired by the sweeper');
+my ($xq) = $rc->wait_requests(1, path => '/all',
+    where => by_event(execution_id => $x1_id));
+my $xev = check_delivery_request($xq // {}, $all_secret,
+    'execution.expired to the all-events endpoint',
+    event_type => 'execution.expired', organization_id => $acc->{org},
+    execution_id => $x1_id);
+is_deeply($xev->{data}, $xobj, 'expired: data is the execution object');
+is($xev->{data}{status}, 'EXPIRED', 'expired: data.status EXPIRED');
+is($xev->{data}{error}{code}, 'GENERATION_TIMEOUT', 'expired: data.error');
+my ($eq) = $rc->wait_requests(1, path => '/exp');
+my $eev = check_delivery_request($eq // {}, $exp_secret,
+    'execution.expired to the execution.expired endpoint',
+    event_type => 'execution.expired', execution_id => $x1_id,
+    id => $xev->{id});
+my ($xw) = $rc->wait_requests(1, path => '/exec-hook-x');
+check_delivery_request($xw // {}, $default_secret,
+    'execution.expired to the webhook_url, default secret',
+    event_type => 'execution.expired', execution_id => $x1_id,
+    id => $xev->{id});
+$dl = wh_exec_deliveries($t, $key, $x1_id) // [];
+is(scalar @$dl, 3, 'expired: three deliveries')
+    or diag explain $dl;
+is_deeply([sort map { $_->{endpoint_id} // 'null' } @$dl],
+    [sort($all_id, $exp_id, 'null')], '... to the two endpoints and the url');
+ok(!grep({ ($_->{event}{event_type} // '') ne 'execution.expired' }
+    $rc->requests(path => '/exp')),
+    'the execution.expired endpoint got nothing else');
+
+# another account's events never reach this account's endpoints
+my $oe = $t->create_exec($oth->{key}, $t->exec_body(
+    webhook_url => $rc->url('/oth-hook')))->{json}{id} // 'exec_none';
+$t->req(POST => "/v1/executions/$oe/cancel", \%O);
+my ($oq) = $rc->wait_requests(1, path => '/oth-hook');
+check_delivery_request($oq // {}, $oth_default,
+    'other account: its webhook_url, its default secret',
+    organization_id => $oth->{org}, execution_id => $oe,
+    event_type => 'execution.cancelled');
+$dl = wh_exec_deliveries($t, $oth->{key}, $oe) // [];
+is(scalar @$dl, 1, 'other account: one delivery (no endpoint of mine)');
+
+# several executions: every one delivered, once
+my @many = map {
+    $t->create_exec($key, $t->exec_body(metadata => { n => $_ }))->{json}{id}
+} 1 .. 6;
+$t->req(POST => "/v1/executions/$_/cancel", \%A) for @many;
+my %want = map { $_ => 1 } @many;
+my @got = $rc->wait_requests(scalar @many, path => '/all',
+    where => sub { $want{ event_of($_[0])->{execution_id} // '' } },
+    timeout => 20);
+is(scalar @got, scalar @many, 'every cancelled execution delivered');
+my %seen;
+$seen{ event_of($_)->{execution_id} }++ for @got;
+is_deeply([sort keys %seen], [sort @many], '... one event each');
+ok(!grep({ $_ > 1 } values %seen), '... no duplicates (healthy receiver)');
+ok(!grep({ signature_problems($_, $all_secret) } @got), '... all signed');
+my %ids;
+$ids{ $_->{headers}{'webhook-id'} // '' }++ for $rc->requests(path => '/all');
+ok(!grep({ $_ > 1 } map { $ids{$_} } grep { $_ ne ($t1->{event_id} // '') }
+    keys %ids), 'distinct event ids (only the retried test repeats)');
+
+ok(wh_get($t, $key, $all_id)->{failure_count} == 0,
+    'the endpoint never failed');
+
+$rc->stop;
+$t->stop;
+$t->check_log;
+
+# ---------------------------------------------------------------- URL rules
+# A second nginx without modelroute_webhook_allow_private.
+
+my $b = MR::Test->new(extra_http => "modelroute_webhook_retry 1s;\n"
+    . "modelroute_webhook_timeout 2s;\n");
+$b->start;
+$rc->clear;
+$rc->start;
+my $port = $rc->port;
+my $bacc = $b->new_account(credit => '10.00');
+my %B = %{ auth($bacc->{key}) };
+
+$r = wh_create($b, $bacc->{key}, { url => 'https://example.com/hook' });
+is($r->{status}, 201, 'strict: a public https url is accepted')
+    or diag $r->{body};
+my $pub_id = $r->{json}{id} // 'wh_none';
+
+for my $u ('http://example.com/hook', "http://127.0.0.1:$port/x",
+    'https://127.0.0.1/x', "https://127.0.0.1:$port/x", 'https://localhost/x',
+    "https://localhost:$port/x", 'https://10.0.0.1/x',
+    'https://169.254.169.254/x', 'https://169.254.169.254/latest/meta-data/',
+    'https://192.168.1.10/x', 'https://172.16.5.4/x', 'https://100.64.0.1/x',
+    'https://224.0.0.1/x', 'https://[::1]/x', "https://[::1]:$port/x",
+    'https://[fe80::1]/x', 'https://[fd00::1]/x', "https://127.0.0.2:$port/x",
+    'https://127.255.255.254/x') {
+    my $res = wh_create($b, $bacc->{key}, { url => $u });
+    is_error($res, 400, 'INPUT_VALIDATION_ERROR', "strict: $u refused");
+    ok(details_for_prefix($res, 'url'), "strict: $u: details name url");
+}
+for my $u ('https://127.0.0.1/x', 'http://example.com/x',
+    'https://10.1.2.3/x') {
+    is_error($b->req(PATCH => "/v1/webhooks/endpoints/$pub_id", \%B,
+        { url => $u }), 400, 'INPUT_VALIDATION_ERROR',
+        "strict: patch to $u refused");
+}
+is(wh_get($b, $bacc->{key}, $pub_id)->{url}, 'https://example.com/hook',
+    'strict: the url is unchanged');
+
+# Addresses that are loopback in disguise, and names that resolve to it:
+# refused at registration, or the attempt fails with "address not allowed"
+# and nothing reaches the receiver.
+my @loop = map { [ $_, 0 ] } ("https://127.1:$port/s1",
+    "https://0x7f000001:$port/s2", "https://2130706433:$port/s3",
+    "https://0.0.0.0:$port/s4", "https://[::ffff:127.0.0.1]:$port/s5");
+for my $name (grep { length } (scalar(`hostname 2>/dev/null`) // '') =~ /(\S+)/,
+    'ip6-localhost', 'runsc', 'vm') {
+    my @a = (gethostbyname($name))[4 .. 10];
+    next unless @a && defined $a[0];
+    next if grep { $_->[0] =~ m{//\Q$name\E:} } @loop;
+    next if grep { inet_ntoa($_) !~ /^127\./ } grep { defined } @a;
+    push @loop, [ "https://$name:$port/n-$name", 1 ];
+}
+my $checked = 0;
+for my $l (@loop) {
+    my ($u, $is_name) = @$l;
+    my $res = wh_create($b, $bacc->{key}, { url => $u });
+    if ($res->{status} != 201) {
+        if ($is_name) {
+            is($res->{status}, 201, "strict: $u (a name) passes registration")
+                or diag $res->{body};
+        } else {
+            is_error($res, 400, 'INPUT_VALIDATION_ERROR',
+                "strict: $u refused at registration");
+        }
+        next;
+    }
+    pass("strict: $u passes registration");
+    my $id = $res->{json}{id};
+    my $tr = $b->req(POST => "/v1/webhooks/endpoints/$id/test", \%B);
+    is($tr->{status}, 202, "strict: $u: test 202");
+    my $d = wait_delivery($b, $bacc->{key}, $id, $tr->{json}{delivery_id} // '-',
+        sub { @{ $_[0]{attempts} } >= 1 }, 15);
+    my $a = $d->{attempts}[0] // {};
+    like($a->{error} // '', qr/address not allowed/,
+        "strict: $u: the attempt fails with 'address not allowed'")
+        or diag explain $d;
+    ok(!$a->{status_code}, "strict: $u: no status code");
+    $checked++;
+}
+ok($checked, "the address check on delivery was exercised ($checked urls)");
+
+# an execution's webhook_url follows the same rules
+my $bx = $b->create_exec($bacc->{key}, $b->exec_body(
+    webhook_url => "https://127.0.0.1:$port/b-exec"));
+if ($bx->{status} == 202) {
+    my $bid = $bx->{json}{id};
+    $b->req(POST => "/v1/executions/$bid/cancel", \%B);
+    my $d = wait_for(sub {
+        my ($x) = @{ wh_exec_deliveries($b, $bacc->{key}, $bid) // [] };
+        return $x && @{ $x->{attempts} // [] } ? $x : undef;
+    }, 15, 0.1);
+    like($d && $d->{attempts}[0]{error} // '', qr/address not allowed/,
+        'strict: a loopback webhook_url fails with address not allowed')
+        or diag explain $d;
+} else {
+    is_error($bx, 400, 'INPUT_VALIDATION_ERROR',
+        'strict: a loopback webhook_url is refused');
+}
+
+my @conn = $rc->connections;
+is(scalar(grep { defined $_->{method} || $_->{raw_length} } @conn), 0,
+    'strict: nothing reached the receiver') or diag explain \@conn;
+note 'strict: ' . scalar(@conn) . ' bare TCP connection(s) to the receiver'
+    if @conn;
+
+$rc->stop;
+$b->stop;
+$b->check_log;
+done_testing();

@@ -1,0 +1,363 @@
+# Webhooks under faults: a receiver that is down then up, an nginx
+# restart with a delivery pending, an attempt that times out, 410 Gone,
+# a schedule that runs out and a manual retry, a deleted endpoint, every
+# worker killed with SIGKILL while a delivery is in flight (at-least-once,
+# same event id), and 10 consecutive failures deactivating an endpoint.
+use strict;
+use warnings;
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use Test::More;
+use Time::HiRes qw(time);
+use MR::Test qw(:all);
+use MR::Receiver qw(:all);
+
+my $COMMON = "modelroute_webhook_allow_private on;\n"
+    . "modelroute_webhook_timeout 2s;\n"
+    . "modelroute_sweep_interval 200ms;\n";
+my $t = MR::Test->new(extra_http => $COMMON
+    . "modelroute_webhook_retry 1s 1s 1s;\n");
+$t->start;
+my $rc = MR::Receiver->new;
+$rc->start;
+
+sub is_true  { JSON::PP::is_bool($_[0]) && $_[0] }
+sub is_false { JSON::PP::is_bool($_[0]) && !$_[0] }
+
+# A fresh account with one endpoint on $path: (key, endpoint id, secret).
+sub setup {
+    my ($t, $path, %body) = @_;
+    my $acc = $t->new_account(credit => '10.00');
+    my $r = wh_create($t, $acc->{key}, { url => $rc->url($path), %body });
+    is($r->{status}, 201, "endpoint on $path") or diag $r->{body};
+    return ($acc->{key}, $r->{json}{id} // 'wh_none',
+        $r->{json}{secret} // 'whsec_', $acc);
+}
+
+sub send_test {
+    my ($t, $key, $id) = @_;
+    my $r = $t->req(POST => "/v1/webhooks/endpoints/$id/test", auth($key));
+    is($r->{status}, 202, "test event to $id: 202") or diag $r->{body};
+    return $r->{json} // {};
+}
+
+sub failed_attempt {
+    my ($a) = @_;
+    return ref $a eq 'HASH' && defined $a->{error} && length $a->{error}
+        && !$a->{status_code};
+}
+
+sub same_event {
+    my ($name, $id, @reqs) = @_;
+    local $Test::Builder::Level = $Test::Builder::Level + 1;
+    my @bad = grep {
+        ($_->{headers}{'webhook-id'} // '') ne $id
+            || (event_of($_)->{id} // '') ne $id
+    } @reqs;
+    ok(@reqs && !@bad, $name)
+        or diag join ', ', map { $_->{headers}{'webhook-id'} // 'undef' }
+            @reqs;
+}
+
+sub all_signed {
+    my ($name, $secret, @reqs) = @_;
+    local $Test::Builder::Level = $Test::Builder::Level + 1;
+    my @p = map { signature_problems($_, $secret) } @reqs;
+    ok(@reqs && !@p, $name) or diag join "\n", @p;
+}
+
+# ---------------------------------------------------------------- down, up
+
+{
+    my ($key, $id, $secret) = setup($t, '/down');
+    $rc->stop;
+    my $ev = send_test($t, $key, $id);
+    my $d = wait_delivery($t, $key, $id, $ev->{delivery_id} // '-',
+        sub { @{ $_[0]{attempts} } >= 2 }, 15);
+    ok(!$d->{timed_out}, 'receiver down: attempts are made')
+        or diag explain $d;
+    is($d->{status}, 'pending', 'receiver down: still pending');
+    ok(is_rfc3339($d->{next_attempt_at}), 'receiver down: next_attempt_at');
+    ok(!grep({ !failed_attempt($_) } @{ $d->{attempts} // [] }),
+        'receiver down: each attempt failed with an error, no status code')
+        or diag explain $d->{attempts};
+    my $e = wh_get($t, $key, $id);
+    ok($e->{failure_count} >= 2, 'receiver down: failure_count counts them')
+        or diag explain $e;
+    ok(is_true($e->{is_active}), 'receiver down: endpoint still active');
+
+    $rc->start;
+    $d = wait_delivery($t, $key, $id, $ev->{delivery_id} // '-',
+        sub { $_[0]{status} eq 'succeeded' }, 15);
+    is($d->{status}, 'succeeded', 'receiver up: delivered');
+    my @at = @{ $d->{attempts} // [] };
+    ok(@at >= 3 && @at <= 4, 'receiver up: failed attempts then success ('
+        . scalar(@at) . ' attempts)');
+    ok(!grep({ !failed_attempt($_) } @at[0 .. $#at - 1]),
+        'receiver up: the earlier attempts are the failures');
+    is($at[-1]{status_code}, 200, 'receiver up: last attempt 200');
+    ok(!defined $at[-1]{error}, 'receiver up: last attempt without error');
+    ok(!grep({ !defined $_->{latency_ms} || $_->{latency_ms} !~ /^\d+$/ } @at),
+        'receiver up: every attempt has latency_ms');
+    my @ts = map { parse_rfc3339($_->{at} // '') // 0 } @at;
+    ok(!grep({ $ts[$_] < $ts[$_ - 1] } 1 .. $#ts), 'attempts in time order');
+    ok($ts[-1] - $ts[0] >= 1.5, 'attempts follow the 1 s schedule')
+        or diag explain \@at;
+    my @got = $rc->requests(path => '/down');
+    is(scalar @got, 1, 'receiver up: one request arrived');
+    same_event('receiver up: the event id', $ev->{event_id} // '-', @got);
+    all_signed('receiver up: signed', $secret, @got);
+    $e = wh_get($t, $key, $id);
+    is($e->{failure_count}, 0, 'a success resets failure_count');
+    ok(is_rfc3339($e->{last_success}), 'last_success set');
+}
+
+# ---------------------------------------------------------------- restart
+
+{
+    my ($key, $id, $secret) = setup($t, '/restart');
+    $rc->set('/restart', status => 503);
+    my $ev = send_test($t, $key, $id);
+    ok($rc->wait_requests(1, path => '/restart'), 'restart: a failed attempt');
+    wait_delivery($t, $key, $id, $ev->{delivery_id} // '-',
+        sub { @{ $_[0]{attempts} } >= 1 }, 10);
+    $t->stop;
+    $rc->set('/restart');
+    $t->start;
+    my $d = wait_delivery($t, $key, $id, $ev->{delivery_id} // '-',
+        sub { $_[0]{status} eq 'succeeded' }, 15);
+    is($d->{status}, 'succeeded', 'restart: delivered after nginx restarts');
+    my @got = $rc->requests(path => '/restart');
+    ok(@got >= 2, 'restart: sent again');
+    same_event('restart: same event id', $ev->{event_id} // '-', @got);
+    all_signed('restart: signed', $secret, @got);
+}
+
+# ---------------------------------------------------------------- timeout
+
+{
+    my ($key, $id, $secret) = setup($t, '/slow');
+    $rc->set('/slow', delay => 4);
+    my $ev = send_test($t, $key, $id);
+    my $d = wait_delivery($t, $key, $id, $ev->{delivery_id} // '-',
+        sub { @{ $_[0]{attempts} } >= 1 }, 10);
+    my $a = $d->{attempts}[0] // {};
+    ok(failed_attempt($a), 'an answer later than the timeout is a failure')
+        or diag explain $d;
+    ok(($a->{latency_ms} // 0) >= 1500 && ($a->{latency_ms} // 1e9) < 3900,
+        'the attempt gave up after about 2 s ('
+        . ($a->{latency_ms} // 'undef') . ' ms)');
+    is($d->{status}, 'pending', 'timeout: retried');
+    $rc->set('/slow');
+    $d = wait_delivery($t, $key, $id, $ev->{delivery_id} // '-',
+        sub { $_[0]{status} eq 'succeeded' }, 15);
+    is($d->{status}, 'succeeded', 'timeout: delivered by a later attempt');
+    my @got = $rc->requests(path => '/slow');
+    ok(@got >= 2, 'timeout: sent at least twice');
+    same_event('timeout: same event id', $ev->{event_id} // '-', @got);
+}
+
+# ---------------------------------------------------------------- 410 Gone
+
+{
+    my ($key, $id, $secret, $acc) = setup($t, '/gone');
+    $rc->set('/gone', status => 410);
+    my $ev = send_test($t, $key, $id);
+    ok($rc->wait_requests(1, path => '/gone'), '410: the attempt');
+    my $e = wait_for(sub {
+        my $g = wh_get($t, $key, $id);
+        $g && is_false($g->{is_active}) ? $g : undef;
+    }, 10, 0.05);
+    ok($e, '410 deactivates the endpoint');
+    my $d = wh_delivery($t, $key, $id, $ev->{delivery_id} // '-') // {};
+    is($d->{attempts}[0]{status_code}, 410, '410: recorded');
+    isnt($d->{status}, 'succeeded', '410: not a success');
+
+    # while inactive: nothing is sent
+    $rc->set('/gone');
+    my $x = $t->create_exec($key, $t->exec_body)->{json}{id} // 'exec_none';
+    is($t->req(POST => "/v1/executions/$x/cancel", auth($key))->{status}, 200,
+        'inactive: an execution cancelled');
+    my ($cd) = @{ wh_exec_deliveries($t, $key, $x) // [] };
+    ok($cd, 'inactive: the delivery is created');
+    my $more = wait_for(sub { $rc->count(path => '/gone') > 1 }, 3.5, 0.05);
+    ok(!$more, 'inactive: nothing is sent for 3.5 s (retry step 1 s)');
+    $cd = wh_delivery($t, $key, $id, $cd->{id} // '-') // {};
+    is($cd->{status}, 'pending', 'inactive: the new delivery waits');
+    is_deeply($cd->{attempts}, [], 'inactive: no attempt');
+    $d = wh_delivery($t, $key, $id, $ev->{delivery_id} // '-') // {};
+    is(scalar @{ $d->{attempts} // [] }, 1, 'inactive: the 410 one waits too');
+    is($d->{status}, 'pending', 'inactive: ... as pending');
+    ok(is_false(wh_get($t, $key, $id)->{is_active}), 'still inactive');
+
+    # re-enabled: failure_count 0, the waiting deliveries go out
+    my $r = $t->req(PATCH => "/v1/webhooks/endpoints/$id", auth($key),
+        { is_active => JSON::PP::true });
+    is($r->{status}, 200, 'patch is_active true: 200');
+    ok(is_true($r->{json}{is_active}), 're-enabled');
+    is($r->{json}{failure_count}, 0, 're-enabled: failure_count 0');
+    my @got = $rc->wait_requests(3, path => '/gone', timeout => 15);
+    is(scalar @got, 3, 're-enabled: both waiting deliveries sent');
+    my %types = map { (event_of($_)->{event_type} // '') => 1 } @got[1 .. 2];
+    is_deeply([sort keys %types], ['execution.cancelled', 'webhook.test'],
+        're-enabled: the cancel and the test event');
+    all_signed('re-enabled: signed', $secret, @got);
+    for my $did ($ev->{delivery_id}, $cd->{id}) {
+        my $dd = wait_delivery($t, $key, $id, $did // '-',
+            sub { $_[0]{status} eq 'succeeded' }, 10);
+        is($dd->{status}, 'succeeded', "re-enabled: $dd->{event_type} "
+            . 'delivery succeeded');
+    }
+}
+
+# ---------------------------------------------------------------- exhausted
+
+{
+    my ($key, $id, $secret) = setup($t, '/exhaust');
+    $rc->set('/exhaust', status => 500);
+    my $ev = send_test($t, $key, $id);
+    my $d = wait_delivery($t, $key, $id, $ev->{delivery_id} // '-',
+        sub { $_[0]{status} ne 'pending' }, 20);
+    is($d->{status}, 'failed', 'the schedule runs out: failed');
+    my @at = @{ $d->{attempts} // [] };
+    is(scalar @at, 4, 'failed: 1 attempt + 3 retries');
+    ok(!grep({ ($_->{status_code} // 0) != 500 } @at),
+        'failed: each attempt recorded with status_code 500')
+        or diag explain \@at;
+    ok(!defined $d->{next_attempt_at}, 'failed: next_attempt_at null');
+    my $more = wait_for(sub { $rc->count(path => '/exhaust') > 4 }, 2.5, 0.05);
+    ok(!$more, 'failed: no fifth attempt');
+    my @got = $rc->requests(path => '/exhaust');
+    is(scalar @got, 4, 'the receiver saw 4 attempts');
+    same_event('every attempt carries the same event id',
+        $ev->{event_id} // '-', @got);
+    all_signed('every attempt signed', $secret, @got);
+    my $e = wh_get($t, $key, $id);
+    ok(is_true($e->{is_active}), '4 failures: still active');
+    is($e->{failure_count}, 4, 'failure_count 4');
+
+    $rc->set('/exhaust');
+    my $r = $t->req(POST => "/v1/webhooks/deliveries/$ev->{delivery_id}/retry",
+        auth($key));
+    is($r->{status}, 202, 'retry a failed delivery: 202') or diag $r->{body};
+    is($r->{json}{id}, $ev->{delivery_id}, 'retry: the same delivery');
+    is($r->{json}{object}, 'webhook_delivery', 'retry: a delivery object');
+    is($r->{json}{status}, 'pending', 'retry: pending again');
+    $d = wait_delivery($t, $key, $id, $ev->{delivery_id} // '-',
+        sub { $_[0]{status} eq 'succeeded' }, 10);
+    is($d->{status}, 'succeeded', 'retry: delivered');
+    is(scalar @{ $d->{attempts} // [] }, 5, 'retry: a fifth attempt');
+    is($d->{attempts}[-1]{status_code}, 200, 'retry: 200');
+    @got = $rc->requests(path => '/exhaust');
+    is(scalar @got, 5, 'retry: the receiver got it');
+    same_event('retry: same event id', $ev->{event_id} // '-', @got);
+    all_signed('retry: signed', $secret, $got[-1]);
+    is(wh_get($t, $key, $id)->{failure_count}, 0, 'retry: failure_count 0');
+}
+
+# ---------------------------------------------------------------- delete
+
+{
+    my ($key, $id) = setup($t, '/del');
+    $rc->set('/del', status => 500);
+    my $ev = send_test($t, $key, $id);
+    ok($rc->wait_requests(1, path => '/del'), 'delete: a failed attempt');
+    my $r = $t->req(DELETE => "/v1/webhooks/endpoints/$id", auth($key));
+    is($r->{status}, 200, 'delete with a delivery pending: 200');
+    $rc->set('/del');
+    my $n = $rc->count(path => '/del');
+    my $more = wait_for(sub { $rc->count(path => '/del') > $n }, 3.5, 0.05);
+    ok(!$more, 'delete: its pending delivery is dropped');
+    is_error($t->req(POST => "/v1/webhooks/deliveries/$ev->{delivery_id}/retry",
+        auth($key)), 404, 'NOT_FOUND', 'delete: its delivery is gone');
+}
+
+# ---------------------------------------------------------------- kill -9
+
+{
+    my ($key, $id, $secret) = setup($t, '/kill');
+    $rc->set('/kill', delay => 3);
+    $t->expect_log(qr/exited on signal 9/);
+    my $ev = send_test($t, $key, $id);
+    my ($first) = $rc->wait_requests(1, path => '/kill', timeout => 10);
+    ok($first, 'kill: the delivery is in flight');
+    $rc->set('/kill');
+    my @old = $t->worker_pids;
+    kill 'KILL', @old;
+    my $killed = time;
+    ok($first && $killed - $first->{arrived} < 1.5,
+        'every worker killed while the receiver holds the request');
+    my %old = map { $_ => 1 } @old;
+    ok(wait_for(sub {
+        my @w = $t->worker_pids;
+        @w == 2 && !grep { $old{$_} } @w;
+    }, 20), 'the master replaced the workers');
+    my @got = $rc->wait_requests(2, path => '/kill', timeout => 90);
+    ok(@got >= 2, 'kill: delivered again by the new workers');
+    note sprintf 'kill: sent again %.1f s after the kill',
+        $got[1]{arrived} - $killed if @got >= 2;
+    same_event('kill: same event id (at-least-once)', $ev->{event_id} // '-',
+        @got);
+    all_signed('kill: signed', $secret, @got);
+    my $d = wait_delivery($t, $key, $id, $ev->{delivery_id} // '-',
+        sub { $_[0]{status} eq 'succeeded' }, 10);
+    is($d->{status}, 'succeeded', 'kill: the delivery succeeded');
+    is($d->{attempts}[-1]{status_code}, 200, 'kill: last attempt 200');
+}
+
+$t->stop;
+$t->check_log;
+
+# ---------------------------------------------------------------- 10 failures
+# A long schedule so that the deliveries do not run out first.
+
+my $t2 = MR::Test->new(extra_http => $COMMON
+    . "modelroute_webhook_retry 1s 1s 1s 1s 1s 1s 1s 1s 1s 1s 1s 1s;\n");
+$t2->start;
+{
+    my ($key, $id, $secret) = setup($t2, '/flaky');
+    $rc->set('/flaky', status => 500);
+    my @ev = map { send_test($t2, $key, $id) } 1 .. 3;
+    my $e = wait_for(sub {
+        my $g = wh_get($t2, $key, $id);
+        $g && is_false($g->{is_active}) ? $g : undef;
+    }, 30, 0.05);
+    ok($e, '10 consecutive failures deactivate the endpoint');
+    ok(($e->{failure_count} // 0) >= 10, 'failure_count '
+        . ($e->{failure_count} // 'undef') . ' >= 10');
+    my $n = $rc->count(path => '/flaky');
+    my $more = wait_for(sub { $rc->count(path => '/flaky') > $n + 2 }, 3.5,
+        0.05);
+    ok(!$more, 'inactive: attempts stop');
+    my $total = $rc->count(path => '/flaky');
+    ok($total >= 10 && $total <= 12,
+        "deactivated after the 10th failure, not before ($total attempts)");
+    my $list = wh_deliveries($t2, $key, $id) // [];
+    is(scalar @$list, 3, 'three deliveries');
+    my $recorded = 0;
+    $recorded += @{ $_->{attempts} // [] } for @$list;
+    is($recorded, $total, 'every attempt recorded');
+    ok(!grep({ $_->{status} ne 'pending' } @$list),
+        'the deliveries wait (pending)');
+
+    $rc->set('/flaky');
+    my $r = $t2->req(PATCH => "/v1/webhooks/endpoints/$id", auth($key),
+        { is_active => JSON::PP::true });
+    is($r->{status}, 200, 're-enable');
+    is($r->{json}{failure_count}, 0, 're-enable: failure_count 0');
+    for my $ev (@ev) {
+        my $d = wait_delivery($t2, $key, $id, $ev->{delivery_id} // '-',
+            sub { $_[0]{status} eq 'succeeded' }, 15);
+        is($d->{status}, 'succeeded', 're-enabled: delivered');
+    }
+    my @ok = grep { !$_->{rule}{status} }
+        $rc->requests(path => '/flaky');
+    is(scalar @ok, 3, 're-enabled: each event once');
+    all_signed('re-enabled: signed', $secret, @ok);
+    ok(is_true(wh_get($t2, $key, $id)->{is_active}), 'active');
+}
+
+$rc->stop;
+$t2->stop;
+$t2->check_log;
+done_testing();

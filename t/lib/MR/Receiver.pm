@@ -1,0 +1,514 @@
+package MR::Receiver;
+
+# A webhook receiver for the tests: a small forking HTTP/1.1 server on
+# 127.0.0.1:<port>, run in a child process. Every connection is handled by
+# its own process, which records the request (method, target, headers,
+# body, arrival time) as a JSON file in a directory the test reads, then
+# answers as the rules say. It verifies nothing itself.
+#
+#   my $rc = MR::Receiver->new;          # picks a free port
+#   $rc->start;
+#   $rc->url('/hook')                    # http://127.0.0.1:<port>/hook
+#   $rc->set('/hook', status => 500);    # or delay => 3, close => 1,
+#                                        # headers => {Location => ...}
+#   my @r = $rc->wait_requests(1, path => '/hook', timeout => 10);
+#   $rc->stop;  $rc->start;              # down, then up on the same port
+#
+# Rules live in a control file read by each connection when its request
+# has arrived; a path without a rule uses the '*' rule, then 200.
+#
+# Helpers for the tests: signature_problems($req, $secret) checks both
+# signatures of a delivery; wh_* speak the webhook API through MR::Test.
+
+use strict;
+use warnings;
+
+use Carp qw(croak);
+use Digest::SHA qw(hmac_sha256 hmac_sha256_hex);
+use File::Temp qw(tempdir);
+use IO::Socket::INET;
+use JSON::PP;
+use MIME::Base64 qw(decode_base64 encode_base64);
+use POSIX ();
+use Time::HiRes qw(time sleep);
+
+use Exporter 'import';
+our @EXPORT_OK = qw(signature_problems secret_ok event_of wh_create wh_get
+    wh_deliveries wh_delivery wh_exec_deliveries wait_delivery);
+our %EXPORT_TAGS = (all => \@EXPORT_OK);
+
+my $JSON = JSON::PP->new->utf8->canonical->allow_nonref;
+my @LIVE;
+
+my %REASON = (200 => 'OK', 201 => 'Created', 202 => 'Accepted',
+    204 => 'No Content', 301 => 'Moved Permanently', 302 => 'Found',
+    400 => 'Bad Request', 404 => 'Not Found', 410 => 'Gone',
+    429 => 'Too Many Requests', 500 => 'Internal Server Error',
+    502 => 'Bad Gateway', 503 => 'Service Unavailable');
+
+# ---------------------------------------------------------------- server
+
+sub new {
+    my ($class, %o) = @_;
+    my $dir = tempdir('mr-recv-XXXXXX', TMPDIR => 1,
+        CLEANUP => !$ENV{MR_KEEP});
+    mkdir "$dir/req" or croak "mkdir $dir/req: $!";
+    my $self = bless { dir => $dir, port => $o{port} // free_port(),
+        owner => $$, rules => {} }, $class;
+    $self->write_rules;
+    return $self;
+}
+
+sub port { $_[0]{port} }
+sub dir  { $_[0]{dir} }
+sub running { $_[0]{pid} ? 1 : 0 }
+
+sub url {
+    my ($self, $path) = @_;
+    return "http://127.0.0.1:$self->{port}" . ($path // '/');
+}
+
+sub free_port {
+    my $s = IO::Socket::INET->new(Listen => 1, LocalAddr => '127.0.0.1',
+        LocalPort => 0, Proto => 'tcp', ReuseAddr => 1)
+        or croak "cannot bind a free port: $!";
+    my $port = $s->sockport;
+    close $s;
+    return $port;
+}
+
+sub start {
+    my ($self) = @_;
+    croak 'receiver already running' if $self->{pid};
+    my $ready = "$self->{dir}/ready";
+    unlink $ready;
+    my $pid = fork // croak "fork: $!";
+    if (!$pid) {
+        my $ok = eval { $self->serve($ready); 1 };
+        print STDERR "receiver: $@" unless $ok;
+        POSIX::_exit($ok ? 0 : 1);
+    }
+    $self->{pid} = $pid;
+    push @LIVE, $self unless grep { $_ == $self } @LIVE;
+    my $deadline = time + 10;
+    until (-e $ready) {
+        if (time > $deadline || waitpid($pid, POSIX::WNOHANG()) == $pid) {
+            delete $self->{pid};
+            croak "receiver did not start on port $self->{port}";
+        }
+        sleep 0.01;
+    }
+    return $self;
+}
+
+# Kills the server and every connection it holds; the port is closed
+# (connections are refused) until start.
+sub stop {
+    my ($self) = @_;
+    my $pid = delete $self->{pid} or return;
+    kill 'TERM', $pid;
+    my $deadline = time + 5;
+    while (time < $deadline) {
+        my $w = waitpid($pid, POSIX::WNOHANG());
+        return if $w == $pid || $w == -1;
+        sleep 0.01;
+    }
+    kill 'KILL', -$pid;
+    kill 'KILL', $pid;
+    waitpid($pid, 0);
+}
+
+sub DESTROY {
+    my ($self) = @_;
+    $self->stop if $self->{owner} == $$;
+}
+
+END {
+    for my $rc (@LIVE) {
+        $rc->stop if $rc->{owner} == $$;
+    }
+}
+
+# The child: accept, fork a handler per connection.
+sub serve {
+    my ($self, $ready) = @_;
+    @LIVE = ();
+    $self->{owner} = -1;    # DESTROY in a child never stops anything
+    POSIX::setpgid(0, 0);
+    $SIG{$_} = 'DEFAULT' for qw(INT PIPE);
+    $SIG{CHLD} = 'IGNORE';  # handlers are reaped by the kernel
+    my %kids;
+    my $quit = 0;
+    $SIG{TERM} = sub { $quit = 1 };
+
+    my $srv;
+    for (1 .. 50) {
+        $srv = IO::Socket::INET->new(Listen => 128, LocalAddr => '127.0.0.1',
+            LocalPort => $self->{port}, Proto => 'tcp', ReuseAddr => 1)
+            and last;
+        sleep 0.1;    # the port of a previous run may still be closing
+    }
+    die "listen on $self->{port}: $!\n" unless $srv;
+    open my $fh, '>', $ready or die "$ready: $!\n";
+    close $fh;
+
+    my $n = 0;
+    until ($quit) {
+        my $c = $srv->accept;
+        last if $quit;
+        next unless $c;
+        $n++;
+        my $pid = fork;
+        if (!defined $pid) {
+            close $c;
+            next;
+        }
+        if (!$pid) {
+            $SIG{$_} = 'DEFAULT' for qw(TERM CHLD);
+            $SIG{PIPE} = 'IGNORE';
+            close $srv;
+            eval { $self->handle($c, $n) };
+            POSIX::_exit(0);
+        }
+        close $c;
+        $kids{$pid} = 1;
+        delete @kids{ grep { !kill 0, $_ } keys %kids } if $n % 16 == 0;
+    }
+    close $srv;
+    kill 'KILL', keys %kids;
+    my $deadline = time + 3;
+    while (time < $deadline && grep { kill 0, $_ } keys %kids) {
+        sleep 0.01;
+    }
+}
+
+# Reads from $c until $want->($buf) is true, EOF or the deadline.
+sub read_until {
+    my ($c, $bufref, $want, $deadline) = @_;
+    until ($want->($$bufref)) {
+        my $left = $deadline - time;
+        return 0 if $left <= 0;
+        my $rin = '';
+        vec($rin, fileno($c), 1) = 1;
+        my $k = select(my $rout = $rin, undef, undef, $left);
+        next if $k < 0 && $!{EINTR};
+        return 0 if $k <= 0;
+        my $got = sysread($c, my $chunk, 65536);
+        return 0 unless $got;
+        $$bufref .= $chunk;
+    }
+    return 1;
+}
+
+sub handle {
+    my ($self, $c, $n) = @_;
+    binmode $c;
+    my $conn = sprintf '%.6f', time;
+    my $buf = '';
+    my $deadline = time + 30;
+    my $rec = { conn => $n, accepted => $conn + 0 };
+
+    my $head_ok = read_until($c, \$buf, sub { $_[0] =~ /\r?\n\r?\n/ },
+        $deadline);
+    my ($head, $rest) = split /\r?\n\r?\n/, $buf, 2;
+    my ($line, @hl) = split /\r?\n/, $head // '';
+    unless ($head_ok && defined $line
+        && $line =~ m{^([A-Z]+) (\S+) HTTP/(1\.[01])$}) {
+        # not HTTP (a TLS hello, say) or nothing at all
+        $rec->{raw_hex} = unpack 'H*', substr($buf, 0, 64);
+        $rec->{raw_length} = length $buf;
+        $rec->{arrived} = time;
+        $self->record($rec);
+        return;
+    }
+    my ($method, $target, $ver) = ($1, $2, $3);
+    my (%h, @list);
+    for my $l (@hl) {
+        my ($k, $v) = $l =~ /^([^:]+):[ \t]*(.*?)[ \t]*$/ or next;
+        push @list, [$k, $v];
+        $k = lc $k;
+        $h{$k} = exists $h{$k} ? "$h{$k}, $v" : $v;
+    }
+    if (($h{expect} // '') =~ /100-continue/i) {
+        syswrite $c, "HTTP/1.1 100 Continue\r\n\r\n";
+    }
+    my $body = $rest // '';
+    if (($h{'transfer-encoding'} // '') =~ /chunked/i) {
+        my $raw = $body;
+        read_until($c, \$raw, sub { $_[0] =~ /(?:^|\r\n)0\r\n(?:.*?\r\n)?\r\n/s },
+            $deadline);
+        $body = '';
+        while ($raw =~ s/^([0-9a-fA-F]+)[^\r\n]*\r\n//) {
+            my $len = hex $1;
+            last if $len == 0;
+            $body .= substr($raw, 0, $len, '');
+            $raw =~ s/^\r\n//;
+        }
+    } elsif (defined $h{'content-length'}) {
+        my $len = $h{'content-length'} =~ /^(\d+)/ ? $1 : 0;
+        read_until($c, \$body, sub { length $_[0] >= $len }, $deadline);
+        $body = substr($body, 0, $len);
+    }
+    my ($path, $query) = split /\?/, $target, 2;
+    my $rule = $self->rule_for($path);
+    %$rec = (%$rec, method => $method, target => $target, path => $path,
+        query => $query, version => $ver, headers => \%h,
+        header_list => \@list, body => $body, arrived => time + 0,
+        rule => $rule);
+    my $file = $self->record($rec);
+
+    sleep $rule->{delay} if $rule->{delay};
+    if ($rule->{close}) {
+        $rec->{closed_at} = time + 0;
+        $self->record($rec, $file);
+        close $c;
+        return;
+    }
+    my $status = $rule->{status} // 200;
+    my $nobody = $status =~ /^(?:1\d\d|204|304)$/;
+    my $rbody = $nobody ? '' : $rule->{body} // "ok\n";
+    my $out = "HTTP/1.1 $status " . ($REASON{$status} // 'Status') . "\r\n"
+        . "Content-Type: text/plain\r\nConnection: close\r\n"
+        . ($nobody ? '' : "Content-Length: " . length($rbody) . "\r\n");
+    my $extra = $rule->{headers} // {};
+    $out .= "$_: $extra->{$_}\r\n" for sort keys %$extra;
+    $out .= "\r\n$rbody";
+    my $wrote = syswrite $c, $out;
+    $rec->{answered_at} = time + 0;
+    $rec->{answered} = defined $wrote ? $status : undef;
+    $self->record($rec, $file);
+    shutdown $c, 1;
+    # let the client read before the socket goes away
+    read_until($c, \my $drain, sub { 0 }, time + 1);
+    close $c;
+}
+
+# Writes a record atomically; file names sort by arrival time.
+sub record {
+    my ($self, $rec, $file) = @_;
+    $file //= sprintf '%s/req/%017.6f-%07d.json', $self->{dir},
+        $rec->{arrived} // time, $$;
+    my $tmp = "$file.$$.tmp";
+    open my $fh, '>', $tmp or return $file;
+    print $fh $JSON->encode($rec);
+    close $fh;
+    rename $tmp, $file;
+    return $file;
+}
+
+# ---------------------------------------------------------------- rules
+
+sub write_rules {
+    my ($self) = @_;
+    my $f = "$self->{dir}/rules.json";
+    open my $fh, '>', "$f.tmp" or croak "$f.tmp: $!";
+    print $fh $JSON->encode($self->{rules});
+    close $fh;
+    rename "$f.tmp", $f or croak "rename $f: $!";
+}
+
+sub rule_for {
+    my ($self, $path) = @_;
+    my $rules = {};
+    if (open my $fh, '<', "$self->{dir}/rules.json") {
+        local $/;
+        $rules = eval { $JSON->decode(<$fh>) } // {};
+    }
+    return $rules->{$path} // $rules->{'*'} // {};
+}
+
+# set($path, status => N, delay => seconds, close => 1, body => '...',
+# headers => {...}); set($path) goes back to 200. $path '*' is the
+# default for paths without a rule.
+sub set {
+    my ($self, $path, %rule) = @_;
+    if (%rule) {
+        $self->{rules}{$path} = \%rule;
+    } else {
+        delete $self->{rules}{$path};
+    }
+    $self->write_rules;
+}
+
+# ---------------------------------------------------------------- records
+
+# Every connection, in order of arrival, including those that sent no
+# HTTP request (method undef, raw_hex the first bytes).
+sub connections {
+    my ($self) = @_;
+    opendir my $dh, "$self->{dir}/req" or return;
+    my @files = sort grep { /\.json$/ } readdir $dh;
+    my @out;
+    for my $f (@files) {
+        open my $fh, '<', "$self->{dir}/req/$f" or next;
+        local $/;
+        my $r = eval { $JSON->decode(<$fh>) } or next;
+        $r->{file} = $f;
+        push @out, $r;
+    }
+    return @out;
+}
+
+# Requests (path => '/x' filters), in order of arrival; each has its
+# decoded body in {event} when it is JSON.
+sub requests {
+    my ($self, %f) = @_;
+    my @r = grep { defined $_->{method} } $self->connections;
+    @r = grep { $_->{path} eq $f{path} } @r if defined $f{path};
+    for (@r) {
+        $_->{event} = eval { $JSON->decode($_->{body}) };
+    }
+    return @r;
+}
+
+# Waits until at least $n requests (matching path => and where => sub)
+# have arrived; returns them, or () at the deadline.
+sub wait_requests {
+    my ($self, $n, %f) = @_;
+    my $deadline = time + ($f{timeout} // 15);
+    while (1) {
+        my @r = $self->requests(path => $f{path});
+        @r = grep { $f{where}->($_) } @r if $f{where};
+        return @r if @r >= $n;
+        return () if time > $deadline;
+        sleep 0.02;
+    }
+}
+
+sub count {
+    my ($self, %f) = @_;
+    my @r = $self->requests(path => $f{path});
+    @r = grep { $f{where}->($_) } @r if $f{where};
+    return scalar @r;
+}
+
+sub clear {
+    my ($self) = @_;
+    opendir my $dh, "$self->{dir}/req" or return;
+    unlink map { "$self->{dir}/req/$_" } grep { /\.json$/ } readdir $dh;
+}
+
+# ---------------------------------------------------------------- checks
+
+# The event a request carries (its decoded body), or undef.
+sub event_of {
+    my ($req) = @_;
+    return eval { $JSON->decode($req->{body}) };
+}
+
+# True for "whsec_" + base64 of 32 bytes.
+sub secret_ok {
+    my ($s) = @_;
+    return 0 unless defined $s && !ref $s
+        && $s =~ m{^whsec_([A-Za-z0-9+/]+={0,2})$};
+    my $b64 = $1;
+    return length($b64) % 4 == 0 && length(decode_base64($b64)) == 32;
+}
+
+# Both signatures of a delivery checked against the secret; returns the
+# problems (none when both are valid).
+sub signature_problems {
+    my ($req, $secret) = @_;
+    my @p;
+    my $h = $req->{headers} // {};
+    my $body = $req->{body} // '';
+    my $now = $req->{arrived} // time;
+
+    my $ts = $h->{'x-signature-timestamp'};
+    if (!defined $ts || $ts !~ /^\d+$/) {
+        push @p, 'X-Signature-Timestamp missing or not unix seconds: '
+            . ($ts // 'undef');
+    } else {
+        push @p, "X-Signature-Timestamp $ts is not now ($now)"
+            if abs($ts - $now) > 300;
+        my $want = hmac_sha256_hex("$ts.$body", $secret);
+        my $got = $h->{'x-signature'} // '';
+        push @p, "X-Signature '$got', want '$want'" unless lc $got eq $want;
+    }
+
+    my $id = $h->{'webhook-id'};
+    my $wts = $h->{'webhook-timestamp'};
+    push @p, 'webhook-id missing' unless defined $id && length $id;
+    if (!defined $wts || $wts !~ /^\d+$/) {
+        push @p, 'webhook-timestamp missing or not unix seconds: '
+            . ($wts // 'undef');
+    } else {
+        push @p, "webhook-timestamp $wts is not now ($now)"
+            if abs($wts - $now) > 300;
+    }
+    if (defined $id && defined $wts) {
+        (my $b64 = $secret) =~ s/^whsec_//;
+        my $key = decode_base64($b64);
+        my $want = 'v1,'
+            . encode_base64(hmac_sha256("$id.$wts.$body", $key), '');
+        my @got = split ' ', $h->{'webhook-signature'} // '';
+        push @p, "webhook-signature '"
+            . ($h->{'webhook-signature'} // '') . "', want '$want'"
+            unless grep { $_ eq $want } @got;
+    }
+    return @p;
+}
+
+# ---------------------------------------------------------------- API
+
+# These take an MR::Test and an API key.
+
+sub wh_create {
+    my ($t, $key, $body) = @_;
+    return $t->req(POST => '/v1/webhooks/endpoints',
+        { Authorization => "Bearer $key" }, $body);
+}
+
+sub wh_get {
+    my ($t, $key, $id) = @_;
+    my $r = $t->req(GET => "/v1/webhooks/endpoints/$id",
+        { Authorization => "Bearer $key" });
+    return $r->{status} == 200 ? $r->{json} : undef;
+}
+
+# The deliveries of an endpoint, newest first (undef unless 200).
+sub wh_deliveries {
+    my ($t, $key, $ep, $limit) = @_;
+    my $r = $t->req(GET => "/v1/webhooks/endpoints/$ep/deliveries?limit="
+        . ($limit // 100), { Authorization => "Bearer $key" });
+    return undef unless $r->{status} == 200 && ref $r->{json} eq 'HASH'
+        && ref $r->{json}{data} eq 'ARRAY';
+    return $r->{json}{data};
+}
+
+# One delivery of an endpoint by id.
+sub wh_delivery {
+    my ($t, $key, $ep, $id) = @_;
+    my $l = wh_deliveries($t, $key, $ep) or return;
+    my ($d) = grep { ref $_ eq 'HASH' && ($_->{id} // '') eq $id } @$l;
+    return $d;
+}
+
+# The deliveries of an execution's events (undef unless 200).
+sub wh_exec_deliveries {
+    my ($t, $key, $exec) = @_;
+    my $r = $t->req(GET => "/v1/webhooks/deliveries?execution_id=$exec",
+        { Authorization => "Bearer $key" });
+    return undef unless $r->{status} == 200 && ref $r->{json} eq 'HASH'
+        && ref $r->{json}{data} eq 'ARRAY';
+    return $r->{json}{data};
+}
+
+# Polls a delivery until $cond->($delivery) is true; returns it (or the
+# last one seen, with {timed_out} set, at the deadline).
+sub wait_delivery {
+    my ($t, $key, $ep, $id, $cond, $timeout) = @_;
+    my $deadline = time + ($timeout // 15);
+    my $last;
+    while (1) {
+        my $d = wh_delivery($t, $key, $ep, $id);
+        $last = $d if $d;
+        return $d if $d && $cond->($d);
+        if (time > $deadline) {
+            return { %{ $last // {} }, timed_out => 1 };
+        }
+        sleep 0.05;
+    }
+}
+
+1;
