@@ -1578,7 +1578,10 @@ mr_store_sweep(MDB_txn *txn, mr_store_op_t *op)
         op->purged++;
     }
 
-    return 0;
+
+    /* 4. the webhook outbox past the retention */
+
+    return mr_store_wh_purge(txn, op, limit);
 }
 
 

@@ -92,6 +92,7 @@ int mr_store_account_put(MDB_txn *txn, mr_account_t *acct);
 int mr_store_wh_apply(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room);
 int mr_store_emit(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
     const char *type);
+int mr_store_wh_purge(MDB_txn *txn, mr_store_op_t *op, ngx_uint_t limit);
 
 
 #endif /* _MR_STORE_LMDB_H_INCLUDED_ */

@@ -46,6 +46,7 @@ static int mr_store_dlv_read(MDB_txn *txn, u_char *id, mr_dlv_t *dlv,
 static int mr_store_dlv_put(MDB_txn *txn, mr_dlv_t *dlv);
 static int mr_store_dlv_due(MDB_txn *txn, mr_dlv_t *dlv, int64_t due);
 static int mr_store_wh_drop(MDB_txn *txn, u_char *wh_id);
+static int64_t mr_store_id_ms(u_char *p);
 static int mr_store_dlv_create(MDB_txn *txn, mr_store_op_t *op,
     u_char *org, u_char *event_id, u_char *wh_id, ngx_str_t *url,
     u_char *exec_id, ngx_str_t *type, int64_t now);
@@ -896,8 +897,18 @@ mr_store_dlv_claim_one(MDB_txn *txn, mr_store_op_t *op, u_char *dlv_id,
     k.mv_size = MR_EVT_ID_LEN;
 
     rc = mdb_get(txn, mr_store.event, &k, &ev);
-    if (rc != 0 || ev.mv_size <= MR_ORG_ID_LEN) {
-        return rc == MDB_NOTFOUND ? MDB_CORRUPTED : rc;
+
+    if (rc == MDB_NOTFOUND || (rc == 0 && ev.mv_size <= MR_ORG_ID_LEN)) {
+        /* purged: nothing to send any more */
+        dlv.rec.status = MR_DLV_FAILED;
+        dlv.rec.next_ms = 0;
+
+        rc = mr_store_dlv_due(txn, &dlv, 0);
+        return rc ? rc : mr_store_dlv_put(txn, &dlv);
+    }
+
+    if (rc != 0) {
+        return rc;
     }
 
     size = sizeof(mr_dlv_job_t) + url.len + 1 + secret.len + headers.len
@@ -1109,6 +1120,164 @@ mr_store_dlv_done(MDB_txn *txn, mr_store_op_t *op)
     ngx_destroy_pool(pool);
 
     return rc;
+}
+
+
+/*
+ * The sweeper: finished deliveries and events older than the retention
+ * (events also older than the deliveries' last possible attempt, which
+ * may still need them: op->wh.max_age_ms), at most limit of each.
+ */
+
+int
+mr_store_wh_purge(MDB_txn *txn, mr_store_op_t *op, ngx_uint_t limit)
+{
+    int          rc;
+    MDB_val      k, v;
+    mr_dlv_t     dlv;
+    ngx_uint_t   i, n;
+    MDB_cursor  *cur;
+    u_char       ids[MR_STORE_SWEEP_MAX][MR_EVT_ID_LEN];
+
+    if (op->retention_ms == 0) {
+        return 0;
+    }
+
+    limit = ngx_min(limit, MR_STORE_SWEEP_MAX);
+
+    /* deliveries: ids sort by creation time */
+
+    rc = mdb_cursor_open(txn, mr_store.dlv, &cur);
+    if (rc != 0) {
+        return rc;
+    }
+
+    n = 0;
+
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+         rc == 0 && n < limit;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT))
+    {
+        mr_dlv_rec_t  rec;
+
+        if (k.mv_size != MR_DLV_ID_LEN || v.mv_size < sizeof(mr_dlv_rec_t)) {
+            continue;
+        }
+
+        ngx_memcpy(&rec, v.mv_data, sizeof(mr_dlv_rec_t));
+
+        if (rec.created_ms + op->retention_ms > op->now) {
+            break;
+        }
+
+        if (rec.status != MR_DLV_PENDING) {
+            ngx_memcpy(ids[n++], k.mv_data, MR_DLV_ID_LEN);
+        }
+    }
+
+    mdb_cursor_close(cur);
+
+    if (rc != 0 && rc != MDB_NOTFOUND) {
+        return rc;
+    }
+
+    op->more |= (n == limit);
+
+    for (i = 0; i < n; i++) {
+        rc = mr_store_dlv_read(txn, ids[i], &dlv, NULL);
+        if (rc == MDB_NOTFOUND) {
+            continue;
+        }
+
+        if (rc == 0 && ngx_memcmp(dlv.rec.wh_id, mr_zero, MR_WH_ID_LEN) != 0) {
+            rc = mr_store_index(mr_store.whdlv, txn, dlv.rec.wh_id,
+                                MR_WH_ID_LEN, ids[i], MR_DLV_ID_LEN, 0);
+        }
+
+        if (rc == 0
+            && ngx_memcmp(dlv.rec.exec_id, mr_zero, MR_EXEC_ID_LEN) != 0)
+        {
+            rc = mr_store_index(mr_store.execdlv, txn, dlv.rec.exec_id,
+                                MR_EXEC_ID_LEN, ids[i], MR_DLV_ID_LEN, 0);
+        }
+
+        if (rc == 0) {
+            k.mv_data = ids[i];
+            k.mv_size = MR_DLV_ID_LEN;
+            rc = mdb_del(txn, mr_store.dlv, &k, NULL);
+        }
+
+        if (rc != 0) {
+            return rc;
+        }
+
+        op->purged++;
+    }
+
+    /* events: ids sort by creation time too */
+
+    rc = mdb_cursor_open(txn, mr_store.event, &cur);
+    if (rc != 0) {
+        return rc;
+    }
+
+    n = 0;
+
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+         rc == 0 && n < limit;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT))
+    {
+        int64_t  created;
+
+        if (k.mv_size != MR_EVT_ID_LEN) {
+            continue;
+        }
+
+        created = mr_store_id_ms((u_char *) k.mv_data + 4);
+
+        if (created + op->retention_ms > op->now
+            || created + op->wh.max_age_ms > op->now)
+        {
+            break;
+        }
+
+        ngx_memcpy(ids[n++], k.mv_data, MR_EVT_ID_LEN);
+    }
+
+    mdb_cursor_close(cur);
+
+    if (rc != 0 && rc != MDB_NOTFOUND) {
+        return rc;
+    }
+
+    op->more |= (n == limit);
+
+    for (i = 0; i < n; i++) {
+        k.mv_data = ids[i];
+        k.mv_size = MR_EVT_ID_LEN;
+
+        rc = mdb_del(txn, mr_store.event, &k, NULL);
+        if (rc != 0 && rc != MDB_NOTFOUND) {
+            return rc;
+        }
+
+        op->purged++;
+    }
+
+    return 0;
+}
+
+
+/* the milliseconds of a time-ordered id: 12 hex digits */
+
+static int64_t
+mr_store_id_ms(u_char *p)
+{
+    ngx_int_t  n;
+
+    n = ngx_hextoi(p, 12);
+
+    return n == NGX_ERROR ? 0 : (int64_t) n;
 }
 
 

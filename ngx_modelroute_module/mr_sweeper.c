@@ -71,6 +71,8 @@ mr_sweeper_handler(ngx_event_t *ev)
     op->limit = MR_SWEEP_LIMIT;
     op->idem_ttl_ms = (int64_t) mr_sweeper_mcf->idempotency_ttl * 1000;
     op->retention_ms = (int64_t) mr_sweeper_mcf->retention * 1000;
+    op->wh.max_age_ms = (int64_t) mr_sweeper_mcf->webhook_max_age * 1000
+                        + (int64_t) mr_sweeper_mcf->webhook_timeout;
 
     mr_store_submit(op);
 }

@@ -112,7 +112,9 @@ $t->check_log;
 
 # ---- retention: terminal executions older than 3 s are purged
 $t = MR::Test->new(extra_http => "modelroute_retention 3s;\n"
-    . "modelroute_sweep_interval 200ms;\n");
+    . "modelroute_sweep_interval 200ms;\nmodelroute_webhook_allow_private on;\n"
+    . "modelroute_webhook_retry 1s;\nmodelroute_webhook_max_age 1s;\n"
+    . "modelroute_webhook_timeout 1s;\n");
 $t->start;
 
 my $acc3 = $t->new_account(credit => '10.00');
@@ -130,5 +132,36 @@ is($t->get_exec($acc3->{key}, $open->{json}{id})->{status}, 200,
 my $v3 = $t->verify($acc3->{org});
 ok($v3->{ok}, 'ledger invariant after purging');
 is($v3->{executions}, 1, 'the purged one left the account index too');
+
+# the webhook outbox too: a failed delivery and its event
+my $wh = $t->req(POST => '/v1/webhooks/endpoints', auth($acc3->{key}),
+    { url => 'http://127.0.0.1:9/nobody-listens' });
+is($wh->{status}, 201, 'an endpoint that refuses connections');
+my $whid = $wh->{json}{id} // '';
+my $tst = $t->req(POST => "/v1/webhooks/endpoints/$whid/test",
+    auth($acc3->{key}));
+is($tst->{status}, 202, 'a test event');
+my $failed = wait_for(sub {
+    my $l = $t->req(GET => "/v1/webhooks/endpoints/$whid/deliveries",
+        auth($acc3->{key}))->{json}{data} // [];
+    @$l && $l->[0]{status} eq 'failed';
+}, 20, 0.2);
+ok($failed, 'the delivery fails after its schedule');
+my $purged = wait_for(sub {
+    my $l = $t->req(GET => "/v1/webhooks/endpoints/$whid/deliveries",
+        auth($acc3->{key}))->{json}{data};
+    $l && !@$l;
+}, 20, 0.2);
+ok($purged, 'a finished delivery past the retention is purged');
+SKIP: {
+    skip 'mdb_stat (lmdb-utils) not installed', 1
+        unless -x '/usr/bin/mdb_stat';
+    my $ev = wait_for(sub {
+        my $out = `/usr/bin/mdb_stat -s event ${\ $t->store } 2>/dev/null`;
+        my ($n) = $out =~ /Entries: (\d+)/;
+        return defined $n && $n == 0 ? 1 : undef;
+    }, 20, 0.2);
+    ok($ev, 'its event too');
+}
 
 $t->done;
