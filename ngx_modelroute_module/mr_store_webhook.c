@@ -53,8 +53,7 @@ static int mr_store_dlv_create(MDB_txn *txn, mr_store_op_t *op,
 static int mr_store_event_put(MDB_txn *txn, u_char *event_id, u_char *org,
     ngx_str_t *type, u_char *exec_id, ngx_str_t *data, int64_t now,
     ngx_pool_t *pool);
-static int mr_store_secret(MDB_txn *txn, u_char *org, u_char *secret,
-    ngx_str_t *out);
+static int mr_store_secret(MDB_txn *txn, u_char *org, u_char *secret);
 static int mr_store_wh_update(MDB_txn *txn, mr_store_op_t *op);
 static int mr_store_wh_test(MDB_txn *txn, mr_store_op_t *op);
 static int mr_store_dlv_retry(MDB_txn *txn, mr_store_op_t *op);
@@ -307,7 +306,7 @@ mr_store_emit(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
         url.data++;
         url.len -= 2;
 
-        rc = mr_store_secret(txn, exec->rec.org, secret, NULL);
+        rc = mr_store_secret(txn, exec->rec.org, secret);
         if (rc != 0) {
             goto done;
         }
@@ -327,7 +326,7 @@ done:
 /* the account's default secret, made on first use */
 
 static int
-mr_store_secret(MDB_txn *txn, u_char *org, u_char *secret, ngx_str_t *out)
+mr_store_secret(MDB_txn *txn, u_char *org, u_char *secret)
 {
     int      rc;
     MDB_val  k, v;
@@ -830,7 +829,7 @@ mr_store_dlv_claim_one(MDB_txn *txn, mr_store_op_t *op, u_char *dlv_id,
     } else {
         url = dlv.seg[MR_DLV_SEG_URL];
 
-        rc = mr_store_secret(txn, dlv.rec.org, sbuf, NULL);
+        rc = mr_store_secret(txn, dlv.rec.org, sbuf);
         if (rc != 0) {
             return rc;
         }

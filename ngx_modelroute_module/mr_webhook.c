@@ -396,7 +396,7 @@ mr_webhook_sign(mr_dlv_job_t *job, time_t ts, struct curl_slist **list)
     unsigned int       mlen;
     struct curl_slist *l, *n;
     u_char             mac[EVP_MAX_MD_SIZE], key[64];
-    u_char             line[512], b64[ngx_base64_encoded_length(32) + 1];
+    u_char             line[2048], b64[ngx_base64_encoded_length(32) + 1];
 
     len = job->body.len + NGX_TIME_T_LEN + MR_EVT_ID_LEN + 2;
 
