@@ -4,7 +4,7 @@
 #   ./build.sh          install what is missing, build the module
 #   ./build.sh run      build, then run nginx with conf/ on 127.0.0.1:8080
 #   ./build.sh test     build, then run every test (prove -r t)
-#   ./build.sh bench    build, then run the benchmark in bench/
+#   ./build.sh bench    build, then run the benchmarks in bench/
 #
 # NGINX_SRC=/path/to/nginx-source builds against another nginx tree.
 set -euo pipefail
@@ -84,6 +84,9 @@ case "$cmd" in
     test)  install_deps; build
            cd "$top" && MR_MODULE="$module" prove -r t ;;
     bench) install_deps; build
-           exec "$top/bench/run.sh" "$module" ;;
+           rc=0
+           "$top/bench/run.sh" "$module" || rc=1
+           "$top/bench/webhooks.sh" "$module" || rc=1
+           exit $rc ;;
     *)     echo "usage: $0 [build|run|test|bench]" >&2; exit 2 ;;
 esac

@@ -22,6 +22,7 @@ struct mr_curl_req_s {
     CURL                     *easy;
     mr_curl_done_pt           done;
     void                     *data;
+    ngx_uint_t                failed;     /* no connection for a socket */
 };
 
 
@@ -32,10 +33,13 @@ static void mr_curl_event_handler(ngx_event_t *ev);
 static void mr_curl_timer_handler(ngx_event_t *ev);
 static void mr_curl_check(void);
 static void mr_curl_remove(mr_curl_req_t *req);
+static void mr_curl_fail(CURL *easy);
+static void mr_curl_fail_handler(ngx_event_t *ev);
 
 
 static CURLM        *mr_curl_multi;
 static ngx_event_t   mr_curl_timer_ev;
+static ngx_event_t   mr_curl_fail_ev;
 static ngx_queue_t   mr_curl_reqs;
 static ngx_log_t    *mr_curl_log;
 
@@ -65,6 +69,10 @@ mr_curl_init_process(ngx_cycle_t *cycle)
     mr_curl_timer_ev.data = mr_curl_multi;
     mr_curl_timer_ev.cancelable = 1;
 
+    mr_curl_fail_ev.handler = mr_curl_fail_handler;
+    mr_curl_fail_ev.log = cycle->log;
+    mr_curl_fail_ev.data = mr_curl_multi;
+
     return NGX_OK;
 }
 
@@ -86,12 +94,16 @@ mr_curl_exit_process(ngx_cycle_t *cycle)
         req = ngx_queue_data(q, mr_curl_req_t, queue);
 
         mr_curl_remove(req);
-        req->done(req->easy, CURLE_ABORTED_BY_CALLBACK, req->data);
+        req->done(req->easy, MR_CURL_ABANDONED, req->data);
         ngx_free(req);
     }
 
     if (mr_curl_timer_ev.timer_set) {
         ngx_del_timer(&mr_curl_timer_ev);
+    }
+
+    if (mr_curl_fail_ev.posted) {
+        ngx_delete_posted_event(&mr_curl_fail_ev);
     }
 
     curl_multi_cleanup(mr_curl_multi);
@@ -116,6 +128,7 @@ mr_curl_start(CURL *easy, mr_curl_done_pt done, void *data)
     req->easy = easy;
     req->done = done;
     req->data = data;
+    req->failed = 0;
 
     curl_easy_setopt(easy, CURLOPT_PRIVATE, req);
     curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
@@ -226,7 +239,9 @@ mr_curl_socket(CURL *easy, curl_socket_t s, int what, void *userp,
     if (c == NULL) {
         c = ngx_get_connection(s, mr_curl_log);
         if (c == NULL) {
-            return -1;
+            /* -1 would make curl give the whole multi handle up */
+            mr_curl_fail(easy);
+            return 0;
         }
 
         c->data = mr_curl_multi;
@@ -244,7 +259,8 @@ mr_curl_socket(CURL *easy, curl_socket_t s, int what, void *userp,
 
     if (what & CURL_POLL_IN) {
         if (!rev->active && ngx_add_event(rev, NGX_READ_EVENT, 0) != NGX_OK) {
-            return -1;
+            mr_curl_fail(easy);
+            return 0;
         }
 
     } else if (rev->active) {
@@ -254,7 +270,8 @@ mr_curl_socket(CURL *easy, curl_socket_t s, int what, void *userp,
     if (what & CURL_POLL_OUT) {
         if (!wev->active && ngx_add_event(wev, NGX_WRITE_EVENT, 0) != NGX_OK)
         {
-            return -1;
+            mr_curl_fail(easy);
+            return 0;
         }
 
     } else if (wev->active) {
@@ -276,9 +293,61 @@ mr_curl_timer(CURLM *multi, long timeout_ms, void *userp)
         return 0;
     }
 
+    /* ngx_add_timer() keeps a timer that is due within 300 ms */
+
+    if (mr_curl_timer_ev.timer_set) {
+        ngx_del_timer(&mr_curl_timer_ev);
+    }
+
     ngx_add_timer(&mr_curl_timer_ev, (ngx_msec_t) timeout_ms);
 
     return 0;
+}
+
+
+/* a transfer whose socket nginx could not take: ended on the loop */
+
+static void
+mr_curl_fail(CURL *easy)
+{
+    char  *p;
+
+    p = NULL;
+
+    if (curl_easy_getinfo(easy, CURLINFO_PRIVATE, &p) == CURLE_OK && p) {
+        ((mr_curl_req_t *) p)->failed = 1;
+
+        if (!mr_curl_fail_ev.posted) {
+            ngx_post_event(&mr_curl_fail_ev, &ngx_posted_events);
+        }
+    }
+}
+
+
+static void
+mr_curl_fail_handler(ngx_event_t *ev)
+{
+    ngx_queue_t    *q, *next;
+    mr_curl_req_t  *req;
+
+    for (q = ngx_queue_head(&mr_curl_reqs);
+         q != ngx_queue_sentinel(&mr_curl_reqs);
+         q = next)
+    {
+        next = ngx_queue_next(q);
+        req = ngx_queue_data(q, mr_curl_req_t, queue);
+
+        if (!req->failed) {
+            continue;
+        }
+
+        mr_curl_remove(req);
+        req->done(req->easy, CURLE_COULDNT_CONNECT, req->data);
+        ngx_free(req);
+
+        /* done() may have started or ended others: from the start */
+        next = ngx_queue_head(&mr_curl_reqs);
+    }
 }
 
 

@@ -16,7 +16,9 @@
 
 typedef struct mr_curl_req_s  mr_curl_req_t;
 
-/* rc CURLE_ABORTED_BY_CALLBACK: the worker is exiting; nothing to send */
+/* the worker exits: the transfer is given up, nothing is to be recorded */
+#define MR_CURL_ABANDONED  ((CURLcode) -1)
+
 typedef void (*mr_curl_done_pt)(CURL *easy, CURLcode rc, void *data);
 
 

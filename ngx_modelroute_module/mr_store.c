@@ -596,10 +596,35 @@ mr_store_batch_thread(void *data, ngx_log_t *log)
     mr_store_batch_t  *b = data;
 
     int             rc;
+    ngx_uint_t      soft;
     ngx_queue_t    *q;
     mr_store_op_t  *op;
 
     if (b->n) {
+
+        /*
+         * a batch of only webhook claims and attempts, which a system
+         * crash may undo without harm (the delivery is due again and sent
+         * again: at least once), skips the fsync of the meta page; LMDB
+         * keeps the store intact, and the next full commit makes it
+         * durable.  Everything sent was created by a full commit.
+         */
+
+        soft = (mr_store.mcf->durability == MR_DURABILITY_FULL);
+
+        for (q = ngx_queue_head(&b->ops);
+             soft && q != ngx_queue_sentinel(&b->ops);
+             q = ngx_queue_next(q))
+        {
+            op = ngx_queue_data(q, mr_store_op_t, queue);
+            soft = (op->type == MR_OP_DLV_CLAIM
+                    || op->type == MR_OP_DLV_DONE);
+        }
+
+        if (soft) {
+            (void) mdb_env_set_flags(mr_store.env, MDB_NOMETASYNC, 1);
+        }
+
         b->rc = mr_store_run(&b->ops, NULL);
 
         if (b->rc != 0 && b->rc != MDB_MAP_RESIZED && b->n > 1) {
@@ -617,6 +642,10 @@ mr_store_batch_thread(void *data, ngx_log_t *log)
                 op = ngx_queue_data(q, mr_store_op_t, queue);
                 (void) mr_store_run(NULL, op);
             }
+        }
+
+        if (soft) {
+            (void) mdb_env_set_flags(mr_store.env, MDB_NOMETASYNC, 0);
         }
     }
 

@@ -8,7 +8,7 @@
  *   whsecret  org                    -> the default secret
  *   event     evt_id                 -> org + the event's body
  *   dlv       dlv_id                 -> mr_dlv_rec_t + segments
- *   dlvdue    be64 due_ms + dlv_id   -> ""   (pending deliveries)
+ *   dlvdue    be64 due_ms + dlv_id   -> wh_id (pending deliveries)
  *   whdlv     wh_id + dlv_id         -> ""   (an endpoint's log)
  *   execdlv   exec_id + dlv_id       -> ""   (an execution's, in order)
  *
@@ -33,7 +33,8 @@
 #include "mr_exec.h"
 
 
-#define MR_DLV_SCAN         4       /* due entries looked at per claim */
+#define MR_DLV_SCAN         4       /* due entries read per claimed one */
+#define MR_DLV_SCAN_MAX     8192    /* due index entries looked at */
 #define MR_DLV_INACTIVE     2000    /* ms: look again at an inactive one */
 #define MR_WH_FAILURES_MAX  10
 
@@ -669,9 +670,10 @@ mr_store_dlv_claim(MDB_txn *txn, mr_store_op_t *op)
     int          rc;
     MDB_val      k, v;
     ngx_pool_t  *pool;
-    ngx_uint_t   i, n, max, claimed;
+    ngx_uint_t   i, n, max, claimed, scanned, same;
     MDB_cursor  *cur;
     u_char     (*ids)[MR_DLV_ID_LEN];
+    u_char     (*whs)[MR_WH_ID_LEN];
 
     op->wh.jobs = NULL;
 
@@ -686,7 +688,9 @@ mr_store_dlv_claim(MDB_txn *txn, mr_store_op_t *op)
     }
 
     ids = ngx_palloc(pool, max * MR_DLV_ID_LEN);
-    if (ids == NULL) {
+    whs = ngx_palloc(pool, max * MR_WH_ID_LEN);
+
+    if (ids == NULL || whs == NULL) {
         ngx_destroy_pool(pool);
         return ENOMEM;
     }
@@ -697,10 +701,17 @@ mr_store_dlv_claim(MDB_txn *txn, mr_store_op_t *op)
         return rc;
     }
 
+    /*
+     * the index entries carry their endpoint: an endpoint at its cap is
+     * passed over without reading its deliveries, so that one slow
+     * endpoint's backlog does not hide the others' deliveries
+     */
+
     n = 0;
+    scanned = 0;
 
     for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
-         rc == 0 && n < max;
+         rc == 0 && n < max && scanned++ < MR_DLV_SCAN_MAX;
          rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT))
     {
         if (k.mv_size != 8 + MR_DLV_ID_LEN) {
@@ -709,6 +720,30 @@ mr_store_dlv_claim(MDB_txn *txn, mr_store_op_t *op)
 
         if ((int64_t) mr_be64_get(k.mv_data) > op->now) {
             break;
+        }
+
+        if (v.mv_size == MR_WH_ID_LEN
+            && ngx_memcmp(v.mv_data, mr_zero, MR_WH_ID_LEN) != 0)
+        {
+            same = 0;
+
+            for (i = 0; i < op->wh.nbusy; i++) {
+                same += (ngx_memcmp(op->wh.busy + i * MR_WH_ID_LEN,
+                                    v.mv_data, MR_WH_ID_LEN) == 0);
+            }
+
+            for (i = 0; i < n; i++) {
+                same += (ngx_memcmp(whs[i], v.mv_data, MR_WH_ID_LEN) == 0);
+            }
+
+            if (same >= op->wh.per_endpoint) {
+                continue;
+            }
+
+            ngx_memcpy(whs[n], v.mv_data, MR_WH_ID_LEN);
+
+        } else {
+            ngx_memzero(whs[n], MR_WH_ID_LEN);
         }
 
         ngx_memcpy(ids[n++], (u_char *) k.mv_data + 8, MR_DLV_ID_LEN);
@@ -1165,7 +1200,11 @@ mr_store_wh_purge(MDB_txn *txn, mr_store_op_t *op, ngx_uint_t limit)
 
         ngx_memcpy(&rec, v.mv_data, sizeof(mr_dlv_rec_t));
 
-        if (rec.created_ms + op->retention_ms > op->now) {
+        /* the id's time orders the walk (a retry renews created_ms) */
+
+        if (mr_store_id_ms((u_char *) k.mv_data + 4) + op->retention_ms
+            > op->now)
+        {
             break;
         }
 
@@ -1371,17 +1410,20 @@ mr_store_wh_drop(MDB_txn *txn, u_char *wh_id)
 static int
 mr_store_dlv_due(MDB_txn *txn, mr_dlv_t *dlv, int64_t due)
 {
-    int     rc;
-    u_char  key[8 + MR_DLV_ID_LEN];
+    int      rc;
+    MDB_val  k, v;
+    u_char   key[8 + MR_DLV_ID_LEN];
 
     ngx_memcpy(key + 8, dlv->rec.id, MR_DLV_ID_LEN);
+
+    k.mv_data = key;
+    k.mv_size = sizeof(key);
 
     if (dlv->rec.due_ms) {
         mr_be64_put(key, (uint64_t) dlv->rec.due_ms);
 
-        rc = mr_store_index(mr_store.dlvdue, txn, key, sizeof(key), NULL, 0,
-                            0);
-        if (rc != 0) {
+        rc = mdb_del(txn, mr_store.dlvdue, &k, NULL);
+        if (rc != 0 && rc != MDB_NOTFOUND) {
             return rc;
         }
     }
@@ -1392,9 +1434,13 @@ mr_store_dlv_due(MDB_txn *txn, mr_dlv_t *dlv, int64_t due)
         return 0;
     }
 
-    mr_be64_put(key, (uint64_t) due);
+    /* the value: its endpoint, for the claim's per-endpoint cap */
 
-    return mr_store_index(mr_store.dlvdue, txn, key, sizeof(key), NULL, 0, 1);
+    mr_be64_put(key, (uint64_t) due);
+    v.mv_data = dlv->rec.wh_id;
+    v.mv_size = MR_WH_ID_LEN;
+
+    return mdb_put(txn, mr_store.dlvdue, &k, &v, 0);
 }
 
 

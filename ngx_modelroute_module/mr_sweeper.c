@@ -56,6 +56,8 @@ mr_sweeper_init_process(ngx_cycle_t *cycle, mr_main_conf_t *mcf)
 static void
 mr_sweeper_handler(ngx_event_t *ev)
 {
+    ngx_uint_t      i;
+    ngx_msec_t     *ms, step;
     mr_store_op_t  *op;
 
     if (ngx_exiting || ngx_quit || ngx_terminate) {
@@ -71,7 +73,17 @@ mr_sweeper_handler(ngx_event_t *ev)
     op->limit = MR_SWEEP_LIMIT;
     op->idem_ttl_ms = (int64_t) mr_sweeper_mcf->idempotency_ttl * 1000;
     op->retention_ms = (int64_t) mr_sweeper_mcf->retention * 1000;
+    /* the last attempt of a delivery: after its max age, one more step */
+
+    ms = mr_sweeper_mcf->webhook_retry->elts;
+    step = 0;
+
+    for (i = 0; i < mr_sweeper_mcf->webhook_retry->nelts; i++) {
+        step = ngx_max(step, ms[i]);
+    }
+
     op->wh.max_age_ms = (int64_t) mr_sweeper_mcf->webhook_max_age * 1000
+                        + (int64_t) step
                         + (int64_t) mr_sweeper_mcf->webhook_timeout;
 
     mr_store_submit(op);

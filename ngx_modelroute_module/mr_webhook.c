@@ -62,6 +62,7 @@ static mr_main_conf_t  *mr_wh_mcf;
 static ngx_event_t      mr_wh_claim_ev;
 static mr_store_op_t    mr_wh_claim_op;
 static ngx_uint_t       mr_wh_claiming;
+static ngx_uint_t       mr_wh_kicked;     /* while claiming */
 static ngx_queue_t      mr_wh_sends;
 static ngx_uint_t       mr_wh_active;
 
@@ -102,7 +103,13 @@ mr_webhook_exit_process(ngx_cycle_t *cycle)
 static void
 mr_webhook_kick(void)
 {
-    if (mr_wh_claiming || ngx_exiting || ngx_quit || ngx_terminate) {
+    if (ngx_exiting || ngx_quit || ngx_terminate) {
+        return;
+    }
+
+    if (mr_wh_claiming) {
+        /* the claim in flight may not see what made this kick */
+        mr_wh_kicked = 1;
         return;
     }
 
@@ -162,6 +169,7 @@ mr_webhook_claim(ngx_event_t *ev)
     op->wh.lease_ms = (int64_t) mr_wh_mcf->webhook_timeout + MR_WH_LEASE_PAD;
 
     mr_wh_claiming = 1;
+    mr_wh_kicked = 0;
 
     mr_store_submit(op);
 }
@@ -201,10 +209,11 @@ mr_webhook_claimed(mr_store_op_t *op)
         return;
     }
 
-    /* a full claim may have left more behind */
+    /* a full claim may have left more behind; a kick came meanwhile */
 
     ngx_add_timer(&mr_wh_claim_ev,
-                  (n && n == op->wh.limit) ? 1 : MR_WH_POLL);
+                  ((n && n == op->wh.limit) || mr_wh_kicked) ? 1
+                                                             : MR_WH_POLL);
 }
 
 
@@ -246,6 +255,7 @@ mr_webhook_send(mr_dlv_job_t *job)
     curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, s->errbuf);
     curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, mr_webhook_discard);
     curl_easy_setopt(easy, CURLOPT_WRITEDATA, s);
+    curl_easy_setopt(easy, CURLOPT_PROXY, "");   /* no proxy from env */
     curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR,
                      mr_wh_mcf->webhook_allow_private ? "http,https"
                                                       : "https");
@@ -293,7 +303,7 @@ mr_webhook_sent(CURL *easy, CURLcode rc, void *data)
     ngx_queue_init(&s->queue);
     mr_wh_active--;
 
-    if (rc == CURLE_ABORTED_BY_CALLBACK) {
+    if (rc == MR_CURL_ABANDONED) {
         /* the worker exits: the lease ends, another worker sends it */
         mr_webhook_free(s);
         return;
@@ -301,7 +311,10 @@ mr_webhook_sent(CURL *easy, CURLcode rc, void *data)
 
     code = 0;
 
-    if (rc == CURLE_OK) {
+    if (rc == CURLE_OK
+        || (rc == CURLE_WRITE_ERROR && s->received > MR_WH_BODY_MAX))
+    {
+        /* a long answer is cut short: its status is what counts */
         curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &code);
         err = NULL;
 
@@ -396,7 +409,7 @@ mr_webhook_sign(mr_dlv_job_t *job, time_t ts, struct curl_slist **list)
     unsigned int       mlen;
     struct curl_slist *l, *n;
     u_char             mac[EVP_MAX_MD_SIZE], key[64];
-    u_char             line[2048], b64[ngx_base64_encoded_length(32) + 1];
+    u_char             line[256], b64[ngx_base64_encoded_length(32) + 1];
 
     len = job->body.len + NGX_TIME_T_LEN + MR_EVT_ID_LEN + 2;
 
@@ -480,11 +493,32 @@ mr_webhook_sign(mr_dlv_job_t *job, time_t ts, struct curl_slist **list)
                            NULL);
 
         json_object_foreach(extra, name, value) {
+            u_char  *h;
+            size_t   hlen;
+
             if (!json_is_string(value)) {
                 continue;
             }
 
-            mr_header("%s: %s", name, json_string_value(value));
+            hlen = ngx_strlen(name) + 2 + json_string_length(value) + 1;
+
+            h = ngx_alloc(hlen, ngx_cycle->log);
+            if (h == NULL) {
+                json_decref(extra);
+                goto failed;
+            }
+
+            *ngx_sprintf(h, "%s: %s", name, json_string_value(value)) = '\0';
+
+            n = curl_slist_append(l, (char *) h);
+            ngx_free(h);
+
+            if (n == NULL) {
+                json_decref(extra);
+                goto failed;
+            }
+
+            l = n;
         }
 
         json_decref(extra);
@@ -559,6 +593,7 @@ mr_webhook_addr_blocked(struct sockaddr *sa)
                || (a >> 16) == 0xc0a8                 /* 192.168/16 */
                || (a >> 22) == (100 << 2 | 1)         /* 100.64/10 */
                || (a >> 8) == 0xc00000                /* 192.0.0/24 */
+               || (a >> 17) == (0xc612 >> 1)          /* 198.18/15 */
                || (a >> 28) >= 0xe;                   /* multicast+ */
 
 #if (NGX_HAVE_INET6)
@@ -566,14 +601,19 @@ mr_webhook_addr_blocked(struct sockaddr *sa)
         sin6 = (struct sockaddr_in6 *) sa;
         b = sin6->sin6_addr.s6_addr;
 
+        /* forms that carry an IPv4 address: check that one */
+
         if (IN6_IS_ADDR_V4MAPPED(&sin6->sin6_addr)
-            || IN6_IS_ADDR_V4COMPAT(&sin6->sin6_addr))
+            || IN6_IS_ADDR_V4COMPAT(&sin6->sin6_addr)
+            || (b[0] == 0 && b[1] == 0x64 && b[2] == 0xff && b[3] == 0x9b)
+            || (ngx_memcmp(b, "\0\0\0\0\0\0\0\0\xff\xff\0\0", 12) == 0)
+            || (b[0] == 0x20 && b[1] == 0x02))
         {
             struct sockaddr_in  v4;
 
             ngx_memzero(&v4, sizeof(struct sockaddr_in));
             v4.sin_family = AF_INET;
-            ngx_memcpy(&v4.sin_addr, b + 12, 4);
+            ngx_memcpy(&v4.sin_addr, (b[0] == 0x20) ? b + 2 : b + 12, 4);
 
             return mr_webhook_addr_blocked((struct sockaddr *) &v4);
         }
@@ -657,7 +697,7 @@ mr_webhook_url_check(ngx_str_t *url, ngx_uint_t allow_private)
 
     if (*host == '[') {
         p = ngx_strlchr(host, last, ']');
-        if (p == NULL) {
+        if (p == NULL || ngx_strlchr(host, p, '%')) {
             return "the URL's host is not valid";
         }
 
@@ -674,7 +714,16 @@ mr_webhook_url_check(ngx_str_t *url, ngx_uint_t allow_private)
     }
 
     ngx_memcpy(buf, host, hlen);
+
+    if (buf[hlen - 1] == '.') {
+        hlen--;               /* "localhost." is localhost */
+    }
+
     buf[hlen] = '\0';
+
+    if (hlen == 0) {
+        return "the URL has no host";
+    }
 
     if (hlen >= 9 && ngx_strncasecmp(buf + hlen - 9, (u_char *) "localhost",
                                      9) == 0
@@ -685,7 +734,9 @@ mr_webhook_url_check(ngx_str_t *url, ngx_uint_t allow_private)
 
     ngx_memzero(&sin, sizeof(struct sockaddr_in));
 
-    if (inet_pton(AF_INET, (char *) buf, &sin.sin_addr) == 1) {
+    /* inet_aton(): also 127.1, 0x7f000001, 2130706433, 0177.0.0.1 */
+
+    if (inet_aton((char *) buf, &sin.sin_addr) != 0) {
         sin.sin_family = AF_INET;
 
         return mr_webhook_addr_blocked((struct sockaddr *) &sin)

@@ -309,8 +309,8 @@ ngx_http_modelroute_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_conf_init_msec_value(mcf->sweep_interval, 1000);
     ngx_conf_init_msec_value(mcf->webhook_timeout, 30000);
     ngx_conf_init_value(mcf->webhook_max_age, 24 * 3600);
-    ngx_conf_init_uint_value(mcf->webhook_total, 64);
-    ngx_conf_init_uint_value(mcf->webhook_per_endpoint, 8);
+    ngx_conf_init_uint_value(mcf->webhook_total, 256);
+    ngx_conf_init_uint_value(mcf->webhook_per_endpoint, 64);
     ngx_conf_init_value(mcf->webhook_allow_private, 0);
 
     if (mcf->webhook_retry == NGX_CONF_UNSET_PTR) {
@@ -539,7 +539,7 @@ ngx_http_modelroute_webhook_concurrency(ngx_conf_t *cf, ngx_command_t *cmd,
     }
 
     mcf->webhook_total = n;
-    mcf->webhook_per_endpoint = ngx_min(8, n);
+    mcf->webhook_per_endpoint = ngx_min(64, n);
 
     if (cf->args->nelts == 3) {
         n = ngx_atoi(value[2].data, value[2].len);

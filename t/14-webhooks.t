@@ -79,13 +79,13 @@ sub delivery_ok {
     push @why, "status '" . ($d->{status} // 'undef') . "'"
         unless ($d->{status} // '') =~ /^(?:pending|succeeded|failed)$/;
     push @why, 'attempts not an array' unless ref $d->{attempts} eq 'ARRAY';
-    for my $a (@{ ref $d->{attempts} eq 'ARRAY' ? $d->{attempts} : [] }) {
-        push @why, 'attempt.at' unless is_rfc3339($a->{at});
+    for my $at (@{ ref $d->{attempts} eq 'ARRAY' ? $d->{attempts} : [] }) {
+        push @why, 'attempt.at' unless is_rfc3339($at->{at});
         push @why, 'attempt.status_code'
-            unless !defined $a->{status_code} || $a->{status_code} =~ /^\d+$/;
+            unless !defined $at->{status_code} || $at->{status_code} =~ /^\d+$/;
         push @why, 'attempt.latency_ms'
-            unless defined $a->{latency_ms} && $a->{latency_ms} =~ /^\d+$/;
-        push @why, 'attempt.error' unless exists $a->{error};
+            unless defined $at->{latency_ms} && $at->{latency_ms} =~ /^\d+$/;
+        push @why, 'attempt.error' unless exists $at->{error};
     }
     push @why, 'next_attempt_at' unless exists $d->{next_attempt_at};
     push @why, 'next_attempt_at not RFC 3339'
@@ -245,8 +245,8 @@ my @bad = (
     [ 'header value null', { headers => { 'X-A' => undef } }, 'headers' ],
     [ 'description a number', { description => 5 }, 'description' ],
 );
-for my $b (@bad) {
-    my ($what, $body, $field) = @$b;
+for my $bad (@bad) {
+    my ($what, $body, $field) = @$bad;
     my %body = (url => $rc->url('/bad'), %$body);
     delete $body{url} if $what eq 'missing url';
     my $res = wh_create($t, $key, \%body);
@@ -297,6 +297,50 @@ if ($r->{status} == 201) {
         'custom headers named like signature headers refused');
 }
 
+# custom headers that would break the framing: refused, or the body
+# arrives intact
+$r = wh_create($t, $key, { url => $rc->url('/framing'),
+    headers => { 'Content-Length' => '5' } });
+if ($r->{status} == 201) {
+    my $sec = $r->{json}{secret};
+    $t->req(POST => "/v1/webhooks/endpoints/$r->{json}{id}/test", \%A);
+    my ($q) = $rc->wait_requests(1, path => '/framing');
+    my @p = $q ? signature_problems($q, $sec) : ('no request');
+    ok(!@p && ref event_of($q) eq 'HASH',
+        'a custom Content-Length does not truncate the body')
+        or diag join "\n", @p, $q ? $q->{body} : '';
+    $t->req(DELETE => "/v1/webhooks/endpoints/$r->{json}{id}", \%A);
+} else {
+    is_error($r, 400, 'INPUT_VALIDATION_ERROR',
+        'a custom Content-Length header refused');
+}
+
+# a long custom header: refused, or sent whole
+{
+    my ($hn, $hv) = ('X-' . ('n' x 1500), 'v' x 1000);
+    $r = wh_create($t, $key, { url => $rc->url('/longhdr'),
+        headers => { $hn => $hv } });
+    if ($r->{status} == 201) {
+        $t->req(POST => "/v1/webhooks/endpoints/$r->{json}{id}/test", \%A);
+        my ($q) = $rc->wait_requests(1, path => '/longhdr');
+        is($q && $q->{headers}{lc $hn}, $hv,
+            'a long custom header (1502 + 1000 bytes) is sent whole')
+            or diag $q ? explain([ grep { $_->[0] =~ /^X-n/ }
+                @{ $q->{header_list} } ]) : 'no request';
+        $t->req(DELETE => "/v1/webhooks/endpoints/$r->{json}{id}", \%A);
+    } else {
+        is_error($r, 400, 'INPUT_VALIDATION_ERROR',
+            'a long custom header refused');
+    }
+}
+
+# a url with a CRLF or a space is not a URL
+for my $u ($rc->url("/x\r\nX-Injected: 1"), $rc->url('/a b')) {
+    (my $show = $u) =~ s/\r\n/\\r\\n/;
+    is_error(wh_create($t, $key, { url => $u }), 400,
+        'INPUT_VALIDATION_ERROR', "url '$show' refused");
+}
+
 # ---------------------------------------------------------------- patch, delete
 
 $r = wh_create($t, $key, { url => $rc->url('/tmp1'), description => 'tmp' });
@@ -338,7 +382,7 @@ ok(is_true($r->{json}{is_active}), '... active');
 is($r->{json}{failure_count}, 0, '... failure_count 0');
 
 my $before = wh_get($t, $key, $tmp_id);
-for my $b ([ 'url ftp', { url => 'ftp://x/y' }, 'url' ],
+for my $pb ([ 'url ftp', { url => 'ftp://x/y' }, 'url' ],
     [ 'url a number', { url => 5 }, 'url' ],
     [ 'events unknown', { events => ['execution.nope'] }, 'events' ],
     [ 'events a string', { events => 'execution.expired' }, 'events' ],
@@ -346,9 +390,9 @@ for my $b ([ 'url ftp', { url => 'ftp://x/y' }, 'url' ],
     [ 'header value a number', { headers => { A => 2 } }, 'headers' ],
     [ 'is_active a string', { is_active => 'yes' }, 'is_active' ],
     [ 'description a number', { description => [] }, 'description' ]) {
-    my $res = $t->req(PATCH => "/v1/webhooks/endpoints/$tmp_id", \%A, $b->[1]);
-    is_error($res, 400, 'INPUT_VALIDATION_ERROR', "patch, $b->[0]: 400");
-    ok(details_for_prefix($res, $b->[2]), "patch, $b->[0]: details")
+    my $res = $t->req(PATCH => "/v1/webhooks/endpoints/$tmp_id", \%A, $pb->[1]);
+    is_error($res, 400, 'INPUT_VALIDATION_ERROR', "patch, $pb->[0]: 400");
+    ok(details_for_prefix($res, $pb->[2]), "patch, $pb->[0]: details")
         or diag $res->{body};
 }
 is_deeply(wh_get($t, $key, $tmp_id), $before, 'refused patches changed nothing');
@@ -405,6 +449,19 @@ ok(secret_ok($oth_default), 'other account: default secret');
 isnt($oth_default, $default_secret, 'default secrets differ per account');
 ok($default_secret ne $all_secret && $default_secret ne $exp_secret,
     'default secret is not an endpoint secret');
+
+# a fresh account asked from many connections at once: one secret
+{
+    my $fresh = $t->new_account(credit => '1.00');
+    my @s = $t->parallel(12, sub {
+        $t->req(GET => '/v1/webhooks/default/secret',
+            auth($fresh->{key}))->{json}{secret};
+    }, timeout => 30);
+    my %distinct = map { ($_ // 'undef') => 1 } @s;
+    is(scalar keys %distinct, 1, 'concurrent first reads: one default secret')
+        or diag explain \@s;
+    ok(secret_ok($s[0]), '... well formed');
+}
 
 # ---------------------------------------------------------------- test event
 
@@ -525,10 +582,10 @@ my @routes = (
 );
 my $nreq = $rc->count(path => '/all');
 for my $rt (@routes) {
-    my ($m, $p, $b) = @$rt;
-    is_error($t->req($m => $p, \%E, $b), 403, 'FORBIDDEN',
+    my ($m, $p, $body) = @$rt;
+    is_error($t->req($m => $p, \%E, $body), 403, 'FORBIDDEN',
         "execution key: $m $p: 403");
-    is_error($t->req($m => $p, {}, $b), 401, 'UNAUTHORIZED',
+    is_error($t->req($m => $p, {}, $body), 401, 'UNAUTHORIZED',
         "no key: $m $p: 401");
 }
 my $still = wh_get($t, $key, $all_id);
@@ -546,8 +603,8 @@ for my $rt (
     [ POST => "/v1/webhooks/endpoints/$all_id/test" ],
     [ GET => "/v1/webhooks/endpoints/$all_id/deliveries" ],
     [ POST => "/v1/webhooks/deliveries/$t1->{delivery_id}/retry" ]) {
-    my ($m, $p, $b) = @$rt;
-    is_error($t->req($m => $p, \%O, $b), 404, 'NOT_FOUND',
+    my ($m, $p, $body) = @$rt;
+    is_error($t->req($m => $p, \%O, $body), 404, 'NOT_FOUND',
         "another account: $m $p: 404");
 }
 $r = $t->req(GET => "/v1/webhooks/deliveries?execution_id=$pe", \%O);
@@ -658,6 +715,22 @@ ok(!grep({ ($_->{event}{event_type} // '') ne 'execution.expired' }
     $rc->requests(path => '/exp')),
     'the execution.expired endpoint got nothing else');
 
+# an account that never read its default secret: the delivery to a
+# webhook_url is signed with the secret it reads afterwards
+{
+    my $nv = $t->new_account(credit => '1.00');
+    my $x = $t->create_exec($nv->{key}, $t->exec_body(
+        webhook_url => $rc->url('/never-read')))->{json}{id} // 'exec_none';
+    $t->req(POST => "/v1/executions/$x/cancel", auth($nv->{key}));
+    my ($q) = $rc->wait_requests(1, path => '/never-read');
+    ok($q, 'webhook_url of an account that never read its secret: sent');
+    my $sec = $t->req(GET => '/v1/webhooks/default/secret',
+        auth($nv->{key}))->{json}{secret} // 'whsec_';
+    check_delivery_request($q // {}, $sec,
+        '... signed with the default secret read afterwards',
+        execution_id => $x, organization_id => $nv->{org});
+}
+
 # another account's events never reach this account's endpoints
 my $oe = $t->create_exec($oth->{key}, $t->exec_body(
     webhook_url => $rc->url('/oth-hook')))->{json}{id} // 'exec_none';
@@ -670,25 +743,116 @@ check_delivery_request($oq // {}, $oth_default,
 $dl = wh_exec_deliveries($t, $oth->{key}, $oe) // [];
 is(scalar @$dl, 1, 'other account: one delivery (no endpoint of mine)');
 
-# several executions: every one delivered, once
-my @many = map {
+# a repeated cancel, or a cancel of an expired execution, makes no event
+is($t->req(POST => "/v1/executions/$c1_id/cancel", \%A)->{status}, 200,
+    'cancel again: 200');
+is(scalar @{ wh_exec_deliveries($t, $key, $c1_id) // [] }, 2,
+    'cancel again: no new delivery');
+is_error($t->req(POST => "/v1/executions/$x1_id/cancel", \%A), 409,
+    'EXECUTION_TERMINAL', 'cancel an expired execution: 409');
+is(scalar @{ wh_exec_deliveries($t, $key, $x1_id) // [] }, 3,
+    'cancel of an expired execution: no new delivery');
+
+# the signature covers the exact bytes: escapes and non-ASCII metadata
+my $u = $t->create_exec($key, $t->exec_body(
+    webhook_url => $rc->url('/uni'),
+    metadata => { text => "h\x{e9}llo \x{2713} \"q\" \\ / \x{1F600}\n\t<&>",
+        n => -1.5e3, list => [JSON::PP::true, undef, {}] },
+    input => { prompt => "\x{4f60}\x{597d}" }))->{json}{id} // 'exec_none';
+$t->req(POST => "/v1/executions/$u/cancel", \%A);
+my $uobj = $t->get_exec($key, $u)->{json};
+my ($uq) = $rc->wait_requests(1, path => '/uni');
+my $uev = check_delivery_request($uq // {}, $default_secret,
+    'non-ASCII metadata: signatures over the exact body',
+    execution_id => $u, event_type => 'execution.cancelled');
+is_deeply($uev->{data}, $uobj, 'non-ASCII metadata: data is the execution');
+($uq) = $rc->wait_requests(1, path => '/all',
+    where => by_event(execution_id => $u));
+check_delivery_request($uq // {}, $all_secret,
+    'non-ASCII metadata: the endpoint too', execution_id => $u);
+
+# many executions, cancelled and expired: every event delivered once to
+# each destination
+my @cancel = map {
     $t->create_exec($key, $t->exec_body(metadata => { n => $_ }))->{json}{id}
-} 1 .. 6;
-$t->req(POST => "/v1/executions/$_/cancel", \%A) for @many;
-my %want = map { $_ => 1 } @many;
-my @got = $rc->wait_requests(scalar @many, path => '/all',
-    where => sub { $want{ event_of($_[0])->{execution_id} // '' } },
-    timeout => 20);
-is(scalar @got, scalar @many, 'every cancelled execution delivered');
-my %seen;
-$seen{ event_of($_)->{execution_id} }++ for @got;
-is_deeply([sort keys %seen], [sort @many], '... one event each');
-ok(!grep({ $_ > 1 } values %seen), '... no duplicates (healthy receiver)');
-ok(!grep({ signature_problems($_, $all_secret) } @got), '... all signed');
+} 1 .. 40;
+my @expire = map {
+    $t->create_exec($key, $t->exec_body(timeout_seconds => 1,
+        metadata => { n => $_ }))->{json}{id}
+} 1 .. 60;
+is(scalar(grep { defined } @cancel, @expire), 100, '100 executions');
+$t->req(POST => "/v1/executions/$_/cancel", \%A) for @cancel;
+my %is_c = map { $_ => 1 } @cancel;
+my %is_x = map { $_ => 1 } @expire;
+my (%at_all, %at_exp);
+my $complete = wait_for(sub {
+    %at_all = %at_exp = ();
+    for my $q ($rc->requests(path => '/all')) {
+        my $ev = $q->{event} // {};
+        my $x = $ev->{execution_id} // next;
+        push @{ $at_all{$x} }, $q if $is_c{$x} || $is_x{$x};
+    }
+    for my $q ($rc->requests(path => '/exp')) {
+        my $x = $q->{event}{execution_id} // next;
+        push @{ $at_exp{$x} }, $q if $is_x{$x};
+    }
+    return keys(%at_all) == 100 && keys(%at_exp) == 60;
+}, 40, 0.25);
+ok($complete, 'every event reached its endpoints ('
+    . scalar(keys %at_all) . '/100 at the all-events endpoint, '
+    . scalar(keys %at_exp) . '/60 at the execution.expired endpoint)');
+my @dup = grep { @{ $at_all{$_} } > 1 } keys %at_all;
+push @dup, grep { @{ $at_exp{$_} } > 1 } keys %at_exp;
+is(scalar @dup, 0, '... each once (healthy receiver: no duplicates)');
+ok(!grep({ $is_c{$_} && $at_all{$_}[0]{event}{event_type} ne
+    'execution.cancelled' or $is_x{$_} && $at_all{$_}[0]{event}{event_type}
+    ne 'execution.expired' } keys %at_all), '... with the right event types');
+ok(!grep({ signature_problems($_->[0], $all_secret) } values %at_all),
+    '... signed (all-events endpoint)');
+ok(!grep({ signature_problems($_->[0], $exp_secret) } values %at_exp),
+    '... signed (execution.expired endpoint)');
 my %ids;
 $ids{ $_->{headers}{'webhook-id'} // '' }++ for $rc->requests(path => '/all');
 ok(!grep({ $_ > 1 } map { $ids{$_} } grep { $_ ne ($t1->{event_id} // '') }
     keys %ids), 'distinct event ids (only the retried test repeats)');
+
+# a patch of events changes what is sent next
+$r = $t->req(PATCH => "/v1/webhooks/endpoints/$exp_id", \%A,
+    { events => ['execution.cancelled'] });
+is($r->{status}, 200, 'patch events to execution.cancelled');
+my $pc = $t->create_exec($key, $t->exec_body)->{json}{id} // 'exec_none';
+$t->req(POST => "/v1/executions/$pc/cancel", \%A);
+my ($pq) = $rc->wait_requests(1, path => '/exp',
+    where => by_event(execution_id => $pc));
+check_delivery_request($pq // {}, $exp_secret,
+    'after the patch the endpoint gets execution.cancelled',
+    event_type => 'execution.cancelled', execution_id => $pc);
+
+# an event named twice in events is still one delivery
+$r = wh_create($t, $key, { url => $rc->url('/twice'),
+    events => ['execution.cancelled', 'execution.cancelled'] });
+if ($r->{status} == 201) {
+    my $tw = $r->{json}{id};
+    my $x = $t->create_exec($key, $t->exec_body)->{json}{id} // 'exec_none';
+    $t->req(POST => "/v1/executions/$x/cancel", \%A);
+    my @d = grep { ($_->{endpoint_id} // '') eq $tw }
+        @{ wh_exec_deliveries($t, $key, $x) // [] };
+    is(scalar @d, 1, 'events listed twice: one delivery');
+    ok($rc->wait_requests(1, path => '/twice'), '... delivered');
+    $t->req(DELETE => "/v1/webhooks/endpoints/$tw", \%A);
+} else {
+    is_error($r, 400, 'INPUT_VALIDATION_ERROR', 'events listed twice refused');
+}
+
+# methods the routes do not have
+for my $rt ([ PUT => "/v1/webhooks/endpoints/$all_id" ],
+    [ DELETE => '/v1/webhooks/endpoints' ],
+    [ GET => "/v1/webhooks/endpoints/$all_id/test" ],
+    [ GET => "/v1/webhooks/deliveries/$t1->{delivery_id}/retry" ],
+    [ POST => '/v1/webhooks/default/secret' ]) {
+    is_error($t->req($rt->[0] => $rt->[1], \%A, $rt->[0] eq 'GET' ? undef
+        : {}), 405, 'METHOD_NOT_ALLOWED', "$rt->[0] $rt->[1]: 405");
+}
 
 ok(wh_get($t, $key, $all_id)->{failure_count} == 0,
     'the endpoint never failed');
@@ -696,20 +860,21 @@ ok(wh_get($t, $key, $all_id)->{failure_count} == 0,
 $rc->stop;
 $t->stop;
 $t->check_log;
+unlike($t->read_log, qr/whsec_/, 'no secret in the error log');
 
 # ---------------------------------------------------------------- URL rules
 # A second nginx without modelroute_webhook_allow_private.
 
-my $b = MR::Test->new(extra_http => "modelroute_webhook_retry 1s;\n"
+my $s = MR::Test->new(extra_http => "modelroute_webhook_retry 1s;\n"
     . "modelroute_webhook_timeout 2s;\n");
-$b->start;
+$s->start;
 $rc->clear;
 $rc->start;
 my $port = $rc->port;
-my $bacc = $b->new_account(credit => '10.00');
+my $bacc = $s->new_account(credit => '10.00');
 my %B = %{ auth($bacc->{key}) };
 
-$r = wh_create($b, $bacc->{key}, { url => 'https://example.com/hook' });
+$r = wh_create($s, $bacc->{key}, { url => 'https://example.com/hook' });
 is($r->{status}, 201, 'strict: a public https url is accepted')
     or diag $r->{body};
 my $pub_id = $r->{json}{id} // 'wh_none';
@@ -722,17 +887,17 @@ for my $u ('http://example.com/hook', "http://127.0.0.1:$port/x",
     'https://224.0.0.1/x', 'https://[::1]/x', "https://[::1]:$port/x",
     'https://[fe80::1]/x', 'https://[fd00::1]/x', "https://127.0.0.2:$port/x",
     'https://127.255.255.254/x') {
-    my $res = wh_create($b, $bacc->{key}, { url => $u });
+    my $res = wh_create($s, $bacc->{key}, { url => $u });
     is_error($res, 400, 'INPUT_VALIDATION_ERROR', "strict: $u refused");
     ok(details_for_prefix($res, 'url'), "strict: $u: details name url");
 }
 for my $u ('https://127.0.0.1/x', 'http://example.com/x',
     'https://10.1.2.3/x') {
-    is_error($b->req(PATCH => "/v1/webhooks/endpoints/$pub_id", \%B,
+    is_error($s->req(PATCH => "/v1/webhooks/endpoints/$pub_id", \%B,
         { url => $u }), 400, 'INPUT_VALIDATION_ERROR',
         "strict: patch to $u refused");
 }
-is(wh_get($b, $bacc->{key}, $pub_id)->{url}, 'https://example.com/hook',
+is(wh_get($s, $bacc->{key}, $pub_id)->{url}, 'https://example.com/hook',
     'strict: the url is unchanged');
 
 # Addresses that are loopback in disguise, and names that resolve to it:
@@ -740,19 +905,25 @@ is(wh_get($b, $bacc->{key}, $pub_id)->{url}, 'https://example.com/hook',
 # and nothing reaches the receiver.
 my @loop = map { [ $_, 0 ] } ("https://127.1:$port/s1",
     "https://0x7f000001:$port/s2", "https://2130706433:$port/s3",
-    "https://0.0.0.0:$port/s4", "https://[::ffff:127.0.0.1]:$port/s5");
+    "https://0.0.0.0:$port/s4", "https://[::ffff:127.0.0.1]:$port/s5",
+    "https://[::ffff:7f00:1]:$port/s7", "https://017700000001:$port/s8");
+
+# names that resolve to loopback here (the resolver decides which)
+sub loopback_name {
+    my @a = grep { defined } (gethostbyname($_[0]))[4 .. 10];
+    return @a && !grep { inet_ntoa($_) !~ /^127\./ } @a;
+}
+push @loop, [ "https://localhost.:$port/s6", 0 ] if loopback_name('localhost.');
 for my $name (grep { length } (scalar(`hostname 2>/dev/null`) // '') =~ /(\S+)/,
     'ip6-localhost', 'runsc', 'vm') {
-    my @a = (gethostbyname($name))[4 .. 10];
-    next unless @a && defined $a[0];
+    next unless loopback_name($name);
     next if grep { $_->[0] =~ m{//\Q$name\E:} } @loop;
-    next if grep { inet_ntoa($_) !~ /^127\./ } grep { defined } @a;
     push @loop, [ "https://$name:$port/n-$name", 1 ];
 }
 my $checked = 0;
 for my $l (@loop) {
     my ($u, $is_name) = @$l;
-    my $res = wh_create($b, $bacc->{key}, { url => $u });
+    my $res = wh_create($s, $bacc->{key}, { url => $u });
     if ($res->{status} != 201) {
         if ($is_name) {
             is($res->{status}, 201, "strict: $u (a name) passes registration")
@@ -765,27 +936,27 @@ for my $l (@loop) {
     }
     pass("strict: $u passes registration");
     my $id = $res->{json}{id};
-    my $tr = $b->req(POST => "/v1/webhooks/endpoints/$id/test", \%B);
+    my $tr = $s->req(POST => "/v1/webhooks/endpoints/$id/test", \%B);
     is($tr->{status}, 202, "strict: $u: test 202");
-    my $d = wait_delivery($b, $bacc->{key}, $id, $tr->{json}{delivery_id} // '-',
+    my $d = wait_delivery($s, $bacc->{key}, $id, $tr->{json}{delivery_id} // '-',
         sub { @{ $_[0]{attempts} } >= 1 }, 15);
-    my $a = $d->{attempts}[0] // {};
-    like($a->{error} // '', qr/address not allowed/,
+    my $att = $d->{attempts}[0] // {};
+    like($att->{error} // '', qr/address not allowed/,
         "strict: $u: the attempt fails with 'address not allowed'")
         or diag explain $d;
-    ok(!$a->{status_code}, "strict: $u: no status code");
+    ok(!$att->{status_code}, "strict: $u: no status code");
     $checked++;
 }
 ok($checked, "the address check on delivery was exercised ($checked urls)");
 
 # an execution's webhook_url follows the same rules
-my $bx = $b->create_exec($bacc->{key}, $b->exec_body(
+my $bx = $s->create_exec($bacc->{key}, $s->exec_body(
     webhook_url => "https://127.0.0.1:$port/b-exec"));
 if ($bx->{status} == 202) {
     my $bid = $bx->{json}{id};
-    $b->req(POST => "/v1/executions/$bid/cancel", \%B);
+    $s->req(POST => "/v1/executions/$bid/cancel", \%B);
     my $d = wait_for(sub {
-        my ($x) = @{ wh_exec_deliveries($b, $bacc->{key}, $bid) // [] };
+        my ($x) = @{ wh_exec_deliveries($s, $bacc->{key}, $bid) // [] };
         return $x && @{ $x->{attempts} // [] } ? $x : undef;
     }, 15, 0.1);
     like($d && $d->{attempts}[0]{error} // '', qr/address not allowed/,
@@ -802,7 +973,113 @@ is(scalar(grep { defined $_->{method} || $_->{raw_length} } @conn), 0,
 note 'strict: ' . scalar(@conn) . ' bare TCP connection(s) to the receiver'
     if @conn;
 
+$s->stop;
+$s->check_log;
+unlike($s->read_log, qr/whsec_/, 'strict: no secret in the error log');
+
+# ---------------------------------------------------------------- schedules
+# max age, concurrency per endpoint, fairness between endpoints
+
+# A fresh account with one endpoint on $path: (key, endpoint id, secret).
+sub setup {
+    my ($t, $path, %body) = @_;
+    my $acc = $t->new_account(credit => '10.00');
+    my $r = wh_create($t, $acc->{key}, { url => $rc->url($path), %body });
+    is($r->{status}, 201, "endpoint on $path") or diag $r->{body};
+    return ($acc->{key}, $r->{json}{id} // 'wh_none',
+        $r->{json}{secret} // 'whsec_', $acc);
+}
+
+sub send_test {
+    my ($t, $key, $id) = @_;
+    my $r = $t->req(POST => "/v1/webhooks/endpoints/$id/test", auth($key));
+    is($r->{status}, 202, "test event to $id: 202") or diag $r->{body};
+    return $r->{json} // {};
+}
+
+my $t3 = MR::Test->new(extra_http => "modelroute_webhook_allow_private on;\n"
+    . "modelroute_webhook_timeout 2s;\n"
+    . "modelroute_webhook_retry 1s 1s 1s 1s 1s 1s 1s 1s 1s 1s 1s 1s;\n"
+    . "modelroute_webhook_max_age 3s;\n"
+    . "modelroute_webhook_concurrency 64 2;\n");
+$t3->start;
+{
+    my ($key, $id, $secret) = setup($t3, '/old');
+    $rc->set('/old', status => 500);
+    my $ev = send_test($t3, $key, $id);
+    my $d = wait_delivery($t3, $key, $id, $ev->{delivery_id} // '-',
+        sub { $_[0]{status} ne 'pending' }, 15);
+    is($d->{status}, 'failed', 'max_age: failed once older than 3 s');
+    my $n = @{ $d->{attempts} // [] };
+    ok($n >= 3 && $n <= 5, "max_age: retried until then ($n attempts)");
+    my $c = $rc->count(path => '/old');
+    is($c, $n, 'max_age: every attempt recorded');
+    ok(!wait_for(sub { $rc->count(path => '/old') > $c }, 2.5, 0.05),
+        'max_age: no retry after it');
+    $rc->set('/old');
+    my $r = $t3->req(POST => "/v1/webhooks/deliveries/$ev->{delivery_id}/retry",
+        auth($key));
+    is($r->{status}, 202, 'max_age: a manual retry is still accepted');
+    $d = wait_delivery($t3, $key, $id, $ev->{delivery_id} // '-',
+        sub { $_[0]{status} eq 'succeeded' }, 10);
+    is($d->{status}, 'succeeded', 'max_age: the manual retry is delivered');
+
+    ($key, $id, $secret) = setup($t3, '/conc');
+    $rc->set('/conc', delay => 0.5);
+    my @ev = map { send_test($t3, $key, $id) } 1 .. 12;
+    my @got = $rc->wait_requests(12, path => '/conc', timeout => 20);
+    is(scalar @got, 12, 'concurrency: every event sent');
+    for my $e (@ev) {
+        wait_delivery($t3, $key, $id, $e->{delivery_id} // '-',
+            sub { $_[0]{status} eq 'succeeded' }, 10);
+    }
+    @got = $rc->requests(path => '/conc');
+    my @edges = sort { $a->[0] <=> $b->[0] || $a->[1] <=> $b->[1] }
+        map { ([$_->{arrived}, 1], [$_->{answered_at} // $_->{arrived} + 0.5,
+            -1]) } @got;
+    my ($cur, $max) = (0, 0);
+    for (@edges) {
+        $cur += $_->[1];
+        $max = $cur if $cur > $max;
+    }
+    ok($max <= 4, "at most 2 attempts in flight per worker and endpoint "
+        . "(2 workers; $max seen at once)");
+}
+$t3->stop;
+$t3->check_log;
+
+# A slow endpoint with a backlog does not hold up the others: with 4
+# attempts in flight per worker, 1 per endpoint, a slow endpoint has 2 in
+# flight and the rest of the workers' capacity is free.
+my $t4 = MR::Test->new(extra_http => "modelroute_webhook_allow_private on;\n"
+    . "modelroute_webhook_timeout 2s;\n"
+    . "modelroute_webhook_retry 1s;\n"
+    . "modelroute_webhook_concurrency 4 1;\n");
+$t4->start;
+{
+    my ($skey, $sid) = setup($t4, '/slow-ep');
+    $rc->set('/slow-ep', delay => 1.5);
+    my $n = 40;
+    my $sent = 0;
+    for (1 .. $n) {
+        my $r = $t4->req(POST => "/v1/webhooks/endpoints/$sid/test",
+            auth($skey));
+        $sent++ if $r->{status} == 202;
+    }
+    is($sent, $n, "a backlog of $n deliveries to a slow endpoint");
+    ok($rc->wait_requests(2, path => '/slow-ep', timeout => 10),
+        'the slow endpoint is being served');
+    my ($fkey, $fid) = setup($t4, '/fast-ep');
+    my $t0 = time;
+    my $ev = send_test($t4, $fkey, $fid);
+    my ($q) = $rc->wait_requests(1, path => '/fast-ep', timeout => 8);
+    ok($q, 'another endpoint is served while the slow one has a backlog')
+        or diag sprintf '%d of the slow backlog sent meanwhile',
+            $rc->count(path => '/slow-ep');
+    note sprintf 'the other endpoint got its event after %.1f s',
+        ($q ? $q->{arrived} : time) - $t0;
+}
+$t4->stop;
+$t4->check_log;
 $rc->stop;
-$b->stop;
-$b->check_log;
 done_testing();

@@ -157,6 +157,60 @@ sub all_signed {
     same_event('timeout: same event id', $ev->{event_id} // '-', @got);
 }
 
+# ---------------------------------------------------------------- no answer
+
+{
+    my ($key, $id, $secret) = setup($t, '/closer');
+    $rc->set('/closer', close => 1);
+    my $ev = send_test($t, $key, $id);
+    my $d = wait_delivery($t, $key, $id, $ev->{delivery_id} // '-',
+        sub { @{ $_[0]{attempts} } >= 1 }, 10);
+    ok(failed_attempt($d->{attempts}[0]),
+        'a connection closed without an answer is a failure')
+        or diag explain $d;
+    $rc->set('/closer');
+    $d = wait_delivery($t, $key, $id, $ev->{delivery_id} // '-',
+        sub { $_[0]{status} eq 'succeeded' }, 15);
+    is($d->{status}, 'succeeded', 'no answer: delivered by a later attempt');
+    same_event('no answer: same event id', $ev->{event_id} // '-',
+        $rc->requests(path => '/closer'));
+}
+
+# ---------------------------------------------------------------- big answer
+
+{
+    my ($key, $id) = setup($t, '/big');
+    $rc->set('/big', body_bytes => 4_000_000);
+    my $ev = send_test($t, $key, $id);
+    my $d = wait_delivery($t, $key, $id, $ev->{delivery_id} // '-',
+        sub { $_[0]{status} ne 'pending' }, 15);
+    is($d->{status}, 'succeeded', 'a 4 MB answer body: succeeded');
+    is($d->{attempts}[0]{status_code}, 200, '... status 200');
+    is(scalar $t->worker_pids, 2, '... the workers are fine');
+}
+
+# ---------------------------------------------------------------- reload
+
+{
+    my ($key, $id, $secret) = setup($t, '/reload');
+    $rc->set('/reload', delay => 1.5);
+    my $ev = send_test($t, $key, $id);
+    ok($rc->wait_requests(1, path => '/reload'), 'reload: delivery in flight');
+    $rc->set('/reload');
+    my $t0 = time;
+    ok(eval { $t->reload; 1 }, 'reload while a delivery is in flight: the '
+        . 'old workers exit') or diag $@;
+    note sprintf 'reload took %.1f s', time - $t0;
+    my $d = wait_delivery($t, $key, $id, $ev->{delivery_id} // '-',
+        sub { $_[0]{status} eq 'succeeded' }, 30);
+    is($d->{status}, 'succeeded', 'reload: delivered');
+    my @got = $rc->requests(path => '/reload');
+    note sprintf 'reload: %d request(s), the last %.1f s after the reload',
+        scalar @got, $got[-1]{arrived} - $t0 if @got;
+    same_event('reload: same event id', $ev->{event_id} // '-', @got);
+    all_signed('reload: signed', $secret, @got);
+}
+
 # ---------------------------------------------------------------- 410 Gone
 
 {
@@ -180,8 +234,8 @@ sub all_signed {
         'inactive: an execution cancelled');
     my ($cd) = @{ wh_exec_deliveries($t, $key, $x) // [] };
     ok($cd, 'inactive: the delivery is created');
-    my $more = wait_for(sub { $rc->count(path => '/gone') > 1 }, 3.5, 0.05);
-    ok(!$more, 'inactive: nothing is sent for 3.5 s (retry step 1 s)');
+    my $more = wait_for(sub { $rc->count(path => '/gone') > 1 }, 2.5, 0.05);
+    ok(!$more, 'inactive: nothing is sent for 2.5 s (retry step 1 s)');
     $cd = wh_delivery($t, $key, $id, $cd->{id} // '-') // {};
     is($cd->{status}, 'pending', 'inactive: the new delivery waits');
     is_deeply($cd->{attempts}, [], 'inactive: no attempt');
@@ -266,7 +320,7 @@ sub all_signed {
     is($r->{status}, 200, 'delete with a delivery pending: 200');
     $rc->set('/del');
     my $n = $rc->count(path => '/del');
-    my $more = wait_for(sub { $rc->count(path => '/del') > $n }, 3.5, 0.05);
+    my $more = wait_for(sub { $rc->count(path => '/del') > $n }, 2.5, 0.05);
     ok(!$more, 'delete: its pending delivery is dropped');
     is_error($t->req(POST => "/v1/webhooks/deliveries/$ev->{delivery_id}/retry",
         auth($key)), 404, 'NOT_FOUND', 'delete: its delivery is gone');
@@ -307,6 +361,7 @@ sub all_signed {
 
 $t->stop;
 $t->check_log;
+unlike($t->read_log, qr/whsec_/, 'no secret in the error log');
 
 # ---------------------------------------------------------------- 10 failures
 # A long schedule so that the deliveries do not run out first.
@@ -326,7 +381,7 @@ $t2->start;
     ok(($e->{failure_count} // 0) >= 10, 'failure_count '
         . ($e->{failure_count} // 'undef') . ' >= 10');
     my $n = $rc->count(path => '/flaky');
-    my $more = wait_for(sub { $rc->count(path => '/flaky') > $n + 2 }, 3.5,
+    my $more = wait_for(sub { $rc->count(path => '/flaky') > $n + 2 }, 2.5,
         0.05);
     ok(!$more, 'inactive: attempts stop');
     my $total = $rc->count(path => '/flaky');
@@ -357,7 +412,9 @@ $t2->start;
     ok(is_true(wh_get($t2, $key, $id)->{is_active}), 'active');
 }
 
-$rc->stop;
 $t2->stop;
 $t2->check_log;
+unlike($t2->read_log, qr/whsec_/, 'no secret in the error log');
+
+$rc->stop;
 done_testing();

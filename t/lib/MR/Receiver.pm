@@ -251,10 +251,12 @@ sub handle {
     }
     my ($path, $query) = split /\?/, $target, 2;
     my $rule = $self->rule_for($path);
+    my %shown = %$rule;
+    $shown{body} = length($shown{body}) . ' bytes' if defined $shown{body};
     %$rec = (%$rec, method => $method, target => $target, path => $path,
         query => $query, version => $ver, headers => \%h,
         header_list => \@list, body => $body, arrived => time + 0,
-        rule => $rule);
+        rule => \%shown);
     my $file = $self->record($rec);
 
     sleep $rule->{delay} if $rule->{delay};
@@ -266,7 +268,9 @@ sub handle {
     }
     my $status = $rule->{status} // 200;
     my $nobody = $status =~ /^(?:1\d\d|204|304)$/;
-    my $rbody = $nobody ? '' : $rule->{body} // "ok\n";
+    my $rbody = $nobody ? ''
+        : $rule->{body_bytes} ? 'x' x $rule->{body_bytes}
+        : $rule->{body} // "ok\n";
     my $out = "HTTP/1.1 $status " . ($REASON{$status} // 'Status') . "\r\n"
         . "Content-Type: text/plain\r\nConnection: close\r\n"
         . ($nobody ? '' : "Content-Length: " . length($rbody) . "\r\n");
@@ -318,7 +322,7 @@ sub rule_for {
 }
 
 # set($path, status => N, delay => seconds, close => 1, body => '...',
-# headers => {...}); set($path) goes back to 200. $path '*' is the
+# body_bytes => N (an answer body of N bytes), headers => {...}); set($path) goes back to 200. $path '*' is the
 # default for paths without a rule.
 sub set {
     my ($self, $path, %rule) = @_;
@@ -338,13 +342,22 @@ sub connections {
     my ($self) = @_;
     opendir my $dh, "$self->{dir}/req" or return;
     my @files = sort grep { /\.json$/ } readdir $dh;
+    my $cache = $self->{cache} //= {};
     my @out;
     for my $f (@files) {
-        open my $fh, '<', "$self->{dir}/req/$f" or next;
-        local $/;
-        my $r = eval { $JSON->decode(<$fh>) } or next;
-        $r->{file} = $f;
-        push @out, $r;
+        my $path = "$self->{dir}/req/$f";
+        my $size = -s $path // next;
+        my $c = $cache->{$f};
+        unless ($c && $c->[0] == $size) {
+            open my $fh, '<', $path or next;
+            local $/;
+            my $r = eval { $JSON->decode(<$fh>) } or next;
+            $r->{file} = $f;
+            $r->{event} = eval { $JSON->decode($r->{body}) }
+                if defined $r->{method};
+            $c = $cache->{$f} = [ $size, $r ];
+        }
+        push @out, { %{ $c->[1] } };
     }
     return @out;
 }
@@ -355,9 +368,6 @@ sub requests {
     my ($self, %f) = @_;
     my @r = grep { defined $_->{method} } $self->connections;
     @r = grep { $_->{path} eq $f{path} } @r if defined $f{path};
-    for (@r) {
-        $_->{event} = eval { $JSON->decode($_->{body}) };
-    }
     return @r;
 }
 
@@ -384,6 +394,7 @@ sub count {
 
 sub clear {
     my ($self) = @_;
+    delete $self->{cache};
     opendir my $dh, "$self->{dir}/req" or return;
     unlink map { "$self->{dir}/req/$_" } grep { /\.json$/ } readdir $dh;
 }
@@ -406,7 +417,9 @@ sub secret_ok {
 }
 
 # Both signatures of a delivery checked against the secret; returns the
-# problems (none when both are valid).
+# problems (none when both are valid). The timestamps must be the
+# attempt's (within 5 s of its arrival): a retry signed with the event's
+# first timestamp would be refused by receivers that check freshness.
 sub signature_problems {
     my ($req, $secret) = @_;
     my @p;
@@ -419,8 +432,8 @@ sub signature_problems {
         push @p, 'X-Signature-Timestamp missing or not unix seconds: '
             . ($ts // 'undef');
     } else {
-        push @p, "X-Signature-Timestamp $ts is not now ($now)"
-            if abs($ts - $now) > 300;
+        push @p, "X-Signature-Timestamp $ts is not the attempt's time ($now)"
+            if abs($ts - $now) > 5;
         my $want = hmac_sha256_hex("$ts.$body", $secret);
         my $got = $h->{'x-signature'} // '';
         push @p, "X-Signature '$got', want '$want'" unless lc $got eq $want;
@@ -433,8 +446,8 @@ sub signature_problems {
         push @p, 'webhook-timestamp missing or not unix seconds: '
             . ($wts // 'undef');
     } else {
-        push @p, "webhook-timestamp $wts is not now ($now)"
-            if abs($wts - $now) > 300;
+        push @p, "webhook-timestamp $wts is not the attempt's time ($now)"
+            if abs($wts - $now) > 5;
     }
     if (defined $id && defined $wts) {
         (my $b64 = $secret) =~ s/^whsec_//;
