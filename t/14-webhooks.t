@@ -4,7 +4,8 @@
 # retry of a delivery, no redirects; and, on a second nginx without
 # modelroute_webhook_allow_private, the URL rules (https only, no private
 # or loopback address at registration, and the address actually connected
-# to checked on every attempt).
+# to checked on every attempt); then modelroute_webhook_max_age,
+# modelroute_webhook_concurrency and fairness between endpoints.
 use strict;
 use warnings;
 use FindBin;
@@ -102,7 +103,8 @@ sub check_delivery_request {
     local $Test::Builder::Level = $Test::Builder::Level + 1;
     my @why;
     my $h = $req->{headers} // {};
-    push @why, "method $req->{method}" unless $req->{method} eq 'POST';
+    push @why, 'method ' . ($req->{method} // 'none (no request)')
+        unless ($req->{method} // '') eq 'POST';
     push @why, 'Content-Type ' . ($h->{'content-type'} // 'undef')
         unless ($h->{'content-type'} // '') =~ m{^application/json\b};
     push @why, 'User-Agent ' . ($h->{'user-agent'} // 'undef')
@@ -947,7 +949,13 @@ for my $l (@loop) {
     ok(!$att->{status_code}, "strict: $u: no status code");
     $checked++;
 }
-ok($checked, "the address check on delivery was exercised ($checked urls)");
+SKIP: {
+    skip 'no name resolves to a loopback address here, and every '
+        . 'disguised literal was refused at registration', 1
+        unless $checked || grep { $_->[1] } @loop;
+    ok($checked, "the address check on delivery was exercised ($checked "
+        . 'urls)');
+}
 
 # an execution's webhook_url follows the same rules
 my $bx = $s->create_exec($bacc->{key}, $s->exec_body(
