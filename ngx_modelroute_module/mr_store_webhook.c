@@ -35,7 +35,6 @@
 
 #define MR_DLV_SCAN         4       /* due entries read per claimed one */
 #define MR_DLV_SCAN_MAX     8192    /* due index entries looked at */
-#define MR_DLV_INACTIVE     2000    /* ms: look again at an inactive one */
 #define MR_WH_FAILURES_MAX  10
 
 
@@ -47,6 +46,7 @@ static int mr_store_dlv_read(MDB_txn *txn, u_char *id, mr_dlv_t *dlv,
 static int mr_store_dlv_put(MDB_txn *txn, mr_dlv_t *dlv);
 static int mr_store_dlv_due(MDB_txn *txn, mr_dlv_t *dlv, int64_t due);
 static int mr_store_wh_drop(MDB_txn *txn, u_char *wh_id);
+static int mr_store_wh_wake(MDB_txn *txn, u_char *wh_id, int64_t now);
 static int64_t mr_store_id_ms(u_char *p);
 static int mr_store_dlv_create(MDB_txn *txn, mr_store_op_t *op,
     u_char *org, u_char *event_id, u_char *wh_id, ngx_str_t *url,
@@ -519,6 +519,11 @@ mr_store_wh_update(MDB_txn *txn, mr_store_op_t *op)
 
     if (op->wh.patch & MR_WH_PATCH_ACTIVE) {
         if (op->wh.ep.rec.active && !wh.rec.active) {
+            rc = mr_store_wh_wake(txn, wh.rec.id, op->now);
+            if (rc != 0) {
+                return rc;
+            }
+
             op->emitted++;
         }
 
@@ -831,7 +836,8 @@ mr_store_dlv_claim_one(MDB_txn *txn, mr_store_op_t *op, u_char *dlv_id,
         }
 
         if (!wh.rec.active) {
-            rc = mr_store_dlv_due(txn, &dlv, op->now + MR_DLV_INACTIVE);
+            /* parked out of the due index until the endpoint is enabled */
+            rc = mr_store_dlv_due(txn, &dlv, 0);
             return rc ? rc : mr_store_dlv_put(txn, &dlv);
         }
 
@@ -1316,6 +1322,91 @@ mr_store_id_ms(u_char *p)
     n = ngx_hextoi(p, 12);
 
     return n == NGX_ERROR ? 0 : (int64_t) n;
+}
+
+
+/* an enabled endpoint's parked deliveries are due again */
+
+static int
+mr_store_wh_wake(MDB_txn *txn, u_char *wh_id, int64_t now)
+{
+    int          rc;
+    MDB_val      k, v;
+    mr_dlv_t     dlv;
+    ngx_uint_t   i, n;
+    MDB_cursor  *cur;
+    u_char       key[MR_WH_ID_LEN + MR_DLV_ID_LEN];
+    u_char       ids[64][MR_DLV_ID_LEN];
+
+    ngx_memcpy(key, wh_id, MR_WH_ID_LEN);
+    ngx_memzero(key + MR_WH_ID_LEN, MR_DLV_ID_LEN);
+
+    do {
+        rc = mdb_cursor_open(txn, mr_store.whdlv, &cur);
+        if (rc != 0) {
+            return rc;
+        }
+
+        k.mv_data = key;
+        k.mv_size = sizeof(key);
+        n = 0;
+
+        for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+             rc == 0 && n < 64;
+             rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT))
+        {
+            if (k.mv_size != sizeof(key)
+                || ngx_memcmp(k.mv_data, wh_id, MR_WH_ID_LEN) != 0)
+            {
+                break;
+            }
+
+            ngx_memcpy(ids[n++], (u_char *) k.mv_data + MR_WH_ID_LEN,
+                       MR_DLV_ID_LEN);
+        }
+
+        mdb_cursor_close(cur);
+
+        if (rc != 0 && rc != MDB_NOTFOUND) {
+            return rc;
+        }
+
+        for (i = 0; i < n; i++) {
+            rc = mr_store_dlv_read(txn, ids[i], &dlv, NULL);
+            if (rc == MDB_NOTFOUND) {
+                continue;
+            }
+
+            if (rc != 0) {
+                return rc;
+            }
+
+            if (dlv.rec.status != MR_DLV_PENDING || dlv.rec.due_ms != 0) {
+                continue;
+            }
+
+            dlv.rec.next_ms = now;
+
+            rc = mr_store_dlv_due(txn, &dlv, now);
+            if (rc == 0) {
+                rc = mr_store_dlv_put(txn, &dlv);
+            }
+
+            if (rc != 0) {
+                return rc;
+            }
+        }
+
+        /* the next batch starts after the last id seen */
+
+        if (n == 64) {
+            ngx_memcpy(key + MR_WH_ID_LEN, ids[63], MR_DLV_ID_LEN);
+            key[sizeof(key) - 1]++;
+        }
+
+    } while (n == 64);
+
+    return 0;
 }
 
 
