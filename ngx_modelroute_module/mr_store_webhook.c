@@ -45,8 +45,12 @@ static int mr_store_dlv_read(MDB_txn *txn, u_char *id, mr_dlv_t *dlv,
     ngx_pool_t *pool);
 static int mr_store_dlv_put(MDB_txn *txn, mr_dlv_t *dlv);
 static int mr_store_dlv_due(MDB_txn *txn, mr_dlv_t *dlv, int64_t due);
-static int mr_store_wh_drop(MDB_txn *txn, u_char *wh_id);
-static int mr_store_wh_wake(MDB_txn *txn, u_char *wh_id, int64_t now);
+typedef int (*mr_store_dlv_fn_pt)(MDB_txn *txn, mr_dlv_t *dlv, int64_t now);
+
+static int mr_store_wh_each(MDB_txn *txn, u_char *wh_id,
+    mr_store_dlv_fn_pt fn, int64_t now);
+static int mr_store_dlv_wake(MDB_txn *txn, mr_dlv_t *dlv, int64_t now);
+static int mr_store_dlv_drop(MDB_txn *txn, mr_dlv_t *dlv, int64_t now);
 static int64_t mr_store_id_ms(u_char *p);
 static int mr_store_dlv_create(MDB_txn *txn, mr_store_op_t *op,
     u_char *org, u_char *event_id, u_char *wh_id, ngx_str_t *url,
@@ -139,7 +143,7 @@ mr_store_wh_apply(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
             return rc;
         }
 
-        return mr_store_wh_drop(txn, op->wh.wh_id);
+        return mr_store_wh_each(txn, op->wh.wh_id, mr_store_dlv_drop, 0);
 
     case MR_OP_WH_TEST:
         return mr_store_wh_test(txn, op);
@@ -519,7 +523,8 @@ mr_store_wh_update(MDB_txn *txn, mr_store_op_t *op)
 
     if (op->wh.patch & MR_WH_PATCH_ACTIVE) {
         if (op->wh.ep.rec.active && !wh.rec.active) {
-            rc = mr_store_wh_wake(txn, wh.rec.id, op->now);
+            rc = mr_store_wh_each(txn, wh.rec.id, mr_store_dlv_wake,
+                                  op->now);
             if (rc != 0) {
                 return rc;
             }
@@ -1325,10 +1330,14 @@ mr_store_id_ms(u_char *p)
 }
 
 
-/* an enabled endpoint's parked deliveries are due again */
+/*
+ * Calls fn for each delivery of an endpoint, in batches read before fn
+ * changes anything (no cursor is kept across writes).
+ */
 
 static int
-mr_store_wh_wake(MDB_txn *txn, u_char *wh_id, int64_t now)
+mr_store_wh_each(MDB_txn *txn, u_char *wh_id, mr_store_dlv_fn_pt fn,
+    int64_t now)
 {
     int          rc;
     MDB_val      k, v;
@@ -1373,31 +1382,17 @@ mr_store_wh_wake(MDB_txn *txn, u_char *wh_id, int64_t now)
 
         for (i = 0; i < n; i++) {
             rc = mr_store_dlv_read(txn, ids[i], &dlv, NULL);
-            if (rc == MDB_NOTFOUND) {
-                continue;
-            }
 
-            if (rc != 0) {
-                return rc;
-            }
-
-            if (dlv.rec.status != MR_DLV_PENDING || dlv.rec.due_ms != 0) {
-                continue;
-            }
-
-            dlv.rec.next_ms = now;
-
-            rc = mr_store_dlv_due(txn, &dlv, now);
             if (rc == 0) {
-                rc = mr_store_dlv_put(txn, &dlv);
+                rc = fn(txn, &dlv, now);
             }
 
-            if (rc != 0) {
+            if (rc != 0 && rc != MDB_NOTFOUND) {
                 return rc;
             }
         }
 
-        /* the next batch starts after the last id seen */
+        /* the next batch: just after the last id seen */
 
         if (n == 64) {
             ngx_memcpy(key + MR_WH_ID_LEN, ids[63], MR_DLV_ID_LEN);
@@ -1410,89 +1405,54 @@ mr_store_wh_wake(MDB_txn *txn, u_char *wh_id, int64_t now)
 }
 
 
+/* an enabled endpoint's parked deliveries are due again */
+
+static int
+mr_store_dlv_wake(MDB_txn *txn, mr_dlv_t *dlv, int64_t now)
+{
+    int  rc;
+
+    if (dlv->rec.status != MR_DLV_PENDING || dlv->rec.due_ms != 0) {
+        return 0;
+    }
+
+    dlv->rec.next_ms = now;
+
+    rc = mr_store_dlv_due(txn, dlv, now);
+
+    return rc ? rc : mr_store_dlv_put(txn, dlv);
+}
+
+
 /* a deleted endpoint's deliveries go with it */
 
 static int
-mr_store_wh_drop(MDB_txn *txn, u_char *wh_id)
+mr_store_dlv_drop(MDB_txn *txn, mr_dlv_t *dlv, int64_t now)
 {
-    int          rc;
-    MDB_val      k, v;
-    mr_dlv_t     dlv;
-    ngx_uint_t   i, n;
-    MDB_cursor  *cur;
-    u_char       key[MR_WH_ID_LEN + MR_DLV_ID_LEN];
-    u_char       ids[64][MR_DLV_ID_LEN];
+    int      rc;
+    MDB_val  k;
 
-    do {
-        rc = mdb_cursor_open(txn, mr_store.whdlv, &cur);
-        if (rc != 0) {
-            return rc;
-        }
+    rc = mr_store_dlv_due(txn, dlv, 0);
 
-        ngx_memcpy(key, wh_id, MR_WH_ID_LEN);
-        ngx_memzero(key + MR_WH_ID_LEN, MR_DLV_ID_LEN);
+    if (rc == 0 && ngx_memcmp(dlv->rec.exec_id, mr_zero, MR_EXEC_ID_LEN) != 0)
+    {
+        rc = mr_store_index(mr_store.execdlv, txn, dlv->rec.exec_id,
+                            MR_EXEC_ID_LEN, dlv->rec.id, MR_DLV_ID_LEN, 0);
+    }
 
-        k.mv_data = key;
-        k.mv_size = sizeof(key);
-        n = 0;
+    if (rc == 0) {
+        k.mv_data = dlv->rec.id;
+        k.mv_size = MR_DLV_ID_LEN;
 
-        for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
-             rc == 0 && n < 64;
-             rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT))
-        {
-            if (k.mv_size != sizeof(key)
-                || ngx_memcmp(k.mv_data, wh_id, MR_WH_ID_LEN) != 0)
-            {
-                break;
-            }
+        rc = mdb_del(txn, mr_store.dlv, &k, NULL);
+    }
 
-            ngx_memcpy(ids[n++], (u_char *) k.mv_data + MR_WH_ID_LEN,
-                       MR_DLV_ID_LEN);
-        }
+    if (rc == 0 || rc == MDB_NOTFOUND) {
+        rc = mr_store_index(mr_store.whdlv, txn, dlv->rec.wh_id,
+                            MR_WH_ID_LEN, dlv->rec.id, MR_DLV_ID_LEN, 0);
+    }
 
-        mdb_cursor_close(cur);
-
-        if (rc != 0 && rc != MDB_NOTFOUND) {
-            return rc;
-        }
-
-        for (i = 0; i < n; i++) {
-            rc = mr_store_dlv_read(txn, ids[i], &dlv, NULL);
-
-            if (rc == 0) {
-                rc = mr_store_dlv_due(txn, &dlv, 0);
-            }
-
-            if (rc == 0
-                && ngx_memcmp(dlv.rec.exec_id, mr_zero, MR_EXEC_ID_LEN) != 0)
-            {
-                rc = mr_store_index(mr_store.execdlv, txn, dlv.rec.exec_id,
-                                    MR_EXEC_ID_LEN, ids[i], MR_DLV_ID_LEN, 0);
-            }
-
-            if (rc == 0) {
-                k.mv_data = ids[i];
-                k.mv_size = MR_DLV_ID_LEN;
-                rc = mdb_del(txn, mr_store.dlv, &k, NULL);
-            }
-
-            if (rc == MDB_NOTFOUND) {
-                rc = 0;
-            }
-
-            if (rc == 0) {
-                rc = mr_store_index(mr_store.whdlv, txn, wh_id, MR_WH_ID_LEN,
-                                    ids[i], MR_DLV_ID_LEN, 0);
-            }
-
-            if (rc != 0) {
-                return rc;
-            }
-        }
-
-    } while (n == 64);
-
-    return 0;
+    return rc;
 }
 
 
