@@ -40,7 +40,7 @@ static void mr_admin_done(mr_store_op_t *op);
 static ngx_int_t mr_admin_name(ngx_http_request_t *r, json_t *body,
     ngx_str_t *name, json_t *details);
 static json_t *mr_admin_account_json(mr_account_t *acct);
-static json_t *mr_admin_key_json(mr_key_t *key);
+static json_t *mr_admin_key_json(void *elt);
 
 
 /* skip: how much of the URI is the mount point; 0: the location's name */
@@ -419,10 +419,7 @@ mr_admin_key_create(ngx_http_request_t *r)
 static ngx_int_t
 mr_admin_keys_list(ngx_http_request_t *r)
 {
-    json_t         *data, *k;
     ngx_int_t       rc;
-    mr_key_t       *key;
-    ngx_uint_t      i;
     ngx_array_t     keys;
     mr_account_t    acct;
     mr_http_ctx_t  *ctx;
@@ -442,21 +439,7 @@ mr_admin_keys_list(ngx_http_request_t *r)
         return mr_http_error(r, MR_E_INTERNAL, "store read failed", NULL);
     }
 
-    data = json_array();
-    key = keys.elts;
-
-    for (i = 0; i < keys.nelts; i++) {
-        k = mr_admin_key_json(&key[i]);
-
-        if (k == NULL || json_array_append_new(data, k) != 0) {
-            json_decref(data);
-            return mr_http_error(r, MR_E_INTERNAL, "out of memory", NULL);
-        }
-    }
-
-    return mr_http_send_json(r, NGX_HTTP_OK,
-                             json_pack("{s:s, s:o}", "object", "list",
-                                       "data", data));
+    return mr_http_send_list(r, &keys, mr_admin_key_json);
 }
 
 
@@ -629,8 +612,10 @@ mr_admin_account_json(mr_account_t *acct)
 
 
 static json_t *
-mr_admin_key_json(mr_key_t *key)
+mr_admin_key_json(void *elt)
 {
+    mr_key_t  *key = elt;
+
     u_char  hint[sizeof("sk_...") + 4];
 
     ngx_sprintf(hint, "sk_...%*s", (size_t) 4, key->rec.hint);

@@ -144,48 +144,6 @@ mr_curl_start(CURL *easy, mr_curl_done_pt done, void *data)
 }
 
 
-/* stops a transfer; its done callback is not called */
-
-void
-mr_curl_abort(CURL *easy)
-{
-    char           *p;
-    mr_curl_req_t  *req;
-
-    p = NULL;
-
-    if (curl_easy_getinfo(easy, CURLINFO_PRIVATE, &p) != CURLE_OK
-        || p == NULL)
-    {
-        return;
-    }
-
-    req = (mr_curl_req_t *) p;
-
-    mr_curl_remove(req);
-    ngx_free(req);
-}
-
-
-ngx_uint_t
-mr_curl_active(void)
-{
-    ngx_uint_t    n;
-    ngx_queue_t  *q;
-
-    n = 0;
-
-    for (q = ngx_queue_head(&mr_curl_reqs);
-         q != ngx_queue_sentinel(&mr_curl_reqs);
-         q = ngx_queue_next(q))
-    {
-        n++;
-    }
-
-    return n;
-}
-
-
 static void
 mr_curl_remove(mr_curl_req_t *req)
 {

@@ -25,8 +25,6 @@ typedef void (*mr_curl_done_pt)(CURL *easy, CURLcode rc, void *data);
 ngx_int_t mr_curl_init_process(ngx_cycle_t *cycle);
 void mr_curl_exit_process(ngx_cycle_t *cycle);
 ngx_int_t mr_curl_start(CURL *easy, mr_curl_done_pt done, void *data);
-void mr_curl_abort(CURL *easy);
-ngx_uint_t mr_curl_active(void);
 
 
 #endif /* _MR_CURL_H_INCLUDED_ */

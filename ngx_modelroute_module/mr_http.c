@@ -531,6 +531,35 @@ mr_http_send_json(ngx_http_request_t *r, ngx_uint_t status, json_t *json)
 }
 
 
+/* {"object": "list", "data": [item(elt) for each element]} */
+
+ngx_int_t
+mr_http_send_list(ngx_http_request_t *r, ngx_array_t *items,
+    json_t *(*item)(void *elt))
+{
+    json_t      *data, *j;
+    ngx_uint_t   i;
+
+    data = json_array();
+    if (data == NULL) {
+        return mr_http_error(r, MR_E_INTERNAL, "out of memory", NULL);
+    }
+
+    for (i = 0; i < items->nelts; i++) {
+        j = item((u_char *) items->elts + i * items->size);
+
+        if (j == NULL || json_array_append_new(data, j) != 0) {
+            json_decref(data);
+            return mr_http_error(r, MR_E_INTERNAL, "out of memory", NULL);
+        }
+    }
+
+    return mr_http_send_json(r, NGX_HTTP_OK,
+                             json_pack("{s:s, s:o}", "object", "list",
+                                       "data", data));
+}
+
+
 /* the envelope; takes the reference to details */
 
 ngx_int_t
@@ -623,18 +652,15 @@ mr_http_op_error(ngx_http_request_t *r, mr_store_op_t *op)
         return mr_http_error(r, MR_E_EXECUTION_TERMINAL,
                              "the execution has already finished", NULL);
 
-    case MR_R_FORBIDDEN:
+    case MR_R_LIMIT:
         return mr_http_error(r, MR_E_INPUT_VALIDATION,
-                             "the balance would exceed its maximum", NULL);
+                             "the amount would take the account past its "
+                             "limit", NULL);
 
     case MR_R_STORAGE_FULL:
         return mr_http_error(r, MR_E_STORAGE_FULL,
                              "the store is full; nothing was accepted",
                              NULL);
-
-    case MR_R_UNAVAILABLE:
-        return mr_http_error(r, MR_E_SERVICE_UNAVAILABLE,
-                             "the store is not available", NULL);
 
     default:
         return mr_http_error(r, MR_E_INTERNAL, "store operation failed",

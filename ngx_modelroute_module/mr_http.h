@@ -63,6 +63,8 @@ ngx_int_t mr_http_send(ngx_http_request_t *r, ngx_uint_t status,
     ngx_str_t *body);
 ngx_int_t mr_http_send_json(ngx_http_request_t *r, ngx_uint_t status,
     json_t *json);
+ngx_int_t mr_http_send_list(ngx_http_request_t *r, ngx_array_t *items,
+    json_t *(*item)(void *elt));
 ngx_int_t mr_http_error(ngx_http_request_t *r, mr_error_e code,
     const char *message, json_t *details);
 ngx_int_t mr_http_op_error(ngx_http_request_t *r, mr_store_op_t *op);

@@ -1263,7 +1263,7 @@ mr_store_account_adjust(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
         if (op->account.rec.balance + op->amount > MR_MONEY_MAX
             || op->account.rec.credited > MR_LEDGER_MAX - op->amount)
         {
-            op->result = MR_R_FORBIDDEN;
+            op->result = MR_R_LIMIT;
             return 0;
         }
 
@@ -1272,7 +1272,7 @@ mr_store_account_adjust(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
 
     } else {
         if (op->account.rec.debited > MR_LEDGER_MAX + op->amount) {
-            op->result = MR_R_FORBIDDEN;
+            op->result = MR_R_LIMIT;
             return 0;
         }
 

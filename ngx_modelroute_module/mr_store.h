@@ -243,10 +243,9 @@ typedef struct {
 #define MR_R_IDEM_REUSED        4
 #define MR_R_INSUFFICIENT       5
 #define MR_R_TERMINAL           6
-#define MR_R_FORBIDDEN          7
+#define MR_R_LIMIT              7      /* an amount would pass a limit */
 #define MR_R_STORAGE_FULL       8
 #define MR_R_INTERNAL           9
-#define MR_R_UNAVAILABLE       10
 
 
 #define MR_OP_EXEC_CREATE       1
@@ -337,7 +336,6 @@ ngx_int_t mr_store_verify(u_char *org, mr_account_t *acct, mr_verify_t *v,
 
 ngx_int_t mr_store_wh_get(u_char *wh_id, mr_wh_t *wh, ngx_pool_t *pool);
 ngx_int_t mr_store_wh_list(u_char *org, ngx_array_t *whs, ngx_pool_t *pool);
-ngx_int_t mr_store_dlv_get(u_char *dlv_id, mr_dlv_t *dlv, ngx_pool_t *pool);
 ngx_int_t mr_store_dlv_list(u_char *prefix, size_t len, ngx_uint_t limit,
     ngx_array_t *dlvs, ngx_pool_t *pool);
 ngx_int_t mr_store_secret_get(u_char *org, ngx_str_t *secret,

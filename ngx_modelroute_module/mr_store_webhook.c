@@ -191,7 +191,6 @@ mr_store_emit(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
     const char *type_name)
 {
     int          rc;
-    u_char      *p;
     MDB_val      k, v;
     mr_wh_t      wh;
     ngx_str_t    data, type, url;
@@ -199,6 +198,7 @@ mr_store_emit(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
     MDB_cursor  *cur;
     ngx_uint_t   i, n;
     u_char       event_id[MR_EVT_ID_LEN];
+    u_char       start[MR_ORG_ID_LEN + MR_WH_ID_LEN];
     u_char       ids[64][MR_WH_ID_LEN];
 
     type.data = (u_char *) type_name;
@@ -225,15 +225,10 @@ mr_store_emit(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
 
     /* the account's endpoints, in batches (no cursor across puts) */
 
-    ngx_memcpy(ids[0], mr_zero, MR_WH_ID_LEN);
-    p = NULL;
+    ngx_memcpy(start, exec->rec.org, MR_ORG_ID_LEN);
+    ngx_memzero(start + MR_ORG_ID_LEN, MR_WH_ID_LEN);
 
-    for ( ;; ) {
-        u_char  start[MR_ORG_ID_LEN + MR_WH_ID_LEN];
-
-        ngx_memcpy(start, exec->rec.org, MR_ORG_ID_LEN);
-        ngx_memcpy(start + MR_ORG_ID_LEN, p ? p : mr_zero, MR_WH_ID_LEN);
-
+    do {
         rc = mdb_cursor_open(txn, mr_store.orgwh, &cur);
         if (rc != 0) {
             goto done;
@@ -250,14 +245,7 @@ mr_store_emit(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
             if (k.mv_size != sizeof(start)
                 || ngx_memcmp(k.mv_data, exec->rec.org, MR_ORG_ID_LEN) != 0)
             {
-                rc = MDB_NOTFOUND;
                 break;
-            }
-
-            if (p && ngx_memcmp((u_char *) k.mv_data + MR_ORG_ID_LEN, p,
-                                MR_WH_ID_LEN) == 0)
-            {
-                continue;
             }
 
             ngx_memcpy(ids[n++], (u_char *) k.mv_data + MR_ORG_ID_LEN,
@@ -292,12 +280,14 @@ mr_store_emit(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
             }
         }
 
-        if (n < 64) {
-            break;
+        /* the next batch: just after the last id seen */
+
+        if (n == 64) {
+            ngx_memcpy(start + MR_ORG_ID_LEN, ids[63], MR_WH_ID_LEN);
+            start[sizeof(start) - 1]++;
         }
 
-        p = ids[n - 1];
-    }
+    } while (n == 64);
 
     rc = 0;
 
@@ -1794,25 +1784,6 @@ mr_store_wh_list(u_char *org, ngx_array_t *whs, ngx_pool_t *pool)
     mr_store_read_end();
 
     return mr_store_read_rc(rc, "endpoints");
-}
-
-
-ngx_int_t
-mr_store_dlv_get(u_char *dlv_id, mr_dlv_t *dlv, ngx_pool_t *pool)
-{
-    int       rc;
-    MDB_txn  *txn;
-
-    txn = mr_store_read_begin();
-    if (txn == NULL) {
-        return NGX_ERROR;
-    }
-
-    rc = mr_store_dlv_read(txn, dlv_id, dlv, pool);
-
-    mr_store_read_end();
-
-    return mr_store_read_rc(rc, "delivery");
 }
 
 

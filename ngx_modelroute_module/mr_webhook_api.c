@@ -31,8 +31,8 @@ static ngx_int_t mr_wh_deliveries(ngx_http_request_t *r, ngx_uint_t by_exec);
 static ngx_int_t mr_wh_secret(ngx_http_request_t *r);
 static void mr_wh_done(mr_store_op_t *op);
 static ngx_int_t mr_wh_own(ngx_http_request_t *r, mr_wh_t *wh);
-static json_t *mr_wh_json(mr_wh_t *wh);
-static json_t *mr_dlv_json(mr_dlv_t *dlv);
+static json_t *mr_wh_json(void *elt);
+static json_t *mr_dlv_json(void *elt);
 static json_t *mr_json_raw(ngx_str_t *s, json_t *dflt);
 
 
@@ -606,9 +606,6 @@ mr_wh_get(ngx_http_request_t *r)
 static ngx_int_t
 mr_wh_list(ngx_http_request_t *r)
 {
-    json_t         *data, *j;
-    mr_wh_t        *wh;
-    ngx_uint_t      i;
     ngx_array_t     whs;
     mr_http_ctx_t  *ctx;
 
@@ -620,34 +617,18 @@ mr_wh_list(ngx_http_request_t *r)
         return mr_http_error(r, MR_E_INTERNAL, "store read failed", NULL);
     }
 
-    data = json_array();
-    wh = whs.elts;
-
-    for (i = 0; i < whs.nelts; i++) {
-        j = mr_wh_json(&wh[i]);
-
-        if (j == NULL || json_array_append_new(data, j) != 0) {
-            json_decref(data);
-            return mr_http_error(r, MR_E_INTERNAL, "out of memory", NULL);
-        }
-    }
-
-    return mr_http_send_json(r, NGX_HTTP_OK,
-                             json_pack("{s:s, s:o}", "object", "list",
-                                       "data", data));
+    return mr_http_send_list(r, &whs, mr_wh_json);
 }
 
 
 static ngx_int_t
 mr_wh_deliveries(ngx_http_request_t *r, ngx_uint_t by_exec)
 {
-    json_t         *data, *j, *details;
+    json_t         *details;
     mr_wh_t         wh;
     ngx_int_t       rc, limit;
     ngx_str_t       v;
-    mr_dlv_t       *dlv;
     mr_exec_t       exec;
-    ngx_uint_t      i;
     ngx_array_t     dlvs;
     mr_http_ctx_t  *ctx;
 
@@ -703,21 +684,7 @@ mr_wh_deliveries(ngx_http_request_t *r, ngx_uint_t by_exec)
         return mr_http_error(r, MR_E_INTERNAL, "store read failed", NULL);
     }
 
-    data = json_array();
-    dlv = dlvs.elts;
-
-    for (i = 0; i < dlvs.nelts; i++) {
-        j = mr_dlv_json(&dlv[i]);
-
-        if (j == NULL || json_array_append_new(data, j) != 0) {
-            json_decref(data);
-            return mr_http_error(r, MR_E_INTERNAL, "out of memory", NULL);
-        }
-    }
-
-    return mr_http_send_json(r, NGX_HTTP_OK,
-                             json_pack("{s:s, s:o}", "object", "list",
-                                       "data", data));
+    return mr_http_send_list(r, &dlvs, mr_dlv_json);
 }
 
 
@@ -763,8 +730,10 @@ mr_wh_secret(ngx_http_request_t *r)
 
 
 static json_t *
-mr_wh_json(mr_wh_t *wh)
+mr_wh_json(void *elt)
 {
+    mr_wh_t  *wh = elt;
+
     return json_pack("{s:s#, s:s, s:s#, s:o, s:o, s:o, s:b, s:I, s:o, s:o}",
                      "id", wh->rec.id, (int) MR_WH_ID_LEN,
                      "object", "webhook_endpoint",
@@ -784,8 +753,10 @@ mr_wh_json(mr_wh_t *wh)
 
 
 static json_t *
-mr_dlv_json(mr_dlv_t *dlv)
+mr_dlv_json(void *elt)
 {
+    mr_dlv_t  *dlv = elt;
+
     static u_char  zero[MR_EXEC_ID_LEN];
 
     static const char  *status[] = { "pending", "pending", "succeeded",
