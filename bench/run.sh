@@ -19,62 +19,12 @@
 # error log has alerts; missed performance targets are reported, not fatal.
 set -euo pipefail
 
-die() { echo "bench: $*" >&2; exit 1; }
-[ $# -eq 1 ] || die "usage: $0 /path/to/ngx_http_modelroute_module.so"
-[ -f "$1" ] || die "module not found: $1 (build it with ./build.sh)"
-module=$(readlink -f "$1")
+. "$(dirname "$0")/lib.sh"
+bench_init bench "$@"
+mkdir -p "$tmp/lmdb"
 
-here=$(cd "$(dirname "$0")" && pwd)
-top=$(cd "$here/.." && pwd)
-nginx=${MR_NGINX:-/usr/sbin/nginx}
-seconds=${BENCH_SECONDS:-10}
-conns=${BENCH_CONNECTIONS:-64}
-threads=${BENCH_THREADS:-2}
-
-[ -x "$nginx" ] || die "nginx not found at $nginx"
-for c in wrk curl perl cc; do
-    command -v "$c" >/dev/null || die "$c not found (./build.sh installs it)"
-done
-
-# The temp dir is on the same disk as the repository (not /tmp, which may be
-# tmpfs, where fsync is free). nginx workers run as nobody: make it 755.
-tmpbase=${BENCH_TMPDIR:-$top/build}
-mkdir -p "$tmpbase"
-tmp=$(mktemp -d "$tmpbase/bench.XXXXXX")
-chmod 755 "$tmp"
-mkdir -p "$tmp/conf" "$tmp/logs" "$tmp/tmp" "$tmp/lmdb"
-chmod 755 "$tmp/conf" "$tmp/logs" "$tmp/tmp"
-if [ "$(id -u)" -eq 0 ] && ! runuser -u nobody -- test -x "$tmp/tmp" 2>/dev/null; then
-    rm -rf "$tmp"
-    die "the nginx workers (user nobody) cannot reach $tmp; set BENCH_TMPDIR" \
-        "to a directory on a real disk that others can search"
-fi
-
-port=${BENCH_PORT:-$(perl -MIO::Socket::INET -e \
-    'print IO::Socket::INET->new(Listen => 1, LocalAddr => "127.0.0.1",
-                                 LocalPort => 0)->sockport')}
+port=${BENCH_PORT:-$(free_port)}
 base="http://127.0.0.1:$port"
-
-ngx=
-# shellcheck disable=SC2317  # called from the EXIT trap
-cleanup() {
-    local rc=$?
-    if [ -n "$ngx" ] && kill -0 "$ngx" 2>/dev/null; then
-        kill -QUIT "$ngx" 2>/dev/null || true
-        for _ in $(seq 100); do kill -0 "$ngx" 2>/dev/null || break; sleep 0.1; done
-        kill -0 "$ngx" 2>/dev/null && kill -TERM "$ngx" 2>/dev/null
-        wait "$ngx" 2>/dev/null || true
-    fi
-    if [ -n "${BENCH_KEEP:-}" ]; then
-        echo "bench: kept $tmp"
-    else
-        rm -rf "$tmp"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
 # --- raw LMDB commit rate --------------------------------------------------------
 # One put per fsynced write transaction: what one-commit-per-request would
@@ -142,38 +92,8 @@ http {
 }
 CONF
 
-"$nginx" -p "$tmp/" -c "$tmp/conf/nginx.conf" -t -q || die "nginx -t failed"
-"$nginx" -p "$tmp/" -c "$tmp/conf/nginx.conf" &
-ngx=$!
-
-deadline=$((SECONDS + 15))
-until [ "$(curl -s -o /dev/null -m 1 -w '%{http_code}' "$base/baseline" || true)" = 202 ]; do
-    kill -0 "$ngx" 2>/dev/null || { tail -20 "$tmp/logs/error.log" >&2; die "nginx exited"; }
-    [ "$SECONDS" -lt "$deadline" ] || { tail -20 "$tmp/logs/error.log" >&2; die "nginx does not answer"; }
-    sleep 0.2
-done
-
-# http METHOD PATH [BODY] [curl args...] -> $code, $body
-http() {
-    local method=$1 path=$2 data=${3:-} out
-    shift $(( $# < 3 ? $# : 3 ))
-    local args=(-sS -m 10 -X "$method" -w '\n%{http_code}' "$@")
-    [ -n "$data" ] && args+=(-H 'Content-Type: application/json' --data-binary "$data")
-    out=$(curl "${args[@]}" "$base$path") || out=$'\n000'
-    code=${out##*$'\n'}
-    body=${out%$'\n'*}
-}
-expect() { [ "$code" = "$1" ] || die "$2 answered $code (expected $1): $body"; }
-
-http POST /admin/accounts '{"name": "bench", "credit": "1000000.00"}'
-expect 201 "POST /admin/accounts"
-org=$(grep -o 'org_[0-9a-f]*' <<<"$body" | head -1)
-
-http POST "/admin/accounts/$org/keys" '{"permission": "full"}'
-expect 201 "POST /admin/accounts/$org/keys"
-key=$(grep -o 'sk_[0-9a-f]\{64\}_[0-9a-f]\{8\}' <<<"$body" | head -1)
-[ -n "$key" ] || die "no key in: $body"
-auth="Authorization: Bearer $key"
+bench_start "$base/baseline" 202
+bench_account bench
 
 http POST /v1/executions \
     '{"model":"demo-chat","input":{"prompt":"hello"},"idempotency_key":"bench-setup"}' -H "$auth"

@@ -37,71 +37,19 @@
 # reported, not fatal.
 set -euo pipefail
 
-die() { echo "bench: $*" >&2; exit 1; }
-[ $# -eq 1 ] || die "usage: $0 /path/to/ngx_http_modelroute_module.so"
-[ -f "$1" ] || die "module not found: $1 (build it with ./build.sh)"
-module=$(readlink -f "$1")
+. "$(dirname "$0")/lib.sh"
+bench_init bench-webhooks "$@"
+mkdir -p "$tmp/ids"
 
-here=$(cd "$(dirname "$0")" && pwd)
-top=$(cd "$here/.." && pwd)
-nginx=${MR_NGINX:-/usr/sbin/nginx}
-seconds=${BENCH_SECONDS:-10}
-conns=${BENCH_CONNECTIONS:-64}
-threads=${BENCH_THREADS:-2}
 concurrency=${BENCH_WH_CONCURRENCY:-256 64}
 stall=${BENCH_STALL:-10}
 drain=${BENCH_DRAIN:-300}
 
-[ -x "$nginx" ] || die "nginx not found at $nginx"
-for c in wrk curl perl; do
-    command -v "$c" >/dev/null || die "$c not found (./build.sh installs it)"
-done
-
-# The temp dir is on the same disk as the repository (not /tmp, which may be
-# tmpfs, where fsync is free). nginx workers run as nobody: make it 755.
-tmpbase=${BENCH_TMPDIR:-$top/build}
-mkdir -p "$tmpbase"
-tmp=$(mktemp -d "$tmpbase/bench-webhooks.XXXXXX")
-chmod 755 "$tmp"
-mkdir -p "$tmp/conf" "$tmp/logs" "$tmp/tmp" "$tmp/ids"
-chmod 755 "$tmp/conf" "$tmp/logs" "$tmp/tmp"
-if [ "$(id -u)" -eq 0 ] && ! runuser -u nobody -- test -x "$tmp/tmp" 2>/dev/null; then
-    rm -rf "$tmp"
-    die "the nginx workers (user nobody) cannot reach $tmp; set BENCH_TMPDIR" \
-        "to a directory on a real disk that others can search"
-fi
-
-free_port() {
-    perl -MIO::Socket::INET -e \
-        'print IO::Socket::INET->new(Listen => 1, LocalAddr => "127.0.0.1",
-                                     LocalPort => 0)->sockport'
-}
 port=${BENCH_PORT:-$(free_port)}
 rport=${BENCH_RECEIVER_PORT:-$(free_port)}
 [ "$port" != "$rport" ] || rport=$(free_port)
 base="http://127.0.0.1:$port"
 rlog=$tmp/logs/receiver.log
-
-ngx=
-# shellcheck disable=SC2317  # called from the EXIT trap
-cleanup() {
-    local rc=$?
-    if [ -n "$ngx" ] && kill -0 "$ngx" 2>/dev/null; then
-        kill -QUIT "$ngx" 2>/dev/null || true
-        for _ in $(seq 100); do kill -0 "$ngx" 2>/dev/null || break; sleep 0.1; done
-        kill -0 "$ngx" 2>/dev/null && kill -TERM "$ngx" 2>/dev/null
-        wait "$ngx" 2>/dev/null || true
-    fi
-    if [ -n "${BENCH_KEEP:-}" ]; then
-        echo "bench: kept $tmp"
-    else
-        rm -rf "$tmp"
-    fi
-    exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
 
 # --- nginx -------------------------------------------------------------------
 cat > "$tmp/conf/nginx.conf" <<CONF
@@ -166,38 +114,8 @@ http {
 }
 CONF
 
-"$nginx" -p "$tmp/" -c "$tmp/conf/nginx.conf" -t -q || die "nginx -t failed"
-"$nginx" -p "$tmp/" -c "$tmp/conf/nginx.conf" &
-ngx=$!
-
-deadline=$((SECONDS + 15))
-until [ "$(curl -s -o /dev/null -m 1 -w '%{http_code}' "http://127.0.0.1:$rport/ping" || true)" = 204 ]; do
-    kill -0 "$ngx" 2>/dev/null || { tail -20 "$tmp/logs/error.log" >&2; die "nginx exited"; }
-    [ "$SECONDS" -lt "$deadline" ] || { tail -20 "$tmp/logs/error.log" >&2; die "nginx does not answer"; }
-    sleep 0.2
-done
-
-# http METHOD PATH [BODY] [curl args...] -> $code, $body
-http() {
-    local method=$1 path=$2 data=${3:-} out
-    shift $(( $# < 3 ? $# : 3 ))
-    local args=(-sS -m 10 -X "$method" -w '\n%{http_code}' "$@")
-    [ -n "$data" ] && args+=(-H 'Content-Type: application/json' --data-binary "$data")
-    out=$(curl "${args[@]}" "$base$path") || out=$'\n000'
-    code=${out##*$'\n'}
-    body=${out%$'\n'*}
-}
-expect() { [ "$code" = "$1" ] || die "$2 answered $code (expected $1): $body"; }
-
-http POST /admin/accounts '{"name": "bench-webhooks", "credit": "1000000.00"}'
-expect 201 "POST /admin/accounts"
-org=$(grep -o 'org_[0-9a-f]*' <<<"$body" | head -1)
-
-http POST "/admin/accounts/$org/keys" '{"permission": "full"}'
-expect 201 "POST /admin/accounts/$org/keys"
-key=$(grep -o 'sk_[0-9a-f]\{64\}_[0-9a-f]\{8\}' <<<"$body" | head -1)
-[ -n "$key" ] || die "no key in: $body"
-auth="Authorization: Bearer $key"
+bench_start "http://127.0.0.1:$rport/ping" 204
+bench_account bench-webhooks
 
 http POST /v1/webhooks/endpoints \
     "{\"url\": \"http://127.0.0.1:$rport/hook\", \"description\": \"bench\", \"events\": []}" \

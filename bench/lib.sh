@@ -1,0 +1,123 @@
+# Shared by the benchmarks (sourced, not run): arguments, the temp dir,
+# nginx's start and stop, HTTP with curl, an account with a key.
+#
+#   bench_init NAME "$@"     module, here, top, nginx, seconds, conns,
+#                            threads, tmp (build/NAME.XXXXXX, 755)
+#   bench_start URL CODE     starts nginx on $tmp/conf/nginx.conf and
+#                            waits until URL answers CODE
+#   http METHOD PATH [BODY] [curl args...]   -> $code, $body (from $base)
+#   expect CODE WHAT
+#   bench_account NAME       -> $org, $key, $auth
+
+die() { echo "bench: $*" >&2; exit 1; }
+
+free_port() {
+    perl -MIO::Socket::INET -e \
+        'print IO::Socket::INET->new(Listen => 1, LocalAddr => "127.0.0.1",
+                                     LocalPort => 0)->sockport'
+}
+
+bench_init() {
+    local name=$1 c tmpbase
+    shift
+    [ $# -eq 1 ] || die "usage: $0 /path/to/ngx_http_modelroute_module.so"
+    [ -f "$1" ] || die "module not found: $1 (build it with ./build.sh)"
+    module=$(readlink -f "$1")
+
+    here=$(cd "$(dirname "$0")" && pwd)
+    top=$(cd "$here/.." && pwd)
+    nginx=${MR_NGINX:-/usr/sbin/nginx}
+    seconds=${BENCH_SECONDS:-10}
+    conns=${BENCH_CONNECTIONS:-64}
+    threads=${BENCH_THREADS:-2}
+
+    [ -x "$nginx" ] || die "nginx not found at $nginx"
+    for c in wrk curl perl cc; do
+        command -v "$c" >/dev/null \
+            || die "$c not found (./build.sh installs it)"
+    done
+
+    # On the repository's disk (not /tmp, which may be tmpfs, where fsync
+    # is free). nginx workers run as nobody: 755.
+    tmpbase=${BENCH_TMPDIR:-$top/build}
+    mkdir -p "$tmpbase"
+    tmp=$(mktemp -d "$tmpbase/$name.XXXXXX")
+    chmod 755 "$tmp"
+    mkdir -p "$tmp/conf" "$tmp/logs" "$tmp/tmp"
+    chmod 755 "$tmp/conf" "$tmp/logs" "$tmp/tmp"
+    if [ "$(id -u)" -eq 0 ] \
+       && ! runuser -u nobody -- test -x "$tmp/tmp" 2>/dev/null
+    then
+        rm -rf "$tmp"
+        die "the nginx workers (user nobody) cannot reach $tmp; set" \
+            "BENCH_TMPDIR to a directory on a real disk that others can search"
+    fi
+
+    ngx=
+    trap bench_cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+}
+
+# shellcheck disable=SC2317  # called from the EXIT trap
+bench_cleanup() {
+    local rc=$?
+    if [ -n "$ngx" ] && kill -0 "$ngx" 2>/dev/null; then
+        kill -QUIT "$ngx" 2>/dev/null || true
+        for _ in $(seq 100); do
+            kill -0 "$ngx" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -0 "$ngx" 2>/dev/null && kill -TERM "$ngx" 2>/dev/null
+        wait "$ngx" 2>/dev/null || true
+    fi
+    if [ -n "${BENCH_KEEP:-}" ]; then
+        echo "bench: kept $tmp"
+    else
+        rm -rf "$tmp"
+    fi
+    exit "$rc"
+}
+
+bench_start() {
+    local url=$1 want=$2 deadline
+    "$nginx" -p "$tmp/" -c "$tmp/conf/nginx.conf" -t -q \
+        || die "nginx -t failed"
+    "$nginx" -p "$tmp/" -c "$tmp/conf/nginx.conf" &
+    ngx=$!
+
+    deadline=$((SECONDS + 15))
+    until [ "$(curl -s -o /dev/null -m 1 -w '%{http_code}' "$url" || true)" \
+            = "$want" ]
+    do
+        kill -0 "$ngx" 2>/dev/null \
+            || { tail -20 "$tmp/logs/error.log" >&2; die "nginx exited"; }
+        [ "$SECONDS" -lt "$deadline" ] \
+            || { tail -20 "$tmp/logs/error.log" >&2; die "nginx does not answer"; }
+        sleep 0.2
+    done
+}
+
+http() {
+    local method=$1 path=$2 data=${3:-} out
+    shift $(( $# < 3 ? $# : 3 ))
+    local args=(-sS -m 10 -X "$method" -w '\n%{http_code}' "$@")
+    [ -n "$data" ] && args+=(-H 'Content-Type: application/json' --data-binary "$data")
+    out=$(curl "${args[@]}" "$base$path") || out=$'\n000'
+    code=${out##*$'\n'}
+    body=${out%$'\n'*}
+}
+
+expect() { [ "$code" = "$1" ] || die "$2 answered $code (expected $1): $body"; }
+
+bench_account() {
+    http POST /admin/accounts "{\"name\": \"$1\", \"credit\": \"1000000.00\"}"
+    expect 201 "POST /admin/accounts"
+    org=$(grep -o 'org_[0-9a-f]*' <<<"$body" | head -1)
+
+    http POST "/admin/accounts/$org/keys" '{"permission": "full"}'
+    expect 201 "POST /admin/accounts/$org/keys"
+    key=$(grep -o 'sk_[0-9a-f]\{64\}_[0-9a-f]\{8\}' <<<"$body" | head -1)
+    [ -n "$key" ] || die "no key in: $body"
+    auth="Authorization: Bearer $key"
+}
