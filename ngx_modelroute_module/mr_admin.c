@@ -22,6 +22,7 @@
 
 #include "ngx_http_modelroute_module.h"
 #include "mr_http.h"
+#include "mr_route.h"
 #include "mr_auth.h"
 #include "mr_admin.h"
 
@@ -36,6 +37,7 @@ static ngx_int_t mr_admin_key_create(ngx_http_request_t *r);
 static ngx_int_t mr_admin_keys_list(ngx_http_request_t *r);
 static ngx_int_t mr_admin_key_revoke(ngx_http_request_t *r);
 static ngx_int_t mr_admin_verify(ngx_http_request_t *r);
+static ngx_int_t mr_admin_routes(ngx_http_request_t *r);
 static void mr_admin_done(mr_store_op_t *op);
 static ngx_int_t mr_admin_name(ngx_http_request_t *r, json_t *body,
     ngx_str_t *name, json_t *details);
@@ -145,6 +147,14 @@ mr_admin_handler(ngx_http_request_t *r, size_t skip)
         }
 
         goto not_found;
+    }
+
+    if (n == 1 && mr_seg_is(0, "routes")) {
+        if (!get) {
+            return mr_http_not_allowed(r, "GET, HEAD");
+        }
+
+        return mr_admin_routes(r);
     }
 
     if (n == 3 && mr_seg_is(0, "keys") && mr_seg_is(2, "revoke")) {
@@ -635,4 +645,74 @@ mr_admin_key_json(void *elt)
                      "revoked", (int) key->rec.revoked,
                      "created_at", mr_json_time(key->rec.created_ms),
                      "valid_until", mr_json_time(key->rec.valid_until_ms));
+}
+
+
+/* GET /admin/routes: each route's breaker, slots and counters */
+
+static ngx_int_t
+mr_admin_routes(ngx_http_request_t *r)
+{
+    json_t            *list, *item;
+    int64_t            now;
+    ngx_uint_t         i;
+    const char        *state;
+    mr_route_t        *rt;
+    mr_main_conf_t    *mcf;
+    mr_route_state_t  *st;
+
+    mcf = mr_main_conf();
+    rt = mcf->routes.elts;
+
+    st = ngx_pcalloc(r->pool, (mcf->routes.nelts + 1)
+                              * sizeof(mr_route_state_t));
+    if (st == NULL) {
+        return mr_http_error(r, MR_E_INTERNAL, "out of memory", NULL);
+    }
+
+    if (mr_store_route_states(mcf, st) != NGX_OK) {
+        return mr_http_error(r, MR_E_INTERNAL, "store read failed", NULL);
+    }
+
+    list = json_array();
+    if (list == NULL) {
+        return mr_http_error(r, MR_E_INTERNAL, "out of memory", NULL);
+    }
+
+    now = mr_now_ms();
+
+    for (i = 0; i < mcf->routes.nelts; i++) {
+        state = (st[i].open_until_ms == 0) ? "closed"
+                : (st[i].open_until_ms > now) ? "open" : "half_open";
+
+        item = json_pack("{s:s#, s:s#, s:s, s:I, s:I, s:I, s:s, s:I, "
+                         "s:o, s:o, s:I, s:I}",
+                         "name", rt[i].name.data, (int) rt[i].name.len,
+                         "location", rt[i].location.data,
+                         (int) rt[i].location.len,
+                         "protocol", mr_route_protocol_name(rt[i].protocol),
+                         "max_concurrency",
+                         (json_int_t) rt[i].max_concurrency,
+                         "timeout_ms", (json_int_t) rt[i].timeout,
+                         "in_flight", (json_int_t) st[i].inflight,
+                         "breaker", state,
+                         "consecutive_failures",
+                         (json_int_t) st[i].failures,
+                         "open_until",
+                         st[i].open_until_ms > now
+                         ? mr_json_time(st[i].open_until_ms) : json_null(),
+                         "paused_until",
+                         st[i].paused_until_ms > now
+                         ? mr_json_time(st[i].paused_until_ms) : json_null(),
+                         "attempts", (json_int_t) st[i].attempts,
+                         "failures", (json_int_t) st[i].failed);
+
+        if (item == NULL || json_array_append_new(list, item) != 0) {
+            json_decref(list);
+            return mr_http_error(r, MR_E_INTERNAL, "out of memory", NULL);
+        }
+    }
+
+    return mr_http_send_json(r, NGX_HTTP_OK,
+                             json_pack("{s:o}", "data", list));
 }

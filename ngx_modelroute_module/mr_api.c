@@ -14,6 +14,7 @@
 #include "mr_exec.h"
 #include "mr_api.h"
 #include "mr_webhook.h"
+#include "mr_callback.h"
 
 
 #define MR_LIST_DEFAULT  20
@@ -137,6 +138,22 @@ mr_api_handler(ngx_http_request_t *r, u_char *path, u_char *last)
 
     if (n >= 2 && n <= 4 && mr_seg_is(0, "webhooks")) {
         return mr_webhook_api_handler(r, seg, n);
+    }
+
+    /* an asynchronous provider's result: its token, not an API key */
+
+    if (n == 2 && mr_seg_is(0, "callbacks")) {
+        if (!mr_id_valid(&seg[1], "exec_", MR_EXEC_ID_LEN)) {
+            goto not_found;
+        }
+
+        if (!mr_method(NGX_HTTP_POST)) {
+            return mr_http_not_allowed(r, "POST");
+        }
+
+        ctx->id = seg[1];
+
+        return mr_callback_handler(r);
     }
 
     if (n == 3 && mr_seg_is(0, "api-keys") && mr_seg_is(2, "rotate")) {

@@ -26,7 +26,6 @@ static ngx_int_t mr_exec_idem_key(ngx_http_request_t *r, json_t *body,
     ngx_str_t *key, json_t *details);
 static ngx_int_t mr_exec_estimate(mr_model_t *m, json_t *input,
     size_t input_len, int64_t *estimate, json_t *details);
-static int64_t mr_exec_price(int64_t units, int64_t price, int64_t per);
 static ngx_int_t mr_exec_dump(ngx_pool_t *pool, json_t *json, size_t flags,
     size_t hint, ngx_str_t *out);
 
@@ -470,7 +469,7 @@ mr_exec_estimate(mr_model_t *m, json_t *input, size_t input_len,
 
 /* ceil(units * price / per) without overflow for sane inputs */
 
-static int64_t
+int64_t
 mr_exec_price(int64_t units, int64_t price, int64_t per)
 {
     int64_t  whole, rest;
@@ -670,6 +669,13 @@ mr_exec_render_result(ngx_pool_t *pool, mr_exec_t *exec, ngx_str_t *out)
     json_decref(j);
 
     return NGX_OK;
+}
+
+
+ngx_str_t *
+mr_exec_status_name(ngx_uint_t status)
+{
+    return &mr_status_names[status <= MR_EXPIRED ? status : 0];
 }
 
 

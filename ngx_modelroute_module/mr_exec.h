@@ -23,6 +23,8 @@ ngx_int_t mr_exec_render(ngx_pool_t *pool, mr_exec_t *exec, ngx_str_t *out);
 ngx_int_t mr_exec_render_result(ngx_pool_t *pool, mr_exec_t *exec,
     ngx_str_t *out);
 ngx_uint_t mr_exec_status_parse(ngx_str_t *name);
+ngx_str_t *mr_exec_status_name(ngx_uint_t status);
+int64_t mr_exec_price(int64_t units, int64_t price, int64_t per);
 
 
 #endif /* _MR_EXEC_H_INCLUDED_ */

@@ -48,6 +48,7 @@ typedef struct {
     mr_key_t                  key;            /* the caller's key */
     u_char                    secret[80];     /* a new key's secret */
     ngx_str_t                 envelope;       /* for nginx's own errors */
+    void                     *data;           /* the dispatch endpoint's */
     unsigned                  answered:1;     /* mr_http_send() was used */
     unsigned                  envelope_sent:1;
     mr_store_op_t             op;

@@ -13,6 +13,10 @@
  *   ref      org + credit reference       -> be64 amount
  *   due      be64 expires_ms + exec_id    -> ""  (open executions)
  *   idemttl  be64 created_ms + idem key   -> ""  (idem, by age)
+ *   disp     be64 due_ms + exec_id        -> ""  (mr_store_dispatch.c)
+ *   route    route name                   -> mr_route_state_t
+ *   meta     "version", "cbkey", "dsecret"
+ * and the webhook tables of mr_store_webhook.c.
  */
 
 
@@ -59,7 +63,6 @@ static int mr_store_account_adjust(MDB_txn *txn, mr_store_op_t *op,
 static int mr_store_key_create(MDB_txn *txn, mr_store_op_t *op,
     ngx_int_t room);
 static int mr_store_key_update(MDB_txn *txn, mr_store_op_t *op);
-static int mr_store_due_put(MDB_txn *txn, mr_exec_t *exec, ngx_uint_t add);
 static int mr_store_sweep(MDB_txn *txn, mr_store_op_t *op);
 static int mr_store_expire(MDB_txn *txn, mr_store_op_t *op, u_char *id);
 static int mr_store_key_read(MDB_txn *txn, u_char *key_id, mr_key_t *key,
@@ -79,7 +82,7 @@ mr_store_init_module(ngx_cycle_t *cycle, mr_main_conf_t *mcf)
     u_char            *p;
     MDB_env           *env;
     MDB_txn           *txn;
-    ngx_uint_t         i;
+    ngx_uint_t         i, rotate;
     ngx_core_conf_t   *ccf;
     mr_store_t         st;
     u_char             path[NGX_MAX_PATH];
@@ -109,9 +112,17 @@ mr_store_init_module(ngx_cycle_t *cycle, mr_main_conf_t *mcf)
 
     ngx_memzero(&st, sizeof(mr_store_t));
 
+    /* a new dispatch secret on a start, not on a reload or a signal */
+
+    rotate = ngx_is_init_cycle(cycle->old_cycle) && !ngx_test_config
+             && ngx_process != NGX_PROCESS_SIGNALLER;
+
     rc = mdb_txn_begin(env, NULL, 0, &txn);
     if (rc == 0) {
         rc = mr_store_open_dbis(txn, &st);
+        if (rc == 0) {
+            rc = mr_store_disp_secrets(txn, st.meta, rotate);
+        }
         if (rc == 0) {
             rc = mdb_txn_commit(txn);
         } else {
@@ -232,6 +243,8 @@ mr_store_open_dbis(MDB_txn *txn, mr_store_t *st)
         || (rc = mdb_dbi_open(txn, "dlvdue", MDB_CREATE, &st->dlvdue))
         || (rc = mdb_dbi_open(txn, "whdlv", MDB_CREATE, &st->whdlv))
         || (rc = mdb_dbi_open(txn, "execdlv", MDB_CREATE, &st->execdlv))
+        || (rc = mdb_dbi_open(txn, "disp", MDB_CREATE, &st->disp))
+        || (rc = mdb_dbi_open(txn, "route", MDB_CREATE, &st->route))
         || (rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &st->meta)))
     {
         return rc;
@@ -618,7 +631,8 @@ mr_store_batch_thread(void *data, ngx_log_t *log)
         {
             op = ngx_queue_data(q, mr_store_op_t, queue);
             soft = (op->type == MR_OP_DLV_CLAIM
-                    || op->type == MR_OP_DLV_DONE);
+                    || op->type == MR_OP_DLV_DONE
+                    || op->type == MR_OP_DISP_CLAIM);
         }
 
         if (soft) {
@@ -662,13 +676,14 @@ static void
 mr_store_batch_done(ngx_event_t *ev)
 {
     int                rc;
-    ngx_uint_t         level, emitted;
+    ngx_uint_t         level, emitted, ready;
     ngx_queue_t       *q;
     mr_store_op_t     *op;
     mr_store_batch_t  *b;
 
     b = &mr_store.batch;
     emitted = 0;
+    ready = 0;
 
     mr_store.busy = 0;
 
@@ -743,11 +758,19 @@ mr_store_batch_done(ngx_event_t *ev)
             emitted = 1;
         }
 
+        if (op->ready && op->type != MR_OP_DISP_CLAIM) {
+            ready = 1;
+        }
+
         op->handler(op);
     }
 
     if (emitted && mr_store_deliveries_hook) {
         mr_store_deliveries_hook();
+    }
+
+    if (ready && mr_store_dispatch_hook) {
+        mr_store_dispatch_hook();
     }
 
     /* what arrived meanwhile is the next batch */
@@ -828,10 +851,18 @@ failed:
 static void
 mr_store_op_reset(mr_store_op_t *op, ngx_uint_t result)
 {
-    mr_dlv_job_t  *job;
+    mr_dlv_job_t   *job;
+    mr_disp_job_t  *djob;
 
     op->result = result;
     op->emitted = 0;
+    op->ready = 0;
+
+    while (op->disp.jobs) {
+        djob = op->disp.jobs;
+        op->disp.jobs = djob->next;
+        ngx_free(djob);
+    }
 
     /* claims that were not committed are not claims */
 
@@ -931,6 +962,11 @@ mr_store_apply(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
     case MR_OP_DLV_CLAIM:
     case MR_OP_DLV_DONE:
         return mr_store_wh_apply(txn, op, room);
+
+    case MR_OP_DISP_CLAIM:
+    case MR_OP_DISP_DONE:
+    case MR_OP_DISP_CALLBACK:
+        return mr_store_disp_apply(txn, op);
 
     default: /* MR_OP_KEY_REVOKE, MR_OP_KEY_ROTATE */
         return mr_store_key_update(txn, op);
@@ -1033,6 +1069,11 @@ mr_store_exec_create(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
         return rc;
     }
 
+    rc = mr_store_disp_add(txn, op, exec);
+    if (rc != 0) {
+        return rc;
+    }
+
     rc = mr_store_exec_put(txn, exec);
     if (rc != 0) {
         return rc;
@@ -1084,7 +1125,7 @@ mr_store_exec_create(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
 
 /* an open execution's entry in the deadline index */
 
-static int
+int
 mr_store_due_put(MDB_txn *txn, mr_exec_t *exec, ngx_uint_t add)
 {
     int      rc;
@@ -1157,10 +1198,13 @@ mr_store_exec_cancel(MDB_txn *txn, mr_store_op_t *op)
     exec->rec.status = MR_CANCELLED;
     exec->rec.cost = 0;
     exec->rec.completed_ms = ngx_max(now, exec->rec.created_ms);
-    exec->rec.lease_owner = 0;
-    exec->rec.lease_until_ms = 0;
 
     rc = mr_store_account_put(txn, &acct);
+    if (rc != 0) {
+        return rc;
+    }
+
+    rc = mr_store_disp_release(txn, op, exec);
     if (rc != 0) {
         return rc;
     }
@@ -1666,10 +1710,12 @@ mr_store_expire(MDB_txn *txn, mr_store_op_t *op, u_char *id)
         exec.rec.status = MR_EXPIRED;
         exec.rec.cost = 0;
         exec.rec.completed_ms = ngx_max(op->now, exec.rec.created_ms);
-        exec.rec.lease_owner = 0;
-        exec.rec.lease_until_ms = 0;
         exec.seg[MR_SEG_ERROR] = error;
 
+        rc = mr_store_disp_release(txn, op, &exec);
+    }
+
+    if (rc == 0) {
         rc = mr_store_exec_put(txn, &exec);
     }
 

@@ -61,7 +61,12 @@ typedef struct {
     int64_t                   started_ms;
     int64_t                   completed_ms;
     int64_t                   lease_until_ms;
-    uint64_t                  lease_owner;
+    uint64_t                  lease_owner;     /* token of the lease */
+    int64_t                   next_ms;         /* in the dispatch index */
+    int64_t                   attempt_ms;      /* start of the attempt */
+    uint32_t                  nattempts;
+    uint32_t                  route_len;
+    u_char                    route[MR_ROUTE_NAME_LEN]; /* of the lease */
     u_char                    org[MR_ORG_ID_LEN];
     u_char                    fingerprint[MR_SHA256_LEN];
     uint32_t                  seg_len[MR_SEG_N];
@@ -219,6 +224,62 @@ typedef struct {
 } mr_wh_op_t;
 
 
+/* dispatch */
+
+#define MR_OUT_OK               1      /* a result */
+#define MR_OUT_RETRY            2      /* a retryable failure */
+#define MR_OUT_FATAL            3      /* a failure retrying cannot mend */
+#define MR_OUT_ACCEPTED         4      /* an asynchronous job was taken */
+#define MR_OUT_TIMEOUT          5      /* the attempt ran out of time */
+
+/* a claimed attempt: one malloc'ed block, freed with ngx_free() */
+typedef struct mr_disp_job_s  mr_disp_job_t;
+
+struct mr_disp_job_s {
+    mr_disp_job_t            *next;
+    u_char                    exec_id[MR_EXEC_ID_LEN];
+    uint64_t                  token;
+    ngx_msec_t                timeout;
+};
+
+/* a route's shared state, in the store */
+typedef struct {
+    uint32_t                  inflight;
+    uint32_t                  failures;      /* in a row */
+    int64_t                   open_until_ms; /* 0: closed */
+    int64_t                   probe_until_ms;/* half-open probe in flight */
+    int64_t                   paused_until_ms; /* Retry-After */
+    uint64_t                  attempts;
+    uint64_t                  failed;
+} mr_route_state_t;
+
+typedef struct {
+    /* MR_OP_DISP_CLAIM: in limit; out jobs */
+    ngx_uint_t                limit;
+    mr_disp_job_t            *jobs;
+    ngx_uint_t                claimed;
+    ngx_uint_t                more;          /* the scan stopped at limit */
+
+    /* MR_OP_DISP_DONE, MR_OP_DISP_CALLBACK */
+    u_char                    exec_id[MR_EXEC_ID_LEN];
+    uint64_t                  token;
+    ngx_uint_t                outcome;       /* MR_OUT_* */
+    const char               *code;          /* the error code */
+    ngx_str_t                 message;
+    ngx_str_t                 result;        /* JSON object */
+    ngx_str_t                 job_id;        /* JSON string or empty */
+    int64_t                   cost;          /* -1: the estimate */
+    int64_t                   retry_after_ms;
+    ngx_uint_t                status_code;   /* of the provider; 0: none */
+    ngx_uint_t                jitter;        /* 0..999 */
+    ngx_uint_t                breaker;       /* the failure counts */
+    int64_t                   ended_ms;
+
+    /* MR_R_OK: the status it left */
+    ngx_uint_t                status;
+} mr_disp_op_t;
+
+
 typedef struct {
     int64_t                   open_holds;
     ngx_uint_t                executions;
@@ -264,6 +325,9 @@ typedef struct {
 #define MR_OP_DLV_RETRY        14
 #define MR_OP_DLV_CLAIM        15
 #define MR_OP_DLV_DONE         16
+#define MR_OP_DISP_CLAIM       17
+#define MR_OP_DISP_DONE        18
+#define MR_OP_DISP_CALLBACK    19
 
 
 typedef struct mr_store_op_s  mr_store_op_t;
@@ -314,6 +378,9 @@ struct mr_store_op_s {
     /* webhooks; emitted: deliveries this operation created */
     mr_wh_op_t                wh;
     ngx_uint_t                emitted;
+    ngx_uint_t                ready;         /* work for the dispatcher */
+
+    mr_disp_op_t              disp;
 };
 
 
@@ -342,8 +409,17 @@ ngx_int_t mr_store_secret_get(u_char *org, ngx_str_t *secret,
     ngx_pool_t *pool);
 ngx_int_t mr_store_new_secret(u_char *secret);
 
+#define MR_STORE_SECRET_LEN  32
+
+ngx_int_t mr_store_route_states(mr_main_conf_t *mcf, mr_route_state_t *st);
+ngx_int_t mr_store_disp_next(int64_t *due);
+ngx_int_t mr_store_meta_secret(const char *name, u_char *secret);
+
 /* called after a commit that created deliveries */
 extern void (*mr_store_deliveries_hook)(void);
+
+/* called after a commit that made executions ready for dispatch */
+extern void (*mr_store_dispatch_hook)(void);
 
 
 #endif /* _MR_STORE_H_INCLUDED_ */

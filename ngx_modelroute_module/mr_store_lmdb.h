@@ -18,7 +18,7 @@
 #include "mr_store.h"
 
 
-#define MR_STORE_VERSION       1
+#define MR_STORE_VERSION       2
 #define MR_STORE_SWEEP_MAX     256
 
 
@@ -52,6 +52,8 @@ typedef struct {
     MDB_dbi                   dlvdue;
     MDB_dbi                   whdlv;
     MDB_dbi                   execdlv;
+    MDB_dbi                   disp;
+    MDB_dbi                   route;
     size_t                    page_size;
     size_t                    map_pages;
     ngx_uint_t                dirty;          /* commits not yet synced */
@@ -93,6 +95,12 @@ int mr_store_wh_apply(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room);
 int mr_store_emit(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
     const char *type);
 int mr_store_wh_purge(MDB_txn *txn, mr_store_op_t *op, ngx_uint_t limit);
+int mr_store_due_put(MDB_txn *txn, mr_exec_t *exec, ngx_uint_t add);
+
+int mr_store_disp_apply(MDB_txn *txn, mr_store_op_t *op);
+int mr_store_disp_add(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec);
+int mr_store_disp_release(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec);
+int mr_store_disp_secrets(MDB_txn *txn, MDB_dbi meta, ngx_uint_t rotate);
 
 
 #endif /* _MR_STORE_LMDB_H_INCLUDED_ */

@@ -70,10 +70,6 @@ static ngx_uint_t       mr_wh_active;
 ngx_int_t
 mr_webhook_init_process(ngx_cycle_t *cycle, mr_main_conf_t *mcf)
 {
-    if (mr_curl_init_process(cycle) != NGX_OK) {
-        return NGX_ERROR;
-    }
-
     mr_wh_mcf = mcf;
     ngx_queue_init(&mr_wh_sends);
 
@@ -87,14 +83,6 @@ mr_webhook_init_process(ngx_cycle_t *cycle, mr_main_conf_t *mcf)
     ngx_add_timer(&mr_wh_claim_ev, MR_WH_POLL / 2 + ngx_random() % MR_WH_POLL);
 
     return NGX_OK;
-}
-
-
-void
-mr_webhook_exit_process(ngx_cycle_t *cycle)
-{
-    /* abandons the attempts in flight: mr_webhook_sent() frees them */
-    mr_curl_exit_process(cycle);
 }
 
 

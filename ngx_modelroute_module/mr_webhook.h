@@ -16,7 +16,6 @@
 
 
 ngx_int_t mr_webhook_init_process(ngx_cycle_t *cycle, mr_main_conf_t *mcf);
-void mr_webhook_exit_process(ngx_cycle_t *cycle);
 
 /* NULL if the URL may be registered, else why not */
 const char *mr_webhook_url_check(ngx_str_t *url, ngx_uint_t allow_private);

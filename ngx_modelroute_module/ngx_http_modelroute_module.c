@@ -17,6 +17,10 @@
 #include "mr_lua.h"
 #include "mr_sweeper.h"
 #include "mr_webhook.h"
+#include "mr_curl.h"
+#include "mr_route.h"
+#include "mr_dispatch.h"
+#include "mr_simulator.h"
 
 
 #define MR_MAP_SIZE_MIN  (1024 * 1024)
@@ -42,7 +46,6 @@ static char *ngx_http_modelroute_webhook_retry(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
 static char *ngx_http_modelroute_webhook_concurrency(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
-static ngx_int_t ngx_http_modelroute_handler(ngx_http_request_t *r);
 static mr_main_conf_t *ngx_http_modelroute_cycle_conf(ngx_cycle_t *cycle);
 static ngx_int_t ngx_http_modelroute_init_module(ngx_cycle_t *cycle);
 static ngx_int_t ngx_http_modelroute_init_process(ngx_cycle_t *cycle);
@@ -156,6 +159,41 @@ static ngx_command_t  ngx_http_modelroute_commands[] = {
       0,
       NULL },
 
+    { ngx_string("modelroute_route"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_2MORE,
+      mr_route_directive,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("modelroute_dispatch"),
+      NGX_HTTP_SRV_CONF|NGX_CONF_NOARGS,
+      mr_route_dispatch_directive,
+      0,
+      0,
+      NULL },
+
+    { ngx_string("modelroute_dispatch_concurrency"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(mr_main_conf_t, dispatch_concurrency),
+      NULL },
+
+    { ngx_string("modelroute_callback_url"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(mr_main_conf_t, callback_url),
+      NULL },
+
+    { ngx_string("modelroute_simulator"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_ANY,
+      mr_sim_directive,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("modelroute_api"),
       NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
       ngx_http_modelroute_mount,
@@ -242,7 +280,7 @@ mr_model_find(mr_main_conf_t *mcf, ngx_str_t *slug)
 }
 
 
-static ngx_int_t
+ngx_int_t
 ngx_http_modelroute_handler(ngx_http_request_t *r)
 {
     mr_loc_conf_t  *lcf;
@@ -256,6 +294,9 @@ ngx_http_modelroute_handler(ngx_http_request_t *r)
 
     case MR_HANDLER_LUA:
         return mr_lua_handler(r);
+
+    case MR_HANDLER_SIM:
+        return mr_sim_handler(r);
 
     default:
         return mr_api_handler(r, r->uri.data, r->uri.data + r->uri.len);
@@ -285,9 +326,12 @@ ngx_http_modelroute_create_main_conf(ngx_conf_t *cf)
     mcf->webhook_total = NGX_CONF_UNSET_UINT;
     mcf->webhook_per_endpoint = NGX_CONF_UNSET_UINT;
     mcf->webhook_allow_private = NGX_CONF_UNSET;
+    mcf->dispatch_concurrency = NGX_CONF_UNSET_UINT;
 
     if (ngx_array_init(&mcf->models, cf->pool, 4, sizeof(mr_model_t))
-        != NGX_OK)
+        != NGX_OK
+        || ngx_array_init(&mcf->routes, cf->pool, 4, sizeof(mr_route_t))
+           != NGX_OK)
     {
         return NULL;
     }
@@ -312,6 +356,28 @@ ngx_http_modelroute_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_conf_init_uint_value(mcf->webhook_total, 256);
     ngx_conf_init_uint_value(mcf->webhook_per_endpoint, 64);
     ngx_conf_init_value(mcf->webhook_allow_private, 0);
+    ngx_conf_init_uint_value(mcf->dispatch_concurrency, 256);
+
+    if (mcf->dispatch_concurrency < 1 || mcf->dispatch_concurrency > 65536) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"modelroute_dispatch_concurrency\" must be "
+                           "1 to 65536");
+        return NGX_CONF_ERROR;
+    }
+
+    if (mcf->callback_url.len
+        && ngx_strncmp(mcf->callback_url.data, "http://", 7) != 0
+        && ngx_strncmp(mcf->callback_url.data, "https://", 8) != 0)
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"modelroute_callback_url\" must be an http "
+                           "or https URL");
+        return NGX_CONF_ERROR;
+    }
+
+    if (mr_route_resolve(cf, mcf) != NGX_CONF_OK) {
+        return NGX_CONF_ERROR;
+    }
 
     if (mcf->webhook_retry == NGX_CONF_UNSET_PTR) {
         static ngx_msec_t  schedule[] = { 120000, 240000, 480000, 960000,
@@ -635,7 +701,7 @@ ngx_http_modelroute_model(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     u_char      *eq, c;
     int64_t     *price;
-    ngx_int_t    n;
+    ngx_int_t    n, rc;
     ngx_str_t   *value, name, arg;
     ngx_uint_t   i;
     mr_model_t  *m;
@@ -670,6 +736,13 @@ ngx_http_modelroute_model(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     ngx_memzero(m, sizeof(mr_model_t));
+
+    if (ngx_array_init(&m->routes, cf->pool, 2, sizeof(mr_model_route_t))
+        != NGX_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
+
     m->slug = value[1];
     m->max_tokens = 1024;
     m->timeout = 300000;
@@ -746,7 +819,17 @@ ngx_http_modelroute_model(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             continue;
 
         } else {
-            goto bad_param;
+            rc = mr_route_model_param(cf, m, &name, &arg);
+
+            if (rc == NGX_DECLINED) {
+                goto bad_param;
+            }
+
+            if (rc != NGX_OK) {
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
         }
 
         if (mr_money_parse(arg.data, arg.len, price) != NGX_OK
@@ -782,6 +865,16 @@ bad_param:
 static ngx_int_t
 ngx_http_modelroute_postconfiguration(ngx_conf_t *cf)
 {
+    mr_main_conf_t  *mcf;
+
+    mcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_modelroute_module);
+
+    if (mr_route_listen(cf, mcf) != NGX_OK
+        || mr_dispatch_postconfiguration(cf, mcf) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
     return mr_http_filter_init(cf);
 }
 
@@ -830,12 +923,14 @@ ngx_http_modelroute_init_process(ngx_cycle_t *cycle)
     mr_conf = mcf;
 
     if (mr_store_init_process(cycle, mcf) != NGX_OK
-        || mr_sweeper_init_process(cycle, mcf) != NGX_OK)
+        || mr_sweeper_init_process(cycle, mcf) != NGX_OK
+        || mr_curl_init_process(cycle) != NGX_OK
+        || mr_webhook_init_process(cycle, mcf) != NGX_OK)
     {
         return NGX_ERROR;
     }
 
-    return mr_webhook_init_process(cycle, mcf);
+    return mr_dispatch_init_process(cycle, mcf);
 }
 
 
@@ -846,7 +941,7 @@ ngx_http_modelroute_exit_process(ngx_cycle_t *cycle)
         return;
     }
 
-    /* the attempts in flight first: none may reach the store after it */
-    mr_webhook_exit_process(cycle);
+    /* the transfers in flight first: none may reach the store after it */
+    mr_curl_exit_process(cycle);
     mr_store_exit_process(cycle);
 }

@@ -17,6 +17,36 @@
 #define MR_DURABILITY_RELAXED  1
 
 
+#define MR_PROTO_OPENAI_CHAT        1
+#define MR_PROTO_OPENAI_EMBEDDINGS  2
+#define MR_PROTO_OPENAI_IMAGES      3
+#define MR_PROTO_ANTHROPIC          4
+#define MR_PROTO_ASYNC              5
+
+#define MR_ROUTE_NAME_LEN           32
+
+
+/* modelroute_route: an internal location that speaks one protocol */
+typedef struct {
+    ngx_str_t                 name;
+    ngx_str_t                 location;
+    ngx_uint_t                protocol;
+    ngx_uint_t                max_concurrency; /* 0: no cap */
+    ngx_msec_t                timeout;         /* of one attempt */
+    ngx_uint_t                breaker_failures;
+    ngx_msec_t                breaker_reset;
+    ngx_uint_t                index;
+} mr_route_t;
+
+
+/* a model's route: the route and the provider's name of the model */
+typedef struct {
+    mr_route_t               *route;
+    ngx_str_t                 name;            /* as written in routes= */
+    ngx_str_t                 provider_model;
+} mr_model_route_t;
+
+
 typedef struct {
     ngx_str_t                 slug;
     int64_t                   per_request;     /* micro-dollars */
@@ -26,6 +56,8 @@ typedef struct {
     int64_t                   output_per_mtok;
     int64_t                   max_tokens;
     ngx_msec_t                timeout;
+    ngx_uint_t                attempts;        /* at most, over routes */
+    ngx_array_t               routes;          /* mr_model_route_t */
 } mr_model_t;
 
 
@@ -45,6 +77,11 @@ typedef struct {
     ngx_uint_t                webhook_total;
     ngx_uint_t                webhook_per_endpoint;
     ngx_flag_t                webhook_allow_private;
+    ngx_array_t               routes;          /* mr_route_t */
+    ngx_uint_t                dispatch_concurrency;
+    ngx_str_t                 callback_url;
+    ngx_str_t                 dispatch_socket;
+    void                     *dispatch_srv;    /* its core srv conf */
     ngx_uint_t                used;            /* api or admin mounted */
 } mr_main_conf_t;
 
@@ -53,10 +90,14 @@ typedef struct {
 #define MR_HANDLER_API    1
 #define MR_HANDLER_ADMIN  2
 #define MR_HANDLER_LUA    3      /* subrequests from lua-compat */
+#define MR_HANDLER_SIM    4      /* the simulated provider */
 
+
+typedef struct mr_sim_conf_s  mr_sim_conf_t;
 
 typedef struct {
     ngx_uint_t                handler;
+    mr_sim_conf_t            *sim;
 } mr_loc_conf_t;
 
 
@@ -64,7 +105,9 @@ extern ngx_module_t  ngx_http_modelroute_module;
 
 
 mr_main_conf_t *mr_main_conf(void);
+ngx_int_t ngx_http_modelroute_handler(ngx_http_request_t *r);
 mr_model_t *mr_model_find(mr_main_conf_t *mcf, ngx_str_t *slug);
+mr_route_t *mr_route_find(mr_main_conf_t *mcf, u_char *name, size_t len);
 
 
 #endif /* _NGX_HTTP_MODELROUTE_MODULE_H_INCLUDED_ */

@@ -12,10 +12,25 @@ package MR::Receiver;
 #   $rc->set('/hook', status => 500);    # or delay => 3, close => 1,
 #                                        # headers => {Location => ...}
 #   my @r = $rc->wait_requests(1, path => '/hook', timeout => 10);
+#   my @s = $rc->requests_to('/hook');   # the same, without waiting
 #   $rc->stop;  $rc->start;              # down, then up on the same port
 #
 # Rules live in a control file read by each connection when its request
 # has arrived; a path without a rule uses the '*' rule, then 200.
+#
+# It also plays a fake AI provider, answering and failing as told:
+#
+#   $rc->set('/v1/chat', json => { choices => [...] });  # application/json
+#   $rc->set('/v1/chat', content_type => 'application/json', body => '{}');
+#   $rc->set('/v1/chat', trickle => 0.2);  # the answer 8 bytes at a time
+#   $rc->set('/v1/chat', reset => 1);      # a TCP reset instead of answers
+#   $rc->set('/v1/chat', truncate => 10);  # full Content-Length, 10 bytes
+#   $rc->set('/v1/chat', sequence => [ { status => 503 }, { json => {} } ]);
+#                                          # request k gets rule k, the
+#                                          # last rule ever after
+#
+# A recorded request has its body decoded in {json} (and {event}) when
+# the body is JSON.
 #
 # Helpers for the tests: signature_problems($req, $secret) checks both
 # signatures of a delivery; wh_* speak the webhook API through MR::Test.
@@ -25,11 +40,13 @@ use warnings;
 
 use Carp qw(croak);
 use Digest::SHA qw(hmac_sha256 hmac_sha256_hex);
+use Fcntl qw(O_RDWR O_CREAT :flock);
 use File::Temp qw(tempdir);
 use IO::Socket::INET;
 use JSON::PP;
 use MIME::Base64 qw(decode_base64 encode_base64);
 use POSIX ();
+use Socket qw(SOL_SOCKET SO_LINGER);
 use Time::HiRes qw(time sleep);
 
 use Exporter 'import';
@@ -250,7 +267,7 @@ sub handle {
         $body = substr($body, 0, $len);
     }
     my ($path, $query) = split /\?/, $target, 2;
-    my $rule = $self->rule_for($path);
+    my $rule = $self->pick($self->rule_for($path));
     my %shown = %$rule;
     $shown{body} = length($shown{body}) . ' bytes' if defined $shown{body};
     %$rec = (%$rec, method => $method, target => $target, path => $path,
@@ -260,31 +277,75 @@ sub handle {
     my $file = $self->record($rec);
 
     sleep $rule->{delay} if $rule->{delay};
-    if ($rule->{close}) {
-        $rec->{closed_at} = time + 0;
+    if ($rule->{close} || $rule->{reset}) {
+        reset_linger($c) if $rule->{reset};
+        $rec->{ $rule->{reset} ? 'reset_at' : 'closed_at' } = time + 0;
         $self->record($rec, $file);
         close $c;
         return;
     }
-    my $status = $rule->{status} // 200;
-    my $nobody = $status =~ /^(?:1\d\d|204|304)$/;
-    my $rbody = $nobody ? ''
-        : $rule->{body_bytes} ? 'x' x $rule->{body_bytes}
-        : $rule->{body} // "ok\n";
-    my $out = "HTTP/1.1 $status " . ($REASON{$status} // 'Status') . "\r\n"
-        . "Content-Type: text/plain\r\nConnection: close\r\n"
-        . ($nobody ? '' : "Content-Length: " . length($rbody) . "\r\n");
-    my $extra = $rule->{headers} // {};
-    $out .= "$_: $extra->{$_}\r\n" for sort keys %$extra;
-    $out .= "\r\n$rbody";
-    my $wrote = syswrite $c, $out;
+    my ($status, $out) = answer($rule);
+    my $wrote = $rule->{trickle}
+        ? trickle($c, $out, $rule->{trickle}, $rule->{trickle_bytes} || 8)
+        : write_all($c, $out);
     $rec->{answered_at} = time + 0;
-    $rec->{answered} = defined $wrote ? $status : undef;
+    $rec->{answered} = $wrote ? $status : undef;
+    $rec->{truncated} = $rule->{truncate} + 0 if defined $rule->{truncate};
     $self->record($rec, $file);
     shutdown $c, 1;
     # let the client read before the socket goes away
     read_until($c, \my $drain, sub { 0 }, time + 1);
     close $c;
+}
+
+# The status and the bytes of the answer a rule asks for; with
+# truncate => N the head announces the whole body but only N bytes of it
+# follow.
+sub answer {
+    my ($rule) = @_;
+    my $status = $rule->{status} // 200;
+    my $nobody = $status =~ /^(?:1\d\d|204|304)$/;
+    my $type = $rule->{content_type} // 'text/plain';
+    my $rbody = $nobody ? ''
+        : $rule->{body_bytes} ? 'x' x $rule->{body_bytes}
+        : $rule->{body} // "ok\n";
+    my $out = "HTTP/1.1 $status " . ($REASON{$status} // 'Status') . "\r\n"
+        . "Content-Type: $type\r\nConnection: close\r\n"
+        . ($nobody ? '' : "Content-Length: " . length($rbody) . "\r\n");
+    my $extra = $rule->{headers} // {};
+    $out .= "$_: $extra->{$_}\r\n" for sort keys %$extra;
+    $rbody = substr($rbody, 0, $rule->{truncate})
+        if defined $rule->{truncate} && $rule->{truncate} < length $rbody;
+    return ($status, "$out\r\n$rbody");
+}
+
+# Writes all of $data; false when the peer went away first.
+sub write_all {
+    my ($c, $data) = @_;
+    my $off = 0;
+    while ($off < length $data) {
+        my $k = syswrite $c, $data, length($data) - $off, $off;
+        next if !defined $k && $!{EINTR};
+        return 0 unless $k;
+        $off += $k;
+    }
+    return 1;
+}
+
+# Writes $data $bytes at a time, sleeping $pause seconds between pieces.
+sub trickle {
+    my ($c, $data, $pause, $bytes) = @_;
+    for (my $off = 0; $off < length $data; $off += $bytes) {
+        sleep $pause if $off;
+        write_all($c, substr($data, $off, $bytes)) or return 0;
+    }
+    return 1;
+}
+
+# Makes close() abort the connection with a RST instead of a FIN.
+sub reset_linger {
+    my ($c) = @_;
+    setsockopt($c, SOL_SOCKET, SO_LINGER, pack('ii', 1, 0));
 }
 
 # Writes a record atomically; file names sort by arrival time.
@@ -321,11 +382,74 @@ sub rule_for {
     return $rules->{$path} // $rules->{'*'} // {};
 }
 
-# set($path, status => N, delay => seconds, close => 1, body => '...',
-# body_bytes => N (an answer body of N bytes), headers => {...}); set($path) goes back to 200. $path '*' is the
-# default for paths without a rule.
+# The rule a request is answered by: the k-th element of a sequence
+# (with the keys given beside it as defaults, and seq => k) for the k-th
+# request, the last one past the end; json => ... becomes the body.
+sub pick {
+    my ($self, $rule) = @_;
+    if (ref $rule->{sequence} eq 'ARRAY' && @{ $rule->{sequence} }) {
+        my %base = %$rule;
+        my $seq = delete $base{sequence};
+        my $k = $self->next_in_sequence(delete $base{sequence_id});
+        my $i = $k <= @$seq ? $k - 1 : $#$seq;
+        $rule = { %base, %{ $seq->[$i] // {} }, seq => $k };
+    }
+    if (exists $rule->{json}) {
+        $rule = { %$rule, body => $JSON->encode($rule->{json}) };
+        $rule->{content_type} //= 'application/json';
+    }
+    return $rule;
+}
+
+# Counts the requests of a sequence, across connections (each is its own
+# process): 1 for the first. The count lives in a file, under flock.
+sub next_in_sequence {
+    my ($self, $id) = @_;
+    my $f = "$self->{dir}/seq-" . ($id // 0);
+    sysopen my $fh, $f, O_RDWR | O_CREAT or die "$f: $!\n";
+    flock $fh, LOCK_EX or die "flock $f: $!\n";
+    sysread $fh, my $n, 64;
+    $n = ($n // '') =~ /^(\d+)/ ? $1 + 1 : 1;
+    sysseek $fh, 0, 0;
+    truncate $fh, 0;
+    syswrite $fh, "$n\n";
+    close $fh;
+    return $n;
+}
+
+# set($path, %rule) answers the requests to $path by the rule:
+#   status => N            the status (200)
+#   body => '...'          the answer body ("ok\n")
+#   body_bytes => N        an answer body of N bytes instead
+#   json => $data          the body is $data as JSON; content_type then
+#                          defaults to application/json
+#   content_type => '...'  the Content-Type (text/plain)
+#   headers => {...}       more header lines
+#   delay => seconds       a pause before answering (or closing)
+#   close => 1             close the connection without answering
+#   reset => 1             abort the connection with a TCP reset (SO_LINGER
+#                          on, linger 0, then close) without answering
+#   truncate => N          announce the whole body in Content-Length but
+#                          send only its first N bytes, then close
+#   trickle => seconds     send the answer (head, then body) 8 bytes at a
+#                          time (trickle_bytes => N for N), sleeping that
+#                          long between pieces; Content-Length stays right
+#   sequence => [\%r1, \%r2, ...]
+#                          the k-th request to $path (from 1, across all
+#                          connections) gets rule k, those past the end
+#                          the last one; the other keys given are defaults
+#                          for every element; the record's rule has seq => k.
+#                          Every set() starts a sequence's count afresh.
+# set($path) goes back to 200. $path '*' is the default for paths without
+# a rule (a '*' sequence counts all the requests it answers).
 sub set {
     my ($self, $path, %rule) = @_;
+    if (exists $rule{sequence}) {
+        croak 'sequence wants a list of rule hashes'
+            unless ref $rule{sequence} eq 'ARRAY' && @{ $rule{sequence} }
+            && !grep { ref $_ ne 'HASH' } @{ $rule{sequence} };
+        $rule{sequence_id} = ++$self->{sequences};
+    }
     if (%rule) {
         $self->{rules}{$path} = \%rule;
     } else {
@@ -353,8 +477,11 @@ sub connections {
             local $/;
             my $r = eval { $JSON->decode(<$fh>) } or next;
             $r->{file} = $f;
-            $r->{event} = eval { $JSON->decode($r->{body}) }
-                if defined $r->{method};
+            if (defined $r->{method}) {
+                $r->{event} = eval { $JSON->decode($r->{body}) };
+                my $ok = eval { $r->{json} = $JSON->decode($r->{body}); 1 };
+                delete $r->{json} unless $ok;
+            }
             $c = $cache->{$f} = [ $size, $r ];
         }
         push @out, { %{ $c->[1] } };
@@ -363,12 +490,18 @@ sub connections {
 }
 
 # Requests (path => '/x' filters), in order of arrival; each has its
-# decoded body in {event} when it is JSON.
+# decoded body in {json} and {event} when it is JSON.
 sub requests {
     my ($self, %f) = @_;
     my @r = grep { defined $_->{method} } $self->connections;
     @r = grep { $_->{path} eq $f{path} } @r if defined $f{path};
     return @r;
+}
+
+# The requests to $path, in order of arrival.
+sub requests_to {
+    my ($self, $path) = @_;
+    return $self->requests(path => $path);
 }
 
 # Waits until at least $n requests (matching path => and where => sub)

@@ -1,0 +1,251 @@
+
+/*
+ * ModelRoute: callbacks of asynchronous providers.
+ *
+ * A provider that took a job posts its result to
+ *   <modelroute_callback_url>/<execution id>?token=<token>
+ * where the token is HMAC-SHA256(the store's callback key, the id) in
+ * hex; "Authorization: Bearer <token>" works too.  The key lives in the
+ * store, so tokens survive restarts and are the same in every worker.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include <openssl/hmac.h>
+
+#include "mr_callback.h"
+#include "mr_http.h"
+#include "mr_adapter.h"
+#include "mr_store.h"
+#include "mr_exec.h"
+
+
+static void mr_callback_token(u_char *exec_id, u_char *hex);
+static ngx_int_t mr_callback_body(ngx_http_request_t *r);
+static void mr_callback_done(mr_store_op_t *op);
+
+
+static u_char      mr_callback_key[MR_STORE_SECRET_LEN];
+static ngx_uint_t  mr_callback_ready;
+
+
+ngx_int_t
+mr_callback_init_process(ngx_cycle_t *cycle)
+{
+    if (mr_store_meta_secret("cbkey", mr_callback_key) != NGX_OK) {
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
+                      "modelroute: the store has no callback key");
+        return NGX_ERROR;
+    }
+
+    mr_callback_ready = 1;
+
+    return NGX_OK;
+}
+
+
+static void
+mr_callback_token(u_char *exec_id, u_char *hex)
+{
+    unsigned int  len;
+    u_char        mac[EVP_MAX_MD_SIZE];
+
+    len = 0;
+
+    (void) HMAC(EVP_sha256(), mr_callback_key, sizeof(mr_callback_key),
+                exec_id, MR_EXEC_ID_LEN, mac, &len);
+
+    mr_hex(hex, mac, 32);
+}
+
+
+ngx_int_t
+mr_callback_url(ngx_pool_t *pool, mr_main_conf_t *mcf, u_char *exec_id,
+    ngx_str_t *url)
+{
+    u_char  *p;
+    size_t   len;
+
+    len = mcf->callback_url.len + 1 + MR_EXEC_ID_LEN + sizeof("?token=") - 1
+          + MR_CALLBACK_TOKEN_LEN;
+
+    url->data = ngx_pnalloc(pool, len);
+    if (url->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_cpymem(url->data, mcf->callback_url.data, mcf->callback_url.len);
+
+    if (p[-1] != '/') {
+        *p++ = '/';
+    }
+
+    p = ngx_cpymem(p, exec_id, MR_EXEC_ID_LEN);
+    p = ngx_cpymem(p, "?token=", sizeof("?token=") - 1);
+    mr_callback_token(exec_id, p);
+    p += MR_CALLBACK_TOKEN_LEN;
+
+    url->len = p - url->data;
+
+    return NGX_OK;
+}
+
+
+/* POST /v1/callbacks/<id>: ctx->id is a well-formed execution id */
+
+ngx_int_t
+mr_callback_handler(ngx_http_request_t *r)
+{
+    ngx_str_t       token;
+    mr_http_ctx_t  *ctx;
+    u_char          expect[MR_CALLBACK_TOKEN_LEN];
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_modelroute_module);
+
+    if (!mr_callback_ready) {
+        return mr_http_error(r, MR_E_NOT_FOUND, "no such resource", NULL);
+    }
+
+    if (mr_http_arg(r, "token", &token) != NGX_OK) {
+        token.len = 0;
+
+        if (r->headers_in.authorization
+            && r->headers_in.authorization->value.len > 7
+            && ngx_strncasecmp(r->headers_in.authorization->value.data,
+                               (u_char *) "Bearer ", 7) == 0)
+        {
+            token.data = r->headers_in.authorization->value.data + 7;
+            token.len = r->headers_in.authorization->value.len - 7;
+        }
+    }
+
+    mr_callback_token(ctx->id.data, expect);
+
+    if (token.len != MR_CALLBACK_TOKEN_LEN
+        || !mr_memeq_ct(token.data, expect, MR_CALLBACK_TOKEN_LEN))
+    {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "modelroute: a callback for %V with a wrong token",
+                      &ctx->id);
+        return mr_http_error(r, MR_E_UNAUTHORIZED,
+                             "the callback token is missing or wrong",
+                             NULL);
+    }
+
+    return mr_http_read_body(r, mr_callback_body);
+}
+
+
+static ngx_int_t
+mr_callback_body(ngx_http_request_t *r)
+{
+    json_t            *body;
+    ngx_int_t          rc;
+    mr_exec_t          exec;
+    mr_model_t        *m;
+    mr_http_ctx_t     *ctx;
+    mr_store_op_t     *op;
+    mr_adapter_out_t   out;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_modelroute_module);
+
+    body = mr_http_parse_object(r, &rc);
+    if (body == NULL) {
+        return rc;
+    }
+
+    /* the model's prices and the input, for the cost of the usage */
+
+    rc = mr_store_exec_get(ctx->id.data, &exec, r->pool);
+
+    if (rc == NGX_DECLINED) {
+        json_decref(body);
+        return mr_http_error(r, MR_E_NOT_FOUND, "no such execution", NULL);
+    }
+
+    if (rc != NGX_OK) {
+        json_decref(body);
+        return mr_http_error(r, MR_E_INTERNAL, "store read failed", NULL);
+    }
+
+    m = mr_model_find(mr_main_conf(), &exec.seg[MR_SEG_MODEL]);
+
+    if (m == NULL) {
+        json_decref(body);
+        return mr_http_error(r, MR_E_NOT_FOUND, "no such execution", NULL);
+    }
+
+    mr_adapter_callback(r->pool, m, &exec, body, &out);
+
+    json_decref(body);
+
+    op = &ctx->op;
+    op->type = MR_OP_DISP_CALLBACK;
+    ngx_memcpy(op->disp.exec_id, ctx->id.data, MR_EXEC_ID_LEN);
+    op->disp.outcome = out.outcome;
+    op->disp.code = out.code;
+    op->disp.message = out.message;
+    op->disp.result = out.result;
+    op->disp.cost = out.cost;
+    op->disp.ended_ms = mr_now_ms();
+
+    mr_http_submit(r, op, mr_callback_done);
+
+    return NGX_DONE;
+}
+
+
+static void
+mr_callback_done(mr_store_op_t *op)
+{
+    ngx_int_t            rc;
+    ngx_str_t            out;
+    ngx_http_request_t  *r;
+
+    r = mr_http_resume(op);
+    if (r == NULL) {
+        return;
+    }
+
+    switch (op->result) {
+
+    case MR_R_OK:
+    case MR_R_NOOP:
+        if (op->result == MR_R_NOOP) {
+            ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                          "modelroute: a callback for %*s, which is "
+                          "already final, was dropped",
+                          (size_t) MR_EXEC_ID_LEN, op->disp.exec_id);
+        }
+
+        out.data = ngx_pnalloc(r->pool, 96);
+        if (out.data == NULL) {
+            rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+            break;
+        }
+
+        out.len = ngx_sprintf(out.data,
+                              "{\"received\":true,\"duplicate\":%s,"
+                              "\"status\":\"%V\"}",
+                              op->result == MR_R_NOOP ? "true" : "false",
+                              mr_exec_status_name(op->disp.status))
+                  - out.data;
+
+        rc = mr_http_send(r, NGX_HTTP_OK, &out);
+        break;
+
+    case MR_R_TERMINAL:
+        rc = mr_http_error(r, MR_E_EXECUTION_TERMINAL,
+                           "the execution is not waiting for a callback",
+                           NULL);
+        break;
+
+    default:
+        rc = mr_http_op_error(r, op);
+    }
+
+    mr_http_finalize(r, rc);
+}

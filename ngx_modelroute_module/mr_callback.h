@@ -1,0 +1,27 @@
+
+/*
+ * ModelRoute: callbacks of asynchronous providers.
+ */
+
+
+#ifndef _MR_CALLBACK_H_INCLUDED_
+#define _MR_CALLBACK_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_modelroute_module.h"
+
+
+#define MR_CALLBACK_TOKEN_LEN  64
+
+
+ngx_int_t mr_callback_init_process(ngx_cycle_t *cycle);
+ngx_int_t mr_callback_url(ngx_pool_t *pool, mr_main_conf_t *mcf,
+    u_char *exec_id, ngx_str_t *url);
+ngx_int_t mr_callback_handler(ngx_http_request_t *r);
+
+
+#endif /* _MR_CALLBACK_H_INCLUDED_ */

@@ -1,0 +1,1231 @@
+
+/*
+ * ModelRoute: the dispatcher and the dispatch endpoint.
+ *
+ * The dispatcher of each worker claims due executions in the store
+ * (MR_OP_DISP_CLAIM: a lease per attempt) and posts the claimed attempts,
+ * up to MR_DISP_BATCH per request, with libcurl over the unix socket of
+ * the dispatch server of this same nginx.  No attempt hangs off a client's
+ * connection, and none is made from a fake request.
+ *
+ * The dispatch endpoint runs in whichever worker accepts the request: in
+ * the post-read phase of the dispatch server it checks the per-start
+ * secret, reads each attempt's execution, builds the provider's request
+ * with the route's adapter and makes it as an in-memory subrequest to the
+ * route's location (which proxies to the operator's upstream{}).  Each
+ * answer is normalized and recorded (MR_OP_DISP_DONE) with the token of
+ * its lease; the dispatcher gets its answer when every attempt of its
+ * request is recorded.
+ *
+ * A watch timer enforces the route's timeout on each attempt and notices
+ * executions cancelled or expired meanwhile; when no attempt of a request
+ * is still wanted, the request is terminated, which aborts the upstream
+ * calls in flight.  Answers that come later are dropped.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include <sys/un.h>
+
+#include "mr_dispatch.h"
+#include "mr_store.h"
+#include "mr_http.h"
+#include "mr_curl.h"
+#include "mr_adapter.h"
+#include "mr_callback.h"
+#include "mr_exec.h"
+
+
+#define MR_DISP_BATCH       16      /* attempts per dispatch request */
+#define MR_DISP_CLAIM_MAX   1024    /* attempts per claim */
+#define MR_DISP_POLL        1000    /* longest wait between looks */
+#define MR_DISP_IDLE        50      /* due work that waits for a slot */
+#define MR_DISP_WATCH       200     /* checks of the attempts in flight */
+#define MR_DISP_PAD         10000   /* dispatch request beyond timeouts */
+#define MR_DISP_HEADER      "X-ModelRoute-Dispatch"
+#define MR_DISP_LINE        (MR_EXEC_ID_LEN + 1 + 16 + 1 + NGX_INT_T_LEN + 1)
+
+#define MR_ATT_SKIPPED      0       /* stale: not made */
+#define MR_ATT_RUNNING      1       /* its subrequest is in flight */
+#define MR_ATT_ANSWERED     2
+#define MR_ATT_GONE         3       /* timed out, or no longer wanted */
+
+
+/* the dispatcher's side of one dispatch request */
+
+typedef struct {
+    ngx_queue_t               queue;
+    CURL                     *easy;
+    struct curl_slist        *headers;
+    ngx_uint_t                njobs;
+    u_char                   *body;
+    size_t                    len;
+    char                      errbuf[CURL_ERROR_SIZE];
+} mr_disp_send_t;
+
+
+/* the endpoint's side */
+
+typedef struct mr_disp_req_s  mr_disp_req_t;
+
+typedef struct {
+    mr_disp_req_t            *req;
+    u_char                    exec_id[MR_EXEC_ID_LEN];
+    uint64_t                  token;
+    ngx_msec_t                deadline;
+    ngx_uint_t                state;
+    mr_exec_t                 exec;
+    mr_model_t               *model;
+    mr_route_t               *route;
+    ngx_http_request_t       *sr;
+    mr_store_op_t            *op;
+} mr_disp_att_t;
+
+struct mr_disp_req_s {
+    ngx_http_request_t       *r;
+    mr_disp_att_t            *att;
+    ngx_uint_t                n;
+    ngx_uint_t                running;    /* subrequests in flight */
+    ngx_uint_t                live;       /* ... whose answer is wanted */
+    ngx_uint_t                ops;        /* outcomes being recorded */
+    ngx_uint_t                recorded;
+    ngx_event_t               watch;
+    unsigned                  started:1;
+    unsigned                  finished:1;
+};
+
+
+static void mr_dispatch_kick(void);
+static void mr_dispatch_poll(ngx_event_t *ev);
+static void mr_dispatch_claimed(mr_store_op_t *op);
+static void mr_dispatch_send(mr_disp_job_t *jobs, ngx_uint_t n);
+static void mr_dispatch_sent(CURL *easy, CURLcode rc, void *data);
+static void mr_dispatch_inflight(ngx_event_t *ev);
+static size_t mr_dispatch_discard(char *ptr, size_t size, size_t nmemb,
+    void *userdata);
+
+static ngx_int_t mr_dispatch_handler(ngx_http_request_t *r);
+static void mr_dispatch_body(ngx_http_request_t *r);
+static ngx_int_t mr_dispatch_parse(ngx_http_request_t *r,
+    mr_disp_req_t *req);
+static ngx_int_t mr_dispatch_prepare(ngx_http_request_t *r,
+    mr_disp_att_t *a, ngx_str_t *body);
+static ngx_int_t mr_dispatch_subrequest(ngx_http_request_t *r,
+    mr_disp_att_t *a, ngx_str_t *body);
+static ngx_int_t mr_dispatch_answered(ngx_http_request_t *sr, void *data,
+    ngx_int_t rc);
+static void mr_dispatch_record(mr_disp_att_t *a, mr_adapter_out_t *out,
+    ngx_uint_t status);
+static void mr_dispatch_recorded(mr_store_op_t *op);
+static void mr_dispatch_watch(ngx_event_t *ev);
+static void mr_dispatch_cleanup(void *data);
+static ngx_int_t mr_dispatch_finish(mr_disp_req_t *req);
+
+
+static mr_main_conf_t  *mr_disp_mcf;
+static ngx_event_t      mr_disp_ev;
+static mr_store_op_t    mr_disp_claim_op;
+static ngx_uint_t       mr_disp_claiming;
+static ngx_uint_t       mr_disp_kicked;
+static ngx_uint_t       mr_disp_active;   /* attempts sent, not answered */
+static ngx_queue_t      mr_disp_sends;
+static ngx_msec_t       mr_disp_timeout;  /* the longest route timeout */
+static ngx_event_t      mr_disp_inflight_ev;
+static u_char           mr_disp_secret[2 * MR_STORE_SECRET_LEN];
+
+
+ngx_int_t
+mr_dispatch_postconfiguration(ngx_conf_t *cf, mr_main_conf_t *mcf)
+{
+    ngx_http_handler_pt        *h;
+    ngx_http_core_main_conf_t  *cmcf;
+
+    if (mcf->dispatch_srv == NULL) {
+        return NGX_OK;
+    }
+
+    cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
+
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_POST_READ_PHASE].handlers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    *h = mr_dispatch_handler;
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+mr_dispatch_init_process(ngx_cycle_t *cycle, mr_main_conf_t *mcf)
+{
+    ngx_uint_t   i;
+    mr_route_t  *rt;
+    u_char       raw[MR_STORE_SECRET_LEN];
+
+    if (mcf->dispatch_srv == NULL) {
+        return NGX_OK;
+    }
+
+    if (mr_store_meta_secret("dsecret", raw) != NGX_OK
+        || mr_callback_init_process(cycle) != NGX_OK)
+    {
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
+                      "modelroute: the store has no dispatch secret");
+        return NGX_ERROR;
+    }
+
+    mr_hex(mr_disp_secret, raw, MR_STORE_SECRET_LEN);
+
+    mr_disp_mcf = mcf;
+    ngx_queue_init(&mr_disp_sends);
+
+    rt = mcf->routes.elts;
+    mr_disp_timeout = 0;
+
+    for (i = 0; i < mcf->routes.nelts; i++) {
+        mr_disp_timeout = ngx_max(mr_disp_timeout, rt[i].timeout);
+    }
+
+    mr_disp_ev.handler = mr_dispatch_poll;
+    mr_disp_ev.log = cycle->log;
+    mr_disp_ev.data = &mr_disp_claim_op;
+    mr_disp_ev.cancelable = 1;
+
+    /* not cancelable: a worker that shuts down waits for its answers */
+    mr_disp_inflight_ev.handler = mr_dispatch_inflight;
+    mr_disp_inflight_ev.log = cycle->log;
+
+    mr_store_dispatch_hook = mr_dispatch_kick;
+
+    ngx_add_timer(&mr_disp_ev, 1 + ngx_random() % 100);
+
+    return NGX_OK;
+}
+
+
+/* the dispatcher */
+
+static void
+mr_dispatch_kick(void)
+{
+    if (ngx_exiting || ngx_quit || ngx_terminate || mr_disp_mcf == NULL) {
+        return;
+    }
+
+    if (mr_disp_claiming) {
+        mr_disp_kicked = 1;
+        return;
+    }
+
+    if (mr_disp_ev.timer_set) {
+        ngx_del_timer(&mr_disp_ev);
+    }
+
+    ngx_add_timer(&mr_disp_ev, 1);
+}
+
+
+static void
+mr_dispatch_poll(ngx_event_t *ev)
+{
+    int64_t         due, now;
+    mr_store_op_t  *op;
+
+    if (mr_disp_claiming || ngx_exiting || ngx_quit || ngx_terminate) {
+        return;
+    }
+
+    if (mr_disp_active >= mr_disp_mcf->dispatch_concurrency) {
+        return;    /* an answer kicks */
+    }
+
+    if (mr_store_disp_next(&due) != NGX_OK) {
+        ngx_add_timer(ev, MR_DISP_POLL);
+        return;
+    }
+
+    now = mr_now_ms();
+
+    if (due < 0 || due > now) {
+        ngx_add_timer(ev, due < 0 ? MR_DISP_POLL
+                                  : (ngx_msec_t) ngx_min(due - now,
+                                                         MR_DISP_POLL));
+        return;
+    }
+
+    op = &mr_disp_claim_op;
+    ngx_memzero(op, sizeof(mr_store_op_t));
+
+    op->type = MR_OP_DISP_CLAIM;
+    op->handler = mr_dispatch_claimed;
+    op->disp.limit = ngx_min(mr_disp_mcf->dispatch_concurrency
+                             - mr_disp_active, MR_DISP_CLAIM_MAX);
+
+    mr_disp_claiming = 1;
+    mr_disp_kicked = 0;
+
+    mr_store_submit(op);
+}
+
+
+static void
+mr_dispatch_claimed(mr_store_op_t *op)
+{
+    ngx_uint_t      n;
+    mr_disp_job_t  *job, *first, *next;
+
+    mr_disp_claiming = 0;
+
+    if (op->result != MR_R_OK) {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                      "modelroute dispatch: a claim failed");
+    }
+
+    /* in requests of up to MR_DISP_BATCH attempts */
+
+    /* sent even by a worker that shuts down: it waits for the answers */
+
+    first = op->disp.jobs;
+    op->disp.jobs = NULL;
+    n = 0;
+
+    for (job = first; job; job = next) {
+        next = job->next;
+
+        if (++n == MR_DISP_BATCH || next == NULL) {
+            job->next = NULL;
+            mr_dispatch_send(first, n);
+            first = next;
+            n = 0;
+        }
+    }
+
+    if (ngx_exiting || ngx_quit || ngx_terminate) {
+        return;
+    }
+
+    if (mr_disp_ev.timer_set) {
+        ngx_del_timer(&mr_disp_ev);
+    }
+
+    /* nothing it could take: what is due waits for a slot */
+
+    ngx_add_timer(&mr_disp_ev, (op->disp.claimed || op->disp.more
+                                || mr_disp_kicked) ? 1 : MR_DISP_IDLE);
+}
+
+
+static void
+mr_dispatch_send(mr_disp_job_t *jobs, ngx_uint_t n)
+{
+    u_char          *p;
+    CURL            *easy;
+    ngx_msec_t       timeout;
+    mr_disp_job_t   *job, *next;
+    mr_disp_send_t  *s;
+    u_char           header[sizeof(MR_DISP_HEADER ": ")
+                            + 2 * MR_STORE_SECRET_LEN];
+
+    s = ngx_calloc(sizeof(mr_disp_send_t) + n * MR_DISP_LINE,
+                   ngx_cycle->log);
+    if (s == NULL) {
+        goto failed;
+    }
+
+    s->body = (u_char *) (s + 1);
+    s->njobs = n;
+    p = s->body;
+    timeout = 0;
+
+    for (job = jobs; job; job = job->next) {
+        p = ngx_sprintf(p, "%*s %016uxL %M\n", (size_t) MR_EXEC_ID_LEN,
+                        job->exec_id, job->token, job->timeout);
+        timeout = ngx_max(timeout, job->timeout);
+    }
+
+    s->len = p - s->body;
+
+    p = ngx_cpymem(header, MR_DISP_HEADER ": ",
+                   sizeof(MR_DISP_HEADER ": ") - 1);
+    p = ngx_cpymem(p, mr_disp_secret, sizeof(mr_disp_secret));
+    *p = '\0';
+
+    s->headers = curl_slist_append(NULL, (char *) header);
+    if (s->headers) {
+        s->headers = curl_slist_append(s->headers,
+                                       "Content-Type: text/plain");
+    }
+
+    if (s->headers) {
+        s->headers = curl_slist_append(s->headers, "Expect:");
+    }
+
+    easy = (s->headers) ? curl_easy_init() : NULL;
+    if (easy == NULL) {
+        goto failed;
+    }
+
+    s->easy = easy;
+
+    curl_easy_setopt(easy, CURLOPT_URL, "http://modelroute/dispatch");
+    curl_easy_setopt(easy, CURLOPT_UNIX_SOCKET_PATH,
+                     (char *) mr_disp_mcf->dispatch_socket.data);
+    curl_easy_setopt(easy, CURLOPT_POST, 1L);
+    curl_easy_setopt(easy, CURLOPT_POSTFIELDS, (char *) s->body);
+    curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE, (long) s->len);
+    curl_easy_setopt(easy, CURLOPT_HTTPHEADER, s->headers);
+    curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS,
+                     (long) (timeout + MR_DISP_PAD));
+    curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, s->errbuf);
+    curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, mr_dispatch_discard);
+    curl_easy_setopt(easy, CURLOPT_PROXY, "");
+
+    if (mr_curl_start(easy, mr_dispatch_sent, s) != NGX_OK) {
+        goto failed;
+    }
+
+    ngx_queue_insert_tail(&mr_disp_sends, &s->queue);
+    mr_disp_active += n;
+
+    if (!mr_disp_inflight_ev.timer_set) {
+        ngx_add_timer(&mr_disp_inflight_ev, mr_disp_timeout + MR_DISP_PAD);
+    }
+
+    for (job = jobs; job; job = next) {
+        next = job->next;
+        ngx_free(job);
+    }
+
+    return;
+
+failed:
+
+    ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                  "modelroute dispatch: cannot send %ui attempts; they are "
+                  "made again when their leases end", n);
+
+    if (s) {
+        if (s->easy) {
+            curl_easy_cleanup(s->easy);
+        }
+
+        curl_slist_free_all(s->headers);
+        ngx_free(s);
+    }
+
+    for (job = jobs; job; job = next) {
+        next = job->next;
+        ngx_free(job);
+    }
+}
+
+
+static void
+mr_dispatch_sent(CURL *easy, CURLcode rc, void *data)
+{
+    mr_disp_send_t *s = data;
+
+    long  code;
+
+    ngx_queue_remove(&s->queue);
+    mr_disp_active -= s->njobs;
+
+    if (mr_disp_active == 0 && mr_disp_inflight_ev.timer_set) {
+        ngx_del_timer(&mr_disp_inflight_ev);
+    }
+
+    code = 0;
+
+    if (rc == CURLE_OK) {
+        curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &code);
+    }
+
+    if (rc != MR_CURL_ABANDONED && code != 200) {
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "modelroute dispatch: a request of %ui attempts "
+                      "ended with %s (HTTP %l); what was not recorded is "
+                      "made again when its lease ends", s->njobs,
+                      rc == CURLE_OK ? "an error"
+                      : s->errbuf[0] ? s->errbuf : curl_easy_strerror(rc),
+                      code);
+    }
+
+    curl_easy_cleanup(easy);
+    curl_slist_free_all(s->headers);
+    ngx_free(s);
+
+    if (rc != MR_CURL_ABANDONED) {
+        mr_dispatch_kick();
+    }
+}
+
+
+static void
+mr_dispatch_inflight(ngx_event_t *ev)
+{
+    if (mr_disp_active) {
+        ngx_add_timer(ev, mr_disp_timeout + MR_DISP_PAD);
+    }
+}
+
+
+static size_t
+mr_dispatch_discard(char *ptr, size_t size, size_t nmemb, void *userdata)
+{
+    return size * nmemb;
+}
+
+
+/* the endpoint: a post-read phase handler of the dispatch server */
+
+static ngx_int_t
+mr_dispatch_handler(ngx_http_request_t *r)
+{
+    ngx_int_t                  rc;
+    ngx_table_elt_t           *h;
+    ngx_list_part_t           *part;
+    ngx_uint_t                 i, ok;
+    mr_disp_req_t             *req;
+    mr_http_ctx_t             *ctx;
+    ngx_pool_cleanup_t        *cln;
+    ngx_http_core_srv_conf_t  *cscf;
+
+    if (mr_disp_mcf == NULL || r != r->main) {
+        return NGX_DECLINED;
+    }
+
+    cscf = ngx_http_get_module_srv_conf(r, ngx_http_core_module);
+
+    if ((void *) cscf != mr_disp_mcf->dispatch_srv) {
+        return NGX_DECLINED;
+    }
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_modelroute_module);
+
+    if (ctx && ctx->data) {
+        /* woken by a subrequest that ended */
+        rc = mr_dispatch_finish(ctx->data);
+
+        if (rc != NGX_DONE) {
+            ngx_http_finalize_request(r, rc);
+        }
+
+        return NGX_DONE;
+    }
+
+    /* the unix socket and the secret of this start, nothing else */
+
+    ok = (r->connection->sockaddr->sa_family == AF_UNIX);
+
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; ok; i++) {
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                ok = 0;
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].key.len == sizeof(MR_DISP_HEADER) - 1
+            && ngx_strncasecmp(h[i].key.data, (u_char *) MR_DISP_HEADER,
+                               sizeof(MR_DISP_HEADER) - 1) == 0)
+        {
+            ok = (h[i].value.len == sizeof(mr_disp_secret)
+                  && mr_memeq_ct(h[i].value.data, mr_disp_secret,
+                                 sizeof(mr_disp_secret)));
+            break;
+        }
+    }
+
+    if (!ok) {
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "modelroute dispatch: refused a request without "
+                      "the secret of this start");
+        return NGX_HTTP_FORBIDDEN;
+    }
+
+    if (r->method != NGX_HTTP_POST) {
+        return NGX_HTTP_NOT_ALLOWED;
+    }
+
+    ctx = mr_http_ctx(r);
+    if (ctx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    req = ngx_pcalloc(r->pool, sizeof(mr_disp_req_t));
+    if (req == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (cln == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    req->r = r;
+    req->watch.handler = mr_dispatch_watch;
+    req->watch.data = req;
+    req->watch.log = r->connection->log;
+
+    cln->handler = mr_dispatch_cleanup;
+    cln->data = req;
+
+    ctx->answered = 1;    /* its errors are plain: a module talks here */
+    ctx->data = req;
+
+    rc = ngx_http_read_client_request_body(r, mr_dispatch_body);
+
+    if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
+        return rc;
+    }
+
+    ngx_http_finalize_request(r, NGX_DONE);
+
+    return NGX_DONE;
+}
+
+
+static void
+mr_dispatch_body(ngx_http_request_t *r)
+{
+    ngx_str_t       body;
+    ngx_uint_t      i;
+    mr_disp_att_t  *a;
+    mr_disp_req_t  *req;
+    mr_http_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_modelroute_module);
+    req = ctx->data;
+
+    /* subrequests that end wake the request up: the handler goes on */
+    r->write_event_handler = ngx_http_core_run_phases;
+
+    if (mr_dispatch_parse(r, req) != NGX_OK) {
+        ngx_http_finalize_request(r, NGX_HTTP_BAD_REQUEST);
+        return;
+    }
+
+    req->started = 1;
+
+    for (i = 0; i < req->n; i++) {
+        a = &req->att[i];
+
+        if (mr_dispatch_prepare(r, a, &body) != NGX_OK) {
+            continue;
+        }
+
+        if (mr_dispatch_subrequest(r, a, &body) != NGX_OK) {
+            /* its lease ends and it is made again */
+            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                          "modelroute dispatch: cannot start an attempt "
+                          "of %*s", (size_t) MR_EXEC_ID_LEN, a->exec_id);
+            continue;
+        }
+
+        a->state = MR_ATT_RUNNING;
+        req->running++;
+        req->live++;
+    }
+
+    if (req->running) {
+        ngx_add_timer(&req->watch, MR_DISP_WATCH);
+    }
+
+    if (req->running == 0 && req->ops == 0) {
+        ngx_http_finalize_request(r, mr_dispatch_finish(req));
+    }
+}
+
+
+/* lines of "<execution id> <lease token in hex> <timeout ms>" */
+
+static ngx_int_t
+mr_dispatch_parse(ngx_http_request_t *r, mr_disp_req_t *req)
+{
+    u_char         *p, *last, *buf, *sp;
+    size_t          len;
+    ngx_int_t       n;
+    ngx_buf_t      *b;
+    ngx_uint_t      max;
+    ngx_chain_t    *cl;
+    mr_disp_att_t  *a;
+
+    if (r->request_body == NULL || r->request_body->bufs == NULL
+        || r->request_body->temp_file)
+    {
+        return NGX_ERROR;
+    }
+
+    len = 0;
+
+    for (cl = r->request_body->bufs; cl; cl = cl->next) {
+        len += ngx_buf_size(cl->buf);
+    }
+
+    buf = ngx_pnalloc(r->pool, len);
+    if (buf == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = buf;
+
+    for (cl = r->request_body->bufs; cl; cl = cl->next) {
+        b = cl->buf;
+        p = ngx_cpymem(p, b->pos, b->last - b->pos);
+    }
+
+    last = p;
+    max = len / (MR_EXEC_ID_LEN + 20) + 1;
+
+    req->att = ngx_pcalloc(r->pool, max * sizeof(mr_disp_att_t));
+    if (req->att == NULL) {
+        return NGX_ERROR;
+    }
+
+    for (p = buf; p < last && req->n < max; /* void */) {
+        a = &req->att[req->n];
+
+        if (last - p < MR_EXEC_ID_LEN + 1 + 16 + 2
+            || p[MR_EXEC_ID_LEN] != ' ' || p[MR_EXEC_ID_LEN + 17] != ' ')
+        {
+            return NGX_ERROR;
+        }
+
+        ngx_memcpy(a->exec_id, p, MR_EXEC_ID_LEN);
+        p += MR_EXEC_ID_LEN + 1;
+
+        n = ngx_hextoi(p, 8);
+        if (n == NGX_ERROR) {
+            return NGX_ERROR;
+        }
+
+        a->token = (uint64_t) n << 32;
+
+        n = ngx_hextoi(p + 8, 8);
+        if (n == NGX_ERROR) {
+            return NGX_ERROR;
+        }
+
+        a->token |= (uint64_t) n;
+        p += 17;
+
+        sp = ngx_strlchr(p, last, '\n');
+        if (sp == NULL) {
+            return NGX_ERROR;
+        }
+
+        n = ngx_atoi(p, sp - p);
+        if (n == NGX_ERROR || n < 1) {
+            return NGX_ERROR;
+        }
+
+        a->deadline = ngx_current_msec + n;
+        a->req = req;
+        req->n++;
+
+        p = sp + 1;
+    }
+
+    return (p == last && req->n) ? NGX_OK : NGX_ERROR;
+}
+
+
+/* the attempt's execution, and the provider's request for it */
+
+static ngx_int_t
+mr_dispatch_prepare(ngx_http_request_t *r, mr_disp_att_t *a, ngx_str_t *body)
+{
+    ngx_int_t          rc;
+    ngx_str_t          callback;
+    ngx_uint_t         i;
+    mr_model_route_t  *mr;
+    mr_adapter_out_t   out;
+
+    rc = mr_store_exec_get(a->exec_id, &a->exec, r->pool);
+
+    if (rc != NGX_OK
+        || a->exec.rec.status != MR_PROCESSING
+        || a->exec.rec.lease_owner != a->token)
+    {
+        /* cancelled meanwhile, say; nothing to do */
+        return NGX_DECLINED;
+    }
+
+    a->model = mr_model_find(mr_disp_mcf, &a->exec.seg[MR_SEG_MODEL]);
+    mr = NULL;
+
+    if (a->model) {
+        mr = a->model->routes.elts;
+
+        for (i = 0; i < a->model->routes.nelts; i++) {
+            if (mr[i].route->name.len == a->exec.rec.route_len
+                && ngx_strncmp(mr[i].route->name.data, a->exec.rec.route,
+                               a->exec.rec.route_len) == 0)
+            {
+                break;
+            }
+        }
+
+        mr = (i < a->model->routes.nelts) ? &mr[i] : NULL;
+    }
+
+    ngx_memzero(&out, sizeof(mr_adapter_out_t));
+
+    if (mr == NULL) {
+        /* the configuration changed since the claim */
+        mr_adapter_fail(&out, MR_OUT_RETRY, "GENERATION_FAILED",
+                        "the route is no longer configured");
+        out.breaker = 0;
+        mr_dispatch_record(a, &out, 0);
+        return NGX_DECLINED;
+    }
+
+    a->route = mr->route;
+
+    ngx_str_null(&callback);
+
+    if (a->route->protocol == MR_PROTO_ASYNC
+        && mr_callback_url(r->pool, mr_disp_mcf, a->exec_id, &callback)
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    rc = mr_adapter_request(r->pool, a->route, mr, a->model, &a->exec,
+                            &callback, body, &out);
+
+    if (rc == NGX_DECLINED) {
+        /* the input does not fit the protocol */
+        out.cost = -1;
+        mr_dispatch_record(a, &out, 0);
+        return NGX_DECLINED;
+    }
+
+    return rc;
+}
+
+
+static ngx_int_t
+mr_dispatch_subrequest(ngx_http_request_t *r, mr_disp_att_t *a,
+    ngx_str_t *body)
+{
+    ngx_buf_t                   *b;
+    ngx_chain_t                 *cl;
+    ngx_table_elt_t             *h;
+    ngx_http_request_t          *sr;
+    ngx_http_request_body_t     *rb;
+    ngx_http_post_subrequest_t  *ps;
+
+    ps = ngx_palloc(r->pool, sizeof(ngx_http_post_subrequest_t));
+    rb = ngx_pcalloc(r->pool, sizeof(ngx_http_request_body_t));
+    b = ngx_calloc_buf(r->pool);
+    cl = ngx_alloc_chain_link(r->pool);
+
+    if (ps == NULL || rb == NULL || b == NULL || cl == NULL) {
+        return NGX_ERROR;
+    }
+
+    ps->handler = mr_dispatch_answered;
+    ps->data = a;
+
+    if (ngx_http_subrequest(r, &a->route->location, NULL, &sr, ps,
+                            NGX_HTTP_SUBREQUEST_IN_MEMORY
+                            | NGX_HTTP_SUBREQUEST_WAITED)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    a->sr = sr;
+
+    /*
+     * headers of its own: the dispatcher's (its secret among them) must
+     * not reach a provider
+     */
+
+    ngx_memzero(&sr->headers_in, sizeof(ngx_http_headers_in_t));
+
+    if (ngx_list_init(&sr->headers_in.headers, r->pool, 2,
+                      sizeof(ngx_table_elt_t))
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    h = ngx_list_push(&sr->headers_in.headers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    h->hash = 1;
+    ngx_str_set(&h->key, "Content-Type");
+    ngx_str_set(&h->value, "application/json");
+    h->lowcase_key = (u_char *) "content-type";
+
+    sr->headers_in.content_type = h;
+    sr->headers_in.content_length_n = body->len;
+    sr->headers_in.keep_alive_n = -1;
+
+    b->pos = body->data;
+    b->last = body->data + body->len;
+    b->memory = 1;
+    b->last_buf = 1;
+    b->last_in_chain = 1;
+
+    cl->buf = b;
+    cl->next = NULL;
+    rb->bufs = cl;
+
+    sr->request_body = rb;
+    sr->method = NGX_HTTP_POST;
+    ngx_str_set(&sr->method_name, "POST");
+
+    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "modelroute dispatch: %*s to \"%V\"",
+                   (size_t) MR_EXEC_ID_LEN, a->exec_id);
+
+    return NGX_OK;
+}
+
+
+/*
+ * The subrequest ended (this may be called twice for one).  NGX_OK always:
+ * one attempt's failure must not end the others of the request.
+ */
+
+static ngx_int_t
+mr_dispatch_answered(ngx_http_request_t *sr, void *data, ngx_int_t rc)
+{
+    mr_disp_att_t *a = data;
+
+    ngx_str_t          body, retry_after;
+    ngx_uint_t         status, i;
+    ngx_list_part_t   *part;
+    ngx_table_elt_t   *h;
+    mr_disp_req_t     *req;
+    mr_adapter_out_t   out;
+
+    req = a->req;
+
+    if (a->state != MR_ATT_RUNNING && a->state != MR_ATT_GONE) {
+        return NGX_OK;
+    }
+
+    req->running--;
+
+    if (a->state == MR_ATT_GONE) {
+        ngx_log_error(NGX_LOG_INFO, sr->connection->log, 0,
+                      "modelroute dispatch: a late answer for %*s was "
+                      "dropped", (size_t) MR_EXEC_ID_LEN, a->exec_id);
+        a->state = MR_ATT_ANSWERED;
+        return NGX_OK;
+    }
+
+    a->state = MR_ATT_ANSWERED;
+    req->live--;
+
+    if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
+        status = rc;           /* nginx's own: 502, 504, ... */
+
+    } else if (rc == NGX_ERROR || sr->connection->error) {
+        status = 0;            /* cut short, too large, reset */
+
+    } else {
+        status = sr->headers_out.status;
+    }
+
+    ngx_str_null(&body);
+
+    if (status && sr->out && sr->out->buf) {
+        body.data = sr->out->buf->pos;
+        body.len = sr->out->buf->last - sr->out->buf->pos;
+    }
+
+    ngx_str_null(&retry_after);
+
+    part = &sr->headers_out.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */; i++) {
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                break;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].hash && h[i].key.len == sizeof("Retry-After") - 1
+            && ngx_strncasecmp(h[i].key.data, (u_char *) "Retry-After",
+                               sizeof("Retry-After") - 1) == 0)
+        {
+            retry_after = h[i].value;
+            break;
+        }
+    }
+
+    mr_adapter_response(req->r->pool, a->route, a->model, &a->exec, status,
+                        &body, &retry_after, &out);
+
+    mr_dispatch_record(a, &out, status);
+
+    return NGX_OK;
+}
+
+
+static void
+mr_dispatch_record(mr_disp_att_t *a, mr_adapter_out_t *out,
+    ngx_uint_t status)
+{
+    mr_disp_op_t        *d;
+    mr_disp_req_t       *req;
+    mr_store_op_t       *op;
+    ngx_http_request_t  *r;
+
+    req = a->req;
+    r = req->r;
+
+    op = ngx_pcalloc(r->pool, sizeof(mr_store_op_t));
+    if (op == NULL) {
+        return;    /* its lease ends, and it is made again */
+    }
+
+    op->type = MR_OP_DISP_DONE;
+    op->handler = mr_dispatch_recorded;
+    op->data = a;
+
+    d = &op->disp;
+    ngx_memcpy(d->exec_id, a->exec_id, MR_EXEC_ID_LEN);
+    d->token = a->token;
+    d->outcome = out->outcome;
+    d->code = out->code;
+    d->message = out->message;
+    d->result = out->result;
+    d->job_id = out->job_id;
+    d->cost = out->cost;
+    d->retry_after_ms = out->retry_after_ms;
+    d->status_code = status;
+    d->breaker = out->breaker;
+    d->jitter = ngx_random() % 1000;
+    d->ended_ms = mr_now_ms();
+
+    a->op = op;
+
+    r->main->blocked++;
+    req->ops++;
+
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                   "modelroute dispatch: %*s answered %ui",
+                   (size_t) MR_EXEC_ID_LEN, a->exec_id, status);
+
+    mr_store_submit(op);
+}
+
+
+static void
+mr_dispatch_recorded(mr_store_op_t *op)
+{
+    mr_disp_att_t *a = op->data;
+
+    ngx_connection_t    *c;
+    mr_disp_req_t       *req;
+    ngx_http_request_t  *r;
+
+    req = a->req;
+    r = req->r;
+    c = r->connection;
+
+    r->main->blocked--;
+    req->ops--;
+
+    switch (op->result) {
+
+    case MR_R_OK:
+        req->recorded++;
+        break;
+
+    case MR_R_NOOP:
+    case MR_R_NOT_FOUND:
+        ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                      "modelroute dispatch: the answer for %*s came after "
+                      "it was %V; dropped", (size_t) MR_EXEC_ID_LEN,
+                      a->exec_id,
+                      mr_exec_status_name(op->result == MR_R_NOOP
+                                          ? op->disp.status : 0));
+        break;
+
+    default:
+        ngx_log_error(NGX_LOG_ERR, c->log, 0,
+                      "modelroute dispatch: the outcome of %*s was not "
+                      "recorded; it is made again when its lease ends",
+                      (size_t) MR_EXEC_ID_LEN, a->exec_id);
+    }
+
+    if (c->error) {
+        ngx_http_finalize_request(r, NGX_ERROR);
+        ngx_http_run_posted_requests(c);
+        return;
+    }
+
+    if (req->started && req->running == 0 && req->ops == 0
+        && !req->finished)
+    {
+        ngx_http_finalize_request(r, mr_dispatch_finish(req));
+        ngx_http_run_posted_requests(c);
+    }
+}
+
+
+/* the route's timeout, and executions cancelled or expired meanwhile */
+
+static void
+mr_dispatch_watch(ngx_event_t *ev)
+{
+    mr_disp_req_t *req = ev->data;
+
+    ngx_int_t            rc;
+    ngx_uint_t           i;
+    mr_exec_t            exec;
+    mr_disp_att_t       *a;
+    mr_adapter_out_t     out;
+    ngx_connection_t    *c;
+    ngx_http_request_t  *r;
+
+    r = req->r;
+    c = r->connection;
+
+    for (i = 0; i < req->n; i++) {
+        a = &req->att[i];
+
+        if (a->state != MR_ATT_RUNNING) {
+            continue;
+        }
+
+        if ((ngx_msec_int_t) (ngx_current_msec - a->deadline) >= 0) {
+            ngx_memzero(&out, sizeof(mr_adapter_out_t));
+            mr_adapter_fail(&out, MR_OUT_TIMEOUT, "GENERATION_TIMEOUT",
+                            "the provider did not answer within the "
+                            "route's timeout");
+            out.cost = -1;
+
+            a->state = MR_ATT_GONE;
+            req->live--;
+
+            mr_dispatch_record(a, &out, 0);
+            continue;
+        }
+
+        rc = mr_store_exec_get(a->exec_id, &exec, NULL);
+
+        if (rc == NGX_ERROR) {
+            continue;
+        }
+
+        if (rc == NGX_DECLINED || exec.rec.status != MR_PROCESSING
+            || exec.rec.lease_owner != a->token)
+        {
+            ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                          "modelroute dispatch: %*s is %V: its attempt "
+                          "is given up", (size_t) MR_EXEC_ID_LEN,
+                          a->exec_id,
+                          mr_exec_status_name(rc == NGX_OK
+                                              ? exec.rec.status : 0));
+            a->state = MR_ATT_GONE;
+            req->live--;
+        }
+    }
+
+    if (req->running && req->live == 0) {
+
+        /* nothing wanted is left: abort the upstream calls in flight */
+
+        ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                      "modelroute dispatch: aborting %ui attempts no "
+                      "longer wanted", req->running);
+
+        ngx_http_finalize_request(r, NGX_ERROR);
+        ngx_http_run_posted_requests(c);
+        return;
+    }
+
+    if (req->running) {
+        ngx_add_timer(ev, MR_DISP_WATCH);
+    }
+}
+
+
+static void
+mr_dispatch_cleanup(void *data)
+{
+    mr_disp_req_t *req = data;
+
+    if (req->watch.timer_set) {
+        ngx_del_timer(&req->watch);
+    }
+}
+
+
+/*
+ * Once every attempt is recorded, the answer to the dispatcher; until
+ * then NGX_DONE.  The caller finalizes the request with what it returns.
+ */
+
+static ngx_int_t
+mr_dispatch_finish(mr_disp_req_t *req)
+{
+    ngx_int_t            rc;
+    ngx_buf_t           *b;
+    ngx_chain_t          out;
+    ngx_http_request_t  *r;
+
+    r = req->r;
+
+    if (req->finished || !req->started || req->running || req->ops) {
+        return NGX_DONE;
+    }
+
+    req->finished = 1;
+
+    if (req->watch.timer_set) {
+        ngx_del_timer(&req->watch);
+    }
+
+    b = ngx_create_temp_buf(r->pool, NGX_INT_T_LEN * 2 + 2);
+    if (b == NULL) {
+        return NGX_ERROR;
+    }
+
+    b->last = ngx_sprintf(b->last, "%ui %ui\n", req->recorded, req->n);
+    b->last_buf = 1;
+    b->last_in_chain = 1;
+
+    r->headers_out.status = NGX_HTTP_OK;
+    r->headers_out.content_length_n = b->last - b->pos;
+    ngx_str_set(&r->headers_out.content_type, "text/plain");
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+
+    rc = ngx_http_send_header(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc;
+    }
+
+    out.buf = b;
+    out.next = NULL;
+
+    return ngx_http_output_filter(r, &out);
+}

@@ -1,0 +1,1205 @@
+
+/*
+ * ModelRoute: dispatch in the store.
+ *
+ * The dispatch index ("disp": be64 due ms + execution id) holds every
+ * execution that has something to do: a PENDING one is due at once, a
+ * PROCESSING one waiting for its next attempt is due at the end of its
+ * backoff, and one whose attempt is in flight is due at the end of its
+ * lease.  A claim takes due entries, picks a route (breaker, Retry-After,
+ * concurrency cap), writes a lease (a random token and its end) and moves
+ * the entry to the end of the lease: if the worker dies, the execution is
+ * due again then, its attempt is recorded as abandoned and another
+ * attempt is made.  An outcome is recorded only with the token of the
+ * lease it answers: late answers are dropped.
+ *
+ * Routes' shared state ("route": name -> mr_route_state_t) counts the
+ * leases in flight and carries the circuit breaker; it changes in the
+ * transactions that change the leases, so it cannot drift.
+ *
+ * These functions may run in a thread of the commit pool: they use
+ * malloc'ed memory, nothing of the event loop.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+
+#include <openssl/rand.h>
+#include <jansson.h>
+
+#include "mr_store.h"
+#include "mr_store_lmdb.h"
+
+
+#define MR_DISP_SCAN_MAX     4096    /* due entries looked at per claim */
+#define MR_DISP_LEASE_PAD    2000    /* lease = attempt timeout + this */
+#define MR_DISP_BACKOFF      250     /* first backoff, doubled per round */
+#define MR_DISP_BACKOFF_MAX  30000
+#define MR_DISP_KEY_LEN      (8 + MR_EXEC_ID_LEN)
+
+
+typedef struct {
+    mr_route_state_t          st;
+    mr_route_t               *route;
+} mr_disp_route_t;
+
+
+static int mr_store_disp_claim(MDB_txn *txn, mr_store_op_t *op);
+static int mr_store_disp_claim_one(MDB_txn *txn, mr_store_op_t *op,
+    mr_exec_t *exec, ngx_uint_t *claimed);
+static int mr_store_disp_done(MDB_txn *txn, mr_store_op_t *op);
+static int mr_store_disp_callback(MDB_txn *txn, mr_store_op_t *op);
+static int mr_store_disp_settle(MDB_txn *txn, mr_store_op_t *op,
+    mr_exec_t *exec, int64_t cost);
+static int mr_store_disp_fail(MDB_txn *txn, mr_store_op_t *op,
+    mr_exec_t *exec, const char *code, ngx_str_t *message);
+static int mr_store_disp_lease_end(MDB_txn *txn, mr_store_op_t *op,
+    mr_exec_t *exec, ngx_uint_t outcome, ngx_uint_t breaker);
+static int mr_store_disp_attempt(mr_exec_t *exec, int64_t end,
+    const char *outcome, const char *code, ngx_uint_t status,
+    ngx_str_t *job_id, u_char **buf);
+static int mr_store_disp_move(MDB_txn *txn, mr_exec_t *exec, int64_t due);
+static int mr_store_route_get(MDB_txn *txn, u_char *name, size_t len,
+    mr_route_state_t *st);
+static int mr_store_route_put(MDB_txn *txn, u_char *name, size_t len,
+    mr_route_state_t *st);
+static int mr_store_exec_copy(MDB_txn *txn, u_char *id, mr_exec_t *exec,
+    u_char **copy);
+static mr_model_t *mr_store_disp_model(mr_exec_t *exec);
+static const char *mr_store_retryable(const char *code);
+
+
+void (*mr_store_dispatch_hook)(void);
+
+
+int
+mr_store_disp_apply(MDB_txn *txn, mr_store_op_t *op)
+{
+    switch (op->type) {
+
+    case MR_OP_DISP_CLAIM:
+        return mr_store_disp_claim(txn, op);
+
+    case MR_OP_DISP_DONE:
+        return mr_store_disp_done(txn, op);
+
+    default: /* MR_OP_DISP_CALLBACK */
+        return mr_store_disp_callback(txn, op);
+    }
+}
+
+
+/* a new execution of a model with routes: due at once */
+
+int
+mr_store_disp_add(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec)
+{
+    mr_model_t  *m;
+
+    m = mr_store_disp_model(exec);
+
+    if (m == NULL || m->routes.nelts == 0) {
+        return 0;
+    }
+
+    op->ready = 1;
+
+    return mr_store_disp_move(txn, exec, exec->rec.created_ms);
+}
+
+
+/*
+ * The execution leaves dispatch (it is terminal, or waits for a
+ * callback): out of the index, and its lease, if any, gives its route's
+ * slot back.  The caller writes the execution.
+ */
+
+int
+mr_store_disp_release(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec)
+{
+    int               rc;
+    mr_route_state_t  st;
+
+    rc = mr_store_disp_move(txn, exec, 0);
+    if (rc != 0) {
+        return rc;
+    }
+
+    if (exec->rec.lease_owner && exec->rec.route_len) {
+        rc = mr_store_route_get(txn, exec->rec.route, exec->rec.route_len,
+                                &st);
+        if (rc != 0) {
+            return rc;
+        }
+
+        if (st.inflight) {
+            st.inflight--;
+        }
+
+        if (st.probe_until_ms) {
+            st.probe_until_ms = 0;
+        }
+
+        rc = mr_store_route_put(txn, exec->rec.route, exec->rec.route_len,
+                                &st);
+        if (rc != 0) {
+            return rc;
+        }
+
+        op->ready = 1;
+    }
+
+    exec->rec.lease_owner = 0;
+    exec->rec.lease_until_ms = 0;
+
+    return 0;
+}
+
+
+static int
+mr_store_disp_claim(MDB_txn *txn, mr_store_op_t *op)
+{
+    int          rc;
+    u_char      *copy;
+    MDB_val      k, v;
+    mr_exec_t    exec;
+    MDB_cursor  *cur;
+    ngx_uint_t   scanned, claimed, one;
+    u_char       last[MR_DISP_KEY_LEN];
+
+    rc = mdb_cursor_open(txn, mr_store.disp, &cur);
+    if (rc != 0) {
+        return rc;
+    }
+
+    scanned = 0;
+    claimed = 0;
+
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+         rc == 0;
+         /* void */)
+    {
+        if (k.mv_size != MR_DISP_KEY_LEN) {
+            rc = mdb_cursor_del(cur, 0);
+            if (rc == 0) {
+                rc = mdb_cursor_get(cur, &k, &v, MDB_GET_CURRENT);
+            }
+
+            continue;
+        }
+
+        if ((int64_t) mr_be64_get(k.mv_data) > op->now) {
+            break;
+        }
+
+        if (claimed >= op->disp.limit || scanned++ >= MR_DISP_SCAN_MAX) {
+            op->disp.more = 1;
+            break;
+        }
+
+        ngx_memcpy(last, k.mv_data, MR_DISP_KEY_LEN);
+
+        copy = NULL;
+
+        rc = mr_store_exec_copy(txn, last + 8, &exec, &copy);
+
+        if (rc == MDB_NOTFOUND) {
+            k.mv_data = last;
+            k.mv_size = MR_DISP_KEY_LEN;
+            rc = mdb_del(txn, mr_store.disp, &k, NULL);
+
+        } else if (rc == 0) {
+            one = 0;
+            rc = mr_store_disp_claim_one(txn, op, &exec, &one);
+            claimed += one;
+        }
+
+        if (copy) {
+            ngx_free(copy);
+        }
+
+        if (rc != 0) {
+            break;
+        }
+
+        /* back to where the scan was: the index may have changed */
+
+        k.mv_data = last;
+        k.mv_size = MR_DISP_KEY_LEN;
+
+        rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+
+        if (rc == 0 && k.mv_size == MR_DISP_KEY_LEN
+            && ngx_memcmp(k.mv_data, last, MR_DISP_KEY_LEN) == 0)
+        {
+            rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+        }
+    }
+
+    mdb_cursor_close(cur);
+
+    op->disp.claimed = claimed;
+
+    return (rc == MDB_NOTFOUND) ? 0 : rc;
+}
+
+
+/* one due execution; *claimed is set if an attempt was claimed */
+
+static int
+mr_store_disp_claim_one(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
+    ngx_uint_t *claimed)
+{
+    int                rc;
+    u_char            *buf;
+    int64_t            now, half;
+    ngx_str_t          msg;
+    ngx_uint_t         i, n, start, busy;
+    mr_model_t        *m;
+    mr_route_t        *route;
+    mr_disp_job_t     *job;
+    mr_route_state_t   st;
+    mr_model_route_t  *mr;
+
+    now = op->now;
+
+    if (mr_status_terminal(exec->rec.status)
+        || exec->rec.status == MR_AWAITING_WEBHOOK)
+    {
+        rc = mr_store_disp_move(txn, exec, 0);
+        if (rc != 0) {
+            return rc;
+        }
+
+        return mr_store_exec_put(txn, exec);
+    }
+
+    if (exec->rec.expires_ms <= now) {
+        return 0;    /* the sweeper expires it */
+    }
+
+    /* a lease that ended without an answer: its worker is gone */
+
+    if (exec->rec.lease_owner) {
+        buf = NULL;
+
+        rc = mr_store_disp_attempt(exec, now, "abandoned",
+                                   "GENERATION_TIMEOUT", 0, NULL, &buf);
+        if (rc == 0) {
+            rc = mr_store_disp_release(txn, op, exec);
+        }
+
+        if (rc == 0) {
+            rc = mr_store_disp_move(txn, exec, now);
+        }
+
+        if (rc == 0) {
+            rc = mr_store_exec_put(txn, exec);
+        }
+
+        if (buf) {
+            ngx_free(buf);
+        }
+
+        if (rc != 0) {
+            return rc;
+        }
+    }
+
+    m = mr_store_disp_model(exec);
+
+    if (m == NULL || m->routes.nelts == 0) {
+        ngx_str_set(&msg, "the model has no routes any more");
+        return mr_store_disp_fail(txn, op, exec, "MODEL_UNAVAILABLE", &msg);
+    }
+
+    if (exec->rec.nattempts >= m->attempts) {
+        ngx_str_set(&msg, "the provider did not answer in time");
+        return mr_store_disp_fail(txn, op, exec, "GENERATION_TIMEOUT", &msg);
+    }
+
+    /* the next route in order whose breaker and cap let it take one */
+
+    mr = m->routes.elts;
+    n = m->routes.nelts;
+    start = exec->rec.nattempts % n;
+    busy = 0;
+    route = NULL;
+    half = 0;
+
+    for (i = 0; i < n; i++) {
+        route = mr[(start + i) % n].route;
+
+        rc = mr_store_route_get(txn, route->name.data, route->name.len, &st);
+        if (rc != 0) {
+            return rc;
+        }
+
+        if (st.open_until_ms > now) {
+            route = NULL;
+            continue;               /* open */
+        }
+
+        half = st.open_until_ms;    /* half-open: one probe at a time */
+
+        if ((half && st.probe_until_ms > now)
+            || st.paused_until_ms > now
+            || (route->max_concurrency
+                && st.inflight >= route->max_concurrency))
+        {
+            busy = 1;
+            route = NULL;
+            continue;
+        }
+
+        break;
+    }
+
+    if (route == NULL) {
+        if (busy) {
+            return 0;                /* it waits in the index */
+        }
+
+        ngx_str_set(&msg, "every route of the model is down: their "
+                    "circuit breakers are open");
+        return mr_store_disp_fail(txn, op, exec, "MODEL_UNAVAILABLE", &msg);
+    }
+
+    job = ngx_alloc(sizeof(mr_disp_job_t), ngx_cycle->log);
+    if (job == NULL) {
+        return ENOMEM;
+    }
+
+    if (RAND_bytes((u_char *) &job->token, sizeof(uint64_t)) != 1
+        || job->token == 0)
+    {
+        ngx_free(job);
+        return EIO;
+    }
+
+    st.inflight++;
+    st.attempts++;
+
+    if (half) {
+        st.probe_until_ms = now + route->timeout + MR_DISP_LEASE_PAD;
+    }
+
+    rc = mr_store_route_put(txn, route->name.data, route->name.len, &st);
+    if (rc != 0) {
+        ngx_free(job);
+        return rc;
+    }
+
+    if (exec->rec.status == MR_PENDING) {
+        exec->rec.status = MR_PROCESSING;
+        exec->rec.started_ms = ngx_max(now, exec->rec.created_ms);
+
+        rc = mr_store_emit(txn, op, exec, "execution.started");
+        if (rc != 0) {
+            ngx_free(job);
+            return rc;
+        }
+    }
+
+    exec->rec.lease_owner = job->token;
+    exec->rec.lease_until_ms = now + route->timeout + MR_DISP_LEASE_PAD;
+    exec->rec.attempt_ms = now;
+    exec->rec.nattempts++;
+    exec->rec.route_len = route->name.len;
+    ngx_memzero(exec->rec.route, MR_ROUTE_NAME_LEN);
+    ngx_memcpy(exec->rec.route, route->name.data, route->name.len);
+
+    rc = mr_store_disp_move(txn, exec, exec->rec.lease_until_ms);
+    if (rc == 0) {
+        rc = mr_store_exec_put(txn, exec);
+    }
+
+    if (rc != 0) {
+        ngx_free(job);
+        return rc;
+    }
+
+    ngx_memcpy(job->exec_id, exec->id, MR_EXEC_ID_LEN);
+    job->timeout = route->timeout;
+    job->next = op->disp.jobs;
+    op->disp.jobs = job;
+
+    *claimed = 1;
+
+    return 0;
+}
+
+
+/* the outcome of an attempt, from the worker that made it */
+
+static int
+mr_store_disp_done(MDB_txn *txn, mr_store_op_t *op)
+{
+    int              rc;
+    u_char          *copy, *buf;
+    int64_t          delay, next;
+    ngx_uint_t       n, round;
+    mr_exec_t        exec;
+    mr_model_t      *m;
+    mr_disp_op_t    *d;
+    const char      *outcome;
+
+    d = &op->disp;
+    copy = NULL;
+    buf = NULL;
+
+    rc = mr_store_exec_copy(txn, d->exec_id, &exec, &copy);
+    if (rc == MDB_NOTFOUND) {
+        op->result = MR_R_NOT_FOUND;
+        return 0;
+    }
+
+    if (rc != 0) {
+        return rc;
+    }
+
+    if (exec.rec.status != MR_PROCESSING || exec.rec.lease_owner != d->token)
+    {
+        /* cancelled, expired, or the lease passed on: a late answer */
+        d->status = exec.rec.status;
+        op->result = MR_R_NOOP;
+        goto done;
+    }
+
+    switch (d->outcome) {
+    case MR_OUT_OK:
+        outcome = "succeeded";
+        break;
+    case MR_OUT_ACCEPTED:
+        outcome = "accepted";
+        break;
+    case MR_OUT_TIMEOUT:
+        outcome = "timed_out";
+        break;
+    default:
+        outcome = "failed";
+    }
+
+    rc = mr_store_disp_attempt(&exec, d->ended_ms, outcome,
+                               d->outcome == MR_OUT_OK
+                               || d->outcome == MR_OUT_ACCEPTED
+                               ? NULL : d->code,
+                               d->status_code, &d->job_id, &buf);
+    if (rc != 0) {
+        goto done;
+    }
+
+    rc = mr_store_disp_lease_end(txn, op, &exec, d->outcome, d->breaker);
+    if (rc != 0) {
+        goto done;
+    }
+
+    switch (d->outcome) {
+
+    case MR_OUT_OK:
+        rc = mr_store_disp_settle(txn, op, &exec, d->cost);
+        goto done;
+
+    case MR_OUT_ACCEPTED:
+        /* the provider calls back; the deadline index still expires it */
+        exec.rec.status = MR_AWAITING_WEBHOOK;
+
+        rc = mr_store_disp_move(txn, &exec, 0);
+        if (rc == 0) {
+            rc = mr_store_exec_put(txn, &exec);
+        }
+
+        d->status = MR_AWAITING_WEBHOOK;
+        goto done;
+
+    case MR_OUT_FATAL:
+        rc = mr_store_disp_fail(txn, op, &exec, d->code, &d->message);
+        goto done;
+    }
+
+    /* retryable: another attempt if the limit and the deadline allow */
+
+    m = mr_store_disp_model(&exec);
+
+    if (m == NULL || m->routes.nelts == 0
+        || exec.rec.nattempts >= m->attempts)
+    {
+        rc = mr_store_disp_fail(txn, op, &exec, d->code, &d->message);
+        goto done;
+    }
+
+    /*
+     * the next route at once; a jittered backoff when the round of
+     * routes starts again, and never sooner than a Retry-After of the
+     * same route
+     */
+
+    n = m->routes.nelts;
+    delay = 0;
+
+    if (exec.rec.nattempts % n == 0) {
+        round = exec.rec.nattempts / n;
+        delay = MR_DISP_BACKOFF << ngx_min(round - 1, 7);
+        delay = ngx_min(delay, MR_DISP_BACKOFF_MAX);
+        delay = delay / 2 + delay * (int64_t) d->jitter / 1000;
+    }
+
+    if (n == 1 && d->retry_after_ms > delay) {
+        delay = d->retry_after_ms;
+    }
+
+    next = op->now + delay;
+
+    if (next >= exec.rec.expires_ms) {
+        rc = mr_store_disp_fail(txn, op, &exec, d->code, &d->message);
+        goto done;
+    }
+
+    rc = mr_store_disp_move(txn, &exec, next);
+    if (rc == 0) {
+        rc = mr_store_exec_put(txn, &exec);
+    }
+
+    d->status = MR_PROCESSING;
+    op->ready = 1;
+
+done:
+
+    if (copy) {
+        ngx_free(copy);
+    }
+
+    if (buf) {
+        ngx_free(buf);
+    }
+
+    return rc;
+}
+
+
+/* a provider's callback for an asynchronous job */
+
+static int
+mr_store_disp_callback(MDB_txn *txn, mr_store_op_t *op)
+{
+    int            rc;
+    u_char        *copy, *buf;
+    mr_exec_t      exec;
+    mr_disp_op_t  *d;
+
+    d = &op->disp;
+    copy = NULL;
+    buf = NULL;
+
+    rc = mr_store_exec_copy(txn, d->exec_id, &exec, &copy);
+    if (rc == MDB_NOTFOUND) {
+        op->result = MR_R_NOT_FOUND;
+        return 0;
+    }
+
+    if (rc != 0) {
+        return rc;
+    }
+
+    d->status = exec.rec.status;
+
+    if (mr_status_terminal(exec.rec.status)) {
+        op->result = MR_R_NOOP;      /* twice, or after a cancel */
+        goto done;
+    }
+
+    /*
+     * PROCESSING: the provider called back before the answer that took
+     * the job was recorded; that answer is dropped when it arrives
+     */
+
+    if (exec.rec.status != MR_AWAITING_WEBHOOK
+        && !(exec.rec.status == MR_PROCESSING && exec.rec.lease_owner))
+    {
+        op->result = MR_R_TERMINAL;  /* not waiting for a callback */
+        goto done;
+    }
+
+    rc = mr_store_disp_attempt(&exec, op->now,
+                               d->outcome == MR_OUT_OK ? "called_back"
+                                                       : "failed",
+                               d->outcome == MR_OUT_OK ? NULL : d->code,
+                               0, NULL, &buf);
+    if (rc != 0) {
+        goto done;
+    }
+
+    if (exec.rec.lease_owner) {
+        rc = mr_store_disp_lease_end(txn, op, &exec, MR_OUT_OK, 0);
+        if (rc != 0) {
+            goto done;
+        }
+    }
+
+    if (d->outcome == MR_OUT_OK) {
+        rc = mr_store_disp_settle(txn, op, &exec, d->cost);
+
+    } else {
+        rc = mr_store_disp_fail(txn, op, &exec, d->code, &d->message);
+    }
+
+done:
+
+    if (copy) {
+        ngx_free(copy);
+    }
+
+    if (buf) {
+        ngx_free(buf);
+    }
+
+    return rc;
+}
+
+
+/* COMPLETED: the hold settles to the cost, never more than the hold */
+
+static int
+mr_store_disp_settle(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
+    int64_t cost)
+{
+    int           rc;
+    mr_account_t  acct;
+
+    if (cost < 0) {
+        cost = exec->rec.estimate;
+    }
+
+    cost = ngx_min(cost, exec->rec.hold);
+
+    rc = mr_store_account_read(txn, exec->rec.org, &acct, NULL);
+    if (rc != 0) {
+        return rc == MDB_NOTFOUND ? MDB_CORRUPTED : rc;
+    }
+
+    acct.rec.held -= exec->rec.hold;
+    acct.rec.balance -= cost;
+    acct.rec.charged += cost;
+
+    rc = mr_store_account_put(txn, &acct);
+    if (rc != 0) {
+        return rc;
+    }
+
+    exec->rec.status = MR_COMPLETED;
+    exec->rec.cost = cost;
+    exec->rec.completed_ms = ngx_max(op->now, exec->rec.created_ms);
+    exec->seg[MR_SEG_RESULT] = op->disp.result;
+    exec->seg[MR_SEG_ERROR].len = 0;
+
+    op->disp.status = MR_COMPLETED;
+    op->disp.cost = cost;
+
+    rc = mr_store_disp_release(txn, op, exec);
+    if (rc == 0) {
+        rc = mr_store_due_put(txn, exec, 0);
+    }
+
+    if (rc == 0) {
+        rc = mr_store_exec_put(txn, exec);
+    }
+
+    if (rc == 0) {
+        rc = mr_store_emit(txn, op, exec, "execution.completed");
+    }
+
+    return rc;
+}
+
+
+/* FAILED: the whole hold released, nothing charged */
+
+static int
+mr_store_disp_fail(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
+    const char *code, ngx_str_t *message)
+{
+    int            rc;
+    u_char        *p;
+    size_t         len;
+    json_t        *j;
+    char          *err;
+    mr_account_t   acct;
+
+    rc = mr_store_account_read(txn, exec->rec.org, &acct, NULL);
+    if (rc != 0) {
+        return rc == MDB_NOTFOUND ? MDB_CORRUPTED : rc;
+    }
+
+    acct.rec.held -= exec->rec.hold;
+
+    rc = mr_store_account_put(txn, &acct);
+    if (rc != 0) {
+        return rc;
+    }
+
+    j = json_pack("{s:s, s:s#, s:b}", "code", code,
+                  "message", message->len ? (char *) message->data : "",
+                  (int) message->len,
+                  "retryable", mr_store_retryable(code) != NULL);
+    if (j == NULL) {
+        /* not UTF-8, say: the code alone */
+        j = json_pack("{s:s, s:s, s:b}", "code", code, "message", "",
+                      "retryable", mr_store_retryable(code) != NULL);
+        if (j == NULL) {
+            return ENOMEM;
+        }
+    }
+
+    err = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
+
+    if (err == NULL) {
+        return ENOMEM;
+    }
+
+    len = ngx_strlen(err);
+    p = (u_char *) err;
+
+    exec->rec.status = MR_FAILED;
+    exec->rec.cost = 0;
+    exec->rec.completed_ms = ngx_max(op->now, exec->rec.created_ms);
+    exec->seg[MR_SEG_ERROR].data = p;
+    exec->seg[MR_SEG_ERROR].len = len;
+
+    op->disp.status = MR_FAILED;
+
+    rc = mr_store_disp_release(txn, op, exec);
+    if (rc == 0) {
+        rc = mr_store_due_put(txn, exec, 0);
+    }
+
+    if (rc == 0) {
+        rc = mr_store_exec_put(txn, exec);
+    }
+
+    if (rc == 0) {
+        rc = mr_store_emit(txn, op, exec, "execution.failed");
+    }
+
+    free(err);
+
+    return rc;
+}
+
+
+/* the lease of an answered attempt ends: the route's slot and breaker */
+
+static int
+mr_store_disp_lease_end(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
+    ngx_uint_t outcome, ngx_uint_t breaker)
+{
+    int                rc;
+    mr_route_t        *route;
+    mr_route_state_t   st;
+
+    rc = mr_store_route_get(txn, exec->rec.route, exec->rec.route_len, &st);
+    if (rc != 0) {
+        return rc;
+    }
+
+    route = mr_route_find(mr_store.mcf, exec->rec.route, exec->rec.route_len);
+
+    if (st.inflight) {
+        st.inflight--;
+    }
+
+    if (st.probe_until_ms) {
+        st.probe_until_ms = 0;
+    }
+
+    if (outcome == MR_OUT_OK || outcome == MR_OUT_ACCEPTED || !breaker) {
+        if (outcome != MR_OUT_RETRY && outcome != MR_OUT_TIMEOUT) {
+            st.failures = 0;
+            st.open_until_ms = 0;
+        }
+
+    } else {
+        st.failures++;
+        st.failed++;
+
+        /* a failed probe opens it again; so do N failures in a row */
+
+        if (route
+            && (st.open_until_ms || st.failures >= route->breaker_failures))
+        {
+            st.open_until_ms = op->now + route->breaker_reset;
+        }
+    }
+
+    if (op->disp.retry_after_ms > 0) {
+        st.paused_until_ms = op->now + op->disp.retry_after_ms;
+    }
+
+    rc = mr_store_route_put(txn, exec->rec.route, exec->rec.route_len, &st);
+    if (rc != 0) {
+        return rc;
+    }
+
+    exec->rec.lease_owner = 0;
+    exec->rec.lease_until_ms = 0;
+    op->ready = 1;
+
+    return 0;
+}
+
+
+/* appends {route, started_at, ended_at, outcome, error_code, status} */
+
+static int
+mr_store_disp_attempt(mr_exec_t *exec, int64_t end, const char *outcome,
+    const char *code, ngx_uint_t status, ngx_str_t *job_id, u_char **buf)
+{
+    u_char     *p;
+    size_t      len;
+    ngx_str_t  *a;
+
+    a = &exec->seg[MR_SEG_ATTEMPTS];
+
+    len = a->len + sizeof("[,{\"route\":\"\",\"started_at\":\"\","
+                          "\"ended_at\":\"\",\"outcome\":\"\","
+                          "\"error_code\":\"\",\"status\":,"
+                          "\"job_id\":}]")
+          + MR_ROUTE_NAME_LEN + 2 * MR_TIME_LEN + 32 + NGX_INT_T_LEN
+          + (job_id ? job_id->len : 0);
+
+    if (code) {
+        len += ngx_strlen(code);
+    }
+
+    p = ngx_alloc(len, ngx_cycle->log);
+    if (p == NULL) {
+        return ENOMEM;
+    }
+
+    *buf = p;
+
+    if (a->len > 2) {
+        p = ngx_cpymem(p, a->data, a->len - 1);    /* without "]" */
+        *p++ = ',';
+
+    } else {
+        *p++ = '[';
+    }
+
+    p = ngx_sprintf(p, "{\"route\":\"%*s\",\"started_at\":\"",
+                    (size_t) exec->rec.route_len, exec->rec.route);
+    p = mr_time_format(p, exec->rec.attempt_ms);
+    p = ngx_cpymem(p, "\",\"ended_at\":\"", 14);
+    p = mr_time_format(p, ngx_max(end, exec->rec.attempt_ms));
+    p = ngx_sprintf(p, "\",\"outcome\":\"%s\",\"error_code\":", outcome);
+
+    if (code) {
+        p = ngx_sprintf(p, "\"%s\"", code);
+
+    } else {
+        p = ngx_cpymem(p, "null", 4);
+    }
+
+    if (status) {
+        p = ngx_sprintf(p, ",\"status\":%ui", status);
+
+    } else {
+        p = ngx_cpymem(p, ",\"status\":null", 14);
+    }
+
+    if (job_id && job_id->len) {
+        p = ngx_sprintf(p, ",\"job_id\":%V", job_id);
+    }
+
+    *p++ = '}';
+    *p++ = ']';
+
+    a->data = *buf;
+    a->len = p - *buf;
+
+    return 0;
+}
+
+
+/* moves the execution's entry in the dispatch index; 0: out of it */
+
+static int
+mr_store_disp_move(MDB_txn *txn, mr_exec_t *exec, int64_t due)
+{
+    int      rc;
+    MDB_val  k, v;
+    u_char   key[MR_DISP_KEY_LEN];
+
+    ngx_memcpy(key + 8, exec->id, MR_EXEC_ID_LEN);
+
+    k.mv_data = key;
+    k.mv_size = MR_DISP_KEY_LEN;
+
+    if (exec->rec.next_ms) {
+        mr_be64_put(key, (uint64_t) exec->rec.next_ms);
+
+        rc = mdb_del(txn, mr_store.disp, &k, NULL);
+        if (rc != 0 && rc != MDB_NOTFOUND) {
+            return rc;
+        }
+    }
+
+    exec->rec.next_ms = due;
+
+    if (due == 0) {
+        return 0;
+    }
+
+    mr_be64_put(key, (uint64_t) due);
+
+    v.mv_data = "";
+    v.mv_size = 0;
+
+    return mdb_put(txn, mr_store.disp, &k, &v, 0);
+}
+
+
+static int
+mr_store_route_get(MDB_txn *txn, u_char *name, size_t len,
+    mr_route_state_t *st)
+{
+    int      rc;
+    MDB_val  k, v;
+
+    ngx_memzero(st, sizeof(mr_route_state_t));
+
+    if (len == 0) {
+        return 0;
+    }
+
+    k.mv_data = name;
+    k.mv_size = len;
+
+    rc = mdb_get(txn, mr_store.route, &k, &v);
+
+    if (rc == 0 && v.mv_size == sizeof(mr_route_state_t)) {
+        ngx_memcpy(st, v.mv_data, sizeof(mr_route_state_t));
+        return 0;
+    }
+
+    return (rc == MDB_NOTFOUND || rc == 0) ? 0 : rc;
+}
+
+
+static int
+mr_store_route_put(MDB_txn *txn, u_char *name, size_t len,
+    mr_route_state_t *st)
+{
+    MDB_val  k, v;
+
+    if (len == 0) {
+        return 0;
+    }
+
+    k.mv_data = name;
+    k.mv_size = len;
+    v.mv_data = st;
+    v.mv_size = sizeof(mr_route_state_t);
+
+    return mdb_put(txn, mr_store.route, &k, &v, 0);
+}
+
+
+/* an execution whose segments live in *copy (the value is rewritten) */
+
+static int
+mr_store_exec_copy(MDB_txn *txn, u_char *id, mr_exec_t *exec, u_char **copy)
+{
+    int      rc;
+    MDB_val  k, v;
+
+    k.mv_data = id;
+    k.mv_size = MR_EXEC_ID_LEN;
+
+    rc = mdb_get(txn, mr_store.exec, &k, &v);
+    if (rc != 0) {
+        return rc;
+    }
+
+    *copy = ngx_alloc(v.mv_size, ngx_cycle->log);
+    if (*copy == NULL) {
+        return ENOMEM;
+    }
+
+    ngx_memcpy(*copy, v.mv_data, v.mv_size);
+
+    return mr_store_exec_parse(id, *copy, v.mv_size, exec, NULL);
+}
+
+
+static mr_model_t *
+mr_store_disp_model(mr_exec_t *exec)
+{
+    return mr_model_find(mr_store.mcf, &exec->seg[MR_SEG_MODEL]);
+}
+
+
+static const char *
+mr_store_retryable(const char *code)
+{
+    static const char  *codes[] = {
+        "RATE_LIMITED", "GENERATION_FAILED", "MODEL_OVERLOADED",
+        "MODEL_UNAVAILABLE", "SERVICE_UNAVAILABLE", "GENERATION_TIMEOUT",
+        "STORAGE_FULL", NULL
+    };
+
+    ngx_uint_t  i;
+
+    for (i = 0; codes[i]; i++) {
+        if (ngx_strcmp(code, codes[i]) == 0) {
+            return codes[i];
+        }
+    }
+
+    return NULL;
+}
+
+
+/* reads */
+
+ngx_int_t
+mr_store_route_states(mr_main_conf_t *mcf, mr_route_state_t *states)
+{
+    int          rc;
+    MDB_txn     *txn;
+    ngx_uint_t   i;
+    mr_route_t  *rt;
+
+    txn = mr_store_read_begin();
+    if (txn == NULL) {
+        return NGX_ERROR;
+    }
+
+    rt = mcf->routes.elts;
+    rc = 0;
+
+    for (i = 0; i < mcf->routes.nelts && rc == 0; i++) {
+        rc = mr_store_route_get(txn, rt[i].name.data, rt[i].name.len,
+                                &states[i]);
+    }
+
+    mr_store_read_end();
+
+    return mr_store_read_rc(rc, "route states");
+}
+
+
+/* the earliest due time in the dispatch index; -1: none */
+
+ngx_int_t
+mr_store_disp_next(int64_t *due)
+{
+    int          rc;
+    MDB_val      k, v;
+    MDB_txn     *txn;
+    MDB_cursor  *cur;
+
+    *due = -1;
+
+    txn = mr_store_read_begin();
+    if (txn == NULL) {
+        return NGX_ERROR;
+    }
+
+    rc = mdb_cursor_open(txn, mr_store.disp, &cur);
+
+    if (rc == 0) {
+        rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+
+        if (rc == 0 && k.mv_size == MR_DISP_KEY_LEN) {
+            *due = (int64_t) mr_be64_get(k.mv_data);
+        }
+
+        mdb_cursor_close(cur);
+    }
+
+    mr_store_read_end();
+
+    return mr_store_read_rc(rc == MDB_NOTFOUND ? 0 : rc, "dispatch index");
+}
+
+
+/*
+ * Secrets in the meta table: the callback key is made once; the dispatch
+ * secret is made again on each start (rotate), not on a reload, because
+ * old and new workers share the dispatch socket during a reload.
+ */
+
+int
+mr_store_disp_secrets(MDB_txn *txn, MDB_dbi meta, ngx_uint_t rotate)
+{
+    int           rc;
+    MDB_val       k, v;
+    ngx_uint_t    i;
+    u_char        raw[MR_STORE_SECRET_LEN];
+    static char  *names[] = { "cbkey", "dsecret" };
+
+    for (i = 0; i < 2; i++) {
+        k.mv_data = names[i];
+        k.mv_size = ngx_strlen(names[i]);
+
+        rc = mdb_get(txn, meta, &k, &v);
+
+        if (rc == 0 && v.mv_size == MR_STORE_SECRET_LEN
+            && !(rotate && i == 1))
+        {
+            continue;
+        }
+
+        if (rc != 0 && rc != MDB_NOTFOUND) {
+            return rc;
+        }
+
+        if (RAND_bytes(raw, sizeof(raw)) != 1) {
+            return EIO;
+        }
+
+        v.mv_data = raw;
+        v.mv_size = sizeof(raw);
+
+        rc = mdb_put(txn, meta, &k, &v, 0);
+        if (rc != 0) {
+            return rc;
+        }
+    }
+
+    return 0;
+}
+
+
+ngx_int_t
+mr_store_meta_secret(const char *name, u_char *secret)
+{
+    int       rc;
+    MDB_val   k, v;
+    MDB_txn  *txn;
+
+    txn = mr_store_read_begin();
+    if (txn == NULL) {
+        return NGX_ERROR;
+    }
+
+    k.mv_data = (void *) name;
+    k.mv_size = ngx_strlen(name);
+
+    rc = mdb_get(txn, mr_store.meta, &k, &v);
+
+    if (rc == 0) {
+        if (v.mv_size == MR_STORE_SECRET_LEN) {
+            ngx_memcpy(secret, v.mv_data, MR_STORE_SECRET_LEN);
+
+        } else {
+            rc = MDB_CORRUPTED;
+        }
+    }
+
+    mr_store_read_end();
+
+    return mr_store_read_rc(rc, name);
+}
