@@ -43,12 +43,14 @@ install_deps() {
 }
 
 build() {
-    local src="${NGINX_SRC:-/usr/share/nginx/src}" tree="$out/nginx-src"
+    local src="${NGINX_SRC:-/usr/share/nginx/src}" tree
     local flags=()
 
+    # a tree of its own: builds running side by side do not collide
     mkdir -p "$out"
-    rm -rf "$tree"
-    cp -a "$src" "$tree"
+    rm -rf "$out/nginx-src"
+    tree=$(mktemp -d "$out/nginx-src.XXXXXX")
+    cp -a "$src/." "$tree"
     if [ -f "$tree/conf_flags" ]; then
         # shellcheck disable=SC1091
         . "$tree/conf_flags"
@@ -68,8 +70,9 @@ build() {
         }
     )
     # rename, not overwrite: running nginx processes keep their mapping
-    cp "$tree/objs/ngx_http_modelroute_module.so" "$module.tmp"
-    mv -f "$module.tmp" "$module"
+    cp "$tree/objs/ngx_http_modelroute_module.so" "$module.tmp.$$"
+    mv -f "$module.tmp.$$" "$module"
+    rm -rf "$tree"
     echo "build.sh: built $module"
 }
 

@@ -462,6 +462,24 @@ mr_route_listen(ngx_conf_t *cf, mr_main_conf_t *mcf)
 
     mcf->dispatch_socket = path;
 
+    /*
+     * nginx binds its listening sockets before the modules' init_module,
+     * where the store's directory is made (and handed to the workers)
+     */
+
+    p = ngx_pnalloc(cf->pool, mcf->store_path.len + 1);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_cpystrn(p, mcf->store_path.data, mcf->store_path.len + 1);
+
+    if (ngx_create_dir(p, 0700) == NGX_FILE_ERROR && ngx_errno != NGX_EEXIST) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
+                           "modelroute_store: cannot create \"%s\"", p);
+        return NGX_ERROR;
+    }
+
     mr_route_stale_socket(cf, &path);
 
     ngx_memzero(&u, sizeof(ngx_url_t));

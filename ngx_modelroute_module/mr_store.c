@@ -132,6 +132,15 @@ mr_store_init_module(ngx_cycle_t *cycle, mr_main_conf_t *mcf)
 
     mdb_env_close(env);
 
+    if (rc == MDB_VERSION_MISMATCH) {
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
+                      "modelroute_store: \"%V\" was written by another "
+                      "version of the module (this one reads format %d): "
+                      "move it away, or point modelroute_store elsewhere",
+                      &mcf->store_path, MR_STORE_VERSION);
+        return NGX_ERROR;
+    }
+
     if (rc != 0) {
         ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
                       "modelroute_store: \"%V\": %s",
