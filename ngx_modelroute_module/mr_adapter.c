@@ -334,8 +334,12 @@ mr_adapter_response(ngx_pool_t *pool, mr_route_t *route, mr_model_t *m,
             goto done;
         }
 
-        input = json_loadb((char *) exec->seg[MR_SEG_INPUT].data,
-                           exec->seg[MR_SEG_INPUT].len, 0, NULL);
+        /* the input counts only for prices per image or per second */
+
+        input = (m->per_image || m->per_second)
+                ? json_loadb((char *) exec->seg[MR_SEG_INPUT].data,
+                             exec->seg[MR_SEG_INPUT].len, 0, NULL)
+                : NULL;
 
         if (mr_adapter_ok(pool, route, m, input, answer, out) != NGX_OK
             && out->outcome == 0)
@@ -843,8 +847,10 @@ mr_adapter_callback(ngx_pool_t *pool, mr_model_t *m, mr_exec_t *exec,
                                           "output_tokens",
                                           (json_int_t) outt));
 
-            input = json_loadb((char *) exec->seg[MR_SEG_INPUT].data,
-                               exec->seg[MR_SEG_INPUT].len, 0, NULL);
+            input = (m->per_image || m->per_second)
+                    ? json_loadb((char *) exec->seg[MR_SEG_INPUT].data,
+                                 exec->seg[MR_SEG_INPUT].len, 0, NULL)
+                    : NULL;
             out->cost = mr_adapter_cost(m, input, in, outt, -1);
             json_decref(input);
         }

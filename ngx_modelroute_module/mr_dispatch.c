@@ -117,6 +117,7 @@ static ngx_int_t mr_dispatch_subrequest(ngx_http_request_t *r,
     mr_disp_att_t *a, ngx_str_t *body);
 static ngx_int_t mr_dispatch_answered(ngx_http_request_t *sr, void *data,
     ngx_int_t rc);
+static ngx_uint_t mr_dispatch_complete(ngx_http_request_t *sr);
 static void mr_dispatch_record(mr_disp_att_t *a, mr_adapter_out_t *out,
     ngx_uint_t status);
 static void mr_dispatch_recorded(mr_store_op_t *op);
@@ -936,13 +937,18 @@ mr_dispatch_answered(ngx_http_request_t *sr, void *data, ngx_int_t rc)
     a->state = MR_ATT_ANSWERED;
     req->live--;
 
-    if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
-        status = rc;           /* nginx's own: 502, 504, ... */
+    /*
+     * status 0: no usable answer from the provider.  nginx's own 502 or
+     * 504 (connect error, reset, proxy timeout) is not the provider's, and
+     * nor is an answer cut short after its header, which nginx finishes
+     * as if it were complete
+     */
 
-    } else if (rc == NGX_ERROR || sr->connection->error) {
-        status = 0;            /* cut short, too large, reset */
+    status = 0;
 
-    } else {
+    if (rc < NGX_HTTP_SPECIAL_RESPONSE && rc != NGX_ERROR
+        && !sr->connection->error && mr_dispatch_complete(sr))
+    {
         status = sr->headers_out.status;
     }
 
@@ -978,12 +984,46 @@ mr_dispatch_answered(ngx_http_request_t *sr, void *data, ngx_int_t rc)
         }
     }
 
-    mr_adapter_response(req->r->pool, a->route, a->model, &a->exec, status,
-                        &body, &retry_after, &out);
+    if (status == 0 && rc == NGX_HTTP_GATEWAY_TIME_OUT) {
+        ngx_memzero(&out, sizeof(mr_adapter_out_t));
+        mr_adapter_fail(&out, MR_OUT_TIMEOUT, "GENERATION_TIMEOUT",
+                        "the provider did not answer within the "
+                        "location's proxy timeouts");
+        out.cost = -1;
+
+    } else {
+        mr_adapter_response(req->r->pool, a->route, a->model, &a->exec,
+                            status, &body, &retry_after, &out);
+    }
 
     mr_dispatch_record(a, &out, status);
 
     return NGX_OK;
+}
+
+
+/* whether an upstream's answer was read to its end */
+
+static ngx_uint_t
+mr_dispatch_complete(ngx_http_request_t *sr)
+{
+    ngx_event_pipe_t     *p;
+    ngx_http_upstream_t  *u;
+
+    u = sr->upstream;
+
+    if (u == NULL) {
+        return 1;    /* a location that answers itself: the simulator */
+    }
+
+    if (u->buffering) {
+        p = u->pipe;
+
+        return p == NULL || p->upstream_done
+               || (p->upstream_eof && !p->upstream_error && p->length == -1);
+    }
+
+    return u->length == 0 || (u->length == -1 && !u->error);
 }
 
 

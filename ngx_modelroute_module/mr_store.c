@@ -625,11 +625,12 @@ mr_store_batch_thread(void *data, ngx_log_t *log)
     if (b->n) {
 
         /*
-         * a batch of only webhook claims and attempts, which a system
-         * crash may undo without harm (the delivery is due again and sent
-         * again: at least once), skips the fsync of the meta page; LMDB
-         * keeps the store intact, and the next full commit makes it
-         * durable.  Everything sent was created by a full commit.
+         * a batch of only webhook claims and attempts and dispatch
+         * claims, which a system crash may undo without harm (the delivery
+         * or the attempt is due again and made again: at least once),
+         * skips the fsync of the meta page; LMDB keeps the store intact,
+         * and the next full commit makes it durable.  Everything sent was
+         * created by a full commit (mr_store_run()).
          */
 
         soft = (mr_store.mcf->durability == MR_DURABILITY_FULL);
@@ -644,9 +645,7 @@ mr_store_batch_thread(void *data, ngx_log_t *log)
                     || op->type == MR_OP_DISP_CLAIM);
         }
 
-        if (soft) {
-            (void) mdb_env_set_flags(mr_store.env, MDB_NOMETASYNC, 1);
-        }
+        mr_store.soft = soft;
 
         b->rc = mr_store_run(&b->ops, NULL);
 
@@ -667,7 +666,8 @@ mr_store_batch_thread(void *data, ngx_log_t *log)
             }
         }
 
-        if (soft) {
+        if (mr_store.soft) {
+            mr_store.soft = 0;
             (void) mdb_env_set_flags(mr_store.env, MDB_NOMETASYNC, 0);
         }
     }
@@ -828,6 +828,35 @@ mr_store_run(ngx_queue_t *ops, mr_store_op_t *one)
 
         if (one) {
             break;
+        }
+    }
+
+    /*
+     * a soft batch that made deliveries (a claim that emitted
+     * execution.started, say) is committed in full: what is sent must
+     * have been made durable
+     */
+
+    if (mr_store.soft) {
+        for (q = one ? NULL : ngx_queue_head(ops);
+             one || q != ngx_queue_sentinel(ops);
+             q = ngx_queue_next(q))
+        {
+            op = one ? one : ngx_queue_data(q, mr_store_op_t, queue);
+
+            if (op->emitted) {
+                mr_store.soft = 0;
+                (void) mdb_env_set_flags(mr_store.env, MDB_NOMETASYNC, 0);
+                break;
+            }
+
+            if (one) {
+                break;
+            }
+        }
+
+        if (mr_store.soft) {
+            (void) mdb_env_set_flags(mr_store.env, MDB_NOMETASYNC, 1);
         }
     }
 

@@ -58,6 +58,7 @@ typedef struct {
     size_t                    map_pages;
     ngx_uint_t                dirty;          /* commits not yet synced */
     ngx_uint_t                busy;           /* a batch is in flight */
+    ngx_uint_t                soft;           /* may skip the meta sync */
     ngx_uint_t                ticks;
     int64_t                   synced_ms;
     ngx_queue_t               queue;

@@ -67,6 +67,7 @@ static int mr_store_dlv_claim_one(MDB_txn *txn, mr_store_op_t *op,
     u_char *dlv_id, ngx_pool_t *pool, ngx_uint_t *claimed);
 static int mr_store_dlv_done(MDB_txn *txn, mr_store_op_t *op);
 static ngx_int_t mr_store_tid(u_char *dst, const char *prefix, int64_t ms);
+static int mr_store_dlv_after(MDB_txn *txn, u_char *exec_id, u_char *id);
 static ngx_int_t mr_store_wh_wants(mr_wh_t *wh, ngx_str_t *type);
 static int mr_store_seg_put(MDB_dbi dbi, MDB_txn *txn, u_char *key,
     size_t klen, void *rec, size_t rlen, uint32_t *seg_len, ngx_str_t *seg,
@@ -427,6 +428,13 @@ mr_store_dlv_create(MDB_txn *txn, mr_store_op_t *op, u_char *org,
 
     if (mr_store_tid(dlv.rec.id, "dlv_", now) != NGX_OK) {
         return ENOMEM;
+    }
+
+    if (exec_id) {
+        rc = mr_store_dlv_after(txn, exec_id, dlv.rec.id);
+        if (rc != 0) {
+            return rc;
+        }
     }
 
     ngx_memcpy(dlv.rec.event_id, event_id, MR_EVT_ID_LEN);
@@ -1662,6 +1670,74 @@ mr_store_tid(u_char *dst, const char *prefix, int64_t ms)
     mr_hex(dst, rnd, sizeof(rnd));
 
     return NGX_OK;
+}
+
+
+/*
+ * An execution's deliveries are sent in the order of their ids: a new one
+ * must sort after those made before it, even within the same millisecond
+ * (execution.started and .completed often are): then it follows the last
+ * one, as a counter would.
+ */
+
+static int
+mr_store_dlv_after(MDB_txn *txn, u_char *exec_id, u_char *id)
+{
+    int          rc;
+    u_char      *last, *p;
+    MDB_val      k, v;
+    MDB_cursor  *cur;
+    u_char       key[MR_EXEC_ID_LEN + 5];
+
+    rc = mdb_cursor_open(txn, mr_store.execdlv, &cur);
+    if (rc != 0) {
+        return rc;
+    }
+
+    /* just after the execution's last delivery: "dlv_" + a non-hex byte */
+
+    ngx_memcpy(key, exec_id, MR_EXEC_ID_LEN);
+    ngx_memcpy(key + MR_EXEC_ID_LEN, "dlv_~", 5);
+
+    k.mv_data = key;
+    k.mv_size = sizeof(key);
+
+    rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+
+    if (rc == 0) {
+        rc = mdb_cursor_get(cur, &k, &v, MDB_PREV);
+
+    } else if (rc == MDB_NOTFOUND) {
+        rc = mdb_cursor_get(cur, &k, &v, MDB_LAST);
+    }
+
+    if (rc == 0
+        && k.mv_size == MR_EXEC_ID_LEN + MR_DLV_ID_LEN
+        && ngx_memcmp(k.mv_data, exec_id, MR_EXEC_ID_LEN) == 0)
+    {
+        last = (u_char *) k.mv_data + MR_EXEC_ID_LEN;
+
+        if (ngx_memcmp(last, id, MR_DLV_ID_LEN) >= 0) {
+
+            /* the last one + 1, in hex */
+
+            ngx_memcpy(id, last, MR_DLV_ID_LEN);
+
+            for (p = id + MR_DLV_ID_LEN - 1; p >= id + 4; p--) {
+                if (*p == 'f') {
+                    *p = '0';
+                    continue;
+                }
+
+                *p = (*p == '9') ? 'a' : *p + 1;
+                break;
+            }
+        }
+    }
+
+    mdb_cursor_close(cur);
+
+    return (rc == MDB_NOTFOUND) ? 0 : rc;
 }
 
 
