@@ -90,6 +90,7 @@ case "$cmd" in
            rc=0
            "$top/bench/run.sh" "$module" || rc=1
            "$top/bench/webhooks.sh" "$module" || rc=1
+           "$top/bench/dispatch.sh" "$module" || rc=1
            exit $rc ;;
     *)     echo "usage: $0 [build|run|test|bench]" >&2; exit 2 ;;
 esac

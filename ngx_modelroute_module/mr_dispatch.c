@@ -227,7 +227,11 @@ mr_dispatch_kick(void)
         ngx_del_timer(&mr_disp_ev);
     }
 
-    ngx_add_timer(&mr_disp_ev, 1);
+    /* in this turn of the event loop, after what is being handled */
+
+    if (!mr_disp_ev.posted) {
+        ngx_post_event(&mr_disp_ev, &ngx_posted_events);
+    }
 }
 
 
@@ -239,6 +243,10 @@ mr_dispatch_poll(ngx_event_t *ev)
 
     if (mr_disp_claiming || ngx_exiting || ngx_quit || ngx_terminate) {
         return;
+    }
+
+    if (ev->timer_set) {
+        ngx_del_timer(ev);    /* posted by a kick */
     }
 
     if (mr_disp_active >= mr_disp_mcf->dispatch_concurrency) {
@@ -310,14 +318,18 @@ mr_dispatch_claimed(mr_store_op_t *op)
         return;
     }
 
-    if (mr_disp_ev.timer_set) {
-        ngx_del_timer(&mr_disp_ev);
+    if (op->disp.claimed || op->disp.more || mr_disp_kicked) {
+        mr_dispatch_kick();
+        return;
     }
 
     /* nothing it could take: what is due waits for a slot */
 
-    ngx_add_timer(&mr_disp_ev, (op->disp.claimed || op->disp.more
-                                || mr_disp_kicked) ? 1 : MR_DISP_IDLE);
+    if (mr_disp_ev.timer_set) {
+        ngx_del_timer(&mr_disp_ev);
+    }
+
+    ngx_add_timer(&mr_disp_ev, MR_DISP_IDLE);
 }
 
 
@@ -431,7 +443,8 @@ mr_dispatch_sent(CURL *easy, CURLcode rc, void *data)
 {
     mr_disp_send_t *s = data;
 
-    long  code;
+    long        code;
+    ngx_uint_t  level;
 
     ngx_queue_remove(&s->queue);
     mr_disp_active -= s->njobs;
@@ -447,7 +460,13 @@ mr_dispatch_sent(CURL *easy, CURLcode rc, void *data)
     }
 
     if (rc != MR_CURL_ABANDONED && code != 200) {
-        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+
+        /* an endpoint that aborts what is no longer wanted just closes */
+
+        level = (rc == CURLE_GOT_NOTHING || rc == CURLE_RECV_ERROR
+                 || rc == CURLE_PARTIAL_FILE) ? NGX_LOG_INFO : NGX_LOG_WARN;
+
+        ngx_log_error(level, ngx_cycle->log, 0,
                       "modelroute dispatch: a request of %ui attempts "
                       "ended with %s (HTTP %l); what was not recorded is "
                       "made again when its lease ends", s->njobs,
