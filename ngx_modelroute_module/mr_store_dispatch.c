@@ -47,7 +47,7 @@ typedef struct {
 
 static int mr_store_disp_claim(MDB_txn *txn, mr_store_op_t *op);
 static int mr_store_disp_claim_one(MDB_txn *txn, mr_store_op_t *op,
-    mr_exec_t *exec, ngx_uint_t *claimed);
+    mr_exec_t *exec, ngx_uint_t *claimed, u_char **buf);
 static int mr_store_disp_done(MDB_txn *txn, mr_store_op_t *op);
 static int mr_store_disp_callback(MDB_txn *txn, mr_store_op_t *op);
 static int mr_store_disp_settle(MDB_txn *txn, mr_store_op_t *op,
@@ -161,7 +161,7 @@ static int
 mr_store_disp_claim(MDB_txn *txn, mr_store_op_t *op)
 {
     int          rc;
-    u_char      *copy;
+    u_char      *copy, *buf;
     MDB_val      k, v;
     mr_exec_t    exec;
     MDB_cursor  *cur;
@@ -211,8 +211,13 @@ mr_store_disp_claim(MDB_txn *txn, mr_store_op_t *op)
 
         } else if (rc == 0) {
             one = 0;
-            rc = mr_store_disp_claim_one(txn, op, &exec, &one);
+            buf = NULL;
+            rc = mr_store_disp_claim_one(txn, op, &exec, &one, &buf);
             claimed += one;
+
+            if (buf) {
+                ngx_free(buf);
+            }
         }
 
         if (copy) {
@@ -249,10 +254,9 @@ mr_store_disp_claim(MDB_txn *txn, mr_store_op_t *op)
 
 static int
 mr_store_disp_claim_one(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
-    ngx_uint_t *claimed)
+    ngx_uint_t *claimed, u_char **buf)
 {
     int                rc;
-    u_char            *buf;
     int64_t            now, half;
     ngx_str_t          msg;
     ngx_uint_t         i, n, start, busy;
@@ -282,10 +286,11 @@ mr_store_disp_claim_one(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
     /* a lease that ended without an answer: its worker is gone */
 
     if (exec->rec.lease_owner) {
-        buf = NULL;
+
+        /* *buf holds the attempts from here on: the caller frees it */
 
         rc = mr_store_disp_attempt(exec, now, "abandoned",
-                                   "GENERATION_TIMEOUT", 0, NULL, &buf);
+                                   "GENERATION_TIMEOUT", 0, NULL, buf);
         if (rc == 0) {
             rc = mr_store_disp_release(txn, op, exec);
         }
@@ -296,10 +301,6 @@ mr_store_disp_claim_one(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
 
         if (rc == 0) {
             rc = mr_store_exec_put(txn, exec);
-        }
-
-        if (buf) {
-            ngx_free(buf);
         }
 
         if (rc != 0) {

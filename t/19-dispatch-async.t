@@ -52,9 +52,6 @@ $t->start;
 $rc->set('/job', status => 202, json => { job_id => 'j1' });
 $rc->set('/job2', status => 202, json => { job_id => 'j2' });
 
-sub is_true  { JSON::PP::is_bool($_[0]) && $_[0] }
-sub is_false { JSON::PP::is_bool($_[0]) && !$_[0] }
-
 sub exec_of {
     my ($key, $id) = @_;
     my $r = $t->get_exec($key, $id);
