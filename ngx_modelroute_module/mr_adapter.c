@@ -106,6 +106,7 @@ mr_adapter_request(ngx_pool_t *pool, mr_route_t *route,
                                    route->protocol == MR_PROTO_ANTHROPIC
                                    ? &system : NULL);
         if (msgs == NULL) {
+            json_decref(system);
             mr_adapter_fail(out, MR_OUT_FATAL, "INPUT_VALIDATION_ERROR",
                             "input.prompt (a string) or input.messages "
                             "(an array of {role, content}) is required");
@@ -366,12 +367,12 @@ static ngx_int_t
 mr_adapter_ok(ngx_pool_t *pool, mr_route_t *route, mr_model_t *m,
     json_t *input, json_t *answer, mr_adapter_out_t *out)
 {
-    json_t       *res, *v, *item, *list, *usage, *text;
-    size_t        i;
+    u_char       *p, *buf;
+    size_t        i, len;
+    json_t       *res, *v, *item, *list, *usage, *text, *parts;
     int64_t       in, outt, images;
     ngx_int_t     rc;
     const char   *fr;
-    json_t       *parts;
 
     usage = json_object_get(answer, "usage");
     in = -1;
@@ -434,9 +435,6 @@ mr_adapter_ok(ngx_pool_t *pool, mr_route_t *route, mr_model_t *m,
             text = json_incref(json_array_get(parts, 0));
 
         } else {
-            size_t   len;
-            u_char  *p, *buf;
-
             len = 0;
             json_array_foreach(parts, i, v) {
                 len += json_string_length(v);
@@ -749,6 +747,9 @@ mr_adapter_cost(mr_model_t *m, json_t *input, int64_t in, int64_t out,
         v = json_object_get(input, "n");
         images = json_is_integer(v) ? json_integer_value(v) : 1;
     }
+
+    /* the cost is capped at the hold anyway: keep the product in range */
+    images = ngx_min(images, 1000000);
 
     v = json_object_get(input, "duration");
     d = json_is_number(v) ? json_number_value(v) : 1;

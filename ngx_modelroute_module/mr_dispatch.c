@@ -46,7 +46,8 @@
 #define MR_DISP_WATCH       200     /* checks of the attempts in flight */
 #define MR_DISP_PAD         10000   /* dispatch request beyond timeouts */
 #define MR_DISP_HEADER      "X-ModelRoute-Dispatch"
-#define MR_DISP_LINE        (MR_EXEC_ID_LEN + 1 + 16 + 1 + NGX_INT_T_LEN + 1)
+#define MR_DISP_LINE        (MR_EXEC_ID_LEN + 1 + 16 + 1 + NGX_INT64_LEN + 1)
+#define MR_DISP_MARGIN      1000    /* an attempt ends before its lease */
 
 #define MR_ATT_SKIPPED      0       /* stale: not made */
 #define MR_ATT_RUNNING      1       /* its subrequest is in flight */
@@ -77,6 +78,7 @@ typedef struct {
     uint64_t                  token;
     ngx_msec_t                deadline;
     ngx_uint_t                state;
+    ngx_uint_t                expired;    /* its lease is (nearly) over */
     mr_exec_t                 exec;
     mr_model_t               *model;
     mr_route_t               *route;
@@ -122,6 +124,7 @@ static void mr_dispatch_record(mr_disp_att_t *a, mr_adapter_out_t *out,
     ngx_uint_t status);
 static void mr_dispatch_recorded(mr_store_op_t *op);
 static void mr_dispatch_watch(ngx_event_t *ev);
+static void mr_dispatch_abort(mr_disp_att_t *a);
 static void mr_dispatch_cleanup(void *data);
 static ngx_int_t mr_dispatch_finish(mr_disp_req_t *req);
 
@@ -135,6 +138,7 @@ static ngx_uint_t       mr_disp_active;   /* attempts sent, not answered */
 static ngx_queue_t      mr_disp_sends;
 static ngx_msec_t       mr_disp_timeout;  /* the longest route timeout */
 static ngx_event_t      mr_disp_inflight_ev;
+static ngx_msec_t       mr_disp_failed_at;
 static u_char           mr_disp_secret[2 * MR_STORE_SECRET_LEN];
 
 
@@ -291,8 +295,25 @@ mr_dispatch_claimed(mr_store_op_t *op)
     mr_disp_claiming = 0;
 
     if (op->result != MR_R_OK) {
-        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
-                      "modelroute dispatch: a claim failed");
+        if (ngx_current_msec - mr_disp_failed_at > MR_DISP_POLL * 10
+            || mr_disp_failed_at == 0)
+        {
+            ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                          "modelroute dispatch: a claim failed (store "
+                          "full or failing); trying again every %d ms",
+                          MR_DISP_POLL);
+            mr_disp_failed_at = ngx_current_msec;
+        }
+
+        if (!ngx_exiting && !ngx_quit && !ngx_terminate) {
+            if (mr_disp_ev.timer_set) {
+                ngx_del_timer(&mr_disp_ev);
+            }
+
+            ngx_add_timer(&mr_disp_ev, MR_DISP_POLL);
+        }
+
+        return;
     }
 
     /* in requests of up to MR_DISP_BATCH attempts */
@@ -318,12 +339,12 @@ mr_dispatch_claimed(mr_store_op_t *op)
         return;
     }
 
-    if (op->disp.claimed || op->disp.more || mr_disp_kicked) {
+    if (op->disp.claimed || mr_disp_kicked) {
         mr_dispatch_kick();
         return;
     }
 
-    /* nothing it could take: what is due waits for a slot */
+    /* nothing it could take: what is due waits for a slot, or expires */
 
     if (mr_disp_ev.timer_set) {
         ngx_del_timer(&mr_disp_ev);
@@ -338,8 +359,11 @@ mr_dispatch_send(mr_disp_job_t *jobs, ngx_uint_t n)
 {
     u_char          *p;
     CURL            *easy;
+    int64_t          now;
+    ngx_uint_t       i;
     ngx_msec_t       timeout;
     mr_disp_job_t   *job, *next;
+    struct curl_slist  *list;
     mr_disp_send_t  *s;
     u_char           header[sizeof(MR_DISP_HEADER ": ")
                             + 2 * MR_STORE_SECRET_LEN];
@@ -355,10 +379,13 @@ mr_dispatch_send(mr_disp_job_t *jobs, ngx_uint_t n)
     p = s->body;
     timeout = 0;
 
+    now = mr_now_ms();
+
     for (job = jobs; job; job = job->next) {
-        p = ngx_sprintf(p, "%*s %016uxL %M\n", (size_t) MR_EXEC_ID_LEN,
-                        job->exec_id, job->token, job->timeout);
-        timeout = ngx_max(timeout, job->timeout);
+        p = ngx_sprintf(p, "%*s %016uxL %L\n", (size_t) MR_EXEC_ID_LEN,
+                        job->exec_id, job->token, job->lease_until_ms);
+        timeout = ngx_max(timeout,
+                          (ngx_msec_t) ngx_max(job->lease_until_ms - now, 0));
     }
 
     s->len = p - s->body;
@@ -368,17 +395,19 @@ mr_dispatch_send(mr_disp_job_t *jobs, ngx_uint_t n)
     p = ngx_cpymem(p, mr_disp_secret, sizeof(mr_disp_secret));
     *p = '\0';
 
-    s->headers = curl_slist_append(NULL, (char *) header);
-    if (s->headers) {
-        s->headers = curl_slist_append(s->headers,
-                                       "Content-Type: text/plain");
+    for (i = 0; i < 3; i++) {
+        list = curl_slist_append(s->headers,
+                                 i == 0 ? (char *) header
+                                 : i == 1 ? "Content-Type: text/plain"
+                                 : "Expect:");
+        if (list == NULL) {
+            goto failed;
+        }
+
+        s->headers = list;
     }
 
-    if (s->headers) {
-        s->headers = curl_slist_append(s->headers, "Expect:");
-    }
-
-    easy = (s->headers) ? curl_easy_init() : NULL;
+    easy = curl_easy_init();
     if (easy == NULL) {
         goto failed;
     }
@@ -675,7 +704,9 @@ static ngx_int_t
 mr_dispatch_parse(ngx_http_request_t *r, mr_disp_req_t *req)
 {
     u_char         *p, *last, *buf, *sp;
+    time_t          lease;
     size_t          len;
+    int64_t         now, left;
     ngx_int_t       n;
     ngx_buf_t      *b;
     ngx_uint_t      max;
@@ -707,7 +738,8 @@ mr_dispatch_parse(ngx_http_request_t *r, mr_disp_req_t *req)
     }
 
     last = p;
-    max = len / (MR_EXEC_ID_LEN + 20) + 1;
+    max = MR_DISP_BATCH;    /* r->main->blocked counts to 255 */
+    now = mr_now_ms();
 
     req->att = ngx_pcalloc(r->pool, max * sizeof(mr_disp_att_t));
     if (req->att == NULL) {
@@ -746,17 +778,24 @@ mr_dispatch_parse(ngx_http_request_t *r, mr_disp_req_t *req)
             return NGX_ERROR;
         }
 
-        n = ngx_atoi(p, sp - p);
-        if (n == NGX_ERROR || n < 1) {
+        lease = ngx_atotm(p, sp - p);
+        if (lease == NGX_ERROR) {
             return NGX_ERROR;
         }
 
-        a->deadline = ngx_current_msec + n;
+        /* the attempt ends before its lease: none is made twice at once */
+
+        left = (int64_t) lease - MR_DISP_MARGIN - now;
+
+        a->deadline = ngx_current_msec + (ngx_msec_t) ngx_max(left, 0);
+        a->expired = (left <= 0);
         a->req = req;
         req->n++;
 
         p = sp + 1;
     }
+
+    /* more than MR_DISP_BATCH attempts is not a dispatcher's request */
 
     return (p == last && req->n) ? NGX_OK : NGX_ERROR;
 }
@@ -772,6 +811,10 @@ mr_dispatch_prepare(ngx_http_request_t *r, mr_disp_att_t *a, ngx_str_t *body)
     ngx_uint_t         i;
     mr_model_route_t  *mr;
     mr_adapter_out_t   out;
+
+    if (a->expired) {
+        return NGX_DECLINED;    /* made again when its lease ends */
+    }
 
     rc = mr_store_exec_get(a->exec_id, &a->exec, r->pool);
 
@@ -857,6 +900,13 @@ mr_dispatch_subrequest(ngx_http_request_t *r, mr_disp_att_t *a,
         return NGX_ERROR;
     }
 
+    /* everything is allocated first: a subrequest made cannot be undone */
+
+    h = ngx_palloc(r->pool, 2 * sizeof(ngx_table_elt_t));
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
     ps->handler = mr_dispatch_answered;
     ps->data = a;
 
@@ -872,22 +922,18 @@ mr_dispatch_subrequest(ngx_http_request_t *r, mr_disp_att_t *a,
 
     /*
      * headers of its own: the dispatcher's (its secret among them) must
-     * not reach a provider
+     * not reach a provider; the list is set up as ngx_list_init() does
      */
 
     ngx_memzero(&sr->headers_in, sizeof(ngx_http_headers_in_t));
 
-    if (ngx_list_init(&sr->headers_in.headers, r->pool, 2,
-                      sizeof(ngx_table_elt_t))
-        != NGX_OK)
-    {
-        return NGX_ERROR;
-    }
-
-    h = ngx_list_push(&sr->headers_in.headers);
-    if (h == NULL) {
-        return NGX_ERROR;
-    }
+    sr->headers_in.headers.part.elts = h;
+    sr->headers_in.headers.part.nelts = 1;
+    sr->headers_in.headers.part.next = NULL;
+    sr->headers_in.headers.last = &sr->headers_in.headers.part;
+    sr->headers_in.headers.size = sizeof(ngx_table_elt_t);
+    sr->headers_in.headers.nalloc = 2;
+    sr->headers_in.headers.pool = r->pool;
 
     h->hash = 1;
     ngx_str_set(&h->key, "Content-Type");
@@ -912,9 +958,10 @@ mr_dispatch_subrequest(ngx_http_request_t *r, mr_disp_att_t *a,
     sr->method = NGX_HTTP_POST;
     ngx_str_set(&sr->method_name, "POST");
 
-    ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                    "modelroute dispatch: %*s to \"%V\"",
-                   (size_t) MR_EXEC_ID_LEN, a->exec_id);
+                   (size_t) MR_EXEC_ID_LEN, a->exec_id,
+                   &a->route->location);
 
     return NGX_OK;
 }
@@ -1003,7 +1050,17 @@ mr_dispatch_answered(ngx_http_request_t *sr, void *data, ngx_int_t rc)
         }
     }
 
-    if (status == 0 && rc == NGX_HTTP_GATEWAY_TIME_OUT) {
+    if (rc == NGX_HTTP_CLIENT_CLOSED_REQUEST || sr->connection->error) {
+
+        /* the dispatcher went away and nginx dropped the call: no verdict */
+
+        ngx_memzero(&out, sizeof(mr_adapter_out_t));
+        mr_adapter_fail(&out, MR_OUT_RETRY, "GENERATION_FAILED",
+                        "the attempt was interrupted");
+        out.breaker = 0;
+        out.cost = -1;
+
+    } else if (status == 0 && rc == NGX_HTTP_GATEWAY_TIME_OUT) {
         ngx_memzero(&out, sizeof(mr_adapter_out_t));
         mr_adapter_fail(&out, MR_OUT_TIMEOUT, "GENERATION_TIMEOUT",
                         "the provider did not answer within the "
@@ -1185,6 +1242,7 @@ mr_dispatch_watch(ngx_event_t *ev)
             req->live--;
 
             mr_dispatch_record(a, &out, 0);
+            mr_dispatch_abort(a);
             continue;
         }
 
@@ -1205,6 +1263,8 @@ mr_dispatch_watch(ngx_event_t *ev)
                                               ? exec.rec.status : 0));
             a->state = MR_ATT_GONE;
             req->live--;
+
+            mr_dispatch_abort(a);
         }
     }
 
@@ -1223,6 +1283,37 @@ mr_dispatch_watch(ngx_event_t *ev)
 
     if (req->running) {
         ngx_add_timer(ev, MR_DISP_WATCH);
+    }
+}
+
+
+/*
+ * Ends one attempt's upstream call as its own timeout would: the event it
+ * waits on is marked timed out and posted, and the upstream finishes the
+ * subrequest (504) through its usual path; the answer is dropped.  A
+ * location without an upstream (the simulator) just runs to its end.
+ */
+
+static void
+mr_dispatch_abort(mr_disp_att_t *a)
+{
+    ngx_event_t          *ev;
+    ngx_connection_t     *c;
+    ngx_http_upstream_t  *u;
+
+    u = a->sr ? a->sr->upstream : NULL;
+
+    if (u == NULL || u->peer.connection == NULL) {
+        return;
+    }
+
+    c = u->peer.connection;
+    ev = u->request_sent ? c->read : c->write;
+
+    ev->timedout = 1;
+
+    if (!ev->posted) {
+        ngx_post_event(ev, &ngx_posted_events);
     }
 }
 

@@ -548,6 +548,13 @@ mr_route_stale_socket(ngx_conf_t *cf, ngx_str_t *path)
         return;
     }
 
+    /* a listener with a full backlog must not stall a reload: EAGAIN */
+
+    if (ngx_nonblocking(s) == -1) {
+        close(s);
+        return;
+    }
+
     ngx_memzero(&sun, sizeof(struct sockaddr_un));
     sun.sun_family = AF_UNIX;
     ngx_memcpy(sun.sun_path, path->data, path->len);

@@ -112,10 +112,15 @@ mr_store_init_module(ngx_cycle_t *cycle, mr_main_conf_t *mcf)
 
     ngx_memzero(&st, sizeof(mr_store_t));
 
-    /* a new dispatch secret on a start, not on a reload or a signal */
+    /*
+     * a new dispatch secret on a start, not on a reload, a signal or a
+     * binary upgrade (whose new master inherits the listening sockets
+     * and shares them with the old workers)
+     */
 
     rotate = ngx_is_init_cycle(cycle->old_cycle) && !ngx_test_config
-             && ngx_process != NGX_PROCESS_SIGNALLER;
+             && ngx_process != NGX_PROCESS_SIGNALLER
+             && getenv(NGINX_VAR) == NULL;   /* not a binary upgrade */
 
     rc = mdb_txn_begin(env, NULL, 0, &txn);
     if (rc == 0) {
@@ -833,8 +838,9 @@ mr_store_run(ngx_queue_t *ops, mr_store_op_t *one)
 
     /*
      * a soft batch that made deliveries (a claim that emitted
-     * execution.started, say) is committed in full: what is sent must
-     * have been made durable
+     * execution.started, say) or ended an execution (a claim that found
+     * every breaker open) is committed in full: what is sent, and what a
+     * client may read, must have been made durable
      */
 
     if (mr_store.soft) {
@@ -844,7 +850,7 @@ mr_store_run(ngx_queue_t *ops, mr_store_op_t *one)
         {
             op = one ? one : ngx_queue_data(q, mr_store_op_t, queue);
 
-            if (op->emitted) {
+            if (op->emitted || op->full) {
                 mr_store.soft = 0;
                 (void) mdb_env_set_flags(mr_store.env, MDB_NOMETASYNC, 0);
                 break;
@@ -895,6 +901,9 @@ mr_store_op_reset(mr_store_op_t *op, ngx_uint_t result)
     op->result = result;
     op->emitted = 0;
     op->ready = 0;
+    op->full = 0;
+    op->disp.claimed = 0;
+    op->disp.more = 0;
 
     while (op->disp.jobs) {
         djob = op->disp.jobs;

@@ -239,7 +239,7 @@ struct mr_disp_job_s {
     mr_disp_job_t            *next;
     u_char                    exec_id[MR_EXEC_ID_LEN];
     uint64_t                  token;
-    ngx_msec_t                timeout;
+    int64_t                   lease_until_ms;
 };
 
 /* a route's shared state, in the store */
@@ -248,6 +248,7 @@ typedef struct {
     uint32_t                  failures;      /* in a row */
     int64_t                   open_until_ms; /* 0: closed */
     int64_t                   probe_until_ms;/* half-open probe in flight */
+    uint64_t                  probe_token;   /* ... and its lease */
     int64_t                   paused_until_ms; /* Retry-After */
     uint64_t                  attempts;
     uint64_t                  failed;
@@ -379,6 +380,7 @@ struct mr_store_op_s {
     mr_wh_op_t                wh;
     ngx_uint_t                emitted;
     ngx_uint_t                ready;         /* work for the dispatcher */
+    ngx_uint_t                full;          /* ended an execution */
 
     mr_disp_op_t              disp;
 };

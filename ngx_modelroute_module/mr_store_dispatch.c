@@ -55,7 +55,8 @@ static int mr_store_disp_settle(MDB_txn *txn, mr_store_op_t *op,
 static int mr_store_disp_fail(MDB_txn *txn, mr_store_op_t *op,
     mr_exec_t *exec, const char *code, ngx_str_t *message);
 static int mr_store_disp_lease_end(MDB_txn *txn, mr_store_op_t *op,
-    mr_exec_t *exec, ngx_uint_t outcome, ngx_uint_t breaker);
+    mr_exec_t *exec, ngx_uint_t outcome, ngx_uint_t breaker,
+    ngx_uint_t answered);
 static int mr_store_disp_attempt(mr_exec_t *exec, int64_t end,
     const char *outcome, const char *code, ngx_uint_t status,
     ngx_str_t *job_id, u_char **buf);
@@ -67,6 +68,10 @@ static int mr_store_route_put(MDB_txn *txn, u_char *name, size_t len,
 static int mr_store_exec_copy(MDB_txn *txn, u_char *id, mr_exec_t *exec,
     u_char **copy);
 static mr_model_t *mr_store_disp_model(mr_exec_t *exec);
+static int mr_store_disp_pick(MDB_txn *txn, mr_model_t *m,
+    ngx_uint_t nattempts, int64_t now, mr_route_t **route,
+    mr_route_state_t *st, ngx_uint_t *half);
+static ngx_uint_t mr_store_disp_waits(MDB_txn *txn, MDB_val *v, int64_t now);
 static const char *mr_store_retryable(const char *code);
 
 
@@ -137,8 +142,9 @@ mr_store_disp_release(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec)
             st.inflight--;
         }
 
-        if (st.probe_until_ms) {
-            st.probe_until_ms = 0;
+        if (st.probe_token == exec->rec.lease_owner) {
+            st.probe_until_ms = 0;   /* the probe went: another may go */
+            st.probe_token = 0;
         }
 
         rc = mr_store_route_put(txn, exec->rec.route, exec->rec.route_len,
@@ -200,9 +206,21 @@ mr_store_disp_claim(MDB_txn *txn, mr_store_op_t *op)
 
         ngx_memcpy(last, k.mv_data, MR_DISP_KEY_LEN);
 
+        k.mv_data = last + 8;
+        k.mv_size = MR_EXEC_ID_LEN;
+
+        rc = mdb_get(txn, mr_store.exec, &k, &v);
+
+        if (rc == 0 && mr_store_disp_waits(txn, &v, op->now)) {
+            rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+            continue;
+        }
+
         copy = NULL;
 
-        rc = mr_store_exec_copy(txn, last + 8, &exec, &copy);
+        if (rc == 0) {
+            rc = mr_store_exec_copy(txn, last + 8, &exec, &copy);
+        }
 
         if (rc == MDB_NOTFOUND) {
             k.mv_data = last;
@@ -257,14 +275,13 @@ mr_store_disp_claim_one(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
     ngx_uint_t *claimed, u_char **buf)
 {
     int                rc;
-    int64_t            now, half;
+    int64_t            now;
     ngx_str_t          msg;
-    ngx_uint_t         i, n, start, busy;
+    ngx_uint_t         half;
     mr_model_t        *m;
     mr_route_t        *route;
     mr_disp_job_t     *job;
     mr_route_state_t   st;
-    mr_model_route_t  *mr;
 
     now = op->now;
 
@@ -322,49 +339,21 @@ mr_store_disp_claim_one(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
 
     /* the next route in order whose breaker and cap let it take one */
 
-    mr = m->routes.elts;
-    n = m->routes.nelts;
-    start = exec->rec.nattempts % n;
-    busy = 0;
-    route = NULL;
-    half = 0;
+    rc = mr_store_disp_pick(txn, m, exec->rec.nattempts, now, &route, &st,
+                            &half);
 
-    for (i = 0; i < n; i++) {
-        route = mr[(start + i) % n].route;
-
-        rc = mr_store_route_get(txn, route->name.data, route->name.len, &st);
-        if (rc != 0) {
-            return rc;
-        }
-
-        if (st.open_until_ms > now) {
-            route = NULL;
-            continue;               /* open */
-        }
-
-        half = st.open_until_ms;    /* half-open: one probe at a time */
-
-        if ((half && st.probe_until_ms > now)
-            || st.paused_until_ms > now
-            || (route->max_concurrency
-                && st.inflight >= route->max_concurrency))
-        {
-            busy = 1;
-            route = NULL;
-            continue;
-        }
-
-        break;
+    if (rc == NGX_BUSY) {
+        return 0;                    /* it waits in the index */
     }
 
-    if (route == NULL) {
-        if (busy) {
-            return 0;                /* it waits in the index */
-        }
-
+    if (rc == NGX_DECLINED) {
         ngx_str_set(&msg, "every route of the model is down: their "
                     "circuit breakers are open");
         return mr_store_disp_fail(txn, op, exec, "MODEL_UNAVAILABLE", &msg);
+    }
+
+    if (rc != 0) {
+        return rc;
     }
 
     job = ngx_alloc(sizeof(mr_disp_job_t), ngx_cycle->log);
@@ -384,6 +373,7 @@ mr_store_disp_claim_one(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
 
     if (half) {
         st.probe_until_ms = now + route->timeout + MR_DISP_LEASE_PAD;
+        st.probe_token = job->token;
     }
 
     rc = mr_store_route_put(txn, route->name.data, route->name.len, &st);
@@ -422,13 +412,114 @@ mr_store_disp_claim_one(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
     }
 
     ngx_memcpy(job->exec_id, exec->id, MR_EXEC_ID_LEN);
-    job->timeout = route->timeout;
+    job->lease_until_ms = exec->rec.lease_until_ms;
     job->next = op->disp.jobs;
     op->disp.jobs = job;
 
     *claimed = 1;
 
     return 0;
+}
+
+
+/*
+ * The route of the next attempt: the model's routes in order from the
+ * attempt's number, the first whose breaker is closed (or half-open with
+ * no probe in flight), not paused by a Retry-After and under its cap.
+ * NGX_BUSY: every usable route is at its cap or paused (wait);
+ * NGX_DECLINED: every breaker is open.
+ */
+
+static int
+mr_store_disp_pick(MDB_txn *txn, mr_model_t *m, ngx_uint_t nattempts,
+    int64_t now, mr_route_t **route, mr_route_state_t *st, ngx_uint_t *half)
+{
+    int                rc;
+    ngx_uint_t         i, n, start, busy;
+    mr_route_t        *rt;
+    mr_model_route_t  *mr;
+
+    mr = m->routes.elts;
+    n = m->routes.nelts;
+    start = nattempts % n;
+    busy = 0;
+
+    for (i = 0; i < n; i++) {
+        rt = mr[(start + i) % n].route;
+
+        rc = mr_store_route_get(txn, rt->name.data, rt->name.len, st);
+        if (rc != 0) {
+            return rc;
+        }
+
+        if (st->open_until_ms > now) {
+            continue;               /* open */
+        }
+
+        *half = (st->open_until_ms != 0);
+
+        if ((*half && st->probe_until_ms > now)
+            || st->paused_until_ms > now
+            || (rt->max_concurrency && st->inflight >= rt->max_concurrency))
+        {
+            busy = 1;
+            continue;
+        }
+
+        *route = rt;
+
+        return 0;
+    }
+
+    return busy ? NGX_BUSY : NGX_DECLINED;
+}
+
+
+/*
+ * Whether a due entry needs a write: read from the record's header and
+ * model in the map, without a copy, so that executions waiting for a slot
+ * cost little to pass over.
+ */
+
+static ngx_uint_t
+mr_store_disp_waits(MDB_txn *txn, MDB_val *v, int64_t now)
+{
+    mr_exec_rec_t      rec;
+    ngx_str_t          slug;
+    ngx_uint_t         half;
+    mr_model_t        *m;
+    mr_route_t        *route;
+    mr_route_state_t   st;
+
+    if (v->mv_size < sizeof(mr_exec_rec_t)) {
+        return 0;
+    }
+
+    ngx_memcpy(&rec, v->mv_data, sizeof(mr_exec_rec_t));
+
+    if (mr_status_terminal(rec.status) || rec.status == MR_AWAITING_WEBHOOK
+        || rec.lease_owner
+        || rec.seg_len[MR_SEG_MODEL] > v->mv_size - sizeof(mr_exec_rec_t))
+    {
+        return 0;
+    }
+
+    if (rec.expires_ms <= now) {
+        return 1;                   /* the sweeper expires it */
+    }
+
+    slug.data = (u_char *) v->mv_data + sizeof(mr_exec_rec_t);
+    slug.len = rec.seg_len[MR_SEG_MODEL];
+
+    m = mr_model_find(mr_store.mcf, &slug);
+
+    if (m == NULL || m->routes.nelts == 0 || rec.nattempts >= m->attempts) {
+        return 0;
+    }
+
+    return mr_store_disp_pick(txn, m, rec.nattempts, now, &route, &st,
+                              &half)
+           == NGX_BUSY;
 }
 
 
@@ -460,9 +551,13 @@ mr_store_disp_done(MDB_txn *txn, mr_store_op_t *op)
         return rc;
     }
 
-    if (exec.rec.status != MR_PROCESSING || exec.rec.lease_owner != d->token)
+    if (exec.rec.status != MR_PROCESSING || exec.rec.lease_owner != d->token
+        || op->now >= exec.rec.expires_ms)
     {
-        /* cancelled, expired, or the lease passed on: a late answer */
+        /*
+         * cancelled, expired (or about to be: the sweeper ends it), or
+         * the lease passed on: a late answer
+         */
         d->status = exec.rec.status;
         op->result = MR_R_NOOP;
         goto done;
@@ -491,7 +586,10 @@ mr_store_disp_done(MDB_txn *txn, mr_store_op_t *op)
         goto done;
     }
 
-    rc = mr_store_disp_lease_end(txn, op, &exec, d->outcome, d->breaker);
+    rc = mr_store_disp_lease_end(txn, op, &exec, d->outcome, d->breaker,
+                                 d->status_code != 0
+                                 || d->outcome == MR_OUT_OK
+                                 || d->outcome == MR_OUT_ACCEPTED);
     if (rc != 0) {
         goto done;
     }
@@ -542,8 +640,8 @@ mr_store_disp_done(MDB_txn *txn, mr_store_op_t *op)
     if (exec.rec.nattempts % n == 0) {
         round = exec.rec.nattempts / n;
         delay = MR_DISP_BACKOFF << ngx_min(round - 1, 7);
-        delay = ngx_min(delay, MR_DISP_BACKOFF_MAX);
         delay = delay / 2 + delay * (int64_t) d->jitter / 1000;
+        delay = ngx_min(delay, MR_DISP_BACKOFF_MAX);
     }
 
     if (n == 1 && d->retry_after_ms > delay) {
@@ -632,7 +730,7 @@ mr_store_disp_callback(MDB_txn *txn, mr_store_op_t *op)
     }
 
     if (exec.rec.lease_owner) {
-        rc = mr_store_disp_lease_end(txn, op, &exec, MR_OUT_OK, 0);
+        rc = mr_store_disp_lease_end(txn, op, &exec, MR_OUT_OK, 0, 1);
         if (rc != 0) {
             goto done;
         }
@@ -690,6 +788,7 @@ mr_store_disp_settle(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
 
     exec->rec.status = MR_COMPLETED;
     exec->rec.cost = cost;
+    op->full = 1;
     exec->rec.completed_ms = ngx_max(op->now, exec->rec.created_ms);
     exec->seg[MR_SEG_RESULT] = op->disp.result;
     exec->seg[MR_SEG_ERROR].len = 0;
@@ -764,6 +863,7 @@ mr_store_disp_fail(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
 
     exec->rec.status = MR_FAILED;
     exec->rec.cost = 0;
+    op->full = 1;
     exec->rec.completed_ms = ngx_max(op->now, exec->rec.created_ms);
     exec->seg[MR_SEG_ERROR].data = p;
     exec->seg[MR_SEG_ERROR].len = len;
@@ -789,13 +889,21 @@ mr_store_disp_fail(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
 }
 
 
-/* the lease of an answered attempt ends: the route's slot and breaker */
+/*
+ * The lease of an answered attempt ends: the route's slot and breaker.
+ * Only the provider's own answers move the breaker: a failure that counts
+ * (no answer, a timeout, a 5xx, an unusable answer) adds up to opening
+ * it, and the failure of the half-open probe opens it again; a success,
+ * or an answer that blames the input, closes it, unless it is open and
+ * the answer is not the probe's (an attempt older than the opening).
+ */
 
 static int
 mr_store_disp_lease_end(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
-    ngx_uint_t outcome, ngx_uint_t breaker)
+    ngx_uint_t outcome, ngx_uint_t breaker, ngx_uint_t answered)
 {
     int                rc;
+    ngx_uint_t         probe;
     mr_route_t        *route;
     mr_route_state_t   st;
 
@@ -810,31 +918,36 @@ mr_store_disp_lease_end(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
         st.inflight--;
     }
 
-    if (st.probe_until_ms) {
+    probe = (st.probe_token && st.probe_token == exec->rec.lease_owner);
+
+    if (probe) {
         st.probe_until_ms = 0;
+        st.probe_token = 0;
     }
 
-    if (outcome == MR_OUT_OK || outcome == MR_OUT_ACCEPTED || !breaker) {
-        if (outcome != MR_OUT_RETRY && outcome != MR_OUT_TIMEOUT) {
-            st.failures = 0;
-            st.open_until_ms = 0;
-        }
-
-    } else {
+    if ((outcome == MR_OUT_RETRY || outcome == MR_OUT_TIMEOUT) && breaker) {
         st.failures++;
         st.failed++;
 
-        /* a failed probe opens it again; so do N failures in a row */
-
         if (route
-            && (st.open_until_ms || st.failures >= route->breaker_failures))
+            && (probe
+                || (st.open_until_ms == 0
+                    && st.failures >= route->breaker_failures)))
         {
             st.open_until_ms = op->now + route->breaker_reset;
         }
+
+    } else if (answered && outcome != MR_OUT_RETRY
+               && outcome != MR_OUT_TIMEOUT
+               && (st.open_until_ms == 0 || probe))
+    {
+        st.failures = 0;
+        st.open_until_ms = 0;
     }
 
     if (op->disp.retry_after_ms > 0) {
-        st.paused_until_ms = op->now + op->disp.retry_after_ms;
+        st.paused_until_ms = ngx_max(st.paused_until_ms,
+                                     op->now + op->disp.retry_after_ms);
     }
 
     rc = mr_store_route_put(txn, exec->rec.route, exec->rec.route_len, &st);
