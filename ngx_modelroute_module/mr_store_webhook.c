@@ -205,6 +205,41 @@ mr_store_emit(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
     type.data = (u_char *) type_name;
     type.len = ngx_strlen(type_name);
 
+    /*
+     * an event no one can receive is not kept: the account has no
+     * endpoint, and this is not a terminal event for a webhook_url
+     */
+
+    if (!(exec->seg[MR_SEG_WEBHOOK_URL].len > 2
+          && mr_status_terminal(exec->rec.status)))
+    {
+        rc = mdb_cursor_open(txn, mr_store.orgwh, &cur);
+        if (rc != 0) {
+            return rc;
+        }
+
+        ngx_memcpy(start, exec->rec.org, MR_ORG_ID_LEN);
+        ngx_memzero(start + MR_ORG_ID_LEN, MR_WH_ID_LEN);
+
+        k.mv_data = start;
+        k.mv_size = sizeof(start);
+
+        rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+
+        n = (rc == 0 && k.mv_size == sizeof(start)
+             && ngx_memcmp(k.mv_data, exec->rec.org, MR_ORG_ID_LEN) == 0);
+
+        mdb_cursor_close(cur);
+
+        if (rc != 0 && rc != MDB_NOTFOUND) {
+            return rc;
+        }
+
+        if (!n) {
+            return 0;
+        }
+    }
+
     pool = ngx_create_pool(2048, ngx_cycle->log);
     if (pool == NULL) {
         return ENOMEM;
