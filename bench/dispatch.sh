@@ -27,7 +27,8 @@
 # Targets (the dispatch issue): >= 20,000 executions/s completed,
 # p50 added latency <= 2 ms.
 #
-# Environment: BENCH_SECONDS (60), BENCH_CONNECTIONS (64), BENCH_THREADS (2),
+# Environment: BENCH_SECONDS (60), BENCH_CONNECTIONS ("64 256": each count
+# is a run of its own), BENCH_THREADS (2),
 # BENCH_ROUTES ("sim up"), BENCH_DRAIN (120: longest wait for the backlog),
 # BENCH_QUIET (5: seconds of the probe alone),
 # BENCH_PORT, BENCH_UP_PORT, BENCH_TMPDIR (build/), BENCH_KEEP=1,
@@ -45,6 +46,7 @@ bench_init bench-dispatch "$@"
 routes=${BENCH_ROUTES:-sim up}
 drain=${BENCH_DRAIN:-120}
 quiet=${BENCH_QUIET:-5}
+conns_list=${BENCH_CONNECTIONS_LIST:-${BENCH_CONNECTIONS:-64 256}}
 port=${BENCH_PORT:-$(free_port)}
 uport=${BENCH_UP_PORT:-$(free_port)}
 [ "$port" != "$uport" ] || uport=$(free_port)
@@ -140,8 +142,8 @@ bench_account bench-dispatch
 
 echo "bench: nginx $("$nginx" -v 2>&1 | sed 's|.*/||'), 2 workers, durability full," \
      "store on $(stat -f -c %T "$tmp") ($tmp), $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "bench: per route: wrk -t$threads -c$conns -d${seconds}s POST /v1/executions, and a" \
-     "one-at-a-time probe; simulator at 0 ms"
+echo "bench: per route and connection count ($conns_list): wrk -t$threads -d${seconds}s" \
+     "POST /v1/executions, and a one-at-a-time probe; simulator at 0 ms"
 
 bad=0
 now_ms() { date +%s%3N; }
@@ -168,9 +170,10 @@ pct() {    # pct FILE COLUMN -> "p50 p90 p99 max n"
 }
 
 for route in $routes; do
+for conns in $conns_list; do
     model=bench-$route
     seed="$route-$(date +%s)"
-    echo "bench: route $route ($model) ..."
+    echo "bench: route $route ($model), $conns connections ..."
 
     # the probe alone first: the latency of an idle gateway
     perl "$here/probe.pl" "$base" "$key" "$model" "$quiet" \
@@ -190,7 +193,7 @@ for route in $routes; do
 
     start=$(now_ms)
     wrk -t"$threads" -c"$conns" -d"${seconds}s" --latency --timeout 5s \
-        -s "$here/post.lua" "$base" -- /v1/executions "$key" "$seed" "$model" \
+        -s "$here/post.lua" "$base" -- /v1/executions "$key" "$seed-$conns" "$model" \
         > "$tmp/wrk-$route.txt" 2>&1 \
         || { cat "$tmp/wrk-$route.txt" >&2; die "wrk failed"; }
     end=$(now_ms)
@@ -227,14 +230,14 @@ for route in $routes; do
     sed 's/^/    /' "$tmp/wrk-$route.txt"
     read -r a50 a90 a99 amax an <<<"$(pct "$tmp/probe-$route.txt" 1)"
     read -r e50 e90 e99 emax _ <<<"$(pct "$tmp/probe-$route.txt" 2)"
-    awk -v r="$route" -v s="$seconds" -v acc="$accepted" -v st="$start" \
+    awk -v r="$route" -v c="$conns" -v acc="$accepted" -v st="$start" \
         -v en="$end" -v fi="$finish" -v b="$before" -v ae="$at_end" '
         BEGIN {
             win = (ae - b) / ((en - st) / 1000)
             all = acc / ((fi - st) / 1000)
-            printf "bench: %s: submitted %.0f/s; completed %.0f/s during the run," \
+            printf "bench: %s, %d connections: submitted %.0f/s; completed %.0f/s during the run," \
                    " %.0f/s overall (%d in %.1f s, the backlog drained %.1f s after wrk)\n",
-                   r, acc / ((en - st) / 1000), win, all, acc,
+                   r, c, acc / ((en - st) / 1000), win, all, acc,
                    (fi - st) / 1000, (fi - en) / 1000
             printf "bench: %s: target >= 20000 completed/s: %s\n", r,
                    (win >= 20000 ? "met" : "missed")
@@ -244,6 +247,7 @@ for route in $routes; do
          "(created -> visible): p50 $e50 p90 $e90 p99 $e99 max $emax"
     awk -v p="$a50" -v r="$route" 'BEGIN { printf "bench: %s: target p50 added <= 2 ms (under load): %s\n", r,
         ((p != "-" && p + 0 <= 2) ? "met" : "missed") }'
+done
 done
 
 http GET "/admin/accounts/$org/verify"
