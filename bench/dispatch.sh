@@ -90,7 +90,7 @@ http {
 
     upstream simulator {
         server 127.0.0.1:$uport;
-        keepalive 128;
+        keepalive 512;   # as many as the attempts a worker makes at once
     }
 
     server {

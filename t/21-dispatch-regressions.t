@@ -1,6 +1,7 @@
 # Dispatch regressions found in review: a debug log line with a missing
-# argument; the dispatch endpoint's limits with the real secret (read from
-# the store with mdb_dump); one half-open probe at a time; an answer that
+# argument; the dispatch endpoint's limits with the real secret, and a
+# callback with a valid token for an unknown execution (keys read from the
+# store with mdb_dump); one half-open probe at a time; an answer that
 # comes after expires_at but before the sweep is dropped; executions that
 # wait for a capped route are passed over without starving another model.
 use strict;
@@ -10,6 +11,7 @@ use lib "$FindBin::Bin/lib";
 use Test::More;
 use IO::Socket::UNIX;
 use Socket qw(SOCK_STREAM);
+use Digest::SHA qw(hmac_sha256_hex);
 use MR::Test qw(:all);
 use MR::Receiver;
 
@@ -89,7 +91,7 @@ is($e->{status}, 'COMPLETED', 'debug log: completed (no crash in the '
 # ---- the dispatch endpoint with the real secret
 SKIP: {
     my $dump = `mdb_dump -s meta ${\ $t->store} 2>/dev/null`;
-    skip 'mdb_dump (lmdb-utils) not available', 6 unless $? == 0 && $dump;
+    skip 'mdb_dump (lmdb-utils) not available', 8 unless $? == 0 && $dump;
     # the bytevalue format: a key line, then its value, in hex
     my $name = unpack 'H*', 'dsecret';
     my ($secret) = $dump =~ /^ $name\n ([0-9a-f]+)$/m;
@@ -115,6 +117,16 @@ SKIP: {
         my ($i) = @_;
         sprintf "exec_%012x%032x %016x %d\n", 1, $i, 1, 9999999999999;
     };
+
+    # a callback with the right token for an execution that does not exist
+    my $cbname = unpack 'H*', 'cbkey';
+    my ($cbkey) = $dump =~ /^ $cbname\n ([0-9a-f]+)$/m;
+    my $ghost = sprintf 'exec_%012x%032x', 1, 42;
+    my $token = hmac_sha256_hex($ghost, pack 'H*', $cbkey // '');
+    my $r = $t->req(POST => "/v1/callbacks/$ghost?token=$token", {},
+        { status => 'succeeded', output => { text => 'x' } });
+    is($r->{status}, 404, 'callback for an unknown execution: 404');
+    is($r->{json}{error}{code}, 'NOT_FOUND', '... with the envelope');
 
     my ($code, $body) = $post->(join '', map { $line->($_) } 1 .. 16);
     is($code, 200, '16 unknown attempts: 200');
