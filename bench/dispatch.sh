@@ -53,34 +53,7 @@ uport=${BENCH_UP_PORT:-$(free_port)}
 base="http://127.0.0.1:$port"
 
 # --- nginx -------------------------------------------------------------------
-cat > "$tmp/conf/nginx.conf" <<CONF
-load_module $module;
-
-master_process on;
-daemon off;
-worker_processes 2;
-worker_rlimit_nofile 16384;
-pid $tmp/logs/nginx.pid;
-error_log $tmp/logs/error.log notice;
-
-events {
-    worker_connections 4096;
-}
-
-http {
-    default_type application/json;
-    access_log off;
-    keepalive_requests 1000000;
-
-    client_body_temp_path $tmp/tmp/body;
-    proxy_temp_path       $tmp/tmp/proxy;
-    fastcgi_temp_path     $tmp/tmp/fastcgi;
-    uwsgi_temp_path       $tmp/tmp/uwsgi;
-    scgi_temp_path        $tmp/tmp/scgi;
-
-    modelroute_store          $tmp/store;
-    modelroute_store_map_size 16384m;
-    modelroute_durability     full;
+bench_conf "$(cat <<CONF
     modelroute_retention      off;
 
     modelroute_route sim /providers/sim protocol=openai_chat;
@@ -134,8 +107,8 @@ http {
             return 204;
         }
     }
-}
 CONF
+)"
 
 bench_start "http://127.0.0.1:$uport/ping" 204
 bench_account bench-dispatch

@@ -3,6 +3,9 @@
 #
 #   bench_init NAME "$@"     module, here, top, nginx, seconds, conns,
 #                            threads, tmp (build/NAME.XXXXXX, 755)
+#   bench_conf HTTP          writes $tmp/conf/nginx.conf: what every
+#                            benchmark shares (2 workers, durable store,
+#                            temp paths) around the http block's HTTP
 #   bench_start URL CODE     starts nginx on $tmp/conf/nginx.conf and
 #                            waits until URL answers CODE
 #   http METHOD PATH [BODY] [curl args...]   -> $code, $body (from $base)
@@ -77,6 +80,41 @@ bench_cleanup() {
         rm -rf "$tmp"
     fi
     exit "$rc"
+}
+
+bench_conf() {
+    cat > "$tmp/conf/nginx.conf" <<CONF
+load_module $module;
+
+master_process on;
+daemon off;
+worker_processes 2;
+worker_rlimit_nofile 16384;
+pid $tmp/logs/nginx.pid;
+error_log $tmp/logs/error.log notice;
+
+events {
+    worker_connections 4096;
+}
+
+http {
+    default_type application/json;
+    access_log off;
+    keepalive_requests 1000000;
+
+    client_body_temp_path $tmp/tmp/body;
+    proxy_temp_path       $tmp/tmp/proxy;
+    fastcgi_temp_path     $tmp/tmp/fastcgi;
+    uwsgi_temp_path       $tmp/tmp/uwsgi;
+    scgi_temp_path        $tmp/tmp/scgi;
+
+    modelroute_store          $tmp/store;
+    modelroute_store_map_size 16384m;  # "16g": 1.22's ngx_parse_size has no g
+    modelroute_durability     full;
+
+$1
+}
+CONF
 }
 
 bench_start() {

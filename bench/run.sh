@@ -44,34 +44,7 @@ rm -rf "$tmp/lmdb"
 # baseline. No quote, dollar sign or backslash inside (nginx string).
 baseline_body='{"id":"exec_5f0c3b7e9a1d4e2f8b6c0a9d7e3f1b2c","object":"execution","status":"PENDING","model":"demo-chat","idempotency_key":"bench-17641063001234-1-123456","metadata":{},"webhook_url":null,"estimated_cost":"0.002","hold_amount":"0.01","cost":null,"result":null,"error":null,"attempts":[],"created_at":"2025-11-25T22:40:00.123Z","started_at":null,"completed_at":null,"expires_at":"2025-11-25T22:45:00.123Z","latency_ms":null}'
 
-cat > "$tmp/conf/nginx.conf" <<CONF
-load_module $module;
-
-master_process on;
-daemon off;
-worker_processes 2;
-worker_rlimit_nofile 16384;
-pid $tmp/logs/nginx.pid;
-error_log $tmp/logs/error.log notice;
-
-events {
-    worker_connections 4096;
-}
-
-http {
-    default_type application/json;
-    access_log off;
-    keepalive_requests 1000000;
-
-    client_body_temp_path $tmp/tmp/body;
-    proxy_temp_path       $tmp/tmp/proxy;
-    fastcgi_temp_path     $tmp/tmp/fastcgi;
-    uwsgi_temp_path       $tmp/tmp/uwsgi;
-    scgi_temp_path        $tmp/tmp/scgi;
-
-    modelroute_store          $tmp/store;
-    modelroute_store_map_size 8192m;  # "8g": ngx_parse_size in 1.22 has no g
-    modelroute_durability     full;
+bench_conf "$(cat <<CONF
     modelroute_model demo-chat per_request=0.002 timeout=5m;
 
     server {
@@ -89,8 +62,8 @@ http {
             deny all;
         }
     }
-}
 CONF
+)"
 
 bench_start "$base/baseline" 202
 bench_account bench

@@ -52,35 +52,8 @@ base="http://127.0.0.1:$port"
 rlog=$tmp/logs/receiver.log
 
 # --- nginx -------------------------------------------------------------------
-cat > "$tmp/conf/nginx.conf" <<CONF
-load_module $module;
-
-master_process on;
-daemon off;
-worker_processes 2;
-worker_rlimit_nofile 16384;
-pid $tmp/logs/nginx.pid;
-error_log $tmp/logs/error.log notice;
-
-events {
-    worker_connections 4096;
-}
-
-http {
-    default_type application/json;
-    access_log off;
-    keepalive_requests 1000000;
+bench_conf "$(cat <<CONF
     log_format rcv '\$msec \$http_webhook_id';
-
-    client_body_temp_path $tmp/tmp/body;
-    proxy_temp_path       $tmp/tmp/proxy;
-    fastcgi_temp_path     $tmp/tmp/fastcgi;
-    uwsgi_temp_path       $tmp/tmp/uwsgi;
-    scgi_temp_path        $tmp/tmp/scgi;
-
-    modelroute_store          $tmp/store;
-    modelroute_store_map_size 8192m;  # "8g": ngx_parse_size in 1.22 has no g
-    modelroute_durability     full;
     modelroute_model demo-chat per_request=0.002 timeout=5m;
 
     modelroute_webhook_allow_private on;
@@ -111,8 +84,8 @@ http {
             return 204;
         }
     }
-}
 CONF
+)"
 
 bench_start "http://127.0.0.1:$rport/ping" 204
 bench_account bench-webhooks

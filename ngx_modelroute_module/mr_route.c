@@ -21,6 +21,7 @@
 #include <sys/un.h>
 
 #include "mr_route.h"
+#include "mr_util.h"
 
 
 #define MR_DISPATCH_SOCKET  "/dispatch.sock"
@@ -107,7 +108,6 @@ mr_route_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     mr_main_conf_t *mcf = conf;
 
-    u_char      *eq;
     ngx_int_t    n;
     ngx_str_t   *value, name, arg;
     ngx_uint_t   i, j;
@@ -152,15 +152,9 @@ mr_route_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     for (i = 3; i < cf->args->nelts; i++) {
 
-        eq = ngx_strlchr(value[i].data, value[i].data + value[i].len, '=');
-        if (eq == NULL) {
+        if (mr_conf_param(&value[i], &name, &arg) != NGX_OK) {
             goto invalid;
         }
-
-        name.data = value[i].data;
-        name.len = eq - value[i].data;
-        arg.data = eq + 1;
-        arg.len = value[i].data + value[i].len - arg.data;
 
         if (name.len == 8 && ngx_strncmp(name.data, "protocol", 8) == 0) {
             for (j = 0; mr_route_protocols[j].protocol; j++) {

@@ -25,6 +25,7 @@
 
 #include "mr_simulator.h"
 #include "mr_http.h"
+#include "mr_util.h"
 
 
 #define MR_SIM_CHAT        0
@@ -62,7 +63,6 @@ mr_sim_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     mr_loc_conf_t *lcf = conf;
 
-    u_char                    *eq;
     ngx_int_t                  n;
     ngx_str_t                 *value, name, arg;
     ngx_uint_t                 i, j;
@@ -85,15 +85,9 @@ mr_sim_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     for (i = 1; i < cf->args->nelts; i++) {
 
-        eq = ngx_strlchr(value[i].data, value[i].data + value[i].len, '=');
-        if (eq == NULL) {
+        if (mr_conf_param(&value[i], &name, &arg) != NGX_OK) {
             goto invalid;
         }
-
-        name.data = value[i].data;
-        name.len = eq - value[i].data;
-        arg.data = eq + 1;
-        arg.len = value[i].data + value[i].len - arg.data;
 
         if (name.len == 6 && ngx_strncmp(name.data, "format", 6) == 0) {
             for (j = 0; mr_sim_formats[j].len; j++) {

@@ -1175,25 +1175,12 @@ mr_store_exec_create(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
 int
 mr_store_due_put(MDB_txn *txn, mr_exec_t *exec, ngx_uint_t add)
 {
-    int      rc;
-    MDB_val  k, v;
-    u_char   dkey[8 + MR_EXEC_ID_LEN];
+    int64_t  at;
 
-    mr_be64_put(dkey, (uint64_t) exec->rec.expires_ms);
-    ngx_memcpy(dkey + 8, exec->id, MR_EXEC_ID_LEN);
+    at = add ? 0 : exec->rec.expires_ms;
 
-    k.mv_data = dkey;
-    k.mv_size = sizeof(dkey);
-    v.mv_data = "";
-    v.mv_size = 0;
-
-    if (add) {
-        return mdb_put(txn, mr_store.due, &k, &v, 0);
-    }
-
-    rc = mdb_del(txn, mr_store.due, &k, NULL);
-
-    return rc == MDB_NOTFOUND ? 0 : rc;
+    return mr_store_time_index(txn, mr_store.due, exec->id, MR_EXEC_ID_LEN,
+                               &at, add ? exec->rec.expires_ms : 0, NULL);
 }
 
 
@@ -1712,7 +1699,6 @@ mr_store_expire(MDB_txn *txn, mr_store_op_t *op, u_char *id)
 {
     int            rc;
     u_char        *copy;
-    MDB_val        k, v;
     mr_exec_t      exec;
     mr_account_t   acct;
 
@@ -1720,30 +1706,18 @@ mr_store_expire(MDB_txn *txn, mr_store_op_t *op, u_char *id)
         "{\"code\":\"GENERATION_TIMEOUT\",\"message\":\"the execution "
         "expired before a result\",\"retryable\":true}");
 
-    k.mv_data = id;
-    k.mv_size = MR_EXEC_ID_LEN;
+    copy = NULL;
 
-    rc = mdb_get(txn, mr_store.exec, &k, &v);
+    rc = mr_store_exec_copy(txn, id, &exec, &copy);
     if (rc == MDB_NOTFOUND) {
         return 0;
     }
 
-    if (rc != 0) {
-        return rc;
-    }
-
-    /* the value is rewritten below: work on a copy of it */
-
-    copy = ngx_alloc(v.mv_size, ngx_cycle->log);
-    if (copy == NULL) {
-        return ENOMEM;
-    }
-
-    ngx_memcpy(copy, v.mv_data, v.mv_size);
-
-    rc = mr_store_exec_parse(id, copy, v.mv_size, &exec, NULL);
     if (rc != 0 || mr_status_terminal(exec.rec.status)) {
-        ngx_free(copy);
+        if (copy) {
+            ngx_free(copy);
+        }
+
         return rc;
     }
 
@@ -1777,6 +1751,82 @@ mr_store_expire(MDB_txn *txn, mr_store_op_t *op, u_char *id)
     }
 
     return rc;
+}
+
+
+/*
+ * Moves an entry of a time index (be64 ms + id -> value) from the time
+ * *at to due; 0 on either side: not in the index.
+ */
+
+int
+mr_store_time_index(MDB_txn *txn, MDB_dbi dbi, u_char *id, size_t len,
+    int64_t *at, int64_t due, MDB_val *value)
+{
+    int      rc;
+    MDB_val  k, empty;
+    u_char   key[8 + 64];
+
+    if (len > 64) {
+        return EINVAL;
+    }
+
+    ngx_memcpy(key + 8, id, len);
+
+    k.mv_data = key;
+    k.mv_size = 8 + len;
+
+    if (*at) {
+        mr_be64_put(key, (uint64_t) *at);
+
+        rc = mdb_del(txn, dbi, &k, NULL);
+        if (rc != 0 && rc != MDB_NOTFOUND) {
+            return rc;
+        }
+    }
+
+    *at = due;
+
+    if (due == 0) {
+        return 0;
+    }
+
+    if (value == NULL) {
+        empty.mv_data = "";
+        empty.mv_size = 0;
+        value = &empty;
+    }
+
+    mr_be64_put(key, (uint64_t) due);
+
+    return mdb_put(txn, dbi, &k, value, 0);
+}
+
+
+/* an execution whose segments live in *copy, to be rewritten */
+
+int
+mr_store_exec_copy(MDB_txn *txn, u_char *id, mr_exec_t *exec, u_char **copy)
+{
+    int      rc;
+    MDB_val  k, v;
+
+    k.mv_data = id;
+    k.mv_size = MR_EXEC_ID_LEN;
+
+    rc = mdb_get(txn, mr_store.exec, &k, &v);
+    if (rc != 0) {
+        return rc;
+    }
+
+    *copy = ngx_alloc(v.mv_size, ngx_cycle->log);
+    if (*copy == NULL) {
+        return ENOMEM;
+    }
+
+    ngx_memcpy(*copy, v.mv_data, v.mv_size);
+
+    return mr_store_exec_parse(id, *copy, v.mv_size, exec, NULL);
 }
 
 

@@ -52,6 +52,8 @@ static int mr_store_disp_done(MDB_txn *txn, mr_store_op_t *op);
 static int mr_store_disp_callback(MDB_txn *txn, mr_store_op_t *op);
 static int mr_store_disp_settle(MDB_txn *txn, mr_store_op_t *op,
     mr_exec_t *exec, int64_t cost);
+static int mr_store_disp_end(MDB_txn *txn, mr_store_op_t *op,
+    mr_exec_t *exec, const char *event);
 static int mr_store_disp_fail(MDB_txn *txn, mr_store_op_t *op,
     mr_exec_t *exec, const char *code, ngx_str_t *message);
 static int mr_store_disp_lease_end(MDB_txn *txn, mr_store_op_t *op,
@@ -65,8 +67,6 @@ static int mr_store_route_get(MDB_txn *txn, u_char *name, size_t len,
     mr_route_state_t *st);
 static int mr_store_route_put(MDB_txn *txn, u_char *name, size_t len,
     mr_route_state_t *st);
-static int mr_store_exec_copy(MDB_txn *txn, u_char *id, mr_exec_t *exec,
-    u_char **copy);
 static mr_model_t *mr_store_disp_model(mr_exec_t *exec);
 static int mr_store_disp_pick(MDB_txn *txn, mr_model_t *m,
     ngx_uint_t nattempts, int64_t now, mr_route_t **route,
@@ -788,7 +788,6 @@ mr_store_disp_settle(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
 
     exec->rec.status = MR_COMPLETED;
     exec->rec.cost = cost;
-    op->full = 1;
     exec->rec.completed_ms = ngx_max(op->now, exec->rec.created_ms);
     exec->seg[MR_SEG_RESULT] = op->disp.result;
     exec->seg[MR_SEG_ERROR].len = 0;
@@ -796,20 +795,7 @@ mr_store_disp_settle(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
     op->disp.status = MR_COMPLETED;
     op->disp.cost = cost;
 
-    rc = mr_store_disp_release(txn, op, exec);
-    if (rc == 0) {
-        rc = mr_store_due_put(txn, exec, 0);
-    }
-
-    if (rc == 0) {
-        rc = mr_store_exec_put(txn, exec);
-    }
-
-    if (rc == 0) {
-        rc = mr_store_emit(txn, op, exec, "execution.completed");
-    }
-
-    return rc;
+    return mr_store_disp_end(txn, op, exec, "execution.completed");
 }
 
 
@@ -863,12 +849,29 @@ mr_store_disp_fail(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
 
     exec->rec.status = MR_FAILED;
     exec->rec.cost = 0;
-    op->full = 1;
     exec->rec.completed_ms = ngx_max(op->now, exec->rec.created_ms);
     exec->seg[MR_SEG_ERROR].data = p;
     exec->seg[MR_SEG_ERROR].len = len;
 
     op->disp.status = MR_FAILED;
+
+    rc = mr_store_disp_end(txn, op, exec, "execution.failed");
+
+    free(err);
+
+    return rc;
+}
+
+
+/* a terminal status: out of both indexes, written, and its event */
+
+static int
+mr_store_disp_end(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
+    const char *event)
+{
+    int  rc;
+
+    op->full = 1;
 
     rc = mr_store_disp_release(txn, op, exec);
     if (rc == 0) {
@@ -880,10 +883,8 @@ mr_store_disp_fail(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
     }
 
     if (rc == 0) {
-        rc = mr_store_emit(txn, op, exec, "execution.failed");
+        rc = mr_store_emit(txn, op, exec, event);
     }
-
-    free(err);
 
     return rc;
 }
@@ -1041,36 +1042,8 @@ mr_store_disp_attempt(mr_exec_t *exec, int64_t end, const char *outcome,
 static int
 mr_store_disp_move(MDB_txn *txn, mr_exec_t *exec, int64_t due)
 {
-    int      rc;
-    MDB_val  k, v;
-    u_char   key[MR_DISP_KEY_LEN];
-
-    ngx_memcpy(key + 8, exec->id, MR_EXEC_ID_LEN);
-
-    k.mv_data = key;
-    k.mv_size = MR_DISP_KEY_LEN;
-
-    if (exec->rec.next_ms) {
-        mr_be64_put(key, (uint64_t) exec->rec.next_ms);
-
-        rc = mdb_del(txn, mr_store.disp, &k, NULL);
-        if (rc != 0 && rc != MDB_NOTFOUND) {
-            return rc;
-        }
-    }
-
-    exec->rec.next_ms = due;
-
-    if (due == 0) {
-        return 0;
-    }
-
-    mr_be64_put(key, (uint64_t) due);
-
-    v.mv_data = "";
-    v.mv_size = 0;
-
-    return mdb_put(txn, mr_store.disp, &k, &v, 0);
+    return mr_store_time_index(txn, mr_store.disp, exec->id, MR_EXEC_ID_LEN,
+                               &exec->rec.next_ms, due, NULL);
 }
 
 
@@ -1117,33 +1090,6 @@ mr_store_route_put(MDB_txn *txn, u_char *name, size_t len,
     v.mv_size = sizeof(mr_route_state_t);
 
     return mdb_put(txn, mr_store.route, &k, &v, 0);
-}
-
-
-/* an execution whose segments live in *copy (the value is rewritten) */
-
-static int
-mr_store_exec_copy(MDB_txn *txn, u_char *id, mr_exec_t *exec, u_char **copy)
-{
-    int      rc;
-    MDB_val  k, v;
-
-    k.mv_data = id;
-    k.mv_size = MR_EXEC_ID_LEN;
-
-    rc = mdb_get(txn, mr_store.exec, &k, &v);
-    if (rc != 0) {
-        return rc;
-    }
-
-    *copy = ngx_alloc(v.mv_size, ngx_cycle->log);
-    if (*copy == NULL) {
-        return ENOMEM;
-    }
-
-    ngx_memcpy(*copy, v.mv_data, v.mv_size);
-
-    return mr_store_exec_parse(id, *copy, v.mv_size, exec, NULL);
 }
 
 

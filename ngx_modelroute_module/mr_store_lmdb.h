@@ -86,6 +86,10 @@ ngx_int_t mr_store_copy(ngx_pool_t *pool, ngx_str_t *dst, u_char *src,
 int mr_store_exec_put(MDB_txn *txn, mr_exec_t *exec);
 int mr_store_exec_read(MDB_txn *txn, u_char *id, mr_exec_t *exec,
     ngx_pool_t *pool);
+int mr_store_exec_copy(MDB_txn *txn, u_char *id, mr_exec_t *exec,
+    u_char **copy);
+int mr_store_time_index(MDB_txn *txn, MDB_dbi dbi, u_char *id, size_t len,
+    int64_t *at, int64_t due, MDB_val *value);
 int mr_store_exec_parse(u_char *id, u_char *data, size_t size,
     mr_exec_t *exec, ngx_pool_t *pool);
 int mr_store_account_read(MDB_txn *txn, u_char *org, mr_account_t *acct,

@@ -1494,37 +1494,15 @@ mr_store_dlv_drop(MDB_txn *txn, mr_dlv_t *dlv, int64_t now)
 static int
 mr_store_dlv_due(MDB_txn *txn, mr_dlv_t *dlv, int64_t due)
 {
-    int      rc;
-    MDB_val  k, v;
-    u_char   key[8 + MR_DLV_ID_LEN];
-
-    ngx_memcpy(key + 8, dlv->rec.id, MR_DLV_ID_LEN);
-
-    k.mv_data = key;
-    k.mv_size = sizeof(key);
-
-    if (dlv->rec.due_ms) {
-        mr_be64_put(key, (uint64_t) dlv->rec.due_ms);
-
-        rc = mdb_del(txn, mr_store.dlvdue, &k, NULL);
-        if (rc != 0 && rc != MDB_NOTFOUND) {
-            return rc;
-        }
-    }
-
-    dlv->rec.due_ms = due;
-
-    if (due == 0) {
-        return 0;
-    }
+    MDB_val  v;
 
     /* the value: its endpoint, for the claim's per-endpoint cap */
 
-    mr_be64_put(key, (uint64_t) due);
     v.mv_data = dlv->rec.wh_id;
     v.mv_size = MR_WH_ID_LEN;
 
-    return mdb_put(txn, mr_store.dlvdue, &k, &v, 0);
+    return mr_store_time_index(txn, mr_store.dlvdue, dlv->rec.id,
+                               MR_DLV_ID_LEN, &dlv->rec.due_ms, due, &v);
 }
 
 

@@ -287,3 +287,24 @@ mr_be64_get(u_char *src)
 
     return v;
 }
+
+
+/* a directive's "name=value" parameter */
+
+ngx_int_t
+mr_conf_param(ngx_str_t *param, ngx_str_t *name, ngx_str_t *value)
+{
+    u_char  *eq;
+
+    eq = ngx_strlchr(param->data, param->data + param->len, '=');
+    if (eq == NULL) {
+        return NGX_ERROR;
+    }
+
+    name->data = param->data;
+    name->len = eq - param->data;
+    value->data = eq + 1;
+    value->len = param->data + param->len - value->data;
+
+    return NGX_OK;
+}

@@ -45,6 +45,9 @@ u_char *mr_hex(u_char *dst, u_char *src, size_t len);
 void mr_sha256(u_char *dst, u_char *src, size_t len);
 ngx_int_t mr_memeq_ct(u_char *a, u_char *b, size_t len);
 
+ngx_int_t mr_conf_param(ngx_str_t *param, ngx_str_t *name,
+    ngx_str_t *value);
+
 void mr_be64_put(u_char *dst, uint64_t v);
 uint64_t mr_be64_get(u_char *src);
 

@@ -699,7 +699,7 @@ ngx_http_modelroute_model(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     mr_main_conf_t *mcf = conf;
 
-    u_char      *eq, c;
+    u_char       c;
     int64_t     *price;
     ngx_int_t    n, rc;
     ngx_str_t   *value, name, arg;
@@ -749,15 +749,9 @@ ngx_http_modelroute_model(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     for (i = 2; i < cf->args->nelts; i++) {
 
-        eq = ngx_strlchr(value[i].data, value[i].data + value[i].len, '=');
-        if (eq == NULL) {
+        if (mr_conf_param(&value[i], &name, &arg) != NGX_OK) {
             goto bad_param;
         }
-
-        name.data = value[i].data;
-        name.len = eq - value[i].data;
-        arg.data = eq + 1;
-        arg.len = value[i].data + value[i].len - arg.data;
 
         price = NULL;
 
