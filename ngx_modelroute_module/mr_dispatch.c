@@ -704,12 +704,12 @@ static ngx_int_t
 mr_dispatch_parse(ngx_http_request_t *r, mr_disp_req_t *req)
 {
     u_char         *p, *last, *buf, *sp;
-    time_t          lease;
+    off_t           lease;
     size_t          len;
     int64_t         now, left;
     ngx_int_t       n;
     ngx_buf_t      *b;
-    ngx_uint_t      max;
+    ngx_uint_t      max, i;
     ngx_chain_t    *cl;
     mr_disp_att_t  *a;
 
@@ -758,19 +758,17 @@ mr_dispatch_parse(ngx_http_request_t *r, mr_disp_req_t *req)
         ngx_memcpy(a->exec_id, p, MR_EXEC_ID_LEN);
         p += MR_EXEC_ID_LEN + 1;
 
-        n = ngx_hextoi(p, 8);
-        if (n == NGX_ERROR) {
-            return NGX_ERROR;
+        a->token = 0;
+
+        for (i = 0; i < 16; i++) {
+            n = ngx_hextoi(p + i, 1);
+            if (n == NGX_ERROR) {
+                return NGX_ERROR;
+            }
+
+            a->token = (a->token << 4) | (uint64_t) n;
         }
 
-        a->token = (uint64_t) n << 32;
-
-        n = ngx_hextoi(p + 8, 8);
-        if (n == NGX_ERROR) {
-            return NGX_ERROR;
-        }
-
-        a->token |= (uint64_t) n;
         p += 17;
 
         sp = ngx_strlchr(p, last, '\n');
@@ -778,7 +776,7 @@ mr_dispatch_parse(ngx_http_request_t *r, mr_disp_req_t *req)
             return NGX_ERROR;
         }
 
-        lease = ngx_atotm(p, sp - p);
+        lease = ngx_atoof(p, sp - p);
         if (lease == NGX_ERROR) {
             return NGX_ERROR;
         }
@@ -813,7 +811,21 @@ mr_dispatch_prepare(ngx_http_request_t *r, mr_disp_att_t *a, ngx_str_t *body)
     mr_adapter_out_t   out;
 
     if (a->expired) {
-        return NGX_DECLINED;    /* made again when its lease ends */
+
+        /*
+         * too late to be made within its lease: recorded at once (the
+         * lease is still its own), so that the next attempt need not
+         * wait for the lease to end
+         */
+
+        ngx_memzero(&out, sizeof(mr_adapter_out_t));
+        mr_adapter_fail(&out, MR_OUT_RETRY, "GENERATION_FAILED",
+                        "the attempt came too late to be made");
+        out.breaker = 0;
+        out.cost = -1;
+        mr_dispatch_record(a, &out, 0);
+
+        return NGX_DECLINED;
     }
 
     rc = mr_store_exec_get(a->exec_id, &a->exec, r->pool);
@@ -1227,6 +1239,11 @@ mr_dispatch_watch(ngx_event_t *ev)
     for (i = 0; i < req->n; i++) {
         a = &req->att[i];
 
+        if (a->state == MR_ATT_GONE) {
+            mr_dispatch_abort(a);    /* not ended yet: once more */
+            continue;
+        }
+
         if (a->state != MR_ATT_RUNNING) {
             continue;
         }
@@ -1303,16 +1320,32 @@ mr_dispatch_abort(mr_disp_att_t *a)
 
     u = a->sr ? a->sr->upstream : NULL;
 
-    if (u == NULL || u->peer.connection == NULL) {
+    if (u == NULL) {
         return;
     }
 
     c = u->peer.connection;
-    ev = u->request_sent ? c->read : c->write;
+    ev = NULL;
 
-    ev->timedout = 1;
+    if (c) {
+        /* marked first: the keepalive cache refuses such a connection */
+        ev = u->request_sent ? c->read : c->write;
+        ev->timedout = 1;
+    }
 
-    if (!ev->posted) {
+    /*
+     * the server did nothing wrong: its peer is freed as a success, so
+     * that max_fails does not count the abort, and no next server is tried
+     */
+
+    if (u->peer.sockaddr && u->peer.free) {
+        u->peer.free(&u->peer, u->peer.data, 0);
+        u->peer.sockaddr = NULL;
+    }
+
+    u->peer.tries = 0;
+
+    if (ev && !ev->posted) {
         ngx_post_event(ev, &ngx_posted_events);
     }
 }

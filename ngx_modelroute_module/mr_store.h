@@ -248,11 +248,11 @@ typedef struct {
     uint32_t                  failures;      /* in a row */
     int64_t                   open_until_ms; /* 0: closed */
     int64_t                   probe_until_ms;/* half-open probe in flight */
-    uint64_t                  probe_token;   /* ... and its lease */
     int64_t                   paused_until_ms; /* Retry-After */
     uint64_t                  attempts;
     uint64_t                  failed;
-} mr_route_state_t;
+    uint64_t                  probe_token;   /* the probe's lease */
+} mr_route_state_t;             /* fields are only ever appended */
 
 typedef struct {
     /* MR_OP_DISP_CLAIM: in limit; out jobs */

@@ -1065,12 +1065,14 @@ mr_store_route_get(MDB_txn *txn, u_char *name, size_t len,
 
     rc = mdb_get(txn, mr_store.route, &k, &v);
 
-    if (rc == 0 && v.mv_size == sizeof(mr_route_state_t)) {
-        ngx_memcpy(st, v.mv_data, sizeof(mr_route_state_t));
+    if (rc == 0) {
+        /* a shorter record is an older layout: its new fields are zeros */
+        ngx_memcpy(st, v.mv_data,
+                   ngx_min(v.mv_size, sizeof(mr_route_state_t)));
         return 0;
     }
 
-    return (rc == MDB_NOTFOUND || rc == 0) ? 0 : rc;
+    return (rc == MDB_NOTFOUND) ? 0 : rc;
 }
 
 
