@@ -270,6 +270,7 @@ mr_exec_prepare(ngx_http_request_t *r, json_t *body, mr_exec_t *exec,
     exec->rec.hold = ngx_max((estimate * 6 + 4) / 5, 10000);
     exec->rec.cost = -1;
     exec->rec.created_ms = mr_now_ms();
+    exec->rec.order = mr_now_us();
     exec->rec.expires_ms = exec->rec.created_ms + timeout;
 
     return NGX_OK;

@@ -5,7 +5,10 @@
  * Databases:
  *   exec     exec_id                      -> mr_exec_rec_t + segments
  *   idem     org + idempotency key        -> exec_id + be64 created_ms
- *   byorg    org + be64 created_ms + id   -> ""          (list, verify)
+ *   byorg    org + be64 order + id        -> ""          (list, verify)
+ *            (order: the creation time in microseconds, so that two
+ *            executions made one after the other in one millisecond
+ *            list in that order)
  *   acct     org                          -> mr_account_rec_t + name
  *   key      key_id                       -> mr_key_rec_t + name
  *   keyhash  sha256(secret)               -> key_id
@@ -1160,7 +1163,7 @@ mr_store_exec_create(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
     }
 
     p = ngx_cpymem(okey, exec->rec.org, MR_ORG_ID_LEN);
-    mr_be64_put(p, (uint64_t) exec->rec.created_ms);
+    mr_be64_put(p, (uint64_t) exec->rec.order);
     ngx_memcpy(p + 8, exec->id, MR_EXEC_ID_LEN);
 
     k.mv_data = okey;
@@ -1647,7 +1650,7 @@ mr_store_sweep(MDB_txn *txn, mr_store_op_t *op)
 
         p = ngx_cpymem(keys[n], k.mv_data, MR_EXEC_ID_LEN);
         p = ngx_cpymem(p, rec.org, MR_ORG_ID_LEN);
-        mr_be64_put(p, (uint64_t) rec.created_ms);
+        mr_be64_put(p, (uint64_t) rec.order);
         n++;
     }
 
@@ -2281,7 +2284,7 @@ mr_store_exec_list(mr_list_query_t *q, ngx_array_t *execs,
             return mr_store_read_rc(rc, "execution");
         }
 
-        mr_be64_put(okey + MR_ORG_ID_LEN, (uint64_t) cur_exec.rec.created_ms);
+        mr_be64_put(okey + MR_ORG_ID_LEN, (uint64_t) cur_exec.rec.order);
         ngx_memcpy(okey + MR_ORG_ID_LEN + 8, q->starting_after.data,
                    MR_EXEC_ID_LEN);
 

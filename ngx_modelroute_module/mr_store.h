@@ -63,6 +63,7 @@ typedef struct {
     int64_t                   lease_until_ms;
     uint64_t                  lease_owner;     /* token of the lease */
     int64_t                   next_ms;         /* in the dispatch index */
+    int64_t                   order;           /* in byorg: created, in us */
     int64_t                   attempt_ms;      /* start of the attempt */
     uint32_t                  nattempts;
     uint32_t                  route_len;

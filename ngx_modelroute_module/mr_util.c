@@ -115,6 +115,19 @@ mr_now_ms(void)
 }
 
 
+/* the clock itself, not the event loop's cached time: orders creations */
+
+int64_t
+mr_now_us(void)
+{
+    struct timeval  tv;
+
+    ngx_gettimeofday(&tv);
+
+    return (int64_t) tv.tv_sec * 1000000 + tv.tv_usec;
+}
+
+
 u_char *
 mr_time_format(u_char *dst, int64_t ms)
 {
