@@ -769,6 +769,18 @@ mr_dispatch_parse(ngx_http_request_t *r, mr_disp_req_t *req)
             a->token = (a->token << 4) | (uint64_t) n;
         }
 
+        if (a->token == 0) {
+            return NGX_ERROR;    /* no lease has it: 0 means none */
+        }
+
+        for (i = 0; i < req->n; i++) {
+            if (ngx_memcmp(req->att[i].exec_id, a->exec_id, MR_EXEC_ID_LEN)
+                == 0)
+            {
+                return NGX_ERROR;    /* one attempt per execution */
+            }
+        }
+
         p += 17;
 
         sp = ngx_strlchr(p, last, '\n');
@@ -832,6 +844,7 @@ mr_dispatch_prepare(ngx_http_request_t *r, mr_disp_att_t *a, ngx_str_t *body)
 
     if (rc != NGX_OK
         || a->exec.rec.status != MR_PROCESSING
+        || a->exec.rec.lease_owner == 0
         || a->exec.rec.lease_owner != a->token)
     {
         /* cancelled meanwhile, say; nothing to do */
@@ -1173,6 +1186,8 @@ mr_dispatch_recorded(mr_store_op_t *op)
     mr_disp_req_t       *req;
     ngx_http_request_t  *r;
 
+    static ngx_str_t  gone = ngx_string("deleted");
+
     req = a->req;
     r = req->r;
     c = r->connection;
@@ -1189,11 +1204,11 @@ mr_dispatch_recorded(mr_store_op_t *op)
     case MR_R_NOOP:
     case MR_R_NOT_FOUND:
         ngx_log_error(NGX_LOG_INFO, c->log, 0,
-                      "modelroute dispatch: the answer for %*s came after "
-                      "it was %V; dropped", (size_t) MR_EXEC_ID_LEN,
-                      a->exec_id,
-                      mr_exec_status_name(op->result == MR_R_NOOP
-                                          ? op->disp.status : 0));
+                      "modelroute dispatch: the answer for %*s came when "
+                      "its lease was over (%V); dropped",
+                      (size_t) MR_EXEC_ID_LEN, a->exec_id,
+                      op->result == MR_R_NOOP
+                      ? mr_exec_status_name(op->disp.status) : &gone);
         break;
 
     default:

@@ -551,8 +551,8 @@ mr_store_disp_done(MDB_txn *txn, mr_store_op_t *op)
         return rc;
     }
 
-    if (exec.rec.status != MR_PROCESSING || exec.rec.lease_owner != d->token
-        || op->now >= exec.rec.expires_ms)
+    if (exec.rec.status != MR_PROCESSING || exec.rec.lease_owner == 0
+        || exec.rec.lease_owner != d->token || op->now >= exec.rec.expires_ms)
     {
         /*
          * cancelled, expired (or about to be: the sweeper ends it), or

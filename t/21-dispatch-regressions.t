@@ -91,7 +91,7 @@ is($e->{status}, 'COMPLETED', 'debug log: completed (no crash in the '
 # ---- the dispatch endpoint with the real secret
 SKIP: {
     my $dump = `mdb_dump -s meta ${\ $t->store} 2>/dev/null`;
-    skip 'mdb_dump (lmdb-utils) not available', 8 unless $? == 0 && $dump;
+    skip 'mdb_dump (lmdb-utils) not available', 10 unless $? == 0 && $dump;
     # the bytevalue format: a key line, then its value, in hex
     my $name = unpack 'H*', 'dsecret';
     my ($secret) = $dump =~ /^ $name\n ([0-9a-f]+)$/m;
@@ -137,6 +137,15 @@ SKIP: {
 
     ($code) = $post->("exec_x 1 2\n");
     is($code, 400, 'a malformed line: 400');
+
+    # token 0 is no lease's; one execution twice in a request is no
+    # dispatcher's either (found by fuzzing: attempts outside any lease)
+    ($code) = $post->(sprintf "exec_%012x%032x %016x %d\n", 1, 7, 0,
+        9999999999999);
+    is($code, 400, 'a zero lease token: 400');
+
+    ($code) = $post->($line->(7) x 2);
+    is($code, 400, 'the same execution twice: 400');
 }
 
 # ---- one half-open probe at a time
