@@ -47,7 +47,8 @@
 #define MR_DISP_PAD         10000   /* dispatch request beyond timeouts */
 #define MR_DISP_HEADER      "X-ModelRoute-Dispatch"
 #define MR_DISP_LINE        (MR_EXEC_ID_LEN + 1 + 16 + 1 + NGX_INT64_LEN + 1)
-#define MR_DISP_MARGIN      1000    /* an attempt ends before its lease */
+#define MR_DISP_MARGIN      2000    /* the lease's pad: the deadline is the
+                                       claim + the route's timeout */
 
 #define MR_ATT_SKIPPED      0       /* stale: not made */
 #define MR_ATT_RUNNING      1       /* its subrequest is in flight */
