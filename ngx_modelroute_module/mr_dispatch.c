@@ -59,7 +59,6 @@
 /* the dispatcher's side of one dispatch request */
 
 typedef struct {
-    ngx_queue_t               queue;
     CURL                     *easy;
     struct curl_slist        *headers;
     ngx_uint_t                njobs;
@@ -84,7 +83,6 @@ typedef struct {
     mr_model_t               *model;
     mr_route_t               *route;
     ngx_http_request_t       *sr;
-    mr_store_op_t            *op;
 } mr_disp_att_t;
 
 struct mr_disp_req_s {
@@ -136,7 +134,6 @@ static mr_store_op_t    mr_disp_claim_op;
 static ngx_uint_t       mr_disp_claiming;
 static ngx_uint_t       mr_disp_kicked;
 static ngx_uint_t       mr_disp_active;   /* attempts sent, not answered */
-static ngx_queue_t      mr_disp_sends;
 static ngx_msec_t       mr_disp_timeout;  /* the longest route timeout */
 static ngx_event_t      mr_disp_inflight_ev;
 static ngx_msec_t       mr_disp_failed_at;
@@ -188,7 +185,6 @@ mr_dispatch_init_process(ngx_cycle_t *cycle, mr_main_conf_t *mcf)
     mr_hex(mr_disp_secret, raw, MR_STORE_SECRET_LEN);
 
     mr_disp_mcf = mcf;
-    ngx_queue_init(&mr_disp_sends);
 
     rt = mcf->routes.elts;
     mr_disp_timeout = 0;
@@ -432,7 +428,6 @@ mr_dispatch_send(mr_disp_job_t *jobs, ngx_uint_t n)
         goto failed;
     }
 
-    ngx_queue_insert_tail(&mr_disp_sends, &s->queue);
     mr_disp_active += n;
 
     if (!mr_disp_inflight_ev.timer_set) {
@@ -476,7 +471,6 @@ mr_dispatch_sent(CURL *easy, CURLcode rc, void *data)
     long        code;
     ngx_uint_t  level;
 
-    ngx_queue_remove(&s->queue);
     mr_disp_active -= s->njobs;
 
     if (mr_disp_active == 0 && mr_disp_inflight_ev.timer_set) {
@@ -1165,7 +1159,6 @@ mr_dispatch_record(mr_disp_att_t *a, mr_adapter_out_t *out,
     d->jitter = ngx_random() % 1000;
     d->ended_ms = mr_now_ms();
 
-    a->op = op;
 
     r->main->blocked++;
     req->ops++;
