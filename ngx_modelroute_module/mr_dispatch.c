@@ -18,9 +18,10 @@
  * request is recorded.
  *
  * A watch timer enforces the route's timeout on each attempt and notices
- * executions cancelled or expired meanwhile; when no attempt of a request
- * is still wanted, the request is terminated, which aborts the upstream
- * calls in flight.  Answers that come later are dropped.
+ * executions cancelled or expired meanwhile: such an attempt's upstream
+ * call is ended (mr_dispatch_abort()), and when no attempt of a request is
+ * still wanted, the request is terminated.  Answers that come later are
+ * dropped.
  */
 
 
@@ -50,7 +51,7 @@
 #define MR_DISP_MARGIN      2000    /* the lease's pad: the deadline is the
                                        claim + the route's timeout */
 
-#define MR_ATT_SKIPPED      0       /* stale: not made */
+/* an attempt's state; 0: not made (stale, or refused before its call) */
 #define MR_ATT_RUNNING      1       /* its subrequest is in flight */
 #define MR_ATT_ANSWERED     2
 #define MR_ATT_GONE         3       /* timed out, or no longer wanted */
