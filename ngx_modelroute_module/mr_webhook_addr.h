@@ -1,0 +1,22 @@
+
+/*
+ * ModelRoute: where webhooks may go (the URL and address rules).
+ */
+
+
+#ifndef _MR_WEBHOOK_ADDR_H_INCLUDED_
+#define _MR_WEBHOOK_ADDR_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+
+
+/* NULL if the URL may be registered, else why not */
+const char *mr_webhook_url_check(ngx_str_t *url, ngx_uint_t allow_private);
+
+/* loopback, private, link-local and the like */
+ngx_int_t mr_webhook_addr_blocked(struct sockaddr *sa);
+
+
+#endif /* _MR_WEBHOOK_ADDR_H_INCLUDED_ */
