@@ -4,17 +4,32 @@
  *
  * At registration a URL must be https (http too with
  * modelroute_webhook_allow_private) and its host, when it is an address
- * literal or localhost, must be public; the address libcurl connects to
- * is checked on every attempt (mr_webhook_addr_blocked()).
+ * literal or localhost, must be public.  At delivery time every address a
+ * name resolves to, and the address libcurl connects to, is checked again
+ * (mr_webhook_addr_refused()): not loopback, private, link-local and the
+ * like, unless modelroute_webhook_allow_private.
  */
 
 
 #include <ngx_config.h>
 #include <ngx_core.h>
+#include <ngx_http.h>
 
 #include <arpa/inet.h>
 
+#include "ngx_http_modelroute_module.h"
 #include "mr_webhook_addr.h"
+
+
+const char *
+mr_webhook_addr_refused(mr_main_conf_t *mcf, struct sockaddr *sa)
+{
+    if (!mcf->webhook_allow_private && mr_webhook_addr_blocked(sa)) {
+        return "not a public address";
+    }
+
+    return NULL;
+}
 
 
 /* loopback, private, link-local, CGNAT, multicast, metadata, unspecified */
