@@ -25,5 +25,10 @@ ngx_int_t mr_webhook_addr_blocked(struct sockaddr *sa);
 const char *mr_webhook_addr_refused(mr_main_conf_t *mcf,
     struct sockaddr *sa);
 
+/* configuration: the admin API's servers, then their listen addresses */
+ngx_int_t mr_webhook_addr_admin(ngx_conf_t *cf, mr_main_conf_t *mcf);
+ngx_int_t mr_webhook_addr_postconfiguration(ngx_conf_t *cf,
+    mr_main_conf_t *mcf);
+
 
 #endif /* _MR_WEBHOOK_ADDR_H_INCLUDED_ */

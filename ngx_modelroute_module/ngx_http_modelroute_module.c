@@ -17,6 +17,7 @@
 #include "mr_lua.h"
 #include "mr_sweeper.h"
 #include "mr_webhook.h"
+#include "mr_webhook_addr.h"
 #include "mr_resolve.h"
 #include "mr_curl.h"
 #include "mr_route.h"
@@ -521,6 +522,14 @@ ngx_http_modelroute_mount(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     mcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_modelroute_module);
     mcf->used = 1;
 
+    /* webhooks never reach the admin API's own addresses */
+
+    if (lcf->handler == MR_HANDLER_ADMIN
+        && mr_webhook_addr_admin(cf, mcf) != NGX_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
+
     clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
     clcf->handler = ngx_http_modelroute_handler;
 
@@ -884,7 +893,8 @@ ngx_http_modelroute_postconfiguration(ngx_conf_t *cf)
     mcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_modelroute_module);
 
     if (mr_route_listen(cf, mcf) != NGX_OK
-        || mr_dispatch_postconfiguration(cf, mcf) != NGX_OK)
+        || mr_dispatch_postconfiguration(cf, mcf) != NGX_OK
+        || mr_webhook_addr_postconfiguration(cf, mcf) != NGX_OK)
     {
         return NGX_ERROR;
     }

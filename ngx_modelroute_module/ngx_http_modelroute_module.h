@@ -79,6 +79,9 @@ typedef struct {
     ngx_flag_t                webhook_allow_private;
     ngx_resolver_t           *webhook_resolver;
     ngx_msec_t                webhook_resolver_timeout;
+    ngx_array_t              *webhook_admin_srvs;  /* core srv conf ptrs */
+    ngx_array_t              *webhook_admin_addrs; /* mr_webhook_addr.c */
+    ngx_array_t              *webhook_local;   /* ngx_sockaddr_t */
     ngx_array_t               routes;          /* mr_route_t */
     ngx_uint_t                dispatch_concurrency;
     ngx_str_t                 callback_url;

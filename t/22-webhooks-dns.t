@@ -5,12 +5,14 @@
 # answered yet); names that do not resolve, resolve only to addresses that
 # are not allowed, or are refused read the same to the tenant (one neutral
 # reason; the details are in the error log at info); /etc/hosts is not
-# read; every address a name resolves to is checked.
+# read; every address a name resolves to is checked; the admin API's own
+# addresses are refused even with modelroute_webhook_allow_private on.
 use strict;
 use warnings;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
+use IO::Socket::INET;
 use Time::HiRes qw(time);
 use MR::Test qw(:all);
 use MR::Receiver qw(:all);
@@ -266,6 +268,75 @@ is(scalar @conn, 0, 'strict: nothing reached the receiver')
 }
 $s->stop;
 $s->check_log;
+
+# ---------------------------------------------------------------- admin
+# With modelroute_webhook_allow_private on, the addresses on which this
+# nginx serves the admin API are still refused: a specific listen (the
+# public API shares it here), and a wildcard one (its port on loopback and
+# on this host's addresses); another server is reachable.
+
+$dns->add('admin.test', a => ['127.0.0.1']);
+my $http = <<'EOF';
+modelroute_store %%STORE%%;
+modelroute_model demo-chat per_request=0.04;
+modelroute_webhook_allow_private on;
+modelroute_webhook_timeout 2s;
+modelroute_webhook_retry 30s;
+server {
+    listen 127.0.0.1:%%PORT%%;
+    location /v1/ { modelroute_api; }
+    location /admin/ { modelroute_admin; }
+}
+server {
+    listen %%PORT2%%;
+    location /ops/ { modelroute_admin; }
+}
+server {
+    listen 127.0.0.1:%%PORT3%%;
+    location / { return 200; }
+}
+EOF
+
+# this host's address on its way out (no packet is sent), if it has one
+sub host_address {
+    my $sock = IO::Socket::INET->new(Proto => 'udp',
+        PeerAddr => '192.0.2.1', PeerPort => 9) or return;
+    my $a = $sock->sockhost // return;
+    return $a =~ /^(?:127\.|0\.)/ ? undef : $a;
+}
+
+my $u = MR::Test->new(workers => 1, access_log => 1,
+    http => "modelroute_webhook_resolver " . $dns->address . ";\n" . $http);
+$u->start;
+{
+    my ($p1, $p2, $p3) = ($u->port, $u->{port2}, $u->{port3});
+    my @urls = ("http://127.0.0.1:$p1/admin/accounts?via=webhook",
+        "http://admin.test:$p1/admin/accounts?via=webhook",
+        "http://127.0.0.1:$p2/ops/accounts?via=webhook",
+        "http://127.0.0.2:$p2/ops/accounts?via=webhook",
+        "http://[::1]:$p2/ops/accounts?via=webhook",
+        "http://admin.test:$p2/ops/accounts?via=webhook");
+    my $host = host_address();
+    push @urls, "http://$host:$p2/ops/accounts?via=webhook" if $host;
+    note "this host's address: " . ($host // 'none but loopback');
+    for my $url (@urls) {
+        my ($key, $id, $did) = endpoint_event($u, $url);
+        my ($a, $d) = first_attempt($u, $key, $id, $did);
+        is($a->{error}, $UNREACHABLE, "an admin API address is refused: "
+            . $url) or diag explain $d;
+    }
+    my ($key, $id, $did) = endpoint_event($u,
+        "http://127.0.0.1:$p3/other?via=webhook");
+    my $d = wait_delivery($u, $key, $id, $did,
+        sub { $_[0]{status} ne 'pending' }, 15);
+    is($d->{status}, 'succeeded', 'another server is reachable');
+    my @hits = grep { /via=webhook/ } $u->access_log_lines;
+    is(scalar @hits, 1, 'no webhook reached the admin API')
+        or diag join "\n", @hits;
+    like($hits[0] // '', qr{ /other\?}, '... only the other server');
+}
+$u->stop;
+$u->check_log;
 
 $rc->stop;
 $dns->stop;
