@@ -16,8 +16,11 @@
  * (a name that does not resolve, an address that is not allowed and a
  * refused connection read the same); the details are logged at info.
  *
- * A worker that dies or exits abandons its attempts; their leases end and
- * another worker sends them again, with the same event id.
+ * A worker that exits (reload, quit) claims nothing more, but finishes and
+ * records the attempts it has started: a timer that is not cancelable
+ * keeps it while they run, each within the timeout.  A worker that dies
+ * abandons its attempts; their leases end and another worker sends them
+ * again, with the same event id.
  */
 
 
@@ -40,6 +43,7 @@
 
 #define MR_WH_POLL        1000      /* ms between claims when idle */
 #define MR_WH_LEASE_PAD   5000      /* ms of lease beyond the timeout */
+#define MR_WH_EXIT_PAD    1000      /* ms an exiting worker waits beyond */
 #define MR_WH_BODY_MAX    65536     /* bytes of an answer we read */
 #define MR_WH_ADDRS_MAX   16        /* addresses of a name given to curl */
 #define MR_WH_NAME_MAX    253
@@ -90,6 +94,7 @@ static void mr_webhook_record(mr_wh_send_t *s, long code,
 static void mr_webhook_recorded(mr_store_op_t *op);
 static void mr_webhook_drop(mr_wh_send_t *s);
 static void mr_webhook_free(mr_wh_send_t *s);
+static void mr_webhook_inflight(ngx_event_t *ev);
 static ngx_int_t mr_webhook_sign(mr_dlv_job_t *job, time_t ts,
     struct curl_slist **list);
 static curl_socket_t mr_webhook_opensocket(void *clientp,
@@ -100,6 +105,7 @@ static size_t mr_webhook_discard(char *ptr, size_t size, size_t nmemb,
 
 static mr_main_conf_t  *mr_wh_mcf;
 static ngx_event_t      mr_wh_claim_ev;
+static ngx_event_t      mr_wh_inflight_ev;
 static mr_store_op_t    mr_wh_claim_op;
 static ngx_uint_t       mr_wh_claiming;
 static ngx_uint_t       mr_wh_kicked;     /* while claiming */
@@ -117,6 +123,11 @@ mr_webhook_init_process(ngx_cycle_t *cycle, mr_main_conf_t *mcf)
     mr_wh_claim_ev.log = cycle->log;
     mr_wh_claim_ev.data = &mr_wh_claim_op;
     mr_wh_claim_ev.cancelable = 1;
+
+    /* not cancelable: a worker that shuts down finishes its attempts */
+    mr_wh_inflight_ev.handler = mr_webhook_inflight;
+    mr_wh_inflight_ev.log = cycle->log;
+    mr_wh_inflight_ev.data = &mr_wh_sends;
 
     mr_store_deliveries_hook = mr_webhook_kick;
 
@@ -250,14 +261,11 @@ mr_webhook_claimed(mr_store_op_t *op)
 
     n = 0;
 
+    /* sent even by a worker that shuts down: it waits for them */
+
     for (job = op->wh.jobs; job; job = next) {
         next = job->next;
         job->next = NULL;
-
-        if (ngx_exiting || ngx_quit || ngx_terminate) {
-            ngx_free(job);     /* its lease ends; another worker sends it */
-            continue;
-        }
 
         mr_webhook_send(job);
         n++;
@@ -298,6 +306,10 @@ mr_webhook_send(mr_dlv_job_t *job)
 
     ngx_queue_insert_tail(&mr_wh_sends, &s->queue);
     mr_wh_active++;
+
+    /* the attempt that starts last ends last */
+    ngx_add_timer(&mr_wh_inflight_ev,
+                  mr_wh_mcf->webhook_timeout + MR_WH_EXIT_PAD);
 
     /* the host and port as libcurl sees them: it is given this very URL */
 
@@ -484,7 +496,7 @@ mr_webhook_resolve(mr_wh_send_t *s)
     ctx->data = s;
     ctx->timeout = ngx_min(mr_wh_mcf->webhook_resolver_timeout,
                            mr_wh_mcf->webhook_timeout);
-    ctx->cancelable = 1;
+    ctx->cancelable = 1;      /* mr_wh_inflight_ev keeps an exiting worker */
 
     s->ctx = ctx;
 
@@ -804,7 +816,10 @@ static void
 mr_webhook_drop(mr_wh_send_t *s)
 {
     ngx_queue_remove(&s->queue);
-    mr_wh_active--;
+
+    if (--mr_wh_active == 0 && mr_wh_inflight_ev.timer_set) {
+        ngx_del_timer(&mr_wh_inflight_ev);
+    }
 
     mr_webhook_free(s);
 }
@@ -845,6 +860,28 @@ mr_webhook_free(mr_wh_send_t *s)
 
     ngx_free(s->job);
     ngx_free(s);
+}
+
+
+/* the attempts of an exiting worker outlived their timeout: given up */
+
+static void
+mr_webhook_inflight(ngx_event_t *ev)
+{
+    if (mr_wh_active == 0) {
+        return;
+    }
+
+    if (ngx_exiting || ngx_quit || ngx_terminate) {
+        ngx_log_error(NGX_LOG_WARN, ev->log, 0,
+                      "modelroute webhooks: %ui attempts outlived "
+                      "\"modelroute_webhook_timeout\"; they are given up "
+                      "and made again when their leases end",
+                      mr_wh_active);
+        return;
+    }
+
+    ngx_add_timer(ev, mr_wh_mcf->webhook_timeout + MR_WH_EXIT_PAD);
 }
 
 
