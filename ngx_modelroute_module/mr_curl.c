@@ -7,12 +7,20 @@
  * one nginx timer, and transfers end through mr_curl_done_pt callbacks.
  * The connection of a socket is never touched after
  * curl_multi_socket_action(): curl may have removed it meanwhile.
+ *
+ * libcurl never resolves a host name here: its resolver runs in a thread
+ * that a transfer which times out, or a worker that exits, waits for.
+ * Names are resolved by nginx's resolver and handed over with
+ * CURLOPT_RESOLVE; a transfer whose name is not among them fails
+ * (mr_curl_resolver_start()).
  */
 
 
 #include <ngx_config.h>
 #include <ngx_core.h>
 #include <ngx_event.h>
+
+#include <arpa/inet.h>
 
 #include "mr_curl.h"
 
@@ -35,6 +43,8 @@ static void mr_curl_check(void);
 static void mr_curl_remove(mr_curl_req_t *req);
 static void mr_curl_fail(CURL *easy);
 static void mr_curl_fail_handler(ngx_event_t *ev);
+static int mr_curl_resolver_start(void *resolver_state, void *reserved,
+    void *userdata);
 
 
 static CURLM        *mr_curl_multi;
@@ -132,6 +142,9 @@ mr_curl_start(CURL *easy, mr_curl_done_pt done, void *data)
 
     curl_easy_setopt(easy, CURLOPT_PRIVATE, req);
     curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(easy, CURLOPT_RESOLVER_START_FUNCTION,
+                     mr_curl_resolver_start);
+    curl_easy_setopt(easy, CURLOPT_RESOLVER_START_DATA, req);
 
     if (curl_multi_add_handle(mr_curl_multi, easy) != CURLM_OK) {
         ngx_free(req);
@@ -382,4 +395,48 @@ mr_curl_check(void)
         req->done(easy, rc, req->data);
         ngx_free(req);
     }
+}
+
+
+/*
+ * libcurl is about to resolve a host that is not in its DNS cache: only
+ * an address literal, which it converts on the spot, may go on
+ */
+
+static int
+mr_curl_resolver_start(void *resolver_state, void *reserved, void *userdata)
+{
+    mr_curl_req_t *req = userdata;
+
+    int              literal;
+    char            *url, *host;
+    CURLU           *u;
+    struct in_addr   in;
+
+    literal = 0;
+    url = NULL;
+
+    if (curl_easy_getinfo(req->easy, CURLINFO_EFFECTIVE_URL, &url)
+        == CURLE_OK && url)
+    {
+        u = curl_url();
+
+        if (u && curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK
+            && curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK)
+        {
+            literal = (host[0] == '[' || inet_pton(AF_INET, host, &in) == 1);
+            curl_free(host);
+        }
+
+        curl_url_cleanup(u);
+    }
+
+    if (!literal) {
+        ngx_log_error(NGX_LOG_WARN, mr_curl_log, 0,
+                      "modelroute: libcurl was about to resolve a host name "
+                      "itself; the transfer fails instead");
+        return 1;
+    }
+
+    return 0;
 }

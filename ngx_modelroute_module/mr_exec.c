@@ -12,6 +12,7 @@
 #include "mr_http.h"
 #include "mr_exec.h"
 #include "mr_webhook.h"
+#include "mr_webhook_addr.h"
 
 
 #define MR_IDEM_KEY_MAX      255

@@ -4,9 +4,23 @@
  *
  * Every worker claims due deliveries from the store (MR_OP_DLV_CLAIM: each
  * with a lease, in the group commit), sends them with libcurl on the event
- * loop (mr_curl.c), and records each attempt (MR_OP_DLV_DONE).  A worker
- * that dies or exits abandons its attempts; their leases end and another
- * worker sends them again, with the same event id.
+ * loop (mr_curl.c), and records each attempt (MR_OP_DLV_DONE).
+ *
+ * An attempt's host, when it is a name, is resolved by nginx's resolver
+ * (mr_resolve.c), never by libc or libcurl: the addresses that
+ * mr_webhook_addr_refused() lets through are handed to libcurl with
+ * CURLOPT_RESOLVE, and the one it connects to is checked again in
+ * CURLOPT_OPENSOCKETFUNCTION.  Resolving and sending together take at
+ * most modelroute_webhook_timeout.  A failed attempt is recorded with a
+ * reason from a short list that tells a tenant nothing about the network
+ * (a name that does not resolve, an address that is not allowed and a
+ * refused connection read the same); the details are logged at info.
+ *
+ * A worker that exits (reload, quit) claims nothing more, but finishes and
+ * records the attempts it has started: a timer that is not cancelable
+ * keeps it while they run, each within the timeout.  A worker that dies
+ * abandons its attempts; their leases end and another worker sends them
+ * again, with the same event id.
  */
 
 
@@ -24,17 +38,39 @@
 #include "mr_store.h"
 #include "mr_curl.h"
 #include "mr_webhook.h"
+#include "mr_webhook_addr.h"
 
 
 #define MR_WH_POLL        1000      /* ms between claims when idle */
 #define MR_WH_LEASE_PAD   5000      /* ms of lease beyond the timeout */
+#define MR_WH_EXIT_PAD    1000      /* ms an exiting worker waits beyond */
 #define MR_WH_BODY_MAX    65536     /* bytes of an answer we read */
+#define MR_WH_ADDRS_MAX   16        /* addresses of a name given to curl */
+#define MR_WH_NAME_MAX    253
+
+/* "+name:port:addr,[addr6],..." */
+#define MR_WH_RESOLVE_LEN                                                    \
+    (1 + MR_WH_NAME_MAX + 1 + 1 + 5 + 1                                      \
+     + MR_WH_ADDRS_MAX * (NGX_INET6_ADDRSTRLEN + 3) + 1)
+
+/* what a tenant sees of a failed attempt */
+#define MR_WH_UNREACHABLE  "could not connect"
+#define MR_WH_TIMEDOUT     "timed out"
+#define MR_WH_TLS          "TLS handshake failed"
+#define MR_WH_NO_ANSWER    "no valid HTTP answer"
+#define MR_WH_FAILED       "delivery failed"
 
 
 typedef struct {
     ngx_queue_t               queue;
     mr_dlv_job_t             *job;
     CURL                     *easy;
+    CURLU                    *url;
+    char                     *host;          /* as libcurl has it */
+    ngx_str_t                 name;          /* as asked of the resolver */
+    in_port_t                 port;
+    ngx_resolver_ctx_t       *ctx;           /* while the name resolves */
+    struct curl_slist        *resolve;
     struct curl_slist        *headers;
     ngx_msec_t                start;
     size_t                    received;
@@ -47,9 +83,18 @@ static void mr_webhook_kick(void);
 static void mr_webhook_claim(ngx_event_t *ev);
 static void mr_webhook_claimed(mr_store_op_t *op);
 static void mr_webhook_send(mr_dlv_job_t *job);
+static ngx_int_t mr_webhook_literal(mr_wh_send_t *s, ngx_sockaddr_t *sa);
+static void mr_webhook_resolve(mr_wh_send_t *s);
+static void mr_webhook_resolved(ngx_resolver_ctx_t *ctx);
+static void mr_webhook_transfer(mr_wh_send_t *s);
 static void mr_webhook_sent(CURL *easy, CURLcode rc, void *data);
+static const char *mr_webhook_reason(mr_wh_send_t *s, CURLcode rc);
+static void mr_webhook_record(mr_wh_send_t *s, long code,
+    const char *reason);
 static void mr_webhook_recorded(mr_store_op_t *op);
+static void mr_webhook_drop(mr_wh_send_t *s);
 static void mr_webhook_free(mr_wh_send_t *s);
+static void mr_webhook_inflight(ngx_event_t *ev);
 static ngx_int_t mr_webhook_sign(mr_dlv_job_t *job, time_t ts,
     struct curl_slist **list);
 static curl_socket_t mr_webhook_opensocket(void *clientp,
@@ -60,6 +105,7 @@ static size_t mr_webhook_discard(char *ptr, size_t size, size_t nmemb,
 
 static mr_main_conf_t  *mr_wh_mcf;
 static ngx_event_t      mr_wh_claim_ev;
+static ngx_event_t      mr_wh_inflight_ev;
 static mr_store_op_t    mr_wh_claim_op;
 static ngx_uint_t       mr_wh_claiming;
 static ngx_uint_t       mr_wh_kicked;     /* while claiming */
@@ -78,11 +124,48 @@ mr_webhook_init_process(ngx_cycle_t *cycle, mr_main_conf_t *mcf)
     mr_wh_claim_ev.data = &mr_wh_claim_op;
     mr_wh_claim_ev.cancelable = 1;
 
+    /* not cancelable: a worker that shuts down finishes its attempts */
+    mr_wh_inflight_ev.handler = mr_webhook_inflight;
+    mr_wh_inflight_ev.log = cycle->log;
+    mr_wh_inflight_ev.data = &mr_wh_sends;
+
     mr_store_deliveries_hook = mr_webhook_kick;
 
     ngx_add_timer(&mr_wh_claim_ev, MR_WH_POLL / 2 + ngx_random() % MR_WH_POLL);
 
     return NGX_OK;
+}
+
+
+/*
+ * The worker exits: names still resolving are given up (their leases
+ * end and they are sent again); libcurl's transfers are given up by
+ * mr_curl_exit_process(), which follows.
+ */
+
+void
+mr_webhook_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_queue_t   *q, *next;
+    mr_wh_send_t  *s;
+
+    if (mr_wh_mcf == NULL) {
+        return;
+    }
+
+    for (q = ngx_queue_head(&mr_wh_sends);
+         q != ngx_queue_sentinel(&mr_wh_sends);
+         q = next)
+    {
+        next = ngx_queue_next(q);
+        s = ngx_queue_data(q, mr_wh_send_t, queue);
+
+        if (s->ctx) {
+            mr_webhook_drop(s);
+        }
+    }
+
+    mr_wh_mcf = NULL;
 }
 
 
@@ -178,14 +261,11 @@ mr_webhook_claimed(mr_store_op_t *op)
 
     n = 0;
 
+    /* sent even by a worker that shuts down: it waits for them */
+
     for (job = op->wh.jobs; job; job = next) {
         next = job->next;
         job->next = NULL;
-
-        if (ngx_exiting || ngx_quit || ngx_terminate) {
-            ngx_free(job);     /* its lease ends; another worker sends it */
-            continue;
-        }
 
         mr_webhook_send(job);
         n++;
@@ -208,17 +288,323 @@ mr_webhook_claimed(mr_store_op_t *op)
 static void
 mr_webhook_send(mr_dlv_job_t *job)
 {
-    CURL          *easy;
-    time_t         now;
+    char          *port;
+    ngx_int_t      n, rc;
+    const char    *why;
     mr_wh_send_t  *s;
+    ngx_sockaddr_t sa;
+    u_char         text[NGX_SOCKADDR_STRLEN];
 
     s = ngx_calloc(sizeof(mr_wh_send_t), ngx_cycle->log);
     if (s == NULL) {
-        ngx_free(job);
+        ngx_free(job);     /* its lease ends and it is tried again */
         return;
     }
 
     s->job = job;
+    s->start = ngx_current_msec;
+
+    ngx_queue_insert_tail(&mr_wh_sends, &s->queue);
+    mr_wh_active++;
+
+    /* the attempt that starts last ends last */
+    ngx_add_timer(&mr_wh_inflight_ev,
+                  mr_wh_mcf->webhook_timeout + MR_WH_EXIT_PAD);
+
+    /* the host and port as libcurl sees them: it is given this very URL */
+
+    s->url = curl_url();
+    if (s->url == NULL) {
+        goto failed;
+    }
+
+    port = NULL;
+
+    if (curl_url_set(s->url, CURLUPART_URL, (char *) job->url.data, 0)
+        != CURLUE_OK
+        || curl_url_get(s->url, CURLUPART_HOST, &s->host, 0) != CURLUE_OK
+        || curl_url_get(s->url, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT)
+           != CURLUE_OK)
+    {
+        ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                      "modelroute webhooks: %*s: libcurl cannot parse the "
+                      "URL", (size_t) MR_DLV_ID_LEN, job->dlv_id);
+        curl_free(port);
+        mr_webhook_record(s, 0, MR_WH_UNREACHABLE);
+        return;
+    }
+
+    n = ngx_atoi((u_char *) port, ngx_strlen(port));
+    curl_free(port);
+
+    if (n < 1 || n > 65535) {
+        mr_webhook_record(s, 0, MR_WH_UNREACHABLE);
+        return;
+    }
+
+    s->port = (in_port_t) n;
+
+    rc = mr_webhook_literal(s, &sa);
+
+    if (rc == NGX_DECLINED) {
+        mr_webhook_resolve(s);
+        return;
+    }
+
+    if (rc == NGX_OK) {
+        why = mr_webhook_addr_refused(mr_wh_mcf, &sa.sockaddr);
+        if (why == NULL) {
+            mr_webhook_transfer(s);
+            return;
+        }
+
+        (void) ngx_sock_ntop(&sa.sockaddr, sizeof(ngx_sockaddr_t), text,
+                             NGX_SOCKADDR_STRLEN, 0);
+
+        ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                      "modelroute webhooks: %*s: the address %s is %s",
+                      (size_t) MR_DLV_ID_LEN, job->dlv_id, text, why);
+    }
+
+    mr_webhook_record(s, 0, MR_WH_UNREACHABLE);
+    return;
+
+failed:
+
+    ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                  "modelroute webhooks: cannot start a delivery");
+
+    mr_webhook_drop(s);
+}
+
+
+/*
+ * NGX_OK: the host is an address literal (in sa, with the port);
+ * NGX_DECLINED: a name; NGX_ERROR: a bracketed host that is no address
+ */
+
+static ngx_int_t
+mr_webhook_literal(mr_wh_send_t *s, ngx_sockaddr_t *sa)
+{
+    size_t  len;
+    char    buf[NGX_INET6_ADDRSTRLEN + 1];
+
+    ngx_memzero(sa, sizeof(ngx_sockaddr_t));
+
+    if (inet_pton(AF_INET, s->host, &sa->sockaddr_in.sin_addr) == 1) {
+        sa->sockaddr_in.sin_family = AF_INET;
+        sa->sockaddr_in.sin_port = htons(s->port);
+        return NGX_OK;
+    }
+
+    if (s->host[0] != '[') {
+        return NGX_DECLINED;
+    }
+
+#if (NGX_HAVE_INET6)
+
+    /* "[addr]"; a zone ("%25eth0") is not accepted */
+
+    len = ngx_strlen(s->host);
+
+    if (len > 2 && len - 2 < sizeof(buf) && s->host[len - 1] == ']') {
+        ngx_memcpy(buf, s->host + 1, len - 2);
+        buf[len - 2] = '\0';
+
+        if (inet_pton(AF_INET6, buf, &sa->sockaddr_in6.sin6_addr) == 1) {
+            sa->sockaddr_in6.sin6_family = AF_INET6;
+            sa->sockaddr_in6.sin6_port = htons(s->port);
+            return NGX_OK;
+        }
+    }
+
+#else
+    (void) len;
+    (void) buf;
+#endif
+
+    return NGX_ERROR;
+}
+
+
+/* a host name: asked of nginx's resolver */
+
+static void
+mr_webhook_resolve(mr_wh_send_t *s)
+{
+    u_char              *p, c;
+    size_t               len, label;
+    ngx_resolver_ctx_t  *ctx;
+
+    len = ngx_strlen(s->host);
+
+    if (len && s->host[len - 1] == '.') {
+        len--;
+    }
+
+    /* letters, digits, '-', '_' in labels of 1 to 63 */
+
+    label = 0;
+
+    for (p = (u_char *) s->host; p < (u_char *) s->host + len; p++) {
+        c = *p;
+
+        if (c == '.') {
+            if (label == 0) {
+                break;
+            }
+
+            label = 0;
+            continue;
+        }
+
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
+              || (c >= '0' && c <= '9') || c == '-' || c == '_')
+            || ++label > 63)
+        {
+            break;
+        }
+    }
+
+    if (len == 0 || len > MR_WH_NAME_MAX || label == 0
+        || p != (u_char *) s->host + len)
+    {
+        ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                      "modelroute webhooks: %*s: \"%s\" is not a host name",
+                      (size_t) MR_DLV_ID_LEN, s->job->dlv_id, s->host);
+        mr_webhook_record(s, 0, MR_WH_UNREACHABLE);
+        return;
+    }
+
+    /* the resolver lowercases it in place */
+
+    s->name.data = ngx_alloc(len, ngx_cycle->log);
+    if (s->name.data == NULL) {
+        goto failed;
+    }
+
+    s->name.len = len;
+    ngx_memcpy(s->name.data, s->host, len);
+
+    ctx = ngx_resolve_start(mr_wh_mcf->webhook_resolver, NULL);
+    if (ctx == NULL || ctx == NGX_NO_RESOLVER) {
+        goto failed;
+    }
+
+    ctx->name = s->name;
+    ctx->handler = mr_webhook_resolved;
+    ctx->data = s;
+    ctx->timeout = ngx_min(mr_wh_mcf->webhook_resolver_timeout,
+                           mr_wh_mcf->webhook_timeout);
+    ctx->cancelable = 1;      /* mr_wh_inflight_ev keeps an exiting worker */
+
+    s->ctx = ctx;
+
+    /* the handler may run before this returns, and end s */
+
+    if (ngx_resolve_name(ctx) != NGX_OK) {
+        s->ctx = NULL;        /* freed */
+        goto failed;
+    }
+
+    return;
+
+failed:
+
+    ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                  "modelroute webhooks: cannot start resolving a host "
+                  "name; the delivery is tried again after its lease");
+
+    mr_webhook_drop(s);
+}
+
+
+static void
+mr_webhook_resolved(ngx_resolver_ctx_t *ctx)
+{
+    mr_wh_send_t *s = ctx->data;
+
+    u_char          *p, *last;
+    size_t           len;
+    ngx_uint_t       i, n;
+    const char      *why;
+    ngx_sockaddr_t   sa;
+    u_char           text[NGX_SOCKADDR_STRLEN];
+    u_char           line[MR_WH_RESOLVE_LEN];
+
+    s->ctx = NULL;
+
+    if (ctx->state) {
+        ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                      "modelroute webhooks: %*s: \"%V\" could not be "
+                      "resolved (%i: %s)", (size_t) MR_DLV_ID_LEN,
+                      s->job->dlv_id, &ctx->name, ctx->state,
+                      ngx_resolver_strerror(ctx->state));
+
+        ngx_resolve_name_done(ctx);
+        mr_webhook_record(s, 0, MR_WH_UNREACHABLE);
+        return;
+    }
+
+    /* for libcurl's cache: "+" makes the entry expire as lookups do */
+
+    last = line + sizeof(line);
+    p = ngx_snprintf(line, sizeof(line) - 1, "+%s:%d:", s->host,
+                     (int) s->port);
+    n = 0;
+
+    for (i = 0; i < ctx->naddrs && n < MR_WH_ADDRS_MAX; i++) {
+
+        len = ngx_min(ctx->addrs[i].socklen, sizeof(ngx_sockaddr_t));
+        ngx_memzero(&sa, sizeof(ngx_sockaddr_t));
+        ngx_memcpy(&sa, ctx->addrs[i].sockaddr, len);
+        ngx_inet_set_port(&sa.sockaddr, s->port);
+
+        len = ngx_sock_ntop(&sa.sockaddr, ctx->addrs[i].socklen, text,
+                            NGX_SOCKADDR_STRLEN, 0);
+
+        why = mr_webhook_addr_refused(mr_wh_mcf, &sa.sockaddr);
+        if (why) {
+            ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                          "modelroute webhooks: %*s: \"%V\" resolves to "
+                          "%*s, %s: not used", (size_t) MR_DLV_ID_LEN,
+                          s->job->dlv_id, &ctx->name, len, text, why);
+            continue;
+        }
+
+        p = ngx_slprintf(p, last - 1,
+                         sa.sockaddr.sa_family == AF_INET ? "%s%*s"
+                                                          : "%s[%*s]",
+                         n ? "," : "", len, text);
+        n++;
+    }
+
+    *p = '\0';
+
+    ngx_resolve_name_done(ctx);
+
+    if (n == 0) {
+        mr_webhook_record(s, 0, MR_WH_UNREACHABLE);
+        return;
+    }
+
+    s->resolve = curl_slist_append(NULL, (char *) line);
+    if (s->resolve == NULL) {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                      "modelroute webhooks: cannot start a delivery");
+        mr_webhook_drop(s);
+        return;
+    }
+
+    mr_webhook_transfer(s);
+}
+
+
+static void
+mr_webhook_transfer(mr_wh_send_t *s)
+{
+    CURL        *easy;
+    ngx_msec_t   elapsed, timeout;
 
     easy = curl_easy_init();
     if (easy == NULL) {
@@ -226,19 +612,23 @@ mr_webhook_send(mr_dlv_job_t *job)
     }
 
     s->easy = easy;
-    now = ngx_time();
 
-    if (mr_webhook_sign(job, now, &s->headers) != NGX_OK) {
+    if (mr_webhook_sign(s->job, ngx_time(), &s->headers) != NGX_OK) {
         goto failed;
     }
 
-    curl_easy_setopt(easy, CURLOPT_URL, (char *) job->url.data);
+    /* what resolving took is part of the attempt's timeout */
+
+    elapsed = ngx_current_msec - s->start;
+    timeout = (elapsed < mr_wh_mcf->webhook_timeout)
+              ? mr_wh_mcf->webhook_timeout - elapsed : 1;
+
+    curl_easy_setopt(easy, CURLOPT_CURLU, s->url);
     curl_easy_setopt(easy, CURLOPT_POST, 1L);
-    curl_easy_setopt(easy, CURLOPT_POSTFIELDS, (char *) job->body.data);
-    curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE, (long) job->body.len);
+    curl_easy_setopt(easy, CURLOPT_POSTFIELDS, (char *) s->job->body.data);
+    curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE, (long) s->job->body.len);
     curl_easy_setopt(easy, CURLOPT_HTTPHEADER, s->headers);
-    curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS,
-                     (long) mr_wh_mcf->webhook_timeout);
+    curl_easy_setopt(easy, CURLOPT_TIMEOUT_MS, (long) timeout);
     curl_easy_setopt(easy, CURLOPT_FOLLOWLOCATION, 0L);
     curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, s->errbuf);
     curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, mr_webhook_discard);
@@ -248,21 +638,17 @@ mr_webhook_send(mr_dlv_job_t *job)
                      mr_wh_mcf->webhook_allow_private ? "http,https"
                                                       : "https");
 
-    if (!mr_wh_mcf->webhook_allow_private) {
-        /* the address curl connects to, whatever the name resolved to */
-        curl_easy_setopt(easy, CURLOPT_OPENSOCKETFUNCTION,
-                         mr_webhook_opensocket);
-        curl_easy_setopt(easy, CURLOPT_OPENSOCKETDATA, s);
+    if (s->resolve) {
+        curl_easy_setopt(easy, CURLOPT_RESOLVE, s->resolve);
     }
 
-    s->start = ngx_current_msec;
+    /* the address curl connects to, whatever it came from */
+    curl_easy_setopt(easy, CURLOPT_OPENSOCKETFUNCTION, mr_webhook_opensocket);
+    curl_easy_setopt(easy, CURLOPT_OPENSOCKETDATA, s);
 
     if (mr_curl_start(easy, mr_webhook_sent, s) != NGX_OK) {
         goto failed;
     }
-
-    ngx_queue_insert_tail(&mr_wh_sends, &s->queue);
-    mr_wh_active++;
 
     return;
 
@@ -272,8 +658,7 @@ failed:
                   "modelroute webhooks: cannot start a delivery");
 
     /* its lease ends and it is tried again */
-    ngx_queue_init(&s->queue);
-    mr_webhook_free(s);
+    mr_webhook_drop(s);
 }
 
 
@@ -282,42 +667,107 @@ mr_webhook_sent(CURL *easy, CURLcode rc, void *data)
 {
     mr_wh_send_t *s = data;
 
-    long            code;
-    size_t          len;
-    const char     *err;
-    mr_store_op_t  *op;
-
-    ngx_queue_remove(&s->queue);
-    ngx_queue_init(&s->queue);
-    mr_wh_active--;
+    long         code, oserr;
+    const char  *reason;
 
     if (rc == MR_CURL_ABANDONED) {
         /* the worker exits: the lease ends, another worker sends it */
-        mr_webhook_free(s);
+        mr_webhook_drop(s);
         return;
     }
 
     code = 0;
+    reason = NULL;
 
     if (rc == CURLE_OK
         || (rc == CURLE_WRITE_ERROR && s->received > MR_WH_BODY_MAX))
     {
         /* a long answer is cut short: its status is what counts */
         curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &code);
-        err = NULL;
-
-    } else if (s->blocked) {
-        err = "address not allowed";
 
     } else {
-        err = s->errbuf[0] ? s->errbuf : curl_easy_strerror(rc);
+        reason = mr_webhook_reason(s, rc);
+
+        /* the system's error, if any, closes the line */
+
+        oserr = 0;
+        (void) curl_easy_getinfo(easy, CURLINFO_OS_ERRNO, &oserr);
+
+        ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, (ngx_err_t) oserr,
+                      "modelroute webhooks: %*s: an attempt to \"%s\" "
+                      "failed (%s): %s", (size_t) MR_DLV_ID_LEN,
+                      s->job->dlv_id, s->host, reason,
+                      s->errbuf[0] ? s->errbuf : curl_easy_strerror(rc));
     }
 
-    len = err ? ngx_strlen(err) : 0;
+    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
+                   "modelroute webhooks: %*s answered %l",
+                   (size_t) MR_DLV_ID_LEN, s->job->dlv_id, code);
+
+    mr_webhook_record(s, code, reason);
+}
+
+
+/* a failed attempt's reason, as tenants see it */
+
+static const char *
+mr_webhook_reason(mr_wh_send_t *s, CURLcode rc)
+{
+    if (s->blocked) {
+        return MR_WH_UNREACHABLE;
+    }
+
+    switch (rc) {
+
+    case CURLE_COULDNT_RESOLVE_HOST:
+    case CURLE_COULDNT_CONNECT:
+    case CURLE_UNSUPPORTED_PROTOCOL:
+        return MR_WH_UNREACHABLE;
+
+    case CURLE_OPERATION_TIMEDOUT:
+        return MR_WH_TIMEDOUT;
+
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER:
+    case CURLE_SSL_ISSUER_ERROR:
+    case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+    case CURLE_SSL_INVALIDCERTSTATUS:
+    case CURLE_SSL_SHUTDOWN_FAILED:
+    case CURLE_USE_SSL_FAILED:
+        return MR_WH_TLS;
+
+    case CURLE_GOT_NOTHING:
+    case CURLE_RECV_ERROR:
+    case CURLE_SEND_ERROR:
+    case CURLE_PARTIAL_FILE:
+    case CURLE_WEIRD_SERVER_REPLY:
+    case CURLE_HTTP2:
+    case CURLE_HTTP2_STREAM:
+    case CURLE_BAD_CONTENT_ENCODING:
+    case CURLE_WRITE_ERROR:
+        return MR_WH_NO_ANSWER;
+
+    default:
+        return MR_WH_FAILED;
+    }
+}
+
+
+/* the attempt is over: recorded with its status code or reason */
+
+static void
+mr_webhook_record(mr_wh_send_t *s, long code, const char *reason)
+{
+    size_t          len;
+    mr_store_op_t  *op;
+
+    len = reason ? ngx_strlen(reason) : 0;
 
     op = ngx_calloc(sizeof(mr_store_op_t) + len, ngx_cycle->log);
     if (op == NULL) {
-        mr_webhook_free(s);
+        mr_webhook_drop(s);
         return;
     }
 
@@ -334,14 +784,10 @@ mr_webhook_sent(CURL *easy, CURLcode rc, void *data)
     if (len) {
         op->wh.error.data = (u_char *) (op + 1);
         op->wh.error.len = len;
-        ngx_memcpy(op->wh.error.data, err, len);
+        ngx_memcpy(op->wh.error.data, reason, len);
     }
 
-    ngx_log_debug3(NGX_LOG_DEBUG_HTTP, ngx_cycle->log, 0,
-                   "modelroute webhooks: %*s answered %l",
-                   (size_t) MR_DLV_ID_LEN, s->job->dlv_id, code);
-
-    mr_webhook_free(s);
+    mr_webhook_drop(s);
 
     mr_store_submit(op);
 }
@@ -364,11 +810,48 @@ mr_webhook_recorded(mr_store_op_t *op)
 }
 
 
+/* the attempt leaves the worker: recorded, or left to its lease */
+
+static void
+mr_webhook_drop(mr_wh_send_t *s)
+{
+    ngx_queue_remove(&s->queue);
+
+    if (--mr_wh_active == 0 && mr_wh_inflight_ev.timer_set) {
+        ngx_del_timer(&mr_wh_inflight_ev);
+    }
+
+    mr_webhook_free(s);
+}
+
+
 static void
 mr_webhook_free(mr_wh_send_t *s)
 {
+    if (s->ctx) {
+        ngx_resolve_name_done(s->ctx);
+    }
+
+    /* the handle first: it refers to the URL, headers and addresses */
+
     if (s->easy) {
         curl_easy_cleanup(s->easy);
+    }
+
+    if (s->url) {
+        curl_url_cleanup(s->url);
+    }
+
+    if (s->host) {
+        curl_free(s->host);
+    }
+
+    if (s->name.data) {
+        ngx_free(s->name.data);
+    }
+
+    if (s->resolve) {
+        curl_slist_free_all(s->resolve);
     }
 
     if (s->headers) {
@@ -377,6 +860,28 @@ mr_webhook_free(mr_wh_send_t *s)
 
     ngx_free(s->job);
     ngx_free(s);
+}
+
+
+/* the attempts of an exiting worker outlived their timeout: given up */
+
+static void
+mr_webhook_inflight(ngx_event_t *ev)
+{
+    if (mr_wh_active == 0) {
+        return;
+    }
+
+    if (ngx_exiting || ngx_quit || ngx_terminate) {
+        ngx_log_error(NGX_LOG_WARN, ev->log, 0,
+                      "modelroute webhooks: %ui attempts outlived "
+                      "\"modelroute_webhook_timeout\"; they are given up "
+                      "and made again when their leases end",
+                      mr_wh_active);
+        return;
+    }
+
+    ngx_add_timer(ev, mr_wh_mcf->webhook_timeout + MR_WH_EXIT_PAD);
 }
 
 
@@ -534,7 +1039,19 @@ mr_webhook_opensocket(void *clientp, curlsocktype purpose,
 {
     mr_wh_send_t *s = clientp;
 
-    if (mr_webhook_addr_blocked(&address->addr)) {
+    const char  *why;
+    u_char       text[NGX_SOCKADDR_STRLEN];
+
+    why = mr_webhook_addr_refused(mr_wh_mcf, &address->addr);
+
+    if (why) {
+        (void) ngx_sock_ntop(&address->addr, address->addrlen, text,
+                             NGX_SOCKADDR_STRLEN, 1);
+
+        ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                      "modelroute webhooks: %*s: the address %s is %s",
+                      (size_t) MR_DLV_ID_LEN, s->job->dlv_id, text, why);
+
         s->blocked = 1;
         return CURL_SOCKET_BAD;
     }
@@ -552,197 +1069,4 @@ mr_webhook_discard(char *ptr, size_t size, size_t nmemb, void *userdata)
 
     /* the answer's body is not used: a huge one ends the transfer */
     return s->received > MR_WH_BODY_MAX ? 0 : size * nmemb;
-}
-
-
-/* loopback, private, link-local, CGNAT, multicast, metadata, unspecified */
-
-ngx_int_t
-mr_webhook_addr_blocked(struct sockaddr *sa)
-{
-    u_char                *b;
-    uint32_t               a;
-    struct sockaddr_in    *sin;
-#if (NGX_HAVE_INET6)
-    struct sockaddr_in6   *sin6;
-#endif
-
-    switch (sa->sa_family) {
-
-    case AF_INET:
-        sin = (struct sockaddr_in *) sa;
-        a = ntohl(sin->sin_addr.s_addr);
-
-        return (a >> 24) == 0                         /* 0.0.0.0/8 */
-               || (a >> 24) == 10                     /* 10/8 */
-               || (a >> 24) == 127                    /* loopback */
-               || (a >> 16) == 0xa9fe                 /* 169.254/16 */
-               || (a >> 20) == 0xac1                  /* 172.16/12 */
-               || (a >> 16) == 0xc0a8                 /* 192.168/16 */
-               || (a >> 22) == (100 << 2 | 1)         /* 100.64/10 */
-               || (a >> 8) == 0xc00000                /* 192.0.0/24 */
-               || (a >> 17) == (0xc612 >> 1)          /* 198.18/15 */
-               || (a >> 28) >= 0xe;                   /* multicast+ */
-
-#if (NGX_HAVE_INET6)
-    case AF_INET6:
-        sin6 = (struct sockaddr_in6 *) sa;
-        b = sin6->sin6_addr.s6_addr;
-
-        /* forms that carry an IPv4 address: check that one */
-
-        if (IN6_IS_ADDR_V4MAPPED(&sin6->sin6_addr)
-            || IN6_IS_ADDR_V4COMPAT(&sin6->sin6_addr)
-            || (b[0] == 0 && b[1] == 0x64 && b[2] == 0xff && b[3] == 0x9b)
-            || (ngx_memcmp(b, "\0\0\0\0\0\0\0\0\xff\xff\0\0", 12) == 0)
-            || (b[0] == 0x20 && b[1] == 0x02))
-        {
-            struct sockaddr_in  v4;
-
-            ngx_memzero(&v4, sizeof(struct sockaddr_in));
-            v4.sin_family = AF_INET;
-            ngx_memcpy(&v4.sin_addr, (b[0] == 0x20) ? b + 2 : b + 12, 4);
-
-            return mr_webhook_addr_blocked((struct sockaddr *) &v4);
-        }
-
-        return IN6_IS_ADDR_UNSPECIFIED(&sin6->sin6_addr)
-               || IN6_IS_ADDR_LOOPBACK(&sin6->sin6_addr)
-               || IN6_IS_ADDR_LINKLOCAL(&sin6->sin6_addr)
-               || IN6_IS_ADDR_SITELOCAL(&sin6->sin6_addr)
-               || IN6_IS_ADDR_MULTICAST(&sin6->sin6_addr)
-               || (b[0] & 0xfe) == 0xfc;              /* fc00::/7 */
-#endif
-
-    default:
-        return 1;
-    }
-}
-
-
-/*
- * At registration: the scheme, the characters, and a host that is an
- * address literal or localhost.  Names are checked at delivery time,
- * where the address is known.
- */
-
-const char *
-mr_webhook_url_check(ngx_str_t *url, ngx_uint_t allow_private)
-{
-    u_char               *p, *host, *last, c;
-    size_t                hlen;
-    struct sockaddr_in    sin;
-#if (NGX_HAVE_INET6)
-    struct sockaddr_in6   sin6;
-#endif
-    u_char                buf[64];
-
-    if (url->len > 2048) {
-        return "the URL is longer than 2048 characters";
-    }
-
-    for (p = url->data; p < url->data + url->len; p++) {
-        c = *p;
-        if (c <= 0x20 || c >= 0x7f || c == '"' || c == '\\') {
-            return "the URL has characters that are not allowed";
-        }
-    }
-
-    if (url->len > 8 && ngx_strncasecmp(url->data, (u_char *) "https://", 8)
-                        == 0)
-    {
-        host = url->data + 8;
-
-    } else if (allow_private && url->len > 7
-               && ngx_strncasecmp(url->data, (u_char *) "http://", 7) == 0)
-    {
-        host = url->data + 7;
-
-    } else {
-        return allow_private ? "the URL must be http(s)"
-                             : "the URL must be https";
-    }
-
-    last = url->data + url->len;
-
-    for (p = host; p < last && *p != '/' && *p != '?' && *p != '#'; p++) {
-        if (*p == '@') {
-            return "the URL must not have a user name";
-        }
-    }
-
-    last = p;
-
-    if (host == last) {
-        return "the URL has no host";
-    }
-
-    if (allow_private) {
-        return NULL;
-    }
-
-    /* the host without its port */
-
-    if (*host == '[') {
-        p = ngx_strlchr(host, last, ']');
-        if (p == NULL || ngx_strlchr(host, p, '%')) {
-            return "the URL's host is not valid";
-        }
-
-        host++;
-        hlen = p - host;
-
-    } else {
-        p = ngx_strlchr(host, last, ':');
-        hlen = (p ? p : last) - host;
-    }
-
-    if (hlen == 0 || hlen >= sizeof(buf)) {
-        return hlen ? NULL : "the URL has no host";
-    }
-
-    ngx_memcpy(buf, host, hlen);
-
-    if (buf[hlen - 1] == '.') {
-        hlen--;               /* "localhost." is localhost */
-    }
-
-    buf[hlen] = '\0';
-
-    if (hlen == 0) {
-        return "the URL has no host";
-    }
-
-    if (hlen >= 9 && ngx_strncasecmp(buf + hlen - 9, (u_char *) "localhost",
-                                     9) == 0
-        && (hlen == 9 || buf[hlen - 10] == '.'))
-    {
-        return "the URL's host is a loopback name";
-    }
-
-    ngx_memzero(&sin, sizeof(struct sockaddr_in));
-
-    /* inet_aton(): also 127.1, 0x7f000001, 2130706433, 0177.0.0.1 */
-
-    if (inet_aton((char *) buf, &sin.sin_addr) != 0) {
-        sin.sin_family = AF_INET;
-
-        return mr_webhook_addr_blocked((struct sockaddr *) &sin)
-               ? "the URL's address is not public" : NULL;
-    }
-
-#if (NGX_HAVE_INET6)
-
-    ngx_memzero(&sin6, sizeof(struct sockaddr_in6));
-
-    if (inet_pton(AF_INET6, (char *) buf, &sin6.sin6_addr) == 1) {
-        sin6.sin6_family = AF_INET6;
-
-        return mr_webhook_addr_blocked((struct sockaddr *) &sin6)
-               ? "the URL's address is not public" : NULL;
-    }
-
-#endif
-
-    return NULL;
 }

@@ -1,6 +1,6 @@
 
 /*
- * ModelRoute: webhook delivery (the engine) and the URL policy.
+ * ModelRoute: webhook delivery (the engine) and the webhook API.
  */
 
 
@@ -16,10 +16,7 @@
 
 
 ngx_int_t mr_webhook_init_process(ngx_cycle_t *cycle, mr_main_conf_t *mcf);
-
-/* NULL if the URL may be registered, else why not */
-const char *mr_webhook_url_check(ngx_str_t *url, ngx_uint_t allow_private);
-ngx_int_t mr_webhook_addr_blocked(struct sockaddr *sa);
+void mr_webhook_exit_process(ngx_cycle_t *cycle);
 
 ngx_int_t mr_webhook_api_handler(ngx_http_request_t *r, ngx_str_t *seg,
     ngx_uint_t n);

@@ -12,6 +12,7 @@
 #include "mr_http.h"
 #include "mr_auth.h"
 #include "mr_webhook.h"
+#include "mr_webhook_addr.h"
 
 
 #define MR_WH_DESCRIPTION_MAX  1024

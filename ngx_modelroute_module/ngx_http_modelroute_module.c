@@ -17,6 +17,8 @@
 #include "mr_lua.h"
 #include "mr_sweeper.h"
 #include "mr_webhook.h"
+#include "mr_webhook_addr.h"
+#include "mr_resolve.h"
 #include "mr_curl.h"
 #include "mr_route.h"
 #include "mr_dispatch.h"
@@ -143,6 +145,20 @@ static ngx_command_t  ngx_http_modelroute_commands[] = {
       ngx_conf_set_flag_slot,
       NGX_HTTP_MAIN_CONF_OFFSET,
       offsetof(mr_main_conf_t, webhook_allow_private),
+      NULL },
+
+    { ngx_string("modelroute_webhook_resolver"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      mr_resolve_directive,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("modelroute_webhook_resolver_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(mr_main_conf_t, webhook_resolver_timeout),
       NULL },
 
     { ngx_string("modelroute_thread_pool"),
@@ -326,6 +342,7 @@ ngx_http_modelroute_create_main_conf(ngx_conf_t *cf)
     mcf->webhook_total = NGX_CONF_UNSET_UINT;
     mcf->webhook_per_endpoint = NGX_CONF_UNSET_UINT;
     mcf->webhook_allow_private = NGX_CONF_UNSET;
+    mcf->webhook_resolver_timeout = NGX_CONF_UNSET_MSEC;
     mcf->dispatch_concurrency = NGX_CONF_UNSET_UINT;
 
     if (ngx_array_init(&mcf->models, cf->pool, 4, sizeof(mr_model_t))
@@ -402,6 +419,10 @@ ngx_http_modelroute_init_main_conf(ngx_conf_t *cf, void *conf)
 
     if (!mcf->used) {
         return NGX_CONF_OK;
+    }
+
+    if (mr_resolve_init_conf(cf, mcf) != NGX_CONF_OK) {
+        return NGX_CONF_ERROR;
     }
 
     if (mcf->store_path.len == 0) {
@@ -500,6 +521,14 @@ ngx_http_modelroute_mount(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     mcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_modelroute_module);
     mcf->used = 1;
+
+    /* webhooks never reach the admin API's own addresses */
+
+    if (lcf->handler == MR_HANDLER_ADMIN
+        && mr_webhook_addr_admin(cf, mcf) != NGX_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
 
     clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
     clcf->handler = ngx_http_modelroute_handler;
@@ -864,7 +893,8 @@ ngx_http_modelroute_postconfiguration(ngx_conf_t *cf)
     mcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_modelroute_module);
 
     if (mr_route_listen(cf, mcf) != NGX_OK
-        || mr_dispatch_postconfiguration(cf, mcf) != NGX_OK)
+        || mr_dispatch_postconfiguration(cf, mcf) != NGX_OK
+        || mr_webhook_addr_postconfiguration(cf, mcf) != NGX_OK)
     {
         return NGX_ERROR;
     }
@@ -935,7 +965,8 @@ ngx_http_modelroute_exit_process(ngx_cycle_t *cycle)
         return;
     }
 
-    /* the transfers in flight first: none may reach the store after it */
+    /* the attempts in flight first: none may reach the store after it */
+    mr_webhook_exit_process(cycle);
     mr_curl_exit_process(cycle);
     mr_store_exit_process(cycle);
 }

@@ -77,6 +77,11 @@ typedef struct {
     ngx_uint_t                webhook_total;
     ngx_uint_t                webhook_per_endpoint;
     ngx_flag_t                webhook_allow_private;
+    ngx_resolver_t           *webhook_resolver;
+    ngx_msec_t                webhook_resolver_timeout;
+    ngx_array_t              *webhook_admin_srvs;  /* core srv conf ptrs */
+    ngx_array_t              *webhook_admin_addrs; /* mr_webhook_addr.c */
+    ngx_array_t              *webhook_local;   /* ngx_sockaddr_t */
     ngx_array_t               routes;          /* mr_route_t */
     ngx_uint_t                dispatch_concurrency;
     ngx_str_t                 callback_url;

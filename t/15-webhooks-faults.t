@@ -1,5 +1,7 @@
 # Webhooks under faults: a receiver that is down then up, an nginx
-# restart with a delivery pending, an attempt that times out, 410 Gone,
+# restart with a delivery pending, an attempt that times out, deliveries
+# in flight during a reload and a quit (finished, recorded, sent once),
+# 410 Gone,
 # a schedule that runs out and a manual retry, a deleted endpoint, every
 # worker killed with SIGKILL while a delivery is in flight (at-least-once,
 # same event id), and 10 consecutive failures deactivating an endpoint.
@@ -190,25 +192,50 @@ sub all_signed {
 }
 
 # ---------------------------------------------------------------- reload
+# Deliveries in flight when nginx reloads (HUP) or quits: the exiting
+# workers finish them and record each attempt with its outcome; nothing is
+# sent twice.
 
 {
-    my ($key, $id, $secret) = setup($t, '/reload');
-    $rc->set('/reload', delay => 1.5);
-    my $ev = send_test($t, $key, $id);
-    ok($rc->wait_requests(1, path => '/reload'), 'reload: delivery in flight');
-    $rc->set('/reload');
+    my @d;
+    for my $i (1 .. 4) {
+        my ($key, $id, $secret) = setup($t, "/reload$i");
+        $rc->set("/reload$i", delay => 1.5);
+        push @d, [ $key, $id, $secret, send_test($t, $key, $id) ];
+    }
+    my $in = grep { $rc->wait_requests(1, path => "/reload$_") } 1 .. 4;
+    is($in, 4, 'reload: four deliveries in flight');
     my $t0 = time;
-    ok(eval { $t->reload; 1 }, 'reload while a delivery is in flight: the '
+    ok(eval { $t->reload; 1 }, 'reload while deliveries are in flight: the '
         . 'old workers exit') or diag $@;
     note sprintf 'reload took %.1f s', time - $t0;
-    my $d = wait_delivery($t, $key, $id, $ev->{delivery_id} // '-',
-        sub { $_[0]{status} eq 'succeeded' }, 30);
-    is($d->{status}, 'succeeded', 'reload: delivered');
-    my @got = $rc->requests(path => '/reload');
-    note sprintf 'reload: %d request(s), the last %.1f s after the reload',
-        scalar @got, $got[-1]{arrived} - $t0 if @got;
-    same_event('reload: same event id', $ev->{event_id} // '-', @got);
-    all_signed('reload: signed', $secret, @got);
+    for my $i (1 .. 4) {
+        my ($key, $id, $secret, $ev) = @{ $d[$i - 1] };
+        my $d = wait_delivery($t, $key, $id, $ev->{delivery_id} // '-',
+            sub { $_[0]{status} ne 'pending' }, 30);
+        is($d->{status}, 'succeeded', "reload $i: delivered");
+        is(scalar @{ $d->{attempts} // [] }, 1,
+            "reload $i: one attempt, recorded by the exiting worker")
+            or diag explain $d;
+        is($d->{attempts}[0]{status_code}, 200, "reload $i: with its 200");
+        my @got = $rc->requests(path => "/reload$i");
+        is(scalar @got, 1, "reload $i: sent once");
+        same_event("reload $i: the event id", $ev->{event_id} // '-', @got);
+        all_signed("reload $i: signed", $secret, @got);
+    }
+
+    my ($key, $id, $secret) = setup($t, '/quit');
+    $rc->set('/quit', delay => 1.5);
+    my $ev = send_test($t, $key, $id);
+    ok($rc->wait_requests(1, path => '/quit'), 'quit: a delivery in flight');
+    $t->stop;
+    $t->start;
+    my $d = wh_delivery($t, $key, $id, $ev->{delivery_id} // '-') // {};
+    is($d->{status}, 'succeeded', 'quit: the exiting worker recorded the '
+        . 'attempt before nginx stopped') or diag explain $d;
+    is(scalar @{ $d->{attempts} // [] }, 1, 'quit: one attempt');
+    is($d->{attempts}[0]{status_code}, 200, 'quit: with its 200');
+    is($rc->count(path => '/quit'), 1, 'quit: sent once');
 }
 
 # ---------------------------------------------------------------- 410 Gone
