@@ -89,6 +89,35 @@ build() {
     echo "build.sh: built $module"
 }
 
+# The npm packages of package-lock.json (the OpenAPI linter and validator
+# that t/24-openapi.t runs) in node_modules/; Debian's nodejs and npm
+# where there is no node or npm (Debian 12's node 18 runs them).
+install_node_deps() {
+    local missing=()
+    command -v node >/dev/null 2>&1 || missing+=(nodejs)
+    command -v npm >/dev/null 2>&1 || missing+=(npm)
+    if [ ${#missing[@]} -gt 0 ]; then
+        if [ "$(id -u)" -ne 0 ]; then
+            echo "build.sh: missing ${missing[*]}: run as root or:" \
+                 "apt-get install ${missing[*]}" >&2
+            exit 1
+        fi
+        echo "build.sh: installing ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+            --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+    # once per package-lock.json
+    cmp -s "$top/package-lock.json" "$top/node_modules/.mr-lock" && return 0
+    echo "build.sh: npm ci"
+    (cd "$top" && npm ci --ignore-scripts --no-audit --no-fund \
+        --loglevel=error) || {
+        echo "build.sh: npm ci failed" >&2
+        exit 1
+    }
+    cp "$top/package-lock.json" "$top/node_modules/.mr-lock"
+}
+
 # The Debian package: dpkg-buildpackage in a copy of the working tree
 # (build/deb/), so that the checkout gets no debian/ build files and the
 # .deb is not written next to it; debian/rules builds the module with
@@ -132,14 +161,14 @@ run_demo() {
 
 cmd="${1:-build}"
 case "$cmd" in
-    build) install_deps; build ;;
+    build) install_deps; install_node_deps; build ;;
     compile) build ;;
     deb)   install_deps "${deb_deps[@]}"; deb ;;
     test-package)
            install_deps "${deb_deps[@]}"; deb
            cd "$top" && MR_DEB="$deb_file" prove -v xt/package.t ;;
     run)   install_deps; build; run_demo ;;
-    test)  install_deps; build
+    test)  install_deps; install_node_deps; build
            cd "$top" && MR_MODULE="$module" prove -r t ;;
     bench) install_deps; build
            rc=0

@@ -113,6 +113,8 @@ for my $want ($SO, $AVAILABLE, $LUA, "$DOC/copyright", "$DOC/changelog.gz",
     ok((grep { $_ eq $want } @paths), "the package has $want");
 }
 ok((grep { m{^\Q$DOC\E/README\.md(\.gz)?$} } @paths), 'and the README');
+ok((grep { m{^\Q$DOC\E/openapi\.yaml(\.gz)?$} } @paths),
+   'and the OpenAPI document');
 
 my ($frc, $fields) = run('dpkg-deb', '-f', $deb, 'Depends');
 like($fields, qr/(^|, )nginx-abi-[\d.]+-\d+(,|$)/m,
