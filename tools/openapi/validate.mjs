@@ -208,6 +208,13 @@ function checkResponse(x, seen) {
             if (served.includes('GET')) {
                 served.push('HEAD');
             }
+            if (status === '401' && url.pathname.startsWith('/v1/')
+                && !url.pathname.startsWith('/v1/callbacks/')) {
+                // /v1/ authenticates first, whatever the method
+                response = doc.components.responses.Unauthorized;
+                return checkBody(x, url, status, response, false, null,
+                                 opMethod, errors);
+            }
             if (status !== '405') {
                 errors.push(`${x.method} ${found.template}: not in the`
                             + ` document; the answer should be 405, not ${status}`);
@@ -239,6 +246,14 @@ function checkResponse(x, seen) {
         }
     }
 
+    return checkBody(x, url, status, response, isHead, found, opMethod,
+                     errors);
+}
+
+// the answer's headers and body against the response of the document
+function checkBody(x, url, status, response, isHead, found, opMethod,
+                   errors) {
+    const headers = x.headers || {};
     response = deref(response);
     const where = `${x.method} ${url.pathname} ${status}`;
     checkHeaders(response.headers, headers, errors, where);
