@@ -1,16 +1,23 @@
 #!/usr/bin/env bash
 # ModelRoute for nginx: build, run the demo, run the tests.
 #
-#   ./build.sh          install what is missing, build the module
-#   ./build.sh run      build, then run nginx with conf/ on 127.0.0.1:8080
-#   ./build.sh test     build, then run every test (prove -r t)
-#   ./build.sh bench    build, then run the benchmarks in bench/
+#   ./build.sh              install what is missing, build the module
+#   ./build.sh run          build, then run nginx with conf/ on 127.0.0.1:8080
+#   ./build.sh test         build, then run every test (prove -r t)
+#   ./build.sh bench        build, then run the benchmarks in bench/
+#   ./build.sh deb          build the Debian package (build/*.deb), lintian
+#   ./build.sh test-package build the package, then install, use and purge
+#                           it on this machine (root; xt/package.t)
+#   ./build.sh compile      build the module only, installing nothing (what
+#                           debian/rules runs)
 #
 # NGINX_SRC=/path/to/nginx-source builds against another nginx tree.
+# MR_BUILD_DIR (default build/) is where the module is built; MR_CC_OPT
+# and MR_LD_OPT are added to the compiler's and the linker's flags.
 set -euo pipefail
 
 top=$(cd "$(dirname "$0")" && pwd)
-out="$top/build"
+out="${MR_BUILD_DIR:-$top/build}"
 module="$out/ngx_http_modelroute_module.so"
 
 deps=(nginx nginx-dev liblmdb-dev lmdb-utils libjansson-dev
@@ -18,9 +25,14 @@ deps=(nginx nginx-dev liblmdb-dev lmdb-utils libjansson-dev
       libnginx-mod-http-echo curl wrk
       libnginx-mod-http-lua lua-resty-core lua-cjson)
 
+# what ./build.sh deb needs on top (debian/control's Build-Depends are
+# among the above)
+deb_deps=(debhelper dpkg-dev lintian)
+
+# install_deps [more packages]: deps and the packages named
 install_deps() {
     local missing=() p
-    for p in "${deps[@]}"; do
+    for p in "${deps[@]}" "$@"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null \
             | grep -q 'install ok installed' || missing+=("$p")
     done
@@ -60,7 +72,8 @@ build() {
         cd "$tree"
         if [ -x ./configure ]; then cfg=./configure; else cfg=./auto/configure; fi
         $cfg "${flags[@]}" --add-dynamic-module="$top" \
-            --with-cc-opt="-Werror" > "$out/configure.log" 2>&1 || {
+            --with-cc-opt="-Werror ${MR_CC_OPT:-}" \
+            --with-ld-opt="${MR_LD_OPT:-}" > "$out/configure.log" 2>&1 || {
             tail -20 "$out/configure.log" >&2
             exit 1
         }
@@ -76,15 +89,86 @@ build() {
     echo "build.sh: built $module"
 }
 
+# The npm packages of package-lock.json (the OpenAPI linter and validator
+# that t/24-openapi.t runs) in node_modules/; Debian's nodejs and npm
+# where there is no node or npm (Debian 12's node 18 runs them).
+install_node_deps() {
+    local missing=()
+    command -v node >/dev/null 2>&1 || missing+=(nodejs)
+    command -v npm >/dev/null 2>&1 || missing+=(npm)
+    if [ ${#missing[@]} -gt 0 ]; then
+        if [ "$(id -u)" -ne 0 ]; then
+            echo "build.sh: missing ${missing[*]}: run as root or:" \
+                 "apt-get install ${missing[*]}" >&2
+            exit 1
+        fi
+        echo "build.sh: installing ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+            --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+    # once per package-lock.json
+    cmp -s "$top/package-lock.json" "$top/node_modules/.mr-lock" && return 0
+    echo "build.sh: npm ci"
+    (cd "$top" && npm ci --ignore-scripts --no-audit --no-fund \
+        --loglevel=error) || {
+        echo "build.sh: npm ci failed" >&2
+        exit 1
+    }
+    cp "$top/package-lock.json" "$top/node_modules/.mr-lock"
+}
+
+# The Debian package: dpkg-buildpackage in a copy of the working tree
+# (build/deb/), so that the checkout gets no debian/ build files and the
+# .deb is not written next to it; debian/rules builds the module with
+# `./build.sh compile`. Then lintian on the result.
+deb() {
+    local version arch stage src name
+
+    version=$(dpkg-parsechangelog -l "$top/debian/changelog" -S Version)
+    arch=$(dpkg --print-architecture)
+    name="libnginx-mod-http-modelroute_${version}_$arch"
+    stage="$out/deb"
+    src="$stage/libnginx-mod-http-modelroute-$version"
+
+    rm -rf "$stage"
+    mkdir -p "$src"
+    (cd "$top" && tar --exclude=./build --exclude=./.run --exclude=./.git \
+        --exclude=./node_modules -cf - .) | tar -xf - -C "$src"
+
+    (cd "$src" && dpkg-buildpackage -us -uc -b) > "$stage/build.log" 2>&1 || {
+        tail -40 "$stage/build.log" >&2
+        echo "build.sh: dpkg-buildpackage failed (log: $stage/build.log)" >&2
+        exit 1
+    }
+
+    # every tag counts, down to pedantic ones; what remains is explained
+    # in debian/*.lintian-overrides and the README
+    lintian --fail-on error,warning,info,pedantic --info --pedantic \
+        --display-experimental "$stage/$name.changes" || {
+        echo "build.sh: lintian found problems in $stage/$name.changes" >&2
+        exit 1
+    }
+
+    cp "$stage/$name.deb" "$out/$name.deb"
+    echo "build.sh: built $out/$name.deb"
+    deb_file="$out/$name.deb"
+}
+
 run_demo() {
     exec "$top/conf/run-demo.sh" "$module"
 }
 
 cmd="${1:-build}"
 case "$cmd" in
-    build) install_deps; build ;;
+    build) install_deps; install_node_deps; build ;;
+    compile) build ;;
+    deb)   install_deps "${deb_deps[@]}"; deb ;;
+    test-package)
+           install_deps "${deb_deps[@]}"; deb
+           cd "$top" && MR_DEB="$deb_file" prove -v xt/package.t ;;
     run)   install_deps; build; run_demo ;;
-    test)  install_deps; build
+    test)  install_deps; install_node_deps; build
            cd "$top" && MR_MODULE="$module" prove -r t ;;
     bench) install_deps; build
            rc=0
@@ -92,5 +176,6 @@ case "$cmd" in
            "$top/bench/webhooks.sh" "$module" || rc=1
            "$top/bench/dispatch.sh" "$module" || rc=1
            exit $rc ;;
-    *)     echo "usage: $0 [build|run|test|bench]" >&2; exit 2 ;;
+    *)     echo "usage: $0 [build|run|test|bench|deb|test-package|compile]" >&2
+           exit 2 ;;
 esac

@@ -65,7 +65,8 @@ static int mr_store_account_adjust(MDB_txn *txn, mr_store_op_t *op,
     ngx_int_t room);
 static int mr_store_key_create(MDB_txn *txn, mr_store_op_t *op,
     ngx_int_t room);
-static int mr_store_key_update(MDB_txn *txn, mr_store_op_t *op);
+static int mr_store_key_update(MDB_txn *txn, mr_store_op_t *op,
+    ngx_int_t room);
 static int mr_store_sweep(MDB_txn *txn, mr_store_op_t *op);
 static int mr_store_expire(MDB_txn *txn, mr_store_op_t *op, u_char *id);
 static int mr_store_key_read(MDB_txn *txn, u_char *key_id, mr_key_t *key,
@@ -1019,7 +1020,7 @@ mr_store_apply(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
         return mr_store_disp_apply(txn, op);
 
     default: /* MR_OP_KEY_REVOKE, MR_OP_KEY_ROTATE */
-        return mr_store_key_update(txn, op);
+        return mr_store_key_update(txn, op, room);
     }
 }
 
@@ -1416,7 +1417,7 @@ mr_store_key_create(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
 /* revoke, or rotate: a new key, and the old one ends after the grace */
 
 static int
-mr_store_key_update(MDB_txn *txn, mr_store_op_t *op)
+mr_store_key_update(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
 {
     int      rc;
     int64_t  until;
@@ -1448,6 +1449,13 @@ mr_store_key_update(MDB_txn *txn, mr_store_op_t *op)
         || op->old_key.rec.revoked)
     {
         op->result = MR_R_NOT_FOUND;
+        return 0;
+    }
+
+    /* a rotation is a new key: not in the reserve */
+
+    if (!room) {
+        op->result = MR_R_STORAGE_FULL;
         return 0;
     }
 

@@ -147,6 +147,12 @@ mr_store_wh_apply(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
         return mr_store_wh_each(txn, op->wh.wh_id, mr_store_dlv_drop, 0);
 
     case MR_OP_WH_TEST:
+        /* a new event and its delivery: not in the reserve */
+        if (!room) {
+            op->result = MR_R_STORAGE_FULL;
+            return 0;
+        }
+
         return mr_store_wh_test(txn, op);
 
     case MR_OP_WH_SECRET:
