@@ -16,6 +16,7 @@
 
 
 ngx_int_t mr_webhook_init_process(ngx_cycle_t *cycle, mr_main_conf_t *mcf);
+ngx_uint_t mr_webhook_running(void);
 
 /* NULL if the URL may be registered, else why not */
 const char *mr_webhook_url_check(ngx_str_t *url, ngx_uint_t allow_private);
