@@ -19,7 +19,7 @@
  *   disp     be64 due_ms + exec_id        -> ""  (mr_store_dispatch.c)
  *   route    route name                   -> mr_route_state_t
  *   meta     "version", "cbkey", "dsecret"
- * and the webhook tables of mr_store_webhook.c.
+ * the webhook tables of mr_store_webhook.c, and "ops" (mr_store_ops.c).
  */
 
 
