@@ -74,6 +74,12 @@ mr_health_beat(ngx_event_t *ev)
 {
     mr_metrics_worker_t  *w;
 
+    /* a worker that shuts down leaves its slot to its successor */
+
+    if (ngx_exiting || ngx_quit || ngx_terminate) {
+        return;
+    }
+
     w = mr_metrics_workers();
 
     if (w) {
@@ -84,9 +90,7 @@ mr_health_beat(ngx_event_t *ev)
         w->beat_ms = (ngx_atomic_uint_t) mr_now_ms();
     }
 
-    if (!ngx_exiting && !ngx_quit && !ngx_terminate) {
-        ngx_add_timer(ev, MR_HEALTH_BEAT);
-    }
+    ngx_add_timer(ev, MR_HEALTH_BEAT);
 }
 
 

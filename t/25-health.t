@@ -39,7 +39,7 @@ for my $path ('/healthz', '/admin/health') {
     cmp_ok($h->{store}{map_used}, '>', 0, '... map use');
     is($h->{store}{map_size_bytes}, 64 * 1024 * 1024, '... map size');
     is(scalar @{ $h->{workers} // [] }, 2, '... two workers');
-    is_deeply([sort map { $_->{pid} } @{ $h->{workers} }],
+    is_deeply([sort { $a <=> $b } map { $_->{pid} } @{ $h->{workers} }],
         [sort { $a <=> $b } $t->worker_pids], '... their pids');
     ok(!grep({ !$_->{dispatcher} || !$_->{webhook_sender} }
         @{ $h->{workers} }), '... each runs its dispatcher and sender');
@@ -72,6 +72,15 @@ ok($h->{json}{store}{writable}, '... the store still takes writes');
 kill 'CONT', $w1;
 ok(wait_for(sub { my $x = health(); $x && $x->{status} == 200 }, 20, 0.2),
     'it goes on: 200 again');
+
+# ---- after a reload: the new workers beat from their start
+$t->reload;
+my $after = $t->req(GET => '/healthz');
+is($after->{status}, 200, 'after a reload: 200 at once')
+    or diag $after->{body};
+is_deeply([sort { $a <=> $b } map { $_->{pid} }
+    @{ $after->{json}{workers} // [] }],
+    [sort { $a <=> $b } $t->worker_pids], '... the new workers\' pids');
 
 # ---- a full store
 $t->stop;
