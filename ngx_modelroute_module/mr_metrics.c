@@ -697,10 +697,15 @@ mr_metrics_txn_end(int rc, ngx_queue_t *ops, mr_store_op_t *one)
         }
     }
 
-    (void) ngx_atomic_fetch_add(&sh->commits[0], 1);
+    /*
+     * in the reverse order of the exposition's, which then never shows
+     * more commits than observations
+     */
+
+    mr_metrics_observe(&sh->commit_ops, &mr_met_commit_ops, n);
     mr_metrics_observe(&sh->commit_seconds, &mr_met_commit_seconds,
                        (uint64_t) ngx_max(us, 0));
-    mr_metrics_observe(&sh->commit_ops, &mr_met_commit_ops, n);
+    (void) ngx_atomic_fetch_add(&sh->commits[0], 1);
 
     for (i = 0; i < mr_met_nstage; i++) {
         mr_metrics_apply(mr_met, &mr_met_stage_ev[i], now);
@@ -723,17 +728,19 @@ mr_metrics_apply(mr_met_ctx_t *ctx, mr_met_event_t *ev, int64_t now)
         return;
     }
 
-    (void) ngx_atomic_fetch_add(&sh->models[ev->slot].finished[ev->index],
-                                1);
-
-    mr_metrics_observe(&sh->duration[ev->index], &mr_met_duration,
-                       (uint64_t) ngx_max(now - ev->created_ms, 0) * 1000);
+    /* the histograms first, as for the commits */
 
     if (ev->answered_ms) {
         mr_metrics_observe(&sh->added, &mr_met_added,
                            (uint64_t) ngx_max(now - ev->answered_ms, 0)
                            * 1000);
     }
+
+    mr_metrics_observe(&sh->duration[ev->index], &mr_met_duration,
+                       (uint64_t) ngx_max(now - ev->created_ms, 0) * 1000);
+
+    (void) ngx_atomic_fetch_add(&sh->models[ev->slot].finished[ev->index],
+                                1);
 }
 
 

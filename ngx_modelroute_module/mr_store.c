@@ -266,7 +266,7 @@ mr_store_open_dbis(MDB_txn *txn, mr_store_t *st)
         || (rc = mdb_dbi_open(txn, "execdlv", MDB_CREATE, &st->execdlv))
         || (rc = mdb_dbi_open(txn, "disp", MDB_CREATE, &st->disp))
         || (rc = mdb_dbi_open(txn, "route", MDB_CREATE, &st->route))
-        || (rc = mdb_dbi_open(txn, "ops", MDB_CREATE, &st->ops))
+        || (rc = mr_store_ops_open(txn, st))
         || (rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &st->meta)))
     {
         return rc;

@@ -2,11 +2,16 @@
 /*
  * ModelRoute: the store's side of operating it.
  *
- * Database "ops":
- *   "held"              -> int64: the sum of every account's held amount,
+ * The unnamed database (LMDB keeps the named databases' records there):
+ *   "ops.held"          -> be64: the sum of every account's held amount,
  *                          kept in the transaction of each account write
  *                          (mr_store_ops_account()), so that the metrics
- *                          read it without a scan
+ *                          read it without a scan.  Every write transaction
+ *                          rewrites that database's page (the records of
+ *                          the databases it changed): the total costs no
+ *                          page more, even in a store that is full.
+ *
+ * Database "ops":
  *   "heartbeat"         -> be64 ms: the health answer's last write
  *   "rl/" + org         -> be64: the account's rate-limit override
  *
@@ -26,6 +31,7 @@
 
 
 #define MR_OPS_RL_KEY_LEN  (3 + MR_ORG_ID_LEN)
+#define MR_OPS_HELD        "ops.held"
 
 
 static int mr_store_ops_held_get(MDB_txn *txn, MDB_dbi dbi, int64_t *held);
@@ -39,8 +45,8 @@ mr_store_ops_held_get(MDB_txn *txn, MDB_dbi dbi, int64_t *held)
     int      rc;
     MDB_val  k, v;
 
-    k.mv_data = "held";
-    k.mv_size = sizeof("held") - 1;
+    k.mv_data = MR_OPS_HELD;
+    k.mv_size = sizeof(MR_OPS_HELD) - 1;
 
     rc = mdb_get(txn, dbi, &k, &v);
     if (rc != 0) {
@@ -65,12 +71,28 @@ mr_store_ops_held_put(MDB_txn *txn, MDB_dbi dbi, int64_t held)
 
     mr_be64_put(buf, (uint64_t) held);
 
-    k.mv_data = "held";
-    k.mv_size = sizeof("held") - 1;
+    k.mv_data = MR_OPS_HELD;
+    k.mv_size = sizeof(MR_OPS_HELD) - 1;
     v.mv_data = buf;
     v.mv_size = sizeof(buf);
 
     return mdb_put(txn, dbi, &k, &v, 0);
+}
+
+
+/* with the store's databases, in the master and in each worker */
+
+int
+mr_store_ops_open(MDB_txn *txn, mr_store_t *st)
+{
+    int  rc;
+
+    rc = mdb_dbi_open(txn, "ops", MDB_CREATE, &st->ops);
+    if (rc != 0) {
+        return rc;
+    }
+
+    return mdb_dbi_open(txn, NULL, 0, &st->main);
 }
 
 
@@ -89,7 +111,7 @@ mr_store_ops_init(MDB_txn *txn, mr_store_t *st)
     MDB_cursor   *cur;
     mr_account_rec_t  rec;
 
-    rc = mr_store_ops_held_get(txn, st->ops, &held);
+    rc = mr_store_ops_held_get(txn, st->main, &held);
     if (rc != MDB_NOTFOUND) {
         return rc;
     }
@@ -117,7 +139,7 @@ mr_store_ops_init(MDB_txn *txn, mr_store_t *st)
         return rc;
     }
 
-    return mr_store_ops_held_put(txn, st->ops, held);
+    return mr_store_ops_held_put(txn, st->main, held);
 }
 
 
@@ -153,7 +175,7 @@ mr_store_ops_account(MDB_txn *txn, mr_account_t *acct)
         return 0;
     }
 
-    rc = mr_store_ops_held_get(txn, mr_store.ops, &held);
+    rc = mr_store_ops_held_get(txn, mr_store.main, &held);
 
     if (rc == MDB_NOTFOUND) {
         held = 0;
@@ -162,7 +184,7 @@ mr_store_ops_account(MDB_txn *txn, mr_account_t *acct)
         return rc;
     }
 
-    return mr_store_ops_held_put(txn, mr_store.ops,
+    return mr_store_ops_held_put(txn, mr_store.main,
                                  held + acct->rec.held - old.held);
 }
 
@@ -317,7 +339,7 @@ mr_store_ops_stats(mr_store_stats_t *st)
 
     if (rc == 0) {
         st->executions = s.ms_entries;
-        rc = mr_store_ops_held_get(txn, mr_store.ops, &st->held);
+        rc = mr_store_ops_held_get(txn, mr_store.main, &st->held);
         if (rc == MDB_NOTFOUND) {
             rc = 0;
         }

@@ -291,7 +291,8 @@ is(metric($m, 'modelroute_store_commits_total', result => 'failed'), 0,
     'no failed commit');
 my $dc = metric($m, 'modelroute_store_commit_duration_seconds_count');
 my $oc = metric($m, 'modelroute_store_commit_operations_count');
-ok($dc >= $commits && $oc == $dc,
+# read in this order in one answer, while the sweepers may commit
+ok($commits <= $dc && $dc <= $oc && $oc - $commits < 10,
     'one duration and one operations count per commit')
     or diag "commits $commits, durations $dc, ops $oc";
 cmp_ok(metric($m, 'modelroute_store_commit_operations_sum'), '>=', $oc,
