@@ -23,7 +23,8 @@ module="$out/ngx_http_modelroute_module.so"
 deps=(nginx nginx-dev liblmdb-dev lmdb-utils libjansson-dev
       libcurl4-openssl-dev libssl-dev gcc make perl libtest-base-perl
       libnginx-mod-http-echo curl wrk
-      libnginx-mod-http-lua lua-resty-core lua-cjson)
+      libnginx-mod-http-lua lua-resty-core lua-cjson
+      prometheus chromium)    # the tests: promtool, a headless browser
 
 # what ./build.sh deb needs on top (debian/control's Build-Depends are
 # among the above)
@@ -46,10 +47,12 @@ install_deps() {
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
         --no-install-recommends "${missing[@]}" >/dev/null
-    # Debian starts the packaged nginx service: it is not ours.
+    # Debian starts the packaged nginx and prometheus services: not ours.
     if command -v systemctl >/dev/null 2>&1; then
-        systemctl stop nginx >/dev/null 2>&1 || true
-        systemctl disable nginx >/dev/null 2>&1 || true
+        for svc in nginx prometheus; do
+            systemctl stop "$svc" >/dev/null 2>&1 || true
+            systemctl disable "$svc" >/dev/null 2>&1 || true
+        done
     fi
     [ -f /run/nginx.pid ] && kill "$(cat /run/nginx.pid)" 2>/dev/null || true
 }

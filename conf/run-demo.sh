@@ -78,8 +78,8 @@ fail_start() {
     exit 1
 }
 
-# Any HTTP answer from a worker will do: the admin API answers GET /admin/
-# with its error envelope ("/" would log "index.html is not found").
+# Any HTTP answer from a worker will do: GET /admin/ is the dashboard
+# ("/" would log "index.html is not found").
 deadline=$((SECONDS + 15))
 until [ "$(curl -s -o /dev/null -m 1 -w '%{http_code}' "$base/admin/" || true)" != 000 ]; do
     kill -0 "$ngx" 2>/dev/null || fail_start "nginx exited during start"
@@ -136,6 +136,10 @@ ModelRoute demo on $base (nginx pid $ngx)
   API key:   $key   (in .run/demo-key)
   store:     .run/store     error log: .run/logs/error.log
   admin API: $base/admin/ (loopback only)
+  dashboard: $base/admin/   (open it in a browser)
+  metrics:   $base/admin/metrics
+  health:    $base/admin/health
+  access log (JSON, with \$modelroute_* variables): .run/logs/access.log
 
 In another terminal, from $top (see README.md, "Walk-through"):
 

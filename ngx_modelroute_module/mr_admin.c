@@ -25,6 +25,7 @@
 #include "mr_route.h"
 #include "mr_auth.h"
 #include "mr_admin.h"
+#include "mr_ops.h"
 
 
 #define MR_NAME_MAX  200
@@ -41,7 +42,6 @@ static ngx_int_t mr_admin_routes(ngx_http_request_t *r);
 static void mr_admin_done(mr_store_op_t *op);
 static ngx_int_t mr_admin_name(ngx_http_request_t *r, json_t *body,
     ngx_str_t *name, json_t *details);
-static json_t *mr_admin_account_json(mr_account_t *acct);
 static json_t *mr_admin_key_json(void *elt);
 
 
@@ -51,6 +51,7 @@ ngx_int_t
 mr_admin_handler(ngx_http_request_t *r, size_t skip)
 {
     u_char                    *p, *last;
+    ngx_int_t                  rc;
     ngx_str_t                  seg[4];
     ngx_uint_t                 n, post, get;
     mr_http_ctx_t             *ctx;
@@ -80,6 +81,13 @@ mr_admin_handler(ngx_http_request_t *r, size_t skip)
     }
 
     n = mr_http_split(p, last, seg, 3);
+
+    /* the dashboard, metrics, health, lists, rate limits: mr_ops.c */
+
+    rc = mr_ops_admin(r, seg, n);
+    if (rc != NGX_DECLINED) {
+        return rc;
+    }
 
     post = (r->method == NGX_HTTP_POST);
     get = (r->method & (NGX_HTTP_GET | NGX_HTTP_HEAD)) ? 1 : 0;
@@ -597,7 +605,7 @@ mr_admin_name(ngx_http_request_t *r, json_t *body, ngx_str_t *name,
 }
 
 
-static json_t *
+json_t *
 mr_admin_account_json(mr_account_t *acct)
 {
     return json_pack("{s:s#, s:s, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:s,"

@@ -12,8 +12,13 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 
+#include <jansson.h>
+
+#include "mr_store.h"
+
 
 ngx_int_t mr_admin_handler(ngx_http_request_t *r, size_t skip);
+json_t *mr_admin_account_json(mr_account_t *acct);
 
 
 #endif /* _MR_ADMIN_H_INCLUDED_ */

@@ -15,6 +15,7 @@
 #include "mr_api.h"
 #include "mr_webhook.h"
 #include "mr_callback.h"
+#include "mr_vars.h"
 
 
 #define MR_LIST_DEFAULT  20
@@ -317,6 +318,8 @@ mr_api_send_exec(ngx_http_request_t *r, ngx_uint_t status, mr_exec_t *exec)
 {
     ngx_str_t  body;
 
+    mr_vars_exec(r, exec);
+
     if (mr_exec_render(r->pool, exec, &body) != NGX_OK) {
         return mr_http_error(r, MR_E_INTERNAL, "out of memory", NULL);
     }
@@ -346,6 +349,8 @@ mr_api_get(ngx_http_request_t *r, ngx_uint_t result)
     {
         return mr_http_error(r, MR_E_NOT_FOUND, "no such execution", NULL);
     }
+
+    mr_vars_exec(r, &exec);
 
     if (!result) {
         return mr_api_send_exec(r, NGX_HTTP_OK, &exec);

@@ -11,6 +11,7 @@
 #include "ngx_http_modelroute_module.h"
 #include "mr_http.h"
 #include "mr_auth.h"
+#include "mr_ratelimit.h"
 
 
 static ngx_int_t mr_auth_parse(ngx_str_t *secret);
@@ -161,6 +162,11 @@ mr_auth_check(ngx_http_request_t *r, ngx_uint_t permission)
         return mr_http_error(r, MR_E_UNAUTHORIZED,
                              "this API key was rotated and has expired",
                              NULL);
+    }
+
+    rc = mr_ratelimit_request(r);        /* NGX_DONE: within the limit */
+    if (rc != NGX_DONE) {
+        return rc;
     }
 
     if (permission == MR_PERM_FULL

@@ -211,6 +211,24 @@ mr_dispatch_init_process(ngx_cycle_t *cycle, mr_main_conf_t *mcf)
 }
 
 
+/*
+ * For the health answer (mr_health.c): whether this worker's dispatcher
+ * will run again: its timer is set, it is posted or claiming, or it waits
+ * at its concurrency cap for answers (which kick it); 1 also without routes.
+ */
+
+ngx_uint_t
+mr_dispatch_running(void)
+{
+    if (mr_disp_mcf == NULL) {
+        return 1;
+    }
+
+    return mr_disp_ev.timer_set || mr_disp_ev.posted || mr_disp_claiming
+           || mr_disp_active >= mr_disp_mcf->dispatch_concurrency;
+}
+
+
 /* the dispatcher */
 
 static void

@@ -18,6 +18,7 @@
 ngx_int_t mr_dispatch_postconfiguration(ngx_conf_t *cf,
     mr_main_conf_t *mcf);
 ngx_int_t mr_dispatch_init_process(ngx_cycle_t *cycle, mr_main_conf_t *mcf);
+ngx_uint_t mr_dispatch_running(void);
 
 
 #endif /* _MR_DISPATCH_H_INCLUDED_ */

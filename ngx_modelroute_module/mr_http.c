@@ -10,6 +10,7 @@
 
 #include "ngx_http_modelroute_module.h"
 #include "mr_http.h"
+#include "mr_vars.h"
 
 
 typedef struct {
@@ -133,6 +134,8 @@ mr_http_header_filter(ngx_http_request_t *r)
     default:
         code = MR_E_INTERNAL;
     }
+
+    mr_vars_error(r, mr_errors[code].name);
 
     env = json_pack("{s:{s:s, s:s, s:b, s:s#}}", "error",
                     "code", mr_errors[code].name,
@@ -578,6 +581,8 @@ mr_http_error(ngx_http_request_t *r, mr_error_e code, const char *message,
     }
 
     e = &mr_errors[code];
+
+    mr_vars_error(r, e->name);
 
     if (code == MR_E_INTERNAL) {
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,

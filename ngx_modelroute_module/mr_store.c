@@ -19,7 +19,7 @@
  *   disp     be64 due_ms + exec_id        -> ""  (mr_store_dispatch.c)
  *   route    route name                   -> mr_route_state_t
  *   meta     "version", "cbkey", "dsecret"
- * and the webhook tables of mr_store_webhook.c.
+ * the webhook tables of mr_store_webhook.c, and "ops" (mr_store_ops.c).
  */
 
 
@@ -31,6 +31,7 @@
 
 #include "mr_store.h"
 #include "mr_store_lmdb.h"
+#include "mr_metrics.h"
 
 
 #define MR_STORE_MAXREADERS    512
@@ -131,6 +132,9 @@ mr_store_init_module(ngx_cycle_t *cycle, mr_main_conf_t *mcf)
         rc = mr_store_open_dbis(txn, &st);
         if (rc == 0) {
             rc = mr_store_disp_secrets(txn, st.meta, rotate);
+        }
+        if (rc == 0) {
+            rc = mr_store_ops_init(txn, &st);
         }
         if (rc == 0) {
             rc = mdb_txn_commit(txn);
@@ -263,6 +267,7 @@ mr_store_open_dbis(MDB_txn *txn, mr_store_t *st)
         || (rc = mdb_dbi_open(txn, "execdlv", MDB_CREATE, &st->execdlv))
         || (rc = mdb_dbi_open(txn, "disp", MDB_CREATE, &st->disp))
         || (rc = mdb_dbi_open(txn, "route", MDB_CREATE, &st->route))
+        || (rc = mr_store_ops_open(txn, st))
         || (rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &st->meta)))
     {
         return rc;
@@ -780,6 +785,8 @@ mr_store_batch_done(ngx_event_t *ev)
             ready = 1;
         }
 
+        mr_metrics_op_done(op);
+
         op->handler(op);
     }
 
@@ -813,6 +820,8 @@ mr_store_run(ngx_queue_t *ops, mr_store_op_t *one)
     MDB_txn        *txn;
     ngx_queue_t    *q;
     mr_store_op_t  *op;
+
+    mr_metrics_txn_begin();
 
     rc = mdb_txn_begin(mr_store.env, NULL, 0, &txn);
     if (rc != 0) {
@@ -872,6 +881,7 @@ mr_store_run(ngx_queue_t *ops, mr_store_op_t *one)
 
     rc = mdb_txn_commit(txn);
     if (rc == 0) {
+        mr_metrics_txn_end(0, ops, one);
         return 0;
     }
 
@@ -889,6 +899,8 @@ failed:
             break;
         }
     }
+
+    mr_metrics_txn_end(rc, ops, one);
 
     return rc;
 }
@@ -1018,6 +1030,9 @@ mr_store_apply(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
     case MR_OP_DISP_DONE:
     case MR_OP_DISP_CALLBACK:
         return mr_store_disp_apply(txn, op);
+
+    case MR_OP_OPS:
+        return mr_store_ops_apply(txn, op, room);
 
     default: /* MR_OP_KEY_REVOKE, MR_OP_KEY_ROTATE */
         return mr_store_key_update(txn, op, room);
@@ -1990,6 +2005,11 @@ mr_store_account_put(MDB_txn *txn, mr_account_t *acct)
     MDB_val  k, v;
 
     acct->rec.name_len = (uint32_t) acct->name.len;
+
+    rc = mr_store_ops_account(txn, acct);     /* the held total */
+    if (rc != 0) {
+        return rc;
+    }
 
     k.mv_data = acct->id;
     k.mv_size = MR_ORG_ID_LEN;

@@ -330,6 +330,14 @@ typedef struct {
 #define MR_OP_DISP_CLAIM       17
 #define MR_OP_DISP_DONE        18
 #define MR_OP_DISP_CALLBACK    19
+#define MR_OP_OPS              20     /* mr_store_ops.c */
+
+
+/* MR_OP_OPS: rate-limit overrides and the health heartbeat */
+typedef struct {
+    ngx_uint_t                kind;          /* MR_STORE_OPS_* */
+    uint64_t                  value;
+} mr_ops_op_t;
 
 
 typedef struct mr_store_op_s  mr_store_op_t;
@@ -384,6 +392,8 @@ struct mr_store_op_s {
     ngx_uint_t                full;          /* ended an execution */
 
     mr_disp_op_t              disp;
+
+    mr_ops_op_t               ops;
 };
 
 

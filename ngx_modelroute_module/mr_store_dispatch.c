@@ -30,6 +30,7 @@
 
 #include "mr_store.h"
 #include "mr_store_lmdb.h"
+#include "mr_metrics.h"
 
 
 #define MR_DISP_SCAN_MAX     4096    /* due entries looked at per claim */
@@ -1032,6 +1033,8 @@ mr_store_disp_attempt(mr_exec_t *exec, int64_t end, const char *outcome,
 
     a->data = *buf;
     a->len = p - *buf;
+
+    mr_metrics_attempt(exec, outcome);
 
     return 0;
 }

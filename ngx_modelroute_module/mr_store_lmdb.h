@@ -54,6 +54,8 @@ typedef struct {
     MDB_dbi                   execdlv;
     MDB_dbi                   disp;
     MDB_dbi                   route;
+    MDB_dbi                   ops;           /* mr_store_ops.c */
+    MDB_dbi                   main;          /* the unnamed database */
     size_t                    page_size;
     size_t                    map_pages;
     ngx_uint_t                dirty;          /* commits not yet synced */
@@ -101,11 +103,19 @@ int mr_store_emit(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
     const char *type);
 int mr_store_wh_purge(MDB_txn *txn, mr_store_op_t *op, ngx_uint_t limit);
 int mr_store_due_put(MDB_txn *txn, mr_exec_t *exec, ngx_uint_t add);
+int mr_store_dlv_read(MDB_txn *txn, u_char *id, mr_dlv_t *dlv,
+    ngx_pool_t *pool);
 
 int mr_store_disp_apply(MDB_txn *txn, mr_store_op_t *op);
 int mr_store_disp_add(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec);
 int mr_store_disp_release(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec);
 int mr_store_disp_secrets(MDB_txn *txn, MDB_dbi meta, ngx_uint_t rotate);
+
+/* mr_store_ops.c: the operator's data (held total, rate-limit overrides) */
+int mr_store_ops_open(MDB_txn *txn, mr_store_t *st);
+int mr_store_ops_init(MDB_txn *txn, mr_store_t *st);
+int mr_store_ops_account(MDB_txn *txn, mr_account_t *acct);
+int mr_store_ops_apply(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room);
 
 
 #endif /* _MR_STORE_LMDB_H_INCLUDED_ */

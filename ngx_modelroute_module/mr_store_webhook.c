@@ -31,6 +31,7 @@
 #include "mr_store.h"
 #include "mr_store_lmdb.h"
 #include "mr_exec.h"
+#include "mr_metrics.h"
 
 
 #define MR_DLV_SCAN         4       /* due entries read per claimed one */
@@ -41,8 +42,6 @@
 static int mr_store_wh_read(MDB_txn *txn, u_char *id, mr_wh_t *wh,
     ngx_pool_t *pool);
 static int mr_store_wh_put(MDB_txn *txn, mr_wh_t *wh);
-static int mr_store_dlv_read(MDB_txn *txn, u_char *id, mr_dlv_t *dlv,
-    ngx_pool_t *pool);
 static int mr_store_dlv_put(MDB_txn *txn, mr_dlv_t *dlv);
 static int mr_store_dlv_due(MDB_txn *txn, mr_dlv_t *dlv, int64_t due);
 typedef int (*mr_store_dlv_fn_pt)(MDB_txn *txn, mr_dlv_t *dlv, int64_t now);
@@ -210,6 +209,8 @@ mr_store_emit(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
 
     type.data = (u_char *) type_name;
     type.len = ngx_strlen(type_name);
+
+    mr_metrics_exec_event(op, exec);
 
     /*
      * an event no one can receive is not kept: the account has no
@@ -1543,7 +1544,7 @@ mr_store_wh_put(MDB_txn *txn, mr_wh_t *wh)
 }
 
 
-static int
+int
 mr_store_dlv_read(MDB_txn *txn, u_char *id, mr_dlv_t *dlv, ngx_pool_t *pool)
 {
     int      rc;

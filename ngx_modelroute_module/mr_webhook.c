@@ -169,6 +169,16 @@ mr_webhook_exit_process(ngx_cycle_t *cycle)
 }
 
 
+/* for the health answer (mr_health.c): the sender will claim again */
+
+ngx_uint_t
+mr_webhook_running(void)
+{
+    return mr_wh_claim_ev.timer_set || mr_wh_claim_ev.posted
+           || mr_wh_claiming;
+}
+
+
 /* new deliveries were committed: claim at once */
 
 static void

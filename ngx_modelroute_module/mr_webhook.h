@@ -17,6 +17,7 @@
 
 ngx_int_t mr_webhook_init_process(ngx_cycle_t *cycle, mr_main_conf_t *mcf);
 void mr_webhook_exit_process(ngx_cycle_t *cycle);
+ngx_uint_t mr_webhook_running(void);
 
 ngx_int_t mr_webhook_api_handler(ngx_http_request_t *r, ngx_str_t *seg,
     ngx_uint_t n);
