@@ -4,6 +4,11 @@
 #   ./build.sh          install what is missing, build the module
 #   ./build.sh run      build, then run nginx with conf/ on 127.0.0.1:8080
 #   ./build.sh test     build, then run every test (prove -r t)
+#   ./build.sh build-sanitize
+#                       build with ASan + UBSan into build/sanitize/
+#   ./build.sh test-sanitize
+#                       build-sanitize, then run every test with that module;
+#                       any sanitizer report fails the test file
 #   ./build.sh bench    build, then run the benchmarks in bench/
 #
 # NGINX_SRC=/path/to/nginx-source builds against another nginx tree.
@@ -12,6 +17,14 @@ set -euo pipefail
 top=$(cd "$(dirname "$0")" && pwd)
 out="$top/build"
 module="$out/ngx_http_modelroute_module.so"
+
+# The sanitizer build: a directory of its own, so that it never replaces the
+# normal module.  UBSan stops at its first report, as ASan does.
+san_out="$top/build/sanitize"
+san_module="$san_out/ngx_http_modelroute_module.so"
+san_flags="-fsanitize=address,undefined,float-cast-overflow"
+san_flags="$san_flags -fno-sanitize-recover=undefined,float-cast-overflow"
+san_flags="$san_flags -fno-omit-frame-pointer -g"
 
 deps=(nginx nginx-dev liblmdb-dev lmdb-utils libjansson-dev
       libcurl4-openssl-dev libssl-dev gcc make perl libtest-base-perl
@@ -42,7 +55,11 @@ install_deps() {
     [ -f /run/nginx.pid ] && kill "$(cat /run/nginx.pid)" 2>/dev/null || true
 }
 
+# build [output directory, compiler flags, linker flags]: the normal build
+# without arguments
 build() {
+    local out="${1:-$out}" cc_opt="-Werror ${2:-}" ld_opt="${3:-}"
+    local module="$out/ngx_http_modelroute_module.so"
     local src="${NGINX_SRC:-/usr/share/nginx/src}" tree
     local flags=()
 
@@ -59,8 +76,9 @@ build() {
     (
         cd "$tree"
         if [ -x ./configure ]; then cfg=./configure; else cfg=./auto/configure; fi
+        if [ -n "$ld_opt" ]; then flags+=("--with-ld-opt=$ld_opt"); fi
         $cfg "${flags[@]}" --add-dynamic-module="$top" \
-            --with-cc-opt="-Werror" > "$out/configure.log" 2>&1 || {
+            --with-cc-opt="$cc_opt" > "$out/configure.log" 2>&1 || {
             tail -20 "$out/configure.log" >&2
             exit 1
         }
@@ -86,11 +104,20 @@ case "$cmd" in
     run)   install_deps; build; run_demo ;;
     test)  install_deps; build
            cd "$top" && MR_MODULE="$module" prove -r t ;;
+    build-sanitize)
+           install_deps; build "$san_out" "$san_flags" "$san_flags" ;;
+    test-sanitize)
+           install_deps; build "$san_out" "$san_flags" "$san_flags"
+           # nginx is not built with ASan: the harness preloads its runtime
+           cd "$top" && MR_MODULE="$san_module" \
+               MR_SANITIZE="$(gcc -print-file-name=libasan.so)" prove -r t ;;
     bench) install_deps; build
            rc=0
            "$top/bench/run.sh" "$module" || rc=1
            "$top/bench/webhooks.sh" "$module" || rc=1
            "$top/bench/dispatch.sh" "$module" || rc=1
            exit $rc ;;
-    *)     echo "usage: $0 [build|run|test|bench]" >&2; exit 2 ;;
+    *)     echo "usage: $0" \
+                "[build|run|test|build-sanitize|test-sanitize|bench]" >&2
+           exit 2 ;;
 esac
