@@ -25,15 +25,17 @@ san_module="$san_out/ngx_http_modelroute_module.so"
 san_flags="-fsanitize=address,undefined,float-cast-overflow"
 san_flags="$san_flags -fno-sanitize-recover=undefined,float-cast-overflow"
 san_flags="$san_flags -fno-omit-frame-pointer -g"
+san_deps=(libasan8 libubsan1)    # gcc's runtimes (gcc depends on them)
 
 deps=(nginx nginx-dev liblmdb-dev lmdb-utils libjansson-dev
       libcurl4-openssl-dev libssl-dev gcc make perl libtest-base-perl
       libnginx-mod-http-echo curl wrk
       libnginx-mod-http-lua lua-resty-core lua-cjson)
 
+# install_deps [more packages]
 install_deps() {
     local missing=() p
-    for p in "${deps[@]}"; do
+    for p in "${deps[@]}" "$@"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null \
             | grep -q 'install ok installed' || missing+=("$p")
     done
@@ -105,12 +107,19 @@ case "$cmd" in
     test)  install_deps; build
            cd "$top" && MR_MODULE="$module" prove -r t ;;
     build-sanitize)
-           install_deps; build "$san_out" "$san_flags" "$san_flags" ;;
+           install_deps "${san_deps[@]}"
+           build "$san_out" "$san_flags" "$san_flags" ;;
     test-sanitize)
-           install_deps; build "$san_out" "$san_flags" "$san_flags"
+           install_deps "${san_deps[@]}"
+           build "$san_out" "$san_flags" "$san_flags"
            # nginx is not built with ASan: the harness preloads its runtime
-           cd "$top" && MR_MODULE="$san_module" \
-               MR_SANITIZE="$(gcc -print-file-name=libasan.so)" prove -r t ;;
+           asan=$(gcc -print-file-name=libasan.so)
+           if [ ! -f "$asan" ]; then
+               echo "build.sh: no ASan runtime (libasan.so)" >&2
+               exit 1
+           fi
+           cd "$top" && MR_MODULE="$san_module" MR_SANITIZE="$asan" \
+               prove -r t ;;
     bench) install_deps; build
            rc=0
            "$top/bench/run.sh" "$module" || rc=1
