@@ -10,6 +10,11 @@
 #                           it on this machine (root; xt/package.t)
 #   ./build.sh compile      build the module only, installing nothing (what
 #                           debian/rules runs)
+#   ./build.sh build-sanitize
+#                           build with ASan + UBSan into build/sanitize/
+#   ./build.sh test-sanitize
+#                           build-sanitize, then run every test with that
+#                           module; any sanitizer report fails the test file
 #
 # NGINX_SRC=/path/to/nginx-source builds against another nginx tree.
 # MR_BUILD_DIR (default build/) is where the module is built; MR_CC_OPT
@@ -19,6 +24,15 @@ set -euo pipefail
 top=$(cd "$(dirname "$0")" && pwd)
 out="${MR_BUILD_DIR:-$top/build}"
 module="$out/ngx_http_modelroute_module.so"
+
+# The sanitizer build: a directory of its own, so that it never replaces the
+# normal module.  UBSan stops at its first report, as ASan does.
+san_out="$top/build/sanitize"
+san_module="$san_out/ngx_http_modelroute_module.so"
+san_flags="-fsanitize=address,undefined,float-cast-overflow"
+san_flags="$san_flags -fno-sanitize-recover=undefined,float-cast-overflow"
+san_flags="$san_flags -fno-omit-frame-pointer -g"
+san_deps=(libasan8 libubsan1)    # gcc's runtimes (gcc depends on them)
 
 deps=(nginx nginx-dev liblmdb-dev lmdb-utils libjansson-dev
       libcurl4-openssl-dev libssl-dev gcc make perl libtest-base-perl
@@ -57,7 +71,12 @@ install_deps() {
     [ -f /run/nginx.pid ] && kill "$(cat /run/nginx.pid)" 2>/dev/null || true
 }
 
+# build [output directory, compiler flags, linker flags]: the normal build
+# without arguments
 build() {
+    local out="${1:-$out}" cc_opt="-Werror ${2:-${MR_CC_OPT:-}}"
+    local ld_opt="${3:-${MR_LD_OPT:-}}"
+    local module="$out/ngx_http_modelroute_module.so"
     local src="${NGINX_SRC:-/usr/share/nginx/src}" tree
     local flags=()
 
@@ -74,9 +93,9 @@ build() {
     (
         cd "$tree"
         if [ -x ./configure ]; then cfg=./configure; else cfg=./auto/configure; fi
+        if [ -n "$ld_opt" ]; then flags+=("--with-ld-opt=$ld_opt"); fi
         $cfg "${flags[@]}" --add-dynamic-module="$top" \
-            --with-cc-opt="-Werror ${MR_CC_OPT:-}" \
-            --with-ld-opt="${MR_LD_OPT:-}" > "$out/configure.log" 2>&1 || {
+            --with-cc-opt="$cc_opt" > "$out/configure.log" 2>&1 || {
             tail -20 "$out/configure.log" >&2
             exit 1
         }
@@ -173,12 +192,27 @@ case "$cmd" in
     run)   install_deps; build; run_demo ;;
     test)  install_deps; install_node_deps; build
            cd "$top" && MR_MODULE="$module" prove -r t ;;
+    build-sanitize)
+           install_deps "${san_deps[@]}"
+           build "$san_out" "$san_flags" "$san_flags" ;;
+    test-sanitize)
+           install_deps "${san_deps[@]}"; install_node_deps
+           build "$san_out" "$san_flags" "$san_flags"
+           # nginx is not built with ASan: the harness preloads its runtime
+           asan=$(gcc -print-file-name=libasan.so)
+           if [ ! -f "$asan" ]; then
+               echo "build.sh: no ASan runtime (libasan.so)" >&2
+               exit 1
+           fi
+           cd "$top" && MR_MODULE="$san_module" MR_SANITIZE="$asan" \
+               prove -r t ;;
     bench) install_deps; build
            rc=0
            "$top/bench/run.sh" "$module" || rc=1
            "$top/bench/webhooks.sh" "$module" || rc=1
            "$top/bench/dispatch.sh" "$module" || rc=1
            exit $rc ;;
-    *)     echo "usage: $0 [build|run|test|bench|deb|test-package|compile]" >&2
+    *)     echo "usage: $0 [build|run|test|bench|deb|test-package|compile|"\
+                "build-sanitize|test-sanitize]" >&2
            exit 2 ;;
 esac

@@ -748,7 +748,7 @@ mr_dispatch_parse(ngx_http_request_t *r, mr_disp_req_t *req)
 
     for (cl = r->request_body->bufs; cl; cl = cl->next) {
         b = cl->buf;
-        p = ngx_cpymem(p, b->pos, b->last - b->pos);
+        p = mr_cpymem(p, b->pos, b->last - b->pos);
     }
 
     last = p;

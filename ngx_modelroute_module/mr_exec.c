@@ -198,7 +198,8 @@ mr_exec_prepare(ngx_http_request_t *r, json_t *body, mr_exec_t *exec,
                            "model's timeout");
             bad = 1;
 
-        } else {
+        } else if (m) {
+            /* in range: without a model, the model is what is refused */
             timeout = json_integer_value(tmo) * 1000;
         }
     }
@@ -254,8 +255,8 @@ mr_exec_prepare(ngx_http_request_t *r, json_t *body, mr_exec_t *exec,
     p = fp.data;
 
     for (i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
-        p = ngx_cpymem(p, exec->seg[fields[i]].data,
-                       exec->seg[fields[i]].len);
+        p = mr_cpymem(p, exec->seg[fields[i]].data,
+                      exec->seg[fields[i]].len);
         *p++ = '\0';
     }
 

@@ -353,7 +353,7 @@ mr_http_body_copy(ngx_http_request_t *r)
             continue;
         }
 
-        p = ngx_cpymem(p, b->pos, b->last - b->pos);
+        p = mr_cpymem(p, b->pos, b->last - b->pos);
     }
 
     ctx->body.len = p - ctx->body.data;

@@ -1888,7 +1888,7 @@ mr_store_exec_put(MDB_txn *txn, mr_exec_t *exec)
     p = ngx_cpymem(v.mv_data, &exec->rec, sizeof(mr_exec_rec_t));
 
     for (i = 0; i < MR_SEG_N; i++) {
-        p = ngx_cpymem(p, exec->seg[i].data, exec->seg[i].len);
+        p = mr_cpymem(p, exec->seg[i].data, exec->seg[i].len);
     }
 
     return 0;
@@ -2020,8 +2020,9 @@ mr_store_account_put(MDB_txn *txn, mr_account_t *acct)
         return rc;
     }
 
-    ngx_memcpy(ngx_cpymem(v.mv_data, &acct->rec, sizeof(mr_account_rec_t)),
-               acct->name.data, acct->name.len);
+    (void) mr_cpymem(ngx_cpymem(v.mv_data, &acct->rec,
+                                sizeof(mr_account_rec_t)),
+                     acct->name.data, acct->name.len);
 
     return 0;
 }
@@ -2082,8 +2083,8 @@ mr_store_key_put(MDB_txn *txn, mr_key_t *key)
         return rc;
     }
 
-    ngx_memcpy(ngx_cpymem(v.mv_data, &key->rec, sizeof(mr_key_rec_t)),
-               key->name.data, key->name.len);
+    (void) mr_cpymem(ngx_cpymem(v.mv_data, &key->rec, sizeof(mr_key_rec_t)),
+                     key->name.data, key->name.len);
 
     k.mv_data = key->rec.hash;
     k.mv_size = MR_SHA256_LEN;

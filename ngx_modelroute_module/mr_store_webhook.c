@@ -1017,16 +1017,16 @@ mr_store_dlv_claim_one(MDB_txn *txn, mr_store_op_t *op, u_char *dlv_id,
 
     job->url.data = p;
     job->url.len = url.len;
-    p = ngx_cpymem(p, url.data, url.len);
+    p = mr_cpymem(p, url.data, url.len);
     *p++ = '\0';
 
     job->secret.data = p;
     job->secret.len = secret.len;
-    p = ngx_cpymem(p, secret.data, secret.len);
+    p = mr_cpymem(p, secret.data, secret.len);
 
     job->headers.data = p;
     job->headers.len = headers.len;
-    p = ngx_cpymem(p, headers.data, headers.len);
+    p = mr_cpymem(p, headers.data, headers.len);
 
     job->body.data = p;
     job->body.len = ev.mv_size - MR_ORG_ID_LEN;
@@ -1601,7 +1601,7 @@ mr_store_seg_put(MDB_dbi dbi, MDB_txn *txn, u_char *key, size_t klen,
     p = ngx_cpymem(v.mv_data, rec, rlen);
 
     for (i = 0; i < nseg; i++) {
-        p = ngx_cpymem(p, seg[i].data, seg[i].len);
+        p = mr_cpymem(p, seg[i].data, seg[i].len);
     }
 
     return 0;

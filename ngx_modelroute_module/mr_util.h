@@ -53,4 +53,17 @@ void mr_be64_put(u_char *dst, uint64_t v);
 uint64_t mr_be64_get(u_char *src);
 
 
+/*
+ * ngx_cpymem() from a source that may be empty: an empty ngx_str_t or
+ * buffer may point nowhere (NULL), and memcpy() from NULL is undefined
+ * even for 0 bytes.
+ */
+
+static ngx_inline u_char *
+mr_cpymem(void *dst, const void *src, size_t n)
+{
+    return n ? ngx_cpymem(dst, src, n) : (u_char *) dst;
+}
+
+
 #endif /* _MR_UTIL_H_INCLUDED_ */

@@ -10,7 +10,8 @@ package MR::Test;
 #   $t->done;    # stops nginx, checks the error log, done_testing
 #
 # Environment: MR_MODULE (the .so, default build/…), MR_NGINX (default
-# /usr/sbin/nginx), MR_KEEP=1 keeps the temporary prefix for a post-mortem.
+# /usr/sbin/nginx), MR_KEEP=1 keeps the temporary prefix for a post-mortem,
+# MR_SANITIZE (the ASan runtime, set by ./build.sh test-sanitize): see below.
 
 use strict;
 use warnings;
@@ -38,8 +39,17 @@ our %EXPORT_TAGS = (all => \@EXPORT_OK);
 our $ROOT = abs_path(dirname(__FILE__) . '/../../..');
 our $NGINX = $ENV{MR_NGINX} || '/usr/sbin/nginx';
 
+# A sanitizer run (./build.sh test-sanitize, the module built with ASan and
+# UBSan): nginx is not built with ASan, so MR_SANITIZE names the ASan runtime
+# to preload into it. ASan reports go to sanitizer/asan.<pid> in the prefix,
+# UBSan's to nginx's stderr: the error log, or the output of an nginx
+# command. check_log fails on any report, and a report nothing checked fails
+# the test file when it ends.
+our $SANITIZE = $ENV{MR_SANITIZE} // '';
+
 my $JSON = JSON::PP->new->utf8->canonical->allow_nonref;
 my @LIVE;    # instances started by this process, stopped in END
+my @ALL;     # instances made by this process, their sanitizer logs checked
 
 sub module_path {
     my $m = $ENV{MR_MODULE} || "$ROOT/build/ngx_http_modelroute_module.so";
@@ -80,6 +90,11 @@ sub new {
     chmod 0755, $prefix or croak "chmod $prefix: $!";
     make_path(map { "$prefix/$_" } qw(logs conf tmp));
     chmod 0755, "$prefix/tmp";
+    if ($SANITIZE) {
+        # workers run as nobody when the tests run as root
+        make_path("$prefix/sanitizer");
+        chmod 01777, "$prefix/sanitizer";
+    }
 
     my $self = bless {
         module      => $module,
@@ -90,6 +105,7 @@ sub new {
         extra_main  => $o{extra_main} // '',
         expect_log  => $o{expect_log} // [],
         keep_alive  => $o{keep_alive} // 0,
+        env         => $o{env} // {},
         access_log  => $o{access_log} // 0,
         timeout     => $o{timeout} // 10,
         owner       => $$,
@@ -99,6 +115,7 @@ sub new {
     $self->{port2} = free_port();
     $self->{port3} = free_port();
     $self->write_config;
+    push @ALL, $self;
     return $self;
 }
 
@@ -138,6 +155,10 @@ sub config_text {
         ? "log_format mr '\$pid \$status \$request';\n"
           . "    access_log $p/logs/access.log mr;"
         : 'access_log off;';
+    # nginx keeps only the variables named by "env" for its workers and a
+    # new binary
+    my %env = $self->nginx_env;
+    my $env = join '', map { "env $_;\n" } sort keys %env;
     return <<EOF;
 load_module $self->{module};
 daemon on;
@@ -145,7 +166,7 @@ master_process on;
 worker_processes $self->{workers};
 error_log $p/logs/error.log notice;
 pid $p/logs/nginx.pid;
-$self->{extra_main}
+$env$self->{extra_main}
 events { worker_connections 4096; }
 
 http {
@@ -179,8 +200,32 @@ sub nginx_cmd {
 # Runs `nginx -t`; returns (exit code, output).
 sub test_config {
     my ($self) = @_;
-    my $out = run_capture($self->nginx_cmd('-t'));
+    my $out = $self->run_nginx('-t');
     return ($? >> 8, $out);
+}
+
+# The environment nginx runs with: new(env => {NAME => value}) and, in a
+# sanitizer run, the preloaded ASan runtime and where reports go.
+sub nginx_env {
+    my ($self) = @_;
+    my %env = %{ $self->{env} };
+    if ($SANITIZE) {
+        $env{LD_PRELOAD} = $SANITIZE;
+        # no leak check: nginx's own allocations at exit are not the module's
+        $env{ASAN_OPTIONS} = "log_path=$self->{prefix}/sanitizer/asan"
+            . ':detect_leaks=0:halt_on_error=1';
+    }
+    return %env;
+}
+
+# Runs nginx with @args in its environment; returns its output.
+sub run_nginx {
+    my ($self, @args) = @_;
+    my %env = $self->nginx_env;
+    local @ENV{ keys %env } = values %env;
+    my $out = run_capture($self->nginx_cmd(@args));
+    push @{ $self->{sanitizer_out} }, sanitizer_lines($out) if $SANITIZE;
+    return $out;
 }
 
 sub run_capture {
@@ -200,7 +245,7 @@ sub start {
     my ($self) = @_;
     croak 'already running' if $self->{running};
     unlink "$self->{prefix}/logs/nginx.pid";
-    my $out = run_capture($self->nginx_cmd);
+    my $out = $self->run_nginx;
     croak "nginx failed to start (exit " . ($? >> 8) . "): $out\n"
         . $self->tail_log if $?;
     $self->{running} = 1;
@@ -374,6 +419,52 @@ sub check_log {
     my @bad = $self->bad_log_lines;
     ok(!@bad, 'error log has no alert/crit/emerg/signal lines')
         or diag join "\n", @bad[0 .. ($#bad < 19 ? $#bad : 19)];
+    $self->check_sanitizer if $SANITIZE;
+}
+
+# The lines of sanitizer reports in a text, with their stack traces.
+sub sanitizer_lines {
+    my ($text) = @_;
+    my (@r, $in);
+    for my $l (split /\n/, $text) {
+        if ($l =~ /: runtime error: |(?:ERROR|SUMMARY): \w+Sanitizer/) {
+            $in = 1;
+        } elsif (!$in || $l !~ /^\s+#\d+ /) {
+            $in = 0;
+            next;
+        }
+        push @r, $l;
+    }
+    return @r;
+}
+
+# Sanitizer reports of this instance: ASan's report files, and the report
+# lines in the error log and in the output of nginx commands.
+sub sanitizer_reports {
+    my ($self) = @_;
+    return () unless $SANITIZE;
+    my @r;
+    for my $f (sort glob "$self->{prefix}/sanitizer/asan.*") {
+        open my $fh, '<', $f or next;
+        local $/;
+        my $c = <$fh> // '';
+        push @r, "$f:\n$c" if length $c;
+    }
+    push @r, sanitizer_lines($self->read_log);
+    push @r, @{ $self->{sanitizer_out} // [] };
+    return @r;
+}
+
+sub check_sanitizer {
+    my ($self) = @_;
+    my @r = $self->sanitizer_reports;
+    $self->{sanitizer_seen} = @r;
+    ok(!@r, 'no sanitizer reports') or diag_some(@r);
+}
+
+sub diag_some {
+    my (@l) = @_;
+    diag join "\n", @l[0 .. ($#l < 19 ? $#l : 19)];
 }
 
 # Stops nginx, checks the error log and ends the test.
@@ -389,6 +480,14 @@ END {
     for my $t (@LIVE) {
         next unless $t->{owner} == $$;
         $t->stop;
+    }
+    for my $t (@ALL) {
+        next unless $t->{owner} == $$;
+        my @r = $t->sanitizer_reports;
+        next unless @r > ($t->{sanitizer_seen} // 0);
+        diag 'sanitizer reports in ' . $t->prefix . ':';
+        diag_some(@r);
+        $rc ||= 1;
     }
     $? = $rc;
 }
