@@ -11,7 +11,9 @@
  * the entry to the end of the lease: if the worker dies, the execution is
  * due again then, its attempt is recorded as abandoned and another
  * attempt is made.  An outcome is recorded only with the token of the
- * lease it answers: late answers are dropped.
+ * lease it answers: late answers are dropped.  An attempt still in flight
+ * when its execution is cancelled or expires is recorded then (cancelled,
+ * abandoned): every request a provider may have got is in the attempts.
  *
  * Routes' shared state ("route": name -> mr_route_state_t) counts the
  * leases in flight and carries the circuit breaker; it changes in the
@@ -116,14 +118,21 @@ mr_store_disp_add(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec)
 
 /*
  * The execution leaves dispatch (it is terminal, or waits for a
- * callback): out of the index, and its lease, if any, gives its route's
- * slot back.  The caller writes the execution.
+ * callback), or its lease ended without an answer: out of the index, and
+ * its lease, if any, gives its route's slot back.  The attempt of a lease
+ * that was not answered was sent to the provider (or may have been): it
+ * is recorded, as "cancelled" if the execution was, as "abandoned"
+ * otherwise; *buf then holds the attempts, and the caller frees it after
+ * it has written the execution.
  */
 
 int
-mr_store_disp_release(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec)
+mr_store_disp_release(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
+    u_char **buf)
 {
     int               rc;
+    u_char           *old;
+    ngx_uint_t        cancelled;
     mr_route_state_t  st;
 
     rc = mr_store_disp_move(txn, exec, 0);
@@ -132,6 +141,21 @@ mr_store_disp_release(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec)
     }
 
     if (exec->rec.lease_owner && exec->rec.route_len) {
+        cancelled = (exec->rec.status == MR_CANCELLED);
+        old = *buf;
+
+        rc = mr_store_disp_attempt(exec, op->now,
+                                   cancelled ? "cancelled" : "abandoned",
+                                   cancelled ? NULL : "GENERATION_TIMEOUT",
+                                   0, NULL, buf);
+        if (rc != 0) {
+            return rc;
+        }
+
+        if (old) {
+            ngx_free(old);    /* the attempts were copied from it */
+        }
+
         rc = mr_store_route_get(txn, exec->rec.route, exec->rec.route_len,
                                 &st);
         if (rc != 0) {
@@ -306,11 +330,7 @@ mr_store_disp_claim_one(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
 
         /* *buf holds the attempts from here on: the caller frees it */
 
-        rc = mr_store_disp_attempt(exec, now, "abandoned",
-                                   "GENERATION_TIMEOUT", 0, NULL, buf);
-        if (rc == 0) {
-            rc = mr_store_disp_release(txn, op, exec);
-        }
+        rc = mr_store_disp_release(txn, op, exec, buf);
 
         if (rc == 0) {
             rc = mr_store_disp_move(txn, exec, now);
@@ -869,11 +889,13 @@ static int
 mr_store_disp_end(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
     const char *event)
 {
-    int  rc;
+    int      rc;
+    u_char  *buf;
 
     op->full = 1;
+    buf = NULL;
 
-    rc = mr_store_disp_release(txn, op, exec);
+    rc = mr_store_disp_release(txn, op, exec, &buf);
     if (rc == 0) {
         rc = mr_store_due_put(txn, exec, 0);
     }
@@ -884,6 +906,10 @@ mr_store_disp_end(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
 
     if (rc == 0) {
         rc = mr_store_emit(txn, op, exec, event);
+    }
+
+    if (buf) {
+        ngx_free(buf);
     }
 
     return rc;

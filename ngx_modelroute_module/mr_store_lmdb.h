@@ -104,7 +104,8 @@ int mr_store_due_put(MDB_txn *txn, mr_exec_t *exec, ngx_uint_t add);
 
 int mr_store_disp_apply(MDB_txn *txn, mr_store_op_t *op);
 int mr_store_disp_add(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec);
-int mr_store_disp_release(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec);
+int mr_store_disp_release(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
+    u_char **buf);
 int mr_store_disp_secrets(MDB_txn *txn, MDB_dbi meta, ngx_uint_t rotate);
 
 

@@ -8,6 +8,8 @@
 #    healthy ones complete with their results, the large ones fail their
 #    own attempt ("too large"), nothing is buffered to a temporary file,
 #    and the provider got exactly one request per recorded attempt.
+# 2. An attempt in flight when its execution is cancelled or expires is
+#    recorded (cancelled, abandoned), also after a failed attempt.
 use strict;
 use warnings;
 use FindBin;
@@ -197,6 +199,89 @@ sub requests_for {
     money_is($b->{held}, '0.00', 'oversized: holds released');
     money_is($b->{balance}, '9.95', 'oversized: the five healthy charged');
     ok($t->verify($acc->{org})->{ok}, 'oversized: verify ok');
+}
+
+# ------------------------------------------------ 2. cancel and expiry
+
+# every attempt the provider got is in the timeline
+sub timeline_ok {
+    my ($name, $x, $path, $model, @want) = @_;
+    local $Test::Builder::Level = $Test::Builder::Level + 1;
+    my @at = @{ $x->{attempts} // [] };
+    is_deeply([ map { $_->{outcome} } @at ], \@want,
+        "$name: attempts " . join(', ', @want)) or diag explain \@at;
+    is(scalar(requests_for($path, $model)), scalar @at,
+        "$name: provider requests == attempts listed");
+    ok(!grep({ !is_rfc3339($_->{started_at}) || !is_rfc3339($_->{ended_at})
+            || parse_rfc3339($_->{ended_at})
+                < parse_rfc3339($_->{started_at}) } @at),
+        "$name: each attempt has started_at <= ended_at");
+}
+
+{
+    my $acc = $t->new_account(credit => '10.00');
+    $rc->set('/slow', json => chat_ok('late'), delay => 3);
+    $rc->set('/flaky', sequence => [
+        { status => 500, json => { error => { message => 'once' } } },
+        { json => chat_ok('late'), delay => 4 } ]);
+    $rc->set('/flaky2', sequence => [
+        { status => 500, json => { error => { message => 'once' } } },
+        { json => chat_ok('late'), delay => 4 } ]);
+
+    # cancelled while its only attempt is at the provider
+    my $c1 = create($acc, 'm-slow');
+    ok(scalar $rc->wait_requests(1, path => '/slow', timeout => 10),
+        'cancel: the provider got the request');
+    my $r = $t->req(POST => "/v1/executions/$c1/cancel", auth($acc->{key}));
+    is($r->{json}{status}, "CANCELLED", "cancel: CANCELLED") or diag $r->{body};
+    is(scalar @{ $r->{json}{attempts} // [] }, 1,
+        'cancel: the answer to the cancel lists the attempt');
+
+    # cancelled while its second attempt is at the provider
+    my $c2 = create($acc, 'm-flaky');
+    ok(scalar $rc->wait_requests(2, path => '/flaky', timeout => 10),
+        'cancel after a retry: the provider got both requests');
+    $r = $t->req(POST => "/v1/executions/$c2/cancel", auth($acc->{key}));
+    is($r->{json}{status}, 'CANCELLED', 'cancel after a retry: CANCELLED');
+
+    # expired while its only attempt (then its second) is at the provider
+    my $x1 = create($acc, 'm-slow', timeout_seconds => 1,
+        input => { prompt => 'for m-slow-x' });
+    my $x2 = create($acc, 'm-flaky2', timeout_seconds => 2);
+
+    my $e = wait_terminal($acc, [ $c1, $c2, $x1, $x2 ], 20);
+
+    # the providers have answered meanwhile: the late answers change
+    # nothing
+    ok(wait_for(sub {
+        !grep { !defined $_->{answered_at} }
+            map { $rc->requests_to($_) } qw(/slow /flaky /flaky2) }, 15),
+        'the providers have answered');
+    $e->{$_} = exec_of($acc->{key}, $_) for keys %$e;
+
+    is($e->{$c1}{status}, 'CANCELLED', 'cancel: stays CANCELLED');
+    timeline_ok('cancel', $e->{$c1}, '/slow', 'm-slow', 'cancelled');
+    is($e->{$c1}{attempts}[0]{route}, 'slow', 'cancel: the attempt\'s route');
+    ok(!defined $e->{$c1}{attempts}[0]{status},
+        'cancel: no provider status');
+
+    is($e->{$c2}{status}, 'CANCELLED', 'cancel after a retry: CANCELLED');
+    timeline_ok('cancel after a retry', $e->{$c2}, '/flaky', 'm-flaky',
+        'failed', 'cancelled');
+
+    is($e->{$x1}{status}, 'EXPIRED', 'expiry: EXPIRED');
+    timeline_ok('expiry', $e->{$x1}, '/slow', 'm-slow-x', 'abandoned');
+    is($e->{$x1}{attempts}[0]{error_code}, 'GENERATION_TIMEOUT',
+        'expiry: the abandoned attempt\'s error_code');
+
+    is($e->{$x2}{status}, 'EXPIRED', 'expiry after a retry: EXPIRED');
+    timeline_ok('expiry after a retry', $e->{$x2}, '/flaky2', 'm-flaky2',
+        'failed', 'abandoned');
+
+    my $b = $t->balance($acc->{key});
+    money_is($b->{held}, '0.00', 'cancel and expiry: holds released');
+    money_is($b->{balance}, '10.00', 'cancel and expiry: nothing charged');
+    ok($t->verify($acc->{org})->{ok}, 'cancel and expiry: verify ok');
 }
 
 $t->done;
