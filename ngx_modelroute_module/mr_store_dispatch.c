@@ -14,6 +14,8 @@
  * lease it answers: late answers are dropped.  An attempt still in flight
  * when its execution is cancelled or expires is recorded then (cancelled,
  * abandoned): every request a provider may have got is in the attempts.
+ * An execution that no route can take before its expires_at (every one
+ * open, or paused by a Retry-After past it) fails at once.
  *
  * Routes' shared state ("route": name -> mr_route_state_t) counts the
  * leases in flight and carries the circuit breaker; it changes in the
@@ -71,8 +73,10 @@ static int mr_store_route_put(MDB_txn *txn, u_char *name, size_t len,
     mr_route_state_t *st);
 static mr_model_t *mr_store_disp_model(mr_exec_t *exec);
 static int mr_store_disp_pick(MDB_txn *txn, mr_model_t *m,
-    ngx_uint_t nattempts, int64_t now, mr_route_t **route,
+    mr_exec_rec_t *rec, int64_t now, mr_route_t **route,
     mr_route_state_t *st, ngx_uint_t *half);
+static int mr_store_disp_no_route(MDB_txn *txn, mr_store_op_t *op,
+    mr_exec_t *exec, int why);
 static ngx_uint_t mr_store_disp_waits(MDB_txn *txn, MDB_val *v, int64_t now);
 static const char *mr_store_retryable(const char *code);
 
@@ -359,17 +363,14 @@ mr_store_disp_claim_one(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
 
     /* the next route in order whose breaker and cap let it take one */
 
-    rc = mr_store_disp_pick(txn, m, exec->rec.nattempts, now, &route, &st,
-                            &half);
+    rc = mr_store_disp_pick(txn, m, &exec->rec, now, &route, &st, &half);
 
     if (rc == NGX_BUSY) {
         return 0;                    /* it waits in the index */
     }
 
-    if (rc == NGX_DECLINED) {
-        ngx_str_set(&msg, "every route of the model is down: their "
-                    "circuit breakers are open");
-        return mr_store_disp_fail(txn, op, exec, "MODEL_UNAVAILABLE", &msg);
+    if (rc == NGX_DECLINED || rc == NGX_AGAIN || rc == NGX_ABORT) {
+        return mr_store_disp_no_route(txn, op, exec, rc);
     }
 
     if (rc != 0) {
@@ -446,23 +447,28 @@ mr_store_disp_claim_one(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
  * The route of the next attempt: the model's routes in order from the
  * attempt's number, the first whose breaker is closed (or half-open with
  * no probe in flight), not paused by a Retry-After and under its cap.
- * NGX_BUSY: every usable route is at its cap or paused (wait);
- * NGX_DECLINED: every breaker is open.
+ * NGX_BUSY: every usable route is at its cap, probing, or paused until
+ * before the execution's expires_at (wait); NGX_DECLINED: every breaker
+ * is open; NGX_AGAIN: every route is paused past expires_at; NGX_ABORT:
+ * every route is open or paused past expires_at.  No attempt can be made
+ * in the last three cases.
  */
 
 static int
-mr_store_disp_pick(MDB_txn *txn, mr_model_t *m, ngx_uint_t nattempts,
+mr_store_disp_pick(MDB_txn *txn, mr_model_t *m, mr_exec_rec_t *rec,
     int64_t now, mr_route_t **route, mr_route_state_t *st, ngx_uint_t *half)
 {
     int                rc;
-    ngx_uint_t         i, n, start, busy;
+    ngx_uint_t         i, n, start, busy, paused, open;
     mr_route_t        *rt;
     mr_model_route_t  *mr;
 
     mr = m->routes.elts;
     n = m->routes.nelts;
-    start = nattempts % n;
+    start = rec->nattempts % n;
     busy = 0;
+    paused = 0;
+    open = 0;
 
     for (i = 0; i < n; i++) {
         rt = mr[(start + i) % n].route;
@@ -473,16 +479,26 @@ mr_store_disp_pick(MDB_txn *txn, mr_model_t *m, ngx_uint_t nattempts,
         }
 
         if (st->open_until_ms > now) {
-            continue;               /* open */
+            open = 1;
+            continue;
         }
 
         *half = (st->open_until_ms != 0);
 
         if ((*half && st->probe_until_ms > now)
-            || st->paused_until_ms > now
             || (rt->max_concurrency && st->inflight >= rt->max_concurrency))
         {
-            busy = 1;
+            busy = 1;               /* a slot may free at any time */
+            continue;
+        }
+
+        if (st->paused_until_ms > now) {
+            if (st->paused_until_ms < rec->expires_ms) {
+                busy = 1;
+            } else {
+                paused = 1;         /* not before the execution expires */
+            }
+
             continue;
         }
 
@@ -491,7 +507,46 @@ mr_store_disp_pick(MDB_txn *txn, mr_model_t *m, ngx_uint_t nattempts,
         return 0;
     }
 
-    return busy ? NGX_BUSY : NGX_DECLINED;
+    if (busy) {
+        return NGX_BUSY;
+    }
+
+    if (paused) {
+        return open ? NGX_ABORT : NGX_AGAIN;
+    }
+
+    return NGX_DECLINED;
+}
+
+
+/* no attempt can be made (mr_store_disp_pick()): FAILED, with why */
+
+static int
+mr_store_disp_no_route(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
+    int why)
+{
+    ngx_str_t  msg;
+
+    switch (why) {
+
+    case NGX_AGAIN:
+        ngx_str_set(&msg, "every route of the model is rate limited by its "
+                    "provider (Retry-After) past the execution's "
+                    "expires_at");
+        return mr_store_disp_fail(txn, op, exec, "RATE_LIMITED", &msg);
+
+    case NGX_ABORT:
+        ngx_str_set(&msg, "every route of the model is down, or rate "
+                    "limited by its provider past the execution's "
+                    "expires_at");
+        break;
+
+    default: /* NGX_DECLINED */
+        ngx_str_set(&msg, "every route of the model is down: their "
+                    "circuit breakers are open");
+    }
+
+    return mr_store_disp_fail(txn, op, exec, "MODEL_UNAVAILABLE", &msg);
 }
 
 
@@ -537,8 +592,7 @@ mr_store_disp_waits(MDB_txn *txn, MDB_val *v, int64_t now)
         return 0;
     }
 
-    return mr_store_disp_pick(txn, m, rec.nattempts, now, &route, &st,
-                              &half)
+    return mr_store_disp_pick(txn, m, &rec, now, &route, &st, &half)
            == NGX_BUSY;
 }
 
@@ -548,14 +602,16 @@ mr_store_disp_waits(MDB_txn *txn, MDB_val *v, int64_t now)
 static int
 mr_store_disp_done(MDB_txn *txn, mr_store_op_t *op)
 {
-    int              rc;
-    u_char          *copy, *buf;
-    int64_t          delay, next;
-    ngx_uint_t       n, round;
-    mr_exec_t        exec;
-    mr_model_t      *m;
-    mr_disp_op_t    *d;
-    const char      *outcome;
+    int                rc;
+    u_char            *copy, *buf;
+    int64_t            delay, next;
+    ngx_uint_t         n, round, half;
+    mr_exec_t          exec;
+    mr_model_t        *m;
+    mr_route_t        *route;
+    mr_disp_op_t      *d;
+    const char        *outcome;
+    mr_route_state_t   st;
 
     d = &op->disp;
     copy = NULL;
@@ -672,6 +728,19 @@ mr_store_disp_done(MDB_txn *txn, mr_store_op_t *op)
 
     if (next >= exec.rec.expires_ms) {
         rc = mr_store_disp_fail(txn, op, &exec, d->code, &d->message);
+        goto done;
+    }
+
+    /* every route paused past expires_at (this one too, say): now */
+
+    rc = mr_store_disp_pick(txn, m, &exec.rec, next, &route, &st, &half);
+
+    if (rc == NGX_AGAIN || rc == NGX_ABORT) {
+        rc = mr_store_disp_no_route(txn, op, &exec, rc);
+        goto done;
+    }
+
+    if (rc > 0) {
         goto done;
     }
 

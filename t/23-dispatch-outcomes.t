@@ -1,0 +1,174 @@
+# What attempts' outcomes become in the cases below (regressions):
+#
+# 1. A Retry-After that pauses every route of a model past an execution's
+#    expires_at fails it at once with RATE_LIMITED (hold released), instead
+#    of leaving it PENDING until it expires with GENERATION_TIMEOUT.
+use strict;
+use warnings;
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use Test::More;
+use Time::HiRes qw(time);
+use Digest::SHA qw(hmac_sha256_hex);
+use MR::Test qw(:all);
+use MR::Receiver;
+
+my $rc = MR::Receiver->new;
+$rc->start;
+my $RPORT = $rc->port;
+
+# the sweeper would expire executions past expires_at: here it does not
+# run during the test, so that a callback can come after expires_at and
+# before the sweep
+my $http = <<"EOF";
+modelroute_store %%STORE%%;
+modelroute_sweep_interval 1h;
+modelroute_callback_url http://127.0.0.1:%%PORT%%/v1/callbacks;
+modelroute_route ra  /p/ra  protocol=openai_chat timeout=5s;
+modelroute_route rb  /p/rb  protocol=openai_chat timeout=5s;
+modelroute_route j   /p/j   protocol=openai_chat timeout=5s;
+modelroute_route jb  /p/jb  protocol=openai_chat timeout=5s breaker=1
+                 breaker_reset=1h;
+modelroute_route e   /p/e   protocol=openai_chat timeout=5s;
+modelroute_route job  /p/job  protocol=async timeout=5s;
+modelroute_route jobp /p/jobp protocol=async timeout=5s;
+modelroute_route jobq /p/jobq protocol=async timeout=10s max_concurrency=1;
+modelroute_model m-ra per_request=0.01 routes=ra:primer attempts=3;
+modelroute_model m-ra1 per_request=0.01 routes=ra attempts=3;
+modelroute_model m-rab per_request=0.01 routes=ra,rb attempts=3;
+modelroute_model m-rb per_request=0.01 routes=rb:primer attempts=1;
+modelroute_model m-nul per_request=0.01 routes=j:nul attempts=1;
+modelroute_model m-bigint per_request=0.01 routes=j:bigint attempts=1;
+modelroute_model m-realusage per_request=0.01 output_per_mtok=1000
+                 routes=j:realusage attempts=1;
+modelroute_model m-deep per_request=0.01 routes=jb:deep attempts=1;
+modelroute_model m-hugereal per_request=0.01 routes=jb:hugereal attempts=1;
+modelroute_model m-jb per_request=0.01 routes=jb:fine attempts=1;
+modelroute_model m-e per_request=0.01 routes=e attempts=1;
+modelroute_model m-job per_request=0.01 routes=job;
+modelroute_model m-jobp per_request=0.01 routes=jobp attempts=3;
+modelroute_model m-jobq per_request=0.01 routes=jobq attempts=1;
+server {
+    listen 127.0.0.1:%%PORT%%;
+    location /v1/ { modelroute_api; }
+    location /admin/ { modelroute_admin; }
+}
+server {
+    modelroute_dispatch;
+    location /p/ra   { internal; proxy_pass http://127.0.0.1:$RPORT/ra; }
+    location /p/rb   { internal; proxy_pass http://127.0.0.1:$RPORT/rb; }
+    location /p/j {
+        internal;
+        proxy_pass http://127.0.0.1:$RPORT/j;
+        subrequest_output_buffer_size 64k;
+    }
+    location /p/jb {
+        internal;
+        proxy_pass http://127.0.0.1:$RPORT/jb;
+        subrequest_output_buffer_size 64k;
+    }
+    location /p/e    { internal; proxy_pass http://127.0.0.1:$RPORT/e; }
+    location /p/job  { internal; proxy_pass http://127.0.0.1:$RPORT/job; }
+    location /p/jobp { internal; proxy_pass http://127.0.0.1:$RPORT/jobp; }
+    location /p/jobq { internal; proxy_pass http://127.0.0.1:$RPORT/jobq; }
+}
+EOF
+
+my $t = MR::Test->new(http => $http);
+$t->start;
+
+my %TERMINAL = map { $_ => 1 } qw(COMPLETED FAILED CANCELLED EXPIRED);
+
+sub exec_of {
+    my ($key, $id) = @_;
+    my $r = $t->get_exec($key, $id);
+    return $r->{status} == 200 ? $r->{json} : undef;
+}
+
+sub create {
+    my ($acc, $model, %over) = @_;
+    my $r = $t->create_exec($acc->{key}, $t->exec_body(model => $model,
+        input => { prompt => "for $model" }, %over));
+    is($r->{status}, 202, "$model: created") or diag $r->{body};
+    return $r->{json}{id} // 'exec_none';
+}
+
+sub wait_status {
+    my ($key, $id, $cond, $timeout) = @_;
+    my $last;
+    wait_for(sub {
+        $last = exec_of($key, $id) or return 0;
+        ref $cond ? $cond->($last) : $last->{status} eq $cond;
+    }, $timeout // 15);
+    return $last // {};
+}
+
+sub terminal {
+    my ($key, $id, $timeout) = @_;
+    return wait_status($key, $id, sub { $TERMINAL{ $_[0]{status} } },
+        $timeout);
+}
+
+sub routes_state {
+    my $r = $t->admin(GET => '/routes');
+    return {} unless $r->{status} == 200 && ref $r->{json}{data} eq 'ARRAY';
+    return { map { $_->{name} => $_ } @{ $r->{json}{data} } };
+}
+
+sub chat_raw {
+    my ($content, $usage) = @_;
+    return '{"id":"c1","object":"chat.completion","choices":[{"index":0,'
+        . '"finish_reason":"stop","message":{"role":"assistant","content":'
+        . $content . '}}],"usage":' . ($usage
+            // '{"prompt_tokens":5,"completion_tokens":7}') . '}';
+}
+
+my $RL = { status => 429, headers => { 'Retry-After' => 3600 },
+    json => { error => { message => 'slow down', type => 'rate_limit_error' } } };
+
+# ------------------------------------------- 1. Retry-After past expires_at
+
+{
+    my $acc = $t->new_account(credit => '10.00');
+    $rc->set('/ra', json => { error => { message => 'unexpected' } },
+        status => 500, cases => [ [ '"model":"primer"', $RL ] ]);
+    $rc->set('/rb', json => { error => { message => 'unexpected' } },
+        status => 500, cases => [ [ '"model":"primer"', $RL ] ]);
+
+    # the primers' 429s pause ra and rb for an hour
+    for my $m (qw(m-ra m-rb)) {
+        my $p = terminal($acc->{key}, create($acc, $m), 10);
+        is(eval { $p->{error}{code} }, 'RATE_LIMITED',
+            "$m: RATE_LIMITED (the route is paused for an hour)")
+            or diag explain $p;
+    }
+    my $rs = routes_state();
+    ok(parse_rfc3339($rs->{ra}{paused_until} // '') // 0 > time + 3000,
+        'ra is paused for an hour') or diag explain $rs->{ra};
+
+    # executions that no route can take before they expire fail at once
+    my @ids = (create($acc, 'm-ra1', timeout_seconds => 30),
+        create($acc, 'm-ra1', timeout_seconds => 30),
+        create($acc, 'm-rab', timeout_seconds => 30));
+    for my $i (0 .. $#ids) {
+        my $e = terminal($acc->{key}, $ids[$i], 40);
+        is($e->{status}, 'FAILED', "paused $i: FAILED at once, not left "
+            . "to expire") or diag explain $e;
+        is(eval { $e->{error}{code} }, 'RATE_LIMITED',
+            "paused $i: RATE_LIMITED");
+        ok(eval { $e->{error}{retryable} }, "paused $i: retryable");
+        is_deeply($e->{attempts}, [], "paused $i: no attempt was made");
+        ok(defined $e->{completed_at}
+            && parse_rfc3339($e->{completed_at})
+                < parse_rfc3339($e->{expires_at}),
+            "paused $i: ended before its expires_at");
+    }
+    is($rc->count(path => '/ra') + $rc->count(path => '/rb'), 2,
+        'only the primers reached the providers');
+    my $b = $t->balance($acc->{key});
+    money_is($b->{held}, '0.00', 'paused: holds released');
+    money_is($b->{balance}, '10.00', 'paused: nothing charged');
+    ok($t->verify($acc->{org})->{ok}, 'paused: verify ok');
+}
+
+$t->done;
