@@ -3,6 +3,11 @@
 # 1. A Retry-After that pauses every route of a model past an execution's
 #    expires_at fails it at once with RATE_LIMITED (hold released), instead
 #    of leaving it PENDING until it expires with GENERATION_TIMEOUT.
+# 2. Valid JSON is accepted: a \u0000 in a string, an integer beyond 64
+#    bits in a field the adapter does not read, usage as 7.0; JSON that
+#    jansson cannot hold (a number beyond the double range, nesting past
+#    its depth limit) fails the attempt without counting against the
+#    route's circuit breaker.  Callbacks likewise.
 use strict;
 use warnings;
 use FindBin;
@@ -169,6 +174,68 @@ my $RL = { status => 429, headers => { 'Retry-After' => 3600 },
     money_is($b->{held}, '0.00', 'paused: holds released');
     money_is($b->{balance}, '10.00', 'paused: nothing charged');
     ok($t->verify($acc->{org})->{ok}, 'paused: verify ok');
+}
+
+# ------------------------------------------------------ 2. valid JSON
+
+{
+    my $acc = $t->new_account(credit => '10.00');
+    my $deep = ('[' x 3000) . (']' x 3000);
+    $rc->set('/j', body => chat_raw('"unused"'),
+        content_type => 'application/json', cases => [
+        [ '"model":"nul"', { body => chat_raw('"a\u0000b"') } ],
+        [ '"model":"bigint"', { body => '{"created":99999999999999999999999,'
+            . substr(chat_raw('"big"'), 1) } ],
+        [ '"model":"realusage"', { body => chat_raw('"real"',
+            '{"prompt_tokens":5.0,"completion_tokens":7.0,'
+            . '"total_tokens":12e0}') } ],
+    ]);
+    $rc->set('/jb', body => chat_raw('"fine"'),
+        content_type => 'application/json', cases => [
+        [ '"model":"deep"', { body => '{"extra":' . $deep . ','
+            . substr(chat_raw('"deep"'), 1) } ],
+        [ '"model":"hugereal"', { body => '{"created":1e400,'
+            . substr(chat_raw('"huge"'), 1) } ],
+    ]);
+
+    my $e = terminal($acc->{key}, create($acc, 'm-nul'));
+    is($e->{status}, 'COMPLETED', 'a \u0000 in the text: COMPLETED')
+        or diag explain $e;
+    is(eval { $e->{result}{text} }, "a\0b", '... the text with its NUL');
+    my $r = $t->req(GET => "/v1/executions/$e->{id}/result",
+        auth($acc->{key}));
+    is($r->{status}, 200, '... GET result: 200') or diag $r->{body};
+    is(eval { $r->{json}{result}{text} }, "a\0b", '... GET result: the text');
+
+    $e = terminal($acc->{key}, create($acc, 'm-bigint'));
+    is($e->{status}, 'COMPLETED', 'an integer beyond 64 bits in a field '
+        . 'not read: COMPLETED') or diag explain $e;
+    is(eval { $e->{result}{usage}{output_tokens} }, 7, '... usage read');
+
+    $e = terminal($acc->{key}, create($acc, 'm-realusage'));
+    is($e->{status}, 'COMPLETED', 'usage as 7.0: COMPLETED')
+        or diag explain $e;
+    is(eval { $e->{result}{usage}{output_tokens} }, 7,
+        '... output_tokens 7');
+    money_is($e->{cost}, '0.017', '... cost from that usage');
+
+    # what jansson cannot hold fails the attempt, not the route
+    for my $m (qw(m-deep m-hugereal)) {
+        $e = terminal($acc->{key}, create($acc, $m));
+        is($e->{status}, 'FAILED', "$m: FAILED") or diag explain $e;
+        is(eval { $e->{error}{code} }, 'GENERATION_FAILED',
+            "$m: GENERATION_FAILED");
+        is(eval { $e->{attempts}[0]{status} }, 200, "$m: status 200");
+    }
+    my $rs = routes_state()->{jb} // {};
+    is($rs->{breaker}, 'closed', 'breaker=1 route: still closed')
+        or diag explain $rs;
+    is($rs->{consecutive_failures}, 0, '... no failure counted');
+    $e = terminal($acc->{key}, create($acc, 'm-jb'));
+    is($e->{status}, 'COMPLETED', '... and the next attempt is made')
+        or diag explain $e;
+
+    ok($t->verify($acc->{org})->{ok}, 'JSON: verify ok');
 }
 
 $t->done;
