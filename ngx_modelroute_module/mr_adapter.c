@@ -13,7 +13,10 @@
  * truncated body, no answer) is a retryable GENERATION_FAILED.
  *
  * Answers are read as JSON allows (a \u0000 in a string, an integer beyond
- * 64 bits), as far as jansson can hold them.
+ * 64 bits), as far as jansson can hold them.  A provider's error text is
+ * never the tenant's (it can hold part of the operator's credentials):
+ * the message is normalized, and the text goes to out->detail, for the
+ * operator's log.
  */
 
 
@@ -40,6 +43,8 @@ static void mr_adapter_error(ngx_uint_t status, json_t *answer,
 static const char *mr_adapter_keyword(json_t *answer);
 static void mr_adapter_message(ngx_pool_t *pool, ngx_uint_t status,
     json_t *answer, mr_adapter_out_t *out);
+static void mr_adapter_detail(ngx_pool_t *pool, json_t *answer,
+    mr_adapter_out_t *out);
 static int64_t mr_adapter_usage(json_t *usage, const char *name);
 static int64_t mr_adapter_cost(mr_model_t *m, json_t *input, int64_t in,
     int64_t out, int64_t images);
@@ -714,16 +719,47 @@ mr_adapter_keyword(json_t *answer)
 }
 
 
-/* "the provider answered 503: <its message>", cut to a length */
+/*
+ * "the provider failed (HTTP 503)": the normalized message and the
+ * status; what the provider said is kept apart, for the log
+ */
 
 static void
 mr_adapter_message(ngx_pool_t *pool, ngx_uint_t status, json_t *answer,
     mr_adapter_out_t *out)
 {
+    u_char     *p;
+    ngx_str_t   base;
+
+    mr_adapter_detail(pool, answer, out);
+
+    if (status == 0) {
+        return;
+    }
+
+    p = ngx_pnalloc(pool, out->message.len + sizeof(" (HTTP 000)"));
+    if (p == NULL) {
+        return;
+    }
+
+    base = out->message;
+    out->message.data = p;
+    p = ngx_sprintf(p, "%V (HTTP %03ui)", &base, status % 1000);
+    out->message.len = p - out->message.data;
+}
+
+
+/*
+ * The provider's error message (error.message, or message), cut to a
+ * length, control characters made spaces: a line of the error log
+ */
+
+static void
+mr_adapter_detail(ngx_pool_t *pool, json_t *answer, mr_adapter_out_t *out)
+{
     u_char      *p;
-    size_t       len;
+    size_t       len, i;
     json_t      *v;
-    ngx_str_t    base;
     const char  *s;
 
     v = json_object_get(answer, "error");
@@ -738,6 +774,10 @@ mr_adapter_message(ngx_pool_t *pool, ngx_uint_t status, json_t *answer,
     s = json_is_string(v) ? json_string_value(v) : NULL;
     len = s ? json_string_length(v) : 0;
 
+    if (len == 0) {
+        return;
+    }
+
     if (len > MR_ADAPTER_MESSAGE_MAX) {
         len = MR_ADAPTER_MESSAGE_MAX;
 
@@ -747,23 +787,17 @@ mr_adapter_message(ngx_pool_t *pool, ngx_uint_t status, json_t *answer,
         }
     }
 
-    p = ngx_pnalloc(pool, out->message.len + sizeof(" (HTTP 000)") + 2
-                          + len);
+    p = ngx_pnalloc(pool, len);
     if (p == NULL) {
         return;
     }
 
-    base = out->message;
-    out->message.data = p;
-
-    p = status ? ngx_sprintf(p, "%V (HTTP %03ui)", &base, status % 1000)
-               : ngx_sprintf(p, "%V", &base);
-
-    if (len) {
-        p = ngx_sprintf(p, ": %*s", len, s);
+    for (i = 0; i < len; i++) {
+        p[i] = ((u_char) s[i] < 0x20 || s[i] == 0x7f) ? ' ' : (u_char) s[i];
     }
 
-    out->message.len = p - out->message.data;
+    out->detail.data = p;
+    out->detail.len = len;
 }
 
 
@@ -963,5 +997,5 @@ mr_adapter_callback(ngx_pool_t *pool, mr_model_t *m, mr_exec_t *exec,
 
     mr_adapter_fail(out, MR_OUT_FATAL, code, "the provider reported a "
                     "failure");
-    mr_adapter_message(pool, 0, body, out);
+    mr_adapter_detail(pool, body, out);
 }

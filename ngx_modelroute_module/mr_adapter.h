@@ -21,7 +21,9 @@
 typedef struct {
     ngx_uint_t                outcome;       /* MR_OUT_* */
     const char               *code;          /* of a failure */
-    ngx_str_t                 message;
+    ngx_str_t                 message;       /* normalized: the tenant's */
+    ngx_str_t                 detail;        /* the provider's own words:
+                                                the operator's, for the log */
     ngx_str_t                 result;        /* JSON object */
     ngx_str_t                 job_id;        /* JSON string or empty */
     int64_t                   cost;          /* -1: none reported */

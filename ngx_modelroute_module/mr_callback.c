@@ -190,6 +190,13 @@ mr_callback_body(ngx_http_request_t *r)
 
     json_decref(body);
 
+    if (out.detail.len) {
+        /* the provider's words are the operator's, not the tenant's */
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "modelroute: %V: the provider called back a "
+                      "failure: \"%V\"", &ctx->id, &out.detail);
+    }
+
     op = &ctx->op;
     op->type = MR_OP_DISP_CALLBACK;
     ngx_memcpy(op->disp.exec_id, ctx->id.data, MR_EXEC_ID_LEN);

@@ -1157,6 +1157,14 @@ mr_dispatch_answered(ngx_http_request_t *sr, void *data, ngx_int_t rc)
                             status, &body, &retry_after, &out);
     }
 
+    if (out.detail.len) {
+        /* the provider's words are the operator's, not the tenant's */
+        ngx_log_error(NGX_LOG_ERR, sr->connection->log, 0,
+                      "modelroute dispatch: %*s: route \"%V\" answered "
+                      "%ui: \"%V\"", (size_t) MR_EXEC_ID_LEN, a->exec_id,
+                      &a->route->name, status, &out.detail);
+    }
+
     mr_dispatch_record(a, &out, status);
 
     return NGX_OK;

@@ -8,6 +8,9 @@
 #    jansson cannot hold (a number beyond the double range, nesting past
 #    its depth limit) fails the attempt without counting against the
 #    route's circuit breaker.  Callbacks likewise.
+# 3. A provider's error text never reaches the tenant (it may hold part of
+#    the operator's credential): error.message is the normalized one, the
+#    provider's text is in the error log with the execution id.
 use strict;
 use warnings;
 use FindBin;
@@ -236,6 +239,31 @@ my $RL = { status => 429, headers => { 'Retry-After' => 3600 },
         or diag explain $e;
 
     ok($t->verify($acc->{org})->{ok}, 'JSON: verify ok');
+}
+
+# ------------------------------------------- 3. the provider's error text
+
+my $SECRET = 'sk-proj-abcdef0123456789';
+{
+    my $acc = $t->new_account(credit => '10.00');
+    $rc->set('/e', status => 401, json => { error => {
+        message => "Incorrect API key provided: $SECRET. You can find "
+            . "your API key at https://example.invalid",
+        type => 'invalid_request_error', code => 'invalid_api_key' } });
+    my $id = create($acc, 'm-e');
+    my $e = terminal($acc->{key}, $id);
+    is($e->{status}, 'FAILED', '401: FAILED');
+    is(eval { $e->{error}{code} }, 'GENERATION_FAILED', '401: its code');
+    my $msg = eval { $e->{error}{message} } // '';
+    ok(length $msg, "401: a message ($msg)");
+    unlike($msg, qr/\Q$SECRET\E|Incorrect API key|sk-/,
+        '401: none of the provider\'s text in error.message');
+    my $r = $t->req(GET => "/v1/executions?limit=5", auth($acc->{key}));
+    unlike($r->{body}, qr/\Q$SECRET\E/, '... nor in the list');
+    my @lines = grep { /\Q$id\E/ && /\Q$SECRET\E/ }
+        split /\n/, $t->read_log;
+    is(scalar @lines, 1, 'the provider\'s text is logged once, with the '
+        . 'execution id') or diag join "\n", @lines;
 }
 
 $t->done;
