@@ -797,14 +797,27 @@ mr_store_disp_callback(MDB_txn *txn, mr_store_op_t *op)
         goto done;
     }
 
+    if (op->now >= exec.rec.expires_ms) {
+
+        /* expired, the sweeper has not come by yet: as if it had */
+
+        d->status = MR_EXPIRED;
+        op->result = MR_R_NOOP;
+        goto done;
+    }
+
     /*
-     * PROCESSING: the provider called back before the answer that took
-     * the job was recorded; that answer is dropped when it arrives
+     * The token is the execution's: a provider that holds it was sent a
+     * job for it, and the result is taken while the execution is not
+     * terminal.  PROCESSING: the provider called back before the answer
+     * that took the job was recorded (that answer is dropped when it
+     * arrives), or the attempt that sent the job failed (no answer in
+     * time, say) although the provider had taken it, and the execution
+     * waits for its next attempt, which is not made.  PENDING: no job
+     * was ever sent.
      */
 
-    if (exec.rec.status != MR_AWAITING_WEBHOOK
-        && !(exec.rec.status == MR_PROCESSING && exec.rec.lease_owner))
-    {
+    if (exec.rec.status == MR_PENDING) {
         op->result = MR_R_TERMINAL;  /* not waiting for a callback */
         goto done;
     }

@@ -11,6 +11,11 @@
 # 3. A provider's error text never reaches the tenant (it may hold part of
 #    the operator's credential): error.message is the normalized one, the
 #    provider's text is in the error log with the execution id.
+# 4. Callbacks: one that comes after expires_at (before the sweeper has
+#    expired the execution) is dropped as for an expired execution; one
+#    that comes while the execution is PROCESSING between attempts is
+#    accepted (the provider had the job); one for an execution that no
+#    provider was sent (PENDING) is a 409.
 use strict;
 use warnings;
 use FindBin;
@@ -264,6 +269,123 @@ my $SECRET = 'sk-proj-abcdef0123456789';
         split /\n/, $t->read_log;
     is(scalar @lines, 1, 'the provider\'s text is logged once, with the '
         . 'execution id') or diag join "\n", @lines;
+}
+
+# ------------------------------------------------------ 4. callbacks
+
+sub provider_request {
+    my ($path, $id) = @_;
+    my ($req) = $rc->wait_requests(1, path => $path, timeout => 15,
+        where => sub { ($_[0]{json}{execution_id} // '') eq $id });
+    return $req;
+}
+
+sub callback_of {
+    my ($req) = @_;
+    my ($path, $token) = (($req // {})->{json}{callback_url} // '') =~
+        m{^http://127\.0\.0\.1:\d+(/v1/callbacks/exec_[0-9a-f]{44})\?token=([0-9a-f]{64})$};
+    return ($path // '/v1/callbacks/none', $token // '0' x 64);
+}
+
+sub callback {
+    my ($path, $token, $body) = @_;
+    return $t->req(POST => "$path?token=$token",
+        { 'Content-Type' => 'application/json' },
+        ref $body ? json_encode($body) : $body);
+}
+
+my $OK = { status => 'succeeded', output => { text => 'called back' } };
+
+{
+    my $acc = $t->new_account(credit => '10.00');
+    $rc->set('/job', status => 202, json => { job_id => 'j1' });
+
+    # a callback after expires_at, before the sweep: dropped
+    my $id = create($acc, 'm-job', timeout_seconds => 2);
+    my $e = wait_status($acc->{key}, $id, 'AWAITING_WEBHOOK');
+    is($e->{status}, 'AWAITING_WEBHOOK', 'late: the job was taken');
+    my ($cp, $tok) = callback_of(provider_request('/job', $id));
+    my $expires = parse_rfc3339($e->{expires_at}) // time;
+    wait_for(sub { time > $expires + 0.3 }, 5);
+    my $r = callback($cp, $tok, $OK);
+    is($r->{status}, 200, 'late: 200') or diag $r->{body};
+    is_deeply($r->{json}, { received => JSON::PP::true,
+        duplicate => JSON::PP::true, status => 'EXPIRED' },
+        'late: dropped as for an expired execution');
+    $e = exec_of($acc->{key}, $id);
+    isnt($e->{status}, 'COMPLETED', 'late: not COMPLETED');
+    ok(!defined $e->{result}, 'late: no result');
+    money_is($t->balance($acc->{key})->{balance}, '10.00',
+        'late: nothing charged');
+
+    # valid JSON in a callback: a \u0000 and an integer beyond 64 bits
+    $id = create($acc, 'm-job');
+    wait_status($acc->{key}, $id, 'AWAITING_WEBHOOK');
+    ($cp, $tok) = callback_of(provider_request('/job', $id));
+    $r = callback($cp, $tok, '{"status":"succeeded","output":{"text":'
+        . '"x\u0000y","seed":123456789012345678901234567890}}');
+    is($r->{status}, 200, 'callback with \u0000 and a big integer: 200')
+        or diag $r->{body};
+    $e = exec_of($acc->{key}, $id);
+    is($e->{status}, 'COMPLETED', '... COMPLETED');
+    is(eval { $e->{result}{text} }, "x\0y", '... the text with its NUL');
+
+    # a failure reported by callback: its text is the operator's
+    $id = create($acc, 'm-job');
+    wait_status($acc->{key}, $id, 'AWAITING_WEBHOOK');
+    ($cp, $tok) = callback_of(provider_request('/job', $id));
+    $r = callback($cp, $tok, { status => 'failed', error => {
+        code => 'internal', message => "worker crashed near $SECRET" } });
+    is($r->{json}{status}, 'FAILED', 'failed callback: FAILED');
+    $e = exec_of($acc->{key}, $id);
+    unlike(eval { $e->{error}{message} } // '', qr/\Q$SECRET\E|crashed/,
+        'failed callback: the provider\'s text is not the tenant\'s');
+    ok(scalar(grep { /\Q$id\E/ && /\Q$SECRET\E/ }
+        split /\n/, $t->read_log), '... it is logged with the id');
+
+    # a callback while PROCESSING between attempts: accepted
+    $rc->set('/jobp', sequence => [
+        { status => 503, headers => { 'Retry-After' => 3 } },
+        { status => 202, json => { id => 'p-2' } } ]);
+    $id = create($acc, 'm-jobp');
+    ($cp, $tok) = callback_of(provider_request('/jobp', $id));
+    $e = wait_status($acc->{key}, $id, sub { @{ $_[0]{attempts} } == 1 });
+    is($e->{status}, 'PROCESSING', 'between attempts: PROCESSING');
+    $r = callback($cp, $tok, $OK);
+    is($r->{status}, 200, 'between attempts: 200') or diag $r->{body};
+    is_deeply($r->{json}, { received => JSON::PP::true,
+        duplicate => JSON::PP::false, status => 'COMPLETED' },
+        'between attempts: the callback is taken');
+    $e = exec_of($acc->{key}, $id);
+    is($e->{status}, 'COMPLETED', 'between attempts: COMPLETED');
+    is(eval { $e->{result}{text} }, 'called back', '... with its output');
+    is_deeply([ map { $_->{outcome} } @{ $e->{attempts} } ],
+        [ 'failed', 'called_back' ], '... attempts failed, called_back');
+    ok(!wait_for(sub { $rc->count(path => '/jobp') > 1 }, 4),
+        '... and no other attempt is made after the pause');
+
+    # a valid token for an execution no provider was sent: 409
+  SKIP: {
+        my $dump = `mdb_dump -s meta ${\ $t->store} 2>/dev/null`;
+        skip 'mdb_dump (lmdb-utils) not available', 3
+            unless $? == 0 && $dump;
+        my $name = unpack 'H*', 'cbkey';
+        my ($cbkey) = $dump =~ /^ $name\n ([0-9a-f]+)$/m;
+        $rc->set('/jobq', status => 202, json => { id => 'q' }, delay => 6);
+        my $first = create($acc, 'm-jobq');
+        ok(provider_request('/jobq', $first), 'cap: the first is at the '
+            . 'provider');
+        my $second = create($acc, 'm-jobq');
+        is(exec_of($acc->{key}, $second)->{status}, 'PENDING',
+            'cap: the second waits, PENDING');
+        $r = callback("/v1/callbacks/$second",
+            hmac_sha256_hex($second, pack 'H*', $cbkey // ''), $OK);
+        is_error($r, 409, undef, 'a callback for a PENDING execution: 409');
+        $t->req(POST => "/v1/executions/$_/cancel", auth($acc->{key}))
+            for $first, $second;
+    }
+
+    ok($t->verify($acc->{org})->{ok}, 'callbacks: verify ok');
 }
 
 $t->done;
