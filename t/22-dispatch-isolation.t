@@ -122,7 +122,7 @@ sub requests_for {
     my $acc = $t->new_account(credit => '10.00');
     $rc->set('/r', json => chat_ok('fine'), delay => 1.5, cases => [
         [ '"model":"primer"', { status => 429, delay => 0,
-            headers => { 'Retry-After' => 3 },
+            headers => { 'Retry-After' => 4 },
             json => { error => { message => 'slow down',
                 type => 'rate_limit_error' } } } ],
         [ '"model":"big"', { json => chat_ok('y' x 10_000), delay => 0.5 } ],
@@ -130,7 +130,7 @@ sub requests_for {
             delay => 0.5 } ],
     ]);
 
-    # the primer's 429 pauses the route for 3 s: what is created
+    # the primer's 429 pauses the route for 4 s: what is created
     # meanwhile waits, and is claimed at once when the pause ends
     my $primer = create($acc, 'm-primer');
     my $p = wait_terminal($acc, [$primer], 10)->{$primer} // {};
