@@ -11,6 +11,12 @@
  * "usage"}, or a callback's output object.  Provider errors map onto the
  * codes of the contract; anything unusable (not JSON, the wrong shape, a
  * truncated body, no answer) is a retryable GENERATION_FAILED.
+ *
+ * Answers are read as JSON allows (a \u0000 in a string, an integer beyond
+ * 64 bits), as far as jansson can hold them.  A provider's error text is
+ * never the tenant's (it can hold part of the operator's credentials):
+ * the message is normalized, and the text goes to out->detail, for the
+ * operator's log.
  */
 
 
@@ -37,6 +43,8 @@ static void mr_adapter_error(ngx_uint_t status, json_t *answer,
 static const char *mr_adapter_keyword(json_t *answer);
 static void mr_adapter_message(ngx_pool_t *pool, ngx_uint_t status,
     json_t *answer, mr_adapter_out_t *out);
+static void mr_adapter_detail(ngx_pool_t *pool, json_t *answer,
+    mr_adapter_out_t *out);
 static int64_t mr_adapter_usage(json_t *usage, const char *name);
 static int64_t mr_adapter_cost(mr_model_t *m, json_t *input, int64_t in,
     int64_t out, int64_t images);
@@ -66,6 +74,40 @@ mr_adapter_fail(mr_adapter_out_t *out, ngx_uint_t outcome, const char *code,
     out->message.data = (u_char *) message;
     out->message.len = ngx_strlen(message);
     out->breaker = (outcome == MR_OUT_RETRY || outcome == MR_OUT_TIMEOUT);
+}
+
+
+/*
+ * A provider's JSON text: any value, a \u0000 in a string, and integers
+ * beyond 64 bits, which make every number of the text a real (only usage
+ * is read from numbers, and it may be either).  NULL: not JSON, or JSON
+ * that jansson cannot hold (*unheld: a number beyond the range of a
+ * double, or nesting deeper than JSON_PARSER_MAX_DEPTH).
+ */
+
+json_t *
+mr_adapter_json(u_char *data, size_t len, ngx_uint_t *unheld)
+{
+    json_t        *j;
+    json_error_t   err;
+
+    *unheld = 0;
+
+    j = json_loadb((char *) data, len, JSON_DECODE_ANY | JSON_ALLOW_NUL,
+                   &err);
+
+    if (j == NULL && json_error_code(&err) == json_error_numeric_overflow) {
+        j = json_loadb((char *) data, len,
+                       JSON_DECODE_ANY | JSON_ALLOW_NUL
+                       | JSON_DECODE_INT_AS_REAL, &err);
+    }
+
+    if (j == NULL) {
+        *unheld = (json_error_code(&err) == json_error_numeric_overflow
+                   || json_error_code(&err) == json_error_stack_overflow);
+    }
+
+    return j;
 }
 
 
@@ -293,7 +335,8 @@ mr_adapter_response(ngx_pool_t *pool, mr_route_t *route, mr_model_t *m,
     mr_exec_t *exec, ngx_uint_t status, ngx_str_t *body,
     ngx_str_t *retry_after, mr_adapter_out_t *out)
 {
-    json_t  *answer, *input, *id;
+    json_t      *answer, *input, *id;
+    ngx_uint_t   unheld;
 
     ngx_memzero(out, sizeof(mr_adapter_out_t));
     out->cost = -1;
@@ -307,9 +350,10 @@ mr_adapter_response(ngx_pool_t *pool, mr_route_t *route, mr_model_t *m,
     }
 
     answer = NULL;
+    unheld = 0;
 
     if (body->len) {
-        answer = json_loadb((char *) body->data, body->len, 0, NULL);
+        answer = mr_adapter_json(body->data, body->len, &unheld);
     }
 
     if (status >= 200 && status < 300) {
@@ -326,6 +370,18 @@ mr_adapter_response(ngx_pool_t *pool, mr_route_t *route, mr_model_t *m,
                 (void) mr_json_dump(pool, id, &out->job_id);
             }
 
+            goto done;
+        }
+
+        if (unheld) {
+
+            /* valid JSON, the gateway's limit: the route is not blamed */
+
+            mr_adapter_fail(out, MR_OUT_RETRY, "GENERATION_FAILED",
+                            "the provider's answer is JSON the gateway "
+                            "cannot read (a number out of range, or "
+                            "nested too deep)");
+            out->breaker = 0;
             goto done;
         }
 
@@ -663,16 +719,47 @@ mr_adapter_keyword(json_t *answer)
 }
 
 
-/* "the provider answered 503: <its message>", cut to a length */
+/*
+ * "the provider failed (HTTP 503)": the normalized message and the
+ * status; what the provider said is kept apart, for the log
+ */
 
 static void
 mr_adapter_message(ngx_pool_t *pool, ngx_uint_t status, json_t *answer,
     mr_adapter_out_t *out)
 {
+    u_char     *p;
+    ngx_str_t   base;
+
+    mr_adapter_detail(pool, answer, out);
+
+    if (status == 0) {
+        return;
+    }
+
+    p = ngx_pnalloc(pool, out->message.len + sizeof(" (HTTP 000)"));
+    if (p == NULL) {
+        return;
+    }
+
+    base = out->message;
+    out->message.data = p;
+    p = ngx_sprintf(p, "%V (HTTP %03ui)", &base, status % 1000);
+    out->message.len = p - out->message.data;
+}
+
+
+/*
+ * The provider's error message (error.message, or message), cut to a
+ * length, control characters made spaces: a line of the error log
+ */
+
+static void
+mr_adapter_detail(ngx_pool_t *pool, json_t *answer, mr_adapter_out_t *out)
+{
     u_char      *p;
-    size_t       len;
+    size_t       len, i;
     json_t      *v;
-    ngx_str_t    base;
     const char  *s;
 
     v = json_object_get(answer, "error");
@@ -687,6 +774,10 @@ mr_adapter_message(ngx_pool_t *pool, ngx_uint_t status, json_t *answer,
     s = json_is_string(v) ? json_string_value(v) : NULL;
     len = s ? json_string_length(v) : 0;
 
+    if (len == 0) {
+        return;
+    }
+
     if (len > MR_ADAPTER_MESSAGE_MAX) {
         len = MR_ADAPTER_MESSAGE_MAX;
 
@@ -696,40 +787,51 @@ mr_adapter_message(ngx_pool_t *pool, ngx_uint_t status, json_t *answer,
         }
     }
 
-    p = ngx_pnalloc(pool, out->message.len + sizeof(" (HTTP 000)") + 2
-                          + len);
+    p = ngx_pnalloc(pool, len);
     if (p == NULL) {
         return;
     }
 
-    base = out->message;
-    out->message.data = p;
-
-    p = status ? ngx_sprintf(p, "%V (HTTP %03ui)", &base, status % 1000)
-               : ngx_sprintf(p, "%V", &base);
-
-    if (len) {
-        p = ngx_sprintf(p, ": %*s", len, s);
+    for (i = 0; i < len; i++) {
+        p[i] = ((u_char) s[i] < 0x20 || s[i] == 0x7f) ? ' ' : (u_char) s[i];
     }
 
-    out->message.len = p - out->message.data;
+    out->detail.data = p;
+    out->detail.len = len;
 }
 
+
+/* a count of usage: an integer, or a real with an integer value */
 
 static int64_t
 mr_adapter_usage(json_t *usage, const char *name)
 {
+    double   d;
     json_t  *v;
 
     v = json_object_get(usage, name);
 
-    if (!json_is_integer(v) || json_integer_value(v) < 0
-        || json_integer_value(v) > MR_ADAPTER_USAGE_MAX)
-    {
-        return -1;
+    if (json_is_integer(v)) {
+        if (json_integer_value(v) < 0
+            || json_integer_value(v) > MR_ADAPTER_USAGE_MAX)
+        {
+            return -1;
+        }
+
+        return json_integer_value(v);
     }
 
-    return json_integer_value(v);
+    if (json_is_real(v)) {
+        d = json_real_value(v);
+
+        if (d >= 0 && d <= (double) MR_ADAPTER_USAGE_MAX
+            && d == (double) (int64_t) d)
+        {
+            return (int64_t) d;
+        }
+    }
+
+    return -1;
 }
 
 
@@ -895,5 +997,5 @@ mr_adapter_callback(ngx_pool_t *pool, mr_model_t *m, mr_exec_t *exec,
 
     mr_adapter_fail(out, MR_OUT_FATAL, code, "the provider reported a "
                     "failure");
-    mr_adapter_message(pool, 0, body, out);
+    mr_adapter_detail(pool, body, out);
 }

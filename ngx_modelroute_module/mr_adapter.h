@@ -21,7 +21,9 @@
 typedef struct {
     ngx_uint_t                outcome;       /* MR_OUT_* */
     const char               *code;          /* of a failure */
-    ngx_str_t                 message;
+    ngx_str_t                 message;       /* normalized: the tenant's */
+    ngx_str_t                 detail;        /* the provider's own words:
+                                                the operator's, for the log */
     ngx_str_t                 result;        /* JSON object */
     ngx_str_t                 job_id;        /* JSON string or empty */
     int64_t                   cost;          /* -1: none reported */
@@ -40,6 +42,7 @@ void mr_adapter_callback(ngx_pool_t *pool, mr_model_t *m, mr_exec_t *exec,
     json_t *body, mr_adapter_out_t *out);
 void mr_adapter_fail(mr_adapter_out_t *out, ngx_uint_t outcome,
     const char *code, const char *message);
+json_t *mr_adapter_json(u_char *data, size_t len, ngx_uint_t *unheld);
 
 
 #endif /* _MR_ADAPTER_H_INCLUDED_ */

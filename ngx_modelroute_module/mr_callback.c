@@ -145,6 +145,7 @@ mr_callback_body(ngx_http_request_t *r)
     json_t            *body;
     ngx_int_t          rc;
     mr_exec_t          exec;
+    ngx_uint_t         unheld;
     mr_model_t        *m;
     mr_http_ctx_t     *ctx;
     mr_store_op_t     *op;
@@ -152,9 +153,16 @@ mr_callback_body(ngx_http_request_t *r)
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_modelroute_module);
 
-    body = mr_http_parse_object(r, &rc);
-    if (body == NULL) {
-        return rc;
+    /* a provider's JSON, read as its answers are */
+
+    body = ctx->body.len ? mr_adapter_json(ctx->body.data, ctx->body.len,
+                                           &unheld)
+                         : NULL;
+
+    if (!json_is_object(body)) {
+        json_decref(body);
+        return mr_http_error(r, MR_E_INPUT_VALIDATION,
+                             "the body must be a JSON object", NULL);
     }
 
     /* the model's prices and the input, for the cost of the usage */
@@ -181,6 +189,13 @@ mr_callback_body(ngx_http_request_t *r)
     mr_adapter_callback(r->pool, m, &exec, body, &out);
 
     json_decref(body);
+
+    if (out.detail.len) {
+        /* the provider's words are the operator's, not the tenant's */
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "modelroute: %V: the provider called back a "
+                      "failure: \"%V\"", &ctx->id, &out.detail);
+    }
 
     op = &ctx->op;
     op->type = MR_OP_DISP_CALLBACK;

@@ -11,11 +11,21 @@
  * The dispatch endpoint runs in whichever worker accepts the request: in
  * the post-read phase of the dispatch server it checks the per-start
  * secret, reads each attempt's execution, builds the provider's request
- * with the route's adapter and makes it as an in-memory subrequest to the
- * route's location (which proxies to the operator's upstream{}).  Each
- * answer is normalized and recorded (MR_OP_DISP_DONE) with the token of
- * its lease; the dispatcher gets its answer when every attempt of its
- * request is recorded.
+ * with the route's adapter and makes it as a subrequest to the route's
+ * location (which proxies to the operator's upstream{}).  Each answer is
+ * normalized and recorded (MR_OP_DISP_DONE) with the token of its lease;
+ * the dispatcher gets its answer when every attempt of its request is
+ * recorded.
+ *
+ * The answers are kept by a header and a body filter of this file, not
+ * by nginx's in-memory subrequests: those end the whole request, and with
+ * it every other attempt, when one answer is larger than
+ * subrequest_output_buffer_size ("too big subrequest response"), and
+ * buffer a postponed subrequest's answer in a temporary file meanwhile.
+ * Here an attempt's answer is read unbuffered (as "X-Accel-Buffering: no"
+ * would) into memory of its own, up to the location's
+ * subrequest_output_buffer_size; past it the attempt fails on its own
+ * ("too large"), the rest is discarded and its upstream connection closed.
  *
  * A watch timer enforces the route's timeout on each attempt and notices
  * executions cancelled or expired meanwhile: such an attempt's upstream
@@ -50,6 +60,8 @@
 #define MR_DISP_LINE        (MR_EXEC_ID_LEN + 1 + 16 + 1 + NGX_INT64_LEN + 1)
 #define MR_DISP_MARGIN      2000    /* the lease's pad: the deadline is the
                                        claim + the route's timeout */
+#define MR_DISP_ANSWER      16384   /* first memory for an answer of no
+                                       announced length */
 
 /* an attempt's state; 0: not made (stale, or refused before its call) */
 #define MR_ATT_RUNNING      1       /* its subrequest is in flight */
@@ -84,6 +96,16 @@ typedef struct {
     mr_model_t               *model;
     mr_route_t               *route;
     ngx_http_request_t       *sr;
+
+    /* its answer, kept by the filters */
+    u_char                   *answer;
+    size_t                    len;
+    size_t                    size;        /* of the memory at answer */
+    size_t                    limit;       /* subrequest_output_buffer_size */
+    ngx_uint_t                status;      /* of the answer's header */
+    unsigned                  header:1;    /* the header passed */
+    unsigned                  too_large:1;
+    unsigned                  lost:1;      /* no memory to keep it */
 } mr_disp_att_t;
 
 struct mr_disp_req_s {
@@ -128,6 +150,15 @@ static void mr_dispatch_abort(mr_disp_att_t *a);
 static void mr_dispatch_cleanup(void *data);
 static ngx_int_t mr_dispatch_finish(mr_disp_req_t *req);
 
+static mr_disp_att_t *mr_dispatch_attempt_of(ngx_http_request_t *r);
+static ngx_int_t mr_dispatch_header_filter(ngx_http_request_t *r);
+static ngx_int_t mr_dispatch_body_filter(ngx_http_request_t *r,
+    ngx_chain_t *in);
+static void mr_dispatch_keep(ngx_http_request_t *r, mr_disp_att_t *a,
+    ngx_buf_t *b);
+static void mr_dispatch_discard_rest(ngx_http_request_t *r,
+    mr_disp_att_t *a);
+
 
 static mr_main_conf_t  *mr_disp_mcf;
 static ngx_event_t      mr_disp_ev;
@@ -139,6 +170,9 @@ static ngx_msec_t       mr_disp_timeout;  /* the longest route timeout */
 static ngx_event_t      mr_disp_inflight_ev;
 static ngx_msec_t       mr_disp_failed_at;
 static u_char           mr_disp_secret[2 * MR_STORE_SECRET_LEN];
+
+static ngx_http_output_header_filter_pt  mr_disp_next_header_filter;
+static ngx_http_output_body_filter_pt    mr_disp_next_body_filter;
 
 
 ngx_int_t
@@ -159,6 +193,14 @@ mr_dispatch_postconfiguration(ngx_conf_t *cf, mr_main_conf_t *mcf)
     }
 
     *h = mr_dispatch_handler;
+
+    /* on top of the filters: attempts' answers go no further */
+
+    mr_disp_next_header_filter = ngx_http_top_header_filter;
+    ngx_http_top_header_filter = mr_dispatch_header_filter;
+
+    mr_disp_next_body_filter = ngx_http_top_body_filter;
+    ngx_http_top_body_filter = mr_dispatch_body_filter;
 
     return NGX_OK;
 }
@@ -949,9 +991,10 @@ mr_dispatch_subrequest(ngx_http_request_t *r, mr_disp_att_t *a,
     ps->handler = mr_dispatch_answered;
     ps->data = a;
 
+    /* not NGX_HTTP_SUBREQUEST_IN_MEMORY: the filters below keep it */
+
     if (ngx_http_subrequest(r, &a->route->location, NULL, &sr, ps,
-                            NGX_HTTP_SUBREQUEST_IN_MEMORY
-                            | NGX_HTTP_SUBREQUEST_WAITED)
+                            NGX_HTTP_SUBREQUEST_WAITED)
         != NGX_OK)
     {
         return NGX_ERROR;
@@ -1051,17 +1094,21 @@ mr_dispatch_answered(ngx_http_request_t *sr, void *data, ngx_int_t rc)
 
     status = 0;
 
-    if (rc < NGX_HTTP_SPECIAL_RESPONSE && rc != NGX_ERROR
-        && !sr->connection->error && mr_dispatch_complete(sr))
+    if (a->too_large) {
+        status = a->status;    /* the provider answered, at length */
+
+    } else if (rc < NGX_HTTP_SPECIAL_RESPONSE && rc != NGX_ERROR
+               && !sr->connection->error && !a->lost
+               && mr_dispatch_complete(sr))
     {
         status = sr->headers_out.status;
     }
 
     ngx_str_null(&body);
 
-    if (status && sr->out && sr->out->buf) {
-        body.data = sr->out->buf->pos;
-        body.len = sr->out->buf->last - sr->out->buf->pos;
+    if (status && !a->too_large) {
+        body.data = a->answer;
+        body.len = a->len;
     }
 
     ngx_str_null(&retry_after);
@@ -1099,6 +1146,23 @@ mr_dispatch_answered(ngx_http_request_t *sr, void *data, ngx_int_t rc)
         out.breaker = 0;
         out.cost = -1;
 
+    } else if (a->lost) {
+        ngx_memzero(&out, sizeof(mr_adapter_out_t));
+        mr_adapter_fail(&out, MR_OUT_RETRY, "GENERATION_FAILED",
+                        "the provider's answer could not be kept");
+        out.breaker = 0;
+        out.cost = -1;
+
+    } else if (a->too_large && status >= 200 && status < 300) {
+
+        /* the provider answered: the limit is the gateway's, no breaker */
+
+        ngx_memzero(&out, sizeof(mr_adapter_out_t));
+        mr_adapter_fail(&out, MR_OUT_RETRY, "GENERATION_FAILED",
+                        "the provider's answer was too large to be read");
+        out.breaker = 0;
+        out.cost = -1;
+
     } else if (status == 0 && rc == NGX_HTTP_GATEWAY_TIME_OUT) {
         ngx_memzero(&out, sizeof(mr_adapter_out_t));
         mr_adapter_fail(&out, MR_OUT_TIMEOUT, "GENERATION_TIMEOUT",
@@ -1111,9 +1175,229 @@ mr_dispatch_answered(ngx_http_request_t *sr, void *data, ngx_int_t rc)
                             status, &body, &retry_after, &out);
     }
 
+    if (out.detail.len) {
+        /* the provider's words are the operator's, not the tenant's */
+        ngx_log_error(NGX_LOG_ERR, sr->connection->log, 0,
+                      "modelroute dispatch: %*s: route \"%V\" answered "
+                      "%ui: \"%V\"", (size_t) MR_EXEC_ID_LEN, a->exec_id,
+                      &a->route->name, status, &out.detail);
+    }
+
     mr_dispatch_record(a, &out, status);
 
     return NGX_OK;
+}
+
+
+/*
+ * The attempt a subrequest makes, or NULL: the subrequests of dispatch
+ * requests are known by their post_subrequest handler.
+ */
+
+static mr_disp_att_t *
+mr_dispatch_attempt_of(ngx_http_request_t *r)
+{
+    if (r == r->main || r->post_subrequest == NULL
+        || r->post_subrequest->handler != mr_dispatch_answered)
+    {
+        return NULL;
+    }
+
+    return r->post_subrequest->data;
+}
+
+
+static ngx_int_t
+mr_dispatch_header_filter(ngx_http_request_t *r)
+{
+    mr_disp_att_t             *a;
+    ngx_http_core_loc_conf_t  *clcf;
+
+    a = mr_dispatch_attempt_of(r);
+
+    if (a == NULL || a->header) {
+        return mr_disp_next_header_filter(r);
+    }
+
+    clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+
+    a->header = 1;
+    a->limit = clcf->subrequest_output_buffer_size;
+    a->status = r->headers_out.status;
+
+    /*
+     * read as it comes, never into a temporary file: what is past the
+     * limit is discarded anyway
+     */
+
+    if (r->upstream) {
+        r->upstream->buffering = 0;
+    }
+
+    if (r->headers_out.content_length_n > (off_t) a->limit
+        && a->state == MR_ATT_RUNNING)
+    {
+        /* its body is not even read: the upstream closes the connection */
+
+        r->header_only = 1;
+        a->too_large = 1;
+
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "modelroute dispatch: %*s: the answer of route "
+                      "\"%V\" is too large (%O bytes, more than "
+                      "subrequest_output_buffer_size %uz); the attempt "
+                      "failed", (size_t) MR_EXEC_ID_LEN, a->exec_id,
+                      &a->route->name, r->headers_out.content_length_n,
+                      a->limit);
+    }
+
+    return mr_disp_next_header_filter(r);
+}
+
+
+/* an attempt's answer goes no further than its own memory */
+
+static ngx_int_t
+mr_dispatch_body_filter(ngx_http_request_t *r, ngx_chain_t *in)
+{
+    ngx_buf_t                 *b;
+    ngx_chain_t               *cl;
+    mr_disp_att_t             *a;
+    ngx_http_core_loc_conf_t  *clcf;
+
+    a = mr_dispatch_attempt_of(r);
+
+    if (a == NULL) {
+        return mr_disp_next_body_filter(r, in);
+    }
+
+    if (!a->header) {
+        clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+        a->header = 1;
+        a->limit = clcf->subrequest_output_buffer_size;
+        a->status = r->headers_out.status;
+    }
+
+    for (cl = in; cl; cl = cl->next) {
+        b = cl->buf;
+
+        if (a->state == MR_ATT_RUNNING && !a->too_large && !a->lost
+            && ngx_buf_size(b))
+        {
+            mr_dispatch_keep(r, a, b);
+        }
+
+        /* taken, kept or not */
+
+        if (ngx_buf_in_memory(b)) {
+            b->pos = b->last;
+        }
+
+        if (b->in_file) {
+            b->file_pos = b->file_last;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+mr_dispatch_keep(ngx_http_request_t *r, mr_disp_att_t *a, ngx_buf_t *b)
+{
+    off_t     size;
+    size_t    len, want;
+    u_char   *p;
+    ssize_t   n;
+
+    size = ngx_buf_size(b);
+
+    if (size > (off_t) (a->limit - a->len)) {
+        a->too_large = 1;
+
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "modelroute dispatch: %*s: the answer of route "
+                      "\"%V\" is too large (more than "
+                      "subrequest_output_buffer_size %uz); the attempt "
+                      "failed, the rest is discarded",
+                      (size_t) MR_EXEC_ID_LEN, a->exec_id,
+                      &a->route->name, a->limit);
+
+        mr_dispatch_discard_rest(r, a);
+        return;
+    }
+
+    len = (size_t) size;
+
+    if (len > a->size - a->len) {
+
+        /* the announced length, or doubled from MR_DISP_ANSWER */
+
+        want = (r->headers_out.content_length_n >= (off_t) (a->len + len))
+               ? (size_t) r->headers_out.content_length_n
+               : ngx_max(ngx_max(2 * a->size, a->len + len), MR_DISP_ANSWER);
+
+        want = ngx_min(want, a->limit);
+
+        p = ngx_pnalloc(r->pool, want);
+        if (p == NULL) {
+            a->lost = 1;
+            mr_dispatch_discard_rest(r, a);
+            return;
+        }
+
+        if (a->len) {
+            ngx_memcpy(p, a->answer, a->len);
+        }
+
+        if (a->answer) {
+            ngx_pfree(r->pool, a->answer);
+        }
+
+        a->answer = p;
+        a->size = want;
+    }
+
+    if (ngx_buf_in_memory(b)) {
+        ngx_memcpy(a->answer + a->len, b->pos, len);
+
+    } else {
+        /* a file buffer: an answer from proxy_cache, say */
+
+        n = ngx_read_file(b->file, a->answer + a->len, len, b->file_pos);
+
+        if (n != (ssize_t) len) {
+            a->lost = 1;
+            mr_dispatch_discard_rest(r, a);
+            return;
+        }
+    }
+
+    a->len += len;
+}
+
+
+/*
+ * What is kept is dropped, and an upstream ends the subrequest as soon
+ * as it has passed this buffer (unbuffered, it looks at u->length after
+ * each write): the connection is closed, what was not read makes it
+ * unusable.  A location that answers itself is just not listened to.
+ */
+
+static void
+mr_dispatch_discard_rest(ngx_http_request_t *r, mr_disp_att_t *a)
+{
+    if (a->answer) {
+        ngx_pfree(r->pool, a->answer);
+        a->answer = NULL;
+    }
+
+    a->len = 0;
+    a->size = 0;
+
+    if (r->upstream && !r->upstream->buffering) {
+        r->upstream->length = 0;
+    }
 }
 
 

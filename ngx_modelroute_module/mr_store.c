@@ -1207,6 +1207,7 @@ static int
 mr_store_exec_cancel(MDB_txn *txn, mr_store_op_t *op)
 {
     int            rc;
+    u_char        *p, *buf;
     int64_t        now;
     mr_exec_t     *exec;
     mr_account_t   acct;
@@ -1257,22 +1258,47 @@ mr_store_exec_cancel(MDB_txn *txn, mr_store_op_t *op)
         return rc;
     }
 
-    rc = mr_store_disp_release(txn, op, exec);
+    /*
+     * an attempt in flight is recorded: the attempts are then in buf, and
+     * go to the operation's pool, for its answer
+     */
+
+    buf = NULL;
+
+    rc = mr_store_disp_release(txn, op, exec, &buf);
     if (rc != 0) {
-        return rc;
+        goto done;
+    }
+
+    if (buf) {
+        p = ngx_pnalloc(op->pool, exec->seg[MR_SEG_ATTEMPTS].len);
+        if (p == NULL) {
+            rc = ENOMEM;
+            goto done;
+        }
+
+        ngx_memcpy(p, exec->seg[MR_SEG_ATTEMPTS].data,
+                   exec->seg[MR_SEG_ATTEMPTS].len);
+        exec->seg[MR_SEG_ATTEMPTS].data = p;
     }
 
     rc = mr_store_due_put(txn, exec, 0);
-    if (rc != 0) {
-        return rc;
+
+    if (rc == 0) {
+        rc = mr_store_exec_put(txn, exec);
     }
 
-    rc = mr_store_exec_put(txn, exec);
-    if (rc != 0) {
-        return rc;
+    if (rc == 0) {
+        rc = mr_store_emit(txn, op, exec, "execution.cancelled");
     }
 
-    return mr_store_emit(txn, op, exec, "execution.cancelled");
+done:
+
+    if (buf) {
+        ngx_free(buf);
+    }
+
+    return rc;
 }
 
 
@@ -1724,7 +1750,7 @@ static int
 mr_store_expire(MDB_txn *txn, mr_store_op_t *op, u_char *id)
 {
     int            rc;
-    u_char        *copy;
+    u_char        *copy, *buf;
     mr_exec_t      exec;
     mr_account_t   acct;
 
@@ -1733,6 +1759,7 @@ mr_store_expire(MDB_txn *txn, mr_store_op_t *op, u_char *id)
         "expired before a result\",\"retryable\":true}");
 
     copy = NULL;
+    buf = NULL;
 
     rc = mr_store_exec_copy(txn, id, &exec, &copy);
     if (rc == MDB_NOTFOUND) {
@@ -1759,7 +1786,8 @@ mr_store_expire(MDB_txn *txn, mr_store_op_t *op, u_char *id)
         exec.rec.completed_ms = ngx_max(op->now, exec.rec.created_ms);
         exec.seg[MR_SEG_ERROR] = error;
 
-        rc = mr_store_disp_release(txn, op, &exec);
+        /* an attempt in flight is recorded as abandoned (in buf) */
+        rc = mr_store_disp_release(txn, op, &exec, &buf);
     }
 
     if (rc == 0) {
@@ -1771,6 +1799,10 @@ mr_store_expire(MDB_txn *txn, mr_store_op_t *op, u_char *id)
     }
 
     ngx_free(copy);
+
+    if (buf) {
+        ngx_free(buf);
+    }
 
     if (rc == 0) {
         op->expired++;

@@ -11,7 +11,11 @@
  * the entry to the end of the lease: if the worker dies, the execution is
  * due again then, its attempt is recorded as abandoned and another
  * attempt is made.  An outcome is recorded only with the token of the
- * lease it answers: late answers are dropped.
+ * lease it answers: late answers are dropped.  An attempt still in flight
+ * when its execution is cancelled or expires is recorded then (cancelled,
+ * abandoned): every request a provider may have got is in the attempts.
+ * An execution that no route can take before its expires_at (every one
+ * open, or paused by a Retry-After past it) fails at once.
  *
  * Routes' shared state ("route": name -> mr_route_state_t) counts the
  * leases in flight and carries the circuit breaker; it changes in the
@@ -70,8 +74,10 @@ static int mr_store_route_put(MDB_txn *txn, u_char *name, size_t len,
     mr_route_state_t *st);
 static mr_model_t *mr_store_disp_model(mr_exec_t *exec);
 static int mr_store_disp_pick(MDB_txn *txn, mr_model_t *m,
-    ngx_uint_t nattempts, int64_t now, mr_route_t **route,
+    mr_exec_rec_t *rec, int64_t now, mr_route_t **route,
     mr_route_state_t *st, ngx_uint_t *half);
+static int mr_store_disp_no_route(MDB_txn *txn, mr_store_op_t *op,
+    mr_exec_t *exec, int why);
 static ngx_uint_t mr_store_disp_waits(MDB_txn *txn, MDB_val *v, int64_t now);
 static const char *mr_store_retryable(const char *code);
 
@@ -117,14 +123,21 @@ mr_store_disp_add(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec)
 
 /*
  * The execution leaves dispatch (it is terminal, or waits for a
- * callback): out of the index, and its lease, if any, gives its route's
- * slot back.  The caller writes the execution.
+ * callback), or its lease ended without an answer: out of the index, and
+ * its lease, if any, gives its route's slot back.  The attempt of a lease
+ * that was not answered was sent to the provider (or may have been): it
+ * is recorded, as "cancelled" if the execution was, as "abandoned"
+ * otherwise; *buf then holds the attempts, and the caller frees it after
+ * it has written the execution.
  */
 
 int
-mr_store_disp_release(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec)
+mr_store_disp_release(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
+    u_char **buf)
 {
     int               rc;
+    u_char           *old;
+    ngx_uint_t        cancelled;
     mr_route_state_t  st;
 
     rc = mr_store_disp_move(txn, exec, 0);
@@ -133,6 +146,21 @@ mr_store_disp_release(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec)
     }
 
     if (exec->rec.lease_owner && exec->rec.route_len) {
+        cancelled = (exec->rec.status == MR_CANCELLED);
+        old = *buf;
+
+        rc = mr_store_disp_attempt(exec, op->now,
+                                   cancelled ? "cancelled" : "abandoned",
+                                   cancelled ? NULL : "GENERATION_TIMEOUT",
+                                   0, NULL, buf);
+        if (rc != 0) {
+            return rc;
+        }
+
+        if (old) {
+            ngx_free(old);    /* the attempts were copied from it */
+        }
+
         rc = mr_store_route_get(txn, exec->rec.route, exec->rec.route_len,
                                 &st);
         if (rc != 0) {
@@ -307,11 +335,7 @@ mr_store_disp_claim_one(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
 
         /* *buf holds the attempts from here on: the caller frees it */
 
-        rc = mr_store_disp_attempt(exec, now, "abandoned",
-                                   "GENERATION_TIMEOUT", 0, NULL, buf);
-        if (rc == 0) {
-            rc = mr_store_disp_release(txn, op, exec);
-        }
+        rc = mr_store_disp_release(txn, op, exec, buf);
 
         if (rc == 0) {
             rc = mr_store_disp_move(txn, exec, now);
@@ -340,17 +364,14 @@ mr_store_disp_claim_one(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
 
     /* the next route in order whose breaker and cap let it take one */
 
-    rc = mr_store_disp_pick(txn, m, exec->rec.nattempts, now, &route, &st,
-                            &half);
+    rc = mr_store_disp_pick(txn, m, &exec->rec, now, &route, &st, &half);
 
     if (rc == NGX_BUSY) {
         return 0;                    /* it waits in the index */
     }
 
-    if (rc == NGX_DECLINED) {
-        ngx_str_set(&msg, "every route of the model is down: their "
-                    "circuit breakers are open");
-        return mr_store_disp_fail(txn, op, exec, "MODEL_UNAVAILABLE", &msg);
+    if (rc == NGX_DECLINED || rc == NGX_AGAIN || rc == NGX_ABORT) {
+        return mr_store_disp_no_route(txn, op, exec, rc);
     }
 
     if (rc != 0) {
@@ -427,23 +448,28 @@ mr_store_disp_claim_one(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
  * The route of the next attempt: the model's routes in order from the
  * attempt's number, the first whose breaker is closed (or half-open with
  * no probe in flight), not paused by a Retry-After and under its cap.
- * NGX_BUSY: every usable route is at its cap or paused (wait);
- * NGX_DECLINED: every breaker is open.
+ * NGX_BUSY: every usable route is at its cap, probing, or paused until
+ * before the execution's expires_at (wait); NGX_DECLINED: every breaker
+ * is open; NGX_AGAIN: every route is paused past expires_at; NGX_ABORT:
+ * every route is open or paused past expires_at.  No attempt can be made
+ * in the last three cases.
  */
 
 static int
-mr_store_disp_pick(MDB_txn *txn, mr_model_t *m, ngx_uint_t nattempts,
+mr_store_disp_pick(MDB_txn *txn, mr_model_t *m, mr_exec_rec_t *rec,
     int64_t now, mr_route_t **route, mr_route_state_t *st, ngx_uint_t *half)
 {
     int                rc;
-    ngx_uint_t         i, n, start, busy;
+    ngx_uint_t         i, n, start, busy, paused, open;
     mr_route_t        *rt;
     mr_model_route_t  *mr;
 
     mr = m->routes.elts;
     n = m->routes.nelts;
-    start = nattempts % n;
+    start = rec->nattempts % n;
     busy = 0;
+    paused = 0;
+    open = 0;
 
     for (i = 0; i < n; i++) {
         rt = mr[(start + i) % n].route;
@@ -454,16 +480,26 @@ mr_store_disp_pick(MDB_txn *txn, mr_model_t *m, ngx_uint_t nattempts,
         }
 
         if (st->open_until_ms > now) {
-            continue;               /* open */
+            open = 1;
+            continue;
         }
 
         *half = (st->open_until_ms != 0);
 
         if ((*half && st->probe_until_ms > now)
-            || st->paused_until_ms > now
             || (rt->max_concurrency && st->inflight >= rt->max_concurrency))
         {
-            busy = 1;
+            busy = 1;               /* a slot may free at any time */
+            continue;
+        }
+
+        if (st->paused_until_ms > now) {
+            if (st->paused_until_ms < rec->expires_ms) {
+                busy = 1;
+            } else {
+                paused = 1;         /* not before the execution expires */
+            }
+
             continue;
         }
 
@@ -472,7 +508,46 @@ mr_store_disp_pick(MDB_txn *txn, mr_model_t *m, ngx_uint_t nattempts,
         return 0;
     }
 
-    return busy ? NGX_BUSY : NGX_DECLINED;
+    if (busy) {
+        return NGX_BUSY;
+    }
+
+    if (paused) {
+        return open ? NGX_ABORT : NGX_AGAIN;
+    }
+
+    return NGX_DECLINED;
+}
+
+
+/* no attempt can be made (mr_store_disp_pick()): FAILED, with why */
+
+static int
+mr_store_disp_no_route(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
+    int why)
+{
+    ngx_str_t  msg;
+
+    switch (why) {
+
+    case NGX_AGAIN:
+        ngx_str_set(&msg, "every route of the model is rate limited by its "
+                    "provider (Retry-After) past the execution's "
+                    "expires_at");
+        return mr_store_disp_fail(txn, op, exec, "RATE_LIMITED", &msg);
+
+    case NGX_ABORT:
+        ngx_str_set(&msg, "every route of the model is down, or rate "
+                    "limited by its provider past the execution's "
+                    "expires_at");
+        break;
+
+    default: /* NGX_DECLINED */
+        ngx_str_set(&msg, "every route of the model is down: their "
+                    "circuit breakers are open");
+    }
+
+    return mr_store_disp_fail(txn, op, exec, "MODEL_UNAVAILABLE", &msg);
 }
 
 
@@ -518,8 +593,7 @@ mr_store_disp_waits(MDB_txn *txn, MDB_val *v, int64_t now)
         return 0;
     }
 
-    return mr_store_disp_pick(txn, m, rec.nattempts, now, &route, &st,
-                              &half)
+    return mr_store_disp_pick(txn, m, &rec, now, &route, &st, &half)
            == NGX_BUSY;
 }
 
@@ -529,14 +603,16 @@ mr_store_disp_waits(MDB_txn *txn, MDB_val *v, int64_t now)
 static int
 mr_store_disp_done(MDB_txn *txn, mr_store_op_t *op)
 {
-    int              rc;
-    u_char          *copy, *buf;
-    int64_t          delay, next;
-    ngx_uint_t       n, round;
-    mr_exec_t        exec;
-    mr_model_t      *m;
-    mr_disp_op_t    *d;
-    const char      *outcome;
+    int                rc;
+    u_char            *copy, *buf;
+    int64_t            delay, next;
+    ngx_uint_t         n, round, half;
+    mr_exec_t          exec;
+    mr_model_t        *m;
+    mr_route_t        *route;
+    mr_disp_op_t      *d;
+    const char        *outcome;
+    mr_route_state_t   st;
 
     d = &op->disp;
     copy = NULL;
@@ -656,6 +732,19 @@ mr_store_disp_done(MDB_txn *txn, mr_store_op_t *op)
         goto done;
     }
 
+    /* every route paused past expires_at (this one too, say): now */
+
+    rc = mr_store_disp_pick(txn, m, &exec.rec, next, &route, &st, &half);
+
+    if (rc == NGX_AGAIN || rc == NGX_ABORT) {
+        rc = mr_store_disp_no_route(txn, op, &exec, rc);
+        goto done;
+    }
+
+    if (rc > 0) {
+        goto done;
+    }
+
     rc = mr_store_disp_move(txn, &exec, next);
     if (rc == 0) {
         rc = mr_store_exec_put(txn, &exec);
@@ -709,14 +798,27 @@ mr_store_disp_callback(MDB_txn *txn, mr_store_op_t *op)
         goto done;
     }
 
+    if (op->now >= exec.rec.expires_ms) {
+
+        /* expired, the sweeper has not come by yet: as if it had */
+
+        d->status = MR_EXPIRED;
+        op->result = MR_R_NOOP;
+        goto done;
+    }
+
     /*
-     * PROCESSING: the provider called back before the answer that took
-     * the job was recorded; that answer is dropped when it arrives
+     * The token is the execution's: a provider that holds it was sent a
+     * job for it, and the result is taken while the execution is not
+     * terminal.  PROCESSING: the provider called back before the answer
+     * that took the job was recorded (that answer is dropped when it
+     * arrives), or the attempt that sent the job failed (no answer in
+     * time, say) although the provider had taken it, and the execution
+     * waits for its next attempt, which is not made.  PENDING: no job
+     * was ever sent.
      */
 
-    if (exec.rec.status != MR_AWAITING_WEBHOOK
-        && !(exec.rec.status == MR_PROCESSING && exec.rec.lease_owner))
-    {
+    if (exec.rec.status == MR_PENDING) {
         op->result = MR_R_TERMINAL;  /* not waiting for a callback */
         goto done;
     }
@@ -870,11 +972,13 @@ static int
 mr_store_disp_end(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
     const char *event)
 {
-    int  rc;
+    int      rc;
+    u_char  *buf;
 
     op->full = 1;
+    buf = NULL;
 
-    rc = mr_store_disp_release(txn, op, exec);
+    rc = mr_store_disp_release(txn, op, exec, &buf);
     if (rc == 0) {
         rc = mr_store_due_put(txn, exec, 0);
     }
@@ -885,6 +989,10 @@ mr_store_disp_end(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
 
     if (rc == 0) {
         rc = mr_store_emit(txn, op, exec, event);
+    }
+
+    if (buf) {
+        ngx_free(buf);
     }
 
     return rc;

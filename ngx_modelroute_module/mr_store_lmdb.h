@@ -108,7 +108,8 @@ int mr_store_dlv_read(MDB_txn *txn, u_char *id, mr_dlv_t *dlv,
 
 int mr_store_disp_apply(MDB_txn *txn, mr_store_op_t *op);
 int mr_store_disp_add(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec);
-int mr_store_disp_release(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec);
+int mr_store_disp_release(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
+    u_char **buf);
 int mr_store_disp_secrets(MDB_txn *txn, MDB_dbi meta, ngx_uint_t rotate);
 
 /* mr_store_ops.c: the operator's data (held total, rate-limit overrides) */

@@ -4,7 +4,8 @@
 # completes or fails it; repeated and late callbacks are duplicates that
 # change nothing; no failover once a job was taken; cancel and expiry while
 # waiting; bad tokens, ids and bodies; a callback before the answer that
-# took the job; a callback while the execution is not waiting (409).
+# took the job; a retry after a Retry-After (t/23 has the callbacks that
+# come between attempts, after expires_at, and for PENDING executions).
 # The test plays the provider: MR::Receiver takes the job, the test posts
 # the callback.
 use strict;
@@ -467,7 +468,7 @@ my $acc = $t->new_account(credit => '10.00');
     $rc->set('/job', status => 202, json => { job_id => 'j1' });
 }
 
-# ------------------ 409: a callback while the execution is not waiting
+# ------------------ a retry of an asynchronous job after Retry-After
 
 {
     my $a10 = $t->new_account(credit => '5.00');
@@ -492,10 +493,6 @@ my $acc = $t->new_account(credit => '10.00');
     is($x->{attempts}[0]{status}, 503, 'paused: attempt 1 status 503');
     is($x->{attempts}[0]{error_code}, 'MODEL_OVERLOADED',
         'paused: attempt 1 MODEL_OVERLOADED');
-    $r = callback($cp, $tok, $OK_BODY);
-    is_error($r, 409, undef, 'a callback while not waiting for one: 409');
-    is(exec_of($a10->{key}, $id)->{status}, 'PROCESSING',
-        '409 changed nothing');
     $x = wait_status($a10->{key}, $id, 'AWAITING_WEBHOOK', 10);
     is($x->{status}, 'AWAITING_WEBHOOK', 'paused: the retry is accepted');
     is($x->{attempts}[1]{job_id}, 'p-2', 'job id from "id"');

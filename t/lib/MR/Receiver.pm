@@ -28,6 +28,9 @@ package MR::Receiver;
 #   $rc->set('/v1/chat', sequence => [ { status => 503 }, { json => {} } ]);
 #                                          # request k gets rule k, the
 #                                          # last rule ever after
+#   $rc->set('/v1/chat', json => {...}, cases => [ ['"model":"big"',
+#       { body_bytes => 20_000 }] ]);      # by what the request body holds
+#   $rc->set('/v1/chat', chunked => 1);    # Transfer-Encoding: chunked
 #
 # A recorded request has its body decoded in {json} (and {event}) when
 # the body is JSON.
@@ -267,7 +270,7 @@ sub handle {
         $body = substr($body, 0, $len);
     }
     my ($path, $query) = split /\?/, $target, 2;
-    my $rule = $self->pick($self->rule_for($path));
+    my $rule = $self->pick($self->rule_for($path), $body);
     my %shown = %$rule;
     $shown{body} = length($shown{body}) . ' bytes' if defined $shown{body};
     %$rec = (%$rec, method => $method, target => $target, path => $path,
@@ -309,14 +312,29 @@ sub answer {
     my $rbody = $nobody ? ''
         : $rule->{body_bytes} ? 'x' x $rule->{body_bytes}
         : $rule->{body} // "ok\n";
+    my $chunked = $rule->{chunked} && !$nobody;
     my $out = "HTTP/1.1 $status " . ($REASON{$status} // 'Status') . "\r\n"
         . "Content-Type: $type\r\nConnection: close\r\n"
-        . ($nobody ? '' : "Content-Length: " . length($rbody) . "\r\n");
+        . ($nobody ? ''
+            : $chunked ? "Transfer-Encoding: chunked\r\n"
+            : "Content-Length: " . length($rbody) . "\r\n");
     my $extra = $rule->{headers} // {};
     $out .= "$_: $extra->{$_}\r\n" for sort keys %$extra;
     $rbody = substr($rbody, 0, $rule->{truncate})
         if defined $rule->{truncate} && $rule->{truncate} < length $rbody;
+    $rbody = chunk_encode($rbody) if $chunked;
     return ($status, "$out\r\n$rbody");
+}
+
+# $data in chunks of 16 KB, then the last chunk.
+sub chunk_encode {
+    my ($data) = @_;
+    my $out = '';
+    for (my $off = 0; $off < length $data; $off += 16384) {
+        my $piece = substr($data, $off, 16384);
+        $out .= sprintf("%x\r\n", length $piece) . "$piece\r\n";
+    }
+    return "${out}0\r\n\r\n";
 }
 
 # Writes all of $data; false when the peer went away first.
@@ -382,11 +400,24 @@ sub rule_for {
     return $rules->{$path} // $rules->{'*'} // {};
 }
 
-# The rule a request is answered by: the k-th element of a sequence
-# (with the keys given beside it as defaults, and seq => k) for the k-th
-# request, the last one past the end; json => ... becomes the body.
+# The rule a request is answered by: the first of its cases whose text
+# the request body holds (with the keys given beside the cases as
+# defaults, and case => i), then the k-th element of a sequence (likewise,
+# with seq => k) for the k-th request, the last one past the end;
+# json => ... becomes the body.
 sub pick {
-    my ($self, $rule) = @_;
+    my ($self, $rule, $body) = @_;
+    if (ref $rule->{cases} eq 'ARRAY') {
+        my %base = %$rule;
+        my $cases = delete $base{cases};
+        $rule = \%base;
+        for my $i (0 .. $#$cases) {
+            my ($text, $r) = @{ $cases->[$i] };
+            next unless index($body // '', $text) >= 0;
+            $rule = { %base, %$r, case => $i };
+            last;
+        }
+    }
     if (ref $rule->{sequence} eq 'ARRAY' && @{ $rule->{sequence} }) {
         my %base = %$rule;
         my $seq = delete $base{sequence};
@@ -434,6 +465,12 @@ sub next_in_sequence {
 #   trickle => seconds     send the answer (head, then body) 8 bytes at a
 #                          time (trickle_bytes => N for N), sleeping that
 #                          long between pieces; Content-Length stays right
+#   chunked => 1           send the body with Transfer-Encoding: chunked
+#                          (16 KB chunks), without Content-Length
+#   cases => [[$text, \%r], ...]
+#                          a request whose body holds $text gets rule %r
+#                          (the first such case; the other keys given are
+#                          defaults for it); the record's rule has case => i
 #   sequence => [\%r1, \%r2, ...]
 #                          the k-th request to $path (from 1, across all
 #                          connections) gets rule k, those past the end
