@@ -244,6 +244,7 @@ mr_dispatch_init_process(ngx_cycle_t *cycle, mr_main_conf_t *mcf)
     /* not cancelable: a worker that shuts down waits for its answers */
     mr_disp_inflight_ev.handler = mr_dispatch_inflight;
     mr_disp_inflight_ev.log = cycle->log;
+    mr_disp_inflight_ev.data = &mr_timer_conn;
 
     mr_store_dispatch_hook = mr_dispatch_kick;
 

@@ -59,6 +59,7 @@ mr_health_init_process(ngx_cycle_t *cycle, mr_ops_main_conf_t *ocf)
 
     mr_health_ev.handler = mr_health_beat;
     mr_health_ev.log = cycle->log;
+    mr_health_ev.data = &mr_timer_conn;
     mr_health_ev.cancelable = 1;
 
     mr_health_beat(&mr_health_ev);

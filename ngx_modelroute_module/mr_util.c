@@ -104,6 +104,9 @@ mr_id_valid(ngx_str_t *id, const char *prefix, size_t len)
 }
 
 
+ngx_connection_t  mr_timer_conn = { .fd = (ngx_socket_t) -1 };
+
+
 int64_t
 mr_now_ms(void)
 {

@@ -50,6 +50,14 @@ ngx_int_t mr_conf_param(ngx_str_t *param, ngx_str_t *name,
     ngx_str_t *value);
 
 void mr_be64_put(u_char *dst, uint64_t v);
+
+/*
+ * The data of a timer that belongs to no connection: nginx's debug lines
+ * for timers read ev->data as a connection (its fd), so it must point to
+ * one; this one has fd -1.
+ */
+extern ngx_connection_t  mr_timer_conn;
+
 uint64_t mr_be64_get(u_char *src);
 
 

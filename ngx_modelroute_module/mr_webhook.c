@@ -127,7 +127,7 @@ mr_webhook_init_process(ngx_cycle_t *cycle, mr_main_conf_t *mcf)
     /* not cancelable: a worker that shuts down finishes its attempts */
     mr_wh_inflight_ev.handler = mr_webhook_inflight;
     mr_wh_inflight_ev.log = cycle->log;
-    mr_wh_inflight_ev.data = &mr_wh_sends;
+    mr_wh_inflight_ev.data = &mr_timer_conn;
 
     mr_store_deliveries_hook = mr_webhook_kick;
 

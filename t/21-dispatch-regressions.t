@@ -60,7 +60,11 @@ server {
 }
 EOF
 
-my $t = MR::Test->new(http => $http);
+# the main error_log at debug too: the module's own timers (dispatch,
+# webhooks, health) are logged there, and nginx's timer debug line reads
+# each timer's data as a connection
+my $t = MR::Test->new(http => $http,
+    extra_main => "error_log logs/debug.log debug;\n");
 $t->start;
 my $acct = $t->new_account(credit => '100.00');
 my $key = $acct->{key};
