@@ -65,7 +65,7 @@ my @holes = map { black_hole() } 1 .. 3;
 
 my $t = MR::Test->new(extra_http => "modelroute_webhook_allow_private on;\n"
     . "modelroute_webhook_concurrency 16 4;\n"
-    . "modelroute_webhook_timeout 30s;\n"
+    . "modelroute_webhook_timeout 60s;\n"
     . "modelroute_webhook_retry 1h;\n");
 $t->start;
 my $rc = MR::Receiver->new;
@@ -107,11 +107,11 @@ for my $k (1 .. 3) {
 my $x = $t->create_exec($vic->{key}, $t->exec_body)->{json}{id};
 $t->req(POST => "/v1/executions/$x/cancel", auth($vic->{key}));
 
-my @got = $rc->wait_requests(4, path => '/victim', timeout => 25);
+my @got = $rc->wait_requests(4, path => "/victim", timeout => 30);
 is(scalar @got, 4, 'the other account\'s four events were delivered');
 
 # ... while the flood is still pending: no attempt of it has ended (the
-# first could end only after the 30 s timeout)
+# first could end only after the 60 s timeout)
 my ($ended, $pending, $seen) = (0, 0, 0);
 for my $id (@flood[0 .. 59]) {
     my $d = wh_exec_deliveries($t, $att->{key}, $id) // [];
