@@ -111,6 +111,8 @@ http {
     modelroute_store          $tmp/store;
     modelroute_store_map_size 16384m;  # "16g": 1.22's ngx_parse_size has no g
     modelroute_durability     full;
+    # one account makes every execution, and they stay PENDING
+    modelroute_account_limits executions=1000000000;
 
 $1
 }

@@ -176,7 +176,9 @@ fi
 http GET "/admin/accounts/$org/verify"
 echo
 echo "bench: ledger check ($code): $body"
-stored=$(grep -o '"executions": *[0-9]*' <<<"$body" | grep -o '[0-9]*$' || true)
+# the first "executions": the ledger's (usage objects follow)
+stored=$(grep -o '"executions": *[0-9]*' <<<"$body" | head -1 \
+         | grep -o '[0-9]*$' || true)
 posted=$(( $(field post total) + $(field post-256 total) + 1 ))
 [ -f "$tmp/wrk-warmup.txt" ] && posted=$(( posted + $(awk '/ requests in / { print $1 }' "$tmp/wrk-warmup.txt") ))
 if [ "$code" != 200 ] || ! grep -Eq '"ok": *true' <<<"$body"; then

@@ -6,7 +6,8 @@
  * "location /admin/ { modelroute_admin; }":
  *
  *   POST /admin/accounts                    create an account
- *   GET  /admin/accounts/{org}              read it
+ *   GET  /admin/accounts/{org}              read it (with its limits, use)
+ *   POST /admin/accounts/{org}/limits       set its limits
  *   POST /admin/accounts/{org}/keys         issue a key (secret shown once)
  *   GET  /admin/accounts/{org}/keys         list its keys
  *   POST /admin/accounts/{org}/credit       add balance
@@ -26,6 +27,7 @@
 #include "mr_auth.h"
 #include "mr_admin.h"
 #include "mr_ops.h"
+#include "mr_limits.h"
 
 
 #define MR_NAME_MAX  200
@@ -33,6 +35,9 @@
 
 static ngx_int_t mr_admin_account_create(ngx_http_request_t *r);
 static ngx_int_t mr_admin_account_get(ngx_http_request_t *r);
+static ngx_int_t mr_admin_account_limits(ngx_http_request_t *r);
+static ngx_int_t mr_admin_limits(json_t *limits, mr_store_op_t *op,
+    json_t *details);
 static ngx_int_t mr_admin_adjust(ngx_http_request_t *r);
 static ngx_int_t mr_admin_key_create(ngx_http_request_t *r);
 static ngx_int_t mr_admin_keys_list(ngx_http_request_t *r);
@@ -42,6 +47,8 @@ static ngx_int_t mr_admin_routes(ngx_http_request_t *r);
 static void mr_admin_done(mr_store_op_t *op);
 static ngx_int_t mr_admin_name(ngx_http_request_t *r, json_t *body,
     ngx_str_t *name, json_t *details);
+static json_t *mr_admin_limits_json(mr_quota_t *q, ngx_uint_t effective);
+static json_t *mr_admin_usage_json(int64_t *used);
 static json_t *mr_admin_key_json(void *elt);
 
 
@@ -146,6 +153,14 @@ mr_admin_handler(ngx_http_request_t *r, size_t skip)
             return mr_http_read_body(r, mr_admin_adjust);
         }
 
+        if (mr_seg_is(2, "limits")) {
+            if (!post) {
+                return mr_http_not_allowed(r, "POST");
+            }
+
+            return mr_http_read_body(r, mr_admin_account_limits);
+        }
+
         if (mr_seg_is(2, "verify")) {
             if (!get) {
                 return mr_http_not_allowed(r, "GET, HEAD");
@@ -216,6 +231,14 @@ mr_admin_account_create(ngx_http_request_t *r)
         return mr_http_error(r, MR_E_INTERNAL, "out of memory", NULL);
     }
 
+    if (mr_admin_limits(json_object_get(body, "limits"), op, details)
+        != NGX_OK)
+    {
+        json_decref(body);
+        json_decref(details);
+        return mr_http_error(r, MR_E_INTERNAL, "out of memory", NULL);
+    }
+
     credit = json_object_get(body, "credit");
 
     if (credit && !json_is_null(credit)
@@ -257,6 +280,7 @@ static ngx_int_t
 mr_admin_account_get(ngx_http_request_t *r)
 {
     ngx_int_t       rc;
+    mr_quota_t      q;
     mr_account_t    acct;
     mr_http_ctx_t  *ctx;
 
@@ -268,11 +292,120 @@ mr_admin_account_get(ngx_http_request_t *r)
         return mr_http_error(r, MR_E_NOT_FOUND, "no such account", NULL);
     }
 
+    if (rc == NGX_OK) {
+        rc = mr_store_quota_get(ctx->id.data, &q);
+    }
+
     if (rc != NGX_OK) {
         return mr_http_error(r, MR_E_INTERNAL, "store read failed", NULL);
     }
 
-    return mr_http_send_json(r, NGX_HTTP_OK, mr_admin_account_json(&acct));
+    return mr_http_send_json(r, NGX_HTTP_OK,
+                             mr_admin_account_json(&acct, &q));
+}
+
+
+/* POST /admin/accounts/{org}/limits {"bytes": N | null, ...} */
+
+static ngx_int_t
+mr_admin_account_limits(ngx_http_request_t *r)
+{
+    json_t         *body, *details;
+    ngx_int_t       rc;
+    mr_http_ctx_t  *ctx;
+    mr_store_op_t  *op;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_modelroute_module);
+    op = &ctx->op;
+
+    body = mr_http_parse_object(r, &rc);
+    if (body == NULL) {
+        return rc;
+    }
+
+    details = json_array();
+
+    if (mr_admin_limits(body, op, details) != NGX_OK) {
+        json_decref(body);
+        json_decref(details);
+        return mr_http_error(r, MR_E_INTERNAL, "out of memory", NULL);
+    }
+
+    json_decref(body);
+
+    if (json_array_size(details)) {
+        return mr_http_error(r, MR_E_INPUT_VALIDATION,
+                             "the request is not valid", details);
+    }
+
+    json_decref(details);
+
+    ngx_memcpy(op->org, ctx->id.data, MR_ORG_ID_LEN);
+
+    op->type = MR_OP_ACCOUNT_LIMITS;
+
+    mr_http_submit(r, op, mr_admin_done);
+
+    return NGX_DONE;
+}
+
+
+/*
+ * An object of an account's limits, each a non-negative integer (bytes,
+ * or a count) or null for the default; those absent do not change.
+ * Into op->quota_mask and op->quota_set.
+ */
+
+static ngx_int_t
+mr_admin_limits(json_t *limits, mr_store_op_t *op, json_t *details)
+{
+    json_t      *v;
+    ngx_uint_t   i;
+    u_char       field[64];
+
+    if (limits == NULL || json_is_null(limits)) {
+        return NGX_OK;
+    }
+
+    if (!json_is_object(limits)) {
+        mr_json_detail(details, "limits", "INVALID_TYPE",
+                       "limits must be an object");
+        return NGX_OK;
+    }
+
+    for (i = 0; i < MR_LIMIT_N; i++) {
+        v = json_object_get(limits, mr_limit_names[i]);
+
+        if (v == NULL) {
+            continue;
+        }
+
+        op->quota_mask |= 1 << i;
+
+        if (json_is_null(v)) {
+            op->quota_set[i] = -1;
+            continue;
+        }
+
+        if (json_is_integer(v)
+            && mr_limit_parse(i, json_integer_value(v)) == NGX_OK)
+        {
+            op->quota_set[i] = json_integer_value(v);
+            continue;
+        }
+
+        ngx_sprintf(field, "limits.%s%Z", mr_limit_names[i]);
+
+        if (mr_json_detail(details, (char *) field, "INVALID_VALUE",
+                           "a limit is an integer of at least 0, or null "
+                           "for the default")
+            == NULL)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
 }
 
 
@@ -501,13 +634,15 @@ mr_admin_verify(ngx_http_request_t *r)
         return mr_http_error(r, MR_E_INTERNAL, "store read failed", NULL);
     }
 
-    j = json_pack("{s:b, s:o, s:o, s:o, s:o, s:o, s:o, s:I, s:I}",
+    j = json_pack("{s:b, s:o, s:o, s:o, s:o, s:o, s:o, s:I, s:I, s:o, s:o}",
                   "ok", (int) (vf.open_holds == acct.rec.held
                                && acct.rec.balance == acct.rec.credited
                                                       - acct.rec.debited
                                                       - acct.rec.charged
                                && acct.rec.held <= acct.rec.balance
-                               && acct.rec.held >= 0),
+                               && acct.rec.held >= 0
+                               && ngx_memcmp(vf.counted, vf.quota.used,
+                                             sizeof(vf.counted)) == 0),
                   "balance", mr_json_money(acct.rec.balance),
                   "held", mr_json_money(acct.rec.held),
                   "open_holds", mr_json_money(vf.open_holds),
@@ -515,7 +650,9 @@ mr_admin_verify(ngx_http_request_t *r)
                   "debited", mr_json_money(acct.rec.debited),
                   "charged", mr_json_money(acct.rec.charged),
                   "executions", (json_int_t) vf.executions,
-                  "open_executions", (json_int_t) vf.open_executions);
+                  "open_executions", (json_int_t) vf.open_executions,
+                  "usage", mr_admin_usage_json(vf.quota.used),
+                  "usage_counted", mr_admin_usage_json(vf.counted));
 
     return mr_http_send_json(r, NGX_HTTP_OK, j);
 }
@@ -552,12 +689,15 @@ mr_admin_done(mr_store_op_t *op)
 
     case MR_OP_ACCOUNT_CREATE:
         rc = mr_http_send_json(r, NGX_HTTP_CREATED,
-                               mr_admin_account_json(&op->account));
+                               mr_admin_account_json(&op->account,
+                                                     &op->quota));
         break;
 
     case MR_OP_ACCOUNT_ADJUST:
+    case MR_OP_ACCOUNT_LIMITS:
         rc = mr_http_send_json(r, NGX_HTTP_OK,
-                               mr_admin_account_json(&op->account));
+                               mr_admin_account_json(&op->account,
+                                                     &op->quota));
         break;
 
     case MR_OP_KEY_CREATE:
@@ -606,10 +746,10 @@ mr_admin_name(ngx_http_request_t *r, json_t *body, ngx_str_t *name,
 
 
 json_t *
-mr_admin_account_json(mr_account_t *acct)
+mr_admin_account_json(mr_account_t *acct, mr_quota_t *q)
 {
     return json_pack("{s:s#, s:s, s:o, s:o, s:o, s:o, s:o, s:o, s:o, s:s,"
-                     " s:o}",
+                     " s:o, s:o, s:o, s:o}",
                      "id", acct->id, (int) MR_ORG_ID_LEN,
                      "object", "account",
                      "name", acct->name.len
@@ -625,7 +765,49 @@ mr_admin_account_json(mr_account_t *acct)
                      "debited", mr_json_money(acct->rec.debited),
                      "charged", mr_json_money(acct->rec.charged),
                      "currency", "USD",
-                     "created_at", mr_json_time(acct->rec.created_ms));
+                     "created_at", mr_json_time(acct->rec.created_ms),
+                     "limits", mr_admin_limits_json(q, 1),
+                     "limit_overrides", mr_admin_limits_json(q, 0),
+                     "usage", mr_admin_usage_json(q->used));
+}
+
+
+/* the limits in force (effective), or the account's own (null: none) */
+
+static json_t *
+mr_admin_limits_json(mr_quota_t *q, ngx_uint_t effective)
+{
+    json_t      *j;
+    ngx_uint_t   i;
+
+    j = json_object();
+
+    for (i = 0; j && i < MR_LIMIT_N; i++) {
+        json_object_set_new(j, mr_limit_names[i],
+            effective ? json_integer((json_int_t)
+                                     mr_limit_of(mr_main_conf(), q, i))
+            : q->limit[i] >= 0 ? json_integer((json_int_t) q->limit[i])
+                               : json_null());
+    }
+
+    return j;
+}
+
+
+static json_t *
+mr_admin_usage_json(int64_t *used)
+{
+    json_t      *j;
+    ngx_uint_t   i;
+
+    j = json_object();
+
+    for (i = 0; j && i < MR_LIMIT_N; i++) {
+        json_object_set_new(j, mr_limit_names[i],
+                            json_integer((json_int_t) used[i]));
+    }
+
+    return j;
 }
 
 

@@ -18,7 +18,7 @@
 
 
 ngx_int_t mr_admin_handler(ngx_http_request_t *r, size_t skip);
-json_t *mr_admin_account_json(mr_account_t *acct);
+json_t *mr_admin_account_json(mr_account_t *acct, mr_quota_t *q);
 
 
 #endif /* _MR_ADMIN_H_INCLUDED_ */

@@ -70,6 +70,7 @@ mr_admin_lists_accounts(ngx_http_request_t *r)
     ngx_int_t      rc;
     ngx_str_t      after;
     ngx_uint_t     i, limit, more;
+    mr_quota_t     q;
     ngx_array_t    accts;
     mr_account_t  *acct;
 
@@ -113,7 +114,13 @@ mr_admin_lists_accounts(ngx_http_request_t *r)
     acct = accts.elts;
 
     for (i = 0; i < accts.nelts; i++) {
-        j = mr_admin_account_json(&acct[i]);
+        if (mr_store_quota_get(acct[i].id, &q) != NGX_OK) {
+            json_decref(data);
+            return mr_http_error(r, MR_E_INTERNAL, "store read failed",
+                                 NULL);
+        }
+
+        j = mr_admin_account_json(&acct[i], &q);
 
         if (j == NULL || json_array_append_new(data, j) != 0) {
             json_decref(data);

@@ -16,6 +16,7 @@
 #include "mr_webhook.h"
 #include "mr_callback.h"
 #include "mr_vars.h"
+#include "mr_limits.h"
 
 
 #define MR_LIST_DEFAULT  20
@@ -229,6 +230,13 @@ mr_api_create(ngx_http_request_t *r)
                              "the request is not valid", details);
     }
 
+    if (rc == NGX_ABORT) {
+        json_decref(body);
+        return mr_http_error(r, MR_E_PAYLOAD_TOO_LARGE,
+                             "the input is too large for this model",
+                             details);
+    }
+
     json_decref(details);
 
     if (rc != NGX_OK) {
@@ -378,7 +386,7 @@ mr_api_list(ngx_http_request_t *r)
     json_t          *details;
     ngx_int_t        rc, limit;
     ngx_str_t        v, body, *parts;
-    ngx_uint_t       i, has_more;
+    ngx_uint_t       i;
     mr_exec_t       *exec;
     ngx_array_t      execs;
     mr_http_ctx_t   *ctx;
@@ -440,7 +448,7 @@ mr_api_list(ngx_http_request_t *r)
         return mr_http_error(r, MR_E_INTERNAL, "out of memory", NULL);
     }
 
-    rc = mr_store_exec_list(&q, &execs, &has_more, r->pool);
+    rc = mr_store_exec_list(&q, &execs, r->pool);
 
     if (rc == NGX_DECLINED) {
         details = json_array();
@@ -459,7 +467,8 @@ mr_api_list(ngx_http_request_t *r)
         return mr_http_error(r, MR_E_INTERNAL, "out of memory", NULL);
     }
 
-    len = sizeof("{\"object\":\"list\",\"data\":[],\"has_more\":false}");
+    len = sizeof("{\"object\":\"list\",\"data\":[],\"has_more\":false,"
+                 "\"next_starting_after\":\"\"}") + MR_EXEC_ID_LEN;
     exec = execs.elts;
 
     for (i = 0; i < execs.nelts; i++) {
@@ -486,7 +495,20 @@ mr_api_list(ngx_http_request_t *r)
         p = ngx_cpymem(p, parts[i].data, parts[i].len);
     }
 
-    p = ngx_sprintf(p, "],\"has_more\":%s}", has_more ? "true" : "false");
+    /*
+     * where the next page starts: after the last execution returned, or,
+     * when a filtered list stopped looking (MR_STORE_LIST_SCAN), after the
+     * last one it looked at
+     */
+
+    if (q.has_more) {
+        p = ngx_sprintf(p, "],\"has_more\":true,\"next_starting_after\":"
+                        "\"%*s\"}", (size_t) MR_EXEC_ID_LEN, q.next);
+
+    } else {
+        p = ngx_sprintf(p, "],\"has_more\":false,"
+                        "\"next_starting_after\":null}");
+    }
     body.len = p - body.data;
 
     return mr_http_send(r, NGX_HTTP_OK, &body);
@@ -594,12 +616,14 @@ mr_api_models(ngx_http_request_t *r)
                             mr_json_money(model[i].output_per_mtok),
                             "currency", "USD");
 
-        m = json_pack("{s:s#, s:s, s:o, s:I, s:I}",
+        m = json_pack("{s:s#, s:s, s:o, s:I, s:I, s:I}",
                       "id", model[i].slug.data, (int) model[i].slug.len,
                       "object", "model", "pricing", pricing,
                       "max_tokens", (json_int_t) model[i].max_tokens,
                       "timeout_seconds",
-                      (json_int_t) (model[i].timeout / 1000));
+                      (json_int_t) (model[i].timeout / 1000),
+                      "max_input_bytes",
+                      (json_int_t) mr_limit_max_input(&model[i]));
 
         if (m == NULL || json_array_append_new(data, m) != 0) {
             json_decref(data);
@@ -635,6 +659,9 @@ mr_api_rotate(ngx_http_request_t *r)
     op->type = MR_OP_KEY_ROTATE;
     op->grace_ms = (int64_t) mcf->rotation_grace * 1000;
     ngx_memcpy(op->key_id, ctx->id.data, MR_KEY_ID_LEN);
+
+    /* a key in its grace period cannot rotate: checked in the store */
+    ngx_memcpy(op->caller_key_id, ctx->key.rec.key_id, MR_KEY_ID_LEN);
     ngx_memcpy(op->org, ctx->key.rec.org, MR_ORG_ID_LEN);
 
     mr_http_submit(r, op, mr_api_rotate_done);

@@ -13,6 +13,7 @@
 #include "mr_exec.h"
 #include "mr_webhook.h"
 #include "mr_webhook_addr.h"
+#include "mr_limits.h"
 
 
 #define MR_IDEM_KEY_MAX      255
@@ -45,7 +46,8 @@ static ngx_str_t  mr_status_names[] = {
 
 /*
  * Validates a create request and fills the execution (without id, org
- * and status).  NGX_DECLINED: details say what is wrong.
+ * and status).  NGX_DECLINED: details say what is wrong; NGX_ABORT: the
+ * input is larger than the model's max_input (413).
  */
 
 ngx_int_t
@@ -210,6 +212,13 @@ mr_exec_prepare(ngx_http_request_t *r, json_t *body, mr_exec_t *exec,
             != NGX_OK)
         {
             return NGX_ERROR;
+        }
+
+        if (m && exec->seg[MR_SEG_INPUT].len > mr_limit_max_input(m)) {
+            mr_json_detail(details, "input", "TOO_LARGE",
+                           "the encoded input is larger than this model "
+                           "accepts (max_input)");
+            return NGX_ABORT;
         }
 
         if (m && mr_exec_estimate(m, input, exec->seg[MR_SEG_INPUT].len,

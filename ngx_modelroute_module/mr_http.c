@@ -11,6 +11,7 @@
 #include "ngx_http_modelroute_module.h"
 #include "mr_http.h"
 #include "mr_vars.h"
+#include "mr_limits.h"
 
 
 typedef struct {
@@ -44,7 +45,8 @@ static mr_error_t  mr_errors[] = {
     { NGX_HTTP_TOO_MANY_REQUESTS, "RATE_LIMITED", 1 },
     { NGX_HTTP_INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", 0 },
     { NGX_HTTP_SERVICE_UNAVAILABLE, "SERVICE_UNAVAILABLE", 1 },
-    { 507, "STORAGE_FULL", 1 }
+    { 507, "STORAGE_FULL", 1 },
+    { NGX_HTTP_FORBIDDEN, "ACCOUNT_LIMIT_EXCEEDED", 0 }
 };
 
 
@@ -666,6 +668,27 @@ mr_http_op_error(ngx_http_request_t *r, mr_store_op_t *op)
         return mr_http_error(r, MR_E_STORAGE_FULL,
                              "the store is full; nothing was accepted",
                              NULL);
+
+    case MR_R_FORBIDDEN:
+        return mr_http_error(r, MR_E_FORBIDDEN, op->reason, NULL);
+
+    case MR_R_ACCOUNT_LIMIT:
+        details = json_array();
+        d = mr_json_detail(details, mr_limit_names[op->quota_which],
+                           "ACCOUNT_LIMIT_EXCEEDED",
+                           "the account reached this limit");
+        if (d) {
+            json_object_set_new(d, "limit", json_string(
+                                    mr_limit_names[op->quota_which]));
+            json_object_set_new(d, "value",
+                                json_integer((json_int_t) op->quota_limit));
+            json_object_set_new(d, "current",
+                                json_integer((json_int_t) op->quota_used));
+        }
+
+        return mr_http_error(r, MR_E_ACCOUNT_LIMIT_EXCEEDED,
+                             "the account reached one of its limits; "
+                             "nothing was stored", details);
 
     default:
         return mr_http_error(r, MR_E_INTERNAL, "store operation failed",

@@ -33,7 +33,8 @@ typedef enum {
     MR_E_RATE_LIMITED,
     MR_E_INTERNAL,
     MR_E_SERVICE_UNAVAILABLE,
-    MR_E_STORAGE_FULL
+    MR_E_STORAGE_FULL,
+    MR_E_ACCOUNT_LIMIT_EXCEEDED
 } mr_error_e;
 
 

@@ -18,8 +18,17 @@
  *   idemttl  be64 created_ms + idem key   -> ""  (idem, by age)
  *   disp     be64 due_ms + exec_id        -> ""  (mr_store_dispatch.c)
  *   route    route name                   -> mr_route_state_t
+ *   quota    org                          -> mr_quota_t (use and limits)
+ *   keyend   be64 end_ms + key_id         -> org (revoked, rotated keys)
  *   meta     "version", "cbkey", "dsecret"
  * the webhook tables of mr_store_webhook.c, and "ops" (mr_store_ops.c).
+ *
+ * An account's use is counted in the transactions that change it: the
+ * stored bytes of its executions, events, deliveries, endpoints and keys
+ * (each record's key and value and an allowance for its index entries,
+ * MR_USAGE_*), its live executions, endpoints and active keys.  The
+ * account's own records (account, quota, default secret, credit
+ * references) are the operator's and are not counted.
  */
 
 
@@ -32,6 +41,7 @@
 #include "mr_store.h"
 #include "mr_store_lmdb.h"
 #include "mr_metrics.h"
+#include "mr_limits.h"
 
 
 #define MR_STORE_MAXREADERS    512
@@ -39,12 +49,15 @@
 #define MR_STORE_READER_CHECK  10
 #define MR_STORE_BATCH_MAX     1024
 #define MR_STORE_INFLIGHT      10000
+#define MR_STORE_EXPIRE_RETRY  10000   /* ms: an expiry that did not fit */
+#define MR_STORE_LIST_SCAN     1000    /* executions a list looks at */
+#define MR_STORE_RESERVE_MIN   (256 * 1024)  /* bytes, however small the map */
+
+
+typedef int (*mr_store_step_pt)(MDB_txn *txn, mr_store_op_t *op);
 
 
 
-
-static int mr_store_open(MDB_env **envp, mr_main_conf_t *mcf,
-    ngx_log_t *log);
 static int mr_store_open_dbis(MDB_txn *txn, mr_store_t *st);
 static int mr_store_txn_begin(unsigned flags, MDB_txn **txn);
 static void mr_store_commit_handler(ngx_event_t *ev);
@@ -66,16 +79,44 @@ static int mr_store_account_adjust(MDB_txn *txn, mr_store_op_t *op,
     ngx_int_t room);
 static int mr_store_key_create(MDB_txn *txn, mr_store_op_t *op,
     ngx_int_t room);
-static int mr_store_key_update(MDB_txn *txn, mr_store_op_t *op,
-    ngx_int_t room);
+static int mr_store_key_update(MDB_txn *txn, mr_store_op_t *op);
+static int mr_store_account_limits(MDB_txn *txn, mr_store_op_t *op);
 static int mr_store_sweep(MDB_txn *txn, mr_store_op_t *op);
+static int mr_store_sweep_step(MDB_txn *txn, mr_store_op_t *op,
+    mr_store_step_pt step);
+static int mr_store_sweep_expire(MDB_txn *txn, mr_store_op_t *op);
+static int mr_store_expire_due(MDB_txn *txn, mr_store_op_t *op);
+static int mr_store_expire_one(MDB_txn *txn, mr_store_op_t *op);
+static int mr_store_expire_later(MDB_txn *txn, mr_store_op_t *op);
+static int mr_store_idem_purge(MDB_txn *txn, mr_store_op_t *op);
+static int mr_store_exec_purge(MDB_txn *txn, mr_store_op_t *op);
+static int mr_store_wh_purge_step(MDB_txn *txn, mr_store_op_t *op);
+static int mr_store_event_purge_step(MDB_txn *txn, mr_store_op_t *op);
+static int mr_store_key_purge(MDB_txn *txn, mr_store_op_t *op);
 static int mr_store_expire(MDB_txn *txn, mr_store_op_t *op, u_char *id);
 static int mr_store_key_read(MDB_txn *txn, u_char *key_id, mr_key_t *key,
     ngx_pool_t *pool);
 static int mr_store_key_put(MDB_txn *txn, mr_key_t *key);
+static int mr_store_key_end(MDB_txn *txn, mr_key_t *key, int64_t was,
+    int64_t end);
+static ngx_uint_t mr_store_key_active(mr_key_rec_t *rec);
+static size_t mr_store_exec_size(mr_exec_t *exec);
+static int mr_store_quota_put(MDB_txn *txn, u_char *org, mr_quota_t *q);
+static int mr_store_count(MDB_txn *txn, mr_verify_t *vf, u_char *org);
 
 
 mr_store_t  mr_store;
+
+
+/* the sweep's work list (one batch at a time runs in a worker) */
+
+static struct {
+    u_char                    keys[MR_STORE_SWEEP_MAX]
+                                  [8 + MR_ORG_ID_LEN + 256];
+    size_t                    lens[MR_STORE_SWEEP_MAX];
+    ngx_uint_t                n;
+    ngx_uint_t                i;             /* the one at hand */
+} mr_sweep;
 
 
 /* master: create the directory, validate the environment, hand it over */
@@ -107,6 +148,10 @@ mr_store_init_module(ngx_cycle_t *cycle, mr_main_conf_t *mcf)
     {
         ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno,
                       "modelroute_store: cannot create \"%s\"", path);
+        return NGX_ERROR;
+    }
+
+    if (mr_store_upgrade(cycle, mcf) != NGX_OK) {
         return NGX_ERROR;
     }
 
@@ -182,7 +227,7 @@ mr_store_init_module(ngx_cycle_t *cycle, mr_main_conf_t *mcf)
 }
 
 
-static int
+int
 mr_store_open(MDB_env **envp, mr_main_conf_t *mcf, ngx_log_t *log)
 {
     int           rc;
@@ -262,12 +307,14 @@ mr_store_open_dbis(MDB_txn *txn, mr_store_t *st)
         || (rc = mdb_dbi_open(txn, "whsecret", MDB_CREATE, &st->whsecret))
         || (rc = mdb_dbi_open(txn, "event", MDB_CREATE, &st->event))
         || (rc = mdb_dbi_open(txn, "dlv", MDB_CREATE, &st->dlv))
-        || (rc = mdb_dbi_open(txn, "dlvdue", MDB_CREATE, &st->dlvdue))
+        || (rc = mdb_dbi_open(txn, "dlvq", MDB_CREATE, &st->dlvq))
         || (rc = mdb_dbi_open(txn, "whdlv", MDB_CREATE, &st->whdlv))
         || (rc = mdb_dbi_open(txn, "execdlv", MDB_CREATE, &st->execdlv))
         || (rc = mdb_dbi_open(txn, "disp", MDB_CREATE, &st->disp))
         || (rc = mdb_dbi_open(txn, "route", MDB_CREATE, &st->route))
         || (rc = mr_store_ops_open(txn, st))
+        || (rc = mdb_dbi_open(txn, "quota", MDB_CREATE, &st->quota))
+        || (rc = mdb_dbi_open(txn, "keyend", MDB_CREATE, &st->keyend))
         || (rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &st->meta)))
     {
         return rc;
@@ -295,7 +342,14 @@ mr_store_open_dbis(MDB_txn *txn, mr_store_t *st)
 
     ngx_memcpy(&version, v.mv_data, sizeof(uint32_t));
 
-    return version == MR_STORE_VERSION ? 0 : MDB_VERSION_MISMATCH;
+    if (version == MR_STORE_VERSION
+        || (ngx_test_config && version == MR_STORE_VERSION - 1))
+    {
+        /* nginx -t: the start upgrades the previous format */
+        return 0;
+    }
+
+    return MDB_VERSION_MISMATCH;
 }
 
 
@@ -920,6 +974,7 @@ mr_store_op_reset(mr_store_op_t *op, ngx_uint_t result)
     op->full = 0;
     op->disp.claimed = 0;
     op->disp.more = 0;
+    op->wh.claimed = 0;
 
     while (op->disp.jobs) {
         djob = op->disp.jobs;
@@ -938,8 +993,12 @@ mr_store_op_reset(mr_store_op_t *op, ngx_uint_t result)
 
 
 /*
- * New work is refused once the store is within 1/8 of its map size, so
- * that changes to work already accepted (cancel, settle) always have room.
+ * The reserve: once the store is within 1/8 of its map size (at least
+ * MR_STORE_RESERVE_MIN: large records need runs of free pages), only work
+ * that frees space or releases money may write (cancel, expiry, an
+ * attempt's outcome, the sweeper's purges, a delivery's attempt and its
+ * claim, revoking a key, a debit); new data is refused with
+ * MR_R_STORAGE_FULL (mr_store_apply() and the operations it calls).
  */
 
 static ngx_int_t
@@ -954,7 +1013,8 @@ mr_store_headroom(MDB_txn *txn)
 
     mdb_env_info(mr_store.env, &info);
 
-    reserve = mr_store.map_pages / 8;
+    reserve = ngx_max(mr_store.map_pages / 8,
+                      MR_STORE_RESERVE_MIN / mr_store.page_size);
 
     if (info.me_last_pgno + 1 + reserve < mr_store.map_pages) {
         return 1;
@@ -996,6 +1056,15 @@ mr_store_headroom(MDB_txn *txn)
 static int
 mr_store_apply(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
 {
+    if (!room
+        && (op->type == MR_OP_KEY_ROTATE || op->type == MR_OP_WH_TEST
+            || op->type == MR_OP_DLV_RETRY || op->type == MR_OP_DISP_CLAIM))
+    {
+        /* new data, or new work that makes data (an attempt's result) */
+        op->result = MR_R_STORAGE_FULL;
+        return 0;
+    }
+
     switch (op->type) {
 
     case MR_OP_EXEC_CREATE:
@@ -1012,6 +1081,9 @@ mr_store_apply(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
 
     case MR_OP_KEY_CREATE:
         return mr_store_key_create(txn, op, room);
+
+    case MR_OP_ACCOUNT_LIMITS:
+        return mr_store_account_limits(txn, op);
 
     case MR_OP_SWEEP:
         return mr_store_sweep(txn, op);
@@ -1035,7 +1107,7 @@ mr_store_apply(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
         return mr_store_ops_apply(txn, op, room);
 
     default: /* MR_OP_KEY_REVOKE, MR_OP_KEY_ROTATE */
-        return mr_store_key_update(txn, op, room);
+        return mr_store_key_update(txn, op);
     }
 }
 
@@ -1048,6 +1120,7 @@ mr_store_exec_create(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
     size_t         klen;
     MDB_val        k, v;
     mr_exec_t     *exec;
+    ngx_uint_t     ok;
     mr_account_t   acct;
     u_char         ikey[MR_ORG_ID_LEN + 256];
     u_char         tkey[8 + MR_ORG_ID_LEN + 256];
@@ -1109,6 +1182,15 @@ mr_store_exec_create(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
     if (!room) {
         op->result = MR_R_STORAGE_FULL;
         return 0;
+    }
+
+    /* what the account keeps: a live execution more, and its bytes */
+
+    rc = mr_store_quota_check(txn, op, exec->rec.org,
+                              (int64_t) mr_store_exec_size(exec),
+                              MR_LIMIT_EXECUTIONS, 1, &ok);
+    if (rc != 0 || !ok) {
+        return rc;
     }
 
     rc = mr_store_account_read(txn, exec->rec.org, &acct, NULL);
@@ -1305,8 +1387,9 @@ done:
 static int
 mr_store_account_create(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
 {
-    int      rc;
-    MDB_val  k, v;
+    int         rc;
+    MDB_val     k, v;
+    ngx_uint_t  i;
 
     if (!room) {
         op->result = MR_R_STORAGE_FULL;
@@ -1327,7 +1410,21 @@ mr_store_account_create(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
         return rc;
     }
 
-    return mr_store_account_put(txn, &op->account);
+    rc = mr_store_account_put(txn, &op->account);
+    if (rc != 0) {
+        return rc;
+    }
+
+    /* its quota: nothing used yet, the limits asked for or the defaults */
+
+    ngx_memzero(&op->quota, sizeof(mr_quota_t));
+
+    for (i = 0; i < MR_LIMIT_N; i++) {
+        op->quota.limit[i] = (op->quota_mask & (1 << i)) ? op->quota_set[i]
+                                                         : -1;
+    }
+
+    return mr_store_quota_put(txn, op->account.id, &op->quota);
 }
 
 
@@ -1347,6 +1444,10 @@ mr_store_account_adjust(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
     if (rc == MDB_NOTFOUND) {
         op->result = MR_R_NOT_FOUND;
         return 0;
+    }
+
+    if (rc == 0) {
+        rc = mr_store_quota_read(txn, op->org, &op->quota);
     }
 
     if (rc != 0) {
@@ -1430,10 +1531,43 @@ mr_store_account_adjust(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
 }
 
 
+/* the operator sets an account's limits (a change, allowed in the reserve) */
+
+static int
+mr_store_account_limits(MDB_txn *txn, mr_store_op_t *op)
+{
+    int         rc;
+    ngx_uint_t  i;
+
+    rc = mr_store_account_read(txn, op->org, &op->account, op->pool);
+    if (rc == MDB_NOTFOUND) {
+        op->result = MR_R_NOT_FOUND;
+        return 0;
+    }
+
+    if (rc == 0) {
+        rc = mr_store_quota_read(txn, op->org, &op->quota);
+    }
+
+    if (rc != 0) {
+        return rc;
+    }
+
+    for (i = 0; i < MR_LIMIT_N; i++) {
+        if (op->quota_mask & (1 << i)) {
+            op->quota.limit[i] = op->quota_set[i];
+        }
+    }
+
+    return mr_store_quota_put(txn, op->org, &op->quota);
+}
+
+
 static int
 mr_store_key_create(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
 {
     int           rc;
+    ngx_uint_t    ok;
     mr_account_t  acct;
 
     if (!room) {
@@ -1451,17 +1585,35 @@ mr_store_key_create(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
         return rc;
     }
 
+    rc = mr_store_quota_check(txn, op, op->key.rec.org,
+                              (int64_t) (sizeof(mr_key_rec_t)
+                                         + op->key.name.len + MR_KEY_ID_LEN
+                                         + MR_USAGE_KEY),
+                              MR_LIMIT_KEYS, 1, &ok);
+    if (rc != 0 || !ok) {
+        return rc;
+    }
+
     return mr_store_key_put(txn, &op->key);
 }
 
 
-/* revoke, or rotate: a new key, and the old one ends after the grace */
+/*
+ * Revoke, or rotate: a new key, and the old one ends after the grace.
+ * A key that was rotated (in its grace period, or ended) cannot be
+ * rotated again, and cannot rotate keys: a leaked key that its owner
+ * rotated does not get a successor of its own.
+ */
 
 static int
-mr_store_key_update(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
+mr_store_key_update(MDB_txn *txn, mr_store_op_t *op)
 {
-    int      rc;
-    int64_t  until;
+    int         rc;
+    int64_t     until, was;
+    mr_key_t    caller;
+    ngx_uint_t  ok;
+
+    static u_char  zero[MR_KEY_ID_LEN];
 
     rc = mr_store_key_read(txn, op->key_id, &op->old_key, op->pool);
     if (rc == MDB_NOTFOUND) {
@@ -1473,6 +1625,8 @@ mr_store_key_update(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
         return rc;
     }
 
+    was = op->old_key.rec.valid_until_ms;
+
     if (op->type == MR_OP_KEY_REVOKE) {
         if (op->old_key.rec.revoked) {
             op->result = MR_R_NOOP;
@@ -1481,7 +1635,14 @@ mr_store_key_update(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
 
         op->old_key.rec.revoked = 1;
 
-        return mr_store_key_put(txn, &op->old_key);
+        rc = mr_store_key_put(txn, &op->old_key);
+        if (rc != 0) {
+            return rc;
+        }
+
+        /* ended now: purged after the retention */
+
+        return mr_store_key_end(txn, &op->old_key, was, op->now);
     }
 
     /* MR_OP_KEY_ROTATE: only within the caller's account */
@@ -1493,11 +1654,35 @@ mr_store_key_update(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
         return 0;
     }
 
-    /* a rotation is a new key: not in the reserve */
+    if (ngx_memcmp(op->caller_key_id, zero, MR_KEY_ID_LEN) != 0) {
+        rc = mr_store_key_read(txn, op->caller_key_id, &caller, NULL);
+        if (rc != 0 && rc != MDB_NOTFOUND) {
+            return rc;
+        }
 
-    if (!room) {
-        op->result = MR_R_STORAGE_FULL;
+        if (rc == MDB_NOTFOUND || !mr_store_key_active(&caller.rec)) {
+            op->result = MR_R_FORBIDDEN;
+            op->reason = "a key that was rotated or revoked cannot rotate "
+                         "keys; use its successor";
+            return 0;
+        }
+    }
+
+    if (was) {
+        op->result = MR_R_FORBIDDEN;
+        op->reason = "this key was already rotated; rotate its successor";
         return 0;
+    }
+
+    /* a key record more (the count of active keys does not change) */
+
+    rc = mr_store_quota_check(txn, op, op->org,
+                              (int64_t) (sizeof(mr_key_rec_t)
+                                         + op->old_key.name.len
+                                         + MR_KEY_ID_LEN + MR_USAGE_KEY),
+                              MR_LIMIT_KEYS, 0, &ok);
+    if (rc != 0 || !ok) {
+        return rc;
     }
 
     op->key.rec.permission = op->old_key.rec.permission;
@@ -1505,13 +1690,13 @@ mr_store_key_update(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
 
     until = op->key.rec.created_ms + op->grace_ms;
 
-    if (op->old_key.rec.valid_until_ms == 0
-        || op->old_key.rec.valid_until_ms > until)
-    {
-        op->old_key.rec.valid_until_ms = until;
-    }
+    op->old_key.rec.valid_until_ms = until;
 
     rc = mr_store_key_put(txn, &op->old_key);
+    if (rc == 0) {
+        rc = mr_store_key_end(txn, &op->old_key, 0, until);
+    }
+
     if (rc != 0) {
         return rc;
     }
@@ -1520,45 +1705,161 @@ mr_store_key_update(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
 }
 
 
+/* a key that authenticates, or will: counted in the "keys" limit */
+
+static ngx_uint_t
+mr_store_key_active(mr_key_rec_t *rec)
+{
+    return !rec->revoked && rec->valid_until_ms == 0;
+}
+
+
+/* moves a key's entry in the index of ended keys; 0: none */
+
+static int
+mr_store_key_end(MDB_txn *txn, mr_key_t *key, int64_t was, int64_t end)
+{
+    int      rc;
+    MDB_val  k, v;
+    u_char   ekey[8 + MR_KEY_ID_LEN];
+
+    ngx_memcpy(ekey + 8, key->rec.key_id, MR_KEY_ID_LEN);
+
+    k.mv_data = ekey;
+    k.mv_size = sizeof(ekey);
+
+    if (was) {
+        mr_be64_put(ekey, (uint64_t) was);
+
+        rc = mdb_del(txn, mr_store.keyend, &k, NULL);
+        if (rc != 0 && rc != MDB_NOTFOUND) {
+            return rc;
+        }
+    }
+
+    if (end == 0) {
+        return 0;
+    }
+
+    mr_be64_put(ekey, (uint64_t) end);
+
+    v.mv_data = key->rec.org;
+    v.mv_size = MR_ORG_ID_LEN;
+
+    return mdb_put(txn, mr_store.keyend, &k, &v, 0);
+}
+
+
 /*
  * The sweeper's work, bounded by op->limit per step (the batch shares its
  * transaction with client requests): executions past their deadline
  * become EXPIRED with their hold released; idempotency keys past their
- * lifetime are freed; terminal executions past the retention are purged.
- * All of it in one write transaction, so two workers (or an old and a new
- * one during a reload) never expire the same execution twice: the second
- * finds it gone from the index.
+ * lifetime are freed; terminal executions, finished deliveries, events
+ * and ended keys past the retention are purged.  Each step runs in a
+ * transaction of its own nested in the batch's: a step that fails (for
+ * lack of space, say) is undone alone, and the others still run, so that
+ * the purges that free space run even when expiries cannot.  Two workers
+ * (or an old and a new one during a reload) never expire the same
+ * execution twice: the second finds it gone from the index.
  */
 
 static int
 mr_store_sweep(MDB_txn *txn, mr_store_op_t *op)
 {
-    int          rc;
-    u_char      *p;
-    int64_t      t;
-    MDB_val      k, v, iv;
-    ngx_uint_t   i, n, limit;
-    MDB_cursor  *cur;
-    u_char       keys[MR_STORE_SWEEP_MAX][8 + MR_ORG_ID_LEN + 256];
-    size_t       lens[MR_STORE_SWEEP_MAX];
+    ngx_uint_t  i;
+
+    static mr_store_step_pt  steps[] = {
+        mr_store_exec_purge,
+        mr_store_wh_purge_step,
+        mr_store_event_purge_step,
+        mr_store_key_purge,
+        mr_store_idem_purge,
+    };
 
     op->expired = 0;
     op->purged = 0;
     op->more = 0;
+    op->failed = 0;
 
-    limit = ngx_min(op->limit, MR_STORE_SWEEP_MAX);
+    op->limit = ngx_min(op->limit, MR_STORE_SWEEP_MAX);
 
-    /* 1. deadlines: collect first, then change (no cursor across puts) */
+    /* the purges first: what they free is there for the next run */
+
+    for (i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
+        if (mr_store_sweep_step(txn, op, steps[i]) != 0) {
+            op->failed++;
+        }
+    }
+
+    return mr_store_sweep_expire(txn, op);
+}
+
+
+/* one step in a nested transaction: all of it, or none of it */
+
+static int
+mr_store_sweep_step(MDB_txn *txn, mr_store_op_t *op, mr_store_step_pt step)
+{
+    int            rc;
+    MDB_txn       *child;
+    ngx_uint_t     expired, purged, emitted, ready, more;
+
+    expired = op->expired;
+    purged = op->purged;
+    emitted = op->emitted;
+    ready = op->ready;
+    more = op->more;
+
+    rc = mdb_txn_begin(mr_store.env, txn, 0, &child);
+    if (rc != 0) {
+        return rc;
+    }
+
+    rc = step(child, op);
+
+    if (rc == 0) {
+        rc = mdb_txn_commit(child);
+
+    } else {
+        mdb_txn_abort(child);
+    }
+
+    if (rc != 0) {
+        op->expired = expired;
+        op->purged = purged;
+        op->emitted = emitted;
+        op->ready = ready;
+        op->more = more;
+    }
+
+    return rc;
+}
+
+
+/*
+ * Deadlines: the due executions in one nested transaction; if that
+ * fails, each on its own, and one that still does not fit is tried again
+ * later (its index entry moves MR_STORE_EXPIRE_RETRY ahead), so that it
+ * does not hold up the ones behind it.
+ */
+
+static int
+mr_store_sweep_expire(MDB_txn *txn, mr_store_op_t *op)
+{
+    int          rc;
+    MDB_val      k, v;
+    ngx_uint_t   i, n;
+    MDB_cursor  *cur;
+
+    n = 0;
 
     rc = mdb_cursor_open(txn, mr_store.due, &cur);
     if (rc != 0) {
         return rc;
     }
 
-    n = 0;
-
     for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
-         rc == 0 && n < limit;
+         rc == 0 && n < op->limit;
          rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT))
     {
         if (k.mv_size != 8 + MR_EXEC_ID_LEN) {
@@ -1569,7 +1870,7 @@ mr_store_sweep(MDB_txn *txn, mr_store_op_t *op)
             break;
         }
 
-        ngx_memcpy(keys[n], k.mv_data, k.mv_size);
+        ngx_memcpy(mr_sweep.keys[n], k.mv_data, k.mv_size);
         n++;
     }
 
@@ -1579,24 +1880,104 @@ mr_store_sweep(MDB_txn *txn, mr_store_op_t *op)
         return rc;
     }
 
-    op->more |= (n == limit);
+    op->more |= (n == op->limit);
+    mr_sweep.n = n;
+
+    if (n == 0 || mr_store_sweep_step(txn, op, mr_store_expire_due) == 0) {
+        return 0;
+    }
 
     for (i = 0; i < n; i++) {
-        rc = mr_store_expire(txn, op, keys[i] + 8);
-        if (rc != 0) {
-            return rc;
+        mr_sweep.i = i;
+
+        if (mr_store_sweep_step(txn, op, mr_store_expire_one) == 0) {
+            continue;
         }
 
-        k.mv_data = keys[i];
-        k.mv_size = 8 + MR_EXEC_ID_LEN;
+        op->failed++;
 
-        rc = mdb_del(txn, mr_store.due, &k, NULL);
-        if (rc != 0 && rc != MDB_NOTFOUND) {
+        (void) mr_store_sweep_step(txn, op, mr_store_expire_later);
+    }
+
+    return 0;
+}
+
+
+static int
+mr_store_expire_due(MDB_txn *txn, mr_store_op_t *op)
+{
+    int         rc;
+    ngx_uint_t  i, n;
+
+    n = mr_sweep.n;
+
+    for (i = 0; i < n; i++) {
+        mr_sweep.i = i;
+
+        rc = mr_store_expire_one(txn, op);
+        if (rc != 0) {
             return rc;
         }
     }
 
-    /* 2. idempotency keys past their lifetime */
+    return 0;
+}
+
+
+/* the due entry mr_sweep.keys[mr_sweep.i]: expired, out of the index */
+
+static int
+mr_store_expire_one(MDB_txn *txn, mr_store_op_t *op)
+{
+    int      rc;
+    u_char  *key;
+    MDB_val  k;
+
+    key = mr_sweep.keys[mr_sweep.i];
+
+    rc = mr_store_expire(txn, op, key + 8);
+    if (rc != 0) {
+        return rc;
+    }
+
+    k.mv_data = key;
+    k.mv_size = 8 + MR_EXEC_ID_LEN;
+
+    rc = mdb_del(txn, mr_store.due, &k, NULL);
+
+    return (rc == MDB_NOTFOUND) ? 0 : rc;
+}
+
+
+/*
+ * An expiry that did not fit: its entry waits a little (a stale entry,
+ * left by a later cancel or outcome, is dropped when it comes up)
+ */
+
+static int
+mr_store_expire_later(MDB_txn *txn, mr_store_op_t *op)
+{
+    int64_t  at;
+
+    at = (int64_t) mr_be64_get(mr_sweep.keys[mr_sweep.i]);
+
+    return mr_store_time_index(txn, mr_store.due,
+                               mr_sweep.keys[mr_sweep.i] + 8,
+                               MR_EXEC_ID_LEN, &at,
+                               op->now + MR_STORE_EXPIRE_RETRY, NULL);
+}
+
+
+/* idempotency keys past their lifetime */
+
+static int
+mr_store_idem_purge(MDB_txn *txn, mr_store_op_t *op)
+{
+    int          rc;
+    int64_t      t;
+    MDB_val      k, v, iv;
+    ngx_uint_t   i, n;
+    MDB_cursor  *cur;
 
     rc = mdb_cursor_open(txn, mr_store.idemttl, &cur);
     if (rc != 0) {
@@ -1606,10 +1987,10 @@ mr_store_sweep(MDB_txn *txn, mr_store_op_t *op)
     n = 0;
 
     for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
-         rc == 0 && n < limit;
+         rc == 0 && n < op->limit;
          rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT))
     {
-        if (k.mv_size <= 8 || k.mv_size > sizeof(keys[0])) {
+        if (k.mv_size <= 8 || k.mv_size > sizeof(mr_sweep.keys[0])) {
             continue;
         }
 
@@ -1617,8 +1998,8 @@ mr_store_sweep(MDB_txn *txn, mr_store_op_t *op)
             break;
         }
 
-        ngx_memcpy(keys[n], k.mv_data, k.mv_size);
-        lens[n] = k.mv_size;
+        ngx_memcpy(mr_sweep.keys[n], k.mv_data, k.mv_size);
+        mr_sweep.lens[n] = k.mv_size;
         n++;
     }
 
@@ -1628,13 +2009,13 @@ mr_store_sweep(MDB_txn *txn, mr_store_op_t *op)
         return rc;
     }
 
-    op->more |= (n == limit);
+    op->more |= (n == op->limit);
 
     for (i = 0; i < n; i++) {
-        t = (int64_t) mr_be64_get(keys[i]);
+        t = (int64_t) mr_be64_get(mr_sweep.keys[i]);
 
-        k.mv_data = keys[i] + 8;
-        k.mv_size = lens[i] - 8;
+        k.mv_data = mr_sweep.keys[i] + 8;
+        k.mv_size = mr_sweep.lens[i] - 8;
 
         /* the key may be bound to a newer execution since */
 
@@ -1651,8 +2032,8 @@ mr_store_sweep(MDB_txn *txn, mr_store_op_t *op)
             return rc;
         }
 
-        k.mv_data = keys[i];
-        k.mv_size = lens[i];
+        k.mv_data = mr_sweep.keys[i];
+        k.mv_size = mr_sweep.lens[i];
 
         rc = mdb_del(txn, mr_store.idemttl, &k, NULL);
         if (rc != 0 && rc != MDB_NOTFOUND) {
@@ -1662,7 +2043,22 @@ mr_store_sweep(MDB_txn *txn, mr_store_op_t *op)
         op->purged++;
     }
 
-    /* 3. retention: execution ids sort by creation time */
+    return 0;
+}
+
+
+/* retention: terminal executions; their ids sort by creation time */
+
+static int
+mr_store_exec_purge(MDB_txn *txn, mr_store_op_t *op)
+{
+    int            rc;
+    u_char        *p, *key;
+    MDB_val        k, v;
+    ngx_uint_t     i, n;
+    MDB_cursor    *cur;
+    mr_exec_rec_t  rec;
+    u_char         okey[MR_ORG_ID_LEN + 8 + MR_EXEC_ID_LEN];
 
     if (op->retention_ms == 0) {
         return 0;
@@ -1676,11 +2072,9 @@ mr_store_sweep(MDB_txn *txn, mr_store_op_t *op)
     n = 0;
 
     for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
-         rc == 0 && n < limit;
+         rc == 0 && n < op->limit;
          rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT))
     {
-        mr_exec_rec_t  rec;
-
         if (k.mv_size != MR_EXEC_ID_LEN
             || v.mv_size < sizeof(mr_exec_rec_t))
         {
@@ -1697,7 +2091,7 @@ mr_store_sweep(MDB_txn *txn, mr_store_op_t *op)
             continue;
         }
 
-        p = ngx_cpymem(keys[n], k.mv_data, MR_EXEC_ID_LEN);
+        p = ngx_cpymem(mr_sweep.keys[n], k.mv_data, MR_EXEC_ID_LEN);
         p = ngx_cpymem(p, rec.org, MR_ORG_ID_LEN);
         mr_be64_put(p, (uint64_t) rec.order);
         n++;
@@ -1709,22 +2103,23 @@ mr_store_sweep(MDB_txn *txn, mr_store_op_t *op)
         return rc;
     }
 
-    op->more |= (n == limit);
+    op->more |= (n == op->limit);
 
     for (i = 0; i < n; i++) {
-        u_char  okey[MR_ORG_ID_LEN + 8 + MR_EXEC_ID_LEN];
+        key = mr_sweep.keys[i];
 
-        k.mv_data = keys[i];
+        k.mv_data = key;
         k.mv_size = MR_EXEC_ID_LEN;
 
-        rc = mdb_del(txn, mr_store.exec, &k, NULL);
+        rc = mr_store_counted_del(txn, mr_store.exec, &k,
+                                  key + MR_EXEC_ID_LEN, MR_USAGE_EXEC);
         if (rc != 0 && rc != MDB_NOTFOUND) {
             return rc;
         }
 
-        p = ngx_cpymem(okey, keys[i] + MR_EXEC_ID_LEN, MR_ORG_ID_LEN);
-        p = ngx_cpymem(p, keys[i] + MR_EXEC_ID_LEN + MR_ORG_ID_LEN, 8);
-        ngx_memcpy(p, keys[i], MR_EXEC_ID_LEN);
+        p = ngx_cpymem(okey, key + MR_EXEC_ID_LEN, MR_ORG_ID_LEN);
+        p = ngx_cpymem(p, key + MR_EXEC_ID_LEN + MR_ORG_ID_LEN, 8);
+        ngx_memcpy(p, key, MR_EXEC_ID_LEN);
 
         k.mv_data = okey;
         k.mv_size = sizeof(okey);
@@ -1737,10 +2132,118 @@ mr_store_sweep(MDB_txn *txn, mr_store_op_t *op)
         op->purged++;
     }
 
+    return 0;
+}
 
-    /* 4. the webhook outbox past the retention */
 
-    return mr_store_wh_purge(txn, op, limit);
+static int
+mr_store_wh_purge_step(MDB_txn *txn, mr_store_op_t *op)
+{
+    return mr_store_dlv_purge(txn, op, op->limit);
+}
+
+
+static int
+mr_store_event_purge_step(MDB_txn *txn, mr_store_op_t *op)
+{
+    return mr_store_event_purge(txn, op, op->limit);
+}
+
+
+/* keys that ended (revoked, or rotated and past their grace) */
+
+static int
+mr_store_key_purge(MDB_txn *txn, mr_store_op_t *op)
+{
+    int          rc;
+    u_char      *key;
+    MDB_val      k, v;
+    mr_key_t     kr;
+    ngx_uint_t   i, n;
+    MDB_cursor  *cur;
+    u_char       akey[MR_ORG_ID_LEN + MR_KEY_ID_LEN];
+
+    if (op->retention_ms == 0) {
+        return 0;
+    }
+
+    rc = mdb_cursor_open(txn, mr_store.keyend, &cur);
+    if (rc != 0) {
+        return rc;
+    }
+
+    n = 0;
+
+    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+         rc == 0 && n < op->limit;
+         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT))
+    {
+        if (k.mv_size != 8 + MR_KEY_ID_LEN) {
+            continue;
+        }
+
+        if ((int64_t) mr_be64_get(k.mv_data) + op->retention_ms > op->now) {
+            break;
+        }
+
+        ngx_memcpy(mr_sweep.keys[n], k.mv_data, k.mv_size);
+        n++;
+    }
+
+    mdb_cursor_close(cur);
+
+    if (rc != 0 && rc != MDB_NOTFOUND) {
+        return rc;
+    }
+
+    op->more |= (n == op->limit);
+
+    for (i = 0; i < n; i++) {
+        key = mr_sweep.keys[i];
+
+        rc = mr_store_key_read(txn, key + 8, &kr, NULL);
+
+        if (rc == 0 && !mr_store_key_active(&kr.rec)) {
+            ngx_memcpy(akey, kr.rec.org, MR_ORG_ID_LEN);
+            ngx_memcpy(akey + MR_ORG_ID_LEN, kr.rec.key_id, MR_KEY_ID_LEN);
+
+            k.mv_data = kr.rec.hash;
+            k.mv_size = MR_SHA256_LEN;
+
+            rc = mdb_del(txn, mr_store.keyhash, &k, NULL);
+
+            if (rc == 0 || rc == MDB_NOTFOUND) {
+                k.mv_data = akey;
+                k.mv_size = sizeof(akey);
+
+                rc = mdb_del(txn, mr_store.acctkey, &k, NULL);
+            }
+
+            if (rc == 0 || rc == MDB_NOTFOUND) {
+                k.mv_data = key + 8;
+                k.mv_size = MR_KEY_ID_LEN;
+
+                rc = mr_store_counted_del(txn, mr_store.key, &k, akey,
+                                          MR_USAGE_KEY);
+            }
+        }
+
+        if (rc != 0 && rc != MDB_NOTFOUND) {
+            return rc;
+        }
+
+        k.mv_data = key;
+        k.mv_size = 8 + MR_KEY_ID_LEN;
+
+        rc = mdb_del(txn, mr_store.keyend, &k, NULL);
+        if (rc != 0 && rc != MDB_NOTFOUND) {
+            return rc;
+        }
+
+        op->purged++;
+    }
+
+    return 0;
 }
 
 
@@ -1890,14 +2393,21 @@ mr_store_exec_copy(MDB_txn *txn, u_char *id, mr_exec_t *exec, u_char **copy)
 
 /* records */
 
+/*
+ * Writes an execution and counts it: its bytes, and whether it is live
+ * (a new one that is not terminal, or one that just became terminal).
+ */
+
 int
 mr_store_exec_put(MDB_txn *txn, mr_exec_t *exec)
 {
-    int         rc;
-    u_char     *p;
-    size_t      size;
-    MDB_val     k, v;
-    ngx_uint_t  i;
+    int            rc;
+    u_char        *p;
+    size_t         size;
+    int64_t        bytes, live;
+    MDB_val        k, v, old;
+    ngx_uint_t     i;
+    mr_exec_rec_t  prev;
 
     size = sizeof(mr_exec_rec_t);
 
@@ -1910,6 +2420,23 @@ mr_store_exec_put(MDB_txn *txn, mr_exec_t *exec)
 
     k.mv_data = exec->id;
     k.mv_size = MR_EXEC_ID_LEN;
+
+    live = !mr_status_terminal(exec->rec.status);
+
+    rc = mdb_get(txn, mr_store.exec, &k, &old);
+
+    if (rc == MDB_NOTFOUND) {
+        bytes = (int64_t) (size + MR_EXEC_ID_LEN + MR_USAGE_EXEC);
+
+    } else if (rc == 0 && old.mv_size >= sizeof(mr_exec_rec_t)) {
+        ngx_memcpy(&prev, old.mv_data, sizeof(mr_exec_rec_t));
+        bytes = (int64_t) size - (int64_t) old.mv_size;
+        live -= !mr_status_terminal(prev.status);
+
+    } else {
+        return rc ? rc : MDB_CORRUPTED;
+    }
+
     v.mv_size = size;
 
     rc = mdb_put(txn, mr_store.exec, &k, &v, MDB_RESERVE);
@@ -1923,7 +2450,26 @@ mr_store_exec_put(MDB_txn *txn, mr_exec_t *exec)
         p = mr_cpymem(p, exec->seg[i].data, exec->seg[i].len);
     }
 
-    return 0;
+    return mr_store_usage(txn, exec->rec.org, bytes, MR_LIMIT_EXECUTIONS,
+                          live);
+}
+
+
+/* what a new execution will cost its account in stored bytes */
+
+static size_t
+mr_store_exec_size(mr_exec_t *exec)
+{
+    size_t      size;
+    ngx_uint_t  i;
+
+    size = sizeof(mr_exec_rec_t) + MR_EXEC_ID_LEN + MR_USAGE_EXEC;
+
+    for (i = 0; i < MR_SEG_N; i++) {
+        size += exec->seg[i].len;
+    }
+
+    return size;
 }
 
 
@@ -2060,6 +2606,184 @@ mr_store_account_put(MDB_txn *txn, mr_account_t *acct)
 }
 
 
+/* an account's quota; none yet: nothing used, the default limits */
+
+int
+mr_store_quota_read(MDB_txn *txn, u_char *org, mr_quota_t *q)
+{
+    int         rc;
+    MDB_val     k, v;
+    ngx_uint_t  i;
+
+    ngx_memzero(q, sizeof(mr_quota_t));
+
+    for (i = 0; i < MR_LIMIT_N; i++) {
+        q->limit[i] = -1;
+    }
+
+    k.mv_data = org;
+    k.mv_size = MR_ORG_ID_LEN;
+
+    rc = mdb_get(txn, mr_store.quota, &k, &v);
+
+    if (rc == MDB_NOTFOUND) {
+        return 0;
+    }
+
+    if (rc == 0) {
+        /* a shorter record is an older layout: its new fields default */
+        ngx_memcpy(q, v.mv_data, ngx_min(v.mv_size, sizeof(mr_quota_t)));
+    }
+
+    return rc;
+}
+
+
+static int
+mr_store_quota_put(MDB_txn *txn, u_char *org, mr_quota_t *q)
+{
+    MDB_val  k, v;
+
+    k.mv_data = org;
+    k.mv_size = MR_ORG_ID_LEN;
+    v.mv_data = q;
+    v.mv_size = sizeof(mr_quota_t);
+
+    return mdb_put(txn, mr_store.quota, &k, &v, 0);
+}
+
+
+/* adds to an account's use: stored bytes, and one of its counts */
+
+int
+mr_store_usage(MDB_txn *txn, u_char *org, int64_t bytes, ngx_uint_t which,
+    int64_t count)
+{
+    int         rc;
+    mr_quota_t  q;
+
+    if (bytes == 0 && count == 0) {
+        return 0;
+    }
+
+    rc = mr_store_quota_read(txn, org, &q);
+    if (rc != 0) {
+        return rc;
+    }
+
+    q.used[MR_LIMIT_BYTES] += bytes;
+    q.used[which] += count;
+
+    return mr_store_quota_put(txn, org, &q);
+}
+
+
+/*
+ * Whether the account may keep bytes more and count more of which; if
+ * not, op->result says which limit, its value and the use.
+ */
+
+int
+mr_store_quota_check(MDB_txn *txn, mr_store_op_t *op, u_char *org,
+    int64_t bytes, ngx_uint_t which, int64_t count, ngx_uint_t *ok)
+{
+    int         rc;
+    int64_t     limit;
+    mr_quota_t  q;
+
+    *ok = 1;
+
+    rc = mr_store_quota_read(txn, org, &q);
+    if (rc != 0) {
+        return rc;
+    }
+
+    if (count > 0) {
+        limit = mr_limit_of(mr_store.mcf, &q, which);
+
+        if (q.used[which] + count > limit) {
+            *ok = 0;
+            op->quota_which = which;
+            op->quota_limit = limit;
+            op->quota_used = q.used[which];
+        }
+    }
+
+    if (*ok && bytes > 0) {
+        limit = mr_limit_of(mr_store.mcf, &q, MR_LIMIT_BYTES);
+
+        if (q.used[MR_LIMIT_BYTES] + bytes > limit) {
+            *ok = 0;
+            op->quota_which = MR_LIMIT_BYTES;
+            op->quota_limit = limit;
+            op->quota_used = q.used[MR_LIMIT_BYTES];
+        }
+    }
+
+    if (!*ok) {
+        op->result = MR_R_ACCOUNT_LIMIT;
+    }
+
+    return 0;
+}
+
+
+/*
+ * A record of an account, counted in its stored bytes: its key, its
+ * value and extra for its index entries.  v->mv_size in, v->mv_data out
+ * (MDB_RESERVE): the caller fills it before any other write, then adds
+ * *bytes to the account's use (mr_store_usage()).
+ */
+
+int
+mr_store_counted_put(MDB_txn *txn, MDB_dbi dbi, MDB_val *k, MDB_val *v,
+    size_t extra, int64_t *bytes)
+{
+    int      rc;
+    MDB_val  old;
+
+    rc = mdb_get(txn, dbi, k, &old);
+
+    if (rc == MDB_NOTFOUND) {
+        *bytes = (int64_t) (k->mv_size + v->mv_size + extra);
+
+    } else if (rc == 0) {
+        *bytes = (int64_t) v->mv_size - (int64_t) old.mv_size;
+
+    } else {
+        return rc;
+    }
+
+    return mdb_put(txn, dbi, k, v, MDB_RESERVE);
+}
+
+
+/* deletes a counted record; MDB_NOTFOUND if it was not there */
+
+int
+mr_store_counted_del(MDB_txn *txn, MDB_dbi dbi, MDB_val *k, u_char *org,
+    size_t extra)
+{
+    int      rc;
+    int64_t  bytes;
+    MDB_val  old;
+
+    rc = mdb_get(txn, dbi, k, &old);
+    if (rc != 0) {
+        return rc;
+    }
+
+    bytes = (int64_t) (k->mv_size + old.mv_size + extra);
+
+    rc = mdb_del(txn, dbi, k, NULL);
+    if (rc != 0) {
+        return rc;
+    }
+
+    return mr_store_usage(txn, org, -bytes, MR_LIMIT_BYTES, 0);
+}
+
+
 static int
 mr_store_key_read(MDB_txn *txn, u_char *key_id, mr_key_t *key,
     ngx_pool_t *pool)
@@ -2097,12 +2821,16 @@ mr_store_key_read(MDB_txn *txn, u_char *key_id, mr_key_t *key,
 }
 
 
+/* writes a key and counts it: its bytes, and whether it is active */
+
 static int
 mr_store_key_put(MDB_txn *txn, mr_key_t *key)
 {
-    int      rc;
-    MDB_val  k, v;
-    u_char   akey[MR_ORG_ID_LEN + MR_KEY_ID_LEN];
+    int           rc;
+    int64_t       active, bytes;
+    MDB_val       k, v, old;
+    mr_key_rec_t  prev;
+    u_char        akey[MR_ORG_ID_LEN + MR_KEY_ID_LEN];
 
     key->rec.name_len = (uint32_t) key->name.len;
 
@@ -2110,13 +2838,31 @@ mr_store_key_put(MDB_txn *txn, mr_key_t *key)
     k.mv_size = MR_KEY_ID_LEN;
     v.mv_size = sizeof(mr_key_rec_t) + key->name.len;
 
-    rc = mdb_put(txn, mr_store.key, &k, &v, MDB_RESERVE);
+    active = mr_store_key_active(&key->rec);
+
+    rc = mdb_get(txn, mr_store.key, &k, &old);
+
+    if (rc == 0 && old.mv_size >= sizeof(mr_key_rec_t)) {
+        ngx_memcpy(&prev, old.mv_data, sizeof(mr_key_rec_t));
+        active -= mr_store_key_active(&prev);
+
+    } else if (rc != MDB_NOTFOUND) {
+        return rc ? rc : MDB_CORRUPTED;
+    }
+
+    rc = mr_store_counted_put(txn, mr_store.key, &k, &v, MR_USAGE_KEY,
+                              &bytes);
     if (rc != 0) {
         return rc;
     }
 
     (void) mr_cpymem(ngx_cpymem(v.mv_data, &key->rec, sizeof(mr_key_rec_t)),
                      key->name.data, key->name.len);
+
+    rc = mr_store_usage(txn, key->rec.org, bytes, MR_LIMIT_KEYS, active);
+    if (rc != 0) {
+        return rc;
+    }
 
     k.mv_data = key->rec.hash;
     k.mv_size = MR_SHA256_LEN;
@@ -2310,20 +3056,26 @@ mr_store_exec_get(u_char *id, mr_exec_t *exec, ngx_pool_t *pool)
 }
 
 
-/* newest first: walk the account's index backwards */
+/*
+ * Newest first: walk the account's index backwards.  A filtered list
+ * looks at no more than MR_STORE_LIST_SCAN executions: when it stops
+ * there, has_more is set and q->next is where the next page starts.
+ */
 
 ngx_int_t
 mr_store_exec_list(mr_list_query_t *q, ngx_array_t *execs,
-    ngx_uint_t *has_more, ngx_pool_t *pool)
+    ngx_pool_t *pool)
 {
     int          rc;
+    u_char      *id;
     MDB_val      k, v;
     MDB_txn     *txn;
     mr_exec_t   *exec, cur_exec;
+    ngx_uint_t   scanned, last;
     MDB_cursor  *cur;
     u_char       okey[MR_ORG_ID_LEN + 8 + MR_EXEC_ID_LEN];
 
-    *has_more = 0;
+    q->has_more = 0;
 
     txn = mr_store_read_begin();
     if (txn == NULL) {
@@ -2373,6 +3125,9 @@ mr_store_exec_list(mr_list_query_t *q, ngx_array_t *execs,
         rc = mdb_cursor_get(cur, &k, &v, MDB_LAST);
     }
 
+    scanned = 0;
+    last = 0;
+
     for ( /* void */ ; rc == 0; rc = mdb_cursor_get(cur, &k, &v, MDB_PREV)) {
 
         if (k.mv_size != sizeof(okey)
@@ -2381,26 +3136,33 @@ mr_store_exec_list(mr_list_query_t *q, ngx_array_t *execs,
             break;
         }
 
-        rc = mr_store_exec_read(txn, (u_char *) k.mv_data + MR_ORG_ID_LEN + 8,
-                                &cur_exec, NULL);
+        id = (u_char *) k.mv_data + MR_ORG_ID_LEN + 8;
+
+        if (scanned++ == MR_STORE_LIST_SCAN && last) {
+            /* the next page starts after the last one looked at */
+            q->has_more = 1;
+            break;
+        }
+
+        rc = mr_store_exec_read(txn, id, &cur_exec, NULL);
         if (rc != 0) {
             break;
         }
 
-        if (q->status && cur_exec.rec.status != q->status) {
-            continue;
-        }
-
-        if (q->model.len
-            && (cur_exec.seg[MR_SEG_MODEL].len != q->model.len
-                || ngx_memcmp(cur_exec.seg[MR_SEG_MODEL].data, q->model.data,
-                              q->model.len) != 0))
+        if ((q->status && cur_exec.rec.status != q->status)
+            || (q->model.len
+                && (cur_exec.seg[MR_SEG_MODEL].len != q->model.len
+                    || ngx_memcmp(cur_exec.seg[MR_SEG_MODEL].data,
+                                  q->model.data, q->model.len)
+                       != 0)))
         {
+            ngx_memcpy(q->next, id, MR_EXEC_ID_LEN);
+            last = 1;
             continue;
         }
 
         if (execs->nelts == q->limit) {
-            *has_more = 1;
+            q->has_more = 1;
             break;
         }
 
@@ -2410,11 +3172,13 @@ mr_store_exec_list(mr_list_query_t *q, ngx_array_t *execs,
             break;
         }
 
-        rc = mr_store_exec_read(txn, (u_char *) k.mv_data + MR_ORG_ID_LEN + 8,
-                                exec, pool);
+        rc = mr_store_exec_read(txn, id, exec, pool);
         if (rc != 0) {
             break;
         }
+
+        ngx_memcpy(q->next, id, MR_EXEC_ID_LEN);
+        last = 1;
     }
 
     mdb_cursor_close(cur);
@@ -2429,19 +3193,20 @@ mr_store_exec_list(mr_list_query_t *q, ngx_array_t *execs,
 }
 
 
+/*
+ * The ledger and the account's use in one snapshot: its executions (its
+ * index), and its use counted again from its records (a walk of the
+ * events and deliveries of every account: an operator's check).
+ */
+
 ngx_int_t
 mr_store_verify(u_char *org, mr_account_t *acct, mr_verify_t *vf,
     ngx_pool_t *pool)
 {
-    int          rc;
-    MDB_val      k, v;
-    MDB_txn     *txn;
-    mr_exec_t    exec;
-    MDB_cursor  *cur;
+    int       rc;
+    MDB_txn  *txn;
 
     ngx_memzero(vf, sizeof(mr_verify_t));
-
-    /* the account and its executions in one snapshot */
 
     txn = mr_store_read_begin();
     if (txn == NULL) {
@@ -2449,51 +3214,174 @@ mr_store_verify(u_char *org, mr_account_t *acct, mr_verify_t *vf,
     }
 
     rc = mr_store_account_read(txn, org, acct, pool);
-    if (rc != 0) {
-        mr_store_read_end();
-        return mr_store_read_rc(rc, "account");
+
+    if (rc == 0) {
+        rc = mr_store_quota_read(txn, org, &vf->quota);
     }
 
-    rc = mdb_cursor_open(txn, mr_store.byorg, &cur);
-    if (rc != 0) {
-        mr_store_read_end();
-        return mr_store_read_rc(rc, "executions");
-    }
-
-    k.mv_data = org;
-    k.mv_size = MR_ORG_ID_LEN;
-
-    for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
-         rc == 0;
-         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT))
-    {
-        if (k.mv_size != MR_ORG_ID_LEN + 8 + MR_EXEC_ID_LEN
-            || ngx_memcmp(k.mv_data, org, MR_ORG_ID_LEN) != 0)
-        {
-            break;
-        }
-
-        rc = mr_store_exec_read(txn, (u_char *) k.mv_data + MR_ORG_ID_LEN + 8,
-                                &exec, NULL);
-        if (rc != 0) {
-            break;
-        }
-
-        vf->executions++;
-
-        if (!mr_status_terminal(exec.rec.status)) {
-            vf->open_executions++;
-            vf->open_holds += exec.rec.hold;
-        }
-    }
-
-    mdb_cursor_close(cur);
-
-    if (rc == MDB_NOTFOUND) {
-        rc = 0;
+    if (rc == 0) {
+        rc = mr_store_count(txn, vf, org);
     }
 
     mr_store_read_end();
 
-    return mr_store_read_rc(rc, "executions");
+    return mr_store_read_rc(rc, "account");
+}
+
+
+static int
+mr_store_count(MDB_txn *txn, mr_verify_t *vf, u_char *org)
+{
+    int            rc;
+    u_char        *p;
+    size_t         plen, extra;
+    MDB_val        k, v, r;
+    MDB_dbi        dbi;
+    ngx_uint_t     i;
+    MDB_cursor    *cur;
+    mr_key_rec_t   key;
+    mr_exec_rec_t  rec;
+    mr_dlv_rec_t   dlv;
+
+    /* executions, endpoints and keys: through the account's indexes */
+
+    static const struct {
+        size_t      id;
+        size_t      extra;
+    } idx[] = {
+        { MR_EXEC_ID_LEN, MR_USAGE_EXEC },
+        { MR_WH_ID_LEN, MR_USAGE_WH },
+        { MR_KEY_ID_LEN, MR_USAGE_KEY }
+    };
+
+    for (i = 0; i < 3; i++) {
+        dbi = (i == 0) ? mr_store.byorg : (i == 1) ? mr_store.orgwh
+                                                   : mr_store.acctkey;
+        plen = (i == 0) ? MR_ORG_ID_LEN + 8 : MR_ORG_ID_LEN;
+        extra = idx[i].extra;
+
+        rc = mdb_cursor_open(txn, dbi, &cur);
+        if (rc != 0) {
+            return rc;
+        }
+
+        k.mv_data = org;
+        k.mv_size = MR_ORG_ID_LEN;
+
+        for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+             rc == 0;
+             rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT))
+        {
+            if (k.mv_size != plen + idx[i].id
+                || ngx_memcmp(k.mv_data, org, MR_ORG_ID_LEN) != 0)
+            {
+                break;
+            }
+
+            p = (u_char *) k.mv_data + plen;
+
+            r.mv_data = p;
+            r.mv_size = idx[i].id;
+
+            rc = mdb_get(txn, (i == 0) ? mr_store.exec
+                              : (i == 1) ? mr_store.whep : mr_store.key,
+                         &r, &r);
+            if (rc != 0) {
+                break;
+            }
+
+            vf->counted[MR_LIMIT_BYTES] += idx[i].id + r.mv_size + extra;
+
+            if (i == 0 && r.mv_size >= sizeof(mr_exec_rec_t)) {
+                ngx_memcpy(&rec, r.mv_data, sizeof(mr_exec_rec_t));
+
+                vf->executions++;
+
+                if (!mr_status_terminal(rec.status)) {
+                    vf->counted[MR_LIMIT_EXECUTIONS]++;
+                    vf->open_executions++;
+                    vf->open_holds += rec.hold;
+                }
+
+            } else if (i == 1) {
+                vf->counted[MR_LIMIT_ENDPOINTS]++;
+
+            } else if (i == 2 && r.mv_size >= sizeof(mr_key_rec_t)) {
+                ngx_memcpy(&key, r.mv_data, sizeof(mr_key_rec_t));
+                vf->counted[MR_LIMIT_KEYS] += mr_store_key_active(&key);
+            }
+        }
+
+        mdb_cursor_close(cur);
+
+        if (rc != 0 && rc != MDB_NOTFOUND) {
+            return rc;
+        }
+    }
+
+    /* events and deliveries: every one, for the account's */
+
+    for (i = 0; i < 2; i++) {
+        rc = mdb_cursor_open(txn, i ? mr_store.dlv : mr_store.event, &cur);
+        if (rc != 0) {
+            return rc;
+        }
+
+        for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+             rc == 0;
+             rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT))
+        {
+            if (i == 0) {
+                if (v.mv_size < MR_ORG_ID_LEN
+                    || ngx_memcmp(v.mv_data, org, MR_ORG_ID_LEN) != 0)
+                {
+                    continue;
+                }
+
+                extra = MR_USAGE_EVENT;
+
+            } else {
+                if (v.mv_size < sizeof(mr_dlv_rec_t)) {
+                    continue;
+                }
+
+                ngx_memcpy(&dlv, v.mv_data, sizeof(mr_dlv_rec_t));
+
+                if (ngx_memcmp(dlv.org, org, MR_ORG_ID_LEN) != 0) {
+                    continue;
+                }
+
+                extra = MR_USAGE_DLV;
+            }
+
+            vf->counted[MR_LIMIT_BYTES] += k.mv_size + v.mv_size + extra;
+        }
+
+        mdb_cursor_close(cur);
+
+        if (rc != 0 && rc != MDB_NOTFOUND) {
+            return rc;
+        }
+    }
+
+    return 0;
+}
+
+
+ngx_int_t
+mr_store_quota_get(u_char *org, mr_quota_t *q)
+{
+    int       rc;
+    MDB_txn  *txn;
+
+    txn = mr_store_read_begin();
+    if (txn == NULL) {
+        return NGX_ERROR;
+    }
+
+    rc = mr_store_quota_read(txn, org, q);
+
+    mr_store_read_end();
+
+    return mr_store_read_rc(rc, "quota");
 }

@@ -99,6 +99,24 @@ typedef struct {
 } mr_account_t;
 
 
+/*
+ * An account's use of the store and its limits (mr_limits.c): what it
+ * keeps (stored bytes, as counted by the store), its live executions,
+ * its webhook endpoints and its active API keys.
+ */
+
+#define MR_LIMIT_BYTES       0
+#define MR_LIMIT_EXECUTIONS  1
+#define MR_LIMIT_ENDPOINTS   2
+#define MR_LIMIT_KEYS        3
+#define MR_LIMIT_N           4
+
+typedef struct {
+    int64_t                   used[MR_LIMIT_N];
+    int64_t                   limit[MR_LIMIT_N]; /* -1: the default */
+} mr_quota_t;                   /* fields are only ever appended */
+
+
 typedef struct {
     u_char                    key_id[MR_KEY_ID_LEN];
     u_char                    org[MR_ORG_ID_LEN];
@@ -124,6 +142,14 @@ typedef struct {
 #define MR_EVT_ID_LEN        48     /* "evt_" + 12 hex of ms + 32 hex */
 #define MR_DLV_ID_LEN        48     /* "dlv_" + 12 hex of ms + 32 hex */
 #define MR_WH_SECRET_LEN     50     /* "whsec_" + base64 of 32 bytes */
+
+/*
+ * A delivery's target, for the caps and the fair claim: its endpoint's
+ * id, or for an execution's webhook_url "wu_" + 24 hex of a hash of the
+ * URL's scheme, host and port.  With the account: the claim's busy key.
+ */
+#define MR_WH_TARGET_LEN     MR_WH_ID_LEN
+#define MR_DLV_BUSY_LEN      (MR_ORG_ID_LEN + MR_WH_TARGET_LEN)
 
 #define MR_WH_SEG_URL         0
 #define MR_WH_SEG_DESCRIPTION 1     /* JSON string or empty */
@@ -184,6 +210,7 @@ struct mr_dlv_job_s {
     u_char                    dlv_id[MR_DLV_ID_LEN];
     u_char                    wh_id[MR_WH_ID_LEN];
     u_char                    event_id[MR_EVT_ID_LEN];
+    u_char                    busy[MR_DLV_BUSY_LEN]; /* org + target */
     uint64_t                  token;
     ngx_str_t                 url;
     ngx_str_t                 body;
@@ -208,11 +235,13 @@ typedef struct {
 
     /* MR_OP_DLV_CLAIM */
     ngx_uint_t                limit;
-    ngx_uint_t                per_endpoint;
-    u_char                   *busy;          /* wh ids at their cap */
+    ngx_uint_t                per_endpoint;  /* per target */
+    u_char                   *busy;          /* of the attempts in flight:
+                                                their jobs' busy keys */
     ngx_uint_t                nbusy;
     int64_t                   lease_ms;
     mr_dlv_job_t             *jobs;
+    ngx_uint_t                claimed;
 
     /* MR_OP_DLV_DONE */
     uint64_t                  token;
@@ -286,6 +315,8 @@ typedef struct {
     int64_t                   open_holds;
     ngx_uint_t                executions;
     ngx_uint_t                open_executions;
+    mr_quota_t                quota;           /* as maintained */
+    int64_t                   counted[MR_LIMIT_N]; /* as walked */
 } mr_verify_t;
 
 
@@ -295,6 +326,10 @@ typedef struct {
     ngx_str_t                 model;           /* empty: any */
     ngx_uint_t                limit;
     ngx_str_t                 starting_after;  /* empty: from the newest */
+
+    /* out: more may follow; continue after next (the last looked at) */
+    ngx_uint_t                has_more;
+    u_char                    next[MR_EXEC_ID_LEN];
 } mr_list_query_t;
 
 
@@ -309,6 +344,8 @@ typedef struct {
 #define MR_R_LIMIT              7      /* an amount would pass a limit */
 #define MR_R_STORAGE_FULL       8
 #define MR_R_INTERNAL           9
+#define MR_R_ACCOUNT_LIMIT     10      /* quota_which, _limit, _used */
+#define MR_R_FORBIDDEN         11
 
 
 #define MR_OP_EXEC_CREATE       1
@@ -331,6 +368,7 @@ typedef struct {
 #define MR_OP_DISP_DONE        18
 #define MR_OP_DISP_CALLBACK    19
 #define MR_OP_OPS              20     /* mr_store_ops.c */
+#define MR_OP_ACCOUNT_LIMITS   21
 
 
 /* MR_OP_OPS: rate-limit overrides and the health heartbeat */
@@ -367,23 +405,40 @@ struct mr_store_op_s {
     int64_t                   amount;
     ngx_str_t                 reference;
 
-    /* keys: key (new), key_id (revoke, rotate), grace_ms */
+    /* keys: key (new), key_id (revoke, rotate), grace_ms; a rotation's
+     * caller: the key it was asked with (zeros: none, lua-compat) */
     mr_key_t                  key;
     mr_key_t                  old_key;
     u_char                    key_id[MR_KEY_ID_LEN];
+    u_char                    caller_key_id[MR_KEY_ID_LEN];
     int64_t                   grace_ms;
+
+    /* accounts: their quota (out); MR_OP_ACCOUNT_LIMITS: the limits
+     * whose bit is in quota_mask take quota_set (-1: the default) */
+    mr_quota_t                quota;
+    ngx_uint_t                quota_mask;
+    int64_t                   quota_set[MR_LIMIT_N];
+
+    /* MR_R_FORBIDDEN: why */
+    const char               *reason;
+
+    /* MR_R_ACCOUNT_LIMIT: the limit reached, its value, the use */
+    ngx_uint_t                quota_which;
+    int64_t                   quota_limit;
+    int64_t                   quota_used;
 
     /* MR_R_INSUFFICIENT */
     int64_t                   required;
     int64_t                   available;
 
     /* MR_OP_SWEEP: in: limit, idem_ttl_ms, retention_ms (0: keep);
-     * out: expired, purged, more (a limit was reached) */
+     * out: expired, purged, more (a limit was reached), failed */
     ngx_uint_t                limit;
     int64_t                   retention_ms;
     ngx_uint_t                expired;
     ngx_uint_t                purged;
     ngx_uint_t                more;
+    ngx_uint_t                failed;        /* steps that did not fit */
 
     /* webhooks; emitted: deliveries this operation created */
     mr_wh_op_t                wh;
@@ -410,7 +465,8 @@ ngx_int_t mr_store_account_get(u_char *org, mr_account_t *acct,
     ngx_pool_t *pool);
 ngx_int_t mr_store_exec_get(u_char *id, mr_exec_t *exec, ngx_pool_t *pool);
 ngx_int_t mr_store_exec_list(mr_list_query_t *q, ngx_array_t *execs,
-    ngx_uint_t *has_more, ngx_pool_t *pool);
+    ngx_pool_t *pool);
+ngx_int_t mr_store_quota_get(u_char *org, mr_quota_t *q);
 ngx_int_t mr_store_verify(u_char *org, mr_account_t *acct, mr_verify_t *v,
     ngx_pool_t *pool);
 

@@ -18,8 +18,19 @@
 #include "mr_store.h"
 
 
-#define MR_STORE_VERSION       2
+#define MR_STORE_VERSION       3
 #define MR_STORE_SWEEP_MAX     256
+
+
+/*
+ * What a record costs its account in stored bytes: its key and value,
+ * plus a fixed allowance for the index entries that go with it.
+ */
+#define MR_USAGE_EXEC          256    /* byorg, idem, idemttl, due, disp */
+#define MR_USAGE_EVENT         64
+#define MR_USAGE_DLV           192    /* dlvq, whdlv, execdlv */
+#define MR_USAGE_WH            64     /* orgwh */
+#define MR_USAGE_KEY           160    /* keyhash, acctkey, keyend */
 
 
 typedef struct {
@@ -49,13 +60,15 @@ typedef struct {
     MDB_dbi                   whsecret;
     MDB_dbi                   event;
     MDB_dbi                   dlv;
-    MDB_dbi                   dlvdue;
+    MDB_dbi                   dlvq;
     MDB_dbi                   whdlv;
     MDB_dbi                   execdlv;
     MDB_dbi                   disp;
     MDB_dbi                   route;
     MDB_dbi                   ops;           /* mr_store_ops.c */
     MDB_dbi                   main;          /* the unnamed database */
+    MDB_dbi                   quota;
+    MDB_dbi                   keyend;
     size_t                    page_size;
     size_t                    map_pages;
     ngx_uint_t                dirty;          /* commits not yet synced */
@@ -97,14 +110,31 @@ int mr_store_exec_parse(u_char *id, u_char *data, size_t size,
 int mr_store_account_read(MDB_txn *txn, u_char *org, mr_account_t *acct,
     ngx_pool_t *pool);
 int mr_store_account_put(MDB_txn *txn, mr_account_t *acct);
+int mr_store_quota_read(MDB_txn *txn, u_char *org, mr_quota_t *q);
+int mr_store_usage(MDB_txn *txn, u_char *org, int64_t bytes,
+    ngx_uint_t which, int64_t count);
+int mr_store_quota_check(MDB_txn *txn, mr_store_op_t *op, u_char *org,
+    int64_t bytes, ngx_uint_t which, int64_t count, ngx_uint_t *ok);
+int mr_store_counted_put(MDB_txn *txn, MDB_dbi dbi, MDB_val *k,
+    MDB_val *v, size_t extra, int64_t *bytes);
+int mr_store_counted_del(MDB_txn *txn, MDB_dbi dbi, MDB_val *k,
+    u_char *org, size_t extra);
+int mr_store_open(MDB_env **envp, mr_main_conf_t *mcf, ngx_log_t *log);
+ngx_int_t mr_store_upgrade(ngx_cycle_t *cycle, mr_main_conf_t *mcf);
 
 int mr_store_wh_apply(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room);
 int mr_store_emit(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
     const char *type);
-int mr_store_wh_purge(MDB_txn *txn, mr_store_op_t *op, ngx_uint_t limit);
-int mr_store_due_put(MDB_txn *txn, mr_exec_t *exec, ngx_uint_t add);
+int mr_store_dlv_purge(MDB_txn *txn, mr_store_op_t *op, ngx_uint_t limit);
+int mr_store_event_purge(MDB_txn *txn, mr_store_op_t *op,
+    ngx_uint_t limit);
+int mr_store_dlv_target(mr_dlv_t *dlv, u_char *target);
+int mr_store_dlvq_key(mr_dlv_t *dlv, int64_t due, u_char *key);
 int mr_store_dlv_read(MDB_txn *txn, u_char *id, mr_dlv_t *dlv,
     ngx_pool_t *pool);
+int mr_store_dlv_put(MDB_txn *txn, mr_dlv_t *dlv);
+int mr_store_dlv_parse(u_char *data, size_t size, mr_dlv_t *dlv);
+int mr_store_due_put(MDB_txn *txn, mr_exec_t *exec, ngx_uint_t add);
 
 int mr_store_disp_apply(MDB_txn *txn, mr_store_op_t *op);
 int mr_store_disp_add(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec);

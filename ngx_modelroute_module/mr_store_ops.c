@@ -324,7 +324,7 @@ mr_store_ops_stats(mr_store_stats_t *st)
     rc = mdb_stat(txn, mr_store.due, &s);
     if (rc == 0) {
         st->holds = s.ms_entries;
-        rc = mdb_stat(txn, mr_store.dlvdue, &s);
+        rc = mdb_stat(txn, mr_store.dlvq, &s);
     }
 
     if (rc == 0) {

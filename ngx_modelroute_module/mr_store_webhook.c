@@ -8,7 +8,9 @@
  *   whsecret  org                    -> the default secret
  *   event     evt_id                 -> org + the event's body
  *   dlv       dlv_id                 -> mr_dlv_rec_t + segments
- *   dlvdue    be64 due_ms + dlv_id   -> wh_id (pending deliveries)
+ *   dlvq      org + target + be64 due_ms + dlv_id -> ""
+ *                                    (pending deliveries: a queue per
+ *                                    account and target, by due time)
  *   whdlv     wh_id + dlv_id         -> ""   (an endpoint's log)
  *   execdlv   exec_id + dlv_id       -> ""   (an execution's, in order)
  *
@@ -16,6 +18,18 @@
  * state change that causes them (mr_store_emit()).  A claim moves a
  * delivery's due time to the end of its lease: if its worker dies, it is
  * due again then, and sent again with the same event id.
+ *
+ * A delivery's target is its endpoint, or for an execution's webhook_url
+ * the URL's scheme, host and port (mr_store_dlv_target()).  Claims are
+ * fair whatever one account queues: they visit the accounts that have
+ * pending deliveries in turn, from where the last claim stopped, and in
+ * each account its targets from a random point; an account and a target
+ * take no more than their caps of attempts in flight, and a claim takes
+ * a bounded number of index steps (mr_store_dlv_claim()).  An endpoint's
+ * deliveries wait in its queue while it is inactive (those older than
+ * modelroute_webhook_max_age fail there), and go when it is enabled
+ * again; a deleted endpoint's are dropped as claims come by, a bounded
+ * number at a time.  Nothing walks all of an endpoint's deliveries.
  *
  * These functions may run in a thread of the commit pool: they use
  * malloc'ed memory and OpenSSL's RAND_bytes(), nothing of the event loop.
@@ -34,22 +48,35 @@
 #include "mr_metrics.h"
 
 
-#define MR_DLV_SCAN         4       /* due entries read per claimed one */
-#define MR_DLV_SCAN_MAX     8192    /* due index entries looked at */
+#define MR_DLV_STEPS        1024    /* index steps a claim takes */
+#define MR_DLV_TARGETS      32      /* targets looked at per account */
+#define MR_DLV_TAKE         64      /* entries read per target */
+#define MR_DLV_ATTEMPTS     16      /* attempts a delivery keeps */
+#define MR_DLV_KEY_LEN      (MR_DLV_BUSY_LEN + 8 + MR_DLV_ID_LEN)
 #define MR_WH_FAILURES_MAX  10
+#define MR_WH_TEST_SIZE     1024    /* about what a test event keeps */
+
+
+/* a claim's visit of a target's queue */
+typedef struct {
+    u_char                    busy[MR_DLV_BUSY_LEN];  /* org + target */
+    mr_wh_t                   wh;
+    ngx_uint_t                mode;
+    ngx_uint_t                n;
+    u_char                    keys[MR_DLV_TAKE][MR_DLV_KEY_LEN];
+} mr_dlv_visit_t;
+
+#define MR_DLV_CLAIM        0       /* an active endpoint, a webhook_url */
+#define MR_DLV_PARKED       1       /* an inactive endpoint */
+#define MR_DLV_DROP         2       /* a deleted endpoint */
 
 
 static int mr_store_wh_read(MDB_txn *txn, u_char *id, mr_wh_t *wh,
     ngx_pool_t *pool);
-static int mr_store_wh_put(MDB_txn *txn, mr_wh_t *wh);
-static int mr_store_dlv_put(MDB_txn *txn, mr_dlv_t *dlv);
+static int mr_store_wh_put(MDB_txn *txn, mr_wh_t *wh, int64_t count);
 static int mr_store_dlv_due(MDB_txn *txn, mr_dlv_t *dlv, int64_t due);
-typedef int (*mr_store_dlv_fn_pt)(MDB_txn *txn, mr_dlv_t *dlv, int64_t now);
-
-static int mr_store_wh_each(MDB_txn *txn, u_char *wh_id,
-    mr_store_dlv_fn_pt fn, int64_t now);
-static int mr_store_dlv_wake(MDB_txn *txn, mr_dlv_t *dlv, int64_t now);
-static int mr_store_dlv_drop(MDB_txn *txn, mr_dlv_t *dlv, int64_t now);
+static int mr_store_dlv_drop(MDB_txn *txn, mr_dlv_t *dlv);
+static int mr_store_dlv_end(MDB_txn *txn, mr_dlv_t *dlv, ngx_uint_t status);
 static int64_t mr_store_id_ms(u_char *p);
 static int mr_store_dlv_create(MDB_txn *txn, mr_store_op_t *op,
     u_char *org, u_char *event_id, u_char *wh_id, ngx_str_t *url,
@@ -58,19 +85,27 @@ static int mr_store_event_put(MDB_txn *txn, u_char *event_id, u_char *org,
     ngx_str_t *type, u_char *exec_id, ngx_str_t *data, int64_t now,
     ngx_pool_t *pool);
 static int mr_store_secret(MDB_txn *txn, u_char *org, u_char *secret);
-static int mr_store_wh_update(MDB_txn *txn, mr_store_op_t *op);
+static int mr_store_wh_update(MDB_txn *txn, mr_store_op_t *op,
+    ngx_int_t room);
 static int mr_store_wh_test(MDB_txn *txn, mr_store_op_t *op);
 static int mr_store_dlv_retry(MDB_txn *txn, mr_store_op_t *op);
 static int mr_store_dlv_claim(MDB_txn *txn, mr_store_op_t *op);
+static int mr_store_dlv_account(MDB_txn *txn, mr_store_op_t *op,
+    u_char *org, mr_dlv_visit_t *vt, ngx_uint_t *steps, ngx_pool_t *pool);
+static int mr_store_dlv_target_visit(MDB_txn *txn, mr_store_op_t *op,
+    mr_dlv_visit_t *vt, ngx_pool_t *pool);
+static ngx_uint_t mr_store_dlv_busy(mr_store_op_t *op, u_char *key,
+    size_t len);
 static int mr_store_dlv_claim_one(MDB_txn *txn, mr_store_op_t *op,
-    u_char *dlv_id, ngx_pool_t *pool, ngx_uint_t *claimed);
+    mr_dlv_visit_t *vt, u_char *key, ngx_pool_t *pool);
 static int mr_store_dlv_done(MDB_txn *txn, mr_store_op_t *op);
 static ngx_int_t mr_store_tid(u_char *dst, const char *prefix, int64_t ms);
 static int mr_store_dlv_after(MDB_txn *txn, u_char *exec_id, u_char *id);
 static ngx_int_t mr_store_wh_wants(mr_wh_t *wh, ngx_str_t *type);
 static int mr_store_seg_put(MDB_dbi dbi, MDB_txn *txn, u_char *key,
     size_t klen, void *rec, size_t rlen, uint32_t *seg_len, ngx_str_t *seg,
-    ngx_uint_t nseg);
+    ngx_uint_t nseg, u_char *org, size_t extra, ngx_uint_t which,
+    int64_t count);
 static int mr_store_seg_parse(u_char *data, size_t size, void *rec,
     size_t rlen, uint32_t *seg_len, ngx_str_t *seg, ngx_uint_t nseg,
     ngx_pool_t *pool);
@@ -83,14 +118,20 @@ void  (*mr_store_deliveries_hook)(void);
 
 static u_char  mr_zero[MR_EXEC_ID_LEN];
 
+/* the account a claim of this worker visited last */
+static u_char  mr_dlv_cursor[MR_ORG_ID_LEN];
+static ngx_uint_t  mr_dlv_cursor_set;
+
 
 int
 mr_store_wh_apply(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
 {
-    int       rc;
-    mr_wh_t   wh;
-    MDB_val   k, v;
-    u_char    okey[MR_ORG_ID_LEN + MR_WH_ID_LEN];
+    int         rc;
+    size_t      size;
+    mr_wh_t     wh;
+    MDB_val     k, v;
+    ngx_uint_t  i, ok;
+    u_char      okey[MR_ORG_ID_LEN + MR_WH_ID_LEN];
 
     switch (op->type) {
 
@@ -100,7 +141,19 @@ mr_store_wh_apply(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
             return 0;
         }
 
-        rc = mr_store_wh_put(txn, &op->wh.ep);
+        size = sizeof(mr_wh_rec_t) + MR_WH_ID_LEN + MR_USAGE_WH;
+
+        for (i = 0; i < MR_WH_SEG_N; i++) {
+            size += op->wh.ep.seg[i].len;
+        }
+
+        rc = mr_store_quota_check(txn, op, op->wh.ep.rec.org, (int64_t) size,
+                                  MR_LIMIT_ENDPOINTS, 1, &ok);
+        if (rc != 0 || !ok) {
+            return rc;
+        }
+
+        rc = mr_store_wh_put(txn, &op->wh.ep, 1);
         if (rc != 0) {
             return rc;
         }
@@ -110,9 +163,15 @@ mr_store_wh_apply(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
                               1);
 
     case MR_OP_WH_UPDATE:
-        return mr_store_wh_update(txn, op);
+        return mr_store_wh_update(txn, op, room);
 
     case MR_OP_WH_DELETE:
+
+        /*
+         * its pending deliveries are dropped as claims come by its queue
+         * (mr_store_dlv_target_visit()), its log by the retention
+         */
+
         rc = mr_store_wh_read(txn, op->wh.wh_id, &wh, NULL);
         if (rc == MDB_NOTFOUND
             || (rc == 0
@@ -129,7 +188,12 @@ mr_store_wh_apply(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
         k.mv_data = op->wh.wh_id;
         k.mv_size = MR_WH_ID_LEN;
 
-        rc = mdb_del(txn, mr_store.whep, &k, NULL);
+        rc = mr_store_counted_del(txn, mr_store.whep, &k, op->org,
+                                  MR_USAGE_WH);
+        if (rc == 0) {
+            rc = mr_store_usage(txn, op->org, 0, MR_LIMIT_ENDPOINTS, -1);
+        }
+
         if (rc != 0) {
             return rc;
         }
@@ -137,21 +201,10 @@ mr_store_wh_apply(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
         ngx_memcpy(okey, op->org, MR_ORG_ID_LEN);
         ngx_memcpy(okey + MR_ORG_ID_LEN, op->wh.wh_id, MR_WH_ID_LEN);
 
-        rc = mr_store_index(mr_store.orgwh, txn, okey, sizeof(okey),
-                            NULL, 0, 0);
-        if (rc != 0) {
-            return rc;
-        }
-
-        return mr_store_wh_each(txn, op->wh.wh_id, mr_store_dlv_drop, 0);
+        return mr_store_index(mr_store.orgwh, txn, okey, sizeof(okey),
+                              NULL, 0, 0);
 
     case MR_OP_WH_TEST:
-        /* a new event and its delivery: not in the reserve */
-        if (!room) {
-            op->result = MR_R_STORAGE_FULL;
-            return 0;
-        }
-
         return mr_store_wh_test(txn, op);
 
     case MR_OP_WH_SECRET:
@@ -167,6 +220,11 @@ mr_store_wh_apply(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
 
         if (rc != 0 && rc != MDB_NOTFOUND) {
             return rc;
+        }
+
+        if (!room) {
+            op->result = MR_R_STORAGE_FULL;
+            return 0;
         }
 
         v.mv_data = op->wh.secret;
@@ -420,13 +478,11 @@ mr_store_event_put(MDB_txn *txn, u_char *event_id, u_char *org,
     ngx_pool_t *pool)
 {
     u_char   *p;
-    MDB_val   k, v;
+    MDB_val   v;
     u_char    ts[MR_TIME_LEN];
 
     mr_time_format(ts, now);
 
-    k.mv_data = event_id;
-    k.mv_size = MR_EVT_ID_LEN;
     v.mv_size = MR_ORG_ID_LEN + data->len + type->len + 256;
 
     v.mv_data = ngx_pnalloc(pool, v.mv_size);
@@ -454,7 +510,9 @@ mr_store_event_put(MDB_txn *txn, u_char *event_id, u_char *org,
 
     v.mv_size = p - (u_char *) v.mv_data;
 
-    return mdb_put(txn, mr_store.event, &k, &v, 0);
+    return mr_store_seg_put(mr_store.event, txn, event_id, MR_EVT_ID_LEN,
+                            v.mv_data, v.mv_size, NULL, NULL, 0, org,
+                            MR_USAGE_EVENT, MR_LIMIT_BYTES, 0);
 }
 
 
@@ -535,11 +593,12 @@ mr_store_dlv_create(MDB_txn *txn, mr_store_op_t *op, u_char *org,
 
 
 static int
-mr_store_wh_update(MDB_txn *txn, mr_store_op_t *op)
+mr_store_wh_update(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
 {
     int         rc;
+    int64_t     grow;
     mr_wh_t     wh;
-    ngx_uint_t  i;
+    ngx_uint_t  i, ok;
 
     rc = mr_store_wh_read(txn, op->wh.wh_id, &wh, op->pool);
     if (rc == MDB_NOTFOUND
@@ -555,20 +614,35 @@ mr_store_wh_update(MDB_txn *txn, mr_store_op_t *op)
 
     /* the new values are in op->wh.ep: url, description, events, headers */
 
+    grow = 0;
+
     for (i = 0; i < 4; i++) {
         if (op->wh.patch & (1 << i)) {
+            grow += (int64_t) op->wh.ep.seg[i].len - (int64_t) wh.seg[i].len;
             wh.seg[i] = op->wh.ep.seg[i];
         }
     }
 
-    if (op->wh.patch & MR_WH_PATCH_ACTIVE) {
-        if (op->wh.ep.rec.active && !wh.rec.active) {
-            rc = mr_store_wh_each(txn, wh.rec.id, mr_store_dlv_wake,
-                                  op->now);
-            if (rc != 0) {
-                return rc;
-            }
+    if (grow > 0) {
+        /* more data: not in the reserve, not past the account's limit */
 
+        if (!room) {
+            op->result = MR_R_STORAGE_FULL;
+            return 0;
+        }
+
+        rc = mr_store_quota_check(txn, op, op->org, grow, MR_LIMIT_BYTES, 0,
+                                  &ok);
+        if (rc != 0 || !ok) {
+            return rc;
+        }
+    }
+
+    if (op->wh.patch & MR_WH_PATCH_ACTIVE) {
+
+        /* its deliveries waited in its queue: the claims take them now */
+
+        if (op->wh.ep.rec.active && !wh.rec.active) {
             op->emitted++;
         }
 
@@ -579,7 +653,7 @@ mr_store_wh_update(MDB_txn *txn, mr_store_op_t *op)
         wh.rec.active = op->wh.ep.rec.active ? 1 : 0;
     }
 
-    rc = mr_store_wh_put(txn, &wh);
+    rc = mr_store_wh_put(txn, &wh, 0);
     if (rc != 0) {
         return rc;
     }
@@ -593,11 +667,12 @@ mr_store_wh_update(MDB_txn *txn, mr_store_op_t *op)
 static int
 mr_store_wh_test(MDB_txn *txn, mr_store_op_t *op)
 {
-    int        rc;
-    u_char    *p;
-    mr_wh_t    wh;
-    ngx_str_t  type, data;
-    u_char     buf[sizeof("{\"endpoint_id\":\"\"}") + MR_WH_ID_LEN];
+    int         rc;
+    u_char     *p;
+    mr_wh_t     wh;
+    ngx_str_t   type, data;
+    ngx_uint_t  ok;
+    u_char      buf[sizeof("{\"endpoint_id\":\"\"}") + MR_WH_ID_LEN];
 
     rc = mr_store_wh_read(txn, op->wh.wh_id, &wh, NULL);
     if (rc == MDB_NOTFOUND
@@ -608,6 +683,15 @@ mr_store_wh_test(MDB_txn *txn, mr_store_op_t *op)
     }
 
     if (rc != 0) {
+        return rc;
+    }
+
+    /* an event and a delivery more for the account to keep */
+
+    rc = mr_store_quota_check(txn, op, op->org, MR_WH_TEST_SIZE
+                              + (int64_t) wh.seg[MR_WH_SEG_URL].len,
+                              MR_LIMIT_BYTES, 0, &ok);
+    if (rc != 0 || !ok) {
         return rc;
     }
 
@@ -672,6 +756,7 @@ static int
 mr_store_dlv_retry(MDB_txn *txn, mr_store_op_t *op)
 {
     int       rc;
+    mr_wh_t   wh;
     mr_dlv_t  dlv;
 
     rc = mr_store_dlv_read(txn, op->wh.dlv_id, &dlv, op->pool);
@@ -680,6 +765,18 @@ mr_store_dlv_retry(MDB_txn *txn, mr_store_op_t *op)
     {
         op->result = MR_R_NOT_FOUND;
         return 0;
+    }
+
+    if (rc == 0 && ngx_memcmp(dlv.rec.wh_id, mr_zero, MR_WH_ID_LEN) != 0) {
+
+        /* its endpoint was deleted: the delivery goes with it */
+
+        rc = mr_store_wh_read(txn, dlv.rec.wh_id, &wh, NULL);
+
+        if (rc == MDB_NOTFOUND) {
+            op->result = MR_R_NOT_FOUND;
+            return mr_store_dlv_drop(txn, &dlv);
+        }
     }
 
     if (rc != 0) {
@@ -712,108 +809,122 @@ mr_store_dlv_retry(MDB_txn *txn, mr_store_op_t *op)
 }
 
 
-/* claims due deliveries, each with a lease; op->wh.jobs gets them */
+/*
+ * Claims due deliveries, each with a lease; op->wh.jobs gets them.
+ *
+ * The accounts that have pending deliveries are visited in turn, from
+ * the one after the account this worker's last claim visited, and in
+ * each account up to MR_DLV_TARGETS of its targets from a random point.
+ * An account takes at most webhook_per_account attempts in flight (this
+ * worker's, counted from op->wh.busy, and those claimed now), a target
+ * at most op->wh.per_endpoint.  However many deliveries one account
+ * queues, and to however many targets, each claim comes by the others,
+ * and takes at most MR_DLV_STEPS steps in the index.
+ */
 
 static int
 mr_store_dlv_claim(MDB_txn *txn, mr_store_op_t *op)
 {
-    int          rc;
-    MDB_val      k, v;
-    ngx_pool_t  *pool;
-    ngx_uint_t   i, n, max, claimed, scanned, same;
-    MDB_cursor  *cur;
-    u_char     (*ids)[MR_DLV_ID_LEN];
-    u_char     (*whs)[MR_WH_ID_LEN];
+    int              rc;
+    MDB_val          k, v;
+    ngx_uint_t       steps, wrapped, first, resume;
+    ngx_pool_t      *pool;
+    MDB_cursor      *cur;
+    mr_dlv_visit_t  *vt;
+    u_char           org[MR_ORG_ID_LEN], start[MR_ORG_ID_LEN];
+    u_char           seek[MR_ORG_ID_LEN + 1];
 
     op->wh.jobs = NULL;
+    op->wh.claimed = 0;
 
-    max = op->wh.limit * MR_DLV_SCAN;
-    if (max == 0) {
+    if (op->wh.limit == 0) {
         return 0;
     }
 
-    pool = ngx_create_pool(4096, ngx_cycle->log);
+    pool = ngx_create_pool(8192, ngx_cycle->log);
     if (pool == NULL) {
         return ENOMEM;
     }
 
-    ids = ngx_palloc(pool, max * MR_DLV_ID_LEN);
-    whs = ngx_palloc(pool, max * MR_WH_ID_LEN);
-
-    if (ids == NULL || whs == NULL) {
+    vt = ngx_palloc(pool, sizeof(mr_dlv_visit_t));
+    if (vt == NULL) {
         ngx_destroy_pool(pool);
         return ENOMEM;
     }
 
-    rc = mdb_cursor_open(txn, mr_store.dlvdue, &cur);
-    if (rc != 0) {
-        ngx_destroy_pool(pool);
-        return rc;
-    }
+    ngx_memcpy(start, mr_dlv_cursor, MR_ORG_ID_LEN);
+    resume = mr_dlv_cursor_set;
+    first = !resume;
+    wrapped = first;
 
-    /*
-     * the index entries carry their endpoint: an endpoint at its cap is
-     * passed over without reading its deliveries, so that one slow
-     * endpoint's backlog does not hide the others' deliveries
-     */
+    /* just after the account visited last: its id and a byte above all */
 
-    n = 0;
-    scanned = 0;
+    ngx_memcpy(seek, start, MR_ORG_ID_LEN);
+    seek[MR_ORG_ID_LEN] = 0xff;
 
-    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
-         rc == 0 && n < max && scanned++ < MR_DLV_SCAN_MAX;
-         rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT))
-    {
-        if (k.mv_size != 8 + MR_DLV_ID_LEN) {
-            continue;
-        }
-
-        if ((int64_t) mr_be64_get(k.mv_data) > op->now) {
-            break;
-        }
-
-        if (v.mv_size == MR_WH_ID_LEN
-            && ngx_memcmp(v.mv_data, mr_zero, MR_WH_ID_LEN) != 0)
-        {
-            same = 0;
-
-            for (i = 0; i < op->wh.nbusy; i++) {
-                same += (ngx_memcmp(op->wh.busy + i * MR_WH_ID_LEN,
-                                    v.mv_data, MR_WH_ID_LEN) == 0);
-            }
-
-            for (i = 0; i < n; i++) {
-                same += (ngx_memcmp(whs[i], v.mv_data, MR_WH_ID_LEN) == 0);
-            }
-
-            if (same >= op->wh.per_endpoint) {
-                continue;
-            }
-
-            ngx_memcpy(whs[n], v.mv_data, MR_WH_ID_LEN);
-
-        } else {
-            ngx_memzero(whs[n], MR_WH_ID_LEN);
-        }
-
-        ngx_memcpy(ids[n++], (u_char *) k.mv_data + 8, MR_DLV_ID_LEN);
-    }
-
-    mdb_cursor_close(cur);
-
-    if (rc != 0 && rc != MDB_NOTFOUND) {
-        ngx_destroy_pool(pool);
-        return rc;
-    }
-
+    steps = 0;
     rc = 0;
-    claimed = 0;
 
-    for (i = 0; i < n && claimed < op->wh.limit; i++) {
-        rc = mr_store_dlv_claim_one(txn, op, ids[i], pool, &claimed);
+    while (steps < MR_DLV_STEPS && op->wh.claimed < op->wh.limit) {
+
+        rc = mdb_cursor_open(txn, mr_store.dlvq, &cur);
         if (rc != 0) {
             break;
         }
+
+        k.mv_data = seek;
+        k.mv_size = sizeof(seek);
+
+        rc = mdb_cursor_get(cur, &k, &v, first ? MDB_FIRST : MDB_SET_RANGE);
+        steps++;
+
+        if (rc == 0 && k.mv_size != MR_DLV_KEY_LEN) {
+            rc = MDB_CORRUPTED;
+        }
+
+        if (rc == 0) {
+            ngx_memcpy(org, k.mv_data, MR_ORG_ID_LEN);
+        }
+
+        mdb_cursor_close(cur);
+
+        if (rc == MDB_NOTFOUND) {
+            rc = 0;
+
+            if (wrapped) {
+                break;
+            }
+
+            /* from the first account up to where this claim started */
+            wrapped = 1;
+            first = 1;
+            continue;
+        }
+
+        if (rc != 0) {
+            break;
+        }
+
+        first = 0;
+
+        if (wrapped && resume && ngx_memcmp(org, start, MR_ORG_ID_LEN) > 0) {
+            break;                  /* every account was visited */
+        }
+
+        rc = mr_store_dlv_account(txn, op, org, vt, &steps, pool);
+        if (rc != 0) {
+            break;
+        }
+
+        ngx_memcpy(mr_dlv_cursor, org, MR_ORG_ID_LEN);
+        mr_dlv_cursor_set = 1;
+
+        if (wrapped && resume && ngx_memcmp(org, start, MR_ORG_ID_LEN) == 0) {
+            break;
+        }
+
+        ngx_memcpy(seek, org, MR_ORG_ID_LEN);
+        seek[MR_ORG_ID_LEN] = 0xff;
     }
 
     ngx_destroy_pool(pool);
@@ -831,86 +942,308 @@ mr_store_dlv_claim(MDB_txn *txn, mr_store_op_t *op)
 }
 
 
+/* an account's turn: its targets from a random point, then from the first */
+
 static int
-mr_store_dlv_claim_one(MDB_txn *txn, mr_store_op_t *op, u_char *dlv_id,
-    ngx_pool_t *pool, ngx_uint_t *claimed)
+mr_store_dlv_account(MDB_txn *txn, mr_store_op_t *op, u_char *org,
+    mr_dlv_visit_t *vt, ngx_uint_t *steps, ngx_pool_t *pool)
+{
+    int              rc;
+    int64_t          due;
+    MDB_val          k, v;
+    ngx_uint_t       n, wrapped, mode;
+    MDB_cursor      *cur;
+    u_char           rnd[12];
+    u_char           seek[MR_DLV_BUSY_LEN + 1];
+    u_char           start[MR_WH_TARGET_LEN];
+
+    if (mr_store_dlv_busy(op, org, MR_ORG_ID_LEN)
+        >= mr_store.mcf->webhook_per_account)
+    {
+        return 0;
+    }
+
+    if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
+        return ENOMEM;
+    }
+
+    /* a random target id to start from: "wh_" or "wu_" and 24 hex */
+
+    start[0] = 'w';
+    start[1] = (rnd[0] & 1) ? 'h' : 'u';
+    start[2] = '_';
+    mr_hex(start + 3, rnd, sizeof(rnd));
+
+    ngx_memcpy(seek, org, MR_ORG_ID_LEN);
+    ngx_memcpy(seek + MR_ORG_ID_LEN, start, MR_WH_TARGET_LEN);
+    k.mv_size = MR_DLV_BUSY_LEN;
+
+    wrapped = 0;
+
+    for (n = 0; n < MR_DLV_TARGETS && *steps < MR_DLV_STEPS; n++) {
+
+        if (op->wh.claimed >= op->wh.limit
+            || mr_store_dlv_busy(op, org, MR_ORG_ID_LEN)
+               >= mr_store.mcf->webhook_per_account)
+        {
+            break;
+        }
+
+        rc = mdb_cursor_open(txn, mr_store.dlvq, &cur);
+        if (rc != 0) {
+            return rc;
+        }
+
+        k.mv_data = seek;
+
+        rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+        (*steps)++;
+
+        if (rc == 0
+            && (k.mv_size != MR_DLV_KEY_LEN
+                || ngx_memcmp(k.mv_data, org, MR_ORG_ID_LEN) != 0))
+        {
+            rc = MDB_NOTFOUND;      /* past the account's targets */
+        }
+
+        if (rc == MDB_NOTFOUND) {
+            mdb_cursor_close(cur);
+
+            if (wrapped) {
+                break;
+            }
+
+            wrapped = 1;
+            k.mv_size = MR_ORG_ID_LEN;     /* its first target */
+            continue;
+        }
+
+        if (rc != 0) {
+            mdb_cursor_close(cur);
+            return rc;
+        }
+
+        if (wrapped
+            && ngx_memcmp((u_char *) k.mv_data + MR_ORG_ID_LEN, start,
+                          MR_WH_TARGET_LEN) >= 0)
+        {
+            mdb_cursor_close(cur);
+            break;                  /* back where the visit started */
+        }
+
+        ngx_memcpy(vt->busy, k.mv_data, MR_DLV_BUSY_LEN);
+
+        mdb_cursor_close(cur);
+
+        /* what the target is: an endpoint's state, or a webhook_url */
+
+        mode = MR_DLV_CLAIM;
+
+        if (ngx_strncmp(vt->busy + MR_ORG_ID_LEN, "wh_", 3) == 0) {
+            rc = mr_store_wh_read(txn, vt->busy + MR_ORG_ID_LEN, &vt->wh,
+                                  pool);
+            (*steps)++;
+
+            if (rc == MDB_NOTFOUND) {
+                mode = MR_DLV_DROP;
+
+            } else if (rc != 0) {
+                return rc;
+
+            } else if (!vt->wh.rec.active) {
+                mode = MR_DLV_PARKED;
+            }
+        }
+
+        vt->mode = mode;
+
+        /* its first entries: due ones, or any for a deleted endpoint */
+
+        rc = mdb_cursor_open(txn, mr_store.dlvq, &cur);
+        if (rc != 0) {
+            return rc;
+        }
+
+        k.mv_data = vt->busy;
+        k.mv_size = MR_DLV_BUSY_LEN;
+        vt->n = 0;
+
+        for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+             rc == 0 && vt->n < MR_DLV_TAKE && *steps < MR_DLV_STEPS;
+             rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT))
+        {
+            (*steps)++;
+
+            if (k.mv_size != MR_DLV_KEY_LEN
+                || ngx_memcmp(k.mv_data, vt->busy, MR_DLV_BUSY_LEN) != 0)
+            {
+                break;
+            }
+
+            due = (int64_t) mr_be64_get((u_char *) k.mv_data
+                                        + MR_DLV_BUSY_LEN);
+
+            if (due > op->now && mode != MR_DLV_DROP) {
+                break;
+            }
+
+            ngx_memcpy(vt->keys[vt->n++], k.mv_data, MR_DLV_KEY_LEN);
+        }
+
+        mdb_cursor_close(cur);
+
+        if (rc != 0 && rc != MDB_NOTFOUND) {
+            return rc;
+        }
+
+        rc = mr_store_dlv_target_visit(txn, op, vt, pool);
+        if (rc != 0) {
+            return rc;
+        }
+
+        /* the next target: just after this one's entries */
+
+        ngx_memcpy(seek, vt->busy, MR_DLV_BUSY_LEN);
+        seek[MR_DLV_BUSY_LEN] = 0xff;
+        k.mv_size = MR_DLV_BUSY_LEN + 1;
+    }
+
+    return 0;
+}
+
+
+/* the entries read from a target's queue: claimed, failed or dropped */
+
+static int
+mr_store_dlv_target_visit(MDB_txn *txn, mr_store_op_t *op,
+    mr_dlv_visit_t *vt, ngx_pool_t *pool)
+{
+    int         rc;
+    int64_t     max_age;
+    MDB_val     k;
+    mr_dlv_t    dlv;
+    ngx_uint_t  i;
+
+    max_age = (int64_t) mr_store.mcf->webhook_max_age * 1000;
+
+    for (i = 0; i < vt->n; i++) {
+
+        if (vt->mode == MR_DLV_CLAIM) {
+            if (op->wh.claimed >= op->wh.limit
+                || mr_store_dlv_busy(op, vt->busy, MR_DLV_BUSY_LEN)
+                   >= op->wh.per_endpoint
+                || mr_store_dlv_busy(op, vt->busy, MR_ORG_ID_LEN)
+                   >= mr_store.mcf->webhook_per_account)
+            {
+                break;
+            }
+
+            rc = mr_store_dlv_claim_one(txn, op, vt, vt->keys[i], pool);
+            if (rc != 0) {
+                return rc;
+            }
+
+            continue;
+        }
+
+        rc = mr_store_dlv_read(txn, vt->keys[i] + MR_DLV_BUSY_LEN + 8, &dlv,
+                               NULL);
+
+        if (rc == MDB_NOTFOUND
+            || (rc == 0
+                && (dlv.rec.status != MR_DLV_PENDING
+                    || dlv.rec.due_ms
+                       != (int64_t) mr_be64_get(vt->keys[i]
+                                                + MR_DLV_BUSY_LEN))))
+        {
+            /* a stale entry of the queue */
+            k.mv_data = vt->keys[i];
+            k.mv_size = MR_DLV_KEY_LEN;
+
+            rc = mdb_del(txn, mr_store.dlvq, &k, NULL);
+
+        } else if (rc == 0 && vt->mode == MR_DLV_DROP) {
+            rc = mr_store_dlv_drop(txn, &dlv);
+
+        } else if (rc == 0 && dlv.rec.created_ms + max_age <= op->now) {
+            /* parked past its max age: failed, purged by the retention */
+            rc = mr_store_dlv_end(txn, &dlv, MR_DLV_FAILED);
+        }
+
+        if (rc != 0 && rc != MDB_NOTFOUND) {
+            return rc;
+        }
+    }
+
+    return 0;
+}
+
+
+/* attempts in flight and claimed now whose busy key starts with key */
+
+static ngx_uint_t
+mr_store_dlv_busy(mr_store_op_t *op, u_char *key, size_t len)
+{
+    ngx_uint_t     i, n;
+    mr_dlv_job_t  *job;
+
+    n = 0;
+
+    for (i = 0; i < op->wh.nbusy; i++) {
+        n += (ngx_memcmp(op->wh.busy + i * MR_DLV_BUSY_LEN, key, len) == 0);
+    }
+
+    for (job = op->wh.jobs; job; job = job->next) {
+        n += (ngx_memcmp(job->busy, key, len) == 0);
+    }
+
+    return n;
+}
+
+
+/* one entry of a target's queue */
+
+static int
+mr_store_dlv_claim_one(MDB_txn *txn, mr_store_op_t *op, mr_dlv_visit_t *vt,
+    u_char *key, ngx_pool_t *pool)
 {
     int            rc;
     u_char        *p;
     size_t         size;
     MDB_val        k, v, ev;
-    mr_wh_t        wh;
     mr_dlv_t       dlv, other;
     ngx_str_t      url, secret, headers;
-    ngx_uint_t     i, same;
     MDB_cursor    *cur;
     mr_dlv_job_t  *job;
     u_char         sbuf[MR_WH_SECRET_LEN];
     u_char         ekey[MR_EXEC_ID_LEN + MR_DLV_ID_LEN];
 
-    rc = mr_store_dlv_read(txn, dlv_id, &dlv, pool);
-    if (rc == MDB_NOTFOUND) {
-        return 0;
+    rc = mr_store_dlv_read(txn, key + MR_DLV_BUSY_LEN + 8, &dlv, pool);
+
+    if (rc == MDB_NOTFOUND
+        || (rc == 0
+            && (dlv.rec.status != MR_DLV_PENDING
+                || dlv.rec.due_ms != (int64_t) mr_be64_get(key
+                                                     + MR_DLV_BUSY_LEN))))
+    {
+        /* a stale entry of the queue */
+        k.mv_data = key;
+        k.mv_size = MR_DLV_KEY_LEN;
+
+        rc = mdb_del(txn, mr_store.dlvq, &k, NULL);
+        return (rc == MDB_NOTFOUND) ? 0 : rc;
     }
 
     if (rc != 0) {
         return rc;
     }
 
-    if (dlv.rec.status != MR_DLV_PENDING) {
-        /* a stale entry of the due index */
-        return mr_store_dlv_due(txn, &dlv, 0);
-    }
-
     ngx_str_null(&headers);
 
     if (ngx_memcmp(dlv.rec.wh_id, mr_zero, MR_WH_ID_LEN) != 0) {
-
-        rc = mr_store_wh_read(txn, dlv.rec.wh_id, &wh, pool);
-
-        if (rc == MDB_NOTFOUND) {
-            dlv.rec.status = MR_DLV_FAILED;
-            dlv.rec.next_ms = 0;
-
-            rc = mr_store_dlv_due(txn, &dlv, 0);
-            return rc ? rc : mr_store_dlv_put(txn, &dlv);
-        }
-
-        if (rc != 0) {
-            return rc;
-        }
-
-        if (!wh.rec.active) {
-            /* parked out of the due index until the endpoint is enabled */
-            rc = mr_store_dlv_due(txn, &dlv, 0);
-            return rc ? rc : mr_store_dlv_put(txn, &dlv);
-        }
-
-        /* the endpoint's concurrency: in flight here, and claimed now */
-
-        same = 0;
-
-        for (i = 0; i < op->wh.nbusy; i++) {
-            if (ngx_memcmp(op->wh.busy + i * MR_WH_ID_LEN, wh.rec.id,
-                           MR_WH_ID_LEN) == 0)
-            {
-                same++;
-            }
-        }
-
-        for (job = op->wh.jobs; job; job = job->next) {
-            if (ngx_memcmp(job->wh_id, wh.rec.id, MR_WH_ID_LEN) == 0) {
-                same++;
-            }
-        }
-
-        if (same >= op->wh.per_endpoint) {
-            return 0;
-        }
-
-        url = wh.seg[MR_WH_SEG_URL];
-        secret = wh.seg[MR_WH_SEG_SECRET];
-        headers = wh.seg[MR_WH_SEG_HEADERS];
+        url = vt->wh.seg[MR_WH_SEG_URL];
+        secret = vt->wh.seg[MR_WH_SEG_SECRET];
+        headers = vt->wh.seg[MR_WH_SEG_HEADERS];
 
     } else {
         url = dlv.seg[MR_DLV_SEG_URL];
@@ -985,11 +1318,7 @@ mr_store_dlv_claim_one(MDB_txn *txn, mr_store_op_t *op, u_char *dlv_id,
 
     if (rc == MDB_NOTFOUND || (rc == 0 && ev.mv_size <= MR_ORG_ID_LEN)) {
         /* purged: nothing to send any more */
-        dlv.rec.status = MR_DLV_FAILED;
-        dlv.rec.next_ms = 0;
-
-        rc = mr_store_dlv_due(txn, &dlv, 0);
-        return rc ? rc : mr_store_dlv_put(txn, &dlv);
+        return mr_store_dlv_end(txn, &dlv, MR_DLV_FAILED);
     }
 
     if (rc != 0) {
@@ -1007,6 +1336,7 @@ mr_store_dlv_claim_one(MDB_txn *txn, mr_store_op_t *op, u_char *dlv_id,
     ngx_memcpy(job->dlv_id, dlv.rec.id, MR_DLV_ID_LEN);
     ngx_memcpy(job->wh_id, dlv.rec.wh_id, MR_WH_ID_LEN);
     ngx_memcpy(job->event_id, dlv.rec.event_id, MR_EVT_ID_LEN);
+    ngx_memcpy(job->busy, vt->busy, MR_DLV_BUSY_LEN);
 
     if (RAND_bytes((u_char *) &job->token, sizeof(uint64_t)) != 1) {
         ngx_free(job);
@@ -1046,7 +1376,7 @@ mr_store_dlv_claim_one(MDB_txn *txn, mr_store_op_t *op, u_char *dlv_id,
 
     job->next = op->wh.jobs;
     op->wh.jobs = job;
-    (*claimed)++;
+    op->wh.claimed++;
 
     return 0;
 }
@@ -1113,6 +1443,14 @@ mr_store_dlv_done(MDB_txn *txn, mr_store_op_t *op)
                                           op->wh.error.len)
                            : json_null());
 
+    /* the last MR_DLV_ATTEMPTS attempts are kept */
+
+    while (attempts && json_array_size(attempts) >= MR_DLV_ATTEMPTS) {
+        if (json_array_remove(attempts, 0) != 0) {
+            break;
+        }
+    }
+
     if (attempts == NULL || a == NULL
         || json_array_append_new(attempts, a) != 0
         || (dump = json_dumps(attempts, JSON_COMPACT)) == NULL)
@@ -1162,7 +1500,7 @@ mr_store_dlv_done(MDB_txn *txn, mr_store_op_t *op)
                 }
             }
 
-            rc = mr_store_wh_put(txn, &wh);
+            rc = mr_store_wh_put(txn, &wh, 0);
 
         } else if (rc == MDB_NOTFOUND) {
             rc = 0;
@@ -1209,20 +1547,19 @@ mr_store_dlv_done(MDB_txn *txn, mr_store_op_t *op)
 
 
 /*
- * The sweeper: finished deliveries and events older than the retention
- * (events also older than the deliveries' last possible attempt, which
- * may still need them: op->wh.max_age_ms), at most limit of each.
+ * The sweeper: finished deliveries older than the retention, at most
+ * limit of them.
  */
 
 int
-mr_store_wh_purge(MDB_txn *txn, mr_store_op_t *op, ngx_uint_t limit)
+mr_store_dlv_purge(MDB_txn *txn, mr_store_op_t *op, ngx_uint_t limit)
 {
     int          rc;
     MDB_val      k, v;
     mr_dlv_t     dlv;
     ngx_uint_t   i, n;
     MDB_cursor  *cur;
-    u_char       ids[MR_STORE_SWEEP_MAX][MR_EVT_ID_LEN];
+    u_char       ids[MR_STORE_SWEEP_MAX][MR_DLV_ID_LEN];
 
     if (op->retention_ms == 0) {
         return 0;
@@ -1274,36 +1611,44 @@ mr_store_wh_purge(MDB_txn *txn, mr_store_op_t *op, ngx_uint_t limit)
 
     for (i = 0; i < n; i++) {
         rc = mr_store_dlv_read(txn, ids[i], &dlv, NULL);
-        if (rc == MDB_NOTFOUND) {
-            continue;
-        }
-
-        if (rc == 0 && ngx_memcmp(dlv.rec.wh_id, mr_zero, MR_WH_ID_LEN) != 0) {
-            rc = mr_store_index(mr_store.whdlv, txn, dlv.rec.wh_id,
-                                MR_WH_ID_LEN, ids[i], MR_DLV_ID_LEN, 0);
-        }
-
-        if (rc == 0
-            && ngx_memcmp(dlv.rec.exec_id, mr_zero, MR_EXEC_ID_LEN) != 0)
-        {
-            rc = mr_store_index(mr_store.execdlv, txn, dlv.rec.exec_id,
-                                MR_EXEC_ID_LEN, ids[i], MR_DLV_ID_LEN, 0);
-        }
 
         if (rc == 0) {
-            k.mv_data = ids[i];
-            k.mv_size = MR_DLV_ID_LEN;
-            rc = mdb_del(txn, mr_store.dlv, &k, NULL);
+            rc = mr_store_dlv_drop(txn, &dlv);
         }
 
-        if (rc != 0) {
+        if (rc != 0 && rc != MDB_NOTFOUND) {
             return rc;
         }
 
         op->purged++;
     }
 
-    /* events: ids sort by creation time too */
+    return 0;
+}
+
+
+/*
+ * Events older than the retention and than the deliveries' last possible
+ * attempt, which may still need them (op->wh.max_age_ms), at most limit.
+ */
+
+int
+mr_store_event_purge(MDB_txn *txn, mr_store_op_t *op, ngx_uint_t limit)
+{
+    int          rc;
+    MDB_val      k, v;
+    ngx_uint_t   i, n;
+    MDB_cursor  *cur;
+    u_char       ids[MR_STORE_SWEEP_MAX][MR_EVT_ID_LEN];
+    u_char       orgs[MR_STORE_SWEEP_MAX][MR_ORG_ID_LEN];
+
+    if (op->retention_ms == 0) {
+        return 0;
+    }
+
+    limit = ngx_min(limit, MR_STORE_SWEEP_MAX);
+
+    /* events: ids sort by creation time */
 
     rc = mdb_cursor_open(txn, mr_store.event, &cur);
     if (rc != 0) {
@@ -1318,7 +1663,7 @@ mr_store_wh_purge(MDB_txn *txn, mr_store_op_t *op, ngx_uint_t limit)
     {
         int64_t  created;
 
-        if (k.mv_size != MR_EVT_ID_LEN) {
+        if (k.mv_size != MR_EVT_ID_LEN || v.mv_size < MR_ORG_ID_LEN) {
             continue;
         }
 
@@ -1330,6 +1675,7 @@ mr_store_wh_purge(MDB_txn *txn, mr_store_op_t *op, ngx_uint_t limit)
             break;
         }
 
+        ngx_memcpy(orgs[n], v.mv_data, MR_ORG_ID_LEN);
         ngx_memcpy(ids[n++], k.mv_data, MR_EVT_ID_LEN);
     }
 
@@ -1345,7 +1691,8 @@ mr_store_wh_purge(MDB_txn *txn, mr_store_op_t *op, ngx_uint_t limit)
         k.mv_data = ids[i];
         k.mv_size = MR_EVT_ID_LEN;
 
-        rc = mdb_del(txn, mr_store.event, &k, NULL);
+        rc = mr_store_counted_del(txn, mr_store.event, &k, orgs[i],
+                                  MR_USAGE_EVENT);
         if (rc != 0 && rc != MDB_NOTFOUND) {
             return rc;
         }
@@ -1370,104 +1717,10 @@ mr_store_id_ms(u_char *p)
 }
 
 
-/*
- * Calls fn for each delivery of an endpoint, in batches read before fn
- * changes anything (no cursor is kept across writes).
- */
+/* a delivery leaves the store, with its index entries */
 
 static int
-mr_store_wh_each(MDB_txn *txn, u_char *wh_id, mr_store_dlv_fn_pt fn,
-    int64_t now)
-{
-    int          rc;
-    MDB_val      k, v;
-    mr_dlv_t     dlv;
-    ngx_uint_t   i, n;
-    MDB_cursor  *cur;
-    u_char       key[MR_WH_ID_LEN + MR_DLV_ID_LEN];
-    u_char       ids[64][MR_DLV_ID_LEN];
-
-    ngx_memcpy(key, wh_id, MR_WH_ID_LEN);
-    ngx_memzero(key + MR_WH_ID_LEN, MR_DLV_ID_LEN);
-
-    do {
-        rc = mdb_cursor_open(txn, mr_store.whdlv, &cur);
-        if (rc != 0) {
-            return rc;
-        }
-
-        k.mv_data = key;
-        k.mv_size = sizeof(key);
-        n = 0;
-
-        for (rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
-             rc == 0 && n < 64;
-             rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT))
-        {
-            if (k.mv_size != sizeof(key)
-                || ngx_memcmp(k.mv_data, wh_id, MR_WH_ID_LEN) != 0)
-            {
-                break;
-            }
-
-            ngx_memcpy(ids[n++], (u_char *) k.mv_data + MR_WH_ID_LEN,
-                       MR_DLV_ID_LEN);
-        }
-
-        mdb_cursor_close(cur);
-
-        if (rc != 0 && rc != MDB_NOTFOUND) {
-            return rc;
-        }
-
-        for (i = 0; i < n; i++) {
-            rc = mr_store_dlv_read(txn, ids[i], &dlv, NULL);
-
-            if (rc == 0) {
-                rc = fn(txn, &dlv, now);
-            }
-
-            if (rc != 0 && rc != MDB_NOTFOUND) {
-                return rc;
-            }
-        }
-
-        /* the next batch: just after the last id seen */
-
-        if (n == 64) {
-            ngx_memcpy(key + MR_WH_ID_LEN, ids[63], MR_DLV_ID_LEN);
-            key[sizeof(key) - 1]++;
-        }
-
-    } while (n == 64);
-
-    return 0;
-}
-
-
-/* an enabled endpoint's parked deliveries are due again */
-
-static int
-mr_store_dlv_wake(MDB_txn *txn, mr_dlv_t *dlv, int64_t now)
-{
-    int  rc;
-
-    if (dlv->rec.status != MR_DLV_PENDING || dlv->rec.due_ms != 0) {
-        return 0;
-    }
-
-    dlv->rec.next_ms = now;
-
-    rc = mr_store_dlv_due(txn, dlv, now);
-
-    return rc ? rc : mr_store_dlv_put(txn, dlv);
-}
-
-
-/* a deleted endpoint's deliveries go with it */
-
-static int
-mr_store_dlv_drop(MDB_txn *txn, mr_dlv_t *dlv, int64_t now)
+mr_store_dlv_drop(MDB_txn *txn, mr_dlv_t *dlv)
 {
     int      rc;
     MDB_val  k;
@@ -1480,36 +1733,145 @@ mr_store_dlv_drop(MDB_txn *txn, mr_dlv_t *dlv, int64_t now)
                             MR_EXEC_ID_LEN, dlv->rec.id, MR_DLV_ID_LEN, 0);
     }
 
+    if (rc == 0 && ngx_memcmp(dlv->rec.wh_id, mr_zero, MR_WH_ID_LEN) != 0) {
+        rc = mr_store_index(mr_store.whdlv, txn, dlv->rec.wh_id,
+                            MR_WH_ID_LEN, dlv->rec.id, MR_DLV_ID_LEN, 0);
+    }
+
     if (rc == 0) {
         k.mv_data = dlv->rec.id;
         k.mv_size = MR_DLV_ID_LEN;
 
-        rc = mdb_del(txn, mr_store.dlv, &k, NULL);
-    }
-
-    if (rc == 0 || rc == MDB_NOTFOUND) {
-        rc = mr_store_index(mr_store.whdlv, txn, dlv->rec.wh_id,
-                            MR_WH_ID_LEN, dlv->rec.id, MR_DLV_ID_LEN, 0);
+        rc = mr_store_counted_del(txn, mr_store.dlv, &k, dlv->rec.org,
+                                  MR_USAGE_DLV);
     }
 
     return rc;
 }
 
 
-/* moves a delivery in the due index; due 0: out of it */
+/* a pending delivery ends without an attempt: out of its queue */
+
+static int
+mr_store_dlv_end(MDB_txn *txn, mr_dlv_t *dlv, ngx_uint_t status)
+{
+    int  rc;
+
+    dlv->rec.status = status;
+    dlv->rec.next_ms = 0;
+    dlv->rec.token = 0;
+
+    rc = mr_store_dlv_due(txn, dlv, 0);
+
+    return rc ? rc : mr_store_dlv_put(txn, dlv);
+}
+
+
+/*
+ * A delivery's target: its endpoint's id, or "wu_" + 24 hex of a hash of
+ * its webhook_url's scheme, host and port, lowercase.
+ */
+
+int
+mr_store_dlv_target(mr_dlv_t *dlv, u_char *target)
+{
+    u_char     *p, *last, *host, *end, *at;
+    size_t      n, len;
+    ngx_uint_t  i;
+    u_char      origin[512], hash[MR_SHA256_LEN];
+
+    if (ngx_memcmp(dlv->rec.wh_id, mr_zero, MR_WH_ID_LEN) != 0) {
+        ngx_memcpy(target, dlv->rec.wh_id, MR_WH_ID_LEN);
+        return 0;
+    }
+
+    p = dlv->seg[MR_DLV_SEG_URL].data;
+    last = p + dlv->seg[MR_DLV_SEG_URL].len;
+
+    host = ngx_strlcasestrn(p, last, (u_char *) "://", 3 - 1);
+    host = host ? host + 3 : p;
+
+    for (end = host; end < last; end++) {
+        if (*end == '/' || *end == '?' || *end == '#') {
+            break;
+        }
+    }
+
+    /* without the user info: user@host:port is host:port */
+
+    for (at = end; at > host; at--) {
+        if (at[-1] == '@') {
+            break;
+        }
+    }
+
+    n = ngx_min((size_t) (host - p), sizeof(origin) / 2);
+    len = ngx_min((size_t) (end - at), sizeof(origin) / 2);
+
+    ngx_memcpy(origin, p, n);
+    ngx_memcpy(origin + n, at, len);
+    len += n;
+
+    for (i = 0; i < len; i++) {
+        origin[i] = ngx_tolower(origin[i]);
+    }
+
+    mr_sha256(hash, origin, len);
+
+    ngx_memcpy(target, "wu_", 3);
+    mr_hex(target + 3, hash, (MR_WH_TARGET_LEN - 3) / 2);
+
+    return 0;
+}
+
+
+/* a delivery's key in the queues: org + target + be64 due + id */
+
+int
+mr_store_dlvq_key(mr_dlv_t *dlv, int64_t due, u_char *key)
+{
+    ngx_memcpy(key, dlv->rec.org, MR_ORG_ID_LEN);
+    mr_store_dlv_target(dlv, key + MR_ORG_ID_LEN);
+    mr_be64_put(key + MR_DLV_BUSY_LEN, (uint64_t) due);
+    ngx_memcpy(key + MR_DLV_BUSY_LEN + 8, dlv->rec.id, MR_DLV_ID_LEN);
+
+    return 0;
+}
+
+
+/* moves a delivery in its queue; due 0: out of it */
 
 static int
 mr_store_dlv_due(MDB_txn *txn, mr_dlv_t *dlv, int64_t due)
 {
-    MDB_val  v;
+    int      rc;
+    MDB_val  k, v;
+    u_char   key[MR_DLV_KEY_LEN];
 
-    /* the value: its endpoint, for the claim's per-endpoint cap */
+    k.mv_data = key;
+    k.mv_size = sizeof(key);
 
-    v.mv_data = dlv->rec.wh_id;
-    v.mv_size = MR_WH_ID_LEN;
+    if (dlv->rec.due_ms) {
+        mr_store_dlvq_key(dlv, dlv->rec.due_ms, key);
 
-    return mr_store_time_index(txn, mr_store.dlvdue, dlv->rec.id,
-                               MR_DLV_ID_LEN, &dlv->rec.due_ms, due, &v);
+        rc = mdb_del(txn, mr_store.dlvq, &k, NULL);
+        if (rc != 0 && rc != MDB_NOTFOUND) {
+            return rc;
+        }
+    }
+
+    dlv->rec.due_ms = due;
+
+    if (due == 0) {
+        return 0;
+    }
+
+    mr_store_dlvq_key(dlv, due, key);
+
+    v.mv_data = "";
+    v.mv_size = 0;
+
+    return mdb_put(txn, mr_store.dlvq, &k, &v, 0);
 }
 
 
@@ -1535,12 +1897,15 @@ mr_store_wh_read(MDB_txn *txn, u_char *id, mr_wh_t *wh, ngx_pool_t *pool)
 }
 
 
+/* count: 1 for a new endpoint */
+
 static int
-mr_store_wh_put(MDB_txn *txn, mr_wh_t *wh)
+mr_store_wh_put(MDB_txn *txn, mr_wh_t *wh, int64_t count)
 {
     return mr_store_seg_put(mr_store.whep, txn, wh->rec.id, MR_WH_ID_LEN,
                             &wh->rec, sizeof(mr_wh_rec_t), wh->rec.seg_len,
-                            wh->seg, MR_WH_SEG_N);
+                            wh->seg, MR_WH_SEG_N, wh->rec.org, MR_USAGE_WH,
+                            MR_LIMIT_ENDPOINTS, count);
 }
 
 
@@ -1564,22 +1929,41 @@ mr_store_dlv_read(MDB_txn *txn, u_char *id, mr_dlv_t *dlv, ngx_pool_t *pool)
 }
 
 
-static int
+/* a delivery's record; its segments point into data */
+
+int
+mr_store_dlv_parse(u_char *data, size_t size, mr_dlv_t *dlv)
+{
+    return mr_store_seg_parse(data, size, &dlv->rec, sizeof(mr_dlv_rec_t),
+                              dlv->rec.seg_len, dlv->seg, MR_DLV_SEG_N,
+                              NULL);
+}
+
+
+int
 mr_store_dlv_put(MDB_txn *txn, mr_dlv_t *dlv)
 {
     return mr_store_seg_put(mr_store.dlv, txn, dlv->rec.id, MR_DLV_ID_LEN,
                             &dlv->rec, sizeof(mr_dlv_rec_t),
-                            dlv->rec.seg_len, dlv->seg, MR_DLV_SEG_N);
+                            dlv->rec.seg_len, dlv->seg, MR_DLV_SEG_N,
+                            dlv->rec.org, MR_USAGE_DLV, MR_LIMIT_BYTES, 0);
 }
 
+
+/*
+ * A record and its segments, counted in its account's use: its bytes
+ * (key, value and extra for its index entries), and count more of which
+ */
 
 static int
 mr_store_seg_put(MDB_dbi dbi, MDB_txn *txn, u_char *key, size_t klen,
     void *rec, size_t rlen, uint32_t *seg_len, ngx_str_t *seg,
-    ngx_uint_t nseg)
+    ngx_uint_t nseg, u_char *org, size_t extra, ngx_uint_t which,
+    int64_t count)
 {
     int         rc;
     u_char     *p;
+    int64_t     bytes;
     MDB_val     k, v;
     ngx_uint_t  i;
 
@@ -1593,7 +1977,7 @@ mr_store_seg_put(MDB_dbi dbi, MDB_txn *txn, u_char *key, size_t klen,
     k.mv_data = key;
     k.mv_size = klen;
 
-    rc = mdb_put(txn, dbi, &k, &v, MDB_RESERVE);
+    rc = mr_store_counted_put(txn, dbi, &k, &v, extra, &bytes);
     if (rc != 0) {
         return rc;
     }
@@ -1604,7 +1988,7 @@ mr_store_seg_put(MDB_dbi dbi, MDB_txn *txn, u_char *key, size_t klen,
         p = mr_cpymem(p, seg[i].data, seg[i].len);
     }
 
-    return 0;
+    return mr_store_usage(txn, org, bytes, which, count);
 }
 
 

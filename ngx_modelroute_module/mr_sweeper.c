@@ -99,6 +99,12 @@ mr_sweeper_done(mr_store_op_t *op)
                       "it runs again in %M ms", mr_sweeper_mcf->sweep_interval);
         op->more = 0;
 
+    } else if (op->failed) {
+        ngx_log_error(NGX_LOG_WARN, mr_sweeper_ev.log, 0,
+                      "modelroute sweeper: %ui expired, %ui purged; %ui "
+                      "steps did not fit in the store and wait",
+                      op->expired, op->purged, op->failed);
+
     } else if (op->expired || op->purged) {
         ngx_log_error(NGX_LOG_INFO, mr_sweeper_ev.log, 0,
                       "modelroute sweeper: %ui expired, %ui purged",

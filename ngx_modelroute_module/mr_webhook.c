@@ -219,13 +219,13 @@ mr_webhook_claim(ngx_event_t *ev)
     op = &mr_wh_claim_op;
     ngx_memzero(op, sizeof(mr_store_op_t));
 
-    /* the endpoints of the attempts in flight, for their caps */
+    /* the accounts and targets of the attempts in flight, for their caps */
 
     busy = NULL;
     n = 0;
 
     if (mr_wh_active) {
-        busy = ngx_alloc(mr_wh_active * MR_WH_ID_LEN, ev->log);
+        busy = ngx_alloc(mr_wh_active * MR_DLV_BUSY_LEN, ev->log);
         if (busy == NULL) {
             ngx_add_timer(ev, MR_WH_POLL);
             return;
@@ -236,7 +236,8 @@ mr_webhook_claim(ngx_event_t *ev)
              q = ngx_queue_next(q))
         {
             s = ngx_queue_data(q, mr_wh_send_t, queue);
-            ngx_memcpy(busy + n * MR_WH_ID_LEN, s->job->wh_id, MR_WH_ID_LEN);
+            ngx_memcpy(busy + n * MR_DLV_BUSY_LEN, s->job->busy,
+                       MR_DLV_BUSY_LEN);
             n++;
         }
     }

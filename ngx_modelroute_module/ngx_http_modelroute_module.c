@@ -23,6 +23,7 @@
 #include "mr_route.h"
 #include "mr_dispatch.h"
 #include "mr_simulator.h"
+#include "mr_limits.h"
 
 
 #define MR_MAP_SIZE_MIN  (1024 * 1024)
@@ -134,8 +135,15 @@ static ngx_command_t  ngx_http_modelroute_commands[] = {
       NULL },
 
     { ngx_string("modelroute_webhook_concurrency"),
-      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE12,
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE123,
       ngx_http_modelroute_webhook_concurrency,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("modelroute_account_limits"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      mr_limits_directive,
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
       NULL },
@@ -341,6 +349,7 @@ ngx_http_modelroute_create_main_conf(ngx_conf_t *cf)
     mcf->webhook_max_age = NGX_CONF_UNSET;
     mcf->webhook_total = NGX_CONF_UNSET_UINT;
     mcf->webhook_per_endpoint = NGX_CONF_UNSET_UINT;
+    mcf->webhook_per_account = NGX_CONF_UNSET_UINT;
     mcf->webhook_allow_private = NGX_CONF_UNSET;
     mcf->webhook_resolver_timeout = NGX_CONF_UNSET_MSEC;
     mcf->dispatch_concurrency = NGX_CONF_UNSET_UINT;
@@ -372,6 +381,9 @@ ngx_http_modelroute_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_conf_init_value(mcf->webhook_max_age, 24 * 3600);
     ngx_conf_init_uint_value(mcf->webhook_total, 256);
     ngx_conf_init_uint_value(mcf->webhook_per_endpoint, 64);
+    ngx_conf_init_uint_value(mcf->webhook_per_account,
+                             mcf->webhook_per_endpoint);
+    mr_limits_init_conf(mcf);
     ngx_conf_init_value(mcf->webhook_allow_private, 0);
     ngx_conf_init_uint_value(mcf->dispatch_concurrency, 256);
 
@@ -611,7 +623,7 @@ ngx_http_modelroute_webhook_retry(ngx_conf_t *cf, ngx_command_t *cmd,
 }
 
 
-/* modelroute_webhook_concurrency total [per_endpoint]; */
+/* modelroute_webhook_concurrency total [per_target [per_account]]; */
 
 static char *
 ngx_http_modelroute_webhook_concurrency(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -636,7 +648,7 @@ ngx_http_modelroute_webhook_concurrency(ngx_conf_t *cf, ngx_command_t *cmd,
     mcf->webhook_total = n;
     mcf->webhook_per_endpoint = ngx_min(64, n);
 
-    if (cf->args->nelts == 3) {
+    if (cf->args->nelts >= 3) {
         n = ngx_atoi(value[2].data, value[2].len);
         if (n < 1 || (ngx_uint_t) n > mcf->webhook_total) {
             goto invalid;
@@ -645,13 +657,23 @@ ngx_http_modelroute_webhook_concurrency(ngx_conf_t *cf, ngx_command_t *cmd,
         mcf->webhook_per_endpoint = n;
     }
 
+    if (cf->args->nelts == 4) {
+        n = ngx_atoi(value[3].data, value[3].len);
+        if (n < 1 || (ngx_uint_t) n > mcf->webhook_total) {
+            goto invalid;
+        }
+
+        mcf->webhook_per_account = n;
+    }
+
     return NGX_CONF_OK;
 
 invalid:
 
     ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                        "\"modelroute_webhook_concurrency\": invalid value "
-                       "\"%V\" (1 to 4096; per endpoint at most the total)",
+                       "\"%V\" (1 to 4096; per target and per account "
+                       "at most the total)",
                        &value[cf->args->nelts - 1]);
     return NGX_CONF_ERROR;
 }
@@ -842,7 +864,11 @@ ngx_http_modelroute_model(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             continue;
 
         } else {
-            rc = mr_route_model_param(cf, m, &name, &arg);
+            rc = mr_limits_model_param(cf, m, &name, &arg);
+
+            if (rc == NGX_DECLINED) {
+                rc = mr_route_model_param(cf, m, &name, &arg);
+            }
 
             if (rc == NGX_DECLINED) {
                 goto bad_param;

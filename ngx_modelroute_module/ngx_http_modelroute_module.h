@@ -57,6 +57,7 @@ typedef struct {
     int64_t                   max_tokens;
     ngx_msec_t                timeout;
     ngx_uint_t                attempts;        /* at most, over routes */
+    size_t                    max_input;       /* 0: the default */
     ngx_array_t               routes;          /* mr_model_route_t */
 } mr_model_t;
 
@@ -76,6 +77,9 @@ typedef struct {
     time_t                    webhook_max_age;
     ngx_uint_t                webhook_total;
     ngx_uint_t                webhook_per_endpoint;
+    ngx_uint_t                webhook_per_account;
+    int64_t                   account_limits[4]; /* mr_limits.c */
+    ngx_uint_t                account_limits_set;
     ngx_flag_t                webhook_allow_private;
     ngx_resolver_t           *webhook_resolver;
     ngx_msec_t                webhook_resolver_timeout;

@@ -12,7 +12,9 @@ sub http_with_map {
     my ($size) = @_;
     my $http = MR::Test::default_http();
     $http =~ s/client_max_body_size 64k;/client_max_body_size 256k;/;
-    return "modelroute_store_map_size $size;\n$http";
+    # one account fills the store: its own limit is not what is tested
+    return "modelroute_store_map_size $size;\n"
+        . "modelroute_account_limits bytes=1g;\n$http";
 }
 
 # The smallest map size the module accepts.

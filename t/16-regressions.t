@@ -25,6 +25,7 @@ $http =~ s{location /admin/ \{ modelroute_admin; \}}
     location /slow/ { modelroute_api; limit_rate 100; deny all; }};
 
 my $t = MR::Test->new(http => "modelroute_store_map_size 2m;\n"
+    . "modelroute_account_limits bytes=1g;\n"
     . "modelroute_retention 1s;\nmodelroute_sweep_interval 200ms;\n$http");
 $t->start;
 

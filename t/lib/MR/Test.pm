@@ -850,8 +850,9 @@ sub list_all {
         my $r = $self->req(GET => "/v1/executions?$q", auth($key));
         my $j = expect_status($r, 200, 'list');
         push @all, @{ $j->{data} };
-        last unless $j->{has_more} && @{ $j->{data} };
-        $after = $j->{data}[-1]{id};
+        last unless $j->{has_more};
+        # a filtered page may stop early: it says where to go on
+        $after = $j->{next_starting_after} // $j->{data}[-1]{id} // last;
     }
     return @all;
 }
