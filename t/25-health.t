@@ -19,7 +19,9 @@ sub http_with {
     $h =~ s/client_max_body_size 64k;/client_max_body_size 256k;/;
     $h =~ s{(location /admin/ \{ modelroute_admin; \})}
            {$1\n    location = /healthz { modelroute_health; }};
-    return "modelroute_store_map_size $map;\n$h";
+    # one account fills the store: no account limit of its own in the way
+    return "modelroute_store_map_size $map;\n"
+        . "modelroute_account_limits bytes=1g;\n$h";
 }
 
 my $t = MR::Test->new(http => http_with('64m'));

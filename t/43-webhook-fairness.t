@@ -140,10 +140,12 @@ for my $i (0 .. $#ev) {
     is($d->{status}, 'succeeded', "the other account's test $i succeeded");
 }
 
-$t->stop;
-$t->check_log;
+# the black holes go first: a graceful stop waits for the attempts in
+# flight (up to modelroute_webhook_timeout), and their connections close
 kill 'TERM', map { $_->{pid} } @holes;
 waitpid($_->{pid}, 0) for @holes;
+$t->stop;
+$t->check_log;
 unlink map { $_->{file} } @holes;
 $rc->stop;
 done_testing();
