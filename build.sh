@@ -85,6 +85,8 @@ case "$cmd" in
     build) install_deps; build ;;
     run)   install_deps; build; run_demo ;;
     test)  install_deps; build
+           # no module, no tests: a failure, never a green run of skips
+           [ -f "$module" ] || { echo "build.sh: no $module" >&2; exit 1; }
            cd "$top" && MR_MODULE="$module" prove -r t ;;
     bench) install_deps; build
            rc=0
