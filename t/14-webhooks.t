@@ -504,8 +504,8 @@ is_error($t->req(POST => '/v1/webhooks/deliveries/dlv_0000000000000000/retry',
 # newest first, limit
 $r = $t->req(POST => "/v1/webhooks/endpoints/$all_id/test", \%A);
 my $t2 = $r->{json} // {};
-$rc->wait_requests(1, path => '/all',
-    where => by_event(id => $t2->{event_id} // '-'));
+ok($rc->wait_requests(1, path => '/all',
+    where => by_event(id => $t2->{event_id} // '-')), 'a second test event');
 my $list = wh_deliveries($t, $key, $all_id) // [];
 is_deeply([map { $_->{id} } @$list],
     [$t2->{delivery_id}, $t1->{delivery_id}], 'deliveries: newest first');

@@ -126,8 +126,9 @@ sub all_signed {
     $rc->set('/restart', status => 503);
     my $ev = send_test($t, $key, $id);
     ok($rc->wait_requests(1, path => '/restart'), 'restart: a failed attempt');
-    wait_delivery($t, $key, $id, $ev->{delivery_id} // '-',
-        sub { @{ $_[0]{attempts} } >= 1 }, 10);
+    ok(!wait_delivery($t, $key, $id, $ev->{delivery_id} // '-',
+        sub { @{ $_[0]{attempts} } >= 1 }, 10)->{timed_out},
+        'restart: the failed attempt is recorded');
     $t->stop;
     $rc->set('/restart');
     $t->start;

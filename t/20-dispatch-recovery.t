@@ -410,7 +410,8 @@ sub ledger_ok {
     my $acc = $t->new_account(credit => '1.00');
     $rc->set('/slow', json => $CHAT);
     my $id = create($acc, 'm-slow', input => { prompt => 'sock' });
-    wait_status($acc->{key}, $id, 'COMPLETED', 10);
+    is(wait_status($acc->{key}, $id, 'COMPLETED', 10)->{status}, 'COMPLETED',
+        'socket: an execution completed');
     my $n = $rc->count(path => '/slow');
     my $line = "$id " . ('0' x 15) . "1 3000\n";
 
