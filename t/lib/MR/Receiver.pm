@@ -40,7 +40,10 @@ package MR::Receiver;
 # the body is JSON.
 #
 # Helpers for the tests: signature_problems($req, $secret) checks both
-# signatures of a delivery; wh_* speak the webhook API through MR::Test.
+# signatures of a delivery, resign_problems(@reqs) that the attempts of
+# one event were each signed at their own time; wh_* speak the webhook API
+# through MR::Test; wh_sync($t, $rc) returns once the sender has claimed
+# after the call (what was due before and has not arrived was not sent).
 
 use strict;
 use warnings;
