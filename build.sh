@@ -191,6 +191,8 @@ case "$cmd" in
            cd "$top" && MR_DEB="$deb_file" prove -v xt/package.t ;;
     run)   install_deps; build; run_demo ;;
     test)  install_deps; install_node_deps; build
+           # no module, no tests: a failure, never a green run of skips
+           [ -f "$module" ] || { echo "build.sh: no $module" >&2; exit 1; }
            cd "$top" && MR_MODULE="$module" prove -r t ;;
     build-sanitize)
            install_deps "${san_deps[@]}"
@@ -198,6 +200,8 @@ case "$cmd" in
     test-sanitize)
            install_deps "${san_deps[@]}"; install_node_deps
            build "$san_out" "$san_flags" "$san_flags"
+           [ -f "$san_module" ] || {
+               echo "build.sh: no $san_module" >&2; exit 1; }
            # nginx is not built with ASan: the harness preloads its runtime
            asan=$(gcc -print-file-name=libasan.so)
            if [ ! -f "$asan" ]; then

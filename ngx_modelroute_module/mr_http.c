@@ -160,6 +160,16 @@ mr_http_header_filter(ngx_http_request_t *r)
         return NGX_ERROR;
     }
 
+    /* a retryable refusal (limit_req's 429 or 503) says when to retry */
+
+    if (code == MR_E_RATE_LIMITED || code == MR_E_SERVICE_UNAVAILABLE) {
+        ngx_str_t  ra = ngx_string("1");
+
+        if (mr_http_header(r, "Retry-After", &ra) != NGX_OK) {
+            return NGX_ERROR;
+        }
+    }
+
     r->headers_out.content_type = mr_json_type;
     r->headers_out.content_type_len = mr_json_type.len;
     r->headers_out.content_type_lowcase = NULL;

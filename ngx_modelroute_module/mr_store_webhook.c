@@ -260,7 +260,7 @@ mr_store_emit(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
     ngx_str_t    data, type, url;
     ngx_pool_t  *pool;
     MDB_cursor  *cur;
-    ngx_uint_t   i, n;
+    ngx_uint_t   i, n, made;
     u_char       event_id[MR_EVT_ID_LEN];
     u_char       start[MR_ORG_ID_LEN + MR_WH_ID_LEN];
     u_char       ids[64][MR_WH_ID_LEN];
@@ -328,6 +328,7 @@ mr_store_emit(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
 
     ngx_memcpy(start, exec->rec.org, MR_ORG_ID_LEN);
     ngx_memzero(start + MR_ORG_ID_LEN, MR_WH_ID_LEN);
+    made = 0;
 
     do {
         rc = mdb_cursor_open(txn, mr_store.orgwh, &cur);
@@ -379,6 +380,8 @@ mr_store_emit(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
             if (rc != 0) {
                 goto done;
             }
+
+            made++;
         }
 
         /* the next batch: just after the last id seen */
@@ -409,6 +412,16 @@ mr_store_emit(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
 
         rc = mr_store_dlv_create(txn, op, exec->rec.org, event_id, NULL, &url,
                                  exec->id, &type, op->now);
+        made++;
+    }
+
+    /* endpoints there are, but none wants it: the event goes too */
+
+    if (rc == 0 && made == 0) {
+        k.mv_data = event_id;
+        k.mv_size = MR_EVT_ID_LEN;
+
+        rc = mdb_del(txn, mr_store.event, &k, NULL);
     }
 
 done:

@@ -77,7 +77,7 @@ is_error($t->get_exec($key, 'exec_' . random_hex(44)), 404, 'NOT_FOUND',
 
 # ---- result of a PENDING execution
 is_error($t->req(GET => "/v1/executions/$id/result", auth($key)), 409,
-    undef, 'result of a PENDING execution: 409');
+    'EXECUTION_NOT_COMPLETED', 'result of a PENDING execution: 409');
 
 # ---- webhook_url is stored and shown
 my $wh = $t->create_exec($key, $t->exec_body(
@@ -136,7 +136,7 @@ is($again->{json}{status}, 'CANCELLED', 'cancel again: CANCELLED');
 is_deeply($again->{json}, $can->{json}, 'cancel again: object unchanged');
 money_is($t->balance($c->{key})->{held}, '0', 'cancel again: held still 0');
 is_error($t->req(GET => "/v1/executions/$ce->{id}/result", auth($c->{key})),
-    409, undef, 'result of a CANCELLED execution: 409');
+    409, 'EXECUTION_NOT_COMPLETED', 'result of a CANCELLED execution: 409');
 my $v = $t->verify($c->{org});
 ok($v->{ok}, 'verify ok after cancel');
 is($v->{executions}, 1, 'verify: 1 execution');
@@ -191,7 +191,8 @@ is($l100->{status}, 200, 'limit=100: 200');
 my $l1 = $t->req(GET => '/v1/executions?limit=1', auth($lk));
 is(scalar @{ $l1->{json}{data} }, 1, 'limit=1: one item');
 
-$t->req(POST => "/v1/executions/$ids[1]/cancel", auth($lk));
+is($t->req(POST => "/v1/executions/$ids[1]/cancel", auth($lk))->{status},
+    200, 'one of them cancelled');
 my $byst = $t->req(GET => '/v1/executions?status=CANCELLED', auth($lk));
 is_deeply([map { $_->{id} } @{ $byst->{json}{data} }], [$ids[1]],
     'status=CANCELLED filter');

@@ -150,17 +150,19 @@ bad_body({ %ok, model => 'demo-video', input => { duration => 'x' } },
 bad_body({ %ok, model => 'demo-tokens', input => { max_tokens => 'x' } },
     'input.max_tokens a string', 'input.max_tokens');
 
-# ---- numbers too large to price: refused, never accepted or a 500
-for my $c (['demo-image', { n => 10**15 }], ['demo-image', { n => 2**62 }],
+# ---- numbers beyond the limits of the estimate (README: input.n 1-128,
+# input.duration up to 86400 s, input.max_tokens up to 10,000,000): a 400
+# naming the field, before any balance check, never a wrapped price
+for my $c (['demo-image', { n => 129 }], ['demo-image', { n => 10**15 }],
+    ['demo-image', { n => 2**62 }], ['demo-video', { duration => 86401 }],
     ['demo-video', { duration => 10**15 }],
+    ['demo-tokens', { max_tokens => 10_000_001 }],
     ['demo-tokens', { max_tokens => 2**62 }]) {
     my ($model, $input) = @$c;
-    my $r = $t->create_exec($key, { model => $model, input => $input,
-        idempotency_key => $t->fresh_key });
     my ($f) = keys %$input;
-    ok($r->{status} == 400 || $r->{status} == 402,
-        "$model $f=$input->{$f}: 400 or 402") or diag $r->{body};
-    nothing_stored("$model $f=$input->{$f}");
+    bad_body({ model => $model, input => $input,
+        idempotency_key => $t->fresh_key }, "$model $f=$input->{$f}",
+        "input.$f");
 }
 bad_body({ %ok, timeout_seconds => 2**62 }, 'huge timeout_seconds',
     'timeout_seconds');
@@ -261,6 +263,8 @@ accepted({ model => 'demo-image', input => { prompt => 'a' } },
     'demo-image, n defaults to 1', estimate => '0.02', hold => '0.024');
 accepted({ model => 'demo-image', input => { prompt => 'a', n => 3 } },
     'demo-image n=3', estimate => '0.06', hold => '0.072');
+accepted({ model => 'demo-image', input => { prompt => 'a', n => 128 } },
+    'demo-image n=128 (the largest)', estimate => '2.56', hold => '3.072');
 accepted({ model => 'demo-video', input => { prompt => 'a' } },
     'demo-video, duration defaults to 1', estimate => '0.05', hold => '0.06');
 accepted({ model => 'demo-video', input => { duration => 10 } },

@@ -10,19 +10,13 @@ use MR::Test qw(:all);
 my $t = MR::Test->new;
 $t->start;
 
-# details of a 402: {required, available} as an object, or as entries of
-# an array.
+# details of a 402: the entry for the field "balance" (code
+# INSUFFICIENT_BALANCE) carries "required" and "available".
 sub detail_money {
     my ($res, $name) = @_;
-    my $d = eval { $res->{json}{error}{details} };
-    return $d->{$name} if ref $d eq 'HASH';
-    return unless ref $d eq 'ARRAY';
-    for my $e (grep { ref $_ eq 'HASH' } @$d) {
-        return $e->{$name} if defined $e->{$name};
-        return $e->{value} // $e->{amount} // $e->{message}
-            if ($e->{field} // '') eq $name;
-    }
-    return;
+    my $e = detail_for($res, 'balance') or return;
+    return unless ($e->{code} // '') eq 'INSUFFICIENT_BALANCE';
+    return $e->{$name};
 }
 
 # ---- 402, nothing stored

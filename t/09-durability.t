@@ -16,9 +16,10 @@ $t->start;
 my $acc = $t->new_account(credit => '10.00');
 my ($ek, $ekid) = $t->admin_create_key($acc->{org}, 'execution');
 my ($rk, $rkid) = $t->admin_create_key($acc->{org}, 'full');
-$t->admin(POST => "/keys/$rkid/revoke");
-$t->admin(POST => "/accounts/$acc->{org}/credit",
-    { amount => '1.50', reference => 'ref-dur' });
+is($t->admin(POST => "/keys/$rkid/revoke")->{status}, 200, 'a key revoked');
+is($t->admin(POST => "/accounts/$acc->{org}/credit",
+    { amount => '1.50', reference => 'ref-dur' })->{status}, 200,
+    'a credit with a reference');
 my $oth = $t->new_account(credit => '3.00');
 
 my %body;
@@ -29,7 +30,8 @@ for my $i (1 .. 5) {
     push @ids, $r->{json}{id};
     $body{ $r->{json}{id} } = $b;
 }
-$t->req(POST => "/v1/executions/$ids[2]/cancel", auth($acc->{key}));
+is($t->req(POST => "/v1/executions/$ids[2]/cancel", auth($acc->{key}))
+    ->{status}, 200, 'one of them cancelled');
 my $oid = $t->create_exec($oth->{key}, $t->exec_body)->{json}{id};
 
 my %before = map { $_ => $t->get_exec($acc->{key}, $_)->{json} } @ids;
@@ -65,7 +67,8 @@ ok($t->verify($acc->{org})->{ok}, 'after restart: verify ok');
 ok($t->verify($oth->{org})->{ok}, 'after restart: verify ok (other)');
 
 # A storm of creates: $clients clients, each creating until $during has
-# returned (at most 300 each) and recording every answer.
+# returned (at most 300 each) and recording every answer: [status, the id
+# (or the body), the request body].
 sub storm {
     my ($acct, $tag, $clients, $during) = @_;
     my $stop = File::Temp::tempdir('mr-stop-XXXXXX', TMPDIR => 1,
@@ -75,11 +78,11 @@ sub storm {
         my @out;
         for my $j (1 .. 300) {
             last if -e $stop;
-            my $r = $t->create_exec($acct->{key}, { model => 'demo-chat',
-                input => { i => $i, j => $j },
-                idempotency_key => "$tag-$i-$j" });
+            my $b = { model => 'demo-chat', input => { i => $i, j => $j },
+                idempotency_key => "$tag-$i-$j" };
+            my $r = $t->create_exec($acct->{key}, $b);
             push @out, [$r->{status}, $r->{status} == 202
-                ? $r->{json}{id} : substr($r->{body}, 0, 200)];
+                ? $r->{json}{id} : substr($r->{body}, 0, 200), $b];
         }
         return \@out;
     }, during => sub {
@@ -104,7 +107,6 @@ sub holds_above {
 }
 
 # ---- kill -9 of a worker during a storm
-$t->expect_log(qr/exited on signal 9/);
 my $k = $t->new_account(credit => '1000.00');
 my @killed;
 my @answers = storm($k, 'kill', 20, sub {
@@ -113,11 +115,12 @@ my @answers = storm($k, 'kill', 20, sub {
     holds_above($k, 20) or die "no execution was created\n";
     my @orig = $t->worker_pids;
     for my $victim (@orig) {
-        kill 'KILL', $victim;
-        push @killed, $victim;
-        wait_for(sub { $t->worker_pids == 2 }, 20);
+        push @killed, $t->kill_workers('KILL', $victim);
+        wait_for(sub { $t->worker_pids == 2 }, 20)
+            or die "the master did not replace worker $victim\n";
         my $n = MR::Test::micros($t->balance($k->{key})->{held}) / 48_000;
-        holds_above($k, $n + 50);
+        holds_above($k, $n + 50)
+            or die "no creates after worker $victim was killed\n";
     }
 });
 is(scalar @killed, 2, "workers @killed killed during the storm");
@@ -130,8 +133,20 @@ is(scalar @other, 0, 'no answer other than 202 or a dropped connection')
 my @lost = grep { $t->get_exec($k->{key}, $_->[1])->{status} != 200 } @ok;
 is(scalar @lost, 0, 'every execution answered 202 exists')
     or diag explain [map { $_->[1] } @lost];
+# a client whose connection dropped sends the same request again: 202,
+# whether the first one was stored (a replay) or not (a new execution)
+my @dropped = grep { $_->[0] == 599 } @answers;
+my @again = map { [ $_, $t->create_exec($k->{key}, $_->[2]) ] } @dropped;
+my @bad_again = grep { $_->[1]{status} != 202 } @again;
+is(scalar @bad_again, 0, scalar(@dropped) . ' dropped creates sent again: '
+    . 'each 202') or diag explain [ map { "$_->[1]{status} $_->[1]{body}" }
+        @bad_again[0 .. ($#bad_again < 4 ? $#bad_again : 4)] ];
+push @ok, map { [ 202, $_->[1]{json}{id} ] } @again;
 my %listed = map { $_->{id} => 1 } $t->list_all($k->{key});
 ok(!grep({ !$listed{ $_->[1] } } @ok), 'every answered execution is listed');
+my %okid = map { $_->[1] => 1 } @ok;
+is(scalar(grep { !$okid{$_} } keys %listed), 0,
+    'every stored execution was answered (first or on the second try)');
 my $kv = $t->verify($k->{org});
 ok($kv->{ok}, 'verify ok after the kill') or diag explain $kv;
 is(MR::Test::micros($kv->{held}), 48_000 * keys %listed,
@@ -150,7 +165,7 @@ my @rl = storm($h, 'hup', 10, sub {
         $reloads++;
     }
     my $n = MR::Test::micros($t->balance($h->{key})->{held}) / 48_000;
-    holds_above($h, $n + 50);
+    holds_above($h, $n + 50) or die "no creates after the reloads\n";
 });
 is($reloads, 2, 'two reloads during the storm');
 ok(@rl > 100, scalar(@rl) . ' answers in the reload storm');
@@ -182,6 +197,10 @@ my @qa = storm($q, 'quit', 10, sub {
 });
 $t->start;
 my %qids = map { $_->[1] => 1 } grep { $_->[0] == 202 } @qa;
+my @qother = grep { $_->[0] != 202 && $_->[0] != 599 } @qa;
+is(scalar @qother, 0, 'stop: every answer a 202 or a refused connection')
+    or diag explain [ map { "$_->[0] $_->[1]" }
+        @qother[0 .. ($#qother < 4 ? $#qother : 4)] ];
 my @qstored = $t->list_all($q->{key});
 ok(keys %qids > 0, scalar(keys %qids) . ' creates answered before the stop');
 my @qlost = grep { $t->get_exec($q->{key}, $_)->{status} != 200 } keys %qids;
@@ -211,8 +230,9 @@ my $x = $t->new_account(credit => '10.00');
 my @xids = map { $t->create_exec($x->{key}, $t->exec_body)->{json}{id} }
     1 .. 20;
 is(scalar(grep { defined } @xids), 20, 'relaxed: 20 creates');
-kill 'KILL', $t->worker_pids;
-ok(wait_for(sub { $t->worker_pids == 2 }, 20), 'relaxed: workers replaced');
+my %xold = map { $_ => 1 } $t->kill_workers('KILL');
+ok(wait_for(sub { my @w = $t->worker_pids;
+    @w == 2 && !grep { $xold{$_} } @w }, 20), 'relaxed: workers replaced');
 is(scalar(grep { $t->get_exec($x->{key}, $_)->{status} == 200 } @xids), 20,
     'relaxed: all there after SIGKILL of every worker');
 $t->restart;

@@ -55,7 +55,8 @@ unless (ok($full, 'the store filled up')) {
     exit;
 }
 my $e = is_error($full, 507, 'STORAGE_FULL', 'full store: 507 STORAGE_FULL');
-ok($e && $e->{retryable}, 'STORAGE_FULL is retryable');
+ok($e && JSON::PP::is_bool($e->{retryable}) && $e->{retryable},
+    'STORAGE_FULL is retryable');
 
 my $held = MR::Test::micros($t->balance($key)->{held});
 is($held, 48_000 * @ids, 'held = accepted holds only');

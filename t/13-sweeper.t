@@ -1,32 +1,35 @@
 # The sweeper: a storm of deadlines, idempotency keys freed from the store,
 # retention, all while the API keeps answering.
+#
+# 10,000 executions are past their deadline at once: they are created
+# with a sweep interval of an hour (so that none expires while the others
+# are being created, however long that takes), then a reload brings a
+# sweep interval of 200 ms.
 use strict;
 use warnings;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
-use POSIX qw(ceil);
 use Time::HiRes qw(time);
 use MR::Test qw(:all);
 
-my $t = MR::Test->new(extra_http => "modelroute_idempotency_ttl 2s;\n"
-    . "modelroute_retention off;\nmodelroute_sweep_interval 200ms;\n");
+my $common = "modelroute_idempotency_ttl 2s;\nmodelroute_retention off;\n";
+my $t = MR::Test->new(extra_http => $common
+    . "modelroute_sweep_interval 1h;\n");
 $t->start;
 
-# ---- 10,000 executions expiring in the same second
+# ---- 10,000 executions past their deadline at once
 my $N = 10_000;
 my $acc = $t->new_account(credit => '1000.00');
 my $key = $acc->{key};
-my $deadline = int(time) + 20;
 
 my @res = $t->parallel(20, sub {
     my ($i) = @_;
     my ($ok, $bad) = (0, 0);
 
-    # pipelined chunks of 50, each with the time left to the deadline, so
-    # that every execution expires within about a second of the others
+    # pipelined chunks of 50, each a second from its deadline
     for my $chunk (0 .. $N / 20 / 50 - 1) {
-        my $tmo = ceil($deadline - time);
+        my $tmo = 1;
         my @msg = map {
             my $j = $chunk * 50 + $_;
             http_message(POST => '/v1/executions',
@@ -50,25 +53,26 @@ for (@res) {
 }
 is($ok, $N, "$N creates accepted");
 is($bad, 0, 'no refusals');
-ok(time < $deadline, 'all created before the common deadline')
-    or diag 'the machine is too slow for this test';
 
 money_is($t->balance($key)->{held}, '480.00', 'every hold is open');
 
-# while they expire, the API answers, and every answer is quick
-my ($polls, $slow, $worst) = (0, 0, 0);
+# a sweeper every 200 ms: every deadline has passed; while they expire,
+# the API answers every poll
+$t->write_config(extra_http => $common
+    . "modelroute_sweep_interval 200ms;\n");
+$t->reload;
+my ($polls, $bad_polls, $during) = (0, 0, 0);
 my $all = wait_for(sub {
-    my $t0 = time;
     my $b = $t->req(GET => '/v1/balance', auth($key));
-    my $dt = time - $t0;
     $polls++;
-    $worst = $dt if $dt > $worst;
-    $slow++ if $b->{status} != 200 || $dt > 1;
-    return $b->{status} == 200 && micros($b->{json}{held}) == 0;
-}, $deadline - time + 30, 0.05);
+    $bad_polls++ if $b->{status} != 200;
+    my $held = $b->{status} == 200 ? micros($b->{json}{held}) : -1;
+    $during++ if $held > 0 && $held < 480_000_000;
+    return $held == 0;
+}, 60, 0.05);
 ok($all, 'every hold released by the sweeper');
-is($slow, 0, "the API answered every poll in under 1 s ($polls polls, "
-    . sprintf('worst %.3f s)', $worst));
+is($bad_polls, 0, "the API answered every poll ($polls polls, $during "
+    . 'while the expiry was under way)');
 
 my $v = $t->verify($acc->{org});
 ok($v->{ok}, 'ledger invariant after the storm');
@@ -95,6 +99,8 @@ ok($freed && $freed->{json}{id} ne $r1->{json}{id},
     'after the lifetime the key makes a new execution');
 
 # the sweeper removed the old binding: mdb_stat sees one key per account
+# (the store itself: through the API an expired key and a removed one
+# look the same, only the space they take differs)
 SKIP: {
     skip 'mdb_stat (lmdb-utils) not installed', 1
         unless -x '/usr/bin/mdb_stat';
@@ -106,6 +112,14 @@ SKIP: {
     ok(defined $count, 'expired idempotency keys purged from the store')
         or diag `/usr/bin/mdb_stat -s idem ${\ $t->store }`;
 }
+
+# ---- modelroute_retention off: the sweeps that freed the key (seconds
+# after the expiry storm) purged no terminal execution
+my $kept = $t->verify($acc->{org});
+is($kept->{executions}, $N, "retention off: the $N EXPIRED executions are "
+    . 'all kept');
+is(scalar @{ $t->req(GET => '/v1/executions?status=EXPIRED&limit=100',
+    auth($key))->{json}{data} // [] }, 100, '... and listed');
 
 $t->stop;
 $t->check_log;
@@ -134,8 +148,9 @@ ok($v3->{ok}, 'ledger invariant after purging');
 is($v3->{executions}, 1, 'the purged one left the account index too');
 
 # the webhook outbox too: a failed delivery and its event
+my $closed = MR::Test::free_port();    # nobody listens there
 my $wh = $t->req(POST => '/v1/webhooks/endpoints', auth($acc3->{key}),
-    { url => 'http://127.0.0.1:9/nobody-listens' });
+    { url => "http://127.0.0.1:$closed/nobody-listens" });
 is($wh->{status}, 201, 'an endpoint that refuses connections');
 my $whid = $wh->{json}{id} // '';
 my $tst = $t->req(POST => "/v1/webhooks/endpoints/$whid/test",
@@ -156,6 +171,8 @@ ok($purged, 'a finished delivery past the retention is purged');
 SKIP: {
     skip 'mdb_stat (lmdb-utils) not installed', 1
         unless -x '/usr/bin/mdb_stat';
+    # (the store itself: an event is visible through the API only by its
+    # deliveries, which are gone)
     my $ev = wait_for(sub {
         my $out = `/usr/bin/mdb_stat -s event ${\ $t->store } 2>/dev/null`;
         my ($n) = $out =~ /Entries: (\d+)/;

@@ -47,12 +47,12 @@ for my $tmo (18446744073709552, 9223372036854776) {
     is_error($r, 400, 'INPUT_VALIDATION_ERROR', "timeout_seconds $tmo");
 }
 
-# ---- nginx's own refusal, enveloped, reaches a slow client in full
+# ---- nginx's own refusal, enveloped, reaches a slow client in full (sent
+# at limit_rate; an answer held until send_timeout, 60 s, would leave the
+# client's read idle past its 10 s timeout: a 599 here)
 {
-    my $t0 = time;
     my $r = $t->req(GET => '/slow/v1/balance');
     is_error($r, 403, 'FORBIDDEN', 'deny all in a modelroute location');
-    ok(time - $t0 < 6, 'sent at limit_rate, not held until send_timeout');
 }
 
 # ---- verify is one snapshot: never ok:false while creates commit
@@ -90,9 +90,10 @@ for my $i (1 .. 5000) {
 }
 is_error($full, 507, 'STORAGE_FULL', 'the store fills up');
 ok(@ids > 10, scalar(@ids) . ' large executions fitted');
-for my $id (@ids) {
-    $t->req(POST => "/v1/executions/$id/cancel", auth($acc->{key}));
-}
+my @not_cancelled = grep {
+    $t->req(POST => "/v1/executions/$_/cancel", auth($acc->{key}))->{status}
+        != 200 } @ids;
+is(scalar @not_cancelled, 0, 'each cancelled in the full store (200)');
 my $back = wait_for(sub {
     $t->create_exec($acc->{key}, $t->exec_body)->{status} == 202;
 }, 20, 0.2);

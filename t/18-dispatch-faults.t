@@ -1,7 +1,8 @@
 # Dispatch under provider faults: every way a provider can answer badly
 # (garbage, HTML, cut short, too large, reset, hang, trickle, 4xx/5xx,
 # wrong shape, nobody listening), the non-retryable answers, retries and
-# failover, Retry-After, the circuit breaker and the concurrency cap.
+# failover, Retry-After, the circuit breaker (what counts towards it, a
+# failed half-open probe) and the concurrency cap.
 # Each execution must end in the status and error the spec names, with
 # its attempts recorded, its hold released and the ledger consistent.
 #
@@ -44,13 +45,17 @@ my $BIG_TEXT = 'y' x 10_000;    # a valid answer well over 4k
 # name: route, location /p/<name>, receiver path /<name>, model m-<name>.
 # rule: the receiver's rule; route/model/loc: extra directive parameters;
 # want: status, code, retryable, outcome(s) and provider status(es) of
-# the attempts, requests: provider requests expected.
+# the attempts, requests: provider requests expected; counted: whether
+# its failures count towards the route's breaker (README: no answer,
+# timeout, 5xx, unusable answer, 401/403/404; not 429, input errors,
+# moderation) - the routes of those that do not have breaker=1, so that a
+# failure counted by mistake would open it.
 
 my @S = (
     # -- 1. one attempt, a bad answer
     { name => 'garbage', rule => { body => "this is not json at all\n" },
       want => 'FAILED', code => 'GENERATION_FAILED', retryable => 1,
-      outcomes => ['failed'], statuses => [200] },
+      outcomes => ['failed'], statuses => [200], counted => 1 },
     { name => 'html',
       rule => { content_type => 'text/html',
           body => "<html><body><h1>502 Bad Gateway</h1></body></html>\n" },
@@ -80,11 +85,11 @@ my @S = (
       outcomes => ['succeeded'], statuses => [200] },
     { name => 'reset', rule => { reset => 1 },
       want => 'FAILED', code => 'GENERATION_FAILED', retryable => 1,
-      outcomes => ['failed'], statuses => [undef] },
+      outcomes => ['failed'], statuses => [undef], counted => 1 },
     { name => 'hang', rule => { delay => 4, json => chat_ok('late') },
       route => 'timeout=1s',
       want => 'FAILED', code => 'GENERATION_TIMEOUT', retryable => 1,
-      outcomes => ['timed_out'], statuses => [undef] },
+      outcomes => ['timed_out'], statuses => [undef], counted => 1 },
     # the location's proxy_read_timeout fires before the route's timeout:
     # a timeout too, and nginx's own 504 is not the provider's status
     { name => 'proxyto', rule => { delay => 3, json => chat_ok('late') },
@@ -93,23 +98,43 @@ my @S = (
       outcomes => [ [qw(timed_out failed)] ], statuses => [undef] },
     { name => 'r429', rule => { status => 429, headers => { 'Retry-After' => 1 },
           json => err_body('slow down', type => 'rate_limit_error') },
+      route => 'breaker=1',
       want => 'FAILED', code => 'RATE_LIMITED', retryable => 1,
-      outcomes => ['failed'], statuses => [429] },
+      outcomes => ['failed'], statuses => [429], counted => 0 },
     { name => 's500', rule => { status => 500, json => err_body('boom') },
       want => 'FAILED', code => 'GENERATION_FAILED', retryable => 1,
-      outcomes => ['failed'], statuses => [500] },
+      outcomes => ['failed'], statuses => [500], counted => 1 },
     { name => 's502', rule => { status => 502, body => "bad gateway\n" },
       want => 'FAILED', code => 'GENERATION_FAILED', retryable => 1,
-      outcomes => ['failed'], statuses => [502] },
+      outcomes => ['failed'], statuses => [502], counted => 1 },
     { name => 's503', rule => { status => 503, json => err_body('try later') },
       want => 'FAILED', code => 'MODEL_OVERLOADED', retryable => 1,
-      outcomes => ['failed'], statuses => [503] },
+      outcomes => ['failed'], statuses => [503], counted => 1 },
     { name => 's504', rule => { status => 504, body => "gateway timeout\n" },
       want => 'FAILED', code => 'GENERATION_TIMEOUT', retryable => 1,
-      outcomes => [ [qw(failed timed_out)] ], statuses => [504] },
+      outcomes => ['failed'], statuses => [504], counted => 1 },
     { name => 's529', rule => { status => 529, json => err_body('busy') },
       want => 'FAILED', code => 'MODEL_OVERLOADED', retryable => 1,
-      outcomes => ['failed'], statuses => [529] },
+      outcomes => ['failed'], statuses => [529], counted => 1 },
+    # other 4xx are the provider's failures: retried, counted
+    map({ my $st = $_;
+      { name => "s$st", model => 'attempts=2',
+        rule => { status => $st, json => err_body("refused $st",
+            type => 'invalid_request_error') },
+        want => 'FAILED', code => 'GENERATION_FAILED', retryable => 1,
+        outcomes => [qw(failed failed)], statuses => [$st, $st],
+        counted => 2 } } 401, 403, 404),
+    { name => 's408', model => 'attempts=2',
+      rule => { status => 408, json => err_body('request timeout') },
+      want => 'FAILED', code => 'GENERATION_TIMEOUT', retryable => 1,
+      outcomes => [qw(failed failed)], statuses => [408, 408], counted => 2 },
+    # "overloaded" in the error body, whatever the status
+    { name => 'overl', model => 'attempts=2',
+      rule => { status => 500, json => { type => 'error', error => {
+          type => 'overloaded_error', message => 'Overloaded' } } },
+      want => 'FAILED', code => 'MODEL_OVERLOADED', retryable => 1,
+      outcomes => [qw(failed failed)], statuses => [500, 500],
+      counted => 2 },
     # ~30 pieces of 8 bytes, 30 ms apart: about 1 s, within 3 s
     { name => 'trickleok', rule => { json => chat_ok('slowly'), trickle => 0.03 },
       route => 'timeout=3s',
@@ -127,20 +152,29 @@ my @S = (
       outcomes => ['failed'], statuses => [200] },
     { name => 'dead', port => $DEAD, rule => undef, requests => 0,
       want => 'FAILED', code => 'GENERATION_FAILED', retryable => 1,
-      outcomes => ['failed'], statuses => [undef] },
+      outcomes => ['failed'], statuses => [undef], counted => 1 },
 
-    # -- 2. not retried
-    { name => 's400', model => 'attempts=3',
-      rule => { status => 400, json => err_body('bad parameter',
-          type => 'invalid_request_error') },
-      want => 'FAILED', code => 'INPUT_VALIDATION_ERROR', retryable => 0,
-      outcomes => ['failed'], statuses => [400] },
-    { name => 'moder', model => 'attempts=3',
+    # -- 2. not retried, not counted
+    map({ my $st = $_;
+      { name => "s$st", model => 'attempts=3', route => 'breaker=1',
+        rule => { status => $st, json => err_body("input refused $st",
+            type => 'invalid_request_error') },
+        want => 'FAILED', code => 'INPUT_VALIDATION_ERROR', retryable => 0,
+        outcomes => ['failed'], statuses => [$st], counted => 0 } }
+      400, 413, 415, 422),
+    { name => 'moder', model => 'attempts=3', route => 'breaker=1',
       rule => { status => 400, json => { error => {
           code => 'content_policy_violation', type => 'invalid_request_error',
           message => 'refused by the safety system' } } },
       want => 'FAILED', code => 'CONTENT_MODERATION_REJECTED', retryable => 0,
-      outcomes => ['failed'], statuses => [400] },
+      outcomes => ['failed'], statuses => [400], counted => 0 },
+    # a chat answer the provider's content filter stopped
+    { name => 'cfilter', model => 'attempts=3', route => 'breaker=1',
+      rule => { json => { id => 'c', object => 'chat.completion',
+          choices => [ { index => 0, finish_reason => 'content_filter',
+              message => { role => 'assistant', content => '' } } ] } },
+      want => 'FAILED', code => 'CONTENT_MODERATION_REJECTED', retryable => 0,
+      outcomes => ['failed'], statuses => [200], counted => 0 },
     { name => 'img', model => 'attempts=3', protocol => 'openai_images',
       price => 'per_image=0.01', input => { size => '256x256' },
       rule => { json => { created => 1, data => [ { url => 'http://x/1.png' } ] } },
@@ -175,15 +209,19 @@ my @S = (
 );
 
 # -- 5. and 6. are driven by hand below; their routes are configured here
-my %BRK = (name => 'brk', route => 'breaker=2 breaker_reset=2s', nomodel => 1,
+my %BRK = (name => 'brk', route => 'breaker=2 breaker_reset=4s', nomodel => 1,
     rule => { status => 500, json => err_body('broken') });
-my %CAP = (name => 'cap', route => 'max_concurrency=1 timeout=5s',
-    nomodel => 1, rule => { delay => 2, json => chat_ok('capped') });
+my %CAP = (name => 'cap', route => 'max_concurrency=1 timeout=20s',
+    loc => 'proxy_read_timeout 30s;', nomodel => 1, rule => { json => chat_ok('capped'), sequence => [
+        { hold => 'cap1' }, { hold => 'cap2' }, { hold => 'cap3' } ] });
+# an execution that completes at once: when it has, the dispatcher has
+# claimed since it was created
+my %SYNC = (name => 'sync', nomodel => 1, rule => { json => chat_ok('sync') });
 
 my $routes = '';
 my $models = '';
 my $locs = '';
-for my $s (@S, \%BRK, \%CAP) {
+for my $s (@S, \%BRK, \%CAP, \%SYNC) {
     my $n = $s->{name};
     my $proto = $s->{protocol} // 'openai_chat';
     my $rt = $s->{route} // 'timeout=2s';
@@ -207,6 +245,7 @@ for my $s (@S, \%BRK, \%CAP) {
 }
 $models .= "modelroute_model m-brk per_request=0.01 routes=brk attempts=1;\n";
 $models .= "modelroute_model m-cap per_request=0.01 routes=cap attempts=1;\n";
+$models .= "modelroute_model m-sync per_request=0.01 routes=sync;\n";
 
 my $http = <<EOF;
 modelroute_store %%STORE%%;
@@ -367,25 +406,58 @@ my @cap_ids = map { create($cap_acc, 'm-cap') } 1 .. 3;
 my $brk_acc = $t->new_account(credit => '10.00');
 my @brk_ids = map { create($brk_acc, 'm-brk') } 1 .. 2;
 
+# A point after which the dispatcher has claimed again: an execution of
+# m-sync completes.
+sub dispatch_sync {
+    my $acc = $ACC{_sync} //= $t->new_account(credit => '10.00');
+    my $e = wait_terminal($acc, create($acc, 'm-sync'), 20);
+    return ($e->{status} // '') eq 'COMPLETED';
+}
+
 # ---------------------------------------------------------------- 6. cap
 
+# the provider holds each answer until the test lets it go: one request
+# at a time reaches it, the others wait PENDING
 {
-    # while the first is at the provider, another waits
-    my ($first) = $rc->wait_requests(1, path => '/cap', timeout => 10);
-    ok($first, 'cap: the first execution reached the provider');
-    my @st = map { (get($cap_acc, $_) // {})->{status} // '?' } @cap_ids;
-    my $in_flight = !defined(($rc->requests_to('/cap'))[0]{answered_at});
-    ok($in_flight, 'cap: the first answer is still pending');
-    ok((grep { $_ eq 'PENDING' } @st) >= 1,
-        "cap: another waits PENDING meanwhile (@st)");
-    is($rc->count(path => '/cap'), 1, 'cap: one provider request at a time');
-    my $rs = routes_state()->{cap} // {};
-    ok(($rs->{in_flight} // 0) <= 1, 'cap: /admin/routes in_flight <= 1')
-        or diag explain $rs;
-    is($rs->{max_concurrency}, 1, 'cap: /admin/routes max_concurrency 1');
+    for my $k (1 .. 3) {
+        my @r = $rc->wait_requests($k, path => '/cap', timeout => 20);
+        is(scalar @r, $k, "cap: request $k reached the provider");
+        ok(dispatch_sync(), "cap: the dispatcher claimed since request $k");
+        is($rc->count(path => '/cap'), $k,
+            "cap: no other request while request $k is unanswered");
+        my @st = map { (get($cap_acc, $_) // {})->{status} // '?' } @cap_ids;
+        is(scalar(grep { $_ eq 'PENDING' } @st), 3 - $k,
+            "cap: the others wait PENDING (@st)");
+        my $rs = routes_state()->{cap} // {};
+        is($rs->{in_flight}, 1, 'cap: /admin/routes in_flight 1')
+            or diag explain $rs;
+        is($rs->{max_concurrency}, 1, 'cap: /admin/routes max_concurrency 1');
+        $rc->release("cap$k");
+    }
 }
 
 # ---------------------------------------------------------------- 5. breaker
+
+# Within breaker_reset (4 s) of an opening, the executions fail at once:
+# their completed_at is before open_until (server times), which they
+# need; the test waits for open_until to pass only when it wants the probe.
+sub breaker_open_ok {
+    my ($what, $until) = @_;
+    local $Test::Builder::Level = $Test::Builder::Level + 1;
+    my $n = $rc->count(path => '/brk');
+    my $e = wait_terminal($brk_acc, create($brk_acc, 'm-brk'), 10);
+    is($e->{status}, 'FAILED', "$what: FAILED");
+    is(eval { $e->{error}{code} }, 'MODEL_UNAVAILABLE',
+        "$what: MODEL_UNAVAILABLE") or diag explain $e;
+    ok(is_true(eval { $e->{error}{retryable} }), "$what: retryable true");
+    ok((parse_rfc3339($e->{completed_at} // '') // 9e9) < $until,
+        "$what: failed while the breaker was open")
+        or diag "completed_at $e->{completed_at}, open_until $until";
+    ok(!grep({ defined $_->{status} } @{ $e->{attempts} // [] }),
+        "$what: no attempt reached the provider")
+        or diag explain $e->{attempts};
+    is($rc->count(path => '/brk'), $n, "$what: no provider request");
+}
 
 {
     my @e = map { wait_terminal($brk_acc, $_, 10) } @brk_ids;
@@ -398,36 +470,37 @@ my @brk_ids = map { create($brk_acc, 'm-brk') } 1 .. 2;
     my $rs = routes_state()->{brk} // {};
     is($rs->{breaker}, 'open', 'breaker: open after 2 failures')
         or diag explain $rs;
-    ok(($rs->{consecutive_failures} // 0) >= 2,
-        'breaker: consecutive_failures counted');
+    is($rs->{consecutive_failures}, 2, 'breaker: consecutive_failures 2');
     ok(is_rfc3339($rs->{open_until}), 'breaker: open_until')
         or diag explain $rs;
-    my $open_until = parse_rfc3339($rs->{open_until} // '') // time + 2;
+    my $open_until = parse_rfc3339($rs->{open_until} // '') // time + 4;
 
     # open: fails at once, nothing sent
-    my $id = create($brk_acc, 'm-brk');
-    my $e = wait_terminal($brk_acc, $id, 10);
-    ok(time < $open_until, 'breaker: still within breaker_reset')
-        or diag 'the third execution took too long to settle';
-    is($e->{status}, 'FAILED', 'breaker open: FAILED');
-    is(eval { $e->{error}{code} }, 'MODEL_UNAVAILABLE',
-        'breaker open: MODEL_UNAVAILABLE') or diag explain $e;
-    ok(is_true(eval { $e->{error}{retryable} }),
-        'breaker open: retryable true');
-    ok(!grep({ defined $_->{status} } @{ $e->{attempts} // [] }),
-        'breaker open: no attempt reached the provider')
-        or diag explain $e->{attempts};
-    is($rc->count(path => '/brk'), 2, 'breaker open: no provider request');
+    breaker_open_ok('breaker open', $open_until);
 
-    # after breaker_reset: a probe goes through and closes it
+    # after breaker_reset: a probe goes through; it fails, and the breaker
+    # opens again at once (one failure, not breaker=2 of them)
+    wait_for(sub { time > $open_until + 0.01 }, 10);
+    my $e = wait_terminal($brk_acc, create($brk_acc, 'm-brk'), 10);
+    is($e->{status}, 'FAILED', 'breaker half-open: the probe fails');
+    is(eval { $e->{error}{code} }, 'GENERATION_FAILED',
+        'breaker half-open: the probe reached the provider and failed');
+    is($rc->count(path => '/brk'), 3, 'breaker: the probe was sent');
+    $rs = routes_state()->{brk} // {};
+    is($rs->{breaker}, 'open', 'breaker: a failed probe opens it again')
+        or diag explain $rs;
+    my $reopened = parse_rfc3339($rs->{open_until} // '') // 0;
+    ok($reopened > $open_until, 'breaker: open_until moved on');
+    breaker_open_ok('breaker open again', $reopened);
+
+    # a probe that succeeds closes it
     $rc->set('/brk', json => chat_ok('probe'));
-    wait_for(sub { time > $open_until + 0.1 }, 10);
-    $id = create($brk_acc, 'm-brk');
-    $e = wait_terminal($brk_acc, $id, 10);
+    wait_for(sub { time > $reopened + 0.01 }, 10);
+    $e = wait_terminal($brk_acc, create($brk_acc, 'm-brk'), 10);
     is($e->{status}, 'COMPLETED', 'breaker half-open: the probe completes')
         or diag explain $e;
     is(eval { $e->{result}{text} }, 'probe', 'breaker: the probe result');
-    is($rc->count(path => '/brk'), 3, 'breaker: the probe reached the provider');
+    is($rc->count(path => '/brk'), 4, 'breaker: the probe reached the provider');
     $rs = routes_state()->{brk} // {};
     is($rs->{breaker}, 'closed', 'breaker: closed after the probe')
         or diag explain $rs;
@@ -445,6 +518,7 @@ my %E;
 for my $s (grep { !$_->{nomodel} } @S) {
     $E{ $s->{name} } = wait_terminal($ACC{ $s->{name} }, $ID{ $s->{name} }, 30);
 }
+my $rstate = routes_state();
 for my $s (grep { !$_->{nomodel} } @S) {
     my $n = $s->{name};
     check_exec($n, $ACC{$n}, $E{$n}, %$s);
@@ -452,6 +526,12 @@ for my $s (grep { !$_->{nomodel} } @S) {
     my $got = $rc->count(path => "/$n");
     $got += $rc->count(path => '/fb') if $n eq 'fa';
     is($got, $want, "$n: $want provider request(s)");
+    next unless defined $s->{counted};
+    my $rs = $rstate->{$n} // {};
+    is($rs->{consecutive_failures}, $s->{counted},
+        "$n: counts $s->{counted} towards the breaker") or diag explain $rs;
+    is($rs->{breaker}, 'closed', "$n: breaker closed")
+        if !$s->{counted} || ($s->{route} // '') !~ /breaker=/;
 }
 
 # the failover went a then b, in that order
@@ -480,9 +560,13 @@ for my $n (qw(seq always)) {
     my @r = $rc->requests_to('/seq');
     ok(@r == 2 && $r[1]{arrived} > $r[0]{arrived},
         'seq: retried after the 500');
-    @r = $rc->requests_to('/ra');
-    my $gap = @r == 2 ? $r[1]{arrived} - $r[0]{arrived} : 0;
-    ok($gap >= 1.9, sprintf 'Retry-After: 2 honoured (%.3f s)', $gap);
+    # the retry starts no sooner than Retry-After after the 429 was
+    # recorded (server times)
+    my @at = @{ $E{ra}{attempts} // [] };
+    my $gap = @at == 2 ? (parse_rfc3339($at[1]{started_at} // '') // 0)
+        - (parse_rfc3339($at[0]{ended_at} // '') // 0) : 0;
+    ok($gap >= 2 - 0.0005, sprintf 'Retry-After: 2 honoured (%.3f s)', $gap)
+        or diag explain \@at;
 }
 
 # ---------------------------------------------------------------- 6. cap end
@@ -491,13 +575,7 @@ for my $n (qw(seq always)) {
     my @e = map { wait_terminal($cap_acc, $_, 20) } @cap_ids;
     is(scalar(grep { ($_->{status} // '') eq 'COMPLETED' } @e), 3,
         'cap: all three COMPLETED') or diag explain \@e;
-    my @r = sort { $a->{arrived} <=> $b->{arrived} } $rc->requests_to('/cap');
-    is(scalar @r, 3, 'cap: three provider requests');
-    my @overlap = grep {
-        $r[$_]{arrived} < ($r[$_ - 1]{answered_at} // 9e9) - 0.05
-    } 1 .. $#r;
-    ok(!@overlap, 'cap: no two provider requests overlapped')
-        or diag explain [ map { [ $_->{arrived}, $_->{answered_at} ] } @r ];
+    is($rc->count(path => '/cap'), 3, 'cap: three provider requests');
     my $b = $t->balance($cap_acc->{key});
     money_is($b->{held}, '0.00', 'cap: holds released');
     money_is($b->{balance}, '9.97', 'cap: three charged');

@@ -31,12 +31,22 @@ package MR::Receiver;
 #   $rc->set('/v1/chat', json => {...}, cases => [ ['"model":"big"',
 #       { body_bytes => 20_000 }] ]);      # by what the request body holds
 #   $rc->set('/v1/chat', chunked => 1);    # Transfer-Encoding: chunked
+#   $rc->set('/v1/chat', json => {...}, hold => 'h1');
+#   ...                                    # requests wait, unanswered,
+#   $rc->release('h1');                    # until the test lets them go
+#
+# The port comes from MR::Test::free_port: it stays ours while the
+# receiver is stopped (connections are refused then), and a port that is
+# never started is a port where nobody listens.
 #
 # A recorded request has its body decoded in {json} (and {event}) when
 # the body is JSON.
 #
 # Helpers for the tests: signature_problems($req, $secret) checks both
-# signatures of a delivery; wh_* speak the webhook API through MR::Test.
+# signatures of a delivery, resign_problems(@reqs) that the attempts of
+# one event were each signed at their own time; wh_* speak the webhook API
+# through MR::Test; wh_sync($t, $rc) returns once the sender has claimed
+# after the call (what was due before and has not arrived was not sent).
 
 use strict;
 use warnings;
@@ -53,8 +63,9 @@ use Socket qw(SOL_SOCKET SO_LINGER);
 use Time::HiRes qw(time sleep);
 
 use Exporter 'import';
-our @EXPORT_OK = qw(signature_problems secret_ok event_of wh_create wh_get
-    wh_deliveries wh_delivery wh_exec_deliveries wait_delivery);
+our @EXPORT_OK = qw(signature_problems resign_problems secret_ok event_of
+    wh_create wh_get wh_deliveries wh_delivery wh_exec_deliveries
+    wait_delivery wh_sync);
 our %EXPORT_TAGS = (all => \@EXPORT_OK);
 
 my $JSON = JSON::PP->new->utf8->canonical->allow_nonref;
@@ -89,12 +100,8 @@ sub url {
 }
 
 sub free_port {
-    my $s = IO::Socket::INET->new(Listen => 1, LocalAddr => '127.0.0.1',
-        LocalPort => 0, Proto => 'tcp', ReuseAddr => 1)
-        or croak "cannot bind a free port: $!";
-    my $port = $s->sockport;
-    close $s;
-    return $port;
+    require MR::Test;
+    return MR::Test::free_port();
 }
 
 sub start {
@@ -279,6 +286,11 @@ sub handle {
         rule => \%shown);
     my $file = $self->record($rec);
 
+    if (defined $rule->{hold}) {
+        my $until = time + 120;
+        sleep 0.01 until -e $self->release_file($rule->{hold}) || time > $until;
+        $rec->{released_at} = time + 0;
+    }
     sleep $rule->{delay} if $rule->{delay};
     if ($rule->{close} || $rule->{reset}) {
         reset_linger($c) if $rule->{reset};
@@ -457,6 +469,8 @@ sub next_in_sequence {
 #   content_type => '...'  the Content-Type (text/plain)
 #   headers => {...}       more header lines
 #   delay => seconds       a pause before answering (or closing)
+#   hold => 'name'         no answer until release('name') (at most
+#                          120 s); set() with a hold makes it hold again
 #   close => 1             close the connection without answering
 #   reset => 1             abort the connection with a TCP reset (SO_LINGER
 #                          on, linger 0, then close) without answering
@@ -481,6 +495,13 @@ sub next_in_sequence {
 # a rule (a '*' sequence counts all the requests it answers).
 sub set {
     my ($self, $path, %rule) = @_;
+    my @holds = grep { defined } $rule{hold},
+        map { $_->{hold} } @{ ref $rule{sequence} eq 'ARRAY'
+            ? $rule{sequence} : [] };
+    for my $h (@holds) {
+        croak "hold names are [A-Za-z0-9_-]+: $h" unless $h =~ /^[\w-]+$/;
+        unlink $self->release_file($h);
+    }
     if (exists $rule{sequence}) {
         croak 'sequence wants a list of rule hashes'
             unless ref $rule{sequence} eq 'ARRAY' && @{ $rule{sequence} }
@@ -494,6 +515,16 @@ sub set {
     }
     $self->write_rules;
 }
+
+# Lets the requests held by hold => $name be answered (now and after).
+sub release {
+    my ($self, $name) = @_;
+    open my $fh, '>', $self->release_file($name)
+        or croak "release $name: $!";
+    close $fh;
+}
+
+sub release_file { "$_[0]{dir}/release-$_[1]" }
 
 # ---------------------------------------------------------------- records
 
@@ -587,15 +618,17 @@ sub secret_ok {
 }
 
 # Both signatures of a delivery checked against the secret; returns the
-# problems (none when both are valid). The timestamps must be the
-# attempt's (within 5 s of its arrival): a retry signed with the event's
-# first timestamp would be refused by receivers that check freshness.
+# problems (none when both are valid).  The timestamps are no later than
+# the arrival and within the 5 minutes receivers commonly accept (that a
+# retry is signed anew, not with the event's first timestamp, is
+# resign_problems' check: it does not depend on how fast anything is).
 sub signature_problems {
     my ($req, $secret) = @_;
     my @p;
     my $h = $req->{headers} // {};
     my $body = $req->{body} // '';
     my $now = $req->{arrived} // time;
+    my $stale = sub { $_[0] > $now + 1e-3 || $_[0] < $now - 300 };
 
     my $ts = $h->{'x-signature-timestamp'};
     if (!defined $ts || $ts !~ /^\d+$/) {
@@ -603,7 +636,7 @@ sub signature_problems {
             . ($ts // 'undef');
     } else {
         push @p, "X-Signature-Timestamp $ts is not the attempt's time ($now)"
-            if abs($ts - $now) > 5;
+            if $stale->($ts);
         my $want = hmac_sha256_hex("$ts.$body", $secret);
         my $got = $h->{'x-signature'} // '';
         push @p, "X-Signature '$got', want '$want'" unless lc $got eq $want;
@@ -617,7 +650,7 @@ sub signature_problems {
             . ($wts // 'undef');
     } else {
         push @p, "webhook-timestamp $wts is not the attempt's time ($now)"
-            if abs($wts - $now) > 5;
+            if $stale->($wts);
     }
     if (defined $id && defined $wts) {
         (my $b64 = $secret) =~ s/^whsec_//;
@@ -628,6 +661,23 @@ sub signature_problems {
         push @p, "webhook-signature '"
             . ($h->{'webhook-signature'} // '') . "', want '$want'"
             unless grep { $_ eq $want } @got;
+    }
+    return @p;
+}
+
+# The attempts of one event, signed each at its own time: an attempt's
+# timestamps are not older than the arrival (whole seconds) of the attempt
+# before it.  Returns the problems.
+sub resign_problems {
+    my (@reqs) = sort { $a->{arrived} <=> $b->{arrived} } @_;
+    my @p;
+    for my $i (1 .. $#reqs) {
+        my $floor = int $reqs[$i - 1]{arrived};
+        for my $hdr (qw(x-signature-timestamp webhook-timestamp)) {
+            my $ts = $reqs[$i]{headers}{$hdr} // 0;
+            push @p, "attempt $i: $hdr $ts is older than the attempt before "
+                . "it ($reqs[$i - 1]{arrived})" if $ts < $floor;
+        }
     }
     return @p;
 }
@@ -675,6 +725,32 @@ sub wh_exec_deliveries {
     return undef unless $r->{status} == 200 && ref $r->{json} eq 'HASH'
         && ref $r->{json}{data} eq 'ARRAY';
     return $r->{json}{data};
+}
+
+# A point after which nothing more is sent that was due before it: a
+# webhook.test to an endpoint of its own ($rc's /_sync, on an account of
+# its own) is delivered.  Claims take due deliveries in the order they are
+# due, so a delivery that was due before the call and has not arrived when
+# this returns true was not sent (it was parked, dropped or failed).  Use
+# it instead of "nothing arrives within N seconds".  Needs
+# modelroute_webhook_allow_private on.
+sub wh_sync {
+    my ($t, $rc, $timeout) = @_;
+    my $s = $t->{wh_sync}{ $rc->port } //= do {
+        my $acct = $t->new_account(credit => '1.00');
+        my $r = wh_create($t, $acct->{key}, { url => $rc->url('/_sync') });
+        croak "wh_sync: endpoint: $r->{status} $r->{body}"
+            unless $r->{status} == 201;
+        { key => $acct->{key}, id => $r->{json}{id} };
+    };
+    my $r = $t->req(POST => "/v1/webhooks/endpoints/$s->{id}/test",
+        { Authorization => "Bearer $s->{key}" });
+    croak "wh_sync: test event: $r->{status} $r->{body}"
+        unless $r->{status} == 202;
+    my $ev = $r->{json}{event_id};
+    return scalar $rc->wait_requests(1, path => '/_sync',
+        timeout => $timeout // 30,
+        where => sub { ($_[0]{headers}{'webhook-id'} // '') eq $ev });
 }
 
 # Polls a delivery until $cond->($delivery) is true; returns it (or the

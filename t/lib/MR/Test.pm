@@ -12,6 +12,32 @@ package MR::Test;
 # Environment: MR_MODULE (the .so, default build/…), MR_NGINX (default
 # /usr/sbin/nginx), MR_KEEP=1 keeps the temporary prefix for a post-mortem,
 # MR_SANITIZE (the ASan runtime, set by ./build.sh test-sanitize): see below.
+# A module or an nginx that is not there is a failure (BAIL_OUT), never a
+# skip: a build that produced nothing must not pass.
+#
+# What check_log (and so done) fails on:
+#   - [alert], [crit], [emerg] lines;
+#   - "worker process N exited on signal S", unless the test killed N
+#     with S itself through kill_workers / note_killed;
+#   - the module's own lines that mean a bug (@BUG_LINES below: an
+#     INTERNAL_ERROR answer, a commit or a store read that failed, a sweep,
+#     a claim or an outcome that was not committed, ...);
+#   - an nginx that did not stop cleanly: QUIT did not end it (a worker
+#     did not quit), a worker outlived its master, or the master's exit
+#     status was not 0 (the master is our child: see become_subreaper).
+# A test that provokes one of these lines on purpose says so with
+# expect_log(qr/.../): the per-test allow list.  (An expect_log pattern
+# that matches "exited on signal" lines still exempts them, for old
+# tests; kill_workers is the way that exempts only the pids it killed.)
+#
+# Functions added for the rules above (the rest of the API is unchanged):
+#   $t->kill_workers($sig, @pids)  signals the pids (default: every live
+#                                  worker), remembers them; returns them
+#   $t->note_killed($sig, @pids)   remembers pids the test signalled itself
+#   $t->problems                   what went wrong so far (stop, log)
+#   MR::Test::free_port()          a port no other MR::Test process takes
+#                                  (see free_port for how)
+#   - with MR_SANITIZE, any sanitizer report (check_sanitizer).
 
 use strict;
 use warnings;
@@ -20,7 +46,9 @@ use feature 'state';
 use Carp qw(croak);
 use Compress::Zlib ();
 use Cwd qw(abs_path);
+use Fcntl qw(:flock O_RDWR O_CREAT);
 use File::Basename qw(dirname);
+use File::Spec;
 use File::Path qw(make_path);
 use File::Temp qw(tempdir tempfile);
 use HTTP::Tiny;
@@ -50,6 +78,24 @@ our $SANITIZE = $ENV{MR_SANITIZE} // '';
 my $JSON = JSON::PP->new->utf8->canonical->allow_nonref;
 my @LIVE;    # instances started by this process, stopped in END
 my @ALL;     # instances made by this process, their sanitizer logs checked
+our %EXIT;   # wait status of the children we reaped (nginx masters), by pid
+
+# The module's own log lines that mean a bug, whatever their level: a test
+# that provokes one on purpose allows it with expect_log.  (Grep the C
+# sources for ngx_log_error when adding one.)
+our @BUG_LINES = (
+    qr/\bmodelroute: request req_[0-9a-f]+: /,          # INTERNAL_ERROR
+    qr/\[error\].*modelroute_store: commit of \d+ operations failed/,
+    qr/modelroute_store: read transaction: /,
+    qr/modelroute_store: reading \S+: /,
+    qr/modelroute sweeper: the sweep was not committed/,
+    qr/modelroute dispatch: a claim failed/,
+    qr/modelroute dispatch: cannot send \d+ attempts/,
+    qr/modelroute dispatch: cannot start an attempt/,
+    qr/modelroute dispatch: the outcome of \S+ was not recorded/,
+    qr/modelroute webhooks: cannot start a delivery/,
+    qr/modelroute webhooks: an attempt of \S+ was not recorded/,
+);
 
 sub module_path {
     my $m = $ENV{MR_MODULE} || "$ROOT/build/ngx_http_modelroute_module.so";
@@ -81,9 +127,10 @@ sub new {
 
     become_subreaper();
     my $module = module_path();
-    plan skip_all => "module not built: $module (run ./build.sh)"
+    # never a skip: a build that made no module must not look green
+    BAIL_OUT("module not built: $module (run ./build.sh, or set MR_MODULE)")
         unless -f $module;
-    plan skip_all => "nginx not found: $NGINX" unless -x $NGINX;
+    BAIL_OUT("nginx not found: $NGINX (set MR_NGINX)") unless -x $NGINX;
 
     my $prefix = tempdir('mr-test-XXXXXX', TMPDIR => 1,
         CLEANUP => !$ENV{MR_KEEP});
@@ -110,6 +157,8 @@ sub new {
         timeout     => $o{timeout} // 10,
         owner       => $$,
         seq         => 0,
+        killed      => {},
+        problems    => [],
     }, $class;
     $self->{port} = free_port();
     $self->{port2} = free_port();
@@ -134,13 +183,43 @@ sub become_subreaper {
     syscall(157, 36, 1, 0, 0, 0);    # prctl(PR_SET_CHILD_SUBREAPER, 1)
 }
 
+# A port for a listener (nginx, a receiver, or one that must stay closed).
+# A port checked free and then closed can be taken by anyone before it is
+# used; so the ports come from 20000-31999, below the kernel's ephemeral
+# range (32768-60999 here: nothing gets one of ours for an outgoing
+# connection or a bind to port 0), and each is locked (flock on a file in
+# $TMPDIR/mr-test-ports) for the life of the process that picked it, so
+# that no other MR::Test process, in this file or another one running at
+# the same time, picks it too.  The lock also keeps a receiver's port ours
+# between its stop and its start, and nginx's across a restart.
+my %PORT_LOCK;    # port => the locked handle, held until we exit
+
 sub free_port {
-    my $s = IO::Socket::INET->new(Listen => 1, LocalAddr => '127.0.0.1',
-        LocalPort => 0, Proto => 'tcp', ReuseAddr => 1)
-        or croak "cannot bind a free port: $!";
-    my $port = $s->sockport;
-    close $s;
-    return $port;
+    my $dir = File::Spec->tmpdir . '/mr-test-ports';
+    unless (-d $dir) {
+        mkdir $dir;
+        chmod 01777, $dir;
+    }
+    for (1 .. 5000) {
+        my $port = 20000 + int rand 12000;
+        next if $PORT_LOCK{$port};
+        sysopen(my $fh, "$dir/$port", O_RDWR | O_CREAT, 0666) or next;
+        unless (flock $fh, LOCK_EX | LOCK_NB) {
+            close $fh;
+            next;
+        }
+        # something outside the harness may listen there
+        my $s = IO::Socket::INET->new(Listen => 1, LocalAddr => '127.0.0.1',
+            LocalPort => $port, Proto => 'tcp', ReuseAddr => 1);
+        unless ($s) {
+            close $fh;
+            next;
+        }
+        close $s;
+        $PORT_LOCK{$port} = $fh;
+        return $port;
+    }
+    croak "no free port in 20000-31999";
 }
 
 sub config_text {
@@ -278,10 +357,12 @@ sub port_open {
     return 1;
 }
 
-# A pid is alive if it exists and is not a zombie (reaped if ours).
+# A pid is alive if it exists and is not a zombie (reaped if ours: the
+# wait status of a reaped child is kept in %EXIT).
 sub alive {
     my ($pid) = @_;
-    waitpid($pid, WNOHANG);
+    my $w = waitpid($pid, WNOHANG);
+    $EXIT{$pid} = $? if $w == $pid;
     my $st = proc_stat($pid) or return 0;
     return $st->{state} ne 'Z';
 }
@@ -327,28 +408,85 @@ sub all_children {
     return children_of($master);
 }
 
+# A graceful stop (QUIT).  Whatever is not clean is recorded as a problem
+# that check_log fails on: nginx still there 30 s after QUIT (a worker that
+# does not quit), a worker that outlives its master, a master that exits
+# with a status other than 0.
 sub stop {
     my ($self) = @_;
     return unless $self->{running};
     $self->{running} = 0;
     @LIVE = grep { $_ != $self } @LIVE;
     my $master = $self->{master} // $self->master_pid;
-    return unless $master;
+    unless ($master) {
+        $self->problem('nginx had no master process at the stop');
+        return;
+    }
     my @kids = children_of($master);
     kill 'QUIT', $master;
-    unless (wait_for(sub { !alive($master) }, 20)) {
-        diag "nginx $master did not quit: TERM";
+    unless (wait_for(sub { !alive($master) }, 30)) {
+        my @busy = map { "$_ (" . cmdline($_) . ')' }
+            grep { alive($_) } children_of($master);
+        $self->problem("nginx $master did not quit within 30 s of QUIT; "
+            . "still running: @busy");
         kill 'TERM', $master;
         unless (wait_for(sub { !alive($master) }, 5)) {
             kill 'KILL', $master, @kids;
             wait_for(sub { !alive($master) }, 5);
         }
+    } elsif (defined $EXIT{$master} && $EXIT{$master} != 0) {
+        $self->problem(sprintf 'nginx master %d exited with status %d '
+            . '(signal %d)', $master, $EXIT{$master} >> 8,
+            $EXIT{$master} & 127);
     }
-    # The workers die with the master; make sure none is left behind.
+    # The workers end before the master; make sure none is left behind.
     my @left = grep { alive($_) } @kids;
-    kill 'KILL', @left if @left && !wait_for(sub {
-        !grep { alive($_) } @kids }, 10);
+    if (@left && !wait_for(sub { !grep { alive($_) } @kids }, 10)) {
+        @left = grep { alive($_) } @kids;
+        $self->problem("worker(s) @left still running after their master "
+            . 'exited') if @left;
+        kill 'KILL', @left;
+    }
     delete $self->{master};
+}
+
+sub problem {
+    my ($self, $what) = @_;
+    push @{ $self->{problems} }, $what;
+}
+
+sub problems { @{ $_[0]{problems} } }
+
+# Signals pids (default: every live worker of the current master) and
+# remembers them: "worker process <pid> exited on signal <n>" is then
+# allowed in the log for those pids and that signal only.  Returns the
+# pids signalled.
+sub kill_workers {
+    my ($self, $sig, @pids) = @_;
+    $sig //= 'KILL';
+    @pids = $self->worker_pids unless @pids;
+    $self->note_killed($sig, @pids);
+    kill $sig, @pids;
+    return @pids;
+}
+
+# Remembers pids that the test signalled itself.
+sub note_killed {
+    my ($self, $sig, @pids) = @_;
+    my $num = $sig =~ /^\d+$/ ? $sig : signal_number($sig);
+    $self->{killed}{$_}{$num} = 1 for @pids;
+}
+
+sub signal_number {
+    my ($name) = @_;
+    require Config;
+    my @names = split ' ', $Config::Config{sig_name};
+    my @nums = split ' ', $Config::Config{sig_num};
+    $name =~ s/^SIG//;
+    for my $i (0 .. $#names) {
+        return $nums[$i] if $names[$i] eq $name;
+    }
+    croak "unknown signal $name";
 }
 
 sub restart {
@@ -406,19 +544,33 @@ sub expect_log {
 sub bad_log_lines {
     my ($self) = @_;
     my @bad;
+    my $warned;
     for my $line (split /\n/, $self->read_log) {
-        next unless $line =~ /\[(?:alert|crit|emerg)\]|exited on signal/;
-        next if grep { $line =~ $_ } @{ $self->{expect_log} };
+        my $sig = $line =~ /worker process (\d+) exited on signal (\d+)/
+            ? [$1, $2] : undef;
+        next if $sig && $self->{killed}{ $sig->[0] }{ $sig->[1] };
+        next unless $sig || $line =~ /\[(?:alert|crit|emerg)\]/
+            || grep { $line =~ $_ } @BUG_LINES;
+        if (grep { $line =~ $_ } @{ $self->{expect_log} }) {
+            diag 'expect_log exempts a signal line: kill_workers exempts '
+                . 'only the pids the test killed' if $sig && !$warned++;
+            next;
+        }
         push @bad, $line;
     }
     return @bad;
 }
 
+# One test: the error log is clean (see the top of this file); and one
+# more: nginx stopped cleanly every time it was stopped.
 sub check_log {
     my ($self) = @_;
+    local $Test::Builder::Level = $Test::Builder::Level + 1;
     my @bad = $self->bad_log_lines;
-    ok(!@bad, 'error log has no alert/crit/emerg/signal lines')
-        or diag join "\n", @bad[0 .. ($#bad < 19 ? $#bad : 19)];
+    ok(!@bad, 'error log has no alert/crit/emerg/signal lines, no module '
+        . 'bug lines') or diag join "\n", @bad[0 .. ($#bad < 19 ? $#bad : 19)];
+    my @p = $self->problems;
+    ok(!@p, 'nginx stopped cleanly') or diag join "\n", @p;
     $self->check_sanitizer if $SANITIZE;
 }
 
@@ -470,6 +622,7 @@ sub diag_some {
 # Stops nginx, checks the error log and ends the test.
 sub done {
     my ($self) = @_;
+    local $Test::Builder::Level = $Test::Builder::Level + 1;
     $self->stop;
     $self->check_log;
     done_testing();
@@ -923,6 +1076,7 @@ sub parallel {
     while (%kid) {
         my $pid = waitpid(-1, WNOHANG);
         if ($pid > 0) {
+            $EXIT{$pid} = $? unless exists $kid{$pid};    # an nginx master
             delete $kid{$pid};
             next;
         }
