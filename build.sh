@@ -112,7 +112,7 @@ build() {
 }
 
 # The npm packages of package-lock.json (the OpenAPI linter and validator
-# that t/24-openapi.t runs) in node_modules/; Debian's nodejs and npm
+# that t/41-openapi.t runs) in node_modules/; Debian's nodejs and npm
 # where there is no node or npm (Debian 12's node 18 runs them).
 install_node_deps() {
     local missing=()

@@ -1,6 +1,6 @@
 #!/usr/bin/perl
 # Writes t/data/store-format-2.dump.gz and .json: a store of format 2 (the
-# format before per-account limits), for t/45-store-upgrade.t.  Run it
+# format before per-account limits), for t/35-store-upgrade.t.  Run it
 # with a module built from a commit that writes format 2 (git show
 # b1e6a65, say), from the repository's top directory:
 #

@@ -4,7 +4,7 @@
 # the metrics: health, accounts and balances (a name is text, not markup),
 # routes with breaker, in flight, attempts and failures, executions by
 # status, open holds, the webhook backlog and the recent failed deliveries.
-# A screenshot is kept: build/artifacts/26-dashboard.png (and the DOM, .html).
+# A screenshot is kept: build/artifacts/40-dashboard.png (and the DOM, .html).
 # Also the page itself (one self-contained answer, its CSP), and the admin
 # lists it reads: accounts (paginated) and deliveries.
 use strict;
@@ -147,8 +147,8 @@ skip 'no chromium', 1 unless $chromium;
 
 my $dir = "$MR::Test::ROOT/build/artifacts";
 make_path($dir);
-my $png = "$dir/26-dashboard.png";
-my $html = "$dir/26-dashboard.html";
+my $png = "$dir/40-dashboard.png";
+my $html = "$dir/40-dashboard.html";
 unlink $png, $html;
 my $url = $t->url('/admin/');
 my @flags = ('--headless', '--no-sandbox', '--disable-gpu',
