@@ -58,6 +58,7 @@ typedef int (*mr_store_step_pt)(MDB_txn *txn, mr_store_op_t *op);
 
 
 
+static int mr_store_start_secret(MDB_txn *txn, mr_main_conf_t *mcf);
 static int mr_store_open_dbis(MDB_txn *txn, mr_store_t *st);
 static int mr_store_txn_begin(unsigned flags, MDB_txn **txn);
 static void mr_store_commit_handler(ngx_event_t *ev);
@@ -117,114 +118,6 @@ static struct {
     ngx_uint_t                n;
     ngx_uint_t                i;             /* the one at hand */
 } mr_sweep;
-
-
-/* master: create the directory, validate the environment, hand it over */
-
-ngx_int_t
-mr_store_init_module(ngx_cycle_t *cycle, mr_main_conf_t *mcf)
-{
-    int                rc;
-    u_char            *p;
-    MDB_env           *env;
-    MDB_txn           *txn;
-    ngx_uint_t         i, rotate;
-    ngx_core_conf_t   *ccf;
-    mr_store_t         st;
-    u_char             path[NGX_MAX_PATH];
-    static const char *files[] = { "", "/data.mdb", "/lock.mdb" };
-
-    if (mcf->store_path.len + sizeof("/lock.mdb") > NGX_MAX_PATH) {
-        ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
-                      "modelroute_store: path too long");
-        return NGX_ERROR;
-    }
-
-    p = ngx_cpymem(path, mcf->store_path.data, mcf->store_path.len);
-    *p = '\0';
-
-    if (ngx_create_dir(path, 0700) == NGX_FILE_ERROR
-        && ngx_errno != NGX_EEXIST)
-    {
-        ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno,
-                      "modelroute_store: cannot create \"%s\"", path);
-        return NGX_ERROR;
-    }
-
-    if (mr_store_upgrade(cycle, mcf) != NGX_OK) {
-        return NGX_ERROR;
-    }
-
-    rc = mr_store_open(&env, mcf, cycle->log);
-    if (rc != 0) {
-        return NGX_ERROR;
-    }
-
-    ngx_memzero(&st, sizeof(mr_store_t));
-
-    /*
-     * a new dispatch secret on a start, not on a reload, a signal or a
-     * binary upgrade (whose new master inherits the listening sockets
-     * and shares them with the old workers)
-     */
-
-    rotate = ngx_is_init_cycle(cycle->old_cycle) && !ngx_test_config
-             && ngx_process != NGX_PROCESS_SIGNALLER
-             && getenv(NGINX_VAR) == NULL;   /* not a binary upgrade */
-
-    rc = mdb_txn_begin(env, NULL, 0, &txn);
-    if (rc == 0) {
-        rc = mr_store_open_dbis(txn, &st);
-        if (rc == 0) {
-            rc = mr_store_disp_secrets(txn, st.meta, rotate);
-        }
-        if (rc == 0) {
-            rc = mr_store_ops_init(txn, &st);
-        }
-        if (rc == 0) {
-            rc = mdb_txn_commit(txn);
-        } else {
-            mdb_txn_abort(txn);
-        }
-    }
-
-    mdb_env_close(env);
-
-    if (rc == MDB_VERSION_MISMATCH) {
-        ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
-                      "modelroute_store: \"%V\" was written by another "
-                      "version of the module (this one reads format %d): "
-                      "move it away, or point modelroute_store elsewhere",
-                      &mcf->store_path, MR_STORE_VERSION);
-        return NGX_ERROR;
-    }
-
-    if (rc != 0) {
-        ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
-                      "modelroute_store: \"%V\": %s",
-                      &mcf->store_path, mdb_strerror(rc));
-        return NGX_ERROR;
-    }
-
-    ccf = (ngx_core_conf_t *) ngx_get_conf(cycle->conf_ctx, ngx_core_module);
-
-    if (geteuid() != 0 || ccf->user == (ngx_uid_t) NGX_CONF_UNSET_UINT) {
-        return NGX_OK;
-    }
-
-    for (i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
-        p = ngx_cpymem(path, mcf->store_path.data, mcf->store_path.len);
-        p = ngx_cpystrn(p, (u_char *) files[i], NGX_MAX_PATH - (p - path));
-
-        if (chown((char *) path, ccf->user, ccf->group) == -1) {
-            ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno,
-                          "modelroute_store: chown(\"%s\") failed", path);
-            return NGX_ERROR;
-        }
-    }
-
-    return NGX_OK;
-}
 
 
 int
@@ -378,14 +271,38 @@ mr_store_init_process(ngx_cycle_t *cycle, mr_main_conf_t *mcf)
                       "modelroute_store: cleared %d stale readers", dead);
     }
 
+    /*
+     * the tables, the format version and the secrets are made here, by
+     * the worker user, when missing: the master never writes the store
+     */
+
     rc = mdb_txn_begin(mr_store.env, NULL, 0, &txn);
     if (rc == 0) {
         rc = mr_store_open_dbis(txn, &mr_store);
+        if (rc == 0) {
+            rc = mr_store_disp_secrets(txn, mr_store.meta, 0);
+        }
+        if (rc == 0) {
+            rc = mr_store_start_secret(txn, mcf);
+        }
+        if (rc == 0) {
+            rc = mr_store_ops_init(txn, &mr_store);
+        }
         if (rc == 0) {
             rc = mdb_txn_commit(txn);
         } else {
             mdb_txn_abort(txn);
         }
+    }
+
+    if (rc == MDB_VERSION_MISMATCH) {
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
+                      "modelroute_store: \"%V\" was written by another "
+                      "version of the module (this one reads format %d)",
+                      &mcf->store_path, MR_STORE_VERSION);
+        mdb_env_close(mr_store.env);
+        mr_store.env = NULL;
+        return NGX_ERROR;
     }
 
     if (rc != 0) {
@@ -438,6 +355,32 @@ mr_store_init_process(ngx_cycle_t *cycle, mr_main_conf_t *mcf)
 #endif
 
     return NGX_OK;
+}
+
+
+/*
+ * The dispatch secret of this start (made by the master, see
+ * mr_store_check()): every worker of the start's first generation stores
+ * the same one before it reads it.  Workers after a reload find none in
+ * their configuration and keep the stored one, which the old workers
+ * use on the dispatch socket they share.
+ */
+
+static int
+mr_store_start_secret(MDB_txn *txn, mr_main_conf_t *mcf)
+{
+    MDB_val  k, v;
+
+    if (!mcf->start) {
+        return 0;
+    }
+
+    k.mv_data = "dsecret";
+    k.mv_size = sizeof("dsecret") - 1;
+    v.mv_data = mcf->start_secret;
+    v.mv_size = MR_STORE_SECRET_LEN;
+
+    return mdb_put(txn, mr_store.meta, &k, &v, 0);
 }
 
 

@@ -452,7 +452,7 @@ struct mr_store_op_s {
 };
 
 
-ngx_int_t mr_store_init_module(ngx_cycle_t *cycle, mr_main_conf_t *mcf);
+ngx_int_t mr_store_check(ngx_cycle_t *cycle, mr_main_conf_t *mcf);
 ngx_int_t mr_store_init_process(ngx_cycle_t *cycle, mr_main_conf_t *mcf);
 void mr_store_exit_process(ngx_cycle_t *cycle);
 

@@ -57,6 +57,7 @@ static char *ngx_http_modelroute_webhook_concurrency(ngx_conf_t *cf,
 static ngx_int_t ngx_http_modelroute_thread_pool(ngx_conf_t *cf,
     mr_main_conf_t *mcf);
 static mr_main_conf_t *ngx_http_modelroute_cycle_conf(ngx_cycle_t *cycle);
+static char *ngx_http_modelroute_check_conf(ngx_cycle_t *cycle, void *conf);
 static ngx_int_t ngx_http_modelroute_init_module(ngx_cycle_t *cycle);
 static ngx_int_t ngx_http_modelroute_init_process(ngx_cycle_t *cycle);
 static void ngx_http_modelroute_exit_process(ngx_cycle_t *cycle);
@@ -276,6 +277,37 @@ ngx_module_t  ngx_http_modelroute_module = {
     NULL,                                  /* init thread */
     NULL,                                  /* exit thread */
     ngx_http_modelroute_exit_process,      /* exit process */
+    NULL,                                  /* exit master */
+    NGX_MODULE_V1_PADDING
+};
+
+
+/*
+ * A core module of the same shared object: its init_conf runs once the
+ * whole configuration is read (the worker user is known then), on a
+ * start, a reload and "nginx -t" alike, where a refusal leaves a running
+ * nginx on its old configuration.  init_module, which runs later, would
+ * take the master down on a reload if it failed: it does nothing that can.
+ */
+
+static ngx_core_module_t  ngx_http_modelroute_core_module_ctx = {
+    ngx_string("modelroute_core"),
+    NULL,                                  /* create conf */
+    ngx_http_modelroute_check_conf         /* init conf */
+};
+
+
+ngx_module_t  ngx_http_modelroute_core_module = {
+    NGX_MODULE_V1,
+    &ngx_http_modelroute_core_module_ctx,  /* module context */
+    NULL,                                  /* module directives */
+    NGX_CORE_MODULE,                       /* module type */
+    NULL,                                  /* init master */
+    NULL,                                  /* init module */
+    NULL,                                  /* init process */
+    NULL,                                  /* init thread */
+    NULL,                                  /* exit thread */
+    NULL,                                  /* exit process */
     NULL,                                  /* exit master */
     NGX_MODULE_V1_PADDING
 };
@@ -1017,6 +1049,30 @@ ngx_http_modelroute_cycle_conf(ngx_cycle_t *cycle)
 }
 
 
+/* after the configuration is read: the store, as the workers will see it */
+
+static char *
+ngx_http_modelroute_check_conf(ngx_cycle_t *cycle, void *conf)
+{
+    mr_main_conf_t  *mcf;
+
+    if (ngx_process == NGX_PROCESS_SIGNALLER) {
+        return NGX_CONF_OK;
+    }
+
+    mcf = ngx_http_modelroute_cycle_conf(cycle);
+
+    if (mcf == NULL || !mcf->used) {
+        return NGX_CONF_OK;
+    }
+
+    return mr_store_check(cycle, mcf) == NGX_OK ? NGX_CONF_OK
+                                                : NGX_CONF_ERROR;
+}
+
+
+/* nothing here may fail: a failure on a reload exits the master */
+
 static ngx_int_t
 ngx_http_modelroute_init_module(ngx_cycle_t *cycle)
 {
@@ -1024,14 +1080,9 @@ ngx_http_modelroute_init_module(ngx_cycle_t *cycle)
 
     mcf = ngx_http_modelroute_cycle_conf(cycle);
 
-    if (mcf == NULL || !mcf->used) {
-        mr_conf = NULL;
-        return NGX_OK;
-    }
+    mr_conf = (mcf && mcf->used) ? mcf : NULL;
 
-    mr_conf = mcf;
-
-    return mr_store_init_module(cycle, mcf);
+    return NGX_OK;
 }
 
 
