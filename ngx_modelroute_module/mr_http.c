@@ -28,6 +28,8 @@ static void mr_http_body_ready(ngx_http_request_t *r);
 static void mr_http_pool_cleanup(void *data);
 static ngx_int_t mr_http_body_copy(ngx_http_request_t *r);
 static ngx_int_t mr_http_json_type(ngx_http_request_t *r);
+static void mr_http_block(ngx_http_request_t *r);
+static void mr_http_unblock(ngx_http_request_t *r);
 
 
 static mr_error_t  mr_errors[] = {
@@ -774,7 +776,7 @@ mr_http_submit(ngx_http_request_t *r, mr_store_op_t *op,
     op->data = r;
     op->handler = handler;
 
-    r->main->blocked++;
+    mr_http_block(r);
 
     mr_store_submit(op);
 
@@ -788,7 +790,7 @@ failed:
     op->data = r;
     op->result = MR_R_INTERNAL;
 
-    r->main->blocked++;
+    mr_http_block(r);
 
     handler(op);
 }
@@ -810,7 +812,7 @@ mr_http_resume(mr_store_op_t *op)
 
     r = op->data;
 
-    r->main->blocked--;
+    mr_http_unblock(r);
 
     if (r->connection->error) {
         mr_http_finalize(r, NGX_ERROR);
@@ -818,6 +820,46 @@ mr_http_resume(mr_store_op_t *op)
     }
 
     return r;
+}
+
+
+/*
+ * r->main->blocked has 8 bits, and a Lua ngx.location.capture_multi()
+ * may have hundreds of operations in flight for one main request: the
+ * main request counts them, and is blocked once while there are any.
+ * Without a context (no memory) nothing was blocked, and nothing is
+ * unblocked.
+ */
+
+static void
+mr_http_block(ngx_http_request_t *r)
+{
+    mr_http_ctx_t  *mctx;
+
+    mctx = mr_http_ctx(r->main);
+    if (mctx == NULL) {
+        return;
+    }
+
+    if (mctx->ops++ == 0) {
+        r->main->blocked++;
+    }
+}
+
+
+static void
+mr_http_unblock(ngx_http_request_t *r)
+{
+    mr_http_ctx_t  *mctx;
+
+    mctx = ngx_http_get_module_ctx(r->main, ngx_http_modelroute_module);
+    if (mctx == NULL || mctx->ops == 0) {
+        return;
+    }
+
+    if (--mctx->ops == 0) {
+        r->main->blocked--;
+    }
 }
 
 

@@ -50,6 +50,8 @@ typedef struct {
     u_char                    secret[80];     /* a new key's secret */
     ngx_str_t                 envelope;       /* for nginx's own errors */
     void                     *data;           /* the dispatch endpoint's */
+    ngx_uint_t                ops;            /* of a main request and its
+                                                 subrequests, in the store */
     unsigned                  answered:1;     /* mr_http_send() was used */
     unsigned                  envelope_sent:1;
     mr_store_op_t             op;
