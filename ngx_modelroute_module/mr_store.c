@@ -66,6 +66,7 @@ static void mr_store_batch_thread(void *data, ngx_log_t *log);
 static void mr_store_batch_done(ngx_event_t *ev);
 static void mr_store_tick_handler(ngx_event_t *ev);
 static void mr_store_inflight_handler(ngx_event_t *ev);
+static void mr_store_wake_handler(ngx_event_t *ev);
 static void mr_store_map_pages(void);
 static int mr_store_run(ngx_queue_t *ops, mr_store_op_t *one);
 static void mr_store_op_reset(mr_store_op_t *op, ngx_uint_t result);
@@ -331,6 +332,12 @@ mr_store_init_process(ngx_cycle_t *cycle, mr_main_conf_t *mcf)
     mr_store.inflight_ev.log = cycle->log;
     mr_store.inflight_ev.data = &mr_store;
 
+    mr_store.wake_ev.handler = mr_store_wake_handler;
+    mr_store.wake_ev.log = cycle->log;
+    mr_store.wake_ev.data = &mr_store;
+
+    ngx_queue_init(&mr_store.waiters);
+
     ngx_add_timer(&mr_store.tick_ev, MR_STORE_TICK);
 
     mr_store.synced_ms = mr_now_ms();
@@ -395,6 +402,10 @@ mr_store_exit_process(ngx_cycle_t *cycle)
 
     if (mr_store.commit_ev.posted) {
         ngx_delete_posted_event(&mr_store.commit_ev);
+    }
+
+    if (mr_store.wake_ev.posted) {
+        ngx_delete_posted_event(&mr_store.wake_ev);
     }
 
     if (mr_store.rtxn) {
@@ -509,10 +520,23 @@ mr_store_read_begin(void)
 
     rc = mr_store_txn_begin(MDB_RDONLY, &mr_store.rtxn);
     if (rc != 0) {
+        mr_store.rtxn = NULL;
+
+        if (rc == MDB_MAP_RESIZED) {
+
+            /*
+             * another process grew the map, and a commit of this worker
+             * is in flight: LMDB cannot map the store again until it is
+             * done (see mr_store_wait())
+             */
+
+            mr_store.remap = 1;
+            return NULL;
+        }
+
         ngx_log_error(NGX_LOG_ERR, mr_store.log, 0,
                       "modelroute_store: read transaction: %s",
                       mdb_strerror(rc));
-        mr_store.rtxn = NULL;
         return NULL;
     }
 
@@ -525,6 +549,66 @@ mr_store_read_end(void)
 {
     if (mr_store.rtxn) {
         mdb_txn_reset(mr_store.rtxn);
+    }
+}
+
+
+/*
+ * A read that finds the map grown by another process while a commit of
+ * this worker is in flight (MDB_MAP_RESIZED, and LMDB cannot map the store
+ * again while a transaction is open) is not an error: its caller may wait
+ * for the commit, after which the store is mapped again and the waiter's
+ * handler runs.  NGX_DECLINED: there is nothing to wait for.
+ */
+
+ngx_int_t
+mr_store_wait(mr_store_waiter_t *w)
+{
+    if (!mr_store.remap || !mr_store.busy || w->waiting) {
+        return NGX_DECLINED;
+    }
+
+    ngx_queue_insert_tail(&mr_store.waiters, &w->queue);
+    w->waiting = 1;
+
+    return NGX_OK;
+}
+
+
+void
+mr_store_wait_cancel(mr_store_waiter_t *w)
+{
+    if (w->waiting) {
+        ngx_queue_remove(&w->queue);
+        w->waiting = 0;
+    }
+}
+
+
+static void
+mr_store_wake_handler(ngx_event_t *ev)
+{
+    ngx_queue_t         all, *q;
+    mr_store_waiter_t  *w;
+
+    if (ngx_queue_empty(&mr_store.waiters)) {
+        return;
+    }
+
+    /* the handlers may wait again: only those waiting now run */
+
+    all = mr_store.waiters;
+    all.next->prev = &all;
+    all.prev->next = &all;
+    ngx_queue_init(&mr_store.waiters);
+
+    while (!ngx_queue_empty(&all)) {
+        q = ngx_queue_head(&all);
+        ngx_queue_remove(q);
+
+        w = ngx_queue_data(q, mr_store_waiter_t, queue);
+        w->waiting = 0;
+        w->handler(w);
     }
 }
 
@@ -701,6 +785,7 @@ mr_store_batch_done(ngx_event_t *ev)
     mr_store_op_t     *op;
     mr_store_batch_t  *b;
 
+    rc = 0;
     b = &mr_store.batch;
     emitted = 0;
     ready = 0;
@@ -711,13 +796,28 @@ mr_store_batch_done(ngx_event_t *ev)
         ngx_del_timer(&mr_store.inflight_ev);
     }
 
-    if (b->rc == MDB_MAP_RESIZED) {
+    if (b->rc == MDB_MAP_RESIZED || mr_store.remap) {
 
         /* the map grew in another process; no transaction is open here */
 
         rc = mdb_env_set_mapsize(mr_store.env, 0);
         if (rc == 0) {
             mr_store_map_pages();
+        }
+
+        mr_store.remap = 0;
+
+        /* the reads that waited for this run again */
+
+        if (!ngx_queue_empty(&mr_store.waiters) && !mr_store.wake_ev.posted)
+        {
+            ngx_post_event(&mr_store.wake_ev, &ngx_posted_events);
+        }
+    }
+
+    if (b->rc == MDB_MAP_RESIZED) {
+
+        if (rc == 0) {
 
             /* again, ahead of what arrived meanwhile */
 

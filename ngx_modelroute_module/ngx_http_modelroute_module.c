@@ -347,24 +347,40 @@ mr_model_find(mr_main_conf_t *mcf, ngx_str_t *slug)
 ngx_int_t
 ngx_http_modelroute_handler(ngx_http_request_t *r)
 {
+    ngx_int_t       rc;
     mr_loc_conf_t  *lcf;
+    mr_http_ctx_t  *ctx;
 
     lcf = ngx_http_get_module_loc_conf(r, ngx_http_modelroute_module);
+
+    if (lcf->handler == MR_HANDLER_SIM) {
+        return mr_sim_handler(r);
+    }
+
+    ctx = mr_http_ctx(r);
+    if (ctx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->run = MR_RUN_CONTENT;
 
     switch (lcf->handler) {
 
     case MR_HANDLER_ADMIN:
-        return mr_admin_handler(r, 0);
+        rc = mr_admin_handler(r, 0);
+        break;
 
     case MR_HANDLER_LUA:
-        return mr_lua_handler(r);
-
-    case MR_HANDLER_SIM:
-        return mr_sim_handler(r);
+        rc = mr_lua_handler(r);
+        break;
 
     default:
-        return mr_api_handler(r, r->uri.data, r->uri.data + r->uri.len);
+        rc = mr_api_handler(r, r->uri.data, r->uri.data + r->uri.len);
     }
+
+    ctx->run = MR_RUN_NONE;
+
+    return rc;
 }
 
 
