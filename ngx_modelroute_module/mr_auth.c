@@ -162,10 +162,16 @@ mr_auth_request(ngx_http_request_t *r, ngx_uint_t permission, ngx_int_t *rc)
         return NGX_DECLINED;
     }
 
-    found = mr_ratelimit_request(r);        /* NGX_DONE: within the limit */
-    if (found != NGX_DONE) {
-        *rc = found;
-        return NGX_DECLINED;
+    /* once: a request that runs again (mr_http_error()) is one request */
+
+    if (!ctx->counted) {
+        found = mr_ratelimit_request(r);    /* NGX_DONE: within the limit */
+        if (found != NGX_DONE) {
+            *rc = found;
+            return NGX_DECLINED;
+        }
+
+        ctx->counted = 1;
     }
 
     return mr_auth_forbidden(r, ctx, permission, rc);

@@ -66,6 +66,7 @@ typedef struct {
     unsigned                  parked:2;       /* the run that waits */
     unsigned                  submitted:1;    /* an operation was sent */
     unsigned                  cleanup:1;
+    unsigned                  counted:1;      /* by the rate limiter */
     mr_store_op_t             op;
 } mr_http_ctx_t;
 
