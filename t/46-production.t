@@ -40,13 +40,10 @@ my $lua_lib = "$MR::Test::ROOT/lua-compat/lib";
 my $t = MR::Test::Production->new(workers => $ncpu);
 my $p = $t->prefix;
 
-system('openssl', 'req', '-x509', '-newkey', 'rsa:2048', '-nodes',
-    '-keyout', "$p/conf/key.pem", '-out', "$p/conf/cert.pem", '-days', '2',
-    '-subj', '/CN=localhost', '-loglevel', 'error') == 0
-    or system('openssl', 'req', '-x509', '-newkey', 'rsa:2048', '-nodes',
-        '-keyout', "$p/conf/key.pem", '-out', "$p/conf/cert.pem",
-        '-days', '2', '-subj', '/CN=localhost') == 0
-    or BAIL_OUT('openssl req failed');
+my $ssl = MR::Test::run_capture('openssl', 'req', '-x509', '-newkey',
+    'rsa:2048', '-nodes', '-keyout', "$p/conf/key.pem",
+    '-out', "$p/conf/cert.pem", '-days', '2', '-subj', '/CN=localhost');
+BAIL_OUT("openssl req failed: $ssl") if $?;
 
 my $http = <<"EOF";
 lua_package_path "$lua_lib/?.lua;;";
