@@ -464,6 +464,7 @@ struct mr_store_waiter_s {
 
 
 ngx_int_t mr_store_check(ngx_cycle_t *cycle, mr_main_conf_t *mcf);
+ngx_int_t mr_store_start(ngx_cycle_t *cycle, mr_main_conf_t *mcf);
 ngx_int_t mr_store_init_process(ngx_cycle_t *cycle, mr_main_conf_t *mcf);
 void mr_store_exit_process(ngx_cycle_t *cycle);
 

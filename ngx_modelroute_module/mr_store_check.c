@@ -86,24 +86,66 @@ static ngx_int_t mr_store_check_fail(mr_check_t *ck, mr_check_path_t *p,
     ngx_err_t err);
 static char *mr_store_check_path(ngx_cycle_t *cycle, ngx_str_t *dir,
     const char *name);
+static ngx_int_t mr_store_check_init(mr_check_t *ck, ngx_cycle_t *cycle,
+    mr_main_conf_t *mcf);
 
 
 ngx_int_t
 mr_store_check(ngx_cycle_t *cycle, mr_main_conf_t *mcf)
 {
-    ngx_uint_t   i;
     mr_check_t  *ck;
+
+    ck = ngx_pcalloc(cycle->pool, sizeof(mr_check_t));
+    if (ck == NULL || mr_store_check_init(ck, cycle, mcf) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (mr_store_check_map(ck) != NGX_OK
+        || mr_store_check_dir(ck) != NGX_OK
+        || mr_store_check_data(ck) != NGX_OK
+        || mr_store_check_owner(ck) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    /*
+     * a store of the previous format is upgraded when nginx starts, in
+     * init_module (mr_store_upgrade.c: its messages go to the error log
+     * of the configuration), before any worker opens it; nginx -t notes it
+     */
+
+    mcf->upgrade = ck->upgrade;
+
+    /*
+     * a new dispatch secret on a start, not on a reload nor a binary
+     * upgrade (whose new master inherits the listening sockets and shares
+     * them with the old workers); the workers of this start store it
+     */
+
+    if (ck->start) {
+        if (RAND_bytes(mcf->start_secret, sizeof(mcf->start_secret)) != 1) {
+            ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
+                          "modelroute_store: RAND_bytes() failed");
+            return NGX_ERROR;
+        }
+
+        mcf->start = 1;
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+mr_store_check_init(mr_check_t *ck, ngx_cycle_t *cycle, mr_main_conf_t *mcf)
+{
+    ngx_uint_t  i;
 
     static const char  *names[] = { "", "/data.mdb", "/lock.mdb" };
 
     if (mcf->store_path.len + sizeof("/lock.mdb") > NGX_MAX_PATH) {
         ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
                       "modelroute_store: path too long");
-        return NGX_ERROR;
-    }
-
-    ck = ngx_pcalloc(cycle->pool, sizeof(mr_check_t));
-    if (ck == NULL) {
         return NGX_ERROR;
     }
 
@@ -136,47 +178,54 @@ mr_store_check(ngx_cycle_t *cycle, mr_main_conf_t *mcf)
                                                 : R_OK | W_OK;
     }
 
-    if (mr_store_check_map(ck) != NGX_OK
-        || mr_store_check_dir(ck) != NGX_OK
-        || mr_store_check_data(ck) != NGX_OK)
-    {
-        return NGX_ERROR;
-    }
-
-    /*
-     * a store of the previous format is upgraded when nginx starts, in
-     * the master, before any worker opens it (mr_store_upgrade.c); its
-     * files are then given to the worker user with the others
-     */
-
-    if (ck->upgrade
-        && (mr_store_upgrade(cycle, mcf) != NGX_OK
-            || mr_store_check_files(ck) != NGX_OK))
-    {
-        return NGX_ERROR;
-    }
-
-    if (mr_store_check_owner(ck) != NGX_OK) {
-        return NGX_ERROR;
-    }
-
-    /*
-     * a new dispatch secret on a start, not on a reload nor a binary
-     * upgrade (whose new master inherits the listening sockets and shares
-     * them with the old workers); the workers of this start store it
-     */
-
-    if (ck->start) {
-        if (RAND_bytes(mcf->start_secret, sizeof(mcf->start_secret)) != 1) {
-            ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
-                          "modelroute_store: RAND_bytes() failed");
-            return NGX_ERROR;
-        }
-
-        mcf->start = 1;
-    }
-
     return NGX_OK;
+}
+
+
+/*
+ * init_module, for a store of the previous format that mr_store_check()
+ * found (a start, or nginx -t; never a reload): nginx -t says that the
+ * start upgrades it; a start upgrades it (mr_store_upgrade.c), before any
+ * worker opens it, and gives what the master made there to the worker
+ * user.  A failure ends the start.
+ */
+
+ngx_int_t
+mr_store_start(ngx_cycle_t *cycle, mr_main_conf_t *mcf)
+{
+    mr_check_t  ck;
+
+    if (!mcf->upgrade) {
+        return NGX_OK;
+    }
+
+    if (ngx_test_config) {
+        ngx_log_error(NGX_LOG_NOTICE, cycle->log, 0,
+                      "modelroute_store: \"%V\" is of format %d: nginx "
+                      "upgrades it to format %d when it starts",
+                      &mcf->store_path, MR_STORE_VERSION - 1,
+                      MR_STORE_VERSION);
+        return NGX_OK;
+    }
+
+    if (mr_store_upgrade(cycle, mcf) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    ngx_memzero(&ck, sizeof(mr_check_t));
+
+    if (mr_store_check_init(&ck, cycle, mcf) != NGX_OK
+        || ngx_file_info(ck.files[MR_CHECK_DIR].path,
+                         &ck.files[MR_CHECK_DIR].fi)
+           == NGX_FILE_ERROR
+        || mr_store_check_files(&ck) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    ck.files[MR_CHECK_DIR].exists = 1;
+
+    return mr_store_check_owner(&ck);
 }
 
 
@@ -429,7 +478,9 @@ mr_store_check_data(mr_check_t *ck)
 
     ok = mr_store_check_format(ck, txn);
 
-    if (ok == NGX_OK) {
+    /* the upgrade says so if the previous format does not fit */
+
+    if (ok == NGX_OK && !ck->upgrade) {
         (void) mdb_env_stat(env, &st);
         (void) mdb_env_info(env, &info);
 
@@ -538,11 +589,7 @@ static ngx_int_t
 mr_store_check_upgrade(mr_check_t *ck)
 {
     if (ngx_test_config) {
-        ngx_log_error(NGX_LOG_NOTICE, ck->cycle->log, 0,
-                      "modelroute_store: \"%V\" is of format %d: nginx "
-                      "upgrades it to format %d when it starts",
-                      &ck->mcf->store_path, MR_STORE_VERSION - 1,
-                      MR_STORE_VERSION);
+        ck->upgrade = 1;
         return NGX_OK;
     }
 

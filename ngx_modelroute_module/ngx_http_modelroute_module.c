@@ -1087,7 +1087,12 @@ ngx_http_modelroute_check_conf(ngx_cycle_t *cycle, void *conf)
 }
 
 
-/* nothing here may fail: a failure on a reload exits the master */
+/*
+ * Nothing here may fail on a reload (it would exit the master): only the
+ * upgrade of a store of the previous format runs here, which
+ * mr_store_check() allows on a start (or notes for nginx -t), never on a
+ * reload.
+ */
 
 static ngx_int_t
 ngx_http_modelroute_init_module(ngx_cycle_t *cycle)
@@ -1098,7 +1103,11 @@ ngx_http_modelroute_init_module(ngx_cycle_t *cycle)
 
     mr_conf = (mcf && mcf->used) ? mcf : NULL;
 
-    return NGX_OK;
+    if (mr_conf == NULL) {
+        return NGX_OK;
+    }
+
+    return mr_store_start(cycle, mcf);
 }
 
 

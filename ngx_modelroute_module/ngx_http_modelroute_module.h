@@ -93,6 +93,7 @@ typedef struct {
     void                     *dispatch_srv;    /* its core srv conf */
     u_char                    start_secret[32];/* the dispatch secret */
     ngx_uint_t                start;           /* a start, not a reload */
+    ngx_uint_t                upgrade;         /* of the store's format */
     ngx_uint_t                used;            /* api or admin mounted */
 } mr_main_conf_t;
 

@@ -142,6 +142,17 @@ with_data('a store of another format',
     lmdb_env(meta => (version => '\01\00\00\00')),
     qr/another version of the module \(format 1/);
 
+# the previous format is upgraded when nginx starts, never on a reload
+my ($format) = do {
+    open my $h, '<', "$MR::Test::ROOT/ngx_modelroute_module/mr_store_lmdb.h"
+        or die $!;
+    map { /^#define MR_STORE_VERSION\s+(\d+)/ ? $1 : () } <$h>;
+};
+with_data('a store of the previous format',
+    lmdb_env(meta => (version => sprintf('\\%02x\\00\\00\\00',
+        $format - 1))),
+    qr/upgrades it to format $format when nginx starts, not on a reload/);
+
 chmod 0700, $lib or die;
 refused('a store the worker user cannot reach',
     qr/\(user "nobody"\) cannot reach "\Q$store\E": they need search permission on "\Q$lib\E"/);
