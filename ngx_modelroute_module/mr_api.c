@@ -42,7 +42,16 @@ static ngx_int_t mr_api_post(ngx_http_request_t *r, mr_http_body_pt handler);
 #define MR_ROUTE_GET   2
 
 
-/* path: the URI from "/v1/" on */
+/*
+ * path: the URI from "/v1/" on.
+ *
+ * Every path is authenticated first: without a valid key the answer is
+ * 401, whatever the path, the method or the id (the callbacks of
+ * asynchronous providers carry their execution's token instead of a key).
+ * Then the route: an unknown one is 404 "no such path"; a method it does
+ * not have, 405; a key without the permission it needs, 403; an id that
+ * is not well formed is the resource's 404, as an unknown one is.
+ */
 
 ngx_int_t
 mr_api_handler(ngx_http_request_t *r, u_char *path, u_char *last)
@@ -72,76 +81,6 @@ mr_api_handler(ngx_http_request_t *r, u_char *path, u_char *last)
 #define mr_method(m)  (r->method & (m))
 #define mr_get        (NGX_HTTP_GET | NGX_HTTP_HEAD)
 
-    if (n == 1 && mr_seg_is(0, "executions")) {
-        allowed = mr_method(NGX_HTTP_POST) ? MR_ROUTE_POST
-                : mr_method(mr_get) ? MR_ROUTE_GET : 0;
-        if (!allowed) {
-            return mr_http_not_allowed(r, "GET, HEAD, POST");
-        }
-
-        if (mr_auth_request(r, MR_PERM_EXECUTION, &rc) != NGX_OK) {
-            return rc;
-        }
-
-        if (allowed == MR_ROUTE_POST) {
-            return mr_api_post(r, mr_api_create);
-        }
-
-        return mr_api_list(r);
-    }
-
-    if ((n == 2 || n == 3) && mr_seg_is(0, "executions")) {
-
-        if (!mr_id_valid(&seg[1], "exec_", MR_EXEC_ID_LEN)) {
-            goto not_found;
-        }
-
-        ctx->id = seg[1];
-
-        if (n == 3 && mr_seg_is(2, "cancel")) {
-            if (!mr_method(NGX_HTTP_POST)) {
-                return mr_http_not_allowed(r, "POST");
-            }
-
-            if (mr_auth_request(r, MR_PERM_EXECUTION, &rc) != NGX_OK) {
-                return rc;
-            }
-
-            return mr_api_post(r, mr_api_cancel);
-        }
-
-        if (n == 3 && !mr_seg_is(2, "result")) {
-            goto not_found;
-        }
-
-        if (!mr_method(mr_get)) {
-            return mr_http_not_allowed(r, "GET, HEAD");
-        }
-
-        if (mr_auth_request(r, MR_PERM_EXECUTION, &rc) != NGX_OK) {
-            return rc;
-        }
-
-        return mr_api_get(r, n == 3);
-    }
-
-    if (n == 1 && (mr_seg_is(0, "balance") || mr_seg_is(0, "models"))) {
-        if (!mr_method(mr_get)) {
-            return mr_http_not_allowed(r, "GET, HEAD");
-        }
-
-        if (mr_auth_request(r, MR_PERM_EXECUTION, &rc) != NGX_OK) {
-            return rc;
-        }
-
-            return mr_seg_is(0, "balance") ? mr_api_balance(r)
-                                       : mr_api_models(r);
-    }
-
-    if (n >= 2 && n <= 4 && mr_seg_is(0, "webhooks")) {
-        return mr_webhook_api_handler(r, seg, n);
-    }
-
     /* an asynchronous provider's result: its token, not an API key */
 
     if (n == 2 && mr_seg_is(0, "callbacks")) {
@@ -158,17 +97,78 @@ mr_api_handler(ngx_http_request_t *r, u_char *path, u_char *last)
         return mr_callback_handler(r);
     }
 
-    if (n == 3 && mr_seg_is(0, "api-keys") && mr_seg_is(2, "rotate")) {
-        if (!mr_id_valid(&seg[1], "key_", MR_KEY_ID_LEN)) {
+    if (mr_auth_request(r, MR_PERM_EXECUTION, &rc) != NGX_OK) {
+        return rc;
+    }
+
+    if (n == 1 && mr_seg_is(0, "executions")) {
+        allowed = mr_method(NGX_HTTP_POST) ? MR_ROUTE_POST
+                : mr_method(mr_get) ? MR_ROUTE_GET : 0;
+        if (!allowed) {
+            return mr_http_not_allowed(r, "GET, HEAD, POST");
+        }
+
+        if (allowed == MR_ROUTE_POST) {
+            return mr_api_post(r, mr_api_create);
+        }
+
+        return mr_api_list(r);
+    }
+
+    if ((n == 2 || n == 3) && mr_seg_is(0, "executions")) {
+
+        if (n == 3 && !mr_seg_is(2, "cancel") && !mr_seg_is(2, "result")) {
             goto not_found;
         }
 
+        if (n == 3 && mr_seg_is(2, "cancel")) {
+            if (!mr_method(NGX_HTTP_POST)) {
+                return mr_http_not_allowed(r, "POST");
+            }
+
+        } else if (!mr_method(mr_get)) {
+            return mr_http_not_allowed(r, "GET, HEAD");
+        }
+
+        if (!mr_id_valid(&seg[1], "exec_", MR_EXEC_ID_LEN)) {
+            return mr_http_error(r, MR_E_NOT_FOUND, "no such execution",
+                                 NULL);
+        }
+
+        ctx->id = seg[1];
+
+        if (n == 3 && mr_seg_is(2, "cancel")) {
+            return mr_api_post(r, mr_api_cancel);
+        }
+
+        return mr_api_get(r, n == 3);
+    }
+
+    if (n == 1 && (mr_seg_is(0, "balance") || mr_seg_is(0, "models"))) {
+        if (!mr_method(mr_get)) {
+            return mr_http_not_allowed(r, "GET, HEAD");
+        }
+
+        return mr_seg_is(0, "balance") ? mr_api_balance(r)
+                                       : mr_api_models(r);
+    }
+
+    if (n >= 2 && n <= 4 && mr_seg_is(0, "webhooks")) {
+        return mr_webhook_api_handler(r, seg, n);
+    }
+
+    if (n == 3 && mr_seg_is(0, "api-keys") && mr_seg_is(2, "rotate")) {
         if (!mr_method(NGX_HTTP_POST)) {
             return mr_http_not_allowed(r, "POST");
         }
 
-        if (mr_auth_request(r, MR_PERM_FULL, &rc) != NGX_OK) {
+        if (mr_auth_permit(r, MR_PERM_FULL, &rc) != NGX_OK) {
             return rc;
+        }
+
+        if (!mr_id_valid(&seg[1], "key_", MR_KEY_ID_LEN)) {
+            return mr_http_error(r, MR_E_NOT_FOUND, "no such API key",
+                                 NULL);
         }
 
         ctx->id = seg[1];

@@ -15,9 +15,10 @@
 
 
 static ngx_int_t mr_auth_parse(ngx_str_t *secret);
-static ngx_int_t mr_auth_check(ngx_http_request_t *r,
-    ngx_uint_t permission);
-static ngx_int_t mr_auth_trusted(ngx_http_request_t *r, mr_http_ctx_t *ctx);
+static ngx_int_t mr_auth_forbidden(ngx_http_request_t *r, mr_http_ctx_t *ctx,
+    ngx_uint_t permission, ngx_int_t *rc);
+static ngx_int_t mr_auth_trusted(ngx_http_request_t *r, mr_http_ctx_t *ctx,
+    ngx_int_t *rc);
 
 
 /* a fresh secret and its key record (id, hash, hint, created) */
@@ -86,22 +87,14 @@ mr_auth_parse(ngx_str_t *secret)
 
 /*
  * Authenticates the request into ctx->key: NGX_OK, or NGX_DECLINED with
- * the refusal (401, 403, 500) sent and its rc in *rc.
+ * the refusal (401, 403, 500) sent and its rc in *rc (NGX_DONE if the
+ * request waits to run again, see mr_http_error()).
  */
 
 ngx_int_t
 mr_auth_request(ngx_http_request_t *r, ngx_uint_t permission, ngx_int_t *rc)
 {
-    *rc = mr_auth_check(r, permission);
-
-    return *rc == NGX_DONE ? NGX_OK : NGX_DECLINED;
-}
-
-
-static ngx_int_t
-mr_auth_check(ngx_http_request_t *r, ngx_uint_t permission)
-{
-    ngx_int_t        rc;
+    ngx_int_t        found;
     ngx_str_t        secret;
     mr_loc_conf_t   *lcf;
     mr_http_ctx_t   *ctx;
@@ -110,13 +103,14 @@ mr_auth_check(ngx_http_request_t *r, ngx_uint_t permission)
 
     ctx = mr_http_ctx(r);
     if (ctx == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        *rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+        return NGX_DECLINED;
     }
 
     lcf = ngx_http_get_module_loc_conf(r, ngx_http_modelroute_module);
 
     if (lcf->handler == MR_HANDLER_LUA) {
-        return mr_auth_trusted(r, ctx);
+        return mr_auth_trusted(r, ctx, rc);
     }
 
     h = r->headers_in.authorization;
@@ -125,59 +119,92 @@ mr_auth_check(ngx_http_request_t *r, ngx_uint_t permission)
         || ngx_strncasecmp(h->value.data, (u_char *) "Bearer ",
                            sizeof("Bearer ") - 1) != 0)
     {
-        return mr_http_error(r, MR_E_UNAUTHORIZED,
-                             "missing \"Authorization: Bearer\" API key",
-                             NULL);
+        *rc = mr_http_error(r, MR_E_UNAUTHORIZED,
+                            "missing \"Authorization: Bearer\" API key",
+                            NULL);
+        return NGX_DECLINED;
     }
 
     secret.data = h->value.data + sizeof("Bearer ") - 1;
     secret.len = h->value.len - (sizeof("Bearer ") - 1);
 
     if (mr_auth_parse(&secret) != NGX_OK) {
-        return mr_http_error(r, MR_E_UNAUTHORIZED,
-                             "malformed API key", NULL);
+        *rc = mr_http_error(r, MR_E_UNAUTHORIZED, "malformed API key", NULL);
+        return NGX_DECLINED;
     }
 
     mr_sha256(hash, secret.data, secret.len);
 
-    rc = mr_store_key_by_hash(hash, &ctx->key, r->pool);
+    found = mr_store_key_by_hash(hash, &ctx->key, r->pool);
 
-    if (rc == NGX_ERROR) {
-        return mr_http_error(r, MR_E_INTERNAL, "key lookup failed", NULL);
+    if (found == NGX_ERROR) {
+        *rc = mr_http_error(r, MR_E_INTERNAL, "key lookup failed", NULL);
+        return NGX_DECLINED;
     }
 
-    if (rc == NGX_DECLINED
+    if (found == NGX_DECLINED
         || !mr_memeq_ct(hash, ctx->key.rec.hash, MR_SHA256_LEN))
     {
-        return mr_http_error(r, MR_E_UNAUTHORIZED, "unknown API key", NULL);
+        *rc = mr_http_error(r, MR_E_UNAUTHORIZED, "unknown API key", NULL);
+        return NGX_DECLINED;
     }
 
     if (ctx->key.rec.revoked) {
-        return mr_http_error(r, MR_E_UNAUTHORIZED, "revoked API key", NULL);
+        *rc = mr_http_error(r, MR_E_UNAUTHORIZED, "revoked API key", NULL);
+        return NGX_DECLINED;
     }
 
     if (ctx->key.rec.valid_until_ms
         && ctx->key.rec.valid_until_ms <= mr_now_ms())
     {
-        return mr_http_error(r, MR_E_UNAUTHORIZED,
-                             "this API key was rotated and has expired",
-                             NULL);
+        *rc = mr_http_error(r, MR_E_UNAUTHORIZED,
+                            "this API key was rotated and has expired", NULL);
+        return NGX_DECLINED;
     }
 
-    rc = mr_ratelimit_request(r);        /* NGX_DONE: within the limit */
-    if (rc != NGX_DONE) {
-        return rc;
+    /* once: a request that runs again (mr_http_error()) is one request */
+
+    if (!ctx->counted) {
+        found = mr_ratelimit_request(r);    /* NGX_DONE: within the limit */
+        if (found != NGX_DONE) {
+            *rc = found;
+            return NGX_DECLINED;
+        }
+
+        ctx->counted = 1;
     }
 
+    return mr_auth_forbidden(r, ctx, permission, rc);
+}
+
+
+/* an authenticated request (ctx->key) may do what needs permission */
+
+ngx_int_t
+mr_auth_permit(ngx_http_request_t *r, ngx_uint_t permission, ngx_int_t *rc)
+{
+    mr_http_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_modelroute_module);
+
+    return mr_auth_forbidden(r, ctx, permission, rc);
+}
+
+
+static ngx_int_t
+mr_auth_forbidden(ngx_http_request_t *r, mr_http_ctx_t *ctx,
+    ngx_uint_t permission, ngx_int_t *rc)
+{
     if (permission == MR_PERM_FULL
         && ctx->key.rec.permission != MR_PERM_FULL)
     {
-        return mr_http_error(r, MR_E_FORBIDDEN,
-                             "this operation needs a key with full "
-                             "permission", NULL);
+        *rc = mr_http_error(r, MR_E_FORBIDDEN,
+                            "this operation needs a key with full "
+                            "permission", NULL);
+        return NGX_DECLINED;
     }
 
-    return NGX_DONE;
+    return NGX_OK;
 }
 
 
@@ -187,9 +214,9 @@ mr_auth_check(ngx_http_request_t *r, ngx_uint_t permission)
  */
 
 static ngx_int_t
-mr_auth_trusted(ngx_http_request_t *r, mr_http_ctx_t *ctx)
+mr_auth_trusted(ngx_http_request_t *r, mr_http_ctx_t *ctx, ngx_int_t *rc)
 {
-    ngx_int_t     rc;
+    ngx_int_t     found;
     ngx_str_t     org;
     mr_account_t  acct;
 
@@ -197,26 +224,28 @@ mr_auth_trusted(ngx_http_request_t *r, mr_http_ctx_t *ctx)
         || mr_http_arg(r, "mr_account", &org) != NGX_OK
         || !mr_id_valid(&org, "org_", MR_ORG_ID_LEN))
     {
-        return mr_http_error(r, MR_E_UNAUTHORIZED,
-                             "an account id (org_...) is required", NULL);
+        *rc = mr_http_error(r, MR_E_UNAUTHORIZED,
+                            "an account id (org_...) is required", NULL);
+        return NGX_DECLINED;
     }
 
-    rc = mr_store_account_get(org.data, &acct, NULL);
+    found = mr_store_account_get(org.data, &acct, NULL);
 
-    if (rc == NGX_ERROR) {
-        return mr_http_error(r, MR_E_INTERNAL, "account lookup failed",
-                             NULL);
+    if (found == NGX_ERROR) {
+        *rc = mr_http_error(r, MR_E_INTERNAL, "account lookup failed", NULL);
+        return NGX_DECLINED;
     }
 
-    if (rc == NGX_DECLINED) {
-        return mr_http_error(r, MR_E_UNAUTHORIZED, "unknown account", NULL);
+    if (found == NGX_DECLINED) {
+        *rc = mr_http_error(r, MR_E_UNAUTHORIZED, "unknown account", NULL);
+        return NGX_DECLINED;
     }
 
     ngx_memzero(&ctx->key, sizeof(mr_key_t));
     ngx_memcpy(ctx->key.rec.org, org.data, MR_ORG_ID_LEN);
     ctx->key.rec.permission = MR_PERM_FULL;
 
-    return NGX_DONE;
+    return NGX_OK;
 }
 
 

@@ -24,6 +24,8 @@
 ngx_int_t mr_auth_generate(u_char *secret, mr_key_t *key);
 ngx_int_t mr_auth_request(ngx_http_request_t *r, ngx_uint_t permission,
     ngx_int_t *rc);
+ngx_int_t mr_auth_permit(ngx_http_request_t *r, ngx_uint_t permission,
+    ngx_int_t *rc);
 const char *mr_auth_permission_name(ngx_uint_t permission);
 
 

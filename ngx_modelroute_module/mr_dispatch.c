@@ -1019,6 +1019,9 @@ mr_dispatch_subrequest(ngx_http_request_t *r, mr_disp_att_t *a,
     sr->headers_in.headers.pool = r->pool;
 
     h->hash = 1;
+#if (nginx_version >= 1023000)
+    h->next = NULL;
+#endif
     ngx_str_set(&h->key, "Content-Type");
     ngx_str_set(&h->value, "application/json");
     h->lowcase_key = (u_char *) "content-type";

@@ -28,6 +28,14 @@ static void mr_http_body_ready(ngx_http_request_t *r);
 static void mr_http_pool_cleanup(void *data);
 static ngx_int_t mr_http_body_copy(ngx_http_request_t *r);
 static ngx_int_t mr_http_json_type(ngx_http_request_t *r);
+static ngx_int_t mr_http_wait(ngx_http_request_t *r, mr_http_ctx_t *ctx);
+static void mr_http_wait_done(mr_store_waiter_t *w);
+static void mr_http_wait_cleanup(void *data);
+static void mr_http_block(ngx_http_request_t *r);
+static void mr_http_unblock(ngx_http_request_t *r);
+
+
+#define MR_HTTP_WAITS  8        /* runs again of one request, at most */
 
 
 static mr_error_t  mr_errors[] = {
@@ -303,6 +311,7 @@ static void
 mr_http_body_ready(ngx_http_request_t *r)
 {
     ngx_int_t       rc;
+    ngx_uint_t      run;
     mr_http_ctx_t  *ctx;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_modelroute_module);
@@ -316,7 +325,12 @@ mr_http_body_ready(ngx_http_request_t *r)
         return;
     }
 
+    run = ctx->run;
+    ctx->run = MR_RUN_BODY;
+
     rc = ctx->body_handler(r);
+
+    ctx->run = run;
 
     if (rc != NGX_DONE) {
         ngx_http_finalize_request(r, rc);
@@ -594,6 +608,11 @@ mr_http_error(ngx_http_request_t *r, mr_error_e code, const char *message,
 
     e = &mr_errors[code];
 
+    if (code == MR_E_INTERNAL && mr_http_wait(r, ctx) == NGX_OK) {
+        json_decref(details);
+        return NGX_DONE;
+    }
+
     mr_vars_error(r, e->name);
 
     if (code == MR_E_INTERNAL) {
@@ -749,7 +768,13 @@ void
 mr_http_submit(ngx_http_request_t *r, mr_store_op_t *op,
     mr_store_op_handler_pt handler)
 {
+    mr_http_ctx_t       *ctx;
     ngx_pool_cleanup_t  *cln;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_modelroute_module);
+    if (ctx) {
+        ctx->submitted = 1;
+    }
 
     /*
      * the operation's results go to a pool of its own: the commit thread
@@ -774,7 +799,7 @@ mr_http_submit(ngx_http_request_t *r, mr_store_op_t *op,
     op->data = r;
     op->handler = handler;
 
-    r->main->blocked++;
+    mr_http_block(r);
 
     mr_store_submit(op);
 
@@ -788,7 +813,7 @@ failed:
     op->data = r;
     op->result = MR_R_INTERNAL;
 
-    r->main->blocked++;
+    mr_http_block(r);
 
     handler(op);
 }
@@ -810,7 +835,7 @@ mr_http_resume(mr_store_op_t *op)
 
     r = op->data;
 
-    r->main->blocked--;
+    mr_http_unblock(r);
 
     if (r->connection->error) {
         mr_http_finalize(r, NGX_ERROR);
@@ -818,6 +843,147 @@ mr_http_resume(mr_store_op_t *op)
     }
 
     return r;
+}
+
+
+/*
+ * r->main->blocked has 8 bits, and a Lua ngx.location.capture_multi()
+ * may have hundreds of operations in flight for one main request: the
+ * main request counts them, and is blocked once while there are any.
+ * Without a context (no memory) nothing was blocked, and nothing is
+ * unblocked.
+ */
+
+static void
+mr_http_block(ngx_http_request_t *r)
+{
+    mr_http_ctx_t  *mctx;
+
+    mctx = mr_http_ctx(r->main);
+    if (mctx == NULL) {
+        return;
+    }
+
+    if (mctx->ops++ == 0) {
+        r->main->blocked++;
+    }
+}
+
+
+static void
+mr_http_unblock(ngx_http_request_t *r)
+{
+    mr_http_ctx_t  *mctx;
+
+    mctx = ngx_http_get_module_ctx(r->main, ngx_http_modelroute_module);
+    if (mctx == NULL || mctx->ops == 0) {
+        return;
+    }
+
+    if (--mctx->ops == 0) {
+        r->main->blocked--;
+    }
+}
+
+
+/*
+ * A read that met a map grown by another process while this worker's
+ * commit is in flight (see mr_store_wait()) is not answered 500: the
+ * request waits for the commit and then runs again from where it began,
+ * the content handler or the body handler.  Only a run that has sent no
+ * operation to the store and no answer may run again.
+ */
+
+static ngx_int_t
+mr_http_wait(ngx_http_request_t *r, mr_http_ctx_t *ctx)
+{
+    ngx_http_cleanup_t  *cln;
+
+    if (ctx->run == MR_RUN_NONE
+        || ctx->submitted
+        || ctx->answered
+        || ctx->waits >= MR_HTTP_WAITS)
+    {
+        return NGX_DECLINED;
+    }
+
+    if (!ctx->cleanup) {
+        cln = ngx_http_cleanup_add(r, 0);
+        if (cln == NULL) {
+            return NGX_DECLINED;
+        }
+
+        cln->handler = mr_http_wait_cleanup;
+        cln->data = ctx;
+        ctx->cleanup = 1;
+    }
+
+    ctx->waiter.handler = mr_http_wait_done;
+    ctx->waiter.data = r;
+
+    if (mr_store_wait(&ctx->waiter) != NGX_OK) {
+        return NGX_DECLINED;
+    }
+
+    ctx->waits++;
+    ctx->parked = ctx->run;
+
+    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                  "modelroute: request %*s waits for the commit in flight "
+                  "(the store's map grew in another process)",
+                  (size_t) MR_REQ_ID_LEN, ctx->request_id);
+
+    /*
+     * the content handler's NGX_DONE releases a reference: keep one; a
+     * body handler keeps the one of ngx_http_read_client_request_body()
+     */
+
+    if (ctx->run == MR_RUN_CONTENT) {
+        r->main->count++;
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+mr_http_wait_done(mr_store_waiter_t *w)
+{
+    ngx_int_t            rc;
+    mr_http_ctx_t       *ctx;
+    ngx_connection_t    *c;
+    ngx_http_request_t  *r;
+
+    r = w->data;
+    c = r->connection;
+    ctx = ngx_http_get_module_ctx(r, ngx_http_modelroute_module);
+
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, c->log, 0,
+                   "modelroute: request runs again (%ui)", ctx->waits);
+
+    if (ctx->parked == MR_RUN_BODY) {
+        ctx->run = MR_RUN_BODY;
+        rc = ctx->body_handler(r);
+        ctx->run = MR_RUN_NONE;
+
+        if (rc != NGX_DONE) {
+            ngx_http_finalize_request(r, rc);
+        }
+
+    } else {
+        ngx_http_finalize_request(r, ngx_http_modelroute_handler(r));
+    }
+
+    ngx_http_run_posted_requests(c);
+}
+
+
+static void
+mr_http_wait_cleanup(void *data)
+{
+    mr_http_ctx_t *ctx = data;
+
+    mr_store_wait_cancel(&ctx->waiter);
 }
 
 

@@ -41,6 +41,12 @@ typedef enum {
 typedef ngx_int_t (*mr_http_body_pt)(ngx_http_request_t *r);
 
 
+/* what the request is running, for a read that must wait (mr_http_error) */
+#define MR_RUN_NONE     0
+#define MR_RUN_CONTENT  1      /* ngx_http_modelroute_handler() */
+#define MR_RUN_BODY     2      /* the body handler */
+
+
 typedef struct {
     u_char                    request_id[MR_REQ_ID_LEN];
     mr_http_body_pt           body_handler;
@@ -50,8 +56,17 @@ typedef struct {
     u_char                    secret[80];     /* a new key's secret */
     ngx_str_t                 envelope;       /* for nginx's own errors */
     void                     *data;           /* the dispatch endpoint's */
+    ngx_uint_t                ops;            /* of a main request and its
+                                                 subrequests, in the store */
+    mr_store_waiter_t         waiter;
+    ngx_uint_t                waits;
     unsigned                  answered:1;     /* mr_http_send() was used */
     unsigned                  envelope_sent:1;
+    unsigned                  run:2;          /* MR_RUN_* */
+    unsigned                  parked:2;       /* the run that waits */
+    unsigned                  submitted:1;    /* an operation was sent */
+    unsigned                  cleanup:1;
+    unsigned                  counted:1;      /* by the rate limiter */
     mr_store_op_t             op;
 } mr_http_ctx_t;
 

@@ -307,6 +307,9 @@ mr_sim_answer(ngx_http_request_t *r)
             }
 
             h->hash = 1;
+#if (nginx_version >= 1023000)
+            h->next = NULL;
+#endif
             ngx_str_set(&h->key, "Retry-After");
             ngx_str_set(&h->value, "1");
         }

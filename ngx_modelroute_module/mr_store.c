@@ -58,6 +58,7 @@ typedef int (*mr_store_step_pt)(MDB_txn *txn, mr_store_op_t *op);
 
 
 
+static int mr_store_start_secret(MDB_txn *txn, mr_main_conf_t *mcf);
 static int mr_store_open_dbis(MDB_txn *txn, mr_store_t *st);
 static int mr_store_txn_begin(unsigned flags, MDB_txn **txn);
 static void mr_store_commit_handler(ngx_event_t *ev);
@@ -65,6 +66,7 @@ static void mr_store_batch_thread(void *data, ngx_log_t *log);
 static void mr_store_batch_done(ngx_event_t *ev);
 static void mr_store_tick_handler(ngx_event_t *ev);
 static void mr_store_inflight_handler(ngx_event_t *ev);
+static void mr_store_wake_handler(ngx_event_t *ev);
 static void mr_store_map_pages(void);
 static int mr_store_run(ngx_queue_t *ops, mr_store_op_t *one);
 static void mr_store_op_reset(mr_store_op_t *op, ngx_uint_t result);
@@ -117,114 +119,6 @@ static struct {
     ngx_uint_t                n;
     ngx_uint_t                i;             /* the one at hand */
 } mr_sweep;
-
-
-/* master: create the directory, validate the environment, hand it over */
-
-ngx_int_t
-mr_store_init_module(ngx_cycle_t *cycle, mr_main_conf_t *mcf)
-{
-    int                rc;
-    u_char            *p;
-    MDB_env           *env;
-    MDB_txn           *txn;
-    ngx_uint_t         i, rotate;
-    ngx_core_conf_t   *ccf;
-    mr_store_t         st;
-    u_char             path[NGX_MAX_PATH];
-    static const char *files[] = { "", "/data.mdb", "/lock.mdb" };
-
-    if (mcf->store_path.len + sizeof("/lock.mdb") > NGX_MAX_PATH) {
-        ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
-                      "modelroute_store: path too long");
-        return NGX_ERROR;
-    }
-
-    p = ngx_cpymem(path, mcf->store_path.data, mcf->store_path.len);
-    *p = '\0';
-
-    if (ngx_create_dir(path, 0700) == NGX_FILE_ERROR
-        && ngx_errno != NGX_EEXIST)
-    {
-        ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno,
-                      "modelroute_store: cannot create \"%s\"", path);
-        return NGX_ERROR;
-    }
-
-    if (mr_store_upgrade(cycle, mcf) != NGX_OK) {
-        return NGX_ERROR;
-    }
-
-    rc = mr_store_open(&env, mcf, cycle->log);
-    if (rc != 0) {
-        return NGX_ERROR;
-    }
-
-    ngx_memzero(&st, sizeof(mr_store_t));
-
-    /*
-     * a new dispatch secret on a start, not on a reload, a signal or a
-     * binary upgrade (whose new master inherits the listening sockets
-     * and shares them with the old workers)
-     */
-
-    rotate = ngx_is_init_cycle(cycle->old_cycle) && !ngx_test_config
-             && ngx_process != NGX_PROCESS_SIGNALLER
-             && getenv(NGINX_VAR) == NULL;   /* not a binary upgrade */
-
-    rc = mdb_txn_begin(env, NULL, 0, &txn);
-    if (rc == 0) {
-        rc = mr_store_open_dbis(txn, &st);
-        if (rc == 0) {
-            rc = mr_store_disp_secrets(txn, st.meta, rotate);
-        }
-        if (rc == 0) {
-            rc = mr_store_ops_init(txn, &st);
-        }
-        if (rc == 0) {
-            rc = mdb_txn_commit(txn);
-        } else {
-            mdb_txn_abort(txn);
-        }
-    }
-
-    mdb_env_close(env);
-
-    if (rc == MDB_VERSION_MISMATCH) {
-        ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
-                      "modelroute_store: \"%V\" was written by another "
-                      "version of the module (this one reads format %d): "
-                      "move it away, or point modelroute_store elsewhere",
-                      &mcf->store_path, MR_STORE_VERSION);
-        return NGX_ERROR;
-    }
-
-    if (rc != 0) {
-        ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
-                      "modelroute_store: \"%V\": %s",
-                      &mcf->store_path, mdb_strerror(rc));
-        return NGX_ERROR;
-    }
-
-    ccf = (ngx_core_conf_t *) ngx_get_conf(cycle->conf_ctx, ngx_core_module);
-
-    if (geteuid() != 0 || ccf->user == (ngx_uid_t) NGX_CONF_UNSET_UINT) {
-        return NGX_OK;
-    }
-
-    for (i = 0; i < sizeof(files) / sizeof(files[0]); i++) {
-        p = ngx_cpymem(path, mcf->store_path.data, mcf->store_path.len);
-        p = ngx_cpystrn(p, (u_char *) files[i], NGX_MAX_PATH - (p - path));
-
-        if (chown((char *) path, ccf->user, ccf->group) == -1) {
-            ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno,
-                          "modelroute_store: chown(\"%s\") failed", path);
-            return NGX_ERROR;
-        }
-    }
-
-    return NGX_OK;
-}
 
 
 int
@@ -378,14 +272,38 @@ mr_store_init_process(ngx_cycle_t *cycle, mr_main_conf_t *mcf)
                       "modelroute_store: cleared %d stale readers", dead);
     }
 
+    /*
+     * the tables, the format version and the secrets are made here, by
+     * the worker user, when missing: the master never writes the store
+     */
+
     rc = mdb_txn_begin(mr_store.env, NULL, 0, &txn);
     if (rc == 0) {
         rc = mr_store_open_dbis(txn, &mr_store);
+        if (rc == 0) {
+            rc = mr_store_disp_secrets(txn, mr_store.meta, 0);
+        }
+        if (rc == 0) {
+            rc = mr_store_start_secret(txn, mcf);
+        }
+        if (rc == 0) {
+            rc = mr_store_ops_init(txn, &mr_store);
+        }
         if (rc == 0) {
             rc = mdb_txn_commit(txn);
         } else {
             mdb_txn_abort(txn);
         }
+    }
+
+    if (rc == MDB_VERSION_MISMATCH) {
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
+                      "modelroute_store: \"%V\" was written by another "
+                      "version of the module (this one reads format %d)",
+                      &mcf->store_path, MR_STORE_VERSION);
+        mdb_env_close(mr_store.env);
+        mr_store.env = NULL;
+        return NGX_ERROR;
     }
 
     if (rc != 0) {
@@ -414,6 +332,12 @@ mr_store_init_process(ngx_cycle_t *cycle, mr_main_conf_t *mcf)
     mr_store.inflight_ev.log = cycle->log;
     mr_store.inflight_ev.data = &mr_store;
 
+    mr_store.wake_ev.handler = mr_store_wake_handler;
+    mr_store.wake_ev.log = cycle->log;
+    mr_store.wake_ev.data = &mr_store;
+
+    ngx_queue_init(&mr_store.waiters);
+
     ngx_add_timer(&mr_store.tick_ev, MR_STORE_TICK);
 
     mr_store.synced_ms = mr_now_ms();
@@ -441,6 +365,32 @@ mr_store_init_process(ngx_cycle_t *cycle, mr_main_conf_t *mcf)
 }
 
 
+/*
+ * The dispatch secret of this start (made by the master, see
+ * mr_store_check()): every worker of the start's first generation stores
+ * the same one before it reads it.  Workers after a reload find none in
+ * their configuration and keep the stored one, which the old workers
+ * use on the dispatch socket they share.
+ */
+
+static int
+mr_store_start_secret(MDB_txn *txn, mr_main_conf_t *mcf)
+{
+    MDB_val  k, v;
+
+    if (!mcf->start) {
+        return 0;
+    }
+
+    k.mv_data = "dsecret";
+    k.mv_size = sizeof("dsecret") - 1;
+    v.mv_data = mcf->start_secret;
+    v.mv_size = MR_STORE_SECRET_LEN;
+
+    return mdb_put(txn, mr_store.meta, &k, &v, 0);
+}
+
+
 void
 mr_store_exit_process(ngx_cycle_t *cycle)
 {
@@ -452,6 +402,10 @@ mr_store_exit_process(ngx_cycle_t *cycle)
 
     if (mr_store.commit_ev.posted) {
         ngx_delete_posted_event(&mr_store.commit_ev);
+    }
+
+    if (mr_store.wake_ev.posted) {
+        ngx_delete_posted_event(&mr_store.wake_ev);
     }
 
     if (mr_store.rtxn) {
@@ -566,10 +520,23 @@ mr_store_read_begin(void)
 
     rc = mr_store_txn_begin(MDB_RDONLY, &mr_store.rtxn);
     if (rc != 0) {
+        mr_store.rtxn = NULL;
+
+        if (rc == MDB_MAP_RESIZED) {
+
+            /*
+             * another process grew the map, and a commit of this worker
+             * is in flight: LMDB cannot map the store again until it is
+             * done (see mr_store_wait())
+             */
+
+            mr_store.remap = 1;
+            return NULL;
+        }
+
         ngx_log_error(NGX_LOG_ERR, mr_store.log, 0,
                       "modelroute_store: read transaction: %s",
                       mdb_strerror(rc));
-        mr_store.rtxn = NULL;
         return NULL;
     }
 
@@ -582,6 +549,66 @@ mr_store_read_end(void)
 {
     if (mr_store.rtxn) {
         mdb_txn_reset(mr_store.rtxn);
+    }
+}
+
+
+/*
+ * A read that finds the map grown by another process while a commit of
+ * this worker is in flight (MDB_MAP_RESIZED, and LMDB cannot map the store
+ * again while a transaction is open) is not an error: its caller may wait
+ * for the commit, after which the store is mapped again and the waiter's
+ * handler runs.  NGX_DECLINED: there is nothing to wait for.
+ */
+
+ngx_int_t
+mr_store_wait(mr_store_waiter_t *w)
+{
+    if (!mr_store.remap || !mr_store.busy || w->waiting) {
+        return NGX_DECLINED;
+    }
+
+    ngx_queue_insert_tail(&mr_store.waiters, &w->queue);
+    w->waiting = 1;
+
+    return NGX_OK;
+}
+
+
+void
+mr_store_wait_cancel(mr_store_waiter_t *w)
+{
+    if (w->waiting) {
+        ngx_queue_remove(&w->queue);
+        w->waiting = 0;
+    }
+}
+
+
+static void
+mr_store_wake_handler(ngx_event_t *ev)
+{
+    ngx_queue_t         all, *q;
+    mr_store_waiter_t  *w;
+
+    if (ngx_queue_empty(&mr_store.waiters)) {
+        return;
+    }
+
+    /* the handlers may wait again: only those waiting now run */
+
+    all = mr_store.waiters;
+    all.next->prev = &all;
+    all.prev->next = &all;
+    ngx_queue_init(&mr_store.waiters);
+
+    while (!ngx_queue_empty(&all)) {
+        q = ngx_queue_head(&all);
+        ngx_queue_remove(q);
+
+        w = ngx_queue_data(q, mr_store_waiter_t, queue);
+        w->waiting = 0;
+        w->handler(w);
     }
 }
 
@@ -758,6 +785,7 @@ mr_store_batch_done(ngx_event_t *ev)
     mr_store_op_t     *op;
     mr_store_batch_t  *b;
 
+    rc = 0;
     b = &mr_store.batch;
     emitted = 0;
     ready = 0;
@@ -768,13 +796,28 @@ mr_store_batch_done(ngx_event_t *ev)
         ngx_del_timer(&mr_store.inflight_ev);
     }
 
-    if (b->rc == MDB_MAP_RESIZED) {
+    if (b->rc == MDB_MAP_RESIZED || mr_store.remap) {
 
         /* the map grew in another process; no transaction is open here */
 
         rc = mdb_env_set_mapsize(mr_store.env, 0);
         if (rc == 0) {
             mr_store_map_pages();
+        }
+
+        mr_store.remap = 0;
+
+        /* the reads that waited for this run again */
+
+        if (!ngx_queue_empty(&mr_store.waiters) && !mr_store.wake_ev.posted)
+        {
+            ngx_post_event(&mr_store.wake_ev, &ngx_posted_events);
+        }
+    }
+
+    if (b->rc == MDB_MAP_RESIZED) {
+
+        if (rc == 0) {
 
             /* again, ahead of what arrived meanwhile */
 

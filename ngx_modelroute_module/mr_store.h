@@ -452,11 +452,25 @@ struct mr_store_op_s {
 };
 
 
-ngx_int_t mr_store_init_module(ngx_cycle_t *cycle, mr_main_conf_t *mcf);
+/* a caller waiting for the store to be mapped again (mr_store_wait()) */
+typedef struct mr_store_waiter_s  mr_store_waiter_t;
+
+struct mr_store_waiter_s {
+    ngx_queue_t               queue;
+    void                    (*handler)(mr_store_waiter_t *w);
+    void                     *data;
+    ngx_uint_t                waiting;
+};
+
+
+ngx_int_t mr_store_check(ngx_cycle_t *cycle, mr_main_conf_t *mcf);
+ngx_int_t mr_store_start(ngx_cycle_t *cycle, mr_main_conf_t *mcf);
 ngx_int_t mr_store_init_process(ngx_cycle_t *cycle, mr_main_conf_t *mcf);
 void mr_store_exit_process(ngx_cycle_t *cycle);
 
 void mr_store_submit(mr_store_op_t *op);
+ngx_int_t mr_store_wait(mr_store_waiter_t *w);
+void mr_store_wait_cancel(mr_store_waiter_t *w);
 
 ngx_int_t mr_store_key_by_hash(u_char *hash, mr_key_t *key, ngx_pool_t *pool);
 ngx_int_t mr_store_keys_list(u_char *org, ngx_array_t *keys,

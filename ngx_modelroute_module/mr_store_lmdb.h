@@ -85,6 +85,9 @@ typedef struct {
     ngx_event_t               commit_ev;
     ngx_event_t               tick_ev;
     ngx_event_t               inflight_ev;
+    ngx_event_t               wake_ev;
+    ngx_queue_t               waiters;        /* mr_store_waiter_t */
+    ngx_uint_t                remap;          /* a read met MAP_RESIZED */
     ngx_log_t                *log;
     mr_main_conf_t           *mcf;
 } mr_store_t;

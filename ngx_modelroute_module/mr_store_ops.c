@@ -80,7 +80,7 @@ mr_store_ops_held_put(MDB_txn *txn, MDB_dbi dbi, int64_t held)
 }
 
 
-/* with the store's databases, in the master and in each worker */
+/* with the store's databases, in each worker */
 
 int
 mr_store_ops_open(MDB_txn *txn, mr_store_t *st)
@@ -97,9 +97,9 @@ mr_store_ops_open(MDB_txn *txn, mr_store_t *st)
 
 
 /*
- * At start (the master, in its transaction): a store without the held
- * total (new, or written by a build without it) gets it from one pass
- * over the accounts.
+ * When a worker opens the store (in its first transaction; the master
+ * never writes the store): a store without the held total (new, or
+ * written by a build without it) gets it from one pass over the accounts.
  */
 
 int

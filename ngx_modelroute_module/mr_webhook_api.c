@@ -51,8 +51,9 @@ static const char  *mr_wh_reserved[] = {
 
 
 /*
- * seg: the path's segments after /v1/, seg[0] is "webhooks"; every route
- * needs a key with full permission
+ * seg: the path's segments after /v1/, seg[0] is "webhooks"; the request
+ * is authenticated (mr_api_handler()); every route needs a key with full
+ * permission
  */
 
 ngx_int_t
@@ -71,10 +72,17 @@ mr_webhook_api_handler(ngx_http_request_t *r, ngx_str_t *seg, ngx_uint_t n)
     (seg[i].len == sizeof(s) - 1                                            \
      && ngx_strncmp(seg[i].data, s, sizeof(s) - 1) == 0)
 
-#define mr_auth()                                                           \
-    if (mr_auth_request(r, MR_PERM_FULL, &rc) != NGX_OK) {                  \
+#define mr_full()                                                           \
+    if (mr_auth_permit(r, MR_PERM_FULL, &rc) != NGX_OK) {                   \
         return rc;                                                          \
     }
+
+#define mr_endpoint_id()                                                    \
+    if (!mr_id_valid(&seg[2], "wh_", MR_WH_ID_LEN)) {                       \
+        return mr_http_error(r, MR_E_NOT_FOUND, "no such endpoint", NULL);  \
+    }                                                                       \
+                                                                            \
+    ctx->id = seg[2]
 
     if (n >= 2 && mr_seg_is(1, "endpoints")) {
 
@@ -83,34 +91,30 @@ mr_webhook_api_handler(ngx_http_request_t *r, ngx_str_t *seg, ngx_uint_t n)
                 return mr_http_not_allowed(r, "GET, HEAD, POST");
             }
 
-            mr_auth();
+            mr_full();
 
             return post ? mr_http_read_body(r, mr_wh_create) : mr_wh_list(r);
         }
 
-        if (!mr_id_valid(&seg[2], "wh_", MR_WH_ID_LEN)) {
-            goto not_found;
-        }
-
-        ctx->id = seg[2];
-
         if (n == 3) {
+            if (r->method != NGX_HTTP_PATCH && r->method != NGX_HTTP_DELETE
+                && !get)
+            {
+                return mr_http_not_allowed(r, "GET, HEAD, PATCH, DELETE");
+            }
+
+            mr_full();
+            mr_endpoint_id();
+
             if (r->method == NGX_HTTP_PATCH) {
-                mr_auth();
                 return mr_http_read_body(r, mr_wh_patch);
             }
 
             if (r->method == NGX_HTTP_DELETE) {
-                mr_auth();
                 ctx->op.type = MR_OP_WH_DELETE;
                 return mr_http_read_body(r, mr_wh_simple);
             }
 
-            if (!get) {
-                return mr_http_not_allowed(r, "GET, HEAD, PATCH, DELETE");
-            }
-
-            mr_auth();
             return mr_wh_get(r);
         }
 
@@ -119,7 +123,9 @@ mr_webhook_api_handler(ngx_http_request_t *r, ngx_str_t *seg, ngx_uint_t n)
                 return mr_http_not_allowed(r, "POST");
             }
 
-            mr_auth();
+            mr_full();
+            mr_endpoint_id();
+
             ctx->op.type = MR_OP_WH_TEST;
             return mr_http_read_body(r, mr_wh_simple);
         }
@@ -129,7 +135,9 @@ mr_webhook_api_handler(ngx_http_request_t *r, ngx_str_t *seg, ngx_uint_t n)
                 return mr_http_not_allowed(r, "GET, HEAD");
             }
 
-            mr_auth();
+            mr_full();
+            mr_endpoint_id();
+
             return mr_wh_deliveries(r, 0);
         }
 
@@ -141,20 +149,22 @@ mr_webhook_api_handler(ngx_http_request_t *r, ngx_str_t *seg, ngx_uint_t n)
             return mr_http_not_allowed(r, "GET, HEAD");
         }
 
-        mr_auth();
+        mr_full();
         return mr_wh_deliveries(r, 1);
     }
 
     if (n == 4 && mr_seg_is(1, "deliveries") && mr_seg_is(3, "retry")) {
-        if (!mr_id_valid(&seg[2], "dlv_", MR_DLV_ID_LEN)) {
-            goto not_found;
-        }
-
         if (!post) {
             return mr_http_not_allowed(r, "POST");
         }
 
-        mr_auth();
+        mr_full();
+
+        if (!mr_id_valid(&seg[2], "dlv_", MR_DLV_ID_LEN)) {
+            return mr_http_error(r, MR_E_NOT_FOUND, "no such delivery",
+                                 NULL);
+        }
+
         ctx->id = seg[2];
         ctx->op.type = MR_OP_DLV_RETRY;
         return mr_http_read_body(r, mr_wh_simple);
@@ -165,12 +175,13 @@ mr_webhook_api_handler(ngx_http_request_t *r, ngx_str_t *seg, ngx_uint_t n)
             return mr_http_not_allowed(r, "GET, HEAD");
         }
 
-        mr_auth();
+        mr_full();
         return mr_wh_secret(r);
     }
 
 #undef mr_seg_is
-#undef mr_auth
+#undef mr_full
+#undef mr_endpoint_id
 
 not_found:
 

@@ -29,6 +29,11 @@
 #define MR_MAP_SIZE_MIN  (1024 * 1024)
 
 
+#if (NGX_THREADS)
+extern ngx_module_t  ngx_thread_pool_module;   /* not in its header */
+#endif
+
+
 static ngx_int_t ngx_http_modelroute_postconfiguration(ngx_conf_t *cf);
 static void *ngx_http_modelroute_create_main_conf(ngx_conf_t *cf);
 static char *ngx_http_modelroute_init_main_conf(ngx_conf_t *cf, void *conf);
@@ -49,7 +54,10 @@ static char *ngx_http_modelroute_webhook_retry(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
 static char *ngx_http_modelroute_webhook_concurrency(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
+static ngx_int_t ngx_http_modelroute_thread_pool(ngx_conf_t *cf,
+    mr_main_conf_t *mcf);
 static mr_main_conf_t *ngx_http_modelroute_cycle_conf(ngx_cycle_t *cycle);
+static char *ngx_http_modelroute_check_conf(ngx_cycle_t *cycle, void *conf);
 static ngx_int_t ngx_http_modelroute_init_module(ngx_cycle_t *cycle);
 static ngx_int_t ngx_http_modelroute_init_process(ngx_cycle_t *cycle);
 static void ngx_http_modelroute_exit_process(ngx_cycle_t *cycle);
@@ -274,7 +282,39 @@ ngx_module_t  ngx_http_modelroute_module = {
 };
 
 
+/*
+ * A core module of the same shared object: its init_conf runs once the
+ * whole configuration is read (the worker user is known then), on a
+ * start, a reload and "nginx -t" alike, where a refusal leaves a running
+ * nginx on its old configuration.  init_module, which runs later, would
+ * take the master down on a reload if it failed: it does nothing that can.
+ */
+
+static ngx_core_module_t  ngx_http_modelroute_core_module_ctx = {
+    ngx_string("modelroute_core"),
+    NULL,                                  /* create conf */
+    ngx_http_modelroute_check_conf         /* init conf */
+};
+
+
+ngx_module_t  ngx_http_modelroute_core_module = {
+    NGX_MODULE_V1,
+    &ngx_http_modelroute_core_module_ctx,  /* module context */
+    NULL,                                  /* module directives */
+    NGX_CORE_MODULE,                       /* module type */
+    NULL,                                  /* init master */
+    NULL,                                  /* init module */
+    NULL,                                  /* init process */
+    NULL,                                  /* init thread */
+    NULL,                                  /* exit thread */
+    NULL,                                  /* exit process */
+    NULL,                                  /* exit master */
+    NGX_MODULE_V1_PADDING
+};
+
+
 static mr_main_conf_t  *mr_conf;    /* of the running cycle */
+static ngx_uint_t       mr_active;  /* this process runs the store */
 
 
 mr_main_conf_t *
@@ -307,24 +347,40 @@ mr_model_find(mr_main_conf_t *mcf, ngx_str_t *slug)
 ngx_int_t
 ngx_http_modelroute_handler(ngx_http_request_t *r)
 {
+    ngx_int_t       rc;
     mr_loc_conf_t  *lcf;
+    mr_http_ctx_t  *ctx;
 
     lcf = ngx_http_get_module_loc_conf(r, ngx_http_modelroute_module);
+
+    if (lcf->handler == MR_HANDLER_SIM) {
+        return mr_sim_handler(r);
+    }
+
+    ctx = mr_http_ctx(r);
+    if (ctx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->run = MR_RUN_CONTENT;
 
     switch (lcf->handler) {
 
     case MR_HANDLER_ADMIN:
-        return mr_admin_handler(r, 0);
+        rc = mr_admin_handler(r, 0);
+        break;
 
     case MR_HANDLER_LUA:
-        return mr_lua_handler(r);
-
-    case MR_HANDLER_SIM:
-        return mr_sim_handler(r);
+        rc = mr_lua_handler(r);
+        break;
 
     default:
-        return mr_api_handler(r, r->uri.data, r->uri.data + r->uri.len);
+        rc = mr_api_handler(r, r->uri.data, r->uri.data + r->uri.len);
     }
+
+    ctx->run = MR_RUN_NONE;
+
+    return rc;
 }
 
 
@@ -455,37 +511,105 @@ ngx_http_modelroute_init_main_conf(ngx_conf_t *cf, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    if (mcf->thread_pool.len == 0) {
-        ngx_str_set(&mcf->thread_pool, "default");
+    if (ngx_http_modelroute_thread_pool(cf, mcf) != NGX_OK) {
+        return NGX_CONF_ERROR;
     }
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * The commits of a worker run one at a time: one thread does them all.
+ * Unless told otherwise, the module declares a pool of its own,
+ * "thread_pool modelroute threads=1;" (nginx's "default" pool, which an
+ * undeclared name would get, has 32 threads in every worker).  A pool
+ * named "modelroute" that the configuration declared before the http
+ * block is used as declared.
+ */
+
+static ngx_int_t
+ngx_http_modelroute_thread_pool(ngx_conf_t *cf, mr_main_conf_t *mcf)
+{
+#if (NGX_THREADS)
+    char           *rv;
+    ngx_str_t      *arg;
+    ngx_uint_t      own;
+    ngx_array_t     args, *saved;
+    ngx_command_t  *cmd;
+#endif
 
     if (mcf->thread_pool.len == 3
         && ngx_strncmp(mcf->thread_pool.data, "off", 3) == 0)
     {
         ngx_str_null(&mcf->thread_pool);
-        return NGX_CONF_OK;
+        return NGX_OK;
     }
 
 #if (NGX_THREADS)
 
-    if (ngx_thread_pool_add(cf, &mcf->thread_pool) == NULL) {
-        return NGX_CONF_ERROR;
+    own = (mcf->thread_pool.len == 0);
+
+    if (own) {
+        ngx_str_set(&mcf->thread_pool, "modelroute");
     }
+
+    if (!own || ngx_thread_pool_get(cf->cycle, &mcf->thread_pool)) {
+        return ngx_thread_pool_add(cf, &mcf->thread_pool) ? NGX_OK
+                                                          : NGX_ERROR;
+    }
+
+    for (cmd = ngx_thread_pool_module.commands; cmd->name.len; cmd++) {
+        if (cmd->name.len == sizeof("thread_pool") - 1
+            && ngx_strncmp(cmd->name.data, "thread_pool",
+                           sizeof("thread_pool") - 1) == 0)
+        {
+            break;
+        }
+    }
+
+    if (cmd->name.len == 0
+        || ngx_array_init(&args, cf->temp_pool, 3, sizeof(ngx_str_t))
+           != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    arg = ngx_array_push_n(&args, 3);
+    if (arg == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_str_set(&arg[0], "thread_pool");
+    arg[1] = mcf->thread_pool;
+    ngx_str_set(&arg[2], "threads=1");
+
+    saved = cf->args;
+    cf->args = &args;
+
+    rv = cmd->set(cf, cmd, NULL);
+
+    cf->args = saved;
+
+    return rv == NGX_CONF_OK ? NGX_OK : NGX_ERROR;
 
 #else
 
-    if (ngx_strcmp(mcf->thread_pool.data, "default") != 0) {
+    if (mcf->thread_pool.len
+        && !(mcf->thread_pool.len == 7
+             && ngx_strncmp(mcf->thread_pool.data, "default", 7) == 0))
+    {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"modelroute_thread_pool\" needs nginx built "
                            "--with-threads");
-        return NGX_CONF_ERROR;
+        return NGX_ERROR;
     }
 
     ngx_str_null(&mcf->thread_pool);
 
-#endif
+    return NGX_OK;
 
-    return NGX_CONF_OK;
+#endif
 }
 
 
@@ -941,6 +1065,35 @@ ngx_http_modelroute_cycle_conf(ngx_cycle_t *cycle)
 }
 
 
+/* after the configuration is read: the store, as the workers will see it */
+
+static char *
+ngx_http_modelroute_check_conf(ngx_cycle_t *cycle, void *conf)
+{
+    mr_main_conf_t  *mcf;
+
+    if (ngx_process == NGX_PROCESS_SIGNALLER) {
+        return NGX_CONF_OK;
+    }
+
+    mcf = ngx_http_modelroute_cycle_conf(cycle);
+
+    if (mcf == NULL || !mcf->used) {
+        return NGX_CONF_OK;
+    }
+
+    return mr_store_check(cycle, mcf) == NGX_OK ? NGX_CONF_OK
+                                                : NGX_CONF_ERROR;
+}
+
+
+/*
+ * Nothing here may fail on a reload (it would exit the master): only the
+ * upgrade of a store of the previous format runs here, which
+ * mr_store_check() allows on a start (or notes for nginx -t), never on a
+ * reload.
+ */
+
 static ngx_int_t
 ngx_http_modelroute_init_module(ngx_cycle_t *cycle)
 {
@@ -948,21 +1101,33 @@ ngx_http_modelroute_init_module(ngx_cycle_t *cycle)
 
     mcf = ngx_http_modelroute_cycle_conf(cycle);
 
-    if (mcf == NULL || !mcf->used) {
-        mr_conf = NULL;
+    mr_conf = (mcf && mcf->used) ? mcf : NULL;
+
+    if (mr_conf == NULL) {
         return NGX_OK;
     }
 
-    mr_conf = mcf;
-
-    return mr_store_init_module(cycle, mcf);
+    return mr_store_start(cycle, mcf);
 }
 
+
+/*
+ * nginx runs init_process in its cache manager and cache loader too
+ * (for any proxy_cache_path and the like), where thread pools are not
+ * set up: only workers, or nginx in single process mode, run the store,
+ * the dispatcher, the webhook sender and the sweeper.
+ */
 
 static ngx_int_t
 ngx_http_modelroute_init_process(ngx_cycle_t *cycle)
 {
     mr_main_conf_t  *mcf;
+
+    if (ngx_process != NGX_PROCESS_WORKER
+        && ngx_process != NGX_PROCESS_SINGLE)
+    {
+        return NGX_OK;
+    }
 
     mcf = ngx_http_modelroute_cycle_conf(cycle);
 
@@ -971,6 +1136,7 @@ ngx_http_modelroute_init_process(ngx_cycle_t *cycle)
     }
 
     mr_conf = mcf;
+    mr_active = 1;
 
     if (mr_store_init_process(cycle, mcf) != NGX_OK
         || mr_sweeper_init_process(cycle, mcf) != NGX_OK
@@ -987,9 +1153,11 @@ ngx_http_modelroute_init_process(ngx_cycle_t *cycle)
 static void
 ngx_http_modelroute_exit_process(ngx_cycle_t *cycle)
 {
-    if (mr_conf == NULL) {
+    if (!mr_active) {
         return;
     }
+
+    mr_active = 0;
 
     /* the attempts in flight first: none may reach the store after it */
     mr_webhook_exit_process(cycle);

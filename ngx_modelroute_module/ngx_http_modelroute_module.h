@@ -91,6 +91,9 @@ typedef struct {
     ngx_str_t                 callback_url;
     ngx_str_t                 dispatch_socket;
     void                     *dispatch_srv;    /* its core srv conf */
+    u_char                    start_secret[32];/* the dispatch secret */
+    ngx_uint_t                start;           /* a start, not a reload */
+    ngx_uint_t                upgrade;         /* of the store's format */
     ngx_uint_t                used;            /* api or admin mounted */
 } mr_main_conf_t;
 
@@ -111,6 +114,7 @@ typedef struct {
 
 
 extern ngx_module_t  ngx_http_modelroute_module;
+extern ngx_module_t  ngx_http_modelroute_core_module;
 
 
 mr_main_conf_t *mr_main_conf(void);
