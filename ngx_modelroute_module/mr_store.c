@@ -42,6 +42,7 @@
 #include "mr_store_lmdb.h"
 #include "mr_metrics.h"
 #include "mr_limits.h"
+#include "mr_rules.h"
 
 
 #define MR_STORE_MAXREADERS    512
@@ -49,7 +50,6 @@
 #define MR_STORE_READER_CHECK  10
 #define MR_STORE_BATCH_MAX     1024
 #define MR_STORE_INFLIGHT      10000
-#define MR_STORE_EXPIRE_RETRY  10000   /* ms: an expiry that did not fit */
 #define MR_STORE_LIST_SCAN     1000    /* executions a list looks at */
 #define MR_STORE_RESERVE_MIN   (256 * 1024)  /* bytes, however small the map */
 
@@ -101,8 +101,6 @@ static int mr_store_key_read(MDB_txn *txn, u_char *key_id, mr_key_t *key,
 static int mr_store_key_put(MDB_txn *txn, mr_key_t *key);
 static int mr_store_key_end(MDB_txn *txn, mr_key_t *key, int64_t was,
     int64_t end);
-static ngx_uint_t mr_store_key_active(mr_key_rec_t *rec);
-static size_t mr_store_exec_size(mr_exec_t *exec);
 static int mr_store_quota_put(MDB_txn *txn, u_char *org, mr_quota_t *q);
 static int mr_store_count(MDB_txn *txn, mr_verify_t *vf, u_char *org);
 
@@ -1193,21 +1191,13 @@ mr_store_exec_create(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
 
         ngx_memcpy(ival, v.mv_data, sizeof(ival));
 
-        if ((int64_t) mr_be64_get(ival + MR_EXEC_ID_LEN) + op->idem_ttl_ms
-            > exec->rec.created_ms)
+        if (mr_rule_idem_live((int64_t) mr_be64_get(ival + MR_EXEC_ID_LEN),
+                              op->idem_ttl_ms, exec->rec.created_ms))
         {
             rc = mr_store_exec_read(txn, ival, &old, op->pool);
 
             if (rc == 0) {
-                if (!mr_memeq_ct(old.rec.fingerprint, exec->rec.fingerprint,
-                                 MR_SHA256_LEN))
-                {
-                    op->result = MR_R_IDEM_REUSED;
-                    return 0;
-                }
-
-                op->replay = old;
-                op->result = MR_R_REPLAYED;
+                mr_rule_idem_replay(op, &old);
                 return 0;
             }
 
@@ -1230,7 +1220,7 @@ mr_store_exec_create(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
     /* what the account keeps: a live execution more, and its bytes */
 
     rc = mr_store_quota_check(txn, op, exec->rec.org,
-                              (int64_t) mr_store_exec_size(exec),
+                              (int64_t) mr_rule_exec_size(exec),
                               MR_LIMIT_EXECUTIONS, 1, &ok);
     if (rc != 0 || !ok) {
         return rc;
@@ -1246,14 +1236,9 @@ mr_store_exec_create(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
         return rc;
     }
 
-    if (acct.rec.balance - acct.rec.held < exec->rec.hold) {
-        op->result = MR_R_INSUFFICIENT;
-        op->required = exec->rec.hold;
-        op->available = acct.rec.balance - acct.rec.held;
+    if (!mr_rule_hold(op, &acct, exec->rec.hold)) {
         return 0;
     }
-
-    acct.rec.held += exec->rec.hold;
 
     rc = mr_store_account_put(txn, &acct);
     if (rc != 0) {
@@ -1333,7 +1318,6 @@ mr_store_exec_cancel(MDB_txn *txn, mr_store_op_t *op)
 {
     int            rc;
     u_char        *p, *buf;
-    int64_t        now;
     mr_exec_t     *exec;
     mr_account_t   acct;
 
@@ -1341,10 +1325,7 @@ mr_store_exec_cancel(MDB_txn *txn, mr_store_op_t *op)
 
     rc = mr_store_exec_read(txn, exec->id, exec, op->pool);
 
-    if (rc == MDB_NOTFOUND
-        || (rc == 0
-            && ngx_memcmp(exec->rec.org, op->org, MR_ORG_ID_LEN) != 0))
-    {
+    if (rc == MDB_NOTFOUND) {
         op->result = MR_R_NOT_FOUND;
         return 0;
     }
@@ -1353,13 +1334,7 @@ mr_store_exec_cancel(MDB_txn *txn, mr_store_op_t *op)
         return rc;
     }
 
-    if (exec->rec.status == MR_CANCELLED) {
-        op->result = MR_R_NOOP;
-        return 0;
-    }
-
-    if (mr_status_terminal(exec->rec.status)) {
-        op->result = MR_R_TERMINAL;
+    if (!mr_rule_cancel_check(op, exec)) {
         return 0;
     }
 
@@ -1370,13 +1345,7 @@ mr_store_exec_cancel(MDB_txn *txn, mr_store_op_t *op)
 
     /* release the whole hold, charge nothing */
 
-    acct.rec.held -= exec->rec.hold;
-
-    now = op->now;
-
-    exec->rec.status = MR_CANCELLED;
-    exec->rec.cost = 0;
-    exec->rec.completed_ms = ngx_max(now, exec->rec.created_ms);
+    mr_rule_cancel(exec, &acct, op->now);
 
     rc = mr_store_account_put(txn, &acct);
     if (rc != 0) {
@@ -1430,9 +1399,8 @@ done:
 static int
 mr_store_account_create(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
 {
-    int         rc;
-    MDB_val     k, v;
-    ngx_uint_t  i;
+    int      rc;
+    MDB_val  k, v;
 
     if (!room) {
         op->result = MR_R_STORAGE_FULL;
@@ -1460,12 +1428,7 @@ mr_store_account_create(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
 
     /* its quota: nothing used yet, the limits asked for or the defaults */
 
-    ngx_memzero(&op->quota, sizeof(mr_quota_t));
-
-    for (i = 0; i < MR_LIMIT_N; i++) {
-        op->quota.limit[i] = (op->quota_mask & (1 << i)) ? op->quota_set[i]
-                                                         : -1;
-    }
+    mr_rule_account_quota(op);
 
     return mr_store_quota_put(txn, op->account.id, &op->quota);
 }
@@ -1511,8 +1474,7 @@ mr_store_account_adjust(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
             ngx_memcpy(rval, v.mv_data, sizeof(rval));
             prev = (int64_t) mr_be64_get(rval);
 
-            op->result = (prev == op->amount) ? MR_R_REPLAYED
-                                              : MR_R_IDEM_REUSED;
+            (void) mr_rule_credit_replay(op, prev);
             return 0;
         }
 
@@ -1521,37 +1483,8 @@ mr_store_account_adjust(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
         }
     }
 
-    if (!room && op->amount > 0) {
-        op->result = MR_R_STORAGE_FULL;
+    if (!mr_rule_adjust(op, &op->account, room)) {
         return 0;
-    }
-
-    if (op->amount >= 0) {
-        if (op->account.rec.balance + op->amount > MR_MONEY_MAX
-            || op->account.rec.credited > MR_LEDGER_MAX - op->amount)
-        {
-            op->result = MR_R_LIMIT;
-            return 0;
-        }
-
-        op->account.rec.balance += op->amount;
-        op->account.rec.credited += op->amount;
-
-    } else {
-        if (op->account.rec.debited > MR_LEDGER_MAX + op->amount) {
-            op->result = MR_R_LIMIT;
-            return 0;
-        }
-
-        if (op->account.rec.balance - op->account.rec.held < -op->amount) {
-            op->result = MR_R_INSUFFICIENT;
-            op->required = -op->amount;
-            op->available = op->account.rec.balance - op->account.rec.held;
-            return 0;
-        }
-
-        op->account.rec.balance += op->amount;
-        op->account.rec.debited -= op->amount;
     }
 
     rc = mr_store_account_put(txn, &op->account);
@@ -1579,8 +1512,7 @@ mr_store_account_adjust(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
 static int
 mr_store_account_limits(MDB_txn *txn, mr_store_op_t *op)
 {
-    int         rc;
-    ngx_uint_t  i;
+    int  rc;
 
     rc = mr_store_account_read(txn, op->org, &op->account, op->pool);
     if (rc == MDB_NOTFOUND) {
@@ -1596,11 +1528,7 @@ mr_store_account_limits(MDB_txn *txn, mr_store_op_t *op)
         return rc;
     }
 
-    for (i = 0; i < MR_LIMIT_N; i++) {
-        if (op->quota_mask & (1 << i)) {
-            op->quota.limit[i] = op->quota_set[i];
-        }
-    }
+    mr_rule_account_limits(op);
 
     return mr_store_quota_put(txn, op->org, &op->quota);
 }
@@ -1629,9 +1557,7 @@ mr_store_key_create(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
     }
 
     rc = mr_store_quota_check(txn, op, op->key.rec.org,
-                              (int64_t) (sizeof(mr_key_rec_t)
-                                         + op->key.name.len + MR_KEY_ID_LEN
-                                         + MR_USAGE_KEY),
+                              (int64_t) mr_rule_key_size(&op->key),
                               MR_LIMIT_KEYS, 1, &ok);
     if (rc != 0 || !ok) {
         return rc;
@@ -1642,10 +1568,8 @@ mr_store_key_create(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
 
 
 /*
- * Revoke, or rotate: a new key, and the old one ends after the grace.
- * A key that was rotated (in its grace period, or ended) cannot be
- * rotated again, and cannot rotate keys: a leaked key that its owner
- * rotated does not get a successor of its own.
+ * Revoke, or rotate: a new key, and the old one ends after the grace
+ * (the rules of mr_rule_key_rotate_check() and the next ones).
  */
 
 static int
@@ -1671,12 +1595,9 @@ mr_store_key_update(MDB_txn *txn, mr_store_op_t *op)
     was = op->old_key.rec.valid_until_ms;
 
     if (op->type == MR_OP_KEY_REVOKE) {
-        if (op->old_key.rec.revoked) {
-            op->result = MR_R_NOOP;
+        if (!mr_rule_key_revoke(op, &op->old_key)) {
             return 0;
         }
-
-        op->old_key.rec.revoked = 1;
 
         rc = mr_store_key_put(txn, &op->old_key);
         if (rc != 0) {
@@ -1690,10 +1611,7 @@ mr_store_key_update(MDB_txn *txn, mr_store_op_t *op)
 
     /* MR_OP_KEY_ROTATE: only within the caller's account */
 
-    if (ngx_memcmp(op->old_key.rec.org, op->org, MR_ORG_ID_LEN) != 0
-        || op->old_key.rec.revoked)
-    {
-        op->result = MR_R_NOT_FOUND;
+    if (!mr_rule_key_rotate_check(op, &op->old_key)) {
         return 0;
     }
 
@@ -1703,37 +1621,25 @@ mr_store_key_update(MDB_txn *txn, mr_store_op_t *op)
             return rc;
         }
 
-        if (rc == MDB_NOTFOUND || !mr_store_key_active(&caller.rec)) {
-            op->result = MR_R_FORBIDDEN;
-            op->reason = "a key that was rotated or revoked cannot rotate "
-                         "keys; use its successor";
+        if (!mr_rule_key_caller(op, rc == MDB_NOTFOUND ? NULL : &caller)) {
             return 0;
         }
     }
 
-    if (was) {
-        op->result = MR_R_FORBIDDEN;
-        op->reason = "this key was already rotated; rotate its successor";
+    if (!mr_rule_key_rotated(op, &op->old_key)) {
         return 0;
     }
 
     /* a key record more (the count of active keys does not change) */
 
     rc = mr_store_quota_check(txn, op, op->org,
-                              (int64_t) (sizeof(mr_key_rec_t)
-                                         + op->old_key.name.len
-                                         + MR_KEY_ID_LEN + MR_USAGE_KEY),
+                              (int64_t) mr_rule_key_size(&op->old_key),
                               MR_LIMIT_KEYS, 0, &ok);
     if (rc != 0 || !ok) {
         return rc;
     }
 
-    op->key.rec.permission = op->old_key.rec.permission;
-    op->key.name = op->old_key.name;
-
-    until = op->key.rec.created_ms + op->grace_ms;
-
-    op->old_key.rec.valid_until_ms = until;
+    until = mr_rule_key_rotate(op);
 
     rc = mr_store_key_put(txn, &op->old_key);
     if (rc == 0) {
@@ -1745,15 +1651,6 @@ mr_store_key_update(MDB_txn *txn, mr_store_op_t *op)
     }
 
     return mr_store_key_put(txn, &op->key);
-}
-
-
-/* a key that authenticates, or will: counted in the "keys" limit */
-
-static ngx_uint_t
-mr_store_key_active(mr_key_rec_t *rec)
-{
-    return !rec->revoked && rec->valid_until_ms == 0;
 }
 
 
@@ -2246,7 +2143,7 @@ mr_store_key_purge(MDB_txn *txn, mr_store_op_t *op)
 
         rc = mr_store_key_read(txn, key + 8, &kr, NULL);
 
-        if (rc == 0 && !mr_store_key_active(&kr.rec)) {
+        if (rc == 0 && !mr_rule_key_active(&kr.rec)) {
             ngx_memcpy(akey, kr.rec.org, MR_ORG_ID_LEN);
             ngx_memcpy(akey + MR_ORG_ID_LEN, kr.rec.key_id, MR_KEY_ID_LEN);
 
@@ -2300,10 +2197,6 @@ mr_store_expire(MDB_txn *txn, mr_store_op_t *op, u_char *id)
     mr_exec_t      exec;
     mr_account_t   acct;
 
-    static ngx_str_t  error = ngx_string(
-        "{\"code\":\"GENERATION_TIMEOUT\",\"message\":\"the execution "
-        "expired before a result\",\"retryable\":true}");
-
     copy = NULL;
     buf = NULL;
 
@@ -2322,16 +2215,11 @@ mr_store_expire(MDB_txn *txn, mr_store_op_t *op, u_char *id)
 
     rc = mr_store_account_read(txn, exec.rec.org, &acct, NULL);
     if (rc == 0) {
-        acct.rec.held -= exec.rec.hold;
+        mr_rule_expire(&exec, &acct, op->now);
         rc = mr_store_account_put(txn, &acct);
     }
 
     if (rc == 0) {
-        exec.rec.status = MR_EXPIRED;
-        exec.rec.cost = 0;
-        exec.rec.completed_ms = ngx_max(op->now, exec.rec.created_ms);
-        exec.seg[MR_SEG_ERROR] = error;
-
         /* an attempt in flight is recorded as abandoned (in buf) */
         rc = mr_store_disp_release(txn, op, &exec, &buf);
     }
@@ -2498,24 +2386,6 @@ mr_store_exec_put(MDB_txn *txn, mr_exec_t *exec)
 }
 
 
-/* what a new execution will cost its account in stored bytes */
-
-static size_t
-mr_store_exec_size(mr_exec_t *exec)
-{
-    size_t      size;
-    ngx_uint_t  i;
-
-    size = sizeof(mr_exec_rec_t) + MR_EXEC_ID_LEN + MR_USAGE_EXEC;
-
-    for (i = 0; i < MR_SEG_N; i++) {
-        size += exec->seg[i].len;
-    }
-
-    return size;
-}
-
-
 /*
  * Reads an execution; its segments are copied into the pool, or, without
  * a pool, point into the map and live as long as the transaction.
@@ -2654,15 +2524,10 @@ mr_store_account_put(MDB_txn *txn, mr_account_t *acct)
 int
 mr_store_quota_read(MDB_txn *txn, u_char *org, mr_quota_t *q)
 {
-    int         rc;
-    MDB_val     k, v;
-    ngx_uint_t  i;
+    int      rc;
+    MDB_val  k, v;
 
-    ngx_memzero(q, sizeof(mr_quota_t));
-
-    for (i = 0; i < MR_LIMIT_N; i++) {
-        q->limit[i] = -1;
-    }
+    mr_rule_quota_init(q);
 
     k.mv_data = org;
     k.mv_size = MR_ORG_ID_LEN;
@@ -2714,8 +2579,7 @@ mr_store_usage(MDB_txn *txn, u_char *org, int64_t bytes, ngx_uint_t which,
         return rc;
     }
 
-    q.used[MR_LIMIT_BYTES] += bytes;
-    q.used[which] += count;
+    mr_rule_usage(&q, bytes, which, count);
 
     return mr_store_quota_put(txn, org, &q);
 }
@@ -2731,7 +2595,6 @@ mr_store_quota_check(MDB_txn *txn, mr_store_op_t *op, u_char *org,
     int64_t bytes, ngx_uint_t which, int64_t count, ngx_uint_t *ok)
 {
     int         rc;
-    int64_t     limit;
     mr_quota_t  q;
 
     *ok = 1;
@@ -2741,31 +2604,7 @@ mr_store_quota_check(MDB_txn *txn, mr_store_op_t *op, u_char *org,
         return rc;
     }
 
-    if (count > 0) {
-        limit = mr_limit_of(mr_store.mcf, &q, which);
-
-        if (q.used[which] + count > limit) {
-            *ok = 0;
-            op->quota_which = which;
-            op->quota_limit = limit;
-            op->quota_used = q.used[which];
-        }
-    }
-
-    if (*ok && bytes > 0) {
-        limit = mr_limit_of(mr_store.mcf, &q, MR_LIMIT_BYTES);
-
-        if (q.used[MR_LIMIT_BYTES] + bytes > limit) {
-            *ok = 0;
-            op->quota_which = MR_LIMIT_BYTES;
-            op->quota_limit = limit;
-            op->quota_used = q.used[MR_LIMIT_BYTES];
-        }
-    }
-
-    if (!*ok) {
-        op->result = MR_R_ACCOUNT_LIMIT;
-    }
+    *ok = mr_rule_quota_check(mr_store.mcf, &q, op, bytes, which, count);
 
     return 0;
 }
@@ -2881,13 +2720,13 @@ mr_store_key_put(MDB_txn *txn, mr_key_t *key)
     k.mv_size = MR_KEY_ID_LEN;
     v.mv_size = sizeof(mr_key_rec_t) + key->name.len;
 
-    active = mr_store_key_active(&key->rec);
+    active = mr_rule_key_active(&key->rec);
 
     rc = mdb_get(txn, mr_store.key, &k, &old);
 
     if (rc == 0 && old.mv_size >= sizeof(mr_key_rec_t)) {
         ngx_memcpy(&prev, old.mv_data, sizeof(mr_key_rec_t));
-        active -= mr_store_key_active(&prev);
+        active -= mr_rule_key_active(&prev);
 
     } else if (rc != MDB_NOTFOUND) {
         return rc ? rc : MDB_CORRUPTED;
@@ -3351,7 +3190,7 @@ mr_store_count(MDB_txn *txn, mr_verify_t *vf, u_char *org)
 
             } else if (i == 2 && r.mv_size >= sizeof(mr_key_rec_t)) {
                 ngx_memcpy(&key, r.mv_data, sizeof(mr_key_rec_t));
-                vf->counted[MR_LIMIT_KEYS] += mr_store_key_active(&key);
+                vf->counted[MR_LIMIT_KEYS] += mr_rule_key_active(&key);
             }
         }
 

@@ -16,21 +16,11 @@
 #include <lmdb.h>
 
 #include "mr_store.h"
+#include "mr_rules.h"          /* what records cost: MR_USAGE_* */
 
 
 #define MR_STORE_VERSION       3
 #define MR_STORE_SWEEP_MAX     256
-
-
-/*
- * What a record costs its account in stored bytes: its key and value,
- * plus a fixed allowance for the index entries that go with it.
- */
-#define MR_USAGE_EXEC          256    /* byorg, idem, idemttl, due, disp */
-#define MR_USAGE_EVENT         64
-#define MR_USAGE_DLV           192    /* dlvq, whdlv, execdlv */
-#define MR_USAGE_WH            64     /* orgwh */
-#define MR_USAGE_KEY           160    /* keyhash, acctkey, keyend */
 
 
 typedef struct {
@@ -131,7 +121,6 @@ int mr_store_emit(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
 int mr_store_dlv_purge(MDB_txn *txn, mr_store_op_t *op, ngx_uint_t limit);
 int mr_store_event_purge(MDB_txn *txn, mr_store_op_t *op,
     ngx_uint_t limit);
-int mr_store_dlv_target(mr_dlv_t *dlv, u_char *target);
 int mr_store_dlvq_key(mr_dlv_t *dlv, int64_t due, u_char *key);
 int mr_store_dlv_read(MDB_txn *txn, u_char *id, mr_dlv_t *dlv,
     ngx_pool_t *pool);
