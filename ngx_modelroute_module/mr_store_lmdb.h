@@ -134,6 +134,35 @@ int mr_store_disp_release(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
     u_char **buf);
 int mr_store_disp_secrets(MDB_txn *txn, MDB_dbi meta, ngx_uint_t rotate);
 
+/* the reads, synchronous: mr_store_lmdb_read() (mr_store_read.c) */
+ngx_int_t mr_store_lmdb_read(mr_store_read_t *rd);
+ngx_int_t mr_store_key_by_hash(u_char *hash, mr_key_t *key, ngx_pool_t *pool);
+ngx_int_t mr_store_keys_list(u_char *org, ngx_array_t *keys,
+    ngx_pool_t *pool);
+ngx_int_t mr_store_account_get(u_char *org, mr_account_t *acct,
+    ngx_pool_t *pool);
+ngx_int_t mr_store_exec_get(u_char *id, mr_exec_t *exec, ngx_pool_t *pool);
+ngx_int_t mr_store_exec_list(mr_list_query_t *q, ngx_array_t *execs,
+    ngx_pool_t *pool);
+ngx_int_t mr_store_quota_get(u_char *org, mr_quota_t *q);
+ngx_int_t mr_store_verify(u_char *org, mr_account_t *acct, mr_verify_t *v,
+    ngx_pool_t *pool);
+ngx_int_t mr_store_wh_get(u_char *wh_id, mr_wh_t *wh, ngx_pool_t *pool);
+ngx_int_t mr_store_wh_list(u_char *org, ngx_array_t *whs, ngx_pool_t *pool);
+ngx_int_t mr_store_dlv_list(u_char *prefix, size_t len, ngx_uint_t limit,
+    ngx_array_t *dlvs, ngx_pool_t *pool);
+ngx_int_t mr_store_secret_get(u_char *org, ngx_str_t *secret,
+    ngx_pool_t *pool);
+ngx_int_t mr_store_route_states(mr_main_conf_t *mcf, mr_route_state_t *st);
+ngx_int_t mr_store_disp_next(int64_t *due);
+ngx_int_t mr_store_meta_secret(const char *name, u_char *secret);
+ngx_int_t mr_store_ops_stats(mr_store_stats_t *st);
+ngx_int_t mr_store_ops_rate_limit(u_char *org, uint64_t *requests);
+ngx_int_t mr_store_ops_accounts(ngx_str_t *after, ngx_uint_t limit,
+    ngx_array_t *accts, ngx_uint_t *more, ngx_pool_t *pool);
+ngx_int_t mr_store_ops_deliveries(ngx_uint_t limit, ngx_array_t *dlvs,
+    ngx_uint_t *scanned, ngx_pool_t *pool);
+
 /* mr_store_ops.c: the operator's data (held total, rate-limit overrides) */
 int mr_store_ops_open(MDB_txn *txn, mr_store_t *st);
 int mr_store_ops_init(MDB_txn *txn, mr_store_t *st);
