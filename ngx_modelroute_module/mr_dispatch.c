@@ -424,10 +424,19 @@ mr_dispatch_claimed(mr_store_op_t *op)
         if (ngx_current_msec - mr_disp_failed_at > MR_DISP_POLL * 10
             || mr_disp_failed_at == 0)
         {
-            ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
-                          "modelroute dispatch: a claim failed (store "
-                          "full or failing); trying again every %d ms",
-                          MR_DISP_POLL);
+            if (op->result == MR_R_UNAVAILABLE) {
+                ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                              "modelroute dispatch: the store cannot be "
+                              "reached; claims are tried again every %d ms",
+                              MR_DISP_POLL);
+
+            } else {
+                ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                              "modelroute dispatch: a claim failed (store "
+                              "full or failing); trying again every %d ms",
+                              MR_DISP_POLL);
+            }
+
             mr_disp_failed_at = ngx_current_msec;
         }
 
@@ -1650,6 +1659,14 @@ mr_dispatch_recorded(mr_store_op_t *op)
                       (size_t) MR_EXEC_ID_LEN, a->exec_id,
                       op->result == MR_R_NOOP
                       ? mr_exec_status_name(op->disp.status) : &gone);
+        break;
+
+    case MR_R_UNAVAILABLE:
+        ngx_log_error(NGX_LOG_WARN, c->log, 0,
+                      "modelroute dispatch: the outcome of %*s cannot be "
+                      "recorded, the store cannot be reached; it is made "
+                      "again when its lease ends",
+                      (size_t) MR_EXEC_ID_LEN, a->exec_id);
         break;
 
     default:

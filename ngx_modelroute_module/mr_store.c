@@ -248,7 +248,7 @@ mr_store_open_dbis(MDB_txn *txn, mr_store_t *st)
 /* worker: open the environment once, after fork and setuid */
 
 ngx_int_t
-mr_store_init_process(ngx_cycle_t *cycle, mr_main_conf_t *mcf)
+mr_store_lmdb_init_process(ngx_cycle_t *cycle, mr_main_conf_t *mcf)
 {
     int           rc, dead;
     MDB_txn      *txn;
@@ -390,7 +390,7 @@ mr_store_start_secret(MDB_txn *txn, mr_main_conf_t *mcf)
 
 
 void
-mr_store_exit_process(ngx_cycle_t *cycle)
+mr_store_lmdb_exit_process(ngx_cycle_t *cycle)
 {
     if (mr_store.env == NULL) {
         return;
@@ -624,7 +624,7 @@ mr_store_wake_handler(ngx_event_t *ev)
  */
 
 void
-mr_store_submit(mr_store_op_t *op)
+mr_store_lmdb_submit(mr_store_op_t *op)
 {
     op->now = mr_now_ms();
 

@@ -405,6 +405,7 @@ typedef void (*mr_store_op_handler_pt)(mr_store_op_t *op);
 struct mr_store_op_s {
     ngx_queue_t               queue;
     ngx_uint_t                type;
+    ngx_uint_t                tries;         /* the backend's */
     ngx_pool_t               *pool;          /* results are copied here */
     mr_store_op_handler_pt    handler;
     void                     *data;
@@ -562,6 +563,7 @@ struct mr_store_waiter_s {
 };
 
 
+char *mr_store_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 ngx_int_t mr_store_check(ngx_cycle_t *cycle, mr_main_conf_t *mcf);
 ngx_int_t mr_store_start(ngx_cycle_t *cycle, mr_main_conf_t *mcf);
 ngx_int_t mr_store_init_process(ngx_cycle_t *cycle, mr_main_conf_t *mcf);

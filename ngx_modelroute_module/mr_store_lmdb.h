@@ -134,6 +134,14 @@ int mr_store_disp_release(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
     u_char **buf);
 int mr_store_disp_secrets(MDB_txn *txn, MDB_dbi meta, ngx_uint_t rotate);
 
+/* the store's entry points, for the switch (mr_store_backend.c) */
+ngx_int_t mr_store_lmdb_check(ngx_cycle_t *cycle, mr_main_conf_t *mcf);
+ngx_int_t mr_store_lmdb_start(ngx_cycle_t *cycle, mr_main_conf_t *mcf);
+ngx_int_t mr_store_lmdb_init_process(ngx_cycle_t *cycle,
+    mr_main_conf_t *mcf);
+void mr_store_lmdb_exit_process(ngx_cycle_t *cycle);
+void mr_store_lmdb_submit(mr_store_op_t *op);
+
 /* the reads, synchronous: mr_store_lmdb_read() (mr_store_read.c) */
 ngx_int_t mr_store_lmdb_read(mr_store_read_t *rd);
 ngx_int_t mr_store_key_by_hash(u_char *hash, mr_key_t *key, ngx_pool_t *pool);

@@ -217,14 +217,3 @@ mr_store_lmdb_execs(mr_store_read_t *rd)
 
     return NGX_OK;
 }
-
-
-/* the store's reads (the LMDB backend's, at once) */
-
-ngx_int_t
-mr_store_read(mr_store_read_t *rd)
-{
-    rd->rc = mr_store_lmdb_read(rd);
-
-    return NGX_OK;
-}
