@@ -114,7 +114,8 @@ mr_adapter_json(u_char *data, size_t len, ngx_uint_t *unheld)
 ngx_int_t
 mr_adapter_request(ngx_pool_t *pool, mr_route_t *route,
     mr_model_route_t *mroute, mr_model_t *m, mr_exec_t *exec,
-    ngx_str_t *callback, ngx_str_t *body, mr_adapter_out_t *out)
+    ngx_str_t *callback, ngx_str_t *token, ngx_str_t *body,
+    mr_adapter_out_t *out)
 {
     json_t     *input, *req, *v, *msgs, *system;
     ngx_int_t   rc;
@@ -220,6 +221,12 @@ mr_adapter_request(ngx_pool_t *pool, mr_route_t *route,
         json_object_set_new(req, "callback_url",
                             json_stringn((char *) callback->data,
                                          callback->len));
+
+        /* in the body, not in the URL: the provider sends it back in
+           an Authorization header, which access logs leave out */
+
+        json_object_set_new(req, "callback_token",
+                            json_stringn((char *) token->data, token->len));
     }
 
     rc = mr_json_dump(pool, req, body);

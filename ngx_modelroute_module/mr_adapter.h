@@ -34,7 +34,8 @@ typedef struct {
 
 ngx_int_t mr_adapter_request(ngx_pool_t *pool, mr_route_t *route,
     mr_model_route_t *mroute, mr_model_t *m, mr_exec_t *exec,
-    ngx_str_t *callback, ngx_str_t *body, mr_adapter_out_t *out);
+    ngx_str_t *callback, ngx_str_t *token, ngx_str_t *body,
+    mr_adapter_out_t *out);
 void mr_adapter_response(ngx_pool_t *pool, mr_route_t *route, mr_model_t *m,
     mr_exec_t *exec, ngx_uint_t status, ngx_str_t *body,
     ngx_str_t *retry_after, mr_adapter_out_t *out);

@@ -874,7 +874,7 @@ static ngx_int_t
 mr_dispatch_prepare(ngx_http_request_t *r, mr_disp_att_t *a, ngx_str_t *body)
 {
     ngx_int_t          rc;
-    ngx_str_t          callback;
+    ngx_str_t          callback, token;
     ngx_uint_t         i;
     mr_model_route_t  *mr;
     mr_adapter_out_t   out;
@@ -940,16 +940,22 @@ mr_dispatch_prepare(ngx_http_request_t *r, mr_disp_att_t *a, ngx_str_t *body)
     a->route = mr->route;
 
     ngx_str_null(&callback);
+    ngx_str_null(&token);
+
+    /* the attempt's own callback token: the claim counted the attempt */
 
     if (a->route->protocol == MR_PROTO_ASYNC
-        && mr_callback_url(r->pool, mr_disp_mcf, a->exec_id, &callback)
-           != NGX_OK)
+        && (mr_callback_url(r->pool, mr_disp_mcf, a->exec_id, &callback)
+            != NGX_OK
+            || mr_callback_token(r->pool, a->exec_id,
+                                 a->exec.rec.nattempts - 1, &token)
+               != NGX_OK))
     {
         return NGX_ERROR;
     }
 
     rc = mr_adapter_request(r->pool, a->route, mr, a->model, &a->exec,
-                            &callback, body, &out);
+                            &callback, &token, body, &out);
 
     if (rc == NGX_DECLINED) {
         /* the input does not fit the protocol */
