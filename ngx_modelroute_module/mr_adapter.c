@@ -4,7 +4,11 @@
  *
  * Requests: OpenAI chat completions, embeddings and image generations,
  * Anthropic messages, and the asynchronous callback protocol
- * ({model, input, execution_id, callback_url} -> 2xx: the job is taken).
+ * ({model, input, execution_id, callback_url, callback_token} -> 2xx: the
+ * job is taken; the result comes to callback_url with "Authorization:
+ * Bearer <callback_token>", see mr_callback.c).  Chat and messages
+ * requests always carry the output budget the execution's hold was
+ * computed for.
  *
  * Results are normalized: {"text", "finish_reason", "usage"} for chat and
  * messages, {"embeddings", "usage"}, {"images": [{"url"} | {"b64_json"}],
@@ -48,11 +52,12 @@ static void mr_adapter_detail(ngx_pool_t *pool, json_t *answer,
 static int64_t mr_adapter_usage(json_t *usage, const char *name);
 static int64_t mr_adapter_cost(mr_model_t *m, json_t *input, int64_t in,
     int64_t out, int64_t images);
+static json_t *mr_adapter_input(mr_model_t *m, mr_exec_t *exec);
 static int64_t mr_adapter_retry_after(ngx_str_t *value);
 
 
 static const char  *mr_adapter_chat_params[] = {
-    "max_tokens", "temperature", "top_p", "stop", "seed",
+    "temperature", "top_p", "stop", "seed",
     "presence_penalty", "frequency_penalty", "user", NULL
 };
 
@@ -158,6 +163,16 @@ mr_adapter_request(ngx_pool_t *pool, mr_route_t *route,
 
         json_object_set_new(req, "messages", msgs);
 
+        /*
+         * the output budget the hold was computed for, always: without
+         * it a provider answers up to the model's own limit, and bills
+         * the operator for what the hold does not cover
+         */
+
+        json_object_set_new(req, route->completion_tokens
+                                 ? "max_completion_tokens" : "max_tokens",
+                            json_integer(mr_exec_budget(m, input)));
+
         if (route->protocol == MR_PROTO_OPENAI_CHAT) {
             mr_adapter_copy(req, input, mr_adapter_chat_params);
             break;
@@ -166,11 +181,6 @@ mr_adapter_request(ngx_pool_t *pool, mr_route_t *route,
         if (system) {
             json_object_set_new(req, "system", system);
         }
-
-        v = json_object_get(input, "max_tokens");
-        json_object_set_new(req, "max_tokens",
-                            json_is_integer(v) ? json_incref(v)
-                            : json_integer(m->max_tokens));
 
         mr_adapter_copy(req, input, mr_adapter_anthropic_params);
         break;
@@ -398,12 +408,7 @@ mr_adapter_response(ngx_pool_t *pool, mr_route_t *route, mr_model_t *m,
             goto done;
         }
 
-        /* the input counts only for prices per image or per second */
-
-        input = (m->per_image || m->per_second)
-                ? json_loadb((char *) exec->seg[MR_SEG_INPUT].data,
-                             exec->seg[MR_SEG_INPUT].len, 0, NULL)
-                : NULL;
+        input = mr_adapter_input(m, exec);
 
         if (mr_adapter_ok(pool, route, m, input, answer, out) != NGX_OK
             && out->outcome == 0)
@@ -523,8 +528,20 @@ mr_adapter_ok(ngx_pool_t *pool, mr_route_t *route, mr_model_t *m,
         v = json_object_get(answer, "stop_reason");
         fr = json_is_string(v) ? json_string_value(v) : NULL;
 
+        /*
+         * tokens read from and written to the prompt cache are input
+         * tokens the provider bills too (input_tokens leaves them out)
+         */
+
         in = mr_adapter_usage(usage, "input_tokens");
         outt = mr_adapter_usage(usage, "output_tokens");
+
+        if (in >= 0) {
+            in += ngx_max(mr_adapter_usage(usage,
+                                           "cache_creation_input_tokens"), 0)
+                  + ngx_max(mr_adapter_usage(usage,
+                                             "cache_read_input_tokens"), 0);
+        }
 
         res = json_pack("{s:o, s:s?}", "text", text, "finish_reason", fr);
         break;
@@ -583,11 +600,14 @@ mr_adapter_ok(ngx_pool_t *pool, mr_route_t *route, mr_model_t *m,
             }
         }
 
-        images = json_array_size(v);
-        in = 0;
-        outt = 0;
+        /* the images made, and the tokens of a model that bills them */
 
-        res = json_pack("{s:o}", "images", v);
+        images = json_array_size(v);
+        in = mr_adapter_usage(usage, "input_tokens");
+        outt = mr_adapter_usage(usage, "output_tokens");
+
+        res = json_pack("{s:o, s:{s:I}}", "images", v,
+                        "usage", "images", (json_int_t) images);
     }
 
     if (res == NULL) {
@@ -595,21 +615,18 @@ mr_adapter_ok(ngx_pool_t *pool, mr_route_t *route, mr_model_t *m,
     }
 
     if (in >= 0 && outt >= 0) {
-        if (images >= 0) {
-            json_object_set_new(res, "usage",
-                                json_pack("{s:I}", "images",
-                                          (json_int_t) images));
+        v = json_object_get(res, "usage");
 
-        } else {
-            json_object_set_new(res, "usage",
-                                json_pack("{s:I, s:I}",
-                                          "input_tokens", (json_int_t) in,
-                                          "output_tokens",
-                                          (json_int_t) outt));
+        if (v == NULL) {
+            v = json_object();
+            json_object_set_new(res, "usage", v);
         }
 
-        out->cost = mr_adapter_cost(m, input, in, outt, images);
+        json_object_set_new(v, "input_tokens", json_integer(in));
+        json_object_set_new(v, "output_tokens", json_integer(outt));
     }
+
+    out->cost = mr_adapter_cost(m, input, in, outt, images);
 
     rc = mr_json_dump(pool, res, &out->result);
 
@@ -842,35 +859,43 @@ mr_adapter_usage(json_t *usage, const char *name)
 }
 
 
-/* the cost of what the provider reports it used */
+/*
+ * The cost of what the provider reports it used (mr_exec_cost()): images
+ * as counted in the answer (images >= 0) or asked for (input.n), seconds
+ * as asked for; -1, the estimate, when the answer leaves out a token
+ * count the model has a price for
+ */
 
 static int64_t
 mr_adapter_cost(mr_model_t *m, json_t *input, int64_t in, int64_t out,
     int64_t images)
 {
-    json_t   *v;
-    int64_t   secs;
-    double    d;
+    mr_usage_t  u;
 
-    if (images < 0) {
-        v = json_object_get(input, "n");
-        images = json_is_integer(v) ? json_integer_value(v) : 1;
+    mr_exec_usage_of(input, &u);
+
+    if (images >= 0) {
+        u.images = images;
     }
 
-    /* the cost is capped at the hold anyway: keep the product in range */
-    images = ngx_min(images, 1000000);
+    u.input_tokens = in;
+    u.output_tokens = out;
 
-    v = json_object_get(input, "duration");
-    d = json_is_number(v) ? json_number_value(v) : 1;
-    secs = (int64_t) d;
+    return mr_exec_cost(m, &u);
+}
 
-    if ((double) secs < d) {
-        secs++;
+
+/* the execution's input, where the price needs it (per image, per second) */
+
+static json_t *
+mr_adapter_input(mr_model_t *m, mr_exec_t *exec)
+{
+    if (m->per_image == 0 && m->per_second == 0) {
+        return NULL;
     }
 
-    return m->per_request + m->per_image * images + m->per_second * secs
-           + mr_exec_price(in, m->input_per_mtok, 1000000)
-           + mr_exec_price(out, m->output_per_mtok, 1000000);
+    return json_loadb((char *) exec->seg[MR_SEG_INPUT].data,
+                      exec->seg[MR_SEG_INPUT].len, 0, NULL);
 }
 
 
@@ -948,22 +973,21 @@ mr_adapter_callback(ngx_pool_t *pool, mr_model_t *m, mr_exec_t *exec,
         outt = mr_adapter_usage(usage, "output_tokens");
 
         if (in >= 0 || outt >= 0) {
-            in = ngx_max(in, 0);
-            outt = ngx_max(outt, 0);
+            json_object_set_new(res, "usage", json_object());
+            v = json_object_get(res, "usage");
 
-            json_object_set_new(res, "usage",
-                                json_pack("{s:I, s:I}",
-                                          "input_tokens", (json_int_t) in,
-                                          "output_tokens",
-                                          (json_int_t) outt));
+            if (in >= 0) {
+                json_object_set_new(v, "input_tokens", json_integer(in));
+            }
 
-            input = (m->per_image || m->per_second)
-                    ? json_loadb((char *) exec->seg[MR_SEG_INPUT].data,
-                                 exec->seg[MR_SEG_INPUT].len, 0, NULL)
-                    : NULL;
-            out->cost = mr_adapter_cost(m, input, in, outt, -1);
-            json_decref(input);
+            if (outt >= 0) {
+                json_object_set_new(v, "output_tokens", json_integer(outt));
+            }
         }
+
+        input = mr_adapter_input(m, exec);
+        out->cost = mr_adapter_cost(m, input, in, outt, -1);
+        json_decref(input);
 
         if (mr_json_dump(pool, res, &out->result) != NGX_OK) {
             json_decref(res);
