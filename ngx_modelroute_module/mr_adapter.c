@@ -78,7 +78,9 @@ mr_adapter_fail(mr_adapter_out_t *out, ngx_uint_t outcome, const char *code,
     out->code = code;
     out->message.data = (u_char *) message;
     out->message.len = ngx_strlen(message);
-    out->breaker = (outcome == MR_OUT_RETRY || outcome == MR_OUT_TIMEOUT);
+    out->breaker = (outcome == MR_OUT_RETRY) ? MR_BREAKER_PROVIDER
+                   : (outcome == MR_OUT_TIMEOUT) ? MR_BREAKER_TIMEOUT
+                   : MR_BREAKER_NONE;
 }
 
 
@@ -398,7 +400,7 @@ mr_adapter_response(ngx_pool_t *pool, mr_route_t *route, mr_model_t *m,
                             "the provider's answer is JSON the gateway "
                             "cannot read (a number out of range, or "
                             "nested too deep)");
-            out->breaker = 0;
+            out->breaker = MR_BREAKER_NONE;
             goto done;
         }
 
@@ -462,7 +464,7 @@ mr_adapter_ok(ngx_pool_t *pool, mr_route_t *route, mr_model_t *m,
                             "CONTENT_MODERATION_REJECTED",
                             "the provider's content filter refused the "
                             "input");
-            out->breaker = 0;
+            out->breaker = MR_BREAKER_NONE;
             return NGX_DECLINED;
         }
 
@@ -674,12 +676,13 @@ mr_adapter_error(ngx_uint_t status, json_t *answer, ngx_str_t *retry_after,
     case 504:
         mr_adapter_fail(out, MR_OUT_RETRY, "GENERATION_TIMEOUT",
                         "the provider did not answer in time");
+        out->breaker = MR_BREAKER_TIMEOUT;
         return;
 
     case 429:
         mr_adapter_fail(out, MR_OUT_RETRY, "RATE_LIMITED",
                         "the provider limited the rate of requests");
-        out->breaker = 0;
+        out->breaker = MR_BREAKER_NONE;
         out->retry_after_ms = mr_adapter_retry_after(retry_after);
         return;
 

@@ -28,7 +28,8 @@ typedef struct {
     ngx_str_t                 job_id;        /* JSON string or empty */
     int64_t                   cost;          /* -1: none reported */
     int64_t                   retry_after_ms;
-    ngx_uint_t                breaker;       /* counts as a failure */
+    ngx_uint_t                breaker;       /* MR_BREAKER_*: what the
+                                                failure says of the route */
 } mr_adapter_out_t;
 
 
