@@ -263,7 +263,8 @@ typedef struct {
 #define MR_OUT_TIMEOUT          5      /* the attempt ran out of time */
 
 /* what a failure says of its route (mr_disp_op_t.breaker) */
-#define MR_BREAKER_NONE         0      /* nothing: the gateway's limit... */
+#define MR_BREAKER_NONE         0      /* not counted: a 429, an input
+                                          error, the gateway's own limit */
 #define MR_BREAKER_PROVIDER     1      /* the provider failed */
 #define MR_BREAKER_TIMEOUT      2      /* it took the request and did not
                                           answer in time: the provider, or

@@ -809,14 +809,15 @@ mr_store_disp_callback(MDB_txn *txn, mr_store_op_t *op)
     }
 
     /*
-     * The token is the execution's: a provider that holds it was sent a
-     * job for it, and the result is taken while the execution is not
-     * terminal.  PROCESSING: the provider called back before the answer
-     * that took the job was recorded (that answer is dropped when it
-     * arrives), or the attempt that sent the job failed (no answer in
-     * time, say) although the provider had taken it, and the execution
-     * waits for its next attempt, which is not made.  PENDING: no job
-     * was ever sent.
+     * The token is an attempt's (mr_callback.c): a provider that holds
+     * it was sent a job by that attempt, and the result is taken while
+     * the execution is not terminal.  PROCESSING: the provider called
+     * back before the answer that took the job was recorded (that answer
+     * is dropped when it arrives), or the attempt that sent the job
+     * failed (no answer in time, say) although the provider had taken
+     * it, and the execution waits for its next attempt, which is not
+     * made.  PENDING: no job was ever sent (and no token of an attempt
+     * not made passes mr_callback.c).
      */
 
     if (exec.rec.status == MR_PENDING) {
