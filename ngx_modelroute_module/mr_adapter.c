@@ -4,11 +4,11 @@
  *
  * Requests: OpenAI chat completions, embeddings and image generations,
  * Anthropic messages, and the asynchronous callback protocol
- * ({model, input, execution_id, callback_url, callback_token} -> 2xx: the
- * job is taken; the result comes to callback_url with "Authorization:
- * Bearer <callback_token>", see mr_callback.c).  Chat and messages
- * requests always carry the output budget the execution's hold was
- * computed for.
+ * ({model, input, max_tokens, execution_id, callback_url, callback_token}
+ * -> 2xx: the job is taken; the result comes to callback_url with
+ * "Authorization: Bearer <callback_token>", see mr_callback.c).  Chat,
+ * messages and asynchronous requests always carry the output budget the
+ * execution's hold was computed for.
  *
  * Results are normalized: {"text", "finish_reason", "usage"} for chat and
  * messages, {"embeddings", "usage"}, {"images": [{"url"} | {"b64_json"}],
@@ -228,6 +228,11 @@ mr_adapter_request(ngx_pool_t *pool, mr_route_t *route,
 
     default: /* MR_PROTO_ASYNC */
         json_object_set(req, "input", input);
+
+        /* the budget the hold was computed for, as chat is sent it */
+
+        json_object_set_new(req, "max_tokens",
+                            json_integer(mr_exec_budget(m, input)));
         json_object_set_new(req, "execution_id",
                             json_stringn((char *) exec->id, MR_EXEC_ID_LEN));
         json_object_set_new(req, "callback_url",

@@ -13,7 +13,8 @@
  * latency (a timer on the request), with usage: input tokens from the
  * size of the request body (4 bytes a token), output tokens as set but
  * never more than the request's max_tokens (or max_completion_tokens);
- * images, as many as the request's n, without usage.  A
+ * images, as many as the request's n, without usage (a request body that
+ * nginx wrote to a file is not read: no budget then, one image).  A
  * share of the requests (failure_rate) fails with failure_status and a
  * provider-shaped error body; a 429 carries "Retry-After: 1".  It serves
  * the demo configuration and the benchmarks, as a subrequest or as an

@@ -15,7 +15,8 @@
 # token count the model has a price for, never more than the hold.
 #
 # Each adapter against a fake provider (MR::Receiver): openai_chat (the
-# budget is always sent, as max_tokens or max_completion_tokens),
+# budget is always sent, as max_tokens or max_completion_tokens; so is it
+# to anthropic and in an asynchronous job),
 # anthropic, openai_embeddings, openai_images (per image and per token),
 # async (the callback's usage), and the simulator in each format.  The
 # cases that main got wrong: chat sent no budget, images ignored the
@@ -451,6 +452,7 @@ sub chat_answer {
         my ($e, $q) = run('basync', '/job', { prompt => $m,
             max_tokens => 3000 }, marker => $m, until => 'AWAITING_WEBHOOK');
         my $j = $q->{json} // {};
+        is($j->{max_tokens}, 3000, "async, $name: the job carries the budget");
         my ($path) = ($j->{callback_url} // '') =~ m{(/v1/callbacks/.*)$};
         my $r = $t->req(POST => $path // '/v1/callbacks/none',
             { Authorization => 'Bearer ' . ($j->{callback_token} // '') },
