@@ -64,6 +64,7 @@ static int mr_store_disp_fail(MDB_txn *txn, mr_store_op_t *op,
 static int mr_store_disp_lease_end(MDB_txn *txn, mr_store_op_t *op,
     mr_exec_t *exec, ngx_uint_t outcome, ngx_uint_t breaker,
     ngx_uint_t answered);
+static void mr_store_disp_run_reset(mr_route_state_t *st);
 static int mr_store_disp_attempt(mr_exec_t *exec, int64_t end,
     const char *outcome, const char *code, ngx_uint_t status,
     ngx_str_t *job_id, u_char **buf);
@@ -808,14 +809,15 @@ mr_store_disp_callback(MDB_txn *txn, mr_store_op_t *op)
     }
 
     /*
-     * The token is the execution's: a provider that holds it was sent a
-     * job for it, and the result is taken while the execution is not
-     * terminal.  PROCESSING: the provider called back before the answer
-     * that took the job was recorded (that answer is dropped when it
-     * arrives), or the attempt that sent the job failed (no answer in
-     * time, say) although the provider had taken it, and the execution
-     * waits for its next attempt, which is not made.  PENDING: no job
-     * was ever sent.
+     * The token is an attempt's (mr_callback.c): a provider that holds
+     * it was sent a job by that attempt, and the result is taken while
+     * the execution is not terminal.  PROCESSING: the provider called
+     * back before the answer that took the job was recorded (that answer
+     * is dropped when it arrives), or the attempt that sent the job
+     * failed (no answer in time, say) although the provider had taken
+     * it, and the execution waits for its next attempt, which is not
+     * made.  PENDING: no job was ever sent (and no token of an attempt
+     * not made passes mr_callback.c).
      */
 
     if (exec.rec.status == MR_PENDING) {
@@ -1006,6 +1008,16 @@ mr_store_disp_end(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
  * it, and the failure of the half-open probe opens it again; a success,
  * or an answer that blames the input, closes it, unless it is open and
  * the answer is not the probe's (an attempt older than the opening).
+ *
+ * The route is shared by every account, and a timeout after the provider
+ * took the request may be the input's doing (a long answer asked for): a
+ * tenant's own slow executions, which cost it nothing when they fail,
+ * must not open the breaker for the others.  So timeouts open it only
+ * when they are not one account's alone: breaker counted failures in a
+ * row open it if breaker of them are the provider's own failures, or if
+ * attempts of two accounts or more timed out among them; a probe's
+ * timeout opens it again only if another account's attempt timed out
+ * since it opened (else the breaker stays half-open: another probe goes).
  */
 
 static int
@@ -1013,7 +1025,7 @@ mr_store_disp_lease_end(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
     ngx_uint_t outcome, ngx_uint_t breaker, ngx_uint_t answered)
 {
     int                rc;
-    ngx_uint_t         probe;
+    ngx_uint_t         probe, open;
     mr_route_t        *route;
     mr_route_state_t   st;
 
@@ -1035,16 +1047,39 @@ mr_store_disp_lease_end(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
         st.probe_token = 0;
     }
 
-    if ((outcome == MR_OUT_RETRY || outcome == MR_OUT_TIMEOUT) && breaker) {
+    if ((outcome == MR_OUT_RETRY || outcome == MR_OUT_TIMEOUT)
+        && breaker != MR_BREAKER_NONE)
+    {
         st.failures++;
         st.failed++;
 
-        if (route
-            && (probe
-                || (st.open_until_ms == 0
-                    && st.failures >= route->breaker_failures)))
+        if (breaker == MR_BREAKER_PROVIDER) {
+            st.provider_failures++;
+
+        } else if (st.timeout_accounts == 0) {
+            st.timeout_accounts = 1;
+            ngx_memcpy(st.timeout_org, exec->rec.org, MR_ORG_ID_LEN);
+
+        } else if (ngx_memcmp(st.timeout_org, exec->rec.org, MR_ORG_ID_LEN)
+                   != 0)
         {
+            st.timeout_accounts = 2;
+        }
+
+        if (probe) {
+            open = (breaker == MR_BREAKER_PROVIDER
+                    || st.timeout_accounts >= 2);
+
+        } else {
+            open = (route && st.open_until_ms == 0
+                    && st.failures >= route->breaker_failures
+                    && (st.provider_failures >= route->breaker_failures
+                        || st.timeout_accounts >= 2));
+        }
+
+        if (route && open) {
             st.open_until_ms = op->now + route->breaker_reset;
+            mr_store_disp_run_reset(&st);
         }
 
     } else if (answered && outcome != MR_OUT_RETRY
@@ -1053,6 +1088,7 @@ mr_store_disp_lease_end(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
     {
         st.failures = 0;
         st.open_until_ms = 0;
+        mr_store_disp_run_reset(&st);
     }
 
     if (op->disp.retry_after_ms > 0) {
@@ -1070,6 +1106,17 @@ mr_store_disp_lease_end(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
     op->ready = 1;
 
     return 0;
+}
+
+
+/* a new run of failures: the breaker closed or opened */
+
+static void
+mr_store_disp_run_reset(mr_route_state_t *st)
+{
+    st->provider_failures = 0;
+    st->timeout_accounts = 0;
+    ngx_memzero(st->timeout_org, MR_ORG_ID_LEN);
 }
 
 

@@ -545,39 +545,49 @@ ex('secret, no key', 401, GET => '/v1/webhooks/default/secret');
 # ---- the asynchronous provider's callback
 
 my ($job) = $rc->wait_requests(1, path => '/job');
-my ($cpath, $token) = (($job && $job->{body} // '') =~
-    m{"callback_url":"http://127\.0\.0\.1:\d+(/v1/callbacks/exec_[0-9a-f]{44})\?token=([0-9a-f]{64})"});
-ok($cpath, 'the provider got its callback_url') or diag explain $job;
+my ($cpath) = (($job && $job->{json} || {})->{callback_url} // '') =~
+    m{^http://127\.0\.0\.1:\d+(/v1/callbacks/exec_[0-9a-f]{44})$};
+my ($token) = (($job && $job->{json} || {})->{callback_token} // '') =~
+    m{^(\d+\.[0-9a-f]{64})$};
+ok($cpath && $token, 'the provider got its callback_url and callback_token')
+    or diag explain $job;
 $cpath //= "/v1/callbacks/$async->{id}";
-$token //= '0' x 64;
+$token //= '0.' . '0' x 64;
 my $OK = { status => 'succeeded', output => { text => 'done' },
     usage => { input_tokens => 10, output_tokens => 20 } };
 
-# tokens for any execution: the key is in the store
+# tokens for any execution and attempt: the key is in the store
 my $dump = `mdb_dump -s meta ${\ $t->store} 2>/dev/null`;
 my $cbname = unpack 'H*', 'cbkey';
 my ($cbkey) = $dump =~ /^ $cbname\n ([0-9a-f]+)$/m;
 ok($cbkey, 'the callback key, read with mdb_dump (lmdb-utils)');
-sub token_of { hmac_sha256_hex($_[0], pack 'H*', $cbkey // '') }
+sub token_of {
+    my ($id, $attempt) = @_;
+    return "$attempt." . hmac_sha256_hex("modelroute-callback\0$id\0$attempt",
+        pack 'H*', $cbkey // '');
+}
+sub bearer { return (Authorization => "Bearer $_[0]") }
 
-ex('callback, wrong token', 401, POST => "$cpath?token=" . ('0' x 64),
-    body => $OK);
+ex('callback, wrong token', 401, POST => $cpath,
+    headers => { bearer('0.' . '0' x 64) }, body => $OK);
 ex('callback, no token', 401, POST => $cpath, body => $OK);
-ex('callback, malformed JSON', 400, POST => "$cpath?token=$token",
-    body => '{"status"', headers => { 'Content-Type' => 'application/json' });
-ex('callback, too large', 413, POST => "$cpath?token=$token", %LARGE);
-ex('callback, not JSON', 415, POST => "$cpath?token=$token", %TEXT);
-ex('callback, not waiting for one', 409,
-    POST => "/v1/callbacks/$pend->{id}?token=" . token_of($pend->{id}),
+ex('callback, malformed JSON', 400, POST => $cpath, body => '{"status"',
+    headers => { 'Content-Type' => 'application/json', bearer($token) });
+ex('callback, too large', 413, POST => $cpath, body => $LARGE{body},
+    headers => { %{ $LARGE{headers} }, bearer($token) });
+ex('callback, not JSON', 415, POST => $cpath, body => $TEXT{body},
+    headers => { %{ $TEXT{headers} }, bearer($token) });
+ex('callback, the token of an attempt not made', 401,
+    POST => "/v1/callbacks/$pend->{id}",
+    headers => { bearer(token_of($pend->{id}, 0)) }, body => $OK);
+ex('callback, unknown execution', 404, POST => "/v1/callbacks/$GHOST_EXEC",
+    headers => { bearer(token_of($GHOST_EXEC, 0)) }, body => $OK);
+ex('callback, malformed execution id', 404, POST => '/v1/callbacks/exec_1',
+    headers => { bearer($token) }, body => $OK);
+ex('callback', 200, POST => $cpath, headers => { bearer($token) },
     body => $OK);
-ex('callback, unknown execution', 404,
-    POST => "/v1/callbacks/$GHOST_EXEC?token=" . token_of($GHOST_EXEC),
+ex('callback, again', 200, POST => $cpath, headers => { bearer($token) },
     body => $OK);
-ex('callback, malformed execution id', 404,
-    POST => "/v1/callbacks/exec_1?token=$token", body => $OK);
-ex('callback', 200, POST => "$cpath?token=$token", body => $OK);
-ex('callback, Bearer, again', 200, POST => $cpath,
-    headers => { Authorization => "Bearer $token" }, body => $OK);
 is(final($async->{id}, $TERMINAL)->{status}, 'COMPLETED',
    'the callback completed the asynchronous execution');
 ex('get the called back execution', 200, GET => "/v1/executions/$async->{id}",
@@ -585,8 +595,8 @@ ex('get the called back execution', 200, GET => "/v1/executions/$async->{id}",
 ex('result of the called back execution', 200,
     GET => "/v1/executions/$async->{id}/result", %c);
 
-# a job whose execution expired before its result came: the callback
-# changes nothing
+# a job whose execution expired before its result came: its token ended
+# with it
 my $late = ex('create, asynchronous, to expire while the job runs', 202,
     POST => '/v1/executions', %c,
     body => { model => 'async', input => { prompt => 'too late' },
@@ -594,11 +604,9 @@ my $late = ex('create, asynchronous, to expire while the job runs', 202,
               idempotency_key => 'conf-async-late' })->{json};
 is(final($late->{id}, $TERMINAL)->{status}, 'EXPIRED',
    'the asynchronous execution expired');
-my $cbl = ex('callback after expires_at', 200,
-    POST => "/v1/callbacks/$late->{id}?token=" . token_of($late->{id}),
-    body => $OK)->{json} // {};
-ok($cbl->{duplicate}, 'callback after expires_at: a duplicate');
-is($cbl->{status}, 'EXPIRED', 'callback after expires_at: EXPIRED');
+ex('callback after expires_at: the token has expired', 401,
+    POST => "/v1/callbacks/$late->{id}",
+    headers => { bearer(token_of($late->{id}, 0)) }, body => $OK);
 
 # ---- deliveries
 
