@@ -16,9 +16,10 @@
  * Checked, read-only (also by "nginx -t"):
  *   - the path fits, the map size can be mapped;
  *   - the directory exists, or its parent does and can be written;
- *   - an existing data.mdb is an LMDB file, a ModelRoute store (or an
- *     empty environment) of this format (or of the previous one, on a
- *     start), and holds no more than the map size: it is opened
+ *   - an existing data.mdb is an LMDB file as long as its pages need (a
+ *     truncated one would end the master with SIGBUS), a ModelRoute store
+ *     (or an empty environment) of this format (or of the previous one,
+ *     on a start), and holds no more than the map size: it is opened
  *     read-only, as mdb_stat does (a reader slot, never the write lock;
  *     without the lock file if there is none yet);
  *   - the worker user can reach the directory (search permission on every
@@ -78,6 +79,7 @@ static ngx_int_t mr_store_check_map(mr_check_t *ck);
 static ngx_int_t mr_store_check_dir(mr_check_t *ck);
 static ngx_int_t mr_store_check_files(mr_check_t *ck);
 static ngx_int_t mr_store_check_data(mr_check_t *ck);
+static ngx_int_t mr_store_check_size(mr_check_t *ck, MDB_env *env);
 static ngx_int_t mr_store_check_format(mr_check_t *ck, MDB_txn *txn);
 static ngx_int_t mr_store_check_upgrade(mr_check_t *ck);
 static ngx_int_t mr_store_check_owner(mr_check_t *ck);
@@ -447,6 +449,10 @@ mr_store_check_data(mr_check_t *ck)
     if (rc == 0) {
         rc = mdb_env_open(env, ck->files[MR_CHECK_DIR].path, flags, 0600);
     }
+    if (rc == 0 && mr_store_check_size(ck, env) != NGX_OK) {
+        mdb_env_close(env);
+        return NGX_ERROR;
+    }
     if (rc == 0) {
         rc = mdb_txn_begin(env, NULL, MDB_RDONLY, &txn);
     }
@@ -499,6 +505,50 @@ mr_store_check_data(mr_check_t *ck)
     mdb_env_close(env);
 
     return ok;
+}
+
+
+/*
+ * LMDB maps data.mdb and reads its pages in place: a file shorter than the
+ * pages its meta page names (truncated, half copied) would end the master
+ * with SIGBUS on the first page past its end.  The meta pages were read
+ * with pread() by mdb_env_open().
+ */
+
+static ngx_int_t
+mr_store_check_size(mr_check_t *ck, MDB_env *env)
+{
+    off_t             need;
+    MDB_stat          st;
+    mdb_filehandle_t  fd;
+    MDB_envinfo       info;
+    ngx_file_info_t   fi;
+
+    if (mdb_env_stat(env, &st) != 0
+        || mdb_env_info(env, &info) != 0
+        || mdb_env_get_fd(env, &fd) != 0
+        || ngx_fd_info(fd, &fi) == NGX_FILE_ERROR)
+    {
+        ngx_log_error(NGX_LOG_EMERG, ck->cycle->log, ngx_errno,
+                      "modelroute_store: cannot read the size of \"%s\"",
+                      ck->files[MR_CHECK_DATA].path);
+        return NGX_ERROR;
+    }
+
+    need = (off_t) (info.me_last_pgno + 1) * st.ms_psize;
+
+    if (ngx_file_size(&fi) < need) {
+        ngx_log_error(NGX_LOG_EMERG, ck->cycle->log, 0,
+                      "modelroute_store: \"%s\" is damaged: it has %O "
+                      "bytes and its pages need %O (a truncated or half "
+                      "copied file): move it away, or point "
+                      "modelroute_store elsewhere",
+                      ck->files[MR_CHECK_DATA].path, ngx_file_size(&fi),
+                      need);
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
 }
 
 
