@@ -22,6 +22,8 @@
  *     on a start), and holds no more than the map size: it is opened
  *     read-only, as mdb_stat does (a reader slot, never the write lock;
  *     without the lock file if there is none yet);
+ *   - data.mdb and lock.mdb, in a directory of the worker user's, are
+ *     files and not symbolic links (the master would follow them as root);
  *   - the worker user can reach the directory (search permission on every
  *     directory above it, checked by a child process that runs as that
  *     user, so ACLs and supplementary groups count) and can read and
@@ -378,7 +380,14 @@ mr_store_check_files(mr_check_t *ck)
     for (i = MR_CHECK_DATA; i < MR_CHECK_FILES; i++) {
         f = &ck->files[i];
 
-        if (ngx_file_info(f->path, &f->fi) == NGX_FILE_ERROR) {
+        /*
+         * the directory belongs to the worker user, who chooses what is
+         * in it: a link is never followed by the master (as root, LMDB
+         * would rewrite the lock file's target, chown would give the
+         * target away)
+         */
+
+        if (ngx_link_info(f->path, &f->fi) == NGX_FILE_ERROR) {
             if (ngx_errno != NGX_ENOENT) {
                 ngx_log_error(NGX_LOG_EMERG, ck->cycle->log, ngx_errno,
                               "modelroute_store: cannot stat \"%s\"",
@@ -388,6 +397,13 @@ mr_store_check_files(mr_check_t *ck)
 
             f->exists = 0;
             continue;
+        }
+
+        if (ngx_is_link(&f->fi)) {
+            ngx_log_error(NGX_LOG_EMERG, ck->cycle->log, 0,
+                          "modelroute_store: \"%s\" is a symbolic link: "
+                          "the store's files must be its own", f->path);
+            return NGX_ERROR;
         }
 
         if (!ngx_is_file(&f->fi)) {
@@ -669,6 +685,7 @@ mr_store_check_upgrade(mr_check_t *ck)
 static ngx_int_t
 mr_store_check_owner(mr_check_t *ck)
 {
+    int               rc;
     mode_t            want;
     ngx_uint_t        i;
     mr_check_path_t  *f;
@@ -709,7 +726,13 @@ mr_store_check_owner(mr_check_t *ck)
             continue;
         }
 
-        if (chown(f->path, ck->ccf->user, ck->ccf->group) == -1) {
+        /* a file swapped for a link since it was looked at: not followed */
+
+        rc = (i == MR_CHECK_DIR)
+             ? chown(f->path, ck->ccf->user, ck->ccf->group)
+             : lchown(f->path, ck->ccf->user, ck->ccf->group);
+
+        if (rc == -1) {
             ngx_log_error(NGX_LOG_EMERG, ck->cycle->log, ngx_errno,
                           "modelroute_store: chown(\"%s\", %s) failed",
                           f->path, ck->ccf->username);

@@ -6,7 +6,12 @@
 #   - a data.mdb shorter than the pages its meta page names (a half-copied
 #     or truncated file): reading it must not kill the master with SIGBUS
 #     (LMDB maps the file and reads pages past its end); the reload is
-#     refused with a message, "nginx -t" says so.
+#     refused with a message, "nginx -t" says so;
+#   - a lock.mdb or data.mdb that is a symbolic link to a file of root's:
+#     the master must neither open it as LMDB's lock file (which truncates
+#     and rewrites it) nor give it to the worker user (chown follows
+#     links); the reload is refused with a message and the file is left
+#     as it was.
 # Each case is undone afterwards and a reload works again.
 use strict;
 use warnings;
@@ -105,6 +110,26 @@ sub nginx_t {
     return ($done ? $st : -1, <$fh> // '');
 }
 
+# a file of root's that the worker user must not be able to touch
+sub victim {
+    my ($name, $content) = @_;
+    my $f = $t->prefix . "/$name";
+    open my $fh, '>', $f or die "$f: $!";
+    binmode $fh;
+    print $fh $content;
+    close $fh;
+    chown 0, 0, $f or die;
+    chmod 0600, $f or die;
+    return $f;
+}
+
+sub slurp {
+    open my $fh, '<', $_[0] or return;
+    binmode $fh;
+    local $/;
+    return <$fh>;
+}
+
 # ---- a truncated data.mdb
 
 {
@@ -127,6 +152,56 @@ sub nginx_t {
 
     rename "$store/data.mdb.real", "$store/data.mdb" or die;
     reload_ok('a truncated data.mdb');
+}
+
+# ---- lock.mdb, a symbolic link to a file of root's
+
+{
+    my $content = "root's own file\n" x 100;
+    my $victim = victim('victim-lock', $content);
+
+    rename "$store/lock.mdb", "$store/lock.mdb.real" or die;
+    symlink $victim, "$store/lock.mdb" or die;
+    lchown_nobody("$store/lock.mdb");
+
+    refused('lock.mdb linked to a file of root\'s',
+        qr/lock\.mdb" is a symbolic link/);
+    is(slurp($victim), $content, '... that file is unchanged');
+    is((stat $victim)[4], 0, '... and still belongs to root');
+
+    my ($st, $out) = nginx_t();
+    isnt($st, 0, 'nginx -t refuses it too');
+    is(slurp($victim), $content, '... and leaves the file as it was');
+
+    unlink "$store/lock.mdb";
+    rename "$store/lock.mdb.real", "$store/lock.mdb" or die;
+    reload_ok('lock.mdb linked to a file of root\'s');
+}
+
+# ---- data.mdb, a symbolic link to a file of root's (an LMDB store)
+
+{
+    my $victim = $t->prefix . '/victim-data.mdb';
+    copy("$store/data.mdb", $victim) or die;
+    chown 0, 0, $victim or die;
+    chmod 0600, $victim or die;
+
+    rename "$store/data.mdb", "$store/data.mdb.real" or die;
+    symlink $victim, "$store/data.mdb" or die;
+    lchown_nobody("$store/data.mdb");
+
+    refused('data.mdb linked to a file of root\'s',
+        qr/data\.mdb" is a symbolic link/);
+    is((stat $victim)[4], 0, '... that file still belongs to root');
+
+    unlink "$store/data.mdb";
+    rename "$store/data.mdb.real", "$store/data.mdb" or die;
+    reload_ok('data.mdb linked to a file of root\'s');
+}
+
+# a link that the worker user made
+sub lchown_nobody {
+    system('chown', '-h', $nobody, $_[0]) == 0 or die "chown -h";
 }
 
 is($t->create_exec($acc->{key}, $t->exec_body)->{status}, 202,
