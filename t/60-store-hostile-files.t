@@ -19,8 +19,6 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
 use File::Copy qw(copy);
-use File::Temp ();
-use POSIX qw(WNOHANG);
 use MR::Test qw(:all);
 
 plan skip_all => 'needs root (the workers run as another user)' if $>;
@@ -85,29 +83,10 @@ sub reload_ok {
     serving("$name, after the reload");
 }
 
-# "nginx -t" with a time limit: (exit status or -1, output)
+# "nginx -t" in the harness's environment: (wait status, output)
 sub nginx_t {
-    my $out = File::Temp->new;
-    my $pid = fork // die;
-    if (!$pid) {
-        open STDOUT, '>', $out->filename;
-        open STDERR, '>&', \*STDOUT;
-        { exec $t->nginx_cmd('-t') }
-        POSIX::_exit(127);
-    }
-    my $st;
-    my $done = wait_for(sub {
-        return 0 unless waitpid($pid, WNOHANG) == $pid;
-        $st = $?;
-        return 1;
-    }, 15);
-    unless ($done) {
-        kill 'KILL', $pid;
-        waitpid($pid, 0);
-    }
-    open my $fh, '<', $out->filename;
-    local $/;
-    return ($done ? $st : -1, <$fh> // '');
+    my $out = $t->run_nginx('-t');
+    return ($?, $out);
 }
 
 # a file of root's that the worker user must not be able to touch

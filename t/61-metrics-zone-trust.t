@@ -15,6 +15,7 @@ use lib "$FindBin::Bin/lib";
 use Test::More;
 use MR::Test qw(:all);
 use MR::Metrics qw(:all);
+use POSIX ();
 
 plan skip_all => 'needs root (writes into nginx\'s memory)' if $>;
 plan skip_all => 'Linux x86_64 only (/proc/PID/mem, 64-bit words)'
