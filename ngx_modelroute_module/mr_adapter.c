@@ -4,7 +4,11 @@
  *
  * Requests: OpenAI chat completions, embeddings and image generations,
  * Anthropic messages, and the asynchronous callback protocol
- * ({model, input, execution_id, callback_url} -> 2xx: the job is taken).
+ * ({model, input, max_tokens, execution_id, callback_url, callback_token}
+ * -> 2xx: the job is taken; the result comes to callback_url with
+ * "Authorization: Bearer <callback_token>", see mr_callback.c).  Chat,
+ * messages and asynchronous requests always carry the output budget the
+ * execution's hold was computed for.
  *
  * Results are normalized: {"text", "finish_reason", "usage"} for chat and
  * messages, {"embeddings", "usage"}, {"images": [{"url"} | {"b64_json"}],
@@ -48,11 +52,12 @@ static void mr_adapter_detail(ngx_pool_t *pool, json_t *answer,
 static int64_t mr_adapter_usage(json_t *usage, const char *name);
 static int64_t mr_adapter_cost(mr_model_t *m, json_t *input, int64_t in,
     int64_t out, int64_t images);
+static json_t *mr_adapter_input(mr_model_t *m, mr_exec_t *exec);
 static int64_t mr_adapter_retry_after(ngx_str_t *value);
 
 
 static const char  *mr_adapter_chat_params[] = {
-    "max_tokens", "temperature", "top_p", "stop", "seed",
+    "temperature", "top_p", "stop", "seed",
     "presence_penalty", "frequency_penalty", "user", NULL
 };
 
@@ -73,7 +78,9 @@ mr_adapter_fail(mr_adapter_out_t *out, ngx_uint_t outcome, const char *code,
     out->code = code;
     out->message.data = (u_char *) message;
     out->message.len = ngx_strlen(message);
-    out->breaker = (outcome == MR_OUT_RETRY || outcome == MR_OUT_TIMEOUT);
+    out->breaker = (outcome == MR_OUT_RETRY) ? MR_BREAKER_PROVIDER
+                   : (outcome == MR_OUT_TIMEOUT) ? MR_BREAKER_TIMEOUT
+                   : MR_BREAKER_NONE;
 }
 
 
@@ -114,7 +121,8 @@ mr_adapter_json(u_char *data, size_t len, ngx_uint_t *unheld)
 ngx_int_t
 mr_adapter_request(ngx_pool_t *pool, mr_route_t *route,
     mr_model_route_t *mroute, mr_model_t *m, mr_exec_t *exec,
-    ngx_str_t *callback, ngx_str_t *body, mr_adapter_out_t *out)
+    ngx_str_t *callback, ngx_str_t *token, ngx_str_t *body,
+    mr_adapter_out_t *out)
 {
     json_t     *input, *req, *v, *msgs, *system;
     ngx_int_t   rc;
@@ -157,6 +165,16 @@ mr_adapter_request(ngx_pool_t *pool, mr_route_t *route,
 
         json_object_set_new(req, "messages", msgs);
 
+        /*
+         * the output budget the hold was computed for, always: without
+         * it a provider answers up to the model's own limit, and bills
+         * the operator for what the hold does not cover
+         */
+
+        json_object_set_new(req, route->completion_tokens
+                                 ? "max_completion_tokens" : "max_tokens",
+                            json_integer(mr_exec_budget(m, input)));
+
         if (route->protocol == MR_PROTO_OPENAI_CHAT) {
             mr_adapter_copy(req, input, mr_adapter_chat_params);
             break;
@@ -165,11 +183,6 @@ mr_adapter_request(ngx_pool_t *pool, mr_route_t *route,
         if (system) {
             json_object_set_new(req, "system", system);
         }
-
-        v = json_object_get(input, "max_tokens");
-        json_object_set_new(req, "max_tokens",
-                            json_is_integer(v) ? json_incref(v)
-                            : json_integer(m->max_tokens));
 
         mr_adapter_copy(req, input, mr_adapter_anthropic_params);
         break;
@@ -215,11 +228,22 @@ mr_adapter_request(ngx_pool_t *pool, mr_route_t *route,
 
     default: /* MR_PROTO_ASYNC */
         json_object_set(req, "input", input);
+
+        /* the budget the hold was computed for, as chat is sent it */
+
+        json_object_set_new(req, "max_tokens",
+                            json_integer(mr_exec_budget(m, input)));
         json_object_set_new(req, "execution_id",
                             json_stringn((char *) exec->id, MR_EXEC_ID_LEN));
         json_object_set_new(req, "callback_url",
                             json_stringn((char *) callback->data,
                                          callback->len));
+
+        /* in the body, not in the URL: the provider sends it back in
+           an Authorization header, which access logs leave out */
+
+        json_object_set_new(req, "callback_token",
+                            json_stringn((char *) token->data, token->len));
     }
 
     rc = mr_json_dump(pool, req, body);
@@ -381,7 +405,7 @@ mr_adapter_response(ngx_pool_t *pool, mr_route_t *route, mr_model_t *m,
                             "the provider's answer is JSON the gateway "
                             "cannot read (a number out of range, or "
                             "nested too deep)");
-            out->breaker = 0;
+            out->breaker = MR_BREAKER_NONE;
             goto done;
         }
 
@@ -391,12 +415,7 @@ mr_adapter_response(ngx_pool_t *pool, mr_route_t *route, mr_model_t *m,
             goto done;
         }
 
-        /* the input counts only for prices per image or per second */
-
-        input = (m->per_image || m->per_second)
-                ? json_loadb((char *) exec->seg[MR_SEG_INPUT].data,
-                             exec->seg[MR_SEG_INPUT].len, 0, NULL)
-                : NULL;
+        input = mr_adapter_input(m, exec);
 
         if (mr_adapter_ok(pool, route, m, input, answer, out) != NGX_OK
             && out->outcome == 0)
@@ -450,7 +469,7 @@ mr_adapter_ok(ngx_pool_t *pool, mr_route_t *route, mr_model_t *m,
                             "CONTENT_MODERATION_REJECTED",
                             "the provider's content filter refused the "
                             "input");
-            out->breaker = 0;
+            out->breaker = MR_BREAKER_NONE;
             return NGX_DECLINED;
         }
 
@@ -516,8 +535,20 @@ mr_adapter_ok(ngx_pool_t *pool, mr_route_t *route, mr_model_t *m,
         v = json_object_get(answer, "stop_reason");
         fr = json_is_string(v) ? json_string_value(v) : NULL;
 
+        /*
+         * tokens read from and written to the prompt cache are input
+         * tokens the provider bills too (input_tokens leaves them out)
+         */
+
         in = mr_adapter_usage(usage, "input_tokens");
         outt = mr_adapter_usage(usage, "output_tokens");
+
+        if (in >= 0) {
+            in += ngx_max(mr_adapter_usage(usage,
+                                           "cache_creation_input_tokens"), 0)
+                  + ngx_max(mr_adapter_usage(usage,
+                                             "cache_read_input_tokens"), 0);
+        }
 
         res = json_pack("{s:o, s:s?}", "text", text, "finish_reason", fr);
         break;
@@ -576,11 +607,14 @@ mr_adapter_ok(ngx_pool_t *pool, mr_route_t *route, mr_model_t *m,
             }
         }
 
-        images = json_array_size(v);
-        in = 0;
-        outt = 0;
+        /* the images made, and the tokens of a model that bills them */
 
-        res = json_pack("{s:o}", "images", v);
+        images = json_array_size(v);
+        in = mr_adapter_usage(usage, "input_tokens");
+        outt = mr_adapter_usage(usage, "output_tokens");
+
+        res = json_pack("{s:o, s:{s:I}}", "images", v,
+                        "usage", "images", (json_int_t) images);
     }
 
     if (res == NULL) {
@@ -588,21 +622,18 @@ mr_adapter_ok(ngx_pool_t *pool, mr_route_t *route, mr_model_t *m,
     }
 
     if (in >= 0 && outt >= 0) {
-        if (images >= 0) {
-            json_object_set_new(res, "usage",
-                                json_pack("{s:I}", "images",
-                                          (json_int_t) images));
+        v = json_object_get(res, "usage");
 
-        } else {
-            json_object_set_new(res, "usage",
-                                json_pack("{s:I, s:I}",
-                                          "input_tokens", (json_int_t) in,
-                                          "output_tokens",
-                                          (json_int_t) outt));
+        if (v == NULL) {
+            v = json_object();
+            json_object_set_new(res, "usage", v);
         }
 
-        out->cost = mr_adapter_cost(m, input, in, outt, images);
+        json_object_set_new(v, "input_tokens", json_integer(in));
+        json_object_set_new(v, "output_tokens", json_integer(outt));
     }
+
+    out->cost = mr_adapter_cost(m, input, in, outt, images);
 
     rc = mr_json_dump(pool, res, &out->result);
 
@@ -650,12 +681,13 @@ mr_adapter_error(ngx_uint_t status, json_t *answer, ngx_str_t *retry_after,
     case 504:
         mr_adapter_fail(out, MR_OUT_RETRY, "GENERATION_TIMEOUT",
                         "the provider did not answer in time");
+        out->breaker = MR_BREAKER_TIMEOUT;
         return;
 
     case 429:
         mr_adapter_fail(out, MR_OUT_RETRY, "RATE_LIMITED",
                         "the provider limited the rate of requests");
-        out->breaker = 0;
+        out->breaker = MR_BREAKER_NONE;
         out->retry_after_ms = mr_adapter_retry_after(retry_after);
         return;
 
@@ -835,35 +867,43 @@ mr_adapter_usage(json_t *usage, const char *name)
 }
 
 
-/* the cost of what the provider reports it used */
+/*
+ * The cost of what the provider reports it used (mr_exec_cost()): images
+ * as counted in the answer (images >= 0) or asked for (input.n), seconds
+ * as asked for; -1, the estimate, when the answer leaves out a token
+ * count the model has a price for
+ */
 
 static int64_t
 mr_adapter_cost(mr_model_t *m, json_t *input, int64_t in, int64_t out,
     int64_t images)
 {
-    json_t   *v;
-    int64_t   secs;
-    double    d;
+    mr_usage_t  u;
 
-    if (images < 0) {
-        v = json_object_get(input, "n");
-        images = json_is_integer(v) ? json_integer_value(v) : 1;
+    mr_exec_usage_of(input, &u);
+
+    if (images >= 0) {
+        u.images = images;
     }
 
-    /* the cost is capped at the hold anyway: keep the product in range */
-    images = ngx_min(images, 1000000);
+    u.input_tokens = in;
+    u.output_tokens = out;
 
-    v = json_object_get(input, "duration");
-    d = json_is_number(v) ? json_number_value(v) : 1;
-    secs = (int64_t) d;
+    return mr_exec_cost(m, &u);
+}
 
-    if ((double) secs < d) {
-        secs++;
+
+/* the execution's input, where the price needs it (per image, per second) */
+
+static json_t *
+mr_adapter_input(mr_model_t *m, mr_exec_t *exec)
+{
+    if (m->per_image == 0 && m->per_second == 0) {
+        return NULL;
     }
 
-    return m->per_request + m->per_image * images + m->per_second * secs
-           + mr_exec_price(in, m->input_per_mtok, 1000000)
-           + mr_exec_price(out, m->output_per_mtok, 1000000);
+    return json_loadb((char *) exec->seg[MR_SEG_INPUT].data,
+                      exec->seg[MR_SEG_INPUT].len, 0, NULL);
 }
 
 
@@ -941,22 +981,21 @@ mr_adapter_callback(ngx_pool_t *pool, mr_model_t *m, mr_exec_t *exec,
         outt = mr_adapter_usage(usage, "output_tokens");
 
         if (in >= 0 || outt >= 0) {
-            in = ngx_max(in, 0);
-            outt = ngx_max(outt, 0);
+            json_object_set_new(res, "usage", json_object());
+            v = json_object_get(res, "usage");
 
-            json_object_set_new(res, "usage",
-                                json_pack("{s:I, s:I}",
-                                          "input_tokens", (json_int_t) in,
-                                          "output_tokens",
-                                          (json_int_t) outt));
+            if (in >= 0) {
+                json_object_set_new(v, "input_tokens", json_integer(in));
+            }
 
-            input = (m->per_image || m->per_second)
-                    ? json_loadb((char *) exec->seg[MR_SEG_INPUT].data,
-                                 exec->seg[MR_SEG_INPUT].len, 0, NULL)
-                    : NULL;
-            out->cost = mr_adapter_cost(m, input, in, outt, -1);
-            json_decref(input);
+            if (outt >= 0) {
+                json_object_set_new(v, "output_tokens", json_integer(outt));
+            }
         }
+
+        input = mr_adapter_input(m, exec);
+        out->cost = mr_adapter_cost(m, input, in, outt, -1);
+        json_decref(input);
 
         if (mr_json_dump(pool, res, &out->result) != NGX_OK) {
             json_decref(res);

@@ -28,13 +28,15 @@ typedef struct {
     ngx_str_t                 job_id;        /* JSON string or empty */
     int64_t                   cost;          /* -1: none reported */
     int64_t                   retry_after_ms;
-    ngx_uint_t                breaker;       /* counts as a failure */
+    ngx_uint_t                breaker;       /* MR_BREAKER_*: what the
+                                                failure says of the route */
 } mr_adapter_out_t;
 
 
 ngx_int_t mr_adapter_request(ngx_pool_t *pool, mr_route_t *route,
     mr_model_route_t *mroute, mr_model_t *m, mr_exec_t *exec,
-    ngx_str_t *callback, ngx_str_t *body, mr_adapter_out_t *out);
+    ngx_str_t *callback, ngx_str_t *token, ngx_str_t *body,
+    mr_adapter_out_t *out);
 void mr_adapter_response(ngx_pool_t *pool, mr_route_t *route, mr_model_t *m,
     mr_exec_t *exec, ngx_uint_t status, ngx_str_t *body,
     ngx_str_t *retry_after, mr_adapter_out_t *out);

@@ -117,8 +117,9 @@ mr_admin_handler(ngx_http_request_t *r, size_t skip)
     if (n >= 1 && mr_seg_is(0, "accounts")) {
 
         if (n == 1) {
+            /* GET and HEAD: the list, in mr_ops.c */
             if (!post) {
-                return mr_http_not_allowed(r, "POST");
+                return mr_http_not_allowed(r, "GET, HEAD, POST");
             }
 
             return mr_http_read_body(r, mr_admin_account_create);

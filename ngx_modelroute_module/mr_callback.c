@@ -2,11 +2,18 @@
 /*
  * ModelRoute: callbacks of asynchronous providers.
  *
- * A provider that took a job posts its result to
- *   <modelroute_callback_url>/<execution id>?token=<token>
- * where the token is HMAC-SHA256(the store's callback key, the id) in
- * hex; "Authorization: Bearer <token>" works too.  The key lives in the
- * store, so tokens survive restarts and are the same in every worker.
+ * An attempt on an asynchronous route sends the provider a callback_url,
+ *   <modelroute_callback_url>/<execution id>
+ * with no secret in it, and a callback_token, "<attempt>.<64 hex>": the
+ * attempt's number (from 0) and HMAC-SHA256(the store's callback key,
+ * "modelroute-callback" NUL <execution id> NUL <attempt>) in hex.  The
+ * provider posts the result to the URL with "Authorization: Bearer
+ * <token>"; a token in the URL's query is refused, so that no token is
+ * ever worth keeping out of an access log.  A token is good for the
+ * attempt it was made for, once that attempt was made (a token of an
+ * attempt not made yet is refused however it was had), and until the
+ * execution's expires_at.  The key lives in the store, so tokens survive
+ * restarts and are the same in every worker.
  */
 
 
@@ -23,9 +30,15 @@
 #include "mr_exec.h"
 
 
-static void mr_callback_token(u_char *exec_id, u_char *hex);
+#define MR_CALLBACK_MAC_LEN  64          /* hex */
+#define MR_CALLBACK_CONTEXT  "modelroute-callback"
+
+
 static void mr_callback_key_read(mr_store_read_t *rd);
 static void mr_callback_key_again(ngx_event_t *ev);
+static void mr_callback_mac(u_char *exec_id, ngx_uint_t attempt, u_char *hex);
+static ngx_int_t mr_callback_parse(ngx_str_t *token, ngx_uint_t *attempt,
+    u_char **mac);
 static ngx_int_t mr_callback_body(ngx_http_request_t *r);
 static void mr_callback_read(mr_store_read_t *rd);
 static ngx_int_t mr_callback_got(ngx_http_request_t *r, mr_store_read_t *rd);
@@ -120,31 +133,38 @@ mr_callback_ready(void)
 
 
 static void
-mr_callback_token(u_char *exec_id, u_char *hex)
+mr_callback_mac(u_char *exec_id, ngx_uint_t attempt, u_char *hex)
 {
-    unsigned int  len;
-    u_char        mac[EVP_MAX_MD_SIZE];
+    u_char        *p;
+    unsigned int   len;
+    u_char         msg[sizeof(MR_CALLBACK_CONTEXT) + MR_EXEC_ID_LEN + 1
+                       + NGX_INT_T_LEN];
+    u_char         mac[EVP_MAX_MD_SIZE];
+
+    p = ngx_cpymem(msg, MR_CALLBACK_CONTEXT, sizeof(MR_CALLBACK_CONTEXT));
+    p = ngx_cpymem(p, exec_id, MR_EXEC_ID_LEN);
+    *p++ = '\0';
+    p = ngx_sprintf(p, "%ui", attempt);
 
     len = 0;
 
     (void) HMAC(EVP_sha256(), mr_callback_key, sizeof(mr_callback_key),
-                exec_id, MR_EXEC_ID_LEN, mac, &len);
+                msg, p - msg, mac, &len);
 
     mr_hex(hex, mac, 32);
 }
 
+
+/* <modelroute_callback_url>/<execution id>: nothing secret */
 
 ngx_int_t
 mr_callback_url(ngx_pool_t *pool, mr_main_conf_t *mcf, u_char *exec_id,
     ngx_str_t *url)
 {
     u_char  *p;
-    size_t   len;
 
-    len = mcf->callback_url.len + 1 + MR_EXEC_ID_LEN + sizeof("?token=") - 1
-          + MR_CALLBACK_TOKEN_LEN;
-
-    url->data = ngx_pnalloc(pool, len);
+    url->data = ngx_pnalloc(pool, mcf->callback_url.len + 1
+                                  + MR_EXEC_ID_LEN);
     if (url->data == NULL) {
         return NGX_ERROR;
     }
@@ -156,11 +176,60 @@ mr_callback_url(ngx_pool_t *pool, mr_main_conf_t *mcf, u_char *exec_id,
     }
 
     p = ngx_cpymem(p, exec_id, MR_EXEC_ID_LEN);
-    p = ngx_cpymem(p, "?token=", sizeof("?token=") - 1);
-    mr_callback_token(exec_id, p);
-    p += MR_CALLBACK_TOKEN_LEN;
 
     url->len = p - url->data;
+
+    return NGX_OK;
+}
+
+
+/* the token of an attempt (numbered from 0): "<attempt>.<64 hex>" */
+
+ngx_int_t
+mr_callback_token(ngx_pool_t *pool, u_char *exec_id, ngx_uint_t attempt,
+    ngx_str_t *token)
+{
+    u_char  *p;
+
+    token->data = ngx_pnalloc(pool, MR_CALLBACK_TOKEN_LEN);
+    if (token->data == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_sprintf(token->data, "%ui.", attempt);
+    mr_callback_mac(exec_id, attempt, p);
+
+    token->len = p + MR_CALLBACK_MAC_LEN - token->data;
+
+    return NGX_OK;
+}
+
+
+/* "<attempt>.<64 hex>": the attempt, and where its MAC starts */
+
+static ngx_int_t
+mr_callback_parse(ngx_str_t *token, ngx_uint_t *attempt, u_char **mac)
+{
+    u_char      *dot;
+    ngx_int_t    n;
+
+    dot = ngx_strlchr(token->data, token->data + token->len, '.');
+
+    if (dot == NULL || dot == token->data || dot - token->data > 3
+        || (size_t) (token->data + token->len - dot - 1)
+           != MR_CALLBACK_MAC_LEN)
+    {
+        return NGX_DECLINED;
+    }
+
+    n = ngx_atoi(token->data, dot - token->data);
+
+    if (n == NGX_ERROR || (n > 0 && token->data[0] == '0')) {
+        return NGX_DECLINED;
+    }
+
+    *attempt = n;
+    *mac = dot + 1;
 
     return NGX_OK;
 }
@@ -171,9 +240,11 @@ mr_callback_url(ngx_pool_t *pool, mr_main_conf_t *mcf, u_char *exec_id,
 ngx_int_t
 mr_callback_handler(ngx_http_request_t *r)
 {
-    ngx_str_t       token;
+    u_char         *mac;
+    ngx_str_t       token, arg;
+    ngx_uint_t      attempt, ok;
     mr_http_ctx_t  *ctx;
-    u_char          expect[MR_CALLBACK_TOKEN_LEN];
+    u_char          expect[MR_CALLBACK_MAC_LEN];
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_modelroute_module);
 
@@ -187,24 +258,34 @@ mr_callback_handler(ngx_http_request_t *r)
                              NULL);
     }
 
-    if (mr_http_arg(r, "token", &token) != NGX_OK) {
-        token.len = 0;
-
-        if (r->headers_in.authorization
-            && r->headers_in.authorization->value.len > 7
-            && ngx_strncasecmp(r->headers_in.authorization->value.data,
-                               (u_char *) "Bearer ", 7) == 0)
-        {
-            token.data = r->headers_in.authorization->value.data + 7;
-            token.len = r->headers_in.authorization->value.len - 7;
-        }
+    if (mr_http_arg(r, "token", &arg) == NGX_OK) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "modelroute: a callback for %V with a token in its "
+                      "URL was refused", &ctx->id);
+        return mr_http_error(r, MR_E_UNAUTHORIZED,
+                             "the callback token goes in the Authorization "
+                             "header (Bearer), never in the URL", NULL);
     }
 
-    mr_callback_token(ctx->id.data, expect);
+    token.len = 0;
 
-    if (token.len != MR_CALLBACK_TOKEN_LEN
-        || !mr_memeq_ct(token.data, expect, MR_CALLBACK_TOKEN_LEN))
+    if (r->headers_in.authorization
+        && r->headers_in.authorization->value.len > 7
+        && ngx_strncasecmp(r->headers_in.authorization->value.data,
+                           (u_char *) "Bearer ", 7) == 0)
     {
+        token.data = r->headers_in.authorization->value.data + 7;
+        token.len = r->headers_in.authorization->value.len - 7;
+    }
+
+    ok = (token.len && mr_callback_parse(&token, &attempt, &mac) == NGX_OK);
+
+    if (ok) {
+        mr_callback_mac(ctx->id.data, attempt, expect);
+        ok = mr_memeq_ct(mac, expect, MR_CALLBACK_MAC_LEN);
+    }
+
+    if (!ok) {
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                       "modelroute: a callback for %V with a wrong token",
                       &ctx->id);
@@ -212,6 +293,10 @@ mr_callback_handler(ngx_http_request_t *r)
                              "the callback token is missing or wrong",
                              NULL);
     }
+
+    /* the attempt the token is for, until the body is read */
+
+    ctx->op.disp.token = attempt;
 
     return mr_http_read_body(r, mr_callback_body);
 }
@@ -292,6 +377,27 @@ mr_callback_got(ngx_http_request_t *r, mr_store_read_t *rd)
 
     if (rd->rc != NGX_OK) {
         return mr_http_read_error(r, rd);
+    }
+
+    /*
+     * a token of an attempt that was not made was made by nobody: it is
+     * refused like a forged one; none is good after expires_at
+     */
+
+    if (ctx->op.disp.token >= exec->rec.nattempts) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "modelroute: a callback for %V with the token of "
+                      "attempt %uL, which was not made", &ctx->id,
+                      ctx->op.disp.token);
+        return mr_http_error(r, MR_E_UNAUTHORIZED,
+                             "the callback token is missing or wrong",
+                             NULL);
+    }
+
+    if (mr_now_ms() >= exec->rec.expires_ms) {
+        return mr_http_error(r, MR_E_UNAUTHORIZED,
+                             "the callback token has expired (the "
+                             "execution's expires_at has passed)", NULL);
     }
 
     m = mr_model_find(mr_main_conf(), &exec->seg[MR_SEG_MODEL]);

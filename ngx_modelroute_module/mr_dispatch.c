@@ -147,6 +147,7 @@ static ngx_int_t mr_dispatch_subrequest(ngx_http_request_t *r,
 static ngx_int_t mr_dispatch_answered(ngx_http_request_t *sr, void *data,
     ngx_int_t rc);
 static ngx_uint_t mr_dispatch_complete(ngx_http_request_t *sr);
+static ngx_uint_t mr_dispatch_connected(mr_disp_att_t *a);
 static void mr_dispatch_record(mr_disp_att_t *a, mr_adapter_out_t *out,
     ngx_uint_t status);
 static void mr_dispatch_recorded(mr_store_op_t *op);
@@ -1024,7 +1025,7 @@ static ngx_int_t
 mr_dispatch_prepare(ngx_http_request_t *r, mr_disp_att_t *a, ngx_str_t *body)
 {
     ngx_int_t          rc;
-    ngx_str_t          callback;
+    ngx_str_t          callback, token;
     ngx_uint_t         i;
     mr_model_route_t  *mr;
     mr_adapter_out_t   out;
@@ -1040,7 +1041,7 @@ mr_dispatch_prepare(ngx_http_request_t *r, mr_disp_att_t *a, ngx_str_t *body)
         ngx_memzero(&out, sizeof(mr_adapter_out_t));
         mr_adapter_fail(&out, MR_OUT_RETRY, "GENERATION_FAILED",
                         "the attempt came too late to be made");
-        out.breaker = 0;
+        out.breaker = MR_BREAKER_NONE;
         out.cost = -1;
         mr_dispatch_record(a, &out, 0);
 
@@ -1081,7 +1082,7 @@ mr_dispatch_prepare(ngx_http_request_t *r, mr_disp_att_t *a, ngx_str_t *body)
         /* the configuration changed since the claim */
         mr_adapter_fail(&out, MR_OUT_RETRY, "GENERATION_FAILED",
                         "the route is no longer configured");
-        out.breaker = 0;
+        out.breaker = MR_BREAKER_NONE;
         mr_dispatch_record(a, &out, 0);
         return NGX_DECLINED;
     }
@@ -1089,16 +1090,22 @@ mr_dispatch_prepare(ngx_http_request_t *r, mr_disp_att_t *a, ngx_str_t *body)
     a->route = mr->route;
 
     ngx_str_null(&callback);
+    ngx_str_null(&token);
+
+    /* the attempt's own callback token: the claim counted the attempt */
 
     if (a->route->protocol == MR_PROTO_ASYNC
-        && mr_callback_url(r->pool, mr_disp_mcf, a->exec_id, &callback)
-           != NGX_OK)
+        && (mr_callback_url(r->pool, mr_disp_mcf, a->exec_id, &callback)
+            != NGX_OK
+            || mr_callback_token(r->pool, a->exec_id,
+                                 a->exec.rec.nattempts - 1, &token)
+               != NGX_OK))
     {
         return NGX_ERROR;
     }
 
     rc = mr_adapter_request(r->pool, a->route, mr, a->model, &a->exec,
-                            &callback, body, &out);
+                            &callback, &token, body, &out);
 
     if (rc == NGX_DECLINED) {
         /* the input does not fit the protocol */
@@ -1296,14 +1303,14 @@ mr_dispatch_answered(ngx_http_request_t *sr, void *data, ngx_int_t rc)
         ngx_memzero(&out, sizeof(mr_adapter_out_t));
         mr_adapter_fail(&out, MR_OUT_RETRY, "GENERATION_FAILED",
                         "the attempt was interrupted");
-        out.breaker = 0;
+        out.breaker = MR_BREAKER_NONE;
         out.cost = -1;
 
     } else if (a->lost) {
         ngx_memzero(&out, sizeof(mr_adapter_out_t));
         mr_adapter_fail(&out, MR_OUT_RETRY, "GENERATION_FAILED",
                         "the provider's answer could not be kept");
-        out.breaker = 0;
+        out.breaker = MR_BREAKER_NONE;
         out.cost = -1;
 
     } else if (a->too_large && status >= 200 && status < 300) {
@@ -1313,7 +1320,7 @@ mr_dispatch_answered(ngx_http_request_t *sr, void *data, ngx_int_t rc)
         ngx_memzero(&out, sizeof(mr_adapter_out_t));
         mr_adapter_fail(&out, MR_OUT_RETRY, "GENERATION_FAILED",
                         "the provider's answer was too large to be read");
-        out.breaker = 0;
+        out.breaker = MR_BREAKER_NONE;
         out.cost = -1;
 
     } else if (status == 0 && rc == NGX_HTTP_GATEWAY_TIME_OUT) {
@@ -1322,6 +1329,10 @@ mr_dispatch_answered(ngx_http_request_t *sr, void *data, ngx_int_t rc)
                         "the provider did not answer within the "
                         "location's proxy timeouts");
         out.cost = -1;
+
+        if (!mr_dispatch_connected(a)) {
+            out.breaker = MR_BREAKER_PROVIDER;
+        }
 
     } else {
         mr_adapter_response(req->r->pool, a->route, a->model, &a->exec,
@@ -1579,6 +1590,29 @@ mr_dispatch_complete(ngx_http_request_t *sr)
 }
 
 
+/*
+ * Whether the provider took the attempt's connection: a timeout before
+ * it did is the provider's (or the network's) failure, one after it may
+ * be an input that takes long.  nginx sets connect_time once the
+ * connection is made; an attempt that has no upstream (the simulator)
+ * was taken at once.
+ */
+
+static ngx_uint_t
+mr_dispatch_connected(mr_disp_att_t *a)
+{
+    ngx_http_upstream_t  *u;
+
+    if (a->header || a->sr == NULL || a->sr->upstream == NULL) {
+        return 1;
+    }
+
+    u = a->sr->upstream;
+
+    return u->state != NULL && u->state->connect_time != (ngx_msec_t) -1;
+}
+
+
 static void
 mr_dispatch_record(mr_disp_att_t *a, mr_adapter_out_t *out,
     ngx_uint_t status)
@@ -1724,6 +1758,10 @@ mr_dispatch_watch(ngx_event_t *ev)
                             "the provider did not answer within the "
                             "route's timeout");
             out.cost = -1;
+
+            if (!mr_dispatch_connected(a)) {
+                out.breaker = MR_BREAKER_PROVIDER;
+            }
 
             a->state = MR_ATT_GONE;
             req->live--;

@@ -22,12 +22,17 @@
 #define MR_INPUT_N_MAX       128
 #define MR_DURATION_MAX      86400
 #define MR_MAX_TOKENS_MAX    10000000
+#define MR_USAGE_UNITS_MAX   1000000000000LL     /* tokens priced */
+#define MR_COST_MAX          1000000000000000000LL   /* hold x 6 fits */
 
 
 static ngx_int_t mr_exec_idem_key(ngx_http_request_t *r, json_t *body,
     ngx_str_t *key, json_t *details);
 static ngx_int_t mr_exec_estimate(mr_model_t *m, json_t *input,
     size_t input_len, int64_t *estimate, json_t *details);
+static int64_t mr_exec_seconds(double duration);
+static int64_t mr_exec_input_tokens(mr_model_t *m, json_t *input,
+    size_t input_len);
 static ngx_int_t mr_exec_dump(ngx_pool_t *pool, json_t *json, size_t flags,
     size_t hint, ngx_str_t *out);
 
@@ -397,10 +402,11 @@ static ngx_int_t
 mr_exec_estimate(mr_model_t *m, json_t *input, size_t input_len,
     int64_t *estimate, json_t *details)
 {
-    json_t     *v;
-    int64_t     n, tokens, secs;
-    double      duration;
-    ngx_uint_t  bad;
+    json_t      *v;
+    int64_t      n, tokens;
+    double       duration;
+    ngx_uint_t   bad;
+    mr_usage_t   u;
 
     bad = 0;
     n = 1;
@@ -461,21 +467,166 @@ mr_exec_estimate(mr_model_t *m, json_t *input, size_t input_len,
         return NGX_DECLINED;
     }
 
-    /* whole seconds, rounded up: prices are per second */
+    /* what the execution may use, priced as its usage will be */
+
+    u.images = n;
+    u.seconds = mr_exec_seconds(duration);
+    u.input_tokens = mr_exec_input_tokens(m, input, input_len);
+    u.output_tokens = tokens * n;
+
+    *estimate = mr_exec_cost(m, &u);
+
+    return NGX_OK;
+}
+
+
+/* whole seconds, rounded up: prices are per second */
+
+static int64_t
+mr_exec_seconds(double duration)
+{
+    int64_t  secs;
 
     secs = (int64_t) duration;
+
     if ((double) secs < duration) {
         secs++;
     }
 
-    *estimate = m->per_request
-                + m->per_image * n
-                + m->per_second * secs
-                + mr_exec_price((input_len + 3) / 4, m->input_per_mtok,
-                                1000000)
-                + mr_exec_price(tokens, m->output_per_mtok, 1000000);
+    return secs;
+}
 
-    return NGX_OK;
+
+/*
+ * The input tokens of the estimate: a token per 4 bytes of the encoded
+ * input, and the model's image_tokens for each part of a message's
+ * content (or of a tool result's content) that is not text: a provider
+ * bills an image by its size in pixels, not by the bytes that carry it
+ * (a URL is a few bytes), so each one may cost up to the allowance.
+ */
+
+static int64_t
+mr_exec_input_tokens(mr_model_t *m, json_t *input, size_t input_len)
+{
+    size_t       i, j, k;
+    json_t      *msg, *part, *type, *inner, *sub;
+    int64_t      parts;
+
+    parts = 0;
+
+    json_array_foreach(json_object_get(input, "messages"), i, msg) {
+        json_array_foreach(json_object_get(msg, "content"), j, part) {
+            type = json_object_get(part, "type");
+
+            if (!json_is_string(type)
+                || ngx_strcmp(json_string_value(type), "text") != 0)
+            {
+                parts++;
+            }
+
+            inner = json_object_get(part, "content");
+
+            json_array_foreach(inner, k, sub) {
+                type = json_object_get(sub, "type");
+
+                if (!json_is_string(type)
+                    || ngx_strcmp(json_string_value(type), "text") != 0)
+                {
+                    parts++;
+                }
+            }
+        }
+    }
+
+    return ((int64_t) input_len + 3) / 4 + parts * mr_exec_image_tokens(m);
+}
+
+
+int64_t
+mr_exec_image_tokens(mr_model_t *m)
+{
+    return m->image_tokens ? m->image_tokens : MR_IMAGE_TOKENS_DEFAULT;
+}
+
+
+/* the output budget of one output: input.max_tokens or the model's */
+
+int64_t
+mr_exec_budget(mr_model_t *m, json_t *input)
+{
+    json_t  *v;
+
+    v = json_object_get(input, "max_tokens");
+
+    if (json_is_integer(v) && json_integer_value(v) >= 1
+        && json_integer_value(v) <= MR_MAX_TOKENS_MAX)
+    {
+        return json_integer_value(v);
+    }
+
+    return m->max_tokens;
+}
+
+
+/*
+ * What an input asks for, of the quantities the model is priced by:
+ * input.n outputs (default 1) and input.duration seconds (default 1),
+ * rounded up; the tokens are not known (-1).
+ */
+
+void
+mr_exec_usage_of(json_t *input, mr_usage_t *u)
+{
+    json_t  *v;
+    double   d;
+
+    v = json_object_get(input, "n");
+    u->images = (json_is_integer(v) && json_integer_value(v) >= 1
+                 && json_integer_value(v) <= MR_INPUT_N_MAX)
+                ? json_integer_value(v) : 1;
+
+    v = json_object_get(input, "duration");
+    d = json_is_number(v) ? json_number_value(v) : 1;
+    u->seconds = mr_exec_seconds((d > 0 && d <= MR_DURATION_MAX) ? d : 1);
+
+    u->input_tokens = -1;
+    u->output_tokens = -1;
+}
+
+
+/*
+ * The billing rule, for the estimate and for the charge alike:
+ *   per_request + per_image x images + per_second x seconds
+ *   + input tokens x input_per_mtok / 10^6
+ *   + output tokens x output_per_mtok / 10^6,
+ * each term rounded up to the micro-dollar.  -1: a token count the model
+ * has a price for is not known (the caller charges the estimate).
+ */
+
+int64_t
+mr_exec_cost(mr_model_t *m, mr_usage_t *u)
+{
+    int64_t  in, out, images, cost;
+
+    if ((m->input_per_mtok && u->input_tokens < 0)
+        || (m->output_per_mtok && u->output_tokens < 0))
+    {
+        return -1;
+    }
+
+    /* in range: each term is at most 10^18, the sum below 2^63 */
+
+    in = ngx_min(ngx_max(u->input_tokens, 0), MR_USAGE_UNITS_MAX);
+    out = ngx_min(ngx_max(u->output_tokens, 0), MR_USAGE_UNITS_MAX);
+    images = ngx_min(ngx_max(u->images, 0), 1000000);
+
+    cost = m->per_request
+           + m->per_image * images
+           + m->per_second * ngx_min(ngx_max(u->seconds, 0), MR_DURATION_MAX)
+           + mr_exec_price(in, m->input_per_mtok, 1000000)
+           + mr_exec_price(out, m->output_per_mtok, 1000000);
+
+    return ngx_min(cost, MR_COST_MAX);
 }
 
 

@@ -80,14 +80,20 @@ typedef struct {
     mr_met_hist_t             added;
     mr_met_hist_t             duration[MR_MET_TERMINAL];
     mr_metrics_worker_t       workers[MR_METRICS_WORKERS];
-    mr_met_model_t           *models;
-    mr_met_route_t           *routes;
+    /* the model slots, then the route slots */
 } mr_met_shm_t;
 
 
-/* a cycle's view of the zone: the slot of each configured model, route */
+/*
+ * A cycle's view of the zone: where its slots are, and the slot of each
+ * configured model and route.  The workers write the zone, the master
+ * (root) writes the slot names on a reload: nothing in the zone is taken
+ * for a pointer or a count.
+ */
 typedef struct {
     mr_met_shm_t             *sh;
+    mr_met_model_t           *models;
+    mr_met_route_t           *routes;
     ngx_uint_t                nmodels;
     ngx_uint_t                nroutes;
     ngx_uint_t               *model_slot;
@@ -311,10 +317,23 @@ mr_metrics_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     ctx = shm_zone->data;
     shpool = (ngx_slab_pool_t *) shm_zone->shm.addr;
 
-    if (octx && octx->sh && octx->sh->magic == MR_MET_MAGIC
-        && octx->sh->nmodels == ctx->nmodels
-        && octx->sh->nroutes == ctx->nroutes)
-    {
+    if (octx) {
+
+        /*
+         * the zone of the running cycle, where the old one put it (a zone
+         * of the same name has the same layout): never allocated in again
+         */
+
+        if (octx->sh == NULL || octx->sh->magic != MR_MET_MAGIC
+            || octx->sh->nmodels != ctx->nmodels
+            || octx->sh->nroutes != ctx->nroutes)
+        {
+            ngx_log_error(NGX_LOG_EMERG, shm_zone->shm.log, 0,
+                          "modelroute metrics: the zone \"%V\" is damaged: "
+                          "restart nginx", &shm_zone->shm.name);
+            return NGX_ERROR;
+        }
+
         ctx->sh = octx->sh;
         mr_metrics_assign(ctx);
         return NGX_OK;
@@ -337,15 +356,6 @@ mr_metrics_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     sh->magic = MR_MET_MAGIC;
     sh->nmodels = ctx->nmodels;
     sh->nroutes = ctx->nroutes;
-    sh->models = (mr_met_model_t *) (sh + 1);
-    sh->routes = (mr_met_route_t *) (sh->models + ctx->nmodels);
-
-    /* the last slots count what has no slot of its own */
-
-    ngx_cpystrn(sh->models[sh->nmodels - 1].name, (u_char *) "(other)",
-                MR_MET_NAME_LEN);
-    ngx_cpystrn(sh->routes[sh->nroutes - 1].name, (u_char *) "(other)",
-                MR_ROUTE_NAME_LEN + 1);
 
     shpool->data = sh;
     ctx->sh = sh;
@@ -353,6 +363,13 @@ mr_metrics_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     shpool->log_nomem = 0;
 
     mr_metrics_assign(ctx);
+
+    /* the last slots count what has no slot of its own */
+
+    ngx_cpystrn(ctx->models[ctx->nmodels - 1].name, (u_char *) "(other)",
+                MR_MET_NAME_LEN);
+    ngx_cpystrn(ctx->routes[ctx->nroutes - 1].name, (u_char *) "(other)",
+                MR_ROUTE_NAME_LEN + 1);
 
     return NGX_OK;
 }
@@ -372,17 +389,20 @@ mr_metrics_assign(mr_met_ctx_t *ctx)
     m = ctx->mcf->models.elts;
     rt = ctx->mcf->routes.elts;
 
+    ctx->models = (mr_met_model_t *) (sh + 1);
+    ctx->routes = (mr_met_route_t *) (ctx->models + ctx->nmodels);
+
     for (i = 0; i < ctx->mcf->models.nelts; i++) {
-        ctx->model_slot[i] = mr_metrics_slot((u_char *) sh->models,
+        ctx->model_slot[i] = mr_metrics_slot((u_char *) ctx->models,
                                              sizeof(mr_met_model_t),
-                                             sh->nmodels, m[i].slug.data,
+                                             ctx->nmodels, m[i].slug.data,
                                              m[i].slug.len);
     }
 
     for (i = 0; i < ctx->mcf->routes.nelts; i++) {
-        ctx->route_slot[i] = mr_metrics_slot((u_char *) sh->routes,
+        ctx->route_slot[i] = mr_metrics_slot((u_char *) ctx->routes,
                                              sizeof(mr_met_route_t),
-                                             sh->nroutes, rt[i].name.data,
+                                             ctx->nroutes, rt[i].name.data,
                                              rt[i].name.len);
     }
 }
@@ -407,7 +427,8 @@ mr_metrics_slot(u_char *names, size_t size, ngx_uint_t n, u_char *name,
             continue;
         }
 
-        if (ngx_strlen(s) == len && ngx_strncmp(s, name, len) == 0) {
+        if (ngx_strnlen(s, len + 1) == len && ngx_strncmp(s, name, len) == 0)
+        {
             return i;
         }
     }
@@ -464,7 +485,7 @@ mr_metrics_model(mr_met_ctx_t *ctx, u_char *slug, size_t len)
     m = mr_model_find(ctx->mcf, &s);
 
     if (m == NULL) {
-        return ctx->sh->nmodels - 1;
+        return ctx->nmodels - 1;
     }
 
     return ctx->model_slot[m - (mr_model_t *) ctx->mcf->models.elts];
@@ -533,7 +554,7 @@ mr_metrics_op_done(mr_store_op_t *op)
         } else if (op->result == MR_R_OK) {
             i = mr_metrics_model(mr_met, op->exec.seg[MR_SEG_MODEL].data,
                                  op->exec.seg[MR_SEG_MODEL].len);
-            (void) ngx_atomic_fetch_add(&sh->models[i].created, 1);
+            (void) ngx_atomic_fetch_add(&mr_met->models[i].created, 1);
         }
 
         break;
@@ -620,7 +641,7 @@ mr_metrics_attempt(mr_exec_t *exec, const char *outcome)
     rt = mr_route_find(mr_met->mcf, exec->rec.route, exec->rec.route_len);
 
     ev.kind = MR_MET_ATTEMPT;
-    ev.slot = rt ? mr_met->route_slot[rt->index] : mr_met->sh->nroutes - 1;
+    ev.slot = rt ? mr_met->route_slot[rt->index] : mr_met->nroutes - 1;
     ev.index = mr_metrics_index(mr_met_outcomes, MR_MET_OUTCOMES, outcome);
     ev.created_ms = 0;
     ev.answered_ms = 0;
@@ -725,7 +746,7 @@ mr_metrics_apply(mr_met_ctx_t *ctx, mr_met_event_t *ev, int64_t now)
     sh = ctx->sh;
 
     if (ev->kind == MR_MET_ATTEMPT) {
-        (void) ngx_atomic_fetch_add(&sh->routes[ev->slot]
+        (void) ngx_atomic_fetch_add(&ctx->routes[ev->slot]
                                     .attempts[ev->index], 1);
         return;
     }
@@ -741,7 +762,7 @@ mr_metrics_apply(mr_met_ctx_t *ctx, mr_met_event_t *ev, int64_t now)
     mr_metrics_observe(&sh->duration[ev->index], &mr_met_duration,
                        (uint64_t) ngx_max(now - ev->created_ms, 0) * 1000);
 
-    (void) ngx_atomic_fetch_add(&sh->models[ev->slot].finished[ev->index],
+    (void) ngx_atomic_fetch_add(&ctx->models[ev->slot].finished[ev->index],
                                 1);
 }
 
@@ -937,33 +958,33 @@ mr_metrics_render(mr_met_buf_t *b, mr_met_ctx_t *ctx, mr_store_stats_t *ss,
     /* a model without a slot of its own is counted in (other) */
 
     for (i = 0; i < mcf->models.nelts; i++) {
-        if (ctx->model_slot[i] != sh->nmodels - 1) {
+        if (ctx->model_slot[i] != ctx->nmodels - 1) {
             mr_metrics_print(b, "modelroute_executions_created_total"
                              "{model=\"%V\"} %uA\n", &m[i].slug,
-                             sh->models[ctx->model_slot[i]].created);
+                             ctx->models[ctx->model_slot[i]].created);
         }
     }
 
     mr_metrics_print(b, "modelroute_executions_created_total"
                      "{model=\"(other)\"} %uA\n",
-                     sh->models[sh->nmodels - 1].created);
+                     ctx->models[ctx->nmodels - 1].created);
 
     mr_metrics_head(b, "modelroute_executions_finished_total", "counter",
                     "Executions that reached a terminal status, by model "
                     "and status.");
 
     for (i = 0; i <= mcf->models.nelts; i++) {
-        s = (i < mcf->models.nelts) ? ctx->model_slot[i] : sh->nmodels - 1;
+        s = (i < mcf->models.nelts) ? ctx->model_slot[i] : ctx->nmodels - 1;
 
-        if (i < mcf->models.nelts && s == sh->nmodels - 1) {
+        if (i < mcf->models.nelts && s == ctx->nmodels - 1) {
             continue;
         }
 
         for (j = 0; j < MR_MET_TERMINAL; j++) {
             mr_metrics_print(b, "modelroute_executions_finished_total"
                              "{model=\"%s\",status=\"%s\"} %uA\n",
-                             sh->models[s].name, mr_met_status[j],
-                             sh->models[s].finished[j]);
+                             ctx->models[s].name, mr_met_status[j],
+                             ctx->models[s].finished[j]);
         }
     }
 
@@ -1017,17 +1038,17 @@ mr_metrics_render(mr_met_buf_t *b, mr_met_ctx_t *ctx, mr_store_stats_t *ss,
                     "Provider attempts recorded, by route and outcome.");
 
     for (i = 0; i <= mcf->routes.nelts; i++) {
-        s = (i < mcf->routes.nelts) ? ctx->route_slot[i] : sh->nroutes - 1;
+        s = (i < mcf->routes.nelts) ? ctx->route_slot[i] : ctx->nroutes - 1;
 
-        if (i < mcf->routes.nelts && s == sh->nroutes - 1) {
+        if (i < mcf->routes.nelts && s == ctx->nroutes - 1) {
             continue;
         }
 
         for (j = 0; j < MR_MET_OUTCOMES; j++) {
             mr_metrics_print(b, "modelroute_dispatch_attempts_total"
                              "{route=\"%s\",outcome=\"%s\"} %uA\n",
-                             sh->routes[s].name, mr_met_outcomes[j],
-                             sh->routes[s].attempts[j]);
+                             ctx->routes[s].name, mr_met_outcomes[j],
+                             ctx->routes[s].attempts[j]);
         }
     }
 

@@ -176,6 +176,7 @@ mr_ops_send(ngx_http_request_t *r, ngx_uint_t status, ngx_str_t *type,
     ngx_int_t       rc;
     ngx_buf_t      *b;
     ngx_str_t       cc = ngx_string("no-store");
+    ngx_str_t       rid;
     ngx_chain_t     out;
     mr_http_ctx_t  *ctx;
 
@@ -184,7 +185,16 @@ mr_ops_send(ngx_http_request_t *r, ngx_uint_t status, ngx_str_t *type,
     }
 
     ctx = mr_http_ctx(r);
-    if (ctx == NULL
+    if (ctx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    /* every answer says its request id, as the JSON ones do */
+
+    rid.data = ctx->request_id;
+    rid.len = MR_REQ_ID_LEN;
+
+    if (mr_http_header(r, "X-Request-Id", &rid) != NGX_OK
         || mr_http_header(r, "Cache-Control", &cc) != NGX_OK)
     {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;

@@ -3,7 +3,8 @@
  * ModelRoute: routes and the dispatch server in the configuration.
  *
  *   modelroute_route <name> <location> protocol=<p> [max_concurrency=N]
- *       [timeout=time] [breaker=N] [breaker_reset=time];
+ *       [timeout=time] [breaker=N] [breaker_reset=time]
+ *       [max_tokens_field=max_tokens|max_completion_tokens];
  *   modelroute_model <slug> ... routes=<name>[:<provider model>],...
  *       [attempts=N];
  *   server { modelroute_dispatch; location <location> { internal; ... } }
@@ -110,10 +111,11 @@ mr_route_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     ngx_int_t    n;
     ngx_str_t   *value, name, arg;
-    ngx_uint_t   i, j;
+    ngx_uint_t   i, j, field;
     mr_route_t  *rt;
 
     value = cf->args->elts;
+    field = 0;
 
     if (mr_route_name_valid(&value[1]) != NGX_OK) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
@@ -210,9 +212,36 @@ mr_route_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
                 goto invalid;
             }
 
+        } else if (name.len == 16
+                   && ngx_strncmp(name.data, "max_tokens_field", 16) == 0)
+        {
+            if (arg.len == 10
+                && ngx_strncmp(arg.data, "max_tokens", 10) == 0)
+            {
+                rt->completion_tokens = 0;
+
+            } else if (arg.len == 21
+                       && ngx_strncmp(arg.data, "max_completion_tokens",
+                                      21) == 0)
+            {
+                rt->completion_tokens = 1;
+
+            } else {
+                goto invalid;
+            }
+
+            field = 1;
+
         } else {
             goto invalid;
         }
+    }
+
+    if (field && rt->protocol != MR_PROTO_OPENAI_CHAT) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"modelroute_route\" \"%V\": max_tokens_field "
+                           "is for protocol=openai_chat only", &value[1]);
+        return NGX_CONF_ERROR;
     }
 
     if (rt->protocol == 0) {

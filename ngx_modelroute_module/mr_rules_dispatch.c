@@ -17,6 +17,9 @@
 #include "mr_metrics.h"
 
 
+static void mr_rule_disp_run_reset(mr_route_state_t *st);
+
+
 /*
  * A due execution, first: one that is terminal or waits for a callback
  * leaves the dispatch index; one past its deadline is left to the
@@ -344,6 +347,16 @@ mr_rule_disp_answered(mr_disp_op_t *d)
  * it, and the failure of the half-open probe opens it again; a success,
  * or an answer that blames the input, closes it, unless it is open and
  * the answer is not the probe's (an attempt older than the opening).
+ *
+ * The route is shared by every account, and a timeout after the provider
+ * took the request may be the input's doing (a long answer asked for): a
+ * tenant's own slow executions, which cost it nothing when they fail,
+ * must not open the breaker for the others.  So timeouts open it only
+ * when they are not one account's alone: breaker counted failures in a
+ * row open it if breaker of them are the provider's own failures, or if
+ * attempts of two accounts or more timed out among them; a probe's
+ * timeout opens it again only if another account's attempt timed out
+ * since it opened (else the breaker stays half-open: another probe goes).
  */
 
 void
@@ -351,7 +364,7 @@ mr_rule_disp_lease_end(mr_main_conf_t *mcf, mr_route_state_t *st,
     mr_exec_t *exec, mr_store_op_t *op, ngx_uint_t outcome,
     ngx_uint_t breaker, ngx_uint_t answered)
 {
-    ngx_uint_t   probe;
+    ngx_uint_t   probe, open;
     mr_route_t  *route;
 
     route = mr_route_find(mcf, exec->rec.route, exec->rec.route_len);
@@ -367,16 +380,39 @@ mr_rule_disp_lease_end(mr_main_conf_t *mcf, mr_route_state_t *st,
         st->probe_token = 0;
     }
 
-    if ((outcome == MR_OUT_RETRY || outcome == MR_OUT_TIMEOUT) && breaker) {
+    if ((outcome == MR_OUT_RETRY || outcome == MR_OUT_TIMEOUT)
+        && breaker != MR_BREAKER_NONE)
+    {
         st->failures++;
         st->failed++;
 
-        if (route
-            && (probe
-                || (st->open_until_ms == 0
-                    && st->failures >= route->breaker_failures)))
+        if (breaker == MR_BREAKER_PROVIDER) {
+            st->provider_failures++;
+
+        } else if (st->timeout_accounts == 0) {
+            st->timeout_accounts = 1;
+            ngx_memcpy(st->timeout_org, exec->rec.org, MR_ORG_ID_LEN);
+
+        } else if (ngx_memcmp(st->timeout_org, exec->rec.org, MR_ORG_ID_LEN)
+                   != 0)
         {
+            st->timeout_accounts = 2;
+        }
+
+        if (probe) {
+            open = (breaker == MR_BREAKER_PROVIDER
+                    || st->timeout_accounts >= 2);
+
+        } else {
+            open = (route && st->open_until_ms == 0
+                    && st->failures >= route->breaker_failures
+                    && (st->provider_failures >= route->breaker_failures
+                        || st->timeout_accounts >= 2));
+        }
+
+        if (route && open) {
             st->open_until_ms = op->now + route->breaker_reset;
+            mr_rule_disp_run_reset(st);
         }
 
     } else if (answered && outcome != MR_OUT_RETRY
@@ -385,6 +421,7 @@ mr_rule_disp_lease_end(mr_main_conf_t *mcf, mr_route_state_t *st,
     {
         st->failures = 0;
         st->open_until_ms = 0;
+        mr_rule_disp_run_reset(st);
     }
 
     if (op->disp.retry_after_ms > 0) {
@@ -395,6 +432,17 @@ mr_rule_disp_lease_end(mr_main_conf_t *mcf, mr_route_state_t *st,
     exec->rec.lease_owner = 0;
     exec->rec.lease_until_ms = 0;
     op->ready = 1;
+}
+
+
+/* a new run of failures: the breaker closed or opened */
+
+static void
+mr_rule_disp_run_reset(mr_route_state_t *st)
+{
+    st->provider_failures = 0;
+    st->timeout_accounts = 0;
+    ngx_memzero(st->timeout_org, MR_ORG_ID_LEN);
 }
 
 
@@ -452,13 +500,14 @@ mr_rule_disp_retry(mr_model_t *m, mr_exec_t *exec, mr_disp_op_t *d,
 
 /*
  * A provider's callback for an asynchronous job (1: it is taken).  The
- * token is the execution's: a provider that holds it was sent a job for
- * it, and the result is taken while the execution is not terminal.
- * PROCESSING: the provider called back before the answer that took the
- * job was recorded (that answer is dropped when it arrives), or the
- * attempt that sent the job failed (no answer in time, say) although the
- * provider had taken it, and the execution waits for its next attempt,
- * which is not made.  PENDING: no job was ever sent.
+ * token is an attempt's (mr_callback.c): a provider that holds it was
+ * sent a job by that attempt, and the result is taken while the
+ * execution is not terminal.  PROCESSING: the provider called back before
+ * the answer that took the job was recorded (that answer is dropped when
+ * it arrives), or the attempt that sent the job failed (no answer in
+ * time, say) although the provider had taken it, and the execution waits
+ * for its next attempt, which is not made.  PENDING: no job was ever sent
+ * (and no token of an attempt not made passes mr_callback.c).
  */
 
 ngx_uint_t

@@ -11,7 +11,10 @@
  *
  * It answers a POST the way the provider of its format does, after the
  * latency (a timer on the request), with usage: input tokens from the
- * size of the request body (4 bytes a token), output tokens as set.  A
+ * size of the request body (4 bytes a token), output tokens as set but
+ * never more than the request's max_tokens (or max_completion_tokens);
+ * images, as many as the request's n, without usage (a request body that
+ * nginx wrote to a file is not read: no budget then, one image).  A
  * share of the requests (failure_rate) fails with failure_status and a
  * provider-shaped error body; a 429 carries "Retry-After: 1".  It serves
  * the demo configuration and the benchmarks, as a subrequest or as an
@@ -23,9 +26,14 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 
+#include <jansson.h>
+
 #include "mr_simulator.h"
 #include "mr_http.h"
 #include "mr_util.h"
+
+
+#define MR_SIM_N_MAX       128
 
 
 #define MR_SIM_CHAT        0
@@ -47,6 +55,7 @@ static void mr_sim_body(ngx_http_request_t *r);
 static void mr_sim_timer(ngx_event_t *ev);
 static void mr_sim_cleanup(void *data);
 static ngx_int_t mr_sim_answer(ngx_http_request_t *r);
+static json_t *mr_sim_request(ngx_http_request_t *r, off_t *len);
 
 
 static ngx_str_t  mr_sim_formats[] = {
@@ -248,10 +257,11 @@ static ngx_int_t
 mr_sim_answer(ngx_http_request_t *r)
 {
     off_t            len;
+    json_t          *req, *v;
     ngx_int_t        rc;
     ngx_buf_t       *b;
-    ngx_uint_t       in, out;
-    ngx_chain_t      chain, *cl;
+    ngx_uint_t       in, out, n, i;
+    ngx_chain_t      chain;
     mr_sim_conf_t   *sim;
     mr_loc_conf_t   *lcf;
     mr_http_ctx_t   *ctx;
@@ -271,18 +281,31 @@ mr_sim_answer(ngx_http_request_t *r)
         ctx->answered = 1;
     }
 
-    len = 0;
-
-    if (r->request_body) {
-        for (cl = r->request_body->bufs; cl; cl = cl->next) {
-            len += ngx_buf_size(cl->buf);
-        }
-    }
+    req = mr_sim_request(r, &len);
 
     in = (ngx_uint_t) (len + 3) / 4;
     out = sim->output_tokens;
 
-    b = ngx_create_temp_buf(r->pool, 512);
+    /* the budget the request gives, as a provider keeps to it */
+
+    v = json_object_get(req, "max_completion_tokens");
+    if (v == NULL) {
+        v = json_object_get(req, "max_tokens");
+    }
+
+    if (json_is_integer(v) && json_integer_value(v) >= 0
+        && (json_int_t) out > json_integer_value(v))
+    {
+        out = (ngx_uint_t) json_integer_value(v);
+    }
+
+    v = json_object_get(req, "n");
+    n = (json_is_integer(v) && json_integer_value(v) >= 1)
+        ? (ngx_uint_t) ngx_min(json_integer_value(v), MR_SIM_N_MAX) : 1;
+
+    json_decref(req);
+
+    b = ngx_create_temp_buf(r->pool, 512 + n * 64);
     if (b == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
@@ -336,10 +359,16 @@ mr_sim_answer(ngx_http_request_t *r)
             break;
 
         case MR_SIM_IMAGES:
-            b->last = ngx_sprintf(b->last,
-                "{\"created\":%T,\"data\":[{\"url\":"
-                "\"https://simulator.invalid/image-1.png\"}]}",
-                ngx_time());
+            b->last = ngx_sprintf(b->last, "{\"created\":%T,\"data\":[",
+                                  ngx_time());
+
+            for (i = 1; i <= n; i++) {
+                b->last = ngx_sprintf(b->last, "%s{\"url\":\"https://"
+                                      "simulator.invalid/image-%ui.png\"}",
+                                      i == 1 ? "" : ",", i);
+            }
+
+            b->last = ngx_cpymem(b->last, "]}", 2);
             break;
 
         default: /* MR_SIM_CHAT */
@@ -371,4 +400,47 @@ mr_sim_answer(ngx_http_request_t *r)
     chain.next = NULL;
 
     return ngx_http_output_filter(r, &chain);
+}
+
+
+/*
+ * The request as JSON, when its body is in memory (NULL otherwise), and
+ * the body's length
+ */
+
+static json_t *
+mr_sim_request(ngx_http_request_t *r, off_t *len)
+{
+    u_char       *p, *data;
+    ngx_uint_t    mem;
+    ngx_chain_t  *cl;
+
+    *len = 0;
+    mem = 1;
+
+    if (r->request_body == NULL) {
+        return NULL;
+    }
+
+    for (cl = r->request_body->bufs; cl; cl = cl->next) {
+        *len += ngx_buf_size(cl->buf);
+        mem = mem && ngx_buf_in_memory(cl->buf);
+    }
+
+    if (!mem || *len == 0) {
+        return NULL;
+    }
+
+    data = ngx_pnalloc(r->pool, (size_t) *len);
+    if (data == NULL) {
+        return NULL;
+    }
+
+    p = data;
+
+    for (cl = r->request_body->bufs; cl; cl = cl->next) {
+        p = ngx_cpymem(p, cl->buf->pos, cl->buf->last - cl->buf->pos);
+    }
+
+    return json_loadb((char *) data, p - data, 0, NULL);
 }

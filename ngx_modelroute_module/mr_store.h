@@ -269,6 +269,14 @@ typedef struct {
 #define MR_OUT_ACCEPTED         4      /* an asynchronous job was taken */
 #define MR_OUT_TIMEOUT          5      /* the attempt ran out of time */
 
+/* what a failure says of its route (mr_disp_op_t.breaker) */
+#define MR_BREAKER_NONE         0      /* not counted: a 429, an input
+                                          error, the gateway's own limit */
+#define MR_BREAKER_PROVIDER     1      /* the provider failed */
+#define MR_BREAKER_TIMEOUT      2      /* it took the request and did not
+                                          answer in time: the provider, or
+                                          an input that takes long */
+
 /* a claimed attempt: one malloc'ed block, freed with ngx_free() */
 typedef struct mr_disp_job_s  mr_disp_job_t;
 
@@ -289,6 +297,15 @@ typedef struct {
     uint64_t                  attempts;
     uint64_t                  failed;
     uint64_t                  probe_token;   /* the probe's lease */
+
+    /*
+     * the failures counted since the breaker last closed or opened: the
+     * provider's own, and the accounts whose attempts timed out (0, 1, 2
+     * for two or more), the first of them in timeout_org
+     */
+    uint32_t                  provider_failures;
+    uint32_t                  timeout_accounts;
+    u_char                    timeout_org[MR_ORG_ID_LEN];
 } mr_route_state_t;             /* fields are only ever appended */
 
 typedef struct {
@@ -310,7 +327,7 @@ typedef struct {
     int64_t                   retry_after_ms;
     ngx_uint_t                status_code;   /* of the provider; 0: none */
     ngx_uint_t                jitter;        /* 0..999 */
-    ngx_uint_t                breaker;       /* the failure counts */
+    ngx_uint_t                breaker;       /* MR_BREAKER_* */
     int64_t                   ended_ms;
 
     /* MR_R_OK: the status it left */

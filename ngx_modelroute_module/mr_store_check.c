@@ -16,11 +16,14 @@
  * Checked, read-only (also by "nginx -t"):
  *   - the path fits, the map size can be mapped;
  *   - the directory exists, or its parent does and can be written;
- *   - an existing data.mdb is an LMDB file, a ModelRoute store (or an
- *     empty environment) of this format (or of the previous one, on a
- *     start), and holds no more than the map size: it is opened
+ *   - an existing data.mdb is an LMDB file as long as its pages need (a
+ *     truncated one would end the master with SIGBUS), a ModelRoute store
+ *     (or an empty environment) of this format (or of the previous one,
+ *     on a start), and holds no more than the map size: it is opened
  *     read-only, as mdb_stat does (a reader slot, never the write lock;
  *     without the lock file if there is none yet);
+ *   - data.mdb and lock.mdb, in a directory of the worker user's, are
+ *     files and not symbolic links (the master would follow them as root);
  *   - the worker user can reach the directory (search permission on every
  *     directory above it, checked by a child process that runs as that
  *     user, so ACLs and supplementary groups count) and can read and
@@ -78,6 +81,7 @@ static ngx_int_t mr_store_check_map(mr_check_t *ck);
 static ngx_int_t mr_store_check_dir(mr_check_t *ck);
 static ngx_int_t mr_store_check_files(mr_check_t *ck);
 static ngx_int_t mr_store_check_data(mr_check_t *ck);
+static ngx_int_t mr_store_check_size(mr_check_t *ck, MDB_env *env);
 static ngx_int_t mr_store_check_format(mr_check_t *ck, MDB_txn *txn);
 static ngx_int_t mr_store_check_upgrade(mr_check_t *ck);
 static ngx_int_t mr_store_check_owner(mr_check_t *ck);
@@ -376,7 +380,14 @@ mr_store_check_files(mr_check_t *ck)
     for (i = MR_CHECK_DATA; i < MR_CHECK_FILES; i++) {
         f = &ck->files[i];
 
-        if (ngx_file_info(f->path, &f->fi) == NGX_FILE_ERROR) {
+        /*
+         * the directory belongs to the worker user, who chooses what is
+         * in it: a link is never followed by the master (as root, LMDB
+         * would rewrite the lock file's target, chown would give the
+         * target away)
+         */
+
+        if (ngx_link_info(f->path, &f->fi) == NGX_FILE_ERROR) {
             if (ngx_errno != NGX_ENOENT) {
                 ngx_log_error(NGX_LOG_EMERG, ck->cycle->log, ngx_errno,
                               "modelroute_store: cannot stat \"%s\"",
@@ -386,6 +397,13 @@ mr_store_check_files(mr_check_t *ck)
 
             f->exists = 0;
             continue;
+        }
+
+        if (ngx_is_link(&f->fi)) {
+            ngx_log_error(NGX_LOG_EMERG, ck->cycle->log, 0,
+                          "modelroute_store: \"%s\" is a symbolic link: "
+                          "the store's files must be its own", f->path);
+            return NGX_ERROR;
         }
 
         if (!ngx_is_file(&f->fi)) {
@@ -447,6 +465,10 @@ mr_store_check_data(mr_check_t *ck)
     if (rc == 0) {
         rc = mdb_env_open(env, ck->files[MR_CHECK_DIR].path, flags, 0600);
     }
+    if (rc == 0 && mr_store_check_size(ck, env) != NGX_OK) {
+        mdb_env_close(env);
+        return NGX_ERROR;
+    }
     if (rc == 0) {
         rc = mdb_txn_begin(env, NULL, MDB_RDONLY, &txn);
     }
@@ -499,6 +521,50 @@ mr_store_check_data(mr_check_t *ck)
     mdb_env_close(env);
 
     return ok;
+}
+
+
+/*
+ * LMDB maps data.mdb and reads its pages in place: a file shorter than the
+ * pages its meta page names (truncated, half copied) would end the master
+ * with SIGBUS on the first page past its end.  The meta pages were read
+ * with pread() by mdb_env_open().
+ */
+
+static ngx_int_t
+mr_store_check_size(mr_check_t *ck, MDB_env *env)
+{
+    off_t             need;
+    MDB_stat          st;
+    mdb_filehandle_t  fd;
+    MDB_envinfo       info;
+    ngx_file_info_t   fi;
+
+    if (mdb_env_stat(env, &st) != 0
+        || mdb_env_info(env, &info) != 0
+        || mdb_env_get_fd(env, &fd) != 0
+        || ngx_fd_info(fd, &fi) == NGX_FILE_ERROR)
+    {
+        ngx_log_error(NGX_LOG_EMERG, ck->cycle->log, ngx_errno,
+                      "modelroute_store: cannot read the size of \"%s\"",
+                      ck->files[MR_CHECK_DATA].path);
+        return NGX_ERROR;
+    }
+
+    need = (off_t) (info.me_last_pgno + 1) * st.ms_psize;
+
+    if (ngx_file_size(&fi) < need) {
+        ngx_log_error(NGX_LOG_EMERG, ck->cycle->log, 0,
+                      "modelroute_store: \"%s\" is damaged: it has %O "
+                      "bytes and its pages need %O (a truncated or half "
+                      "copied file): move it away, or point "
+                      "modelroute_store elsewhere",
+                      ck->files[MR_CHECK_DATA].path, ngx_file_size(&fi),
+                      need);
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
 }
 
 
@@ -619,6 +685,7 @@ mr_store_check_upgrade(mr_check_t *ck)
 static ngx_int_t
 mr_store_check_owner(mr_check_t *ck)
 {
+    int               rc;
     mode_t            want;
     ngx_uint_t        i;
     mr_check_path_t  *f;
@@ -659,7 +726,13 @@ mr_store_check_owner(mr_check_t *ck)
             continue;
         }
 
-        if (chown(f->path, ck->ccf->user, ck->ccf->group) == -1) {
+        /* a file swapped for a link since it was looked at: not followed */
+
+        rc = (i == MR_CHECK_DIR)
+             ? chown(f->path, ck->ccf->user, ck->ccf->group)
+             : lchown(f->path, ck->ccf->user, ck->ccf->group);
+
+        if (rc == -1) {
             ngx_log_error(NGX_LOG_EMERG, ck->cycle->log, ngx_errno,
                           "modelroute_store: chown(\"%s\", %s) failed",
                           f->path, ck->ccf->username);

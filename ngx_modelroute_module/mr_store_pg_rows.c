@@ -436,6 +436,13 @@ mr_pg_parse_route(PGresult *res, int row, int col, mr_route_state_t *st)
     st->attempts = (uint64_t) mr_pg_get_int(res, row, col + 6);
     st->failed = (uint64_t) mr_pg_get_int(res, row, col + 7);
     st->probe_token = (uint64_t) mr_pg_get_int(res, row, col + 8);
+    st->provider_failures = (uint32_t) mr_pg_get_int(res, row, col + 9);
+    st->timeout_accounts = (uint32_t) mr_pg_get_int(res, row, col + 10);
+
+    if (PQgetlength(res, row, col + 11) == MR_ORG_ID_LEN) {
+        ngx_memcpy(st->timeout_org, PQgetvalue(res, row, col + 11),
+                   MR_ORG_ID_LEN);
+    }
 
     return NGX_OK;
 }
@@ -1049,10 +1056,10 @@ mr_pg_rows_write_routes(mr_pg_rows_t *rs, mr_pg_req_t *req)
 {
     ngx_uint_t         n;
     mr_pg_ent_t       *e;
-    mr_pg_buf_t        b[9];
+    mr_pg_buf_t        b[12];
     mr_route_state_t  *st;
 
-    mr_pg_bufs_init(b, 9, rs->pool);
+    mr_pg_bufs_init(b, 12, rs->pool);
     n = 0;
 
     for (e = rs->head[MR_PG_ROUTE]; e; e = e->all) {
@@ -1072,13 +1079,17 @@ mr_pg_rows_write_routes(mr_pg_rows_t *rs, mr_pg_req_t *req)
         mr_pg_buf_int(&b[6], (int64_t) st->attempts);
         mr_pg_buf_int(&b[7], (int64_t) st->failed);
         mr_pg_buf_int(&b[8], (int64_t) st->probe_token);
+        mr_pg_buf_int(&b[9], st->provider_failures);
+        mr_pg_buf_int(&b[10], st->timeout_accounts);
+        mr_pg_buf_str(&b[11], st->timeout_org,
+                      st->timeout_accounts ? MR_ORG_ID_LEN : 0);
     }
 
     if (n == 0) {
         return NGX_OK;
     }
 
-    return mr_pg_send_arrays(req, MR_SQL_W_ROUTES, b, 9);
+    return mr_pg_send_arrays(req, MR_SQL_W_ROUTES, b, 12);
 }
 
 

@@ -387,16 +387,21 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
 
     { "mr_w_routes",
       "INSERT INTO mr_routes (name, inflight, failures, open_until_ms, "
-      "probe_until_ms, paused_until_ms, attempts, failed, probe_token) "
+      "probe_until_ms, paused_until_ms, attempts, failed, probe_token, "
+      "provider_failures, timeout_accounts, timeout_org) "
       "SELECT * FROM unnest($1::text[], $2::int[], $3::int[], $4::bigint[], "
       "$5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[], "
-      "$9::bigint[]) ON CONFLICT (name) DO UPDATE "
+      "$9::bigint[], $10::int[], $11::int[], $12::text[]) "
+      "ON CONFLICT (name) DO UPDATE "
       "SET inflight = EXCLUDED.inflight, failures = EXCLUDED.failures, "
       "open_until_ms = EXCLUDED.open_until_ms, "
       "probe_until_ms = EXCLUDED.probe_until_ms, "
       "paused_until_ms = EXCLUDED.paused_until_ms, "
       "attempts = EXCLUDED.attempts, failed = EXCLUDED.failed, "
-      "probe_token = EXCLUDED.probe_token" },
+      "probe_token = EXCLUDED.probe_token, "
+      "provider_failures = EXCLUDED.provider_failures, "
+      "timeout_accounts = EXCLUDED.timeout_accounts, "
+      "timeout_org = EXCLUDED.timeout_org" },
 
     { "mr_w_endpoints",
       "INSERT INTO mr_endpoints (id, org, active, failures, created_ms, "

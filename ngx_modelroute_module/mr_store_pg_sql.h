@@ -127,8 +127,9 @@
 
 #define MR_ROUTE_COLS                                                         \
     "name, inflight, failures, open_until_ms, probe_until_ms, "               \
-    "paused_until_ms, attempts, failed, probe_token"
-#define MR_ROUTE_NCOLS           9
+    "paused_until_ms, attempts, failed, probe_token, provider_failures, "     \
+    "timeout_accounts, timeout_org"
+#define MR_ROUTE_NCOLS           12
 
 
 #endif /* _MR_STORE_PG_SQL_H_INCLUDED_ */

@@ -936,7 +936,7 @@ ngx_http_modelroute_durability_slot(ngx_conf_t *cf, ngx_command_t *cmd,
 /*
  * modelroute_model <slug> [per_request=USD] [per_image=USD]
  *     [per_second=USD] [input_per_mtok=USD] [output_per_mtok=USD]
- *     [max_tokens=N] [timeout=time];
+ *     [max_tokens=N] [image_tokens=N] [timeout=time];
  */
 
 static char *
@@ -1039,6 +1039,21 @@ ngx_http_modelroute_model(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             }
 
             m->max_tokens = n;
+            continue;
+
+        } else if (name.len == sizeof("image_tokens") - 1
+                   && ngx_strncmp(name.data, "image_tokens", name.len) == 0)
+        {
+            n = ngx_atoi(arg.data, arg.len);
+            if (n < 1 || n > 1000000) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "\"modelroute_model\" \"%V\": invalid "
+                                   "image_tokens \"%V\" (1 to 1000000)",
+                                   &m->slug, &arg);
+                return NGX_CONF_ERROR;
+            }
+
+            m->image_tokens = n;
             continue;
 
         } else if (name.len == sizeof("timeout") - 1

@@ -38,6 +38,8 @@ typedef struct {
     ngx_msec_t                timeout;         /* of one attempt */
     ngx_uint_t                breaker_failures;
     ngx_msec_t                breaker_reset;
+    ngx_uint_t                completion_tokens; /* openai_chat: the budget
+                                                  is max_completion_tokens */
     ngx_uint_t                index;
 } mr_route_t;
 
@@ -58,6 +60,7 @@ typedef struct {
     int64_t                   input_per_mtok;
     int64_t                   output_per_mtok;
     int64_t                   max_tokens;
+    int64_t                   image_tokens;    /* 0: the default */
     ngx_msec_t                timeout;
     ngx_uint_t                attempts;        /* at most, over routes */
     size_t                    max_input;       /* 0: the default */

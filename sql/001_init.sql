@@ -128,7 +128,13 @@ CREATE TABLE mr_routes (
     paused_until_ms bigint NOT NULL DEFAULT 0,
     attempts        bigint NOT NULL DEFAULT 0,
     failed          bigint NOT NULL DEFAULT 0,
-    probe_token     bigint NOT NULL DEFAULT 0
+    probe_token     bigint NOT NULL DEFAULT 0,
+    -- the failures since the breaker last closed or opened: the
+    -- provider's own, and the accounts whose attempts timed out (0, 1, 2
+    -- for two or more), the first of them in timeout_org
+    provider_failures integer NOT NULL DEFAULT 0,
+    timeout_accounts integer NOT NULL DEFAULT 0,
+    timeout_org     text NOT NULL DEFAULT ''
 );
 
 -- webhook endpoints, and each account's default secret

@@ -1,6 +1,7 @@
 # Asynchronous providers (protocol=async): a provider that takes the job
 # (2xx) leaves the execution AWAITING_WEBHOOK with the hold still held;
-# its callback, authenticated by a per-execution token (query or Bearer),
+# its callback, authenticated by the attempt's token (Bearer; t/49 has
+# the token's rules),
 # completes or fails it; repeated and late callbacks are duplicates that
 # change nothing; no failover once a job was taken; cancel and expiry while
 # waiting; bad tokens, ids and bodies; a callback before the answer that
@@ -97,20 +98,25 @@ sub provider_request {
     return $req;
 }
 
-# Splits a callback_url into (path, token).
+# The callback_url (no secret in it) and callback_token of a provider
+# request: (path, token).
 sub callback_parts {
-    my ($url) = @_;
-    my ($path, $token) = ($url // '') =~
-        m{^http://127\.0\.0\.1:\d+(/v1/callbacks/exec_[0-9a-f]{44})\?token=([0-9a-f]{64})$}
+    my ($j) = @_;
+    my ($path) = (($j // {})->{callback_url} // '') =~
+        m{^http://127\.0\.0\.1:\d+(/v1/callbacks/exec_[0-9a-f]{44})$}
         or return;
+    my ($token) = (($j // {})->{callback_token} // '') =~
+        m{^(\d+\.[0-9a-f]{64})$} or return;
     return ($path, $token);
 }
 
+# A callback with the token as "Authorization: Bearer" (query => 1: in the
+# URL's query instead, which is refused).
 sub callback {
     my ($path, $token, $body, %o) = @_;
-    my $target = $o{bearer} || !defined $token ? $path : "$path?token=$token";
+    my $target = $o{query} && defined $token ? "$path?token=$token" : $path;
     my %h;
-    $h{Authorization} = "Bearer $token" if $o{bearer};
+    $h{Authorization} = "Bearer $token" if defined $token && !$o{query};
     $h{'Content-Type'} = 'application/json' unless ref $body;
     return $t->req(POST => $target, \%h, $body);
 }
@@ -127,8 +133,8 @@ sub accepted_exec {
     is($e->{status}, 'AWAITING_WEBHOOK', "$model: AWAITING_WEBHOOK")
         or diag explain $e;
     my $req = provider_request($path, $id);
-    my ($cp, $token) = callback_parts($req && $req->{json}{callback_url});
-    ok($cp, "$model: the provider got a callback_url with a token")
+    my ($cp, $token) = callback_parts($req && $req->{json});
+    ok($cp, "$model: the provider got a callback_url and a token")
         or diag explain $req;
     return ($e, $cp // "/v1/callbacks/$id", $token // '0' x 64, $req);
 }
@@ -175,9 +181,10 @@ my $acc = $t->new_account(credit => '10.00');
     is_deeply($j->{input}, { prompt => 'hi', max_tokens => 2000 },
         'provider: input');
     is($j->{execution_id}, $id1, 'provider: execution_id');
-    ($cp1, $tok1) = callback_parts($j->{callback_url});
-    ok($cp1, 'provider: callback_url <base>/<id>?token=<64 hex>')
-        or diag $j->{callback_url};
+    ($cp1, $tok1) = callback_parts($j);
+    ok($cp1, 'provider: callback_url <base>/<id>, callback_token '
+        . '<attempt>.<64 hex>') or diag explain $j;
+    like($tok1, qr/^0\./, 'the token is the first attempt\'s');
     is($cp1, "/v1/callbacks/$id1", 'callback_url names the execution');
     is($rc->count(path => '/job'), 1, 'one provider request');
 
@@ -212,16 +219,13 @@ my $acc = $t->new_account(credit => '10.00');
     my $v = $t->verify($acc->{org});
     ok($v->{ok}, 'verify ok') or diag explain $v;
 
-    # 3: the same callback again, by query and by Bearer
+    # 3: the same callback again
     my $before = exec_of($acc->{key}, $id1);
-    for my $how ('query', 'bearer') {
-        $r = callback($cp1, $tok1, $OK_BODY, bearer => $how eq 'bearer');
-        is($r->{status}, 200, "repeated callback ($how): 200")
-            or diag $r->{body};
-        is_deeply($r->{json}, { received => JSON::PP::true,
-            duplicate => JSON::PP::true, status => 'COMPLETED' },
-            "repeated callback ($how): duplicate true");
-    }
+    $r = callback($cp1, $tok1, $OK_BODY);
+    is($r->{status}, 200, "repeated callback: 200") or diag $r->{body};
+    is_deeply($r->{json}, { received => JSON::PP::true,
+        duplicate => JSON::PP::true, status => 'COMPLETED' },
+        "repeated callback: duplicate true");
     # a repeat with another outcome changes nothing either
     $r = callback($cp1, $tok1, { status => 'failed',
         error => { code => 'x', message => 'late' } });
@@ -235,17 +239,17 @@ my $acc = $t->new_account(credit => '10.00');
     is($rc->count(path => '/job'), 1, 'still one provider request');
 }
 
-# ------------------------------------------------------ Bearer completes too
+# ------------------------------------------------------ no usage reported
 
 {
     my ($e, $cp, $tok) = accepted_exec($acc, 'm-async', '/job');
     my $r = callback($cp, $tok, { status => 'succeeded',
-        output => { text => 'bearer' } }, bearer => 1);
-    is($r->{status}, 200, 'Bearer token: 200') or diag $r->{body};
-    is($r->{json}{duplicate}, JSON::PP::false, 'Bearer token: not duplicate');
+        output => { text => 'bearer' } });
+    is($r->{status}, 200, 'no usage: 200') or diag $r->{body};
+    is($r->{json}{duplicate}, JSON::PP::false, 'no usage: not duplicate');
     my $x = exec_of($acc->{key}, $e->{id});
-    is($x->{status}, 'COMPLETED', 'Bearer token: COMPLETED');
-    is($x->{result}{text}, 'bearer', 'Bearer token: result');
+    is($x->{status}, 'COMPLETED', 'no usage: COMPLETED');
+    is($x->{result}{text}, 'bearer', 'no usage: result');
     money_is($x->{cost}, $x->{estimated_cost},
         'no usage: the estimate is charged');
     ok(!exists $x->{result}{usage} || !defined $x->{result}{usage},
@@ -270,28 +274,29 @@ my $acc = $t->new_account(credit => '10.00');
 {
     my ($e, $cp, $tok) = accepted_exec($acc, 'm-async', '/job');
     my ($e2, $cp2, $tok2) = accepted_exec($acc, 'm-async', '/job');
-    my $bad = substr($tok, 0, 63) . (substr($tok, 63) eq '0' ? '1' : '0');
+    my $bad = substr($tok, 0, -1) . (substr($tok, -1) eq '0' ? '1' : '0');
     my %cases = (
-        'wrong token (query)'           => [ $cp, $bad, 0 ],
-        'wrong token (Bearer)'          => [ $cp, $bad, 1 ],
-        'missing token'                 => [ $cp, undef, 0 ],
-        'short token'                   => [ $cp, substr($tok, 0, 32), 0 ],
-        'token of another execution'    => [ $cp, $tok2, 0 ],
-        'token of another (Bearer)'     => [ $cp, $tok2, 1 ],
-        'empty token'                   => [ $cp, '', 0 ],
+        'wrong token'                   => [ $cp, $bad ],
+        'missing token'                 => [ $cp, undef ],
+        'short token'                   => [ $cp, substr($tok, 0, 32) ],
+        'token of another execution'    => [ $cp, $tok2 ],
+        'empty token'                   => [ $cp, '' ],
+        'the right token in the query'  => [ $cp, $tok, query => 1 ],
     );
     for my $name (sort keys %cases) {
-        my ($p, $tk, $bearer) = @{ $cases{$name} };
-        my $r = callback($p, $tk, $OK_BODY, bearer => $bearer);
+        my ($p, $tk, @o) = @{ $cases{$name} };
+        my $r = callback($p, $tk, $OK_BODY, @o);
         is_error($r, 401, 'UNAUTHORIZED', "$name: 401 UNAUTHORIZED");
     }
     my $r = $t->req(POST => "$cp?token=$tok", { Authorization => 'Basic xx' },
         $OK_BODY);
-    is($r->{status}, 200, 'the query token wins over another Authorization')
-        or diag $r->{body};
+    is_error($r, 401, 'UNAUTHORIZED',
+        'the right token in the query, another Authorization: 401');
     # an API key is not a callback token
-    $r = callback($cp2, $acc->{key}, $OK_BODY, bearer => 1);
+    $r = callback($cp2, $acc->{key}, $OK_BODY);
     is_error($r, 401, 'UNAUTHORIZED', 'an API key as Bearer: 401');
+    is(exec_of($acc->{key}, $e->{id})->{status}, 'AWAITING_WEBHOOK',
+        'refused callbacks change nothing');
 
     is_error(callback('/v1/callbacks/exec_123', $tok, $OK_BODY), 404,
         'NOT_FOUND', 'malformed execution id: 404');
@@ -300,7 +305,7 @@ my $acc = $t->new_account(credit => '10.00');
     is_error(callback('/v1/callbacks/' . uc(substr($e2->{id}, 0, 5))
         . substr($e2->{id}, 5), $tok2, $OK_BODY), 404, 'NOT_FOUND',
         'EXEC_ prefix: 404');
-    $r = $t->req(GET => "$cp2?token=$tok2");
+    $r = $t->req(GET => $cp2, { Authorization => "Bearer $tok2" });
     is_error($r, 405, 'METHOD_NOT_ALLOWED', 'GET on a callback: 405');
     is(exec_of($acc->{key}, $e2->{id})->{status}, 'AWAITING_WEBHOOK',
         'refused callbacks change nothing');
@@ -394,11 +399,11 @@ my $acc = $t->new_account(credit => '10.00');
     is($x->{error}{code}, 'GENERATION_TIMEOUT', 'EXPIRED: GENERATION_TIMEOUT');
     my $b = $t->balance($a7->{key});
     money_is($b->{held}, '0.00', 'expiry: hold released');
+    # the token's lifetime is the execution's: past expires_at, refused
     my $r = callback($cp, $tok, $OK_BODY);
-    is($r->{status}, 200, 'callback after expiry: 200') or diag $r->{body};
-    is_deeply($r->{json}, { received => JSON::PP::true,
-        duplicate => JSON::PP::true, status => 'EXPIRED' },
-        'callback after expiry: duplicate, EXPIRED');
+    is_error($r, 401, 'UNAUTHORIZED', 'callback after expiry: 401');
+    like(($r->{json} // {})->{error}{message} // '', qr/expired/,
+        'callback after expiry: the token has expired');
     $x = exec_of($a7->{key}, $e->{id});
     is($x->{status}, 'EXPIRED', 'stays EXPIRED');
     ok(!defined $x->{result}, 'no result');
@@ -459,7 +464,7 @@ my $acc = $t->new_account(credit => '10.00');
         input => { prompt => 'early' }));
     my $id = $r->{json}{id} // 'exec_none';
     my $req = provider_request('/job', $id);
-    my ($cp, $tok) = callback_parts($req && $req->{json}{callback_url});
+    my ($cp, $tok) = callback_parts($req && $req->{json});
     is(exec_of($a9->{key}, $id)->{status}, 'PROCESSING',
         'early: PROCESSING while the provider has not answered');
     $r = callback($cp, $tok, { status => 'succeeded',
@@ -506,7 +511,7 @@ my $acc = $t->new_account(credit => '10.00');
     ok($req, 'paused: first provider request');
     is($req && $req->{json}{model}, 'prov-model',
         'the provider gets the route\'s model name');
-    my ($cp, $tok) = callback_parts($req && $req->{json}{callback_url});
+    my ($cp, $tok) = callback_parts($req && $req->{json});
     my $x = wait_for(sub {
         my $e = exec_of($a10->{key}, $id);
         $e && @{ $e->{attempts} } == 1 ? $e : undef }, 10) // {};

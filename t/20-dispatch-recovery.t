@@ -27,12 +27,15 @@ modelroute_sweep_interval 200ms;
 error_log %%PREFIX%%/logs/error.log info;
 modelroute_route slow /p/slow protocol=openai_chat timeout=3s;
 modelroute_route long /p/long protocol=openai_chat timeout=10s;
+# the reload's: an answer a second late on a loaded machine is no timeout
+modelroute_route hup /p/hup protocol=openai_chat timeout=15s;
 modelroute_route kslow /p/kslow protocol=openai_chat timeout=3s breaker=1
                  breaker_reset=60s;
 modelroute_route sync /p/sync protocol=openai_chat;
 modelroute_model m-slow per_request=0.01 routes=slow attempts=3;
 modelroute_model m-kslow per_request=0.01 routes=kslow attempts=3;
 modelroute_model m-long per_request=0.01 routes=long attempts=1;
+modelroute_model m-hup per_request=0.01 routes=hup attempts=3;
 modelroute_model m-sync per_request=0.01 routes=sync;
 server {
     listen 127.0.0.1:%%PORT%%;
@@ -45,6 +48,11 @@ server {
         internal;
         proxy_pass http://127.0.0.1:$RPORT/slow;
         proxy_read_timeout 10s;
+    }
+    location /p/hup {
+        internal;
+        proxy_pass http://127.0.0.1:$RPORT/hup;
+        proxy_read_timeout 20s;
     }
     location /p/long {
         internal;
@@ -348,10 +356,10 @@ sub ledger_ok {
 
 {
     my $acc = $t->new_account(credit => '5.00');
-    $rc->set('/slow', json => $CHAT, delay => 1);
-    my @ids = map { create($acc, 'm-slow', input => { prompt => "hup-$_" }) }
+    $rc->set('/hup', json => $CHAT, delay => 1);
+    my @ids = map { create($acc, 'm-hup', input => { prompt => "hup-$_" }) }
         1 .. 50;
-    my @got = $rc->wait_requests(20, path => '/slow', timeout => 10);
+    my @got = $rc->wait_requests(20, path => '/hup', timeout => 10);
     ok(@got >= 20, 'reload: attempts are in flight (' . scalar(@got) . ')');
     my $t0 = time;
     ok(eval { $t->reload; 1 }, 'reload while attempts are in flight')

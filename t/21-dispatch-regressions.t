@@ -283,14 +283,16 @@ EOF
     my ($q) = $rc->wait_requests(1, path => '/job', timeout => 10,
         where => sub { ($_[0]{json}{execution_id} // '') eq $id });
     my ($cb) = ($q && $q->{json}{callback_url} // '') =~ m{(/v1/callbacks/.*)$};
-    ok($cb, 'the provider has a callback url with its token');
+    my $tok = ($q && $q->{json}{callback_token}) // '';
+    ok($cb && $tok, 'the provider has a callback url and its token');
     ok(wait_for(sub { ($c->get_exec($a->{key}, $id)->{json}{status} // '')
         eq 'AWAITING_WEBHOOK' }, 10), 'AWAITING_WEBHOOK');
     is($c->req(POST => "/v1/executions/$id/cancel", auth($a->{key}))
         ->{status}, 200, 'cancelled');
     ok(wait_for(sub { $c->get_exec($a->{key}, $id)->{status} == 404 }, 20),
         'purged by the retention');
-    is_error($c->req(POST => $cb // '/v1/callbacks/none', {},
+    is_error($c->req(POST => $cb // '/v1/callbacks/none',
+        { Authorization => "Bearer $tok" },
         { status => 'succeeded', output => { text => 'x' } }), 404,
         'NOT_FOUND', 'a callback with its valid token: 404 NOT_FOUND');
     ok($c->verify($a->{org})->{ok}, 'ledger verifies');

@@ -189,6 +189,7 @@ sub exec_events {
     my ($q) = $rc->wait_requests(1, path => '/job', timeout => 15,
         where => sub { ($_[0]{json}{execution_id} // '') eq $id });
     my ($cb) = ($q && $q->{json}{callback_url} // '') =~ m{(/v1/callbacks/.*)$};
+    my $tok = ($q && $q->{json}{callback_token}) // '';
     ok(wait_for(sub { ($t->get_exec($acc->{key}, $id)->{json}{status} // '')
         eq 'AWAITING_WEBHOOK' }, 15), 'mid-run: AWAITING_WEBHOOK');
     is_deeply(exec_events($acc->{key}, $id), [],
@@ -196,7 +197,8 @@ sub exec_events {
     my $r = wh_create($t, $acc->{key}, { url => $rc->url('/mid') });
     is($r->{status}, 201, 'mid-run: an endpoint created now');
     my $ep = $r->{json}{id} // 'wh_none';
-    $r = $t->req(POST => $cb // '/v1/callbacks/none', {},
+    $r = $t->req(POST => $cb // '/v1/callbacks/none',
+        { Authorization => "Bearer $tok" },
         { status => 'succeeded', output => { text => 'done' } });
     is($r->{json}{status}, 'COMPLETED', 'mid-run: the callback completes it');
     is_deeply(exec_events($acc->{key}, $id, $ep),

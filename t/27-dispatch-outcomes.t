@@ -12,10 +12,11 @@
 #    the operator's credential): error.message is the normalized one, the
 #    provider's text is in the error log with the execution id.
 # 4. Callbacks: one that comes after expires_at (before the sweeper has
-#    expired the execution) is dropped as for an expired execution; one
+#    expired the execution) is dropped: its token has expired (401); one
 #    that comes while the execution is PROCESSING between attempts is
 #    accepted (the provider had the job); one for an execution that no
-#    provider was sent (PENDING) is a 409.
+#    provider was sent (PENDING), with a token made with the real key for
+#    the attempt that was not made, is a 401.
 use strict;
 use warnings;
 use FindBin;
@@ -282,15 +283,17 @@ sub provider_request {
 
 sub callback_of {
     my ($req) = @_;
-    my ($path, $token) = (($req // {})->{json}{callback_url} // '') =~
-        m{^http://127\.0\.0\.1:\d+(/v1/callbacks/exec_[0-9a-f]{44})\?token=([0-9a-f]{64})$};
-    return ($path // '/v1/callbacks/none', $token // '0' x 64);
+    my $j = ($req // {})->{json} // {};
+    my ($path) = ($j->{callback_url} // '') =~
+        m{^http://127\.0\.0\.1:\d+(/v1/callbacks/exec_[0-9a-f]{44})$};
+    my ($token) = ($j->{callback_token} // '') =~ m{^(\d+\.[0-9a-f]{64})$};
+    return ($path // '/v1/callbacks/none', $token // '0.' . '0' x 64);
 }
 
 sub callback {
     my ($path, $token, $body) = @_;
-    return $t->req(POST => "$path?token=$token",
-        { 'Content-Type' => 'application/json' },
+    return $t->req(POST => $path, { 'Content-Type' => 'application/json',
+            Authorization => "Bearer $token" },
         ref $body ? json_encode($body) : $body);
 }
 
@@ -300,7 +303,8 @@ my $OK = { status => 'succeeded', output => { text => 'called back' } };
     my $acc = $t->new_account(credit => '10.00');
     $rc->set('/job', status => 202, json => { job_id => 'j1' });
 
-    # a callback after expires_at, before the sweep: dropped
+    # a callback after expires_at, before the sweep: dropped (the token's
+    # lifetime is the execution's)
     my $id = create($acc, 'm-job', timeout_seconds => 2);
     my $e = wait_status($acc->{key}, $id, 'AWAITING_WEBHOOK');
     is($e->{status}, 'AWAITING_WEBHOOK', 'late: the job was taken');
@@ -308,10 +312,9 @@ my $OK = { status => 'succeeded', output => { text => 'called back' } };
     my $expires = parse_rfc3339($e->{expires_at}) // time;
     wait_for(sub { time > $expires + 0.3 }, 5);
     my $r = callback($cp, $tok, $OK);
-    is($r->{status}, 200, 'late: 200') or diag $r->{body};
-    is_deeply($r->{json}, { received => JSON::PP::true,
-        duplicate => JSON::PP::true, status => 'EXPIRED' },
-        'late: dropped as for an expired execution');
+    is_error($r, 401, 'UNAUTHORIZED', 'late: 401, the token has expired');
+    like(($r->{json} // {})->{error}{message} // '', qr/expired/,
+        'late: the message says the token has expired');
     $e = exec_of($acc->{key}, $id);
     isnt($e->{status}, 'COMPLETED', 'late: not COMPLETED');
     ok(!defined $e->{result}, 'late: no result');
@@ -364,7 +367,8 @@ my $OK = { status => 'succeeded', output => { text => 'called back' } };
     ok(!wait_for(sub { $rc->count(path => '/jobp') > 1 }, 4),
         '... and no other attempt is made after the pause');
 
-    # a valid token for an execution no provider was sent: 409
+    # a token, made with the real key, of an attempt that was not made
+    # (the execution is PENDING: no provider was sent it): 401
   SKIP: {
         my $cbkey = $t->store_secret('cbkey');
         skip 'mdb_dump (lmdb-utils) not available', 3
@@ -377,9 +381,13 @@ my $OK = { status => 'succeeded', output => { text => 'called back' } };
         my $second = create($acc, 'm-jobq');
         is(exec_of($acc->{key}, $second)->{status}, 'PENDING',
             'cap: the second waits, PENDING');
-        $r = callback("/v1/callbacks/$second",
-            hmac_sha256_hex($second, pack 'H*', $cbkey // ''), $OK);
-        is_error($r, 409, undef, 'a callback for a PENDING execution: 409');
+        $r = callback("/v1/callbacks/$second", '0.' . hmac_sha256_hex(
+            "modelroute-callback\0$second\0" . '0', pack 'H*', $cbkey // ''),
+            $OK);
+        is_error($r, 401, 'UNAUTHORIZED',
+            'a callback for a PENDING execution: 401');
+        is(exec_of($acc->{key}, $second)->{status}, 'PENDING',
+            '... which stays PENDING');
         $t->req(POST => "/v1/executions/$_/cancel", auth($acc->{key}))
             for $first, $second;
     }

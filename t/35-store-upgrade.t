@@ -38,7 +38,8 @@ sub http_with_map {
 modelroute_store_map_size $size;
 modelroute_store %%STORE%%;
 modelroute_webhook_allow_private on;
-modelroute_webhook_retry 1h;
+modelroute_webhook_retry 3650d;
+modelroute_webhook_max_age 3650d;
 modelroute_retention off;
 modelroute_route sim /sim protocol=openai_chat;
 modelroute_model demo-chat per_request=0.04 timeout=7d;

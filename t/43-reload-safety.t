@@ -233,6 +233,9 @@ sub nginx_t {
     if (!$pid) {
         open STDOUT, '>', $out->filename;
         open STDERR, '>&', \*STDOUT;
+        # the harness's environment (a sanitized run preloads ASan)
+        my %env = $t->nginx_env;
+        @ENV{ keys %env } = values %env;
         { exec $t->nginx_cmd('-t') }
         POSIX::_exit(127);
     }

@@ -10,8 +10,10 @@
 # What the store holds: two accounts; keys active, revoked and rotated
 # (in its grace); an endpoint that answers, one deactivated by a 410 with
 # a delivery parked for it, completed executions with results, cancelled
-# ones whose webhook_url deliveries succeeded or wait for a retry in an
-# hour, live ones; then it is filled up to MDB_MAP_FULL in a 2m map.
+# ones whose webhook_url deliveries succeeded or wait for a retry in ten
+# years, live ones; then it is filled up to MDB_MAP_FULL in a 2m map.
+# Nothing in it may come due while the test reads it: the recording is
+# of one day, the test runs on every day after.
 use strict;
 use warnings;
 use FindBin;
@@ -24,7 +26,8 @@ my $http = <<'HTTP';
 modelroute_store_map_size 2m;
 modelroute_store %%STORE%%;
 modelroute_webhook_allow_private on;
-modelroute_webhook_retry 1h;
+modelroute_webhook_retry 3650d;
+modelroute_webhook_max_age 3650d;
 modelroute_route sim /sim protocol=openai_chat;
 modelroute_model demo-chat per_request=0.04 timeout=7d;
 modelroute_model sim-chat per_request=0.01 routes=sim;

@@ -1,5 +1,8 @@
 // Lints an OpenAPI document with Redocly's rules (redocly.yaml at the
-// repository's root): exit 0 if there is no problem at all, 1 otherwise.
+// repository's root): exit 0 if there is no problem, 1 otherwise. As with
+// the Redocly CLI, a problem listed in .redocly.lint-ignore.yaml (next to
+// redocly.yaml: one rule at one place, each with its reason) is reported
+// as ignored and fails nothing.
 //
 //   node tools/openapi/lint.mjs openapi.yaml
 import { fileURLToPath } from 'node:url';
@@ -21,9 +24,14 @@ const totals = getTotals(problems);
 
 formatProblems(problems, { format: 'stylish', totals, version: 'openapi-core' });
 
-if (problems.length) {
+for (const p of problems.filter(p => p.ignored)) {
+    console.log(`${ref}: ignored (.redocly.lint-ignore.yaml): ${p.ruleId}`
+                + ` at ${p.location[0].pointer}`);
+}
+if (totals.errors || totals.warnings) {
     console.error(`${ref}: ${totals.errors} errors, ${totals.warnings} warnings`
                   + `, ${totals.ignored} ignored`);
     process.exit(1);
 }
-console.log(`${ref}: valid, no problems`);
+console.log(`${ref}: valid, no problems`
+            + (totals.ignored ? ` (${totals.ignored} ignored)` : ''));

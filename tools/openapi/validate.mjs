@@ -6,18 +6,24 @@
 // exchanges.json: an array of
 //   {"label", "kind": "response", "method", "path" (with the query),
 //    "status", "headers" (lowercase names), "body",
-//    "request": {"headers", "body"}}
+//    "request": {"headers", "body"}, "rate_limited": bool}
 //   {"label", "kind": "webhook", "headers", "body"}   (a delivery received)
 //
 // Each answer must be documented for its operation (or be one of the
 // errors any operation may give, as the document's `default` says), its
 // body must validate against the response's schema (the schemas forbid
-// fields they do not name and require the ones they do), the response's
-// required headers must be there and valid, and an error's request_id
-// must be the X-Request-Id. A 2xx answer also checks the request: its
-// body and query parameters must be valid for the operation. At the end,
-// every response status that the document lists for an operation must
-// have been seen, and every webhook.
+// fields they do not name and require the ones they do; a body that is
+// not JSON must have the documented media type), the response's required
+// headers must be there and valid, a header the gateway sets
+// (GATEWAY_HEADERS) must not be there unless the response declares it,
+// and an error's request_id must be the X-Request-Id. An exchange marked
+// rate_limited (a gateway with modelroute_rate_limit on, a request that
+// an API key authenticates) must carry the X-RateLimit-* headers unless
+// it is a 401. A 2xx answer also checks the request: its body and query
+// parameters must be valid for the operation. At the end, every response
+// status that the document lists for an operation must have been seen,
+// and for an error response, each error code its schema names (the
+// `const` of error.code, in each branch of a oneOf); and every webhook.
 //
 // Prints {"results": [{label, ok, errors}], "coverage": {ok, missing}}
 // on stdout; exits 0 (the caller decides), 2 on a usage error.
@@ -157,7 +163,21 @@ function typed(value, schema) {
     return value;
 }
 
+// headers the gateway sets on some answers: one the response does not
+// declare is a header the document does not describe
+const GATEWAY_HEADERS = ['allow', 'retry-after', 'location',
+    'idempotent-replayed', 'x-ratelimit-limit', 'x-ratelimit-remaining',
+    'x-ratelimit-reset', 'cache-control', 'content-security-policy'];
+const RATE_LIMIT_HEADERS = ['x-ratelimit-limit', 'x-ratelimit-remaining',
+    'x-ratelimit-reset'];
+
 function checkHeaders(declared, headers, errors, where) {
+    const names = Object.keys(declared || {}).map(n => n.toLowerCase());
+    for (const h of GATEWAY_HEADERS) {
+        if (headers[h] !== undefined && !names.includes(h)) {
+            errors.push(`${where}: header ${h} is not in the document`);
+        }
+    }
     for (const [name, h0] of Object.entries(declared || {})) {
         const h = deref(h0);
         const v = headers[name.toLowerCase()];
@@ -232,6 +252,10 @@ function checkResponse(x, seen) {
             if (responses[status]) {
                 response = deref(responses[status]);
                 seen.add(`${opKey} ${status}`);
+                const code = errorCode(x.body);
+                if (code) {
+                    seen.add(`${opKey} ${status} ${code}`);
+                }
             } else if (responses.default && DEFAULT_CODES[status]) {
                 response = deref(responses.default);
             } else {
@@ -250,6 +274,38 @@ function checkResponse(x, seen) {
                      errors);
 }
 
+// the code of an error envelope, if the body is one
+function errorCode(body) {
+    try {
+        const j = JSON.parse(body);
+        return j && j.error && typeof j.error.code === 'string'
+            ? j.error.code : null;
+    } catch (e) {
+        return null;
+    }
+}
+
+// the error codes a response's schema names: error.code's const, in each
+// branch of a oneOf
+function codesOf(schema) {
+    // one $ref at a time: a $ref with siblings (an envelope narrowed) is
+    // read as it is
+    while (schema && schema.$ref && !schema.properties && !schema.oneOf) {
+        schema = schema.$ref.replace(/^#\//, '').split('/')
+            .reduce((n, p) => n && n[p], doc);
+    }
+    if (!schema) {
+        return [];
+    }
+    if (schema.oneOf) {
+        return schema.oneOf.flatMap(codesOf);
+    }
+    const code = schema.properties && schema.properties.error
+        && schema.properties.error.properties
+        && schema.properties.error.properties.code;
+    return code && code.const ? [code.const] : [];
+}
+
 // the answer's headers and body against the response of the document
 function checkBody(x, url, status, response, isHead, found, opMethod,
                    errors) {
@@ -258,15 +314,37 @@ function checkBody(x, url, status, response, isHead, found, opMethod,
     const where = `${x.method} ${url.pathname} ${status}`;
     checkHeaders(response.headers, headers, errors, where);
 
+    if (x.rate_limited && status !== '401') {
+        for (const h of RATE_LIMIT_HEADERS) {
+            if (headers[h] === undefined) {
+                errors.push(`${where}: header ${h} is missing (rate limits`
+                            + ' are on, and a key authenticated the request)');
+            }
+        }
+    }
+
     if (isHead) {
         return errors;
     }
 
-    const media = response.content && response.content['application/json'];
+    const content = response.content || {};
+    const media = content['application/json'];
     if (!media) {
-        if (x.body && x.body.length) {
-            errors.push(`${where}: a body the document does not describe`);
+        const types = Object.keys(content);
+        if (types.length === 0) {
+            if (x.body && x.body.length) {
+                errors.push(`${where}: a body the document does not describe`);
+            }
+            return errors;
         }
+        // another media type: the Content-Type, and the text's schema
+        const type = (headers['content-type'] || '').split(';')[0].trim();
+        if (!types.includes(type)) {
+            errors.push(`${where}: Content-Type ${headers['content-type']},`
+                        + ` the document says ${types.join(', ')}`);
+            return errors;
+        }
+        check(content[type].schema, x.body || '', `${where} body`, errors);
         return errors;
     }
 
@@ -407,13 +485,20 @@ for (const [template, item] of Object.entries(doc.paths)) {
         if (!item[m]) {
             continue;
         }
-        for (const status of Object.keys(item[m].responses)) {
+        for (const [status, r] of Object.entries(item[m].responses)) {
             if (status === 'default') {
                 continue;
             }
             const key = `${m.toUpperCase()} ${template} ${status}`;
             if (!seen.has(key)) {
                 missing.push(key);
+                continue;
+            }
+            const media = (deref(r).content || {})['application/json'];
+            for (const code of media ? codesOf(media.schema) : []) {
+                if (!seen.has(`${key} ${code}`)) {
+                    missing.push(`${key} ${code}`);
+                }
             }
         }
     }
