@@ -67,6 +67,7 @@
 
 
 static void mr_pg_ready(mr_pg_conn_t *pc);
+static ngx_uint_t mr_pg_writer_unreachable(void);
 static void mr_pg_commit_handler(ngx_event_t *ev);
 static void mr_pg_batch_start(void);
 static void mr_pg_batch_load(mr_pg_batch_t *b);
@@ -310,9 +311,23 @@ mr_store_pg_submit(mr_store_op_t *op)
 
     mr_pg_hold();
 
-    if (!st->busy && !st->commit_ev.posted) {
+    /*
+     * failed on the next turn of the loop when the server is known to be
+     * unreachable, even while a batch waits for it (one whose COMMIT's
+     * outcome is looked up)
+     */
+
+    if ((!st->busy || mr_pg_writer_unreachable()) && !st->commit_ev.posted) {
         ngx_post_event(&st->commit_ev, &ngx_posted_events);
     }
+}
+
+
+static ngx_uint_t
+mr_pg_writer_unreachable(void)
+{
+    return mr_pg_store.writer->state != MR_PG_READY
+           && mr_pg_store.writer->unreachable;
 }
 
 
@@ -323,7 +338,16 @@ mr_pg_commit_handler(ngx_event_t *ev)
 
     st = &mr_pg_store;
 
-    if (st->busy || ngx_queue_empty(&st->ops) || st->exiting) {
+    if (ngx_queue_empty(&st->ops) || st->exiting) {
+        return;
+    }
+
+    if (mr_pg_writer_unreachable()) {
+        mr_pg_fail_ops(0);
+        return;
+    }
+
+    if (st->busy) {
         return;
     }
 

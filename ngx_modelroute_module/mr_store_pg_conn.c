@@ -120,12 +120,15 @@ mr_pg_conn_connect(mr_pg_conn_t *pc)
         return;
     }
 
+    pc->state = MR_PG_CONNECTING;
+
     if (PQstatus(pc->pg) == CONNECTION_BAD) {
+
+        /* refused at once (no server on a unix socket): unreachable */
+
         mr_pg_conn_lost(pc, PQerrorMessage(pc->pg));
         return;
     }
-
-    pc->state = MR_PG_CONNECTING;
 
     if (pc->timeout_ev.timer_set) {
         ngx_del_timer(&pc->timeout_ev);

@@ -127,9 +127,12 @@ for my $mode ('fast', 'immediate') {
     my $t0 = time;
     $r = $t->get_exec($acc->{key}, $before->{json}{id});
     is($r->{status}, 503, 'stop: a read gets 503');
+    my $t1 = time;
     $r = $t->req(GET => '/health');
     is($r->{status}, 503, 'stop: the health answer is 503');
-    cmp_ok(time - $t0, '<', 3, 'stop: ... at once, not after a timeout');
+    cmp_ok(time - $t0, '<', 3, 'stop: ... at once, not after a timeout')
+        or diag sprintf 'the read took %.3f s, the health answer %.3f s',
+            $t1 - $t0, time - $t1;
 
     # still 503 thirty seconds on
     my @codes;
@@ -148,7 +151,7 @@ for my $mode ('fast', 'immediate') {
         0.2), 'start: the health answer is 200 again');
     my $v = $t->verify($acc->{org});
     ok($v->{ok}, 'start: verify ok') or diag explain $v;
-    is($v->{executions}, 3, 'start: nothing half-applied: the 503s made '
+    is($v->{executions}, 2, 'start: nothing half-applied: the 503s made '
         . 'nothing');
 }
 

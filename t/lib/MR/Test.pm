@@ -488,6 +488,9 @@ sub kill_workers {
     $sig //= 'KILL';
     @pids = $self->worker_pids unless @pids;
     $self->note_killed($sig, @pids);
+    # all at once: stopped first, so that none sees another one die (its
+    # connections close) and acts on it before its own signal arrives
+    kill 'STOP', @pids if @pids > 1 && ($sig eq 'KILL' || $sig eq '9');
     kill $sig, @pids;
     return @pids;
 }
