@@ -12,6 +12,8 @@
 #   ./build.sh pg-migrate CONNINFO
 #                           apply the PostgreSQL store's migrations (sql/)
 #   ./build.sh bench        build, then run the benchmarks in bench/
+#   ./build.sh bench-pg     build, then bench/pg.sh: both stores side by
+#                           side, on a private PostgreSQL cluster
 #   ./build.sh deb          build the Debian package (build/*.deb), lintian
 #   ./build.sh test-package build the package, then install, use and purge
 #                           it on this machine (root; xt/package.t)
@@ -236,7 +238,10 @@ case "$cmd" in
            "$top/bench/webhooks.sh" "$module" || rc=1
            "$top/bench/dispatch.sh" "$module" || rc=1
            exit $rc ;;
-    *)     echo "usage: $0 [build|run|test|test-pg|pg-migrate CONNINFO|bench|"\
+    bench-pg)
+           install_deps; build
+           exec "$top/bench/pg.sh" "$module" ;;
+    *)     echo "usage: $0 [build|run|test|test-pg|pg-migrate CONNINFO|bench|bench-pg|"\
                 "deb|test-package|compile|build-sanitize|test-sanitize]" >&2
            exit 2 ;;
 esac

@@ -1094,7 +1094,8 @@ mr_http_wait_done(mr_store_waiter_t *w)
         }
 
     } else {
-        ngx_http_finalize_request(r, ngx_http_modelroute_handler(r));
+        /* the location's handler: the API's, or metrics' and health's */
+        ngx_http_finalize_request(r, r->content_handler(r));
     }
 
     ngx_http_run_posted_requests(c);

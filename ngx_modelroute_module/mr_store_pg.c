@@ -53,6 +53,7 @@
 
 #include "ngx_http_modelroute_module.h"
 #include "mr_store.h"
+#include "mr_store_ops.h"
 #include "mr_rules.h"
 #include "mr_metrics.h"
 #include "mr_store_pg.h"
@@ -77,7 +78,15 @@ static void mr_pg_batch_commit_done(mr_pg_req_t *req);
 static void mr_pg_batch_resolve(mr_pg_batch_t *b);
 static void mr_pg_batch_resolve_done(mr_pg_req_t *req);
 static void mr_pg_batch_failed(mr_pg_batch_t *b, mr_pg_req_t *req);
-static void mr_pg_batch_again(mr_pg_batch_t *b, ngx_uint_t alone);
+static void mr_pg_batch_again(mr_pg_batch_t *b, ngx_uint_t how);
+static ngx_uint_t mr_pg_batch_creates(mr_pg_batch_t *b);
+
+/* how a batch's operations are made again (mr_pg_batch_again()) */
+#define MR_PG_AGAIN          0        /* as they were */
+#define MR_PG_AGAIN_ALONE    1        /* each alone */
+#define MR_PG_AGAIN_LOCKED   2        /* creates: their accounts locked
+                                         first */
+#define MR_PG_AGAIN_RETRY    3        /* counted: alone after a few */
 static void mr_pg_batch_finish(mr_pg_batch_t *b, ngx_uint_t result);
 static void mr_pg_batch_end(mr_pg_batch_t *b);
 static void mr_pg_rollback(mr_pg_conn_t *pc);
@@ -445,6 +454,7 @@ mr_pg_batch_start(void)
     }
 
     b->rows->node = st->node;
+    b->rows->deltas = (kind == MR_PG_B_OPS && mr_pg_batch_creates(b));
 
     st->busy = 1;
 
@@ -456,6 +466,49 @@ mr_pg_batch_start(void)
     }
 
     mr_pg_batch_load(b);
+}
+
+
+/*
+ * Whether the batch is of creates only, made for the first time: they
+ * read their accounts without a lock and change them by deltas at the
+ * end (MR_SQL_W_ACCOUNTS_DELTA), so that a busy account is locked by one
+ * batch at a time only for its last round trip and its COMMIT, not for
+ * the whole batch.  A create's decisions (its hold within the balance,
+ * the account's limits) are checked again there; if an account no longer
+ * allows them, the batch is made again with its accounts locked first.
+ */
+
+static ngx_uint_t
+mr_pg_batch_creates(mr_pg_batch_t *b)
+{
+    ngx_uint_t      n;
+    ngx_queue_t    *q;
+    mr_store_op_t  *op;
+
+    n = 0;
+
+    for (q = ngx_queue_head(&b->ops);
+         q != ngx_queue_sentinel(&b->ops);
+         q = ngx_queue_next(q))
+    {
+        op = ngx_queue_data(q, mr_store_op_t, queue);
+
+        if (op->tries) {
+            return 0;
+        }
+
+        if (op->type == MR_OP_EXEC_CREATE) {
+            n++;
+            continue;
+        }
+
+        if (op->type != MR_OP_OPS || op->ops.kind != MR_STORE_OPS_HEARTBEAT) {
+            return 0;
+        }
+    }
+
+    return n > 0;
 }
 
 
@@ -607,7 +660,7 @@ mr_pg_batch_load_done(mr_pg_req_t *req)
             return;
         }
 
-        mr_pg_batch_again(b, 1);
+        mr_pg_batch_again(b, MR_PG_AGAIN_ALONE);
         return;
     }
 
@@ -811,6 +864,24 @@ mr_pg_batch_failed(mr_pg_batch_t *b, mr_pg_req_t *req)
 
     state = req->sqlstate;
 
+    if (b->rows && b->rows->deltas && ngx_strcmp(state, "MR001") == 0) {
+
+        /*
+         * a batch of creates that an account no longer allows (another
+         * batch took its balance or its room since it was read): made
+         * again, its accounts locked first
+         */
+
+        ngx_log_debug1(NGX_LOG_DEBUG_HTTP, mr_pg_store.log, 0,
+                       "modelroute_store: PostgreSQL: a batch of %ui "
+                       "creates is made again, locked", b->n);
+
+        mr_pg_req_free(req);
+        mr_pg_rollback(mr_pg_store.writer);
+        mr_pg_batch_again(b, MR_PG_AGAIN_LOCKED);
+        return;
+    }
+
     retry = (ngx_strcmp(state, "40P01") == 0          /* deadlock */
              || ngx_strcmp(state, "40001") == 0       /* serialization */
              || ngx_strcmp(state, "55P03") == 0);     /* lock not available */
@@ -830,7 +901,7 @@ mr_pg_batch_failed(mr_pg_batch_t *b, mr_pg_req_t *req)
 
     if (retry && b->tries < MR_PG_RETRIES) {
         b->tries++;
-        mr_pg_batch_again(b, 0);
+        mr_pg_batch_again(b, MR_PG_AGAIN_RETRY);
         return;
     }
 
@@ -847,17 +918,17 @@ mr_pg_batch_failed(mr_pg_batch_t *b, mr_pg_req_t *req)
         return;
     }
 
-    mr_pg_batch_again(b, 1);
+    mr_pg_batch_again(b, MR_PG_AGAIN_ALONE);
 }
 
 
 /*
  * The batch's operations go back to the head of the queue, to be made
- * again (alone: each in a batch of its own); what waited too long fails
+ * again (how: MR_PG_AGAIN*); what waited too long fails
  */
 
 static void
-mr_pg_batch_again(mr_pg_batch_t *b, ngx_uint_t alone)
+mr_pg_batch_again(mr_pg_batch_t *b, ngx_uint_t how)
 {
     ngx_queue_t    *q;
     mr_pg_store_t  *st;
@@ -872,8 +943,19 @@ mr_pg_batch_again(mr_pg_batch_t *b, ngx_uint_t alone)
         op = ngx_queue_data(q, mr_store_op_t, queue);
         mr_pg_op_reset(op);
 
-        if (alone) {
+        switch (how) {
+
+        case MR_PG_AGAIN_ALONE:
             op->tries = MR_PG_RETRIES;
+            break;
+
+        case MR_PG_AGAIN_LOCKED:
+            op->tries = ngx_max(op->tries, 1);
+            break;
+
+        case MR_PG_AGAIN_RETRY:
+            op->tries = ngx_min(op->tries + 1, MR_PG_RETRIES);
+            break;
         }
 
         ngx_queue_insert_head(&st->ops, q);

@@ -495,7 +495,16 @@ mr_pg_ops_load(mr_pg_batch_t *b, mr_pg_req_t *req)
         return NGX_OK;                /* heartbeats only */
     }
 
-    if (mr_pg_load_send(b, req, MR_SQL_LOCK_ACCOUNTS, 5, v) != NGX_OK) {
+    if (b->rows->deltas) {
+
+        /* creates only: their accounts are locked at the end */
+
+        if (mr_pg_load_send(b, req, MR_SQL_ACCOUNTS_SNAP, 1, v) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+    } else if (mr_pg_load_send(b, req, MR_SQL_LOCK_ACCOUNTS, 5, v) != NGX_OK)
+    {
         return NGX_ERROR;
     }
 
@@ -606,6 +615,7 @@ mr_pg_loads_parse(mr_pg_batch_t *b, mr_pg_req_t *req)
         switch (b->loads[i]) {
 
         case MR_SQL_LOCK_ACCOUNTS:
+        case MR_SQL_ACCOUNTS_SNAP:
             rc = mr_pg_rows_accounts(rs, res);
             break;
 

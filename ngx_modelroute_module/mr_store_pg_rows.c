@@ -19,6 +19,10 @@ static mr_pg_ent_t *mr_pg_find(mr_pg_rows_t *rs, ngx_uint_t kind,
 static ngx_int_t mr_pg_rows_write_execs(mr_pg_rows_t *rs, mr_pg_req_t *req);
 static ngx_int_t mr_pg_rows_write_accounts(mr_pg_rows_t *rs,
     mr_pg_req_t *req);
+static ngx_int_t mr_pg_rows_write_idem_cas(mr_pg_rows_t *rs,
+    mr_pg_req_t *req);
+static ngx_int_t mr_pg_rows_write_deltas(mr_pg_rows_t *rs,
+    mr_pg_req_t *req, mr_pg_buf_t *b, ngx_uint_t n);
 static ngx_int_t mr_pg_rows_write_idem(mr_pg_rows_t *rs, mr_pg_req_t *req);
 static ngx_int_t mr_pg_rows_write_keys(mr_pg_rows_t *rs, mr_pg_req_t *req);
 static ngx_int_t mr_pg_rows_write_routes(mr_pg_rows_t *rs,
@@ -468,6 +472,8 @@ mr_pg_rows_accounts(mr_pg_rows_t *rs, PGresult *res)
         }
 
         e->found = 1;
+        e->acct_read = e->acct.rec;
+        ngx_memcpy(e->used_read, e->quota.used, sizeof(e->used_read));
     }
 
     return NGX_OK;
@@ -548,6 +554,8 @@ mr_pg_rows_idem(mr_pg_rows_t *rs, PGresult *res)
 
         e->value = mr_pg_get_int(res, i, 3);
         e->found = 1;
+        e->live = 1;                  /* in the database */
+        ngx_memcpy(e->exec_id_read, e->exec_id, MR_EXEC_ID_LEN);
 
         if (!PQgetisnull(res, i, 4)) {
             if (mr_pg_rows_exec_at(rs, res, i, 4) != NGX_OK) {
@@ -746,14 +754,44 @@ mr_pg_rows_events(mr_pg_rows_t *rs, PGresult *res)
 ngx_uint_t
 mr_pg_rows_writes(mr_pg_rows_t *rs)
 {
-    return 12 + 6;                    /* at most: see mr_pg_rows_write() */
+    ngx_uint_t    n;
+    mr_pg_ent_t  *e;
+
+    /*
+     * at most: see mr_pg_rows_write(); a new account is a statement of
+     * its own, a batch of creates locks its accounts first
+     */
+
+    n = 12 + 6 + 2 * rs->deltas;
+
+    for (e = rs->head[MR_PG_ACCT]; e; e = e->all) {
+        n += (e->dirty && e->fresh);
+    }
+
+    return n;
 }
 
 
 ngx_int_t
 mr_pg_rows_write(mr_pg_rows_t *rs, mr_pg_req_t *req)
 {
-    /* the order of the locks: accounts, executions, routes, deliveries */
+    /*
+     * the order of the locks: accounts, executions, routes, deliveries;
+     * a batch of creates only inserts, and locks its accounts last, so
+     * that it holds them for as short a time as it can (their deltas,
+     * then the COMMIT)
+     */
+
+    if (rs->deltas) {
+        if (mr_pg_rows_write_execs(rs, req) != NGX_OK
+            || mr_pg_rows_write_idem(rs, req) != NGX_OK
+            || mr_pg_rows_write_accounts(rs, req) != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        return NGX_OK;
+    }
 
     if (mr_pg_rows_write_accounts(rs, req) != NGX_OK
         || mr_pg_rows_write_execs(rs, req) != NGX_OK
@@ -946,6 +984,24 @@ mr_pg_rows_write_accounts(mr_pg_rows_t *rs, mr_pg_req_t *req)
         n++;
 
         mr_pg_buf_str(&b[0], e->acct.id, MR_ORG_ID_LEN);
+
+        if (rs->deltas) {
+
+            /* what the batch added (mr_pg_rows_write_deltas()) */
+
+            mr_pg_buf_int(&b[1], r->balance - e->acct_read.balance);
+            mr_pg_buf_int(&b[2], r->held - e->acct_read.held);
+            mr_pg_buf_int(&b[3], r->credited - e->acct_read.credited);
+            mr_pg_buf_int(&b[4], r->debited - e->acct_read.debited);
+            mr_pg_buf_int(&b[5], r->charged - e->acct_read.charged);
+
+            for (i = 0; i < MR_LIMIT_N; i++) {
+                mr_pg_buf_int(&b[6 + i], e->quota.used[i] - e->used_read[i]);
+            }
+
+            continue;
+        }
+
         mr_pg_buf_int(&b[1], r->balance);
         mr_pg_buf_int(&b[2], r->held);
         mr_pg_buf_int(&b[3], r->credited);
@@ -964,7 +1020,54 @@ mr_pg_rows_write_accounts(mr_pg_rows_t *rs, mr_pg_req_t *req)
         return NGX_OK;
     }
 
+    if (rs->deltas) {
+        return mr_pg_rows_write_deltas(rs, req, b, n);
+    }
+
     return mr_pg_send_arrays(req, MR_SQL_W_ACCOUNTS, b, 15);
+}
+
+
+/*
+ * A batch of creates, whose accounts were read without a lock: they are
+ * locked now, in order, and changed by what the batch added, if they
+ * still allow it (MR_SQL_W_ACCOUNTS_DELTA)
+ */
+
+static ngx_int_t
+mr_pg_rows_write_deltas(mr_pg_rows_t *rs, mr_pg_req_t *req, mr_pg_buf_t *b,
+    ngx_uint_t n)
+{
+    ngx_uint_t       i;
+    const char      *v[15];
+    mr_main_conf_t  *mcf;
+
+    mcf = mr_pg_main_conf();
+
+    for (i = 0; i < 10; i++) {
+        v[i] = mr_pg_buf_end(&b[i]);
+        if (v[i] == NULL) {
+            return NGX_ERROR;
+        }
+    }
+
+    for (i = 0; i < MR_LIMIT_N; i++) {
+        v[10 + i] = mr_pg_int(rs->pool, mcf->account_limits[i]);
+    }
+
+    v[14] = mr_pg_int(rs->pool, (int64_t) n);
+
+    for (i = 10; i < 15; i++) {
+        if (v[i] == NULL) {
+            return NGX_ERROR;
+        }
+    }
+
+    if (mr_pg_send(req, MR_SQL_LOCK_ACCOUNT_IDS, 1, v, NULL) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    return mr_pg_send(req, MR_SQL_W_ACCOUNTS_DELTA, 15, v, NULL);
 }
 
 
@@ -1008,7 +1111,73 @@ mr_pg_rows_write_idem(mr_pg_rows_t *rs, mr_pg_req_t *req)
         return NGX_OK;
     }
 
+    if (rs->deltas) {
+        return mr_pg_rows_write_idem_cas(rs, req);
+    }
+
     return mr_pg_send_arrays(req, MR_SQL_W_IDEM, b, 4);
+}
+
+
+/*
+ * A batch of creates, which did not lock its accounts: its keys only if
+ * no other batch took them meanwhile (MR_SQL_W_IDEM_NEW, _SWAP)
+ */
+
+static ngx_int_t
+mr_pg_rows_write_idem_cas(mr_pg_rows_t *rs, mr_pg_req_t *req)
+{
+    ngx_uint_t    n[2], i, k;
+    mr_pg_ent_t  *e;
+    const char   *v[6];
+    mr_pg_buf_t   b[2][5];
+
+    mr_pg_bufs_init(b[0], 5, rs->pool);
+    mr_pg_bufs_init(b[1], 5, rs->pool);
+    n[0] = 0;
+    n[1] = 0;
+
+    for (e = rs->head[MR_PG_IDEM]; e; e = e->all) {
+        if (!e->dirty || e->deleted) {
+            continue;
+        }
+
+        k = e->live;                  /* 1: it was in the database */
+        n[k]++;
+
+        mr_pg_buf_str(&b[k][0], e->org, MR_ORG_ID_LEN);
+        mr_pg_buf_str(&b[k][1], e->str.data, e->str.len);
+        mr_pg_buf_str(&b[k][2], e->exec_id, MR_EXEC_ID_LEN);
+        mr_pg_buf_int(&b[k][3], e->value);
+        mr_pg_buf_str(&b[k][4], e->exec_id_read, MR_EXEC_ID_LEN);
+    }
+
+    for (k = 0; k < 2; k++) {
+        if (n[k] == 0) {
+            continue;
+        }
+
+        for (i = 0; i < 4u + k; i++) {
+            v[i] = mr_pg_buf_end(&b[k][i]);
+            if (v[i] == NULL) {
+                return NGX_ERROR;
+            }
+        }
+
+        v[4 + k] = mr_pg_int(rs->pool, (int64_t) n[k]);
+        if (v[4 + k] == NULL) {
+            return NGX_ERROR;
+        }
+
+        if (mr_pg_send(req, k ? MR_SQL_W_IDEM_SWAP : MR_SQL_W_IDEM_NEW,
+                       (int) (5 + k), v, NULL)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
 }
 
 

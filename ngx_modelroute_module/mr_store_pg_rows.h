@@ -51,6 +51,8 @@ struct mr_pg_ent_s {
     mr_account_t              acct;          /* MR_PG_ACCT */
     mr_quota_t                quota;
     int64_t                   rl;            /* -1: none */
+    mr_account_rec_t          acct_read;     /* as loaded: the deltas of */
+    int64_t                   used_read[MR_LIMIT_N];  /* a batch of creates */
 
     mr_exec_t                 exec;          /* MR_PG_EXEC, and the
                                                 execution of MR_PG_IDEM */
@@ -63,6 +65,7 @@ struct mr_pg_ent_s {
     ngx_str_t                 str;           /* IDEM: the key; REF: the
                                                 reference; EVENT: body */
     u_char                    exec_id[MR_EXEC_ID_LEN];  /* IDEM */
+    u_char                    exec_id_read[MR_EXEC_ID_LEN];  /* as loaded */
     int64_t                   value;         /* IDEM: created; REF: amount */
 
     mr_key_t                  k;             /* MR_PG_KEY */
@@ -85,6 +88,8 @@ typedef struct {
     mr_pg_ent_t              *tail[MR_PG_NKINDS];
     ngx_uint_t                count[MR_PG_NKINDS];
     ngx_str_t                 node;          /* leases name it */
+    unsigned                  deltas:1;      /* accounts read unlocked:
+                                                written as deltas */
 } mr_pg_rows_t;
 
 

@@ -480,6 +480,73 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
      * outcome after a lost connection waits for the end */
     { "mr_batch_lock",
       "SELECT pg_advisory_xact_lock($1::bigint)" },
+
+    /*
+     * A batch of creates reads its accounts without a lock, and changes
+     * them by what its operations added, in its last round trip: the
+     * accounts are locked there (in order), for as long as the COMMIT
+     * takes.  Each account must still allow what the rules allowed on
+     * the rows read (the holds within the balance, the use within the
+     * limits: $11..$14 are the defaults of the limits, $15 the number of
+     * accounts): else the statement fails (mr_conflict(), SQLSTATE
+     * MR001), the batch is rolled back and made again with its accounts
+     * locked first.
+     */
+
+    { "mr_accounts_snap",
+      "SELECT " MR_ACCT_COLS " FROM mr_accounts "
+      "WHERE org = ANY($1::text[])" },
+
+    { "mr_lock_account_ids",
+      "SELECT org FROM mr_accounts WHERE org = ANY($1::text[]) "
+      "ORDER BY org FOR UPDATE" },
+
+    { "mr_w_accounts_delta",
+      "WITH d AS (UPDATE mr_accounts a SET balance = a.balance + u.db, "
+      "held = a.held + u.dh, credited = a.credited + u.dc, "
+      "debited = a.debited + u.dd, charged = a.charged + u.dg, "
+      "used_bytes = a.used_bytes + u.ub, "
+      "used_executions = a.used_executions + u.ue, "
+      "used_endpoints = a.used_endpoints + u.uw, "
+      "used_keys = a.used_keys + u.uk "
+      "FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], "
+      "$5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[], "
+      "$9::bigint[], $10::bigint[]) "
+      "AS u(org, db, dh, dc, dd, dg, ub, ue, uw, uk) "
+      "WHERE a.org = u.org "
+      "AND (u.dh <= u.db OR a.held + u.dh <= a.balance + u.db) "
+      "AND (u.ub <= 0 OR a.used_bytes + u.ub <= CASE WHEN a.limit_bytes >= 0 "
+      "THEN a.limit_bytes ELSE $11::bigint END) "
+      "AND (u.ue <= 0 OR a.used_executions + u.ue <= "
+      "CASE WHEN a.limit_executions >= 0 THEN a.limit_executions "
+      "ELSE $12::bigint END) "
+      "AND (u.uw <= 0 OR a.used_endpoints + u.uw <= "
+      "CASE WHEN a.limit_endpoints >= 0 THEN a.limit_endpoints "
+      "ELSE $13::bigint END) "
+      "AND (u.uk <= 0 OR a.used_keys + u.uk <= "
+      "CASE WHEN a.limit_keys >= 0 THEN a.limit_keys ELSE $14::bigint END) "
+      "RETURNING 1) "
+      "SELECT mr_conflict(count(*) = $15::bigint) FROM d" },
+
+    /*
+     * its idempotency keys: new ones inserted if no other batch did
+     * meanwhile, and the ones of purged executions taken over if they
+     * still name them ($5, $6: how many); else mr_conflict() fails, and
+     * the batch is made again, locked (it then replays the other's)
+     */
+
+    { "mr_w_idem_new",
+      "WITH w AS (INSERT INTO mr_idem (org, key, exec_id, created_ms) "
+      "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], "
+      "$4::bigint[]) ON CONFLICT (org, key) DO NOTHING RETURNING 1) "
+      "SELECT mr_conflict(count(*) = $5::bigint) FROM w" },
+
+    { "mr_w_idem_swap",
+      "WITH w AS (UPDATE mr_idem i SET exec_id = u.e, created_ms = u.c "
+      "FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], "
+      "$5::text[]) AS u(o, k, e, c, p) "
+      "WHERE i.org = u.o AND i.key = u.k AND i.exec_id = u.p RETURNING 1) "
+      "SELECT mr_conflict(count(*) = $6::bigint) FROM w" },
 };
 
 

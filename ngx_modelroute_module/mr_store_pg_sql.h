@@ -88,7 +88,14 @@
 
 #define MR_SQL_BATCH_LOCK       68
 
-#define MR_SQL_N                69
+/* ---- batches of creates: the accounts read, then changed by deltas */
+#define MR_SQL_ACCOUNTS_SNAP    69
+#define MR_SQL_LOCK_ACCOUNT_IDS 70
+#define MR_SQL_W_ACCOUNTS_DELTA 71
+#define MR_SQL_W_IDEM_NEW       72
+#define MR_SQL_W_IDEM_SWAP      73
+
+#define MR_SQL_N                74
 
 
 /* the columns of a row, by position */

@@ -12,6 +12,26 @@
 -- hold what they decide, and the indexes below are what the store looks
 -- up by.
 
+-- A batch of creates reads its accounts without a lock and changes them
+-- by deltas at its end, if they still allow it (mr_store_pg_sql.c); when
+-- one does not (another batch took the balance or the room meanwhile, or
+-- the same idempotency key), its statement fails here, the transaction
+-- is rolled back and the module makes the batch again with its accounts
+-- locked first.  The server logs that ERROR; it is expected under
+-- contention and needs nothing done.
+CREATE FUNCTION mr_conflict(ok boolean) RETURNS integer
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT ok THEN
+        RAISE EXCEPTION USING ERRCODE = 'MR001',
+            MESSAGE = 'modelroute: a batch of creates lost a race for an '
+                      'account or an idempotency key; the module makes it '
+                      'again (nothing to do)';
+    END IF;
+    RETURN 1;
+END
+$$;
+
 CREATE TABLE mr_meta (
     name            text PRIMARY KEY,
     value           bytea NOT NULL

@@ -3,7 +3,7 @@
 # webhook sender running; GET only; 503 with the reason when a worker's
 # event loop stops (SIGSTOP) and 200 again when it goes on; 503 "full"
 # when the store refuses new work, 200 again after a larger map and a
-# reload (LMDB: a PostgreSQL store has no map; its faults are t/48's).
+# reload (LMDB: a PostgreSQL store has no map; its faults are t/71's).
 use strict;
 use warnings;
 use FindBin;
