@@ -581,6 +581,8 @@ struct mr_store_waiter_s {
 
 
 char *mr_store_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+char *mr_store_key_cache_directive(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 ngx_int_t mr_store_check(ngx_cycle_t *cycle, mr_main_conf_t *mcf);
 ngx_int_t mr_store_start(ngx_cycle_t *cycle, mr_main_conf_t *mcf);
 ngx_int_t mr_store_init_process(ngx_cycle_t *cycle, mr_main_conf_t *mcf);

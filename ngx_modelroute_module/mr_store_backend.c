@@ -58,6 +58,46 @@ mr_store_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
+/*
+ * modelroute_key_cache <time> | off: how long a worker may reuse an API
+ * key it read from PostgreSQL (at most 60s); a key revoked or rotated
+ * elsewhere works that long on this worker
+ */
+
+char *
+mr_store_key_cache_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    mr_main_conf_t *mcf = conf;
+
+    ngx_str_t   *value;
+    ngx_msec_t   ms;
+
+    if (mcf->key_cache != NGX_CONF_UNSET_MSEC) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (value[1].len == 3 && ngx_strncmp(value[1].data, "off", 3) == 0) {
+        mcf->key_cache = 0;
+        return NGX_CONF_OK;
+    }
+
+    ms = ngx_parse_time(&value[1], 0);
+
+    if (ms == (ngx_msec_t) NGX_ERROR || ms > 60000) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"modelroute_key_cache\" takes a time up to "
+                           "60s, or off");
+        return NGX_CONF_ERROR;
+    }
+
+    mcf->key_cache = ms;
+
+    return NGX_CONF_OK;
+}
+
+
 /* the master, nginx -t: the store as the workers will see it */
 
 ngx_int_t

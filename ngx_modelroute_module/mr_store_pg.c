@@ -32,6 +32,12 @@
  * PostgreSQL broke) rolls the batch back, and its operations are made
  * again, each alone.
  *
+ * A batch of creates only, made for the first time, reads its accounts
+ * without a lock and changes them at the end by deltas that are checked
+ * there (mr_pg_batch_creates(), MR_SQL_W_ACCOUNTS_DELTA): a busy account
+ * is then held by a batch only for its last round trip and its COMMIT.
+ * If the check fails, the batch is made again, locked.
+ *
  * Faults.  Operations and reads wait for PostgreSQL at most
  * modelroute_store_timeout, and not at all once it is known to be
  * unreachable (a connection attempt failed): they then get MR_R_UNAVAILABLE
@@ -211,6 +217,10 @@ mr_store_pg_init_process(ngx_cycle_t *cycle, mr_main_conf_t *mcf)
 
     st->writer = st->conns[0];
 
+    if (mr_pg_keys_init(cycle) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     for (i = 0; i < st->nconns; i++) {
         mr_pg_conn_connect(st->conns[i]);
     }
@@ -255,6 +265,8 @@ mr_store_pg_exit_process(ngx_cycle_t *cycle)
     }
 
     st->conns = NULL;
+
+    mr_pg_keys_free();
 }
 
 
@@ -1043,6 +1055,15 @@ mr_pg_batch_finish(mr_pg_batch_t *b, ngx_uint_t result)
             ready = 1;
         }
 
+        /* what this worker changed of keys is not taken from its cache */
+
+        if (op->type == MR_OP_KEY_REVOKE || op->type == MR_OP_KEY_ROTATE
+            || (op->type == MR_OP_OPS
+                && op->ops.kind != MR_STORE_OPS_HEARTBEAT))
+        {
+            mr_pg_keys_forget();
+        }
+
         mr_metrics_op_done(op);
 
         op->handler(op);
@@ -1328,6 +1349,12 @@ mr_store_pg_read(mr_store_read_t *rd)
         return NGX_OK;
     }
 
+    /* a key this worker read a moment ago (modelroute_key_cache) */
+
+    if (rd->type == MR_READ_AUTH && mr_pg_keys_cached(rd) == NGX_OK) {
+        return NGX_OK;
+    }
+
     if (mr_pg_reader() == NULL) {
         if (mr_pg_readers_unreachable()) {
             rd->rc = NGX_BUSY;
@@ -1473,6 +1500,10 @@ mr_pg_read_done(mr_pg_req_t *req)
     rd->rc = mr_pg_read_parse(rd, req);
 
     mr_pg_req_free(req);
+
+    if (rd->type == MR_READ_AUTH && rd->rc == NGX_OK) {
+        mr_pg_keys_keep(rd);
+    }
 
     mr_pg_read_answer(rd, rd->rc);
 }

@@ -119,5 +119,12 @@ ngx_uint_t mr_pg_read_expired(mr_store_read_t *rd, int64_t now);
 void mr_pg_read_answer(mr_store_read_t *rd, ngx_int_t rc);
 const char *mr_pg_read_name(mr_store_read_t *rd);
 
+/* the API keys this worker read (modelroute_key_cache) */
+ngx_int_t mr_pg_keys_init(ngx_cycle_t *cycle);
+void mr_pg_keys_free(void);
+ngx_int_t mr_pg_keys_cached(mr_store_read_t *rd);
+void mr_pg_keys_keep(mr_store_read_t *rd);
+void mr_pg_keys_forget(void);
+
 
 #endif /* _MR_STORE_PG_OPS_H_INCLUDED_ */

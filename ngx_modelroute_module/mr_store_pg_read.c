@@ -782,3 +782,119 @@ mr_pg_read_failed(mr_store_read_t *rd, PGresult *res)
 
     return NGX_OK;
 }
+
+
+/*
+ * ---- the API keys this worker read (modelroute_key_cache): answers to
+ * MR_READ_AUTH reused for a while, so that a request with a known key
+ * needs no read; a key revoked or rotated, or a rate limit changed, by
+ * another worker or node is seen when its entry ends.  Direct-mapped by
+ * the key's hash (SHA-256: its bytes are spread).
+ */
+
+#define MR_PG_KEYS_CACHED    4096
+
+typedef struct {
+    mr_key_rec_t              rec;
+    uint64_t                  rl_value;
+    ngx_msec_t                until;
+    unsigned                  rl_own:1;
+    unsigned                  used:1;
+} mr_pg_kc_t;
+
+
+static mr_pg_kc_t  *mr_pg_kc;
+
+
+ngx_int_t
+mr_pg_keys_init(ngx_cycle_t *cycle)
+{
+    if (mr_pg_main_conf()->key_cache == 0) {
+        return NGX_OK;
+    }
+
+    mr_pg_kc = ngx_calloc(MR_PG_KEYS_CACHED * sizeof(mr_pg_kc_t),
+                          cycle->log);
+
+    return (mr_pg_kc == NULL) ? NGX_ERROR : NGX_OK;
+}
+
+
+void
+mr_pg_keys_free(void)
+{
+    if (mr_pg_kc) {
+        ngx_free(mr_pg_kc);
+        mr_pg_kc = NULL;
+    }
+}
+
+
+static mr_pg_kc_t *
+mr_pg_keys_slot(u_char *hash)
+{
+    uint32_t  h;
+
+    ngx_memcpy(&h, hash, sizeof(uint32_t));
+
+    return &mr_pg_kc[h % MR_PG_KEYS_CACHED];
+}
+
+
+ngx_int_t
+mr_pg_keys_cached(mr_store_read_t *rd)
+{
+    mr_pg_kc_t  *kc;
+
+    if (mr_pg_kc == NULL) {
+        return NGX_DECLINED;
+    }
+
+    kc = mr_pg_keys_slot(rd->id);
+
+    if (!kc->used
+        || (ngx_msec_int_t) (kc->until - ngx_current_msec) <= 0
+        || ngx_memcmp(kc->rec.hash, rd->id, MR_SHA256_LEN) != 0)
+    {
+        return NGX_DECLINED;
+    }
+
+    ngx_memzero(&rd->key, sizeof(mr_key_t));
+    rd->key.rec = kc->rec;
+    rd->rl_value = kc->rl_value;
+    rd->rl_own = kc->rl_own;
+    rd->rc = NGX_OK;
+
+    return NGX_OK;
+}
+
+
+void
+mr_pg_keys_keep(mr_store_read_t *rd)
+{
+    mr_pg_kc_t  *kc;
+
+    if (mr_pg_kc == NULL
+        || ngx_memcmp(rd->key.rec.hash, rd->id, MR_SHA256_LEN) != 0)
+    {
+        return;
+    }
+
+    kc = mr_pg_keys_slot(rd->id);
+
+    kc->rec = rd->key.rec;
+    kc->rec.name_len = 0;
+    kc->rl_value = rd->rl_value;
+    kc->rl_own = rd->rl_own;
+    kc->until = ngx_current_msec + mr_pg_main_conf()->key_cache;
+    kc->used = 1;
+}
+
+
+void
+mr_pg_keys_forget(void)
+{
+    if (mr_pg_kc) {
+        ngx_memzero(mr_pg_kc, MR_PG_KEYS_CACHED * sizeof(mr_pg_kc_t));
+    }
+}

@@ -100,6 +100,13 @@ static ngx_command_t  ngx_http_modelroute_commands[] = {
       offsetof(mr_main_conf_t, pg_timeout),
       NULL },
 
+    { ngx_string("modelroute_key_cache"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      mr_store_key_cache_directive,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(mr_main_conf_t, key_cache),
+      NULL },
+
     { ngx_string("modelroute_node_dir"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_str_slot,
@@ -427,6 +434,7 @@ ngx_http_modelroute_create_main_conf(ngx_conf_t *cf)
     mcf->pg_connections = NGX_CONF_UNSET_UINT;
     mcf->pg_connect_timeout = NGX_CONF_UNSET_MSEC;
     mcf->pg_timeout = NGX_CONF_UNSET_MSEC;
+    mcf->key_cache = NGX_CONF_UNSET_MSEC;
     mcf->idempotency_ttl = NGX_CONF_UNSET;
     mcf->rotation_grace = NGX_CONF_UNSET;
     mcf->retention = NGX_CONF_UNSET;
@@ -463,6 +471,7 @@ ngx_http_modelroute_init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_conf_init_uint_value(mcf->pg_connections, 2);
     ngx_conf_init_msec_value(mcf->pg_connect_timeout, 5000);
     ngx_conf_init_msec_value(mcf->pg_timeout, 10000);
+    ngx_conf_init_msec_value(mcf->key_cache, 0);
 
     if (mcf->pg_connections < 1 || mcf->pg_connections > 64) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,

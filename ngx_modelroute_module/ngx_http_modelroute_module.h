@@ -76,6 +76,7 @@ typedef struct {
     ngx_uint_t                pg_connections;  /* per worker */
     ngx_msec_t                pg_connect_timeout;
     ngx_msec_t                pg_timeout;
+    ngx_msec_t                key_cache;       /* 0: off */
     size_t                    map_size;
     ngx_uint_t                durability;
     time_t                    idempotency_ttl;

@@ -105,6 +105,52 @@ ok(wait_for(sub {
 ok($t->verify($acc->{org})->{ok}, 'verify ok');
 $t->stop;
 
+# ---- modelroute_key_cache: a worker reuses the keys it read, for a while
+{
+    for my $bad ('61s', 'soon') {
+        my $u = MR::Test->new(store => 'postgres',
+            extra_http => "modelroute_key_cache $bad;\n");
+        my ($rc, $out) = $u->test_config;
+        isnt($rc, 0, "modelroute_key_cache $bad: refused");
+        like($out, qr/"modelroute_key_cache" takes a time up to 60s, or off/,
+            '... saying what it takes');
+    }
+
+    my $k = MR::Test->new(store => 'postgres',
+        extra_http => "modelroute_key_cache 2s;\n");
+    $k->start;
+    my $a = $k->new_account(credit => '5.00');
+    my $b = $k->new_account(credit => '5.00');
+    # both workers read both keys (most likely: 20 requests each)
+    for (1 .. 20) {
+        $k->req(GET => '/v1/balance', auth($_)) for $a->{key}, $b->{key};
+    }
+
+    # revoked through this node: the worker that revoked it forgets it at
+    # once, the other one within the cache's time
+    my $kid = $k->admin(GET => "/accounts/$a->{org}/keys")->{json}{data}[0]{id};
+    is($k->admin(POST => "/keys/$kid/revoke")->{status}, 200, 'a key revoked');
+    my $t0 = time;
+    ok(wait_for(sub { !grep { $k->req(GET => '/v1/balance', auth($a->{key}))
+        ->{status} != 401 } 1 .. 4 }, 10, 0.1),
+        'revoked: refused everywhere');
+    cmp_ok(time - $t0, '<', 2 + 1.5, '... within the cache\'s time');
+
+    # removed behind the workers' backs (another node, say): still
+    # answered from the cache, then refused
+    $k->req(GET => '/v1/balance', auth($b->{key})) for 1 .. 20;
+    $k->psql("DELETE FROM mr_keys WHERE org = '$b->{org}'");
+    $t0 = time;
+    my $first = $k->req(GET => '/v1/balance', auth($b->{key}))->{status};
+    is($first, 200, 'a key removed in the database: still taken (cached)');
+    ok(wait_for(sub { !grep { $k->req(GET => '/v1/balance', auth($b->{key}))
+        ->{status} != 401 } 1 .. 4 }, 10, 0.1),
+        '... then refused');
+    cmp_ok(time - $t0, '<', 2 + 1.5, '... once the cache\'s time is over');
+    $k->stop;
+    $k->check_log;
+}
+
 # ---- the password from a file libpq reads, not from nginx.conf
 {
     my $pass = $t->prefix . '/pgpass';
