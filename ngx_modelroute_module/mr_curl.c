@@ -8,6 +8,13 @@
  * The connection of a socket is never touched after
  * curl_multi_socket_action(): curl may have removed it meanwhile.
  *
+ * libcurl 7.88 closes a socket whose connect it gives up (a timeout, the
+ * loser of "happy eyeballs") before it says CURL_POLL_REMOVE: the kernel
+ * has dropped the socket from epoll with its last descriptor, and the
+ * number may be another socket's by then.  So each watched socket is
+ * known by its inode too, and epoll is told only about the socket nginx
+ * registered (mr_curl_same()).
+ *
  * libcurl never resolves a host name here: its resolver runs in a thread
  * that a transfer which times out, or a worker that exits, waits for.
  * Names are resolved by nginx's resolver and handed over with
@@ -21,6 +28,7 @@
 #include <ngx_event.h>
 
 #include <arpa/inet.h>
+#include <sys/stat.h>
 
 #include "mr_curl.h"
 
@@ -34,9 +42,20 @@ struct mr_curl_req_s {
 };
 
 
+/* a socket nginx watches for libcurl (curl_multi_assign()) */
+
+typedef struct {
+    ngx_connection_t         *c;
+    ino_t                     ino;        /* the socket registered */
+} mr_curl_sock_t;
+
+
 static int mr_curl_socket(CURL *easy, curl_socket_t s, int what, void *userp,
     void *socketp);
 static int mr_curl_timer(CURLM *multi, long timeout_ms, void *userp);
+static mr_curl_sock_t *mr_curl_watch(curl_socket_t s);
+static ngx_uint_t mr_curl_same(mr_curl_sock_t *sk, curl_socket_t s);
+static void mr_curl_forget(ngx_connection_t *c);
 static void mr_curl_event_handler(ngx_event_t *ev);
 static void mr_curl_timer_handler(ngx_event_t *ev);
 static void mr_curl_check(void);
@@ -173,58 +192,56 @@ mr_curl_socket(CURL *easy, curl_socket_t s, int what, void *userp,
     void *socketp)
 {
     ngx_event_t       *rev, *wev;
+    mr_curl_sock_t    *sk;
     ngx_connection_t  *c;
 
-    c = socketp;
+    sk = socketp;
 
     if (what == CURL_POLL_REMOVE) {
-        if (c == NULL) {
+        if (sk == NULL) {
             return 0;
         }
 
-        if (c->read->active) {
-            ngx_del_event(c->read, NGX_READ_EVENT, 0);
+        c = sk->c;
+
+        if (mr_curl_same(sk, s)) {
+            if (c->read->active) {
+                ngx_del_event(c->read, NGX_READ_EVENT, 0);
+            }
+
+            if (c->write->active) {
+                ngx_del_event(c->write, NGX_WRITE_EVENT, 0);
+            }
         }
 
-        if (c->write->active) {
-            ngx_del_event(c->write, NGX_WRITE_EVENT, 0);
-        }
-
-        if (c->read->posted) {
-            ngx_delete_posted_event(c->read);
-        }
-
-        if (c->write->posted) {
-            ngx_delete_posted_event(c->write);
-        }
+        mr_curl_forget(c);
 
         /* curl owns and closes the descriptor */
 
         c->fd = (ngx_socket_t) -1;
         ngx_free_connection(c);
+        ngx_free(sk);
         curl_multi_assign(mr_curl_multi, s, NULL);
 
         return 0;
     }
 
-    if (c == NULL) {
-        c = ngx_get_connection(s, mr_curl_log);
-        if (c == NULL) {
+    if (sk == NULL) {
+        sk = mr_curl_watch(s);
+        if (sk == NULL) {
             /* -1 would make curl give the whole multi handle up */
             mr_curl_fail(easy);
             return 0;
         }
 
-        c->data = mr_curl_multi;
-        c->log = mr_curl_log;
-        c->read->log = mr_curl_log;
-        c->write->log = mr_curl_log;
-        c->read->handler = mr_curl_event_handler;
-        c->write->handler = mr_curl_event_handler;
+        curl_multi_assign(mr_curl_multi, s, sk);
 
-        curl_multi_assign(mr_curl_multi, s, c);
+    } else if (!mr_curl_same(sk, s)) {
+        /* the number is a new socket of curl's: watched from scratch */
+        mr_curl_forget(sk->c);
     }
 
+    c = sk->c;
     rev = c->read;
     wev = c->write;
 
@@ -250,6 +267,98 @@ mr_curl_socket(CURL *easy, curl_socket_t s, int what, void *userp,
     }
 
     return 0;
+}
+
+
+static mr_curl_sock_t *
+mr_curl_watch(curl_socket_t s)
+{
+    struct stat        st;
+    mr_curl_sock_t    *sk;
+    ngx_connection_t  *c;
+
+    if (fstat(s, &st) == -1) {
+        ngx_log_error(NGX_LOG_ALERT, mr_curl_log, ngx_errno,
+                      "modelroute: fstat() of a socket of libcurl failed");
+        return NULL;
+    }
+
+    sk = ngx_alloc(sizeof(mr_curl_sock_t), mr_curl_log);
+    if (sk == NULL) {
+        return NULL;
+    }
+
+    c = ngx_get_connection(s, mr_curl_log);
+    if (c == NULL) {
+        ngx_free(sk);
+        return NULL;
+    }
+
+    c->data = sk;
+    c->log = mr_curl_log;
+    c->read->log = mr_curl_log;
+    c->write->log = mr_curl_log;
+    c->read->handler = mr_curl_event_handler;
+    c->write->handler = mr_curl_event_handler;
+
+    sk->c = c;
+    sk->ino = st.st_ino;
+
+    return sk;
+}
+
+
+/*
+ * Whether the descriptor is still the socket nginx registered; if it is
+ * another one now, the next registration is for that one.
+ */
+
+static ngx_uint_t
+mr_curl_same(mr_curl_sock_t *sk, curl_socket_t s)
+{
+    struct stat  st;
+
+    if (fstat(s, &st) == -1) {
+        ngx_log_debug1(NGX_LOG_DEBUG_EVENT, mr_curl_log, ngx_errno,
+                       "modelroute: curl closed socket %d before removing "
+                       "it", (int) s);
+        return 0;
+    }
+
+    if (st.st_ino == sk->ino) {
+        return 1;
+    }
+
+    ngx_log_debug1(NGX_LOG_DEBUG_EVENT, mr_curl_log, 0,
+                   "modelroute: curl's socket %d was closed and opened "
+                   "again", (int) s);
+
+    sk->ino = st.st_ino;
+
+    return 0;
+}
+
+
+/* what nginx knew of a socket that epoll no longer has */
+
+static void
+mr_curl_forget(ngx_connection_t *c)
+{
+    if (c->read->active) {
+        ngx_del_event(c->read, NGX_READ_EVENT, NGX_CLOSE_EVENT);
+    }
+
+    if (c->write->active) {
+        ngx_del_event(c->write, NGX_WRITE_EVENT, NGX_CLOSE_EVENT);
+    }
+
+    if (c->read->posted) {
+        ngx_delete_posted_event(c->read);
+    }
+
+    if (c->write->posted) {
+        ngx_delete_posted_event(c->write);
+    }
 }
 
 

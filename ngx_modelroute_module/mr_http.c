@@ -31,7 +31,7 @@ static ngx_int_t mr_http_json_type(ngx_http_request_t *r);
 static ngx_int_t mr_http_wait(ngx_http_request_t *r, mr_http_ctx_t *ctx);
 static void mr_http_wait_done(mr_store_waiter_t *w);
 static void mr_http_wait_cleanup(void *data);
-static void mr_http_block(ngx_http_request_t *r);
+static ngx_int_t mr_http_block(ngx_http_request_t *r);
 static void mr_http_unblock(ngx_http_request_t *r);
 
 
@@ -782,6 +782,16 @@ mr_http_submit(ngx_http_request_t *r, mr_store_op_t *op,
     }
 
     /*
+     * a request that cannot be held (no memory for its main request's
+     * context) sends nothing to the store: nginx could free its pool
+     * while the operation is in flight
+     */
+
+    if (mr_http_block(r) != NGX_OK) {
+        goto failed;
+    }
+
+    /*
      * the operation's results go to a pool of its own: the commit thread
      * must not allocate from r->pool, which lua-compat subrequests share
      * with their main request and its other subrequests
@@ -804,21 +814,20 @@ mr_http_submit(ngx_http_request_t *r, mr_store_op_t *op,
     op->data = r;
     op->handler = handler;
 
-    mr_http_block(r);
-
     mr_store_submit(op);
 
     return;
 
 failed:
 
-    /* as if the store had failed: the handler answers 500 */
+    /*
+     * as if the store had failed: the handler answers 500 at once, and
+     * its mr_http_resume() undoes mr_http_block() if that held the request
+     */
 
     op->pool = r->pool;
     op->data = r;
     op->result = MR_R_INTERNAL;
-
-    mr_http_block(r);
 
     handler(op);
 }
@@ -973,23 +982,25 @@ mr_http_rerun(ngx_http_request_t *r)
  * r->main->blocked has 8 bits, and a Lua ngx.location.capture_multi()
  * may have hundreds of operations in flight for one main request: the
  * main request counts them, and is blocked once while there are any.
- * Without a context (no memory) nothing was blocked, and nothing is
- * unblocked.
+ * Without a context (no memory) nothing is blocked (NGX_ERROR: nothing
+ * may be submitted), and nothing is unblocked.
  */
 
-static void
+static ngx_int_t
 mr_http_block(ngx_http_request_t *r)
 {
     mr_http_ctx_t  *mctx;
 
     mctx = mr_http_ctx(r->main);
     if (mctx == NULL) {
-        return;
+        return NGX_ERROR;
     }
 
     if (mctx->ops++ == 0) {
         r->main->blocked++;
     }
+
+    return NGX_OK;
 }
 
 

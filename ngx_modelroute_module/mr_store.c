@@ -3077,8 +3077,11 @@ mr_store_exec_list(mr_list_query_t *q, ngx_array_t *execs,
 
 /*
  * The ledger and the account's use in one snapshot: its executions (its
- * index), and its use counted again from its records (a walk of the
- * events and deliveries of every account: an operator's check).
+ * index), and its use counted again from its records.  Events and
+ * deliveries have no index by account: every one in the store is walked,
+ * on the event loop (about half a second per million).  An operator's
+ * check (GET {admin}/accounts/{org}/verify): no tenant's request may
+ * call this.
  */
 
 ngx_int_t

@@ -244,16 +244,18 @@ mr_hex(u_char *dst, u_char *src, size_t len)
 
 
 /*
- * SHA-256 with a digest context kept for the process: OpenSSL 3's one-shot
- * SHA256() looks the algorithm up and takes locks on every call.  Used on
- * the event loop only.
+ * SHA-256 with a digest context kept for the thread: OpenSSL 3's one-shot
+ * SHA256() looks the algorithm up and takes locks on every call.  The
+ * event loop and the store's commit threads (a delivery's target) both
+ * hash: one context for the process, used by two threads at once, gave
+ * wrong digests (a valid key refused), a heap corrupted and SIGSEGV.
  */
 
 void
 mr_sha256(u_char *dst, u_char *src, size_t len)
 {
-    static EVP_MD      *md;
-    static EVP_MD_CTX  *ctx;
+    static __thread EVP_MD      *md;
+    static __thread EVP_MD_CTX  *ctx;
 
     if (ctx == NULL) {
         md = EVP_MD_fetch(NULL, "SHA256", NULL);

@@ -135,8 +135,10 @@ for my $h (@holes) {
 ok($most <= 4 * 2, "at most 4 per worker at one black hole (most: $most)");
 ok($total <= 4 * 2, "at most 4 per worker for the account (in all: $total)");
 
+# (the receiver has them: each attempt's outcome is recorded just after)
 for my $i (0 .. $#ev) {
-    my $d = wh_delivery($t, $vic->{key}, $ep->{json}{id}, $ev[$i]) // {};
+    my $d = wait_delivery($t, $vic->{key}, $ep->{json}{id}, $ev[$i],
+        sub { $_[0]{status} ne 'pending' }, 15) // {};
     is($d->{status}, 'succeeded', "the other account's test $i succeeded");
 }
 

@@ -17,11 +17,12 @@ use Test::More;
 use MR::Test qw(:all);
 use MR::Receiver qw(:all);
 
-my $t = MR::Test->new(extra_http => "modelroute_webhook_allow_private on;\n"
+my $http = "modelroute_webhook_allow_private on;\n"
     . "modelroute_webhook_retry 200ms;\n"
     . "modelroute_webhook_max_age 3s;\n"
     . "modelroute_webhook_timeout 2s;\n"
-    . "modelroute_sweep_interval 200ms;\n");
+    . "modelroute_sweep_interval 200ms;\n";
+my $t = MR::Test->new(extra_http => $http);
 $t->start;
 my $rc = MR::Receiver->new;
 $rc->start;
@@ -127,6 +128,10 @@ is(scalar @{ $dl->{attempts} // [] }, 16, 'it keeps its last 16 attempts');
 }
 
 # ---------------------------------------------------------------- delete
+# (the deliveries made below stay pending however long making them takes:
+# past a max age of 3 s they would fail, and a DELETE drops pending ones)
+$t->write_config(extra_http => $http =~ s/max_age 3s/max_age 1h/r);
+$t->reload;
 {
     my $b = $t->new_account(credit => '10.00');
     my $slow = wh_create($t, $b->{key}, { url => $rc->url('/slow') });

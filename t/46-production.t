@@ -336,6 +336,10 @@ sub config_text {
         PORT3 => $self->{port3});
     $http =~ s/%%(PORT[23]?)%%/$sub{$1}/g;
     $http =~ s/^/    /mg;
+    # what the harness's nginx runs with (a sanitized run's LD_PRELOAD),
+    # kept for the new binary of an upgrade too
+    my %env = $self->nginx_env;
+    my $env = join '', map { "env $_;\n" } sort keys %env;
     return <<EOF;
 load_module $self->{module};
 load_module $mods/ndk_http_module.so;
@@ -348,7 +352,7 @@ worker_processes auto;
 worker_shutdown_timeout 30s;
 error_log $p/logs/error.log notice;
 pid $p/logs/nginx.pid;
-
+$env
 events { worker_connections 4096; }
 
 http {

@@ -14,6 +14,10 @@ package MR::Test;
 # MR_SANITIZE (the ASan runtime, set by ./build.sh test-sanitize): see below,
 # MR_STORE=postgres (./build.sh test-pg): every instance runs on
 # PostgreSQL, see "the store" below.
+# MR_CORE=1 makes the workers dump core into core/ in the prefix (the
+# kernel's core_pattern must name a file, e.g. core.%e.%p, not a pipe), and
+# keeps the prefix of a test file that failed or left a core, with a gdb
+# backtrace of each core in the test's output (see core_report).
 # A module or an nginx that is not there is a failure (BAIL_OUT), never a
 # skip: a build that produced nothing must not pass.
 #
@@ -92,6 +96,9 @@ my $PG_DBS = 0;
 # the test file when it ends.
 our $SANITIZE = $ENV{MR_SANITIZE} // '';
 
+# MR_CORE=1: core dumps of the workers, and the prefix of a failure kept.
+our $CORE = $ENV{MR_CORE} // '';
+
 my $JSON = JSON::PP->new->utf8->canonical->allow_nonref;
 my @LIVE;    # instances started by this process, stopped in END
 my @ALL;     # instances made by this process, their sanitizer logs checked
@@ -150,10 +157,16 @@ sub new {
     BAIL_OUT("nginx not found: $NGINX (set MR_NGINX)") unless -x $NGINX;
 
     my $prefix = tempdir('mr-test-XXXXXX', TMPDIR => 1,
-        CLEANUP => !$ENV{MR_KEEP});
+        CLEANUP => !$ENV{MR_KEEP} && !$CORE);
     chmod 0755, $prefix or croak "chmod $prefix: $!";
     make_path(map { "$prefix/$_" } qw(logs conf tmp));
     chmod 0755, "$prefix/tmp";
+    if ($CORE) {
+        # the workers' working directory: they run as nobody under root
+        make_path("$prefix/core");
+        chmod 01777, "$prefix/core";
+        core_pattern_check();
+    }
     if ($SANITIZE) {
         # workers run as nobody when the tests run as root
         make_path("$prefix/sanitizer");
@@ -260,6 +273,8 @@ sub config_text {
     # new binary
     my %env = $self->nginx_env;
     my $env = join '', map { "env $_;\n" } sort keys %env;
+    $env .= "worker_rlimit_core 4g;\nworking_directory $p/core;\n"
+        if $CORE;
     return <<EOF;
 load_module $self->{module};
 daemon on;
@@ -818,7 +833,46 @@ END {
         diag_some(@r);
         $rc ||= 1;
     }
+    if ($CORE) {
+        my $failed = $rc || !Test::More->builder->is_passing;
+        $_->core_report($failed) for grep { $_->{owner} == $$ } @ALL;
+    }
     $? = $rc;
+}
+
+# ---------------------------------------------------------------- MR_CORE
+
+# A core_pattern that pipes cores to a program (systemd-coredump, apport)
+# leaves nothing in core/: said once, with what to do about it.
+sub core_pattern_check {
+    state $done;
+    return if $done++;
+    open my $fh, '<', '/proc/sys/kernel/core_pattern' or return;
+    my $p = <$fh> // '';
+    chomp $p;
+    diag "MR_CORE: kernel.core_pattern is '$p': cores go to a program, not "
+        . "to the prefix (as root: echo core.%e.%p "
+        . '>/proc/sys/kernel/core_pattern)' if $p =~ /^\|/;
+}
+
+# The prefix is kept when the test file failed or a worker dumped core;
+# each core's backtrace (gdb, when installed) goes to the test's output.
+sub core_report {
+    my ($self, $failed) = @_;
+    my $p = $self->{prefix};
+    my @cores = sort glob "$p/core/core*";
+    unless ($failed || @cores) {
+        File::Path::remove_tree($p);
+        return;
+    }
+    diag "MR_CORE: kept $p" . (@cores ? " with @cores" : '');
+    my $gdb = (grep { -x "$_/gdb" } split /:/, $ENV{PATH} // '')[0];
+    for my $core (@cores) {
+        last unless $gdb;
+        my $bt = run_capture("$gdb/gdb", '-batch', '-nx', '-ex',
+            'bt full 30', $NGINX, $core);
+        diag "MR_CORE: $core:\n$bt";
+    }
 }
 
 $SIG{PIPE} = 'IGNORE';
