@@ -116,6 +116,7 @@ static struct {
     size_t                    lens[MR_STORE_SWEEP_MAX];
     ngx_uint_t                n;
     ngx_uint_t                i;             /* the one at hand */
+    mr_store_walk_t           exec_walk;     /* the retention's walk */
 } mr_sweep;
 
 
@@ -1718,6 +1719,7 @@ mr_store_sweep(MDB_txn *txn, mr_store_op_t *op)
 
     op->expired = 0;
     op->purged = 0;
+    op->scanned = 0;
     op->more = 0;
     op->failed = 0;
 
@@ -2011,10 +2013,22 @@ mr_store_exec_purge(MDB_txn *txn, mr_store_op_t *op)
 
     n = 0;
 
-    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+    /*
+     * from where the last walk stopped: executions not ended yet (a model
+     * without routes, a long timeout, a retention shorter than both) are
+     * passed over at most MR_STORE_WALK_MAX at a time, so that the ended
+     * ones behind them are reached in a few sweeps, never in one walk
+     * over all of them
+     */
+
+    for (rc = mr_store_walk_first(cur, &mr_sweep.exec_walk, &k, &v);
          rc == 0 && n < op->limit;
          rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT))
     {
+        if (mr_store_walk_stop(&mr_sweep.exec_walk, &k, op)) {
+            break;
+        }
+
         if (k.mv_size != MR_EXEC_ID_LEN
             || v.mv_size < sizeof(mr_exec_rec_t))
         {
@@ -2024,6 +2038,7 @@ mr_store_exec_purge(MDB_txn *txn, mr_store_op_t *op)
         ngx_memcpy(&rec, v.mv_data, sizeof(mr_exec_rec_t));
 
         if (rec.created_ms + op->retention_ms > op->now) {
+            mr_sweep.exec_walk.len = 0;        /* from the oldest again */
             break;
         }
 
@@ -2036,6 +2051,8 @@ mr_store_exec_purge(MDB_txn *txn, mr_store_op_t *op)
         mr_be64_put(p, (uint64_t) rec.order);
         n++;
     }
+
+    mr_store_walk_end(&mr_sweep.exec_walk, rc, &k, n == op->limit);
 
     mdb_cursor_close(cur);
 
@@ -2073,6 +2090,83 @@ mr_store_exec_purge(MDB_txn *txn, mr_store_op_t *op)
     }
 
     return 0;
+}
+
+
+/*
+ * A retention walk: its first entry is where the last one stopped (or the
+ * first of all), it reads at most MR_STORE_WALK_MAX entries, and where it
+ * stops for that budget or its limit is where the next one starts
+ */
+
+int
+mr_store_walk_first(MDB_cursor *cur, mr_store_walk_t *w, MDB_val *k,
+    MDB_val *v)
+{
+    int  rc;
+
+    w->seen = 0;
+
+    if (w->len) {
+        k->mv_data = w->key;
+        k->mv_size = w->len;
+
+        rc = mdb_cursor_get(cur, k, v, MDB_SET_RANGE);
+        if (rc != MDB_NOTFOUND) {
+            return rc;
+        }
+
+        w->len = 0;
+    }
+
+    return mdb_cursor_get(cur, k, v, MDB_FIRST);
+}
+
+
+/* whether the walk has read all it may: then it goes on from k next time */
+
+ngx_uint_t
+mr_store_walk_stop(mr_store_walk_t *w, MDB_val *k, mr_store_op_t *op)
+{
+    if (w->seen < MR_STORE_WALK_MAX) {
+        w->seen++;
+        op->scanned++;
+        return 0;
+    }
+
+    if (k->mv_size <= sizeof(w->key)) {
+        ngx_memcpy(w->key, k->mv_data, k->mv_size);
+        w->len = k->mv_size;
+
+    } else {
+        w->len = 0;
+    }
+
+    return 1;
+}
+
+
+/*
+ * The walk ended: at the end of the table the next one starts at the
+ * first; stopped at its limit, at k, the entry after the last one it took
+ * (copied before those are deleted, which moves the pages)
+ */
+
+void
+mr_store_walk_end(mr_store_walk_t *w, int rc, MDB_val *k, ngx_uint_t full)
+{
+    if (rc == MDB_NOTFOUND) {
+        w->len = 0;
+
+    } else if (rc == 0 && full) {
+        if (k->mv_size <= sizeof(w->key)) {
+            ngx_memcpy(w->key, k->mv_data, k->mv_size);
+            w->len = k->mv_size;
+
+        } else {
+            w->len = 0;
+        }
+    }
 }
 
 

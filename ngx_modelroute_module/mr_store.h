@@ -470,11 +470,13 @@ struct mr_store_op_s {
     int64_t                   available;
 
     /* MR_OP_SWEEP: in: limit, idem_ttl_ms, retention_ms (0: keep);
-     * out: expired, purged, more (a limit was reached), failed */
+     * out: expired, purged, more (a limit was reached), failed,
+     * scanned (the retention's entries read, kept or not) */
     ngx_uint_t                limit;
     int64_t                   retention_ms;
     ngx_uint_t                expired;
     ngx_uint_t                purged;
+    ngx_uint_t                scanned;
     ngx_uint_t                more;
     ngx_uint_t                failed;        /* steps that did not fit */
 

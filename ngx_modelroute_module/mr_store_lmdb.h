@@ -22,6 +22,25 @@
 #define MR_STORE_VERSION       3
 #define MR_STORE_SWEEP_MAX     256
 
+/*
+ * The retention's walks pass over entries they must keep (executions not
+ * ended yet, deliveries still pending) at most this many per step, and go
+ * on from there the next time (mr_store_walk_t)
+ */
+#define MR_STORE_WALK_MAX      (4 * MR_STORE_SWEEP_MAX)
+
+
+/*
+ * Where a retention walk goes on from: the key at which it stopped (len 0:
+ * from the first).  Held by the worker, not the store: a walk that is
+ * undone, or made by another worker, only starts elsewhere.
+ */
+typedef struct {
+    u_char                    key[64];
+    size_t                    len;
+    ngx_uint_t                seen;          /* entries read by this walk */
+} mr_store_walk_t;
+
 
 typedef struct {
     ngx_queue_t               ops;
@@ -119,6 +138,12 @@ int mr_store_wh_apply(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room);
 int mr_store_emit(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
     const char *type);
 int mr_store_dlv_purge(MDB_txn *txn, mr_store_op_t *op, ngx_uint_t limit);
+int mr_store_walk_first(MDB_cursor *cur, mr_store_walk_t *w, MDB_val *k,
+    MDB_val *v);
+ngx_uint_t mr_store_walk_stop(mr_store_walk_t *w, MDB_val *k,
+    mr_store_op_t *op);
+void mr_store_walk_end(mr_store_walk_t *w, int rc, MDB_val *k,
+    ngx_uint_t full);
 int mr_store_event_purge(MDB_txn *txn, mr_store_op_t *op,
     ngx_uint_t limit);
 int mr_store_dlvq_key(mr_dlv_t *dlv, int64_t due, u_char *key);

@@ -2987,6 +2987,7 @@ mr_pg_sweep_begin(mr_store_op_t *op)
 {
     op->expired = 0;
     op->purged = 0;
+    op->scanned = 0;
     op->more = 0;
     op->failed = 0;
 

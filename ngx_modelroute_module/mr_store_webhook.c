@@ -114,6 +114,9 @@ static u_char  mr_zero[MR_EXEC_ID_LEN];
 static u_char  mr_dlv_cursor[MR_ORG_ID_LEN];
 static ngx_uint_t  mr_dlv_cursor_set;
 
+/* where the retention's walk over the deliveries goes on from */
+static mr_store_walk_t  mr_dlv_walk;
+
 
 int
 mr_store_wh_apply(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
@@ -1373,11 +1376,17 @@ mr_store_dlv_purge(MDB_txn *txn, mr_store_op_t *op, ngx_uint_t limit)
 
     n = 0;
 
-    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+    /* pending ones are passed over a budget at a time (mr_store_walk_t) */
+
+    for (rc = mr_store_walk_first(cur, &mr_dlv_walk, &k, &v);
          rc == 0 && n < limit;
          rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT))
     {
         mr_dlv_rec_t  rec;
+
+        if (mr_store_walk_stop(&mr_dlv_walk, &k, op)) {
+            break;
+        }
 
         if (k.mv_size != MR_DLV_ID_LEN || v.mv_size < sizeof(mr_dlv_rec_t)) {
             continue;
@@ -1390,6 +1399,7 @@ mr_store_dlv_purge(MDB_txn *txn, mr_store_op_t *op, ngx_uint_t limit)
         if (mr_rule_id_ms((u_char *) k.mv_data + 4) + op->retention_ms
             > op->now)
         {
+            mr_dlv_walk.len = 0;              /* from the oldest again */
             break;
         }
 
@@ -1397,6 +1407,8 @@ mr_store_dlv_purge(MDB_txn *txn, mr_store_op_t *op, ngx_uint_t limit)
             ngx_memcpy(ids[n++], k.mv_data, MR_DLV_ID_LEN);
         }
     }
+
+    mr_store_walk_end(&mr_dlv_walk, rc, &k, n == limit);
 
     mdb_cursor_close(cur);
 

@@ -93,6 +93,11 @@ mr_sweeper_handler(ngx_event_t *ev)
 static void
 mr_sweeper_done(mr_store_op_t *op)
 {
+    ngx_log_debug4(NGX_LOG_DEBUG_HTTP, mr_sweeper_ev.log, 0,
+                   "modelroute sweeper: %ui expired, %ui purged, "
+                   "%ui read by the retention, more:%ui",
+                   op->expired, op->purged, op->scanned, op->more);
+
     if (op->result == MR_R_UNAVAILABLE) {
         ngx_log_error(NGX_LOG_INFO, mr_sweeper_ev.log, 0,
                       "modelroute sweeper: the store cannot be reached; "

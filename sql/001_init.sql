@@ -212,6 +212,9 @@ CREATE INDEX mr_dlv_queue ON mr_deliveries (org, target, due_ms)
 CREATE INDEX mr_dlv_wh ON mr_deliveries (wh_id, id) WHERE wh_id IS NOT NULL;
 CREATE INDEX mr_dlv_exec ON mr_deliveries (exec_id, id)
     WHERE exec_id IS NOT NULL;
+-- the retention: finished ones, oldest first (never a walk over the
+-- pending ones)
+CREATE INDEX mr_dlv_ended ON mr_deliveries (id) WHERE status <> 1;
 
 -- the health answer's heartbeat, and the like
 CREATE TABLE mr_ops (
