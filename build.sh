@@ -3,8 +3,17 @@
 #
 #   ./build.sh              install what is missing, build the module
 #   ./build.sh run          build, then run nginx with conf/ on 127.0.0.1:8080
+#                           (MR_STORE=postgres: on a private PostgreSQL
+#                           cluster in .run/pg)
 #   ./build.sh test         build, then run every test (prove -r t)
+#   ./build.sh test-pg      build, then run every test on PostgreSQL (a
+#                           private cluster per test file; files about
+#                           LMDB itself are skipped, saying so)
+#   ./build.sh pg-migrate CONNINFO
+#                           apply the PostgreSQL store's migrations (sql/)
 #   ./build.sh bench        build, then run the benchmarks in bench/
+#   ./build.sh bench-pg     build, then bench/pg.sh: both stores side by
+#                           side, on a private PostgreSQL cluster
 #   ./build.sh deb          build the Debian package (build/*.deb), lintian
 #   ./build.sh test-package build the package, then install, use and purge
 #                           it on this machine (root; xt/package.t)
@@ -35,10 +44,11 @@ san_flags="$san_flags -fno-omit-frame-pointer -g"
 san_deps=(libasan8 libubsan1)    # gcc's runtimes (gcc depends on them)
 
 deps=(nginx nginx-dev liblmdb-dev lmdb-utils libjansson-dev
-      libcurl4-openssl-dev libssl-dev gcc make perl libtest-base-perl
-      libnginx-mod-http-echo curl wrk
+      libcurl4-openssl-dev libssl-dev libpq-dev gcc make perl
+      libtest-base-perl libnginx-mod-http-echo curl wrk
       libnginx-mod-http-lua lua-resty-core lua-cjson
-      prometheus chromium)    # the tests: promtool, a headless browser
+      prometheus chromium    # the tests: promtool, a headless browser
+      postgresql-15 postgresql-client-15)    # the PostgreSQL store's tests
 
 # what ./build.sh deb needs on top (debian/control's Build-Depends are
 # among the above)
@@ -61,14 +71,18 @@ install_deps() {
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
         --no-install-recommends "${missing[@]}" >/dev/null
-    # Debian starts the packaged nginx and prometheus services: not ours.
+    # Debian starts the packaged nginx, prometheus and PostgreSQL services:
+    # not ours (the tests start PostgreSQL clusters of their own).
     if command -v systemctl >/dev/null 2>&1; then
-        for svc in nginx prometheus; do
+        for svc in nginx prometheus postgresql; do
             systemctl stop "$svc" >/dev/null 2>&1 || true
             systemctl disable "$svc" >/dev/null 2>&1 || true
         done
     fi
     [ -f /run/nginx.pid ] && kill "$(cat /run/nginx.pid)" 2>/dev/null || true
+    if command -v pg_ctlcluster >/dev/null 2>&1; then
+        pg_ctlcluster 15 main stop >/dev/null 2>&1 || true
+    fi
 }
 
 # build [output directory, compiler flags, linker flags]: the normal build
@@ -194,6 +208,14 @@ case "$cmd" in
            # no module, no tests: a failure, never a green run of skips
            [ -f "$module" ] || { echo "build.sh: no $module" >&2; exit 1; }
            cd "$top" && MR_MODULE="$module" prove -r t ;;
+    test-pg)
+           install_deps; install_node_deps; build
+           [ -f "$module" ] || { echo "build.sh: no $module" >&2; exit 1; }
+           cd "$top" && MR_STORE=postgres MR_MODULE="$module" prove -r t ;;
+    pg-migrate)
+           [ $# -eq 2 ] || {
+               echo "usage: $0 pg-migrate CONNINFO" >&2; exit 2; }
+           exec "$top/tools/pg-migrate" "$2" ;;
     build-sanitize)
            install_deps "${san_deps[@]}"
            build "$san_out" "$san_flags" "$san_flags" ;;
@@ -216,7 +238,10 @@ case "$cmd" in
            "$top/bench/webhooks.sh" "$module" || rc=1
            "$top/bench/dispatch.sh" "$module" || rc=1
            exit $rc ;;
-    *)     echo "usage: $0 [build|run|test|bench|deb|test-package|compile|"\
-                "build-sanitize|test-sanitize]" >&2
+    bench-pg)
+           install_deps; build
+           exec "$top/bench/pg.sh" "$module" ;;
+    *)     echo "usage: $0 [build|run|test|test-pg|pg-migrate CONNINFO|bench|bench-pg|"\
+                "deb|test-package|compile|build-sanitize|test-sanitize]" >&2
            exit 2 ;;
 esac

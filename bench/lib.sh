@@ -5,7 +5,8 @@
 #                            threads, tmp (build/NAME.XXXXXX, 755)
 #   bench_conf HTTP          writes $tmp/conf/nginx.conf: what every
 #                            benchmark shares (2 workers, durable store,
-#                            temp paths) around the http block's HTTP
+#                            temp paths) around the http block's HTTP;
+#                            $bench_store replaces the store's line
 #   bench_start URL CODE     starts nginx on $tmp/conf/nginx.conf and
 #                            waits until URL answers CODE
 #   http METHOD PATH [BODY] [curl args...]   -> $code, $body (from $base)
@@ -108,7 +109,7 @@ http {
     uwsgi_temp_path       $tmp/tmp/uwsgi;
     scgi_temp_path        $tmp/tmp/scgi;
 
-    modelroute_store          $tmp/store;
+    ${bench_store:-modelroute_store          $tmp/store;}
     modelroute_store_map_size 16384m;  # "16g": 1.22's ngx_parse_size has no g
     modelroute_durability     full;
     # one account makes every execution, and they stay PENDING

@@ -7,6 +7,11 @@
 # .run/logs), starts nginx in the foreground of this script, creates the demo
 # account and a full-permission key on first use (kept in .run/demo-key),
 # then waits. Ctrl-C stops nginx gracefully.
+#
+# MR_STORE=postgres: the store is PostgreSQL instead, a private cluster in
+# .run/pg (Debian's postgresql-15, initdb'ed there on first use as the
+# postgres user when run as root; a unix socket only, port 55432), started
+# before nginx, migrated (tools/pg-migrate), and stopped with the demo.
 set -euo pipefail
 
 usage() { echo "usage: $0 /path/to/ngx_http_modelroute_module.so" >&2; exit 2; }
@@ -37,8 +42,59 @@ if [ "$(id -u)" -eq 0 ] && command -v runuser >/dev/null \
         "or put the repository elsewhere)"
 fi
 
+# --- the store: LMDB in .run/store, or a private PostgreSQL in .run/pg ------
+store="modelroute_store      $run/store;"
+pg_stop() { :; }
+
+if [ "${MR_STORE:-}" = postgres ]; then
+    pgbin=${MR_PG_BIN:-/usr/lib/postgresql/15/bin}
+    pgdir="$run/pg"
+    pgport=${MR_PG_PORT:-55432}
+    [ -x "$pgbin/initdb" ] || die "PostgreSQL 15 not found in $pgbin" \
+        "(apt-get install postgresql-15)"
+    as=()
+    if [ "$(id -u)" -eq 0 ]; then
+        # PostgreSQL refuses to run as root
+        id postgres >/dev/null 2>&1 || die "no postgres user"
+        as=(runuser -u postgres --)
+    fi
+    if [ ! -f "$pgdir/data/PG_VERSION" ]; then
+        echo "run-demo: a PostgreSQL cluster in $pgdir"
+        mkdir -p "$pgdir"
+        chmod 755 "$pgdir"
+        [ ${#as[@]} -eq 0 ] || chown postgres: "$pgdir"
+        "${as[@]}" "$pgbin/initdb" -D "$pgdir/data" -A trust -U postgres \
+            -E UTF8 --locale=C >"$pgdir/initdb.log" 2>&1 \
+            || die "initdb failed (see $pgdir/initdb.log)"
+        cat >> "$pgdir/data/postgresql.conf" <<CONF
+listen_addresses = ''
+unix_socket_directories = '$pgdir'
+port = $pgport
+CONF
+    fi
+    "${as[@]}" "$pgbin/pg_ctl" -D "$pgdir/data" -l "$pgdir/log" -w start \
+        >/dev/null || die "PostgreSQL did not start (see $pgdir/log)"
+    # shellcheck disable=SC2317  # called from stop_nginx
+    pg_stop() {
+        echo "run-demo: stopping PostgreSQL"
+        "${as[@]}" "$pgbin/pg_ctl" -D "$pgdir/data" -m fast -w stop \
+            >/dev/null 2>&1 || true
+    }
+    trap pg_stop EXIT
+    psql -X -q -h "$pgdir" -p "$pgport" -U postgres -d postgres -tAc \
+        "SELECT 1 FROM pg_database WHERE datname = 'modelroute'" \
+        | grep -q 1 \
+        || psql -X -q -h "$pgdir" -p "$pgport" -U postgres -d postgres \
+               -c "CREATE DATABASE modelroute" \
+        || die "cannot create the database"
+    conninfo="host=$pgdir port=$pgport user=postgres dbname=modelroute"
+    "$top/tools/pg-migrate" "$conninfo" || die "the migration failed"
+    store="modelroute_store \"$conninfo\"; modelroute_node_dir $run/store;"
+fi
+
 sed_escape() { printf '%s' "$1" | sed -e 's/[\\|&]/\\&/g'; }
 sed -e "s|@MODULE@|$(sed_escape "$module")|g" \
+    -e "s|@STORE@|$(sed_escape "$store")|g" \
     -e "s|@RUN@|$(sed_escape "$run")|g" \
     "$top/conf/nginx.conf" > "$run/conf/nginx.conf"
 
@@ -57,15 +113,17 @@ ngx=$!
 
 # shellcheck disable=SC2317  # called from the EXIT trap
 stop_nginx() {
-    kill -0 "$ngx" 2>/dev/null || return 0
-    echo "run-demo: stopping nginx (pid $ngx)"
-    kill -QUIT "$ngx" 2>/dev/null || true
-    for _ in $(seq 100); do
-        kill -0 "$ngx" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -0 "$ngx" 2>/dev/null && kill -TERM "$ngx" 2>/dev/null
-    wait "$ngx" 2>/dev/null || true
+    if kill -0 "$ngx" 2>/dev/null; then
+        echo "run-demo: stopping nginx (pid $ngx)"
+        kill -QUIT "$ngx" 2>/dev/null || true
+        for _ in $(seq 100); do
+            kill -0 "$ngx" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -0 "$ngx" 2>/dev/null && kill -TERM "$ngx" 2>/dev/null
+        wait "$ngx" 2>/dev/null || true
+    fi
+    pg_stop
 }
 trap stop_nginx EXIT
 trap 'exit 130' INT
@@ -134,7 +192,7 @@ cat <<MSG
 
 ModelRoute demo on $base (nginx pid $ngx)
   API key:   $key   (in .run/demo-key)
-  store:     .run/store     error log: .run/logs/error.log
+  store:     $(if [ "${MR_STORE:-}" = postgres ]; then echo "PostgreSQL in .run/pg (port ${pgport:-})"; else echo ".run/store"; fi)     error log: .run/logs/error.log
   admin API: $base/admin/ (loopback only)
   dashboard: $base/admin/   (open it in a browser)
   metrics:   $base/admin/metrics

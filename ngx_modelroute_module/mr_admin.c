@@ -45,6 +45,17 @@ static ngx_int_t mr_admin_key_revoke(ngx_http_request_t *r);
 static ngx_int_t mr_admin_verify(ngx_http_request_t *r);
 static ngx_int_t mr_admin_routes(ngx_http_request_t *r);
 static void mr_admin_done(mr_store_op_t *op);
+static ngx_int_t mr_admin_read(ngx_http_request_t *r, ngx_uint_t type);
+static void mr_admin_read_done(mr_store_read_t *rd);
+static ngx_int_t mr_admin_got(ngx_http_request_t *r, mr_store_read_t *rd);
+static ngx_int_t mr_admin_account_got(ngx_http_request_t *r,
+    mr_store_read_t *rd);
+static ngx_int_t mr_admin_keys_got(ngx_http_request_t *r,
+    mr_store_read_t *rd);
+static ngx_int_t mr_admin_verified(ngx_http_request_t *r,
+    mr_store_read_t *rd);
+static ngx_int_t mr_admin_routes_got(ngx_http_request_t *r,
+    mr_store_read_t *rd);
 static ngx_int_t mr_admin_name(ngx_http_request_t *r, json_t *body,
     ngx_str_t *name, json_t *details);
 static json_t *mr_admin_limits_json(mr_quota_t *q, ngx_uint_t effective);
@@ -280,29 +291,105 @@ mr_admin_account_create(ngx_http_request_t *r)
 static ngx_int_t
 mr_admin_account_get(ngx_http_request_t *r)
 {
-    ngx_int_t       rc;
-    mr_quota_t      q;
-    mr_account_t    acct;
-    mr_http_ctx_t  *ctx;
+    return mr_admin_read(r, MR_READ_ACCOUNT);
+}
+
+
+/*
+ * A read of the account in the path, and its continuation
+ * (mr_admin_got()), at once or after an event of the store
+ */
+
+static ngx_int_t
+mr_admin_read(ngx_http_request_t *r, ngx_uint_t type)
+{
+    mr_http_ctx_t    *ctx;
+    mr_store_read_t  *rd;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_modelroute_module);
 
-    rc = mr_store_account_get(ctx->id.data, &acct, r->pool);
-
-    if (rc == NGX_DECLINED) {
-        return mr_http_error(r, MR_E_NOT_FOUND, "no such account", NULL);
+    rd = mr_http_read_alloc(r, type);
+    if (rd == NULL) {
+        return mr_http_error(r, MR_E_INTERNAL, "out of memory", NULL);
     }
 
-    if (rc == NGX_OK) {
-        rc = mr_store_quota_get(ctx->id.data, &q);
+    if (type == MR_READ_ROUTES) {
+        rd->states = ngx_pcalloc(r->pool,
+                                 (mr_main_conf()->routes.nelts + 1)
+                                 * sizeof(mr_route_state_t));
+        if (rd->states == NULL) {
+            return mr_http_error(r, MR_E_INTERNAL, "out of memory", NULL);
+        }
+
+    } else {
+        ngx_memcpy(rd->id, ctx->id.data, MR_ORG_ID_LEN);
     }
 
-    if (rc != NGX_OK) {
-        return mr_http_error(r, MR_E_INTERNAL, "store read failed", NULL);
+    if (type == MR_READ_KEYS) {
+        rd->list = ngx_array_create(r->pool, 4, sizeof(mr_key_t));
+        if (rd->list == NULL) {
+            return mr_http_error(r, MR_E_INTERNAL, "out of memory", NULL);
+        }
     }
 
+    if (mr_http_read(r, rd, mr_admin_read_done) == NGX_DONE) {
+        return NGX_DONE;
+    }
+
+    return mr_admin_got(r, rd);
+}
+
+
+static void
+mr_admin_read_done(mr_store_read_t *rd)
+{
+    ngx_http_request_t  *r;
+
+    r = mr_http_read_resume(rd);
+    if (r == NULL) {
+        return;
+    }
+
+    mr_http_continued(r, mr_admin_got(r, rd));
+}
+
+
+static ngx_int_t
+mr_admin_got(ngx_http_request_t *r, mr_store_read_t *rd)
+{
+    if (rd->type != MR_READ_ROUTES) {
+        if (rd->rc == NGX_DECLINED) {
+            return mr_http_error(r, MR_E_NOT_FOUND, "no such account",
+                                 NULL);
+        }
+    }
+
+    if (rd->rc != NGX_OK) {
+        return mr_http_read_error(r, rd);
+    }
+
+    switch (rd->type) {
+
+    case MR_READ_ACCOUNT:
+        return mr_admin_account_got(r, rd);
+
+    case MR_READ_KEYS:
+        return mr_admin_keys_got(r, rd);
+
+    case MR_READ_VERIFY:
+        return mr_admin_verified(r, rd);
+
+    default: /* MR_READ_ROUTES */
+        return mr_admin_routes_got(r, rd);
+    }
+}
+
+
+static ngx_int_t
+mr_admin_account_got(ngx_http_request_t *r, mr_store_read_t *rd)
+{
     return mr_http_send_json(r, NGX_HTTP_OK,
-                             mr_admin_account_json(&acct, &q));
+                             mr_admin_account_json(&rd->account, &rd->quota));
 }
 
 
@@ -571,27 +658,14 @@ mr_admin_key_create(ngx_http_request_t *r)
 static ngx_int_t
 mr_admin_keys_list(ngx_http_request_t *r)
 {
-    ngx_int_t       rc;
-    ngx_array_t     keys;
-    mr_account_t    acct;
-    mr_http_ctx_t  *ctx;
+    return mr_admin_read(r, MR_READ_KEYS);
+}
 
-    ctx = ngx_http_get_module_ctx(r, ngx_http_modelroute_module);
 
-    rc = mr_store_account_get(ctx->id.data, &acct, r->pool);
-
-    if (rc == NGX_DECLINED) {
-        return mr_http_error(r, MR_E_NOT_FOUND, "no such account", NULL);
-    }
-
-    if (rc != NGX_OK
-        || ngx_array_init(&keys, r->pool, 4, sizeof(mr_key_t)) != NGX_OK
-        || mr_store_keys_list(ctx->id.data, &keys, r->pool) != NGX_OK)
-    {
-        return mr_http_error(r, MR_E_INTERNAL, "store read failed", NULL);
-    }
-
-    return mr_http_send_list(r, &keys, mr_admin_key_json);
+static ngx_int_t
+mr_admin_keys_got(ngx_http_request_t *r, mr_store_read_t *rd)
+{
+    return mr_http_send_list(r, rd->list, mr_admin_key_json);
 }
 
 
@@ -617,23 +691,19 @@ mr_admin_key_revoke(ngx_http_request_t *r)
 static ngx_int_t
 mr_admin_verify(ngx_http_request_t *r)
 {
-    json_t         *j;
-    ngx_int_t       rc;
-    mr_verify_t     vf;
-    mr_account_t    acct;
-    mr_http_ctx_t  *ctx;
+    return mr_admin_read(r, MR_READ_VERIFY);
+}
 
-    ctx = ngx_http_get_module_ctx(r, ngx_http_modelroute_module);
 
-    rc = mr_store_verify(ctx->id.data, &acct, &vf, r->pool);
+static ngx_int_t
+mr_admin_verified(ngx_http_request_t *r, mr_store_read_t *rd)
+{
+    json_t        *j;
+    mr_verify_t    vf;
+    mr_account_t   acct;
 
-    if (rc == NGX_DECLINED) {
-        return mr_http_error(r, MR_E_NOT_FOUND, "no such account", NULL);
-    }
-
-    if (rc != NGX_OK) {
-        return mr_http_error(r, MR_E_INTERNAL, "store read failed", NULL);
-    }
+    vf = rd->verify;
+    acct = rd->account;
 
     j = json_pack("{s:b, s:o, s:o, s:o, s:o, s:o, s:o, s:I, s:I, s:o, s:o}",
                   "ok", (int) (vf.open_holds == acct.rec.held
@@ -844,6 +914,13 @@ mr_admin_key_json(void *elt)
 static ngx_int_t
 mr_admin_routes(ngx_http_request_t *r)
 {
+    return mr_admin_read(r, MR_READ_ROUTES);
+}
+
+
+static ngx_int_t
+mr_admin_routes_got(ngx_http_request_t *r, mr_store_read_t *rd)
+{
     json_t            *list, *item;
     int64_t            now;
     ngx_uint_t         i;
@@ -854,16 +931,7 @@ mr_admin_routes(ngx_http_request_t *r)
 
     mcf = mr_main_conf();
     rt = mcf->routes.elts;
-
-    st = ngx_pcalloc(r->pool, (mcf->routes.nelts + 1)
-                              * sizeof(mr_route_state_t));
-    if (st == NULL) {
-        return mr_http_error(r, MR_E_INTERNAL, "out of memory", NULL);
-    }
-
-    if (mr_store_route_states(mcf, st) != NGX_OK) {
-        return mr_http_error(r, MR_E_INTERNAL, "store read failed", NULL);
-    }
+    st = rd->states;
 
     list = json_array();
     if (list == NULL) {

@@ -33,6 +33,13 @@
 static ngx_int_t mr_admin_lists_limit(ngx_http_request_t *r,
     ngx_uint_t *limit, json_t *details);
 static json_t *mr_admin_lists_dlv(mr_dlv_t *dlv);
+static void mr_admin_lists_read(mr_store_read_t *rd);
+static ngx_int_t mr_admin_lists_got(ngx_http_request_t *r,
+    mr_store_read_t *rd);
+static ngx_int_t mr_admin_lists_accounts_got(ngx_http_request_t *r,
+    mr_store_read_t *rd);
+static ngx_int_t mr_admin_lists_deliveries_got(ngx_http_request_t *r,
+    mr_store_read_t *rd);
 static json_t *mr_admin_lists_raw(ngx_str_t *s);
 
 
@@ -66,13 +73,10 @@ mr_admin_lists_limit(ngx_http_request_t *r, ngx_uint_t *limit,
 ngx_int_t
 mr_admin_lists_accounts(ngx_http_request_t *r)
 {
-    json_t        *details, *data, *j;
-    ngx_int_t      rc;
-    ngx_str_t      after;
-    ngx_uint_t     i, limit, more;
-    mr_quota_t     q;
-    ngx_array_t    accts;
-    mr_account_t  *acct;
+    json_t           *details;
+    ngx_str_t         after;
+    ngx_uint_t        limit;
+    mr_store_read_t  *rd;
 
     details = json_array();
 
@@ -94,33 +98,75 @@ mr_admin_lists_accounts(ngx_http_request_t *r)
 
     json_decref(details);
 
-    if (ngx_array_init(&accts, r->pool, limit, sizeof(mr_account_t))
-        != NGX_OK)
-    {
+    rd = mr_http_read_alloc(r, MR_READ_ACCOUNTS);
+    if (rd == NULL) {
         return mr_http_error(r, MR_E_INTERNAL, "out of memory", NULL);
     }
 
-    rc = mr_store_ops_accounts(&after, limit, &accts, &more, r->pool);
+    rd->after = after;
+    rd->limit = limit;
+    rd->list = ngx_array_create(r->pool, limit, sizeof(mr_account_t));
+    rd->quotas = ngx_array_create(r->pool, limit, sizeof(mr_quota_t));
 
-    if (rc != NGX_OK) {
-        return mr_http_error(r, MR_E_INTERNAL, "store read failed", NULL);
+    if (rd->list == NULL || rd->quotas == NULL) {
+        return mr_http_error(r, MR_E_INTERNAL, "out of memory", NULL);
     }
+
+    if (mr_http_read(r, rd, mr_admin_lists_read) == NGX_DONE) {
+        return NGX_DONE;
+    }
+
+    return mr_admin_lists_got(r, rd);
+}
+
+
+static void
+mr_admin_lists_read(mr_store_read_t *rd)
+{
+    ngx_http_request_t  *r;
+
+    r = mr_http_read_resume(rd);
+    if (r == NULL) {
+        return;
+    }
+
+    mr_http_continued(r, mr_admin_lists_got(r, rd));
+}
+
+
+static ngx_int_t
+mr_admin_lists_got(ngx_http_request_t *r, mr_store_read_t *rd)
+{
+    if (rd->rc != NGX_OK) {
+        return mr_http_read_error(r, rd);
+    }
+
+    if (rd->type == MR_READ_ACCOUNTS) {
+        return mr_admin_lists_accounts_got(r, rd);
+    }
+
+    return mr_admin_lists_deliveries_got(r, rd);
+}
+
+
+static ngx_int_t
+mr_admin_lists_accounts_got(ngx_http_request_t *r, mr_store_read_t *rd)
+{
+    json_t        *data, *j;
+    ngx_uint_t     i;
+    mr_quota_t    *q;
+    mr_account_t  *acct;
 
     data = json_array();
     if (data == NULL) {
         return mr_http_error(r, MR_E_INTERNAL, "out of memory", NULL);
     }
 
-    acct = accts.elts;
+    acct = rd->list->elts;
+    q = rd->quotas->elts;
 
-    for (i = 0; i < accts.nelts; i++) {
-        if (mr_store_quota_get(acct[i].id, &q) != NGX_OK) {
-            json_decref(data);
-            return mr_http_error(r, MR_E_INTERNAL, "store read failed",
-                                 NULL);
-        }
-
-        j = mr_admin_account_json(&acct[i], &q);
+    for (i = 0; i < rd->list->nelts; i++) {
+        j = mr_admin_account_json(&acct[i], &q[i]);
 
         if (j == NULL || json_array_append_new(data, j) != 0) {
             json_decref(data);
@@ -131,17 +177,16 @@ mr_admin_lists_accounts(ngx_http_request_t *r)
     return mr_http_send_json(r, NGX_HTTP_OK,
                              json_pack("{s:s, s:o, s:b}", "object", "list",
                                        "data", data, "has_more",
-                                       (int) more));
+                                       (int) rd->more));
 }
 
 
 ngx_int_t
 mr_admin_lists_deliveries(ngx_http_request_t *r)
 {
-    json_t       *details, *data, *j;
-    ngx_uint_t    i, limit, scanned;
-    mr_dlv_t     *dlv;
-    ngx_array_t   dlvs;
+    json_t           *details;
+    ngx_uint_t        limit;
+    mr_store_read_t  *rd;
 
     if (!(r->method & (NGX_HTTP_GET | NGX_HTTP_HEAD))) {
         return mr_http_not_allowed(r, "GET, HEAD");
@@ -156,24 +201,40 @@ mr_admin_lists_deliveries(ngx_http_request_t *r)
 
     json_decref(details);
 
-    if (ngx_array_init(&dlvs, r->pool, limit, sizeof(mr_dlv_t)) != NGX_OK) {
+    rd = mr_http_read_alloc(r, MR_READ_FAILED_DLVS);
+    if (rd == NULL) {
         return mr_http_error(r, MR_E_INTERNAL, "out of memory", NULL);
     }
 
-    if (mr_store_ops_deliveries(limit, &dlvs, &scanned, r->pool)
-        != NGX_OK)
-    {
-        return mr_http_error(r, MR_E_INTERNAL, "store read failed", NULL);
+    rd->limit = limit;
+    rd->list = ngx_array_create(r->pool, limit, sizeof(mr_dlv_t));
+    if (rd->list == NULL) {
+        return mr_http_error(r, MR_E_INTERNAL, "out of memory", NULL);
     }
+
+    if (mr_http_read(r, rd, mr_admin_lists_read) == NGX_DONE) {
+        return NGX_DONE;
+    }
+
+    return mr_admin_lists_got(r, rd);
+}
+
+
+static ngx_int_t
+mr_admin_lists_deliveries_got(ngx_http_request_t *r, mr_store_read_t *rd)
+{
+    json_t      *data, *j;
+    ngx_uint_t   i;
+    mr_dlv_t    *dlv;
 
     data = json_array();
     if (data == NULL) {
         return mr_http_error(r, MR_E_INTERNAL, "out of memory", NULL);
     }
 
-    dlv = dlvs.elts;
+    dlv = rd->list->elts;
 
-    for (i = 0; i < dlvs.nelts; i++) {
+    for (i = 0; i < rd->list->nelts; i++) {
         j = mr_admin_lists_dlv(&dlv[i]);
 
         if (j == NULL || json_array_append_new(data, j) != 0) {
@@ -185,7 +246,7 @@ mr_admin_lists_deliveries(ngx_http_request_t *r)
     return mr_http_send_json(r, NGX_HTTP_OK,
                              json_pack("{s:s, s:o, s:I}", "object", "list",
                                        "data", data, "scanned",
-                                       (json_int_t) scanned));
+                                       (json_int_t) rd->scanned));
 }
 
 

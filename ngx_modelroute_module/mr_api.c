@@ -26,10 +26,15 @@
 static ngx_int_t mr_api_create(ngx_http_request_t *r);
 static void mr_api_create_done(mr_store_op_t *op);
 static ngx_int_t mr_api_get(ngx_http_request_t *r, ngx_uint_t result);
+static void mr_api_read(mr_store_read_t *rd);
+static ngx_int_t mr_api_got(ngx_http_request_t *r, mr_store_read_t *rd);
 static ngx_int_t mr_api_list(ngx_http_request_t *r);
+static ngx_int_t mr_api_listed(ngx_http_request_t *r, mr_store_read_t *rd);
 static ngx_int_t mr_api_cancel(ngx_http_request_t *r);
 static void mr_api_cancel_done(mr_store_op_t *op);
 static ngx_int_t mr_api_balance(ngx_http_request_t *r);
+static ngx_int_t mr_api_balance_got(ngx_http_request_t *r,
+    mr_store_read_t *rd);
 static ngx_int_t mr_api_models(ngx_http_request_t *r);
 static ngx_int_t mr_api_rotate(ngx_http_request_t *r);
 static void mr_api_rotate_done(mr_store_op_t *op);
@@ -339,38 +344,88 @@ mr_api_send_exec(ngx_http_request_t *r, ngx_uint_t status, mr_exec_t *exec)
 static ngx_int_t
 mr_api_get(ngx_http_request_t *r, ngx_uint_t result)
 {
-    ngx_int_t       rc;
-    ngx_str_t       body;
-    mr_exec_t       exec;
-    mr_http_ctx_t  *ctx;
+    mr_http_ctx_t    *ctx;
+    mr_store_read_t  *rd;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_modelroute_module);
 
-    rc = mr_store_exec_get(ctx->id.data, &exec, r->pool);
-
-    if (rc == NGX_ERROR) {
-        return mr_http_error(r, MR_E_INTERNAL, "store read failed", NULL);
+    rd = mr_http_read_alloc(r, MR_READ_EXEC);
+    if (rd == NULL) {
+        return mr_http_error(r, MR_E_INTERNAL, "out of memory", NULL);
     }
 
-    if (rc == NGX_DECLINED
-        || ngx_memcmp(exec.rec.org, ctx->key.rec.org, MR_ORG_ID_LEN) != 0)
+    ngx_memcpy(rd->id, ctx->id.data, MR_EXEC_ID_LEN);
+    rd->arg = result;
+
+    if (mr_http_read(r, rd, mr_api_read) == NGX_DONE) {
+        return NGX_DONE;
+    }
+
+    return mr_api_got(r, rd);
+}
+
+
+/* a read's continuation, after an event of the store */
+
+static void
+mr_api_read(mr_store_read_t *rd)
+{
+    ngx_http_request_t  *r;
+
+    r = mr_http_read_resume(rd);
+    if (r == NULL) {
+        return;
+    }
+
+    switch (rd->type) {
+
+    case MR_READ_EXEC:
+        mr_http_continued(r, mr_api_got(r, rd));
+        return;
+
+    case MR_READ_EXEC_LIST:
+        mr_http_continued(r, mr_api_listed(r, rd));
+        return;
+
+    default: /* MR_READ_ACCOUNT */
+        mr_http_continued(r, mr_api_balance_got(r, rd));
+    }
+}
+
+
+static ngx_int_t
+mr_api_got(ngx_http_request_t *r, mr_store_read_t *rd)
+{
+    ngx_str_t       body;
+    mr_exec_t      *exec;
+    mr_http_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_modelroute_module);
+    exec = &rd->exec;
+
+    if (rd->rc != NGX_OK && rd->rc != NGX_DECLINED) {
+        return mr_http_read_error(r, rd);
+    }
+
+    if (rd->rc == NGX_DECLINED
+        || ngx_memcmp(exec->rec.org, ctx->key.rec.org, MR_ORG_ID_LEN) != 0)
     {
         return mr_http_error(r, MR_E_NOT_FOUND, "no such execution", NULL);
     }
 
-    mr_vars_exec(r, &exec);
+    mr_vars_exec(r, exec);
 
-    if (!result) {
-        return mr_api_send_exec(r, NGX_HTTP_OK, &exec);
+    if (!rd->arg) {
+        return mr_api_send_exec(r, NGX_HTTP_OK, exec);
     }
 
-    if (exec.rec.status != MR_COMPLETED) {
+    if (exec->rec.status != MR_COMPLETED) {
         return mr_http_error(r, MR_E_NOT_COMPLETED,
                              "the execution has no result: it is not "
                              "COMPLETED", NULL);
     }
 
-    if (mr_exec_render_result(r->pool, &exec, &body) != NGX_OK) {
+    if (mr_exec_render_result(r->pool, exec, &body) != NGX_OK) {
         return mr_http_error(r, MR_E_INTERNAL, "out of memory", NULL);
     }
 
@@ -381,16 +436,12 @@ mr_api_get(ngx_http_request_t *r, ngx_uint_t result)
 static ngx_int_t
 mr_api_list(ngx_http_request_t *r)
 {
-    u_char          *p;
-    size_t           len;
-    json_t          *details;
-    ngx_int_t        rc, limit;
-    ngx_str_t        v, body, *parts;
-    ngx_uint_t       i;
-    mr_exec_t       *exec;
-    ngx_array_t      execs;
-    mr_http_ctx_t   *ctx;
-    mr_list_query_t  q;
+    json_t           *details;
+    ngx_int_t         limit;
+    ngx_str_t         v;
+    mr_http_ctx_t    *ctx;
+    mr_list_query_t   q;
+    mr_store_read_t  *rd;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_modelroute_module);
 
@@ -442,15 +493,44 @@ mr_api_list(ngx_http_request_t *r)
 
     json_decref(details);
 
-    if (ngx_array_init(&execs, r->pool, q.limit, sizeof(mr_exec_t))
-        != NGX_OK)
-    {
+    rd = mr_http_read_alloc(r, MR_READ_EXEC_LIST);
+    if (rd == NULL) {
         return mr_http_error(r, MR_E_INTERNAL, "out of memory", NULL);
     }
 
-    rc = mr_store_exec_list(&q, &execs, r->pool);
+    rd->query = ngx_palloc(r->pool, sizeof(mr_list_query_t));
+    rd->list = ngx_array_create(r->pool, q.limit, sizeof(mr_exec_t));
 
-    if (rc == NGX_DECLINED) {
+    if (rd->query == NULL || rd->list == NULL) {
+        return mr_http_error(r, MR_E_INTERNAL, "out of memory", NULL);
+    }
+
+    *rd->query = q;
+
+    if (mr_http_read(r, rd, mr_api_read) == NGX_DONE) {
+        return NGX_DONE;
+    }
+
+    return mr_api_listed(r, rd);
+}
+
+
+static ngx_int_t
+mr_api_listed(ngx_http_request_t *r, mr_store_read_t *rd)
+{
+    u_char           *p;
+    size_t            len;
+    json_t           *details;
+    ngx_str_t         body, *parts;
+    ngx_uint_t        i;
+    mr_exec_t        *exec;
+    ngx_array_t      *execs;
+    mr_list_query_t  *q;
+
+    q = rd->query;
+    execs = rd->list;
+
+    if (rd->rc == NGX_DECLINED) {
         details = json_array();
         mr_json_detail(details, "starting_after", "NOT_FOUND",
                        "no such execution");
@@ -458,20 +538,20 @@ mr_api_list(ngx_http_request_t *r)
                              "invalid list parameters", details);
     }
 
-    if (rc != NGX_OK) {
-        return mr_http_error(r, MR_E_INTERNAL, "store read failed", NULL);
+    if (rd->rc != NGX_OK) {
+        return mr_http_read_error(r, rd);
     }
 
-    parts = ngx_palloc(r->pool, (execs.nelts + 1) * sizeof(ngx_str_t));
+    parts = ngx_palloc(r->pool, (execs->nelts + 1) * sizeof(ngx_str_t));
     if (parts == NULL) {
         return mr_http_error(r, MR_E_INTERNAL, "out of memory", NULL);
     }
 
     len = sizeof("{\"object\":\"list\",\"data\":[],\"has_more\":false,"
                  "\"next_starting_after\":\"\"}") + MR_EXEC_ID_LEN;
-    exec = execs.elts;
+    exec = execs->elts;
 
-    for (i = 0; i < execs.nelts; i++) {
+    for (i = 0; i < execs->nelts; i++) {
         if (mr_exec_render(r->pool, &exec[i], &parts[i]) != NGX_OK) {
             return mr_http_error(r, MR_E_INTERNAL, "out of memory", NULL);
         }
@@ -487,7 +567,7 @@ mr_api_list(ngx_http_request_t *r)
     p = ngx_cpymem(body.data, "{\"object\":\"list\",\"data\":[",
                    sizeof("{\"object\":\"list\",\"data\":[") - 1);
 
-    for (i = 0; i < execs.nelts; i++) {
+    for (i = 0; i < execs->nelts; i++) {
         if (i) {
             *p++ = ',';
         }
@@ -501,9 +581,9 @@ mr_api_list(ngx_http_request_t *r)
      * last one it looked at
      */
 
-    if (q.has_more) {
+    if (q->has_more) {
         p = ngx_sprintf(p, "],\"has_more\":true,\"next_starting_after\":"
-                        "\"%*s\"}", (size_t) MR_EXEC_ID_LEN, q.next);
+                        "\"%*s\"}", (size_t) MR_EXEC_ID_LEN, q->next);
 
     } else {
         p = ngx_sprintf(p, "],\"has_more\":false,"
@@ -559,29 +639,48 @@ mr_api_cancel_done(mr_store_op_t *op)
 static ngx_int_t
 mr_api_balance(ngx_http_request_t *r)
 {
-    ngx_int_t       rc;
-    mr_account_t    acct;
-    mr_http_ctx_t  *ctx;
+    mr_http_ctx_t    *ctx;
+    mr_store_read_t  *rd;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_modelroute_module);
 
-    rc = mr_store_account_get(ctx->key.rec.org, &acct, NULL);
-
-    if (rc == NGX_ERROR) {
-        return mr_http_error(r, MR_E_INTERNAL, "store read failed", NULL);
+    rd = mr_http_read_alloc(r, MR_READ_ACCOUNT);
+    if (rd == NULL) {
+        return mr_http_error(r, MR_E_INTERNAL, "out of memory", NULL);
     }
 
-    if (rc == NGX_DECLINED) {
+    ngx_memcpy(rd->id, ctx->key.rec.org, MR_ORG_ID_LEN);
+
+    if (mr_http_read(r, rd, mr_api_read) == NGX_DONE) {
+        return NGX_DONE;
+    }
+
+    return mr_api_balance_got(r, rd);
+}
+
+
+static ngx_int_t
+mr_api_balance_got(ngx_http_request_t *r, mr_store_read_t *rd)
+{
+    mr_account_t  *acct;
+
+    if (rd->rc == NGX_DECLINED) {
         return mr_http_error(r, MR_E_NOT_FOUND, "no such account", NULL);
     }
+
+    if (rd->rc != NGX_OK) {
+        return mr_http_read_error(r, rd);
+    }
+
+    acct = &rd->account;
 
     return mr_http_send_json(r, NGX_HTTP_OK,
                json_pack("{s:s, s:o, s:o, s:o, s:s}",
                          "object", "balance",
-                         "balance", mr_json_money(acct.rec.balance),
-                         "held", mr_json_money(acct.rec.held),
-                         "available", mr_json_money(acct.rec.balance
-                                                    - acct.rec.held),
+                         "balance", mr_json_money(acct->rec.balance),
+                         "held", mr_json_money(acct->rec.held),
+                         "available", mr_json_money(acct->rec.balance
+                                                    - acct->rec.held),
                          "currency", "USD"));
 }
 

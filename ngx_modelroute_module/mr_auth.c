@@ -19,6 +19,9 @@ static ngx_int_t mr_auth_forbidden(ngx_http_request_t *r, mr_http_ctx_t *ctx,
     ngx_uint_t permission, ngx_int_t *rc);
 static ngx_int_t mr_auth_trusted(ngx_http_request_t *r, mr_http_ctx_t *ctx,
     ngx_int_t *rc);
+static ngx_int_t mr_auth_read(ngx_http_request_t *r, mr_http_ctx_t *ctx,
+    ngx_uint_t type, u_char *id, size_t len, ngx_int_t *rc);
+static void mr_auth_read_done(mr_store_read_t *rd);
 
 
 /* a fresh secret and its key record (id, hash, hint, created) */
@@ -87,8 +90,9 @@ mr_auth_parse(ngx_str_t *secret)
 
 /*
  * Authenticates the request into ctx->key: NGX_OK, or NGX_DECLINED with
- * the refusal (401, 403, 500) sent and its rc in *rc (NGX_DONE if the
- * request waits to run again, see mr_http_error()).
+ * the refusal (401, 403, 500, 503) sent and its rc in *rc (NGX_DONE if the
+ * request waits to run again: for the key's read, mr_auth_read(); or see
+ * mr_http_error()).
  */
 
 ngx_int_t
@@ -135,18 +139,33 @@ mr_auth_request(ngx_http_request_t *r, ngx_uint_t permission, ngx_int_t *rc)
 
     mr_sha256(hash, secret.data, secret.len);
 
-    found = mr_store_key_by_hash(hash, &ctx->key, r->pool);
+    if (!ctx->authed) {
+        found = mr_auth_read(r, ctx, MR_READ_AUTH, hash, MR_SHA256_LEN, rc);
 
-    if (found == NGX_ERROR) {
-        *rc = mr_http_error(r, MR_E_INTERNAL, "key lookup failed", NULL);
-        return NGX_DECLINED;
-    }
+        if (found == NGX_DONE) {
+            return NGX_DECLINED;
+        }
 
-    if (found == NGX_DECLINED
-        || !mr_memeq_ct(hash, ctx->key.rec.hash, MR_SHA256_LEN))
-    {
-        *rc = mr_http_error(r, MR_E_UNAUTHORIZED, "unknown API key", NULL);
-        return NGX_DECLINED;
+        if (found == NGX_BUSY || found == NGX_ERROR) {
+            *rc = (found == NGX_BUSY)
+                  ? mr_http_read_error(r, ctx->auth)
+                  : mr_http_error(r, MR_E_INTERNAL, "key lookup failed",
+                                  NULL);
+            return NGX_DECLINED;
+        }
+
+        if (found == NGX_DECLINED
+            || !mr_memeq_ct(hash, ctx->auth->key.rec.hash, MR_SHA256_LEN))
+        {
+            *rc = mr_http_error(r, MR_E_UNAUTHORIZED, "unknown API key",
+                                NULL);
+            return NGX_DECLINED;
+        }
+
+        ctx->key = ctx->auth->key;
+        ctx->rl_value = ctx->auth->rl_value;
+        ctx->rl_own = ctx->auth->rl_own;
+        ctx->authed = 1;
     }
 
     if (ctx->key.rec.revoked) {
@@ -218,7 +237,10 @@ mr_auth_trusted(ngx_http_request_t *r, mr_http_ctx_t *ctx, ngx_int_t *rc)
 {
     ngx_int_t     found;
     ngx_str_t     org;
-    mr_account_t  acct;
+
+    if (ctx->authed) {
+        return NGX_OK;
+    }
 
     if (r == r->main
         || mr_http_arg(r, "mr_account", &org) != NGX_OK
@@ -229,7 +251,17 @@ mr_auth_trusted(ngx_http_request_t *r, mr_http_ctx_t *ctx, ngx_int_t *rc)
         return NGX_DECLINED;
     }
 
-    found = mr_store_account_get(org.data, &acct, NULL);
+    found = mr_auth_read(r, ctx, MR_READ_ACCOUNT, org.data, MR_ORG_ID_LEN,
+                         rc);
+
+    if (found == NGX_DONE) {
+        return NGX_DECLINED;
+    }
+
+    if (found == NGX_BUSY) {
+        *rc = mr_http_read_error(r, ctx->auth);
+        return NGX_DECLINED;
+    }
 
     if (found == NGX_ERROR) {
         *rc = mr_http_error(r, MR_E_INTERNAL, "account lookup failed", NULL);
@@ -244,8 +276,71 @@ mr_auth_trusted(ngx_http_request_t *r, mr_http_ctx_t *ctx, ngx_int_t *rc)
     ngx_memzero(&ctx->key, sizeof(mr_key_t));
     ngx_memcpy(ctx->key.rec.org, org.data, MR_ORG_ID_LEN);
     ctx->key.rec.permission = MR_PERM_FULL;
+    ctx->authed = 1;
 
     return NGX_OK;
+}
+
+
+/*
+ * The read that authentication needs (the key by its hash, or the
+ * trusted account): its rc, or NGX_DONE with *rc NGX_DONE when it is
+ * answered later: the content handler then runs again from the start
+ * (mr_auth_read_done()), and this takes its answer.  Nothing else was
+ * done before it.
+ */
+
+static ngx_int_t
+mr_auth_read(ngx_http_request_t *r, mr_http_ctx_t *ctx, ngx_uint_t type,
+    u_char *id, size_t len, ngx_int_t *rc)
+{
+    mr_store_read_t  *rd;
+
+    rd = ctx->auth;
+
+    if (ctx->auth_answered) {
+        ctx->auth_answered = 0;       /* the answer of the last run */
+        return rd->rc;
+    }
+
+    if (rd == NULL) {
+        rd = mr_http_read_alloc(r, type);
+        if (rd == NULL) {
+            return NGX_ERROR;
+        }
+
+        ctx->auth = rd;
+    }
+
+    rd->type = type;
+    ngx_memcpy(rd->id, id, len);
+
+    if (mr_http_read(r, rd, mr_auth_read_done) == NGX_DONE) {
+        *rc = NGX_DONE;
+        return NGX_DONE;
+    }
+
+    return rd->rc;
+}
+
+
+static void
+mr_auth_read_done(mr_store_read_t *rd)
+{
+    mr_http_ctx_t       *ctx;
+    ngx_http_request_t  *r;
+
+    r = mr_http_read_resume(rd);
+    if (r == NULL) {
+        return;
+    }
+
+    /* answered: the next run takes it */
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_modelroute_module);
+    ctx->auth_answered = 1;
+
+    mr_http_rerun(r);
 }
 
 

@@ -34,29 +34,101 @@
 #define MR_CALLBACK_CONTEXT  "modelroute-callback"
 
 
+static void mr_callback_key_read(mr_store_read_t *rd);
+static void mr_callback_key_again(ngx_event_t *ev);
 static void mr_callback_mac(u_char *exec_id, ngx_uint_t attempt, u_char *hex);
 static ngx_int_t mr_callback_parse(ngx_str_t *token, ngx_uint_t *attempt,
     u_char **mac);
 static ngx_int_t mr_callback_body(ngx_http_request_t *r);
+static void mr_callback_read(mr_store_read_t *rd);
+static ngx_int_t mr_callback_got(ngx_http_request_t *r, mr_store_read_t *rd);
 static void mr_callback_done(mr_store_op_t *op);
 
 
-static u_char      mr_callback_key[MR_STORE_SECRET_LEN];
-static ngx_uint_t  mr_callback_ready;
+#define MR_CALLBACK_KEY_NONE     0   /* no dispatch in this worker */
+#define MR_CALLBACK_KEY_READING  1
+#define MR_CALLBACK_KEY_READY    2
 
+#define MR_CALLBACK_KEY_AGAIN    1000  /* ms: its read failed */
+
+
+static u_char           mr_callback_key[MR_STORE_SECRET_LEN];
+static ngx_uint_t       mr_callback_state;
+static mr_store_read_t  mr_callback_rd;
+static ngx_event_t      mr_callback_ev;
+
+
+/*
+ * The callback key, the store's (every node's): a store that answers at
+ * once must have it; one that answers later gives it when it can, and
+ * until then the dispatcher waits and callbacks get 503.
+ */
 
 ngx_int_t
 mr_callback_init_process(ngx_cycle_t *cycle)
 {
-    if (mr_store_meta_secret("cbkey", mr_callback_key) != NGX_OK) {
+    mr_callback_state = MR_CALLBACK_KEY_READING;
+
+    mr_callback_ev.handler = mr_callback_key_again;
+    mr_callback_ev.log = cycle->log;
+    mr_callback_ev.data = &mr_timer_conn;
+    mr_callback_ev.cancelable = 1;
+
+    ngx_memzero(&mr_callback_rd, sizeof(mr_store_read_t));
+    mr_callback_rd.type = MR_READ_META;
+    mr_callback_rd.name = "cbkey";
+    mr_callback_rd.handler = mr_callback_key_read;
+
+    if (mr_store_read(&mr_callback_rd) == NGX_AGAIN) {
+        return NGX_OK;
+    }
+
+    if (mr_callback_rd.rc != NGX_OK) {
         ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
                       "modelroute: the store has no callback key");
         return NGX_ERROR;
     }
 
-    mr_callback_ready = 1;
+    mr_callback_key_read(&mr_callback_rd);
 
     return NGX_OK;
+}
+
+
+static void
+mr_callback_key_read(mr_store_read_t *rd)
+{
+    if (rd->rc == NGX_OK) {
+        ngx_memcpy(mr_callback_key, rd->raw, MR_STORE_SECRET_LEN);
+        mr_callback_state = MR_CALLBACK_KEY_READY;
+        return;
+    }
+
+    /* logged by the store; again in a while */
+
+    if (!ngx_exiting && !ngx_quit && !ngx_terminate) {
+        ngx_add_timer(&mr_callback_ev, MR_CALLBACK_KEY_AGAIN);
+    }
+}
+
+
+static void
+mr_callback_key_again(ngx_event_t *ev)
+{
+    mr_callback_rd.rc = NGX_OK;
+
+    if (mr_store_read(&mr_callback_rd) == NGX_OK) {
+        mr_callback_key_read(&mr_callback_rd);
+    }
+}
+
+
+/* whether callback URLs can be made and callbacks checked */
+
+ngx_uint_t
+mr_callback_ready(void)
+{
+    return mr_callback_state != MR_CALLBACK_KEY_READING;
 }
 
 
@@ -176,8 +248,14 @@ mr_callback_handler(ngx_http_request_t *r)
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_modelroute_module);
 
-    if (!mr_callback_ready) {
+    if (mr_callback_state == MR_CALLBACK_KEY_NONE) {
         return mr_http_error(r, MR_E_NOT_FOUND, "no such resource", NULL);
+    }
+
+    if (mr_callback_state == MR_CALLBACK_KEY_READING) {
+        return mr_http_error(r, MR_E_SERVICE_UNAVAILABLE,
+                             "the store cannot be reached; try again",
+                             NULL);
     }
 
     if (mr_http_arg(r, "token", &arg) == NGX_OK) {
@@ -228,13 +306,9 @@ static ngx_int_t
 mr_callback_body(ngx_http_request_t *r)
 {
     json_t            *body;
-    ngx_int_t          rc;
-    mr_exec_t          exec;
     ngx_uint_t         unheld;
-    mr_model_t        *m;
     mr_http_ctx_t     *ctx;
-    mr_store_op_t     *op;
-    mr_adapter_out_t   out;
+    mr_store_read_t   *rd;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_modelroute_module);
 
@@ -250,18 +324,59 @@ mr_callback_body(ngx_http_request_t *r)
                              "the body must be a JSON object", NULL);
     }
 
+    json_decref(body);
+
     /* the model's prices and the input, for the cost of the usage */
 
-    rc = mr_store_exec_get(ctx->id.data, &exec, r->pool);
+    rd = mr_http_read_alloc(r, MR_READ_EXEC);
+    if (rd == NULL) {
+        return mr_http_error(r, MR_E_INTERNAL, "out of memory", NULL);
+    }
 
-    if (rc == NGX_DECLINED) {
-        json_decref(body);
+    ngx_memcpy(rd->id, ctx->id.data, MR_EXEC_ID_LEN);
+
+    if (mr_http_read(r, rd, mr_callback_read) == NGX_DONE) {
+        return NGX_DONE;
+    }
+
+    return mr_callback_got(r, rd);
+}
+
+
+static void
+mr_callback_read(mr_store_read_t *rd)
+{
+    ngx_http_request_t  *r;
+
+    r = mr_http_read_resume(rd);
+    if (r == NULL) {
+        return;
+    }
+
+    mr_http_continued(r, mr_callback_got(r, rd));
+}
+
+
+static ngx_int_t
+mr_callback_got(ngx_http_request_t *r, mr_store_read_t *rd)
+{
+    json_t            *body;
+    mr_exec_t         *exec;
+    ngx_uint_t         unheld;
+    mr_model_t        *m;
+    mr_http_ctx_t     *ctx;
+    mr_store_op_t     *op;
+    mr_adapter_out_t   out;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_modelroute_module);
+    exec = &rd->exec;
+
+    if (rd->rc == NGX_DECLINED) {
         return mr_http_error(r, MR_E_NOT_FOUND, "no such execution", NULL);
     }
 
-    if (rc != NGX_OK) {
-        json_decref(body);
-        return mr_http_error(r, MR_E_INTERNAL, "store read failed", NULL);
+    if (rd->rc != NGX_OK) {
+        return mr_http_read_error(r, rd);
     }
 
     /*
@@ -269,8 +384,7 @@ mr_callback_body(ngx_http_request_t *r)
      * refused like a forged one; none is good after expires_at
      */
 
-    if (ctx->op.disp.token >= exec.rec.nattempts) {
-        json_decref(body);
+    if (ctx->op.disp.token >= exec->rec.nattempts) {
         ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
                       "modelroute: a callback for %V with the token of "
                       "attempt %uL, which was not made", &ctx->id,
@@ -280,21 +394,26 @@ mr_callback_body(ngx_http_request_t *r)
                              NULL);
     }
 
-    if (mr_now_ms() >= exec.rec.expires_ms) {
-        json_decref(body);
+    if (mr_now_ms() >= exec->rec.expires_ms) {
         return mr_http_error(r, MR_E_UNAUTHORIZED,
                              "the callback token has expired (the "
                              "execution's expires_at has passed)", NULL);
     }
 
-    m = mr_model_find(mr_main_conf(), &exec.seg[MR_SEG_MODEL]);
+    m = mr_model_find(mr_main_conf(), &exec->seg[MR_SEG_MODEL]);
 
     if (m == NULL) {
-        json_decref(body);
         return mr_http_error(r, MR_E_NOT_FOUND, "no such execution", NULL);
     }
 
-    mr_adapter_callback(r->pool, m, &exec, body, &out);
+    /* the body again (checked before the read) */
+
+    body = mr_adapter_json(ctx->body.data, ctx->body.len, &unheld);
+    if (body == NULL) {
+        return mr_http_error(r, MR_E_INTERNAL, "out of memory", NULL);
+    }
+
+    mr_adapter_callback(r->pool, m, exec, body, &out);
 
     json_decref(body);
 

@@ -20,6 +20,7 @@
 
 
 ngx_int_t mr_callback_init_process(ngx_cycle_t *cycle);
+ngx_uint_t mr_callback_ready(void);
 ngx_int_t mr_callback_url(ngx_pool_t *pool, mr_main_conf_t *mcf,
     u_char *exec_id, ngx_str_t *url);
 ngx_int_t mr_callback_token(ngx_pool_t *pool, u_char *exec_id,

@@ -117,6 +117,7 @@ struct mr_disp_req_s {
     ngx_uint_t                ops;        /* outcomes being recorded */
     ngx_uint_t                recorded;
     ngx_event_t               watch;
+    mr_store_read_t          *watching;   /* the watch's read in flight */
     unsigned                  started:1;
     unsigned                  finished:1;
 };
@@ -124,6 +125,8 @@ struct mr_disp_req_s {
 
 static void mr_dispatch_kick(void);
 static void mr_dispatch_poll(ngx_event_t *ev);
+static void mr_dispatch_next(mr_store_read_t *rd);
+static void mr_dispatch_due(int64_t due);
 static void mr_dispatch_claimed(mr_store_op_t *op);
 static void mr_dispatch_send(mr_disp_job_t *jobs, ngx_uint_t n);
 static void mr_dispatch_sent(CURL *easy, CURLcode rc, void *data);
@@ -133,6 +136,8 @@ static size_t mr_dispatch_discard(char *ptr, size_t size, size_t nmemb,
 
 static ngx_int_t mr_dispatch_handler(ngx_http_request_t *r);
 static void mr_dispatch_body(ngx_http_request_t *r);
+static void mr_dispatch_read(mr_store_read_t *rd);
+static void mr_dispatch_start(ngx_http_request_t *r, mr_store_read_t *rd);
 static ngx_int_t mr_dispatch_parse(ngx_http_request_t *r,
     mr_disp_req_t *req);
 static ngx_int_t mr_dispatch_prepare(ngx_http_request_t *r,
@@ -147,6 +152,10 @@ static void mr_dispatch_record(mr_disp_att_t *a, mr_adapter_out_t *out,
     ngx_uint_t status);
 static void mr_dispatch_recorded(mr_store_op_t *op);
 static void mr_dispatch_watch(ngx_event_t *ev);
+static void mr_dispatch_watch_read(mr_store_read_t *rd);
+static ngx_uint_t mr_dispatch_watched(mr_disp_req_t *req,
+    mr_store_read_t *rd);
+static ngx_uint_t mr_dispatch_unwanted(mr_disp_req_t *req);
 static void mr_dispatch_abort(mr_disp_att_t *a);
 static void mr_dispatch_cleanup(void *data);
 static ngx_int_t mr_dispatch_finish(mr_disp_req_t *req);
@@ -164,7 +173,8 @@ static void mr_dispatch_discard_rest(ngx_http_request_t *r,
 static mr_main_conf_t  *mr_disp_mcf;
 static ngx_event_t      mr_disp_ev;
 static mr_store_op_t    mr_disp_claim_op;
-static ngx_uint_t       mr_disp_claiming;
+static mr_store_read_t  mr_disp_next_rd;
+static ngx_uint_t       mr_disp_claiming;   /* or reading what is due */
 static ngx_uint_t       mr_disp_kicked;
 static ngx_uint_t       mr_disp_active;   /* attempts sent, not answered */
 static ngx_msec_t       mr_disp_timeout;  /* the longest route timeout */
@@ -210,15 +220,21 @@ mr_dispatch_postconfiguration(ngx_conf_t *cf, mr_main_conf_t *mcf)
 ngx_int_t
 mr_dispatch_init_process(ngx_cycle_t *cycle, mr_main_conf_t *mcf)
 {
-    ngx_uint_t   i;
-    mr_route_t  *rt;
-    u_char       raw[MR_STORE_SECRET_LEN];
+    ngx_uint_t        i;
+    mr_route_t       *rt;
+    mr_store_read_t   rd;
 
     if (mcf->dispatch_srv == NULL) {
         return NGX_OK;
     }
 
-    if (mr_store_meta_secret("dsecret", raw) != NGX_OK
+    /* the node's own secret: every backend answers it at once */
+
+    ngx_memzero(&rd, sizeof(mr_store_read_t));
+    rd.type = MR_READ_META;
+    rd.name = "dsecret";
+
+    if (mr_store_read(&rd) != NGX_OK || rd.rc != NGX_OK
         || mr_callback_init_process(cycle) != NGX_OK)
     {
         ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
@@ -226,7 +242,7 @@ mr_dispatch_init_process(ngx_cycle_t *cycle, mr_main_conf_t *mcf)
         return NGX_ERROR;
     }
 
-    mr_hex(mr_disp_secret, raw, MR_STORE_SECRET_LEN);
+    mr_hex(mr_disp_secret, rd.raw, MR_STORE_SECRET_LEN);
 
     mr_disp_mcf = mcf;
 
@@ -302,8 +318,7 @@ mr_dispatch_kick(void)
 static void
 mr_dispatch_poll(ngx_event_t *ev)
 {
-    int64_t         due, now;
-    mr_store_op_t  *op;
+    mr_store_read_t  *rd;
 
     if (mr_disp_claiming || ngx_exiting || ngx_quit || ngx_terminate) {
         return;
@@ -317,7 +332,59 @@ mr_dispatch_poll(ngx_event_t *ev)
         return;    /* an answer kicks */
     }
 
-    if (mr_store_disp_next(&due) != NGX_OK) {
+    if (!mr_callback_ready()) {
+        ngx_add_timer(ev, MR_DISP_IDLE);    /* its key is on its way */
+        return;
+    }
+
+    /* when the next execution is due */
+
+    rd = &mr_disp_next_rd;
+    ngx_memzero(rd, sizeof(mr_store_read_t));
+    rd->type = MR_READ_DISP_NEXT;
+    rd->handler = mr_dispatch_next;
+
+    if (mr_store_read(rd) == NGX_AGAIN) {
+        mr_disp_claiming = 1;
+        return;
+    }
+
+    mr_dispatch_due(rd->rc == NGX_OK ? rd->due : -2);
+}
+
+
+static void
+mr_dispatch_next(mr_store_read_t *rd)
+{
+    mr_disp_claiming = 0;
+
+    if (ngx_exiting || ngx_quit || ngx_terminate) {
+        return;
+    }
+
+    mr_dispatch_due(rd->rc == NGX_OK ? rd->due : -2);
+}
+
+
+/* due: the earliest due time, -1: none, -2: the store did not say */
+
+static void
+mr_dispatch_due(int64_t due)
+{
+    int64_t          now;
+    ngx_event_t     *ev;
+    mr_store_op_t   *op;
+
+    ev = &mr_disp_ev;
+
+    if (mr_disp_kicked) {
+        /* kicked while it read: what is due may have changed */
+        mr_disp_kicked = 0;
+        mr_dispatch_kick();
+        return;
+    }
+
+    if (due == -2) {
         ngx_add_timer(ev, MR_DISP_POLL);
         return;
     }
@@ -358,10 +425,19 @@ mr_dispatch_claimed(mr_store_op_t *op)
         if (ngx_current_msec - mr_disp_failed_at > MR_DISP_POLL * 10
             || mr_disp_failed_at == 0)
         {
-            ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
-                          "modelroute dispatch: a claim failed (store "
-                          "full or failing); trying again every %d ms",
-                          MR_DISP_POLL);
+            if (op->result == MR_R_UNAVAILABLE) {
+                ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                              "modelroute dispatch: the store cannot be "
+                              "reached; claims are tried again every %d ms",
+                              MR_DISP_POLL);
+
+            } else {
+                ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                              "modelroute dispatch: a claim failed (store "
+                              "full or failing); trying again every %d ms",
+                              MR_DISP_POLL);
+            }
+
             mr_disp_failed_at = ngx_current_msec;
         }
 
@@ -707,11 +783,10 @@ mr_dispatch_handler(ngx_http_request_t *r)
 static void
 mr_dispatch_body(ngx_http_request_t *r)
 {
-    ngx_str_t       body;
-    ngx_uint_t      i;
-    mr_disp_att_t  *a;
-    mr_disp_req_t  *req;
-    mr_http_ctx_t  *ctx;
+    ngx_uint_t        i;
+    mr_disp_req_t    *req;
+    mr_http_ctx_t    *ctx;
+    mr_store_read_t  *rd;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_modelroute_module);
     req = ctx->data;
@@ -724,10 +799,85 @@ mr_dispatch_body(ngx_http_request_t *r)
         return;
     }
 
+    /* the attempts' executions, in one read */
+
+    rd = mr_http_read_alloc(r, MR_READ_EXECS);
+    if (rd == NULL) {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    rd->ids = ngx_pnalloc(r->pool, req->n * MR_EXEC_ID_LEN);
+    rd->list = ngx_array_create(r->pool, req->n, sizeof(mr_exec_t));
+
+    if (rd->ids == NULL || rd->list == NULL) {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    for (i = 0; i < req->n; i++) {
+        ngx_memcpy(rd->ids + i * MR_EXEC_ID_LEN, req->att[i].exec_id,
+                   MR_EXEC_ID_LEN);
+    }
+
+    rd->nids = req->n;
+
+    if (mr_http_read(r, rd, mr_dispatch_read) == NGX_DONE) {
+        return;
+    }
+
+    mr_dispatch_start(r, rd);
+}
+
+
+static void
+mr_dispatch_read(mr_store_read_t *rd)
+{
+    ngx_connection_t    *c;
+    ngx_http_request_t  *r;
+
+    r = mr_http_read_resume(rd);
+    if (r == NULL) {
+        return;
+    }
+
+    c = r->connection;
+
+    mr_dispatch_start(r, rd);
+
+    ngx_http_run_posted_requests(c);
+}
+
+
+/* the attempts whose execution still holds their lease are made */
+
+static void
+mr_dispatch_start(ngx_http_request_t *r, mr_store_read_t *rd)
+{
+    ngx_str_t       body;
+    ngx_uint_t      i;
+    mr_exec_t      *exec;
+    mr_disp_att_t  *a;
+    mr_disp_req_t  *req;
+    mr_http_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_modelroute_module);
+    req = ctx->data;
+    exec = rd->list->elts;
+
     req->started = 1;
 
     for (i = 0; i < req->n; i++) {
         a = &req->att[i];
+
+        if (!a->expired) {
+            if (rd->rc != NGX_OK || i >= rd->list->nelts) {
+                /* the store did not say: its lease ends, it is made again */
+                continue;
+            }
+
+            a->exec = exec[i];
+        }
 
         if (mr_dispatch_prepare(r, a, &body) != NGX_OK) {
             continue;
@@ -898,10 +1048,9 @@ mr_dispatch_prepare(ngx_http_request_t *r, mr_disp_att_t *a, ngx_str_t *body)
         return NGX_DECLINED;
     }
 
-    rc = mr_store_exec_get(a->exec_id, &a->exec, r->pool);
+    /* a->exec: status 0 if it is not there */
 
-    if (rc != NGX_OK
-        || a->exec.rec.status != MR_PROCESSING
+    if (a->exec.rec.status != MR_PROCESSING
         || a->exec.rec.lease_owner == 0
         || a->exec.rec.lease_owner != a->token)
     {
@@ -1546,6 +1695,14 @@ mr_dispatch_recorded(mr_store_op_t *op)
                       ? mr_exec_status_name(op->disp.status) : &gone);
         break;
 
+    case MR_R_UNAVAILABLE:
+        ngx_log_error(NGX_LOG_WARN, c->log, 0,
+                      "modelroute dispatch: the outcome of %*s cannot be "
+                      "recorded, the store cannot be reached; it is made "
+                      "again when its lease ends",
+                      (size_t) MR_EXEC_ID_LEN, a->exec_id);
+        break;
+
     default:
         ngx_log_error(NGX_LOG_ERR, c->log, 0,
                       "modelroute dispatch: the outcome of %*s was not "
@@ -1575,16 +1732,13 @@ mr_dispatch_watch(ngx_event_t *ev)
 {
     mr_disp_req_t *req = ev->data;
 
-    ngx_int_t            rc;
-    ngx_uint_t           i;
-    mr_exec_t            exec;
+    ngx_uint_t           i, n;
+    ngx_pool_t          *pool;
     mr_disp_att_t       *a;
+    mr_store_read_t     *rd;
     mr_adapter_out_t     out;
-    ngx_connection_t    *c;
-    ngx_http_request_t  *r;
 
-    r = req->r;
-    c = r->connection;
+    n = 0;
 
     for (i = 0; i < req->n; i++) {
         a = &req->att[i];
@@ -1617,21 +1771,126 @@ mr_dispatch_watch(ngx_event_t *ev)
             continue;
         }
 
-        rc = mr_store_exec_get(a->exec_id, &exec, NULL);
+        n++;
+    }
 
-        if (rc == NGX_ERROR) {
-            continue;
+    /*
+     * the executions of the attempts in flight, in one read of its own
+     * (not the request's: the request may end before the read does, see
+     * mr_dispatch_cleanup()); one at a time
+     */
+
+    if (n && req->watching == NULL) {
+        pool = ngx_create_pool(1024, ev->log);
+        rd = pool ? ngx_pcalloc(pool, sizeof(mr_store_read_t)) : NULL;
+
+        if (rd) {
+            rd->type = MR_READ_EXECS;
+            rd->pool = pool;
+            rd->data = req;
+            rd->handler = mr_dispatch_watch_read;
+            rd->ids = ngx_pnalloc(pool, n * MR_EXEC_ID_LEN);
+            rd->list = ngx_array_create(pool, n, sizeof(mr_exec_t));
         }
 
-        if (rc == NGX_DECLINED || exec.rec.status != MR_PROCESSING
-            || exec.rec.lease_owner != a->token)
+        if (rd && rd->ids && rd->list) {
+            for (i = 0; i < req->n; i++) {
+                a = &req->att[i];
+
+                if (a->state == MR_ATT_RUNNING) {
+                    ngx_memcpy(rd->ids + rd->nids++ * MR_EXEC_ID_LEN,
+                               a->exec_id, MR_EXEC_ID_LEN);
+                }
+            }
+
+            if (mr_store_read(rd) == NGX_AGAIN) {
+                req->watching = rd;
+
+            } else {
+                i = mr_dispatch_watched(req, rd);
+                ngx_destroy_pool(pool);
+
+                if (i) {
+                    return;          /* the request ended */
+                }
+            }
+
+        } else if (pool) {
+            ngx_destroy_pool(pool);
+        }
+    }
+
+    if (mr_dispatch_unwanted(req)) {
+        return;                      /* the request ended */
+    }
+
+    if (req->running) {
+        ngx_add_timer(ev, MR_DISP_WATCH);
+    }
+}
+
+
+static void
+mr_dispatch_watch_read(mr_store_read_t *rd)
+{
+    mr_disp_req_t  *req;
+
+    req = rd->data;
+
+    if (req) {
+        req->watching = NULL;
+        (void) mr_dispatch_watched(req, rd);
+    }
+
+    ngx_destroy_pool(rd->pool);
+}
+
+
+/*
+ * The executions read: an attempt whose execution was cancelled or
+ * expired meanwhile (its lease passed on) is given up; when no attempt of
+ * the request is wanted any more, the request ends (1: it did, req is no
+ * more).
+ */
+
+static ngx_uint_t
+mr_dispatch_watched(mr_disp_req_t *req, mr_store_read_t *rd)
+{
+    ngx_uint_t           i, j;
+    mr_exec_t           *exec;
+    mr_disp_att_t       *a;
+    ngx_connection_t    *c;
+    ngx_http_request_t  *r;
+
+    r = req->r;
+    c = r->connection;
+
+    exec = rd->list->elts;
+
+    for (j = 0; rd->rc == NGX_OK && j < rd->list->nelts; j++) {
+
+        for (i = 0; i < req->n; i++) {
+            a = &req->att[i];
+
+            if (a->state == MR_ATT_RUNNING
+                && ngx_memcmp(a->exec_id, exec[j].id, MR_EXEC_ID_LEN) == 0)
+            {
+                break;
+            }
+        }
+
+        if (i == req->n) {
+            continue;                /* answered meanwhile */
+        }
+
+        if (exec[j].rec.status != MR_PROCESSING
+            || exec[j].rec.lease_owner != a->token)
         {
             ngx_log_error(NGX_LOG_INFO, c->log, 0,
                           "modelroute dispatch: %*s is %V: its attempt "
                           "is given up", (size_t) MR_EXEC_ID_LEN,
                           a->exec_id,
-                          mr_exec_status_name(rc == NGX_OK
-                                              ? exec.rec.status : 0));
+                          mr_exec_status_name(exec[j].rec.status));
             a->state = MR_ATT_GONE;
             req->live--;
 
@@ -1639,22 +1898,36 @@ mr_dispatch_watch(ngx_event_t *ev)
         }
     }
 
-    if (req->running && req->live == 0) {
+    return mr_dispatch_unwanted(req);
+}
 
-        /* nothing wanted is left: abort the upstream calls in flight */
 
-        ngx_log_error(NGX_LOG_INFO, c->log, 0,
-                      "modelroute dispatch: aborting %ui attempts no "
-                      "longer wanted", req->running);
+/*
+ * When no attempt of the request is wanted any more, the upstream calls
+ * in flight are aborted and the request ends (1: req is no more)
+ */
 
-        ngx_http_finalize_request(r, NGX_ERROR);
-        ngx_http_run_posted_requests(c);
-        return;
+static ngx_uint_t
+mr_dispatch_unwanted(mr_disp_req_t *req)
+{
+    ngx_connection_t    *c;
+    ngx_http_request_t  *r;
+
+    if (!(req->running && req->live == 0)) {
+        return 0;
     }
 
-    if (req->running) {
-        ngx_add_timer(ev, MR_DISP_WATCH);
-    }
+    r = req->r;
+    c = r->connection;
+
+    ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                  "modelroute dispatch: aborting %ui attempts no "
+                  "longer wanted", req->running);
+
+    ngx_http_finalize_request(r, NGX_ERROR);
+    ngx_http_run_posted_requests(c);
+
+    return 1;
 }
 
 
@@ -1712,6 +1985,13 @@ mr_dispatch_cleanup(void *data)
 
     if (req->watch.timer_set) {
         ngx_del_timer(&req->watch);
+    }
+
+    /* a watch's read in flight ends without its request */
+
+    if (req->watching) {
+        req->watching->data = NULL;
+        req->watching = NULL;
     }
 }
 

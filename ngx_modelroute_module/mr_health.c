@@ -39,9 +39,20 @@
 static void mr_health_beat(ngx_event_t *ev);
 static ngx_int_t mr_health_submit(ngx_http_request_t *r);
 static void mr_health_done(mr_store_op_t *op);
+static void mr_health_read(mr_store_read_t *rd);
+static ngx_int_t mr_health_got(ngx_http_request_t *r, mr_store_read_t *rd);
 static ngx_int_t mr_health_answer(ngx_http_request_t *r, ngx_uint_t stored,
     const char *store_reason, int64_t commit_ms);
 static void mr_health_reason(json_t *reasons, const char *fmt, ...);
+
+
+/* the store's statistics, read for the answer, and what is known */
+typedef struct {
+    mr_store_read_t           rd;
+    ngx_uint_t                stored;
+    const char               *reason;
+    int64_t                   commit_ms;
+} mr_health_read_t;
 
 
 static ngx_event_t  mr_health_ev;
@@ -157,8 +168,8 @@ mr_health_done(mr_store_op_t *op)
               "modelroute_store_map_size); raise it and reload"
             : "store: the heartbeat's commit failed";
 
-    mr_http_finalize(r, mr_health_answer(r, op->result == MR_R_OK, why,
-                                         mr_now_ms() - op->now));
+    mr_http_continued(r, mr_health_answer(r, op->result == MR_R_OK, why,
+                                          mr_now_ms() - op->now));
 }
 
 
@@ -177,16 +188,73 @@ mr_health_reason(json_t *reasons, const char *fmt, ...)
 }
 
 
+/* the answer, once the store's statistics are read */
+
 static ngx_int_t
 mr_health_answer(ngx_http_request_t *r, ngx_uint_t stored,
     const char *store_reason, int64_t commit_ms)
 {
+    u_char            *p;
+    mr_health_read_t  *hr;
+
+    hr = ngx_pcalloc(r->pool, sizeof(mr_health_read_t));
+    if (hr == NULL) {
+        return mr_http_error(r, MR_E_INTERNAL, "out of memory", NULL);
+    }
+
+    hr->rd.type = MR_READ_STATS;
+    hr->stored = stored;
+    hr->commit_ms = commit_ms;
+
+    if (store_reason) {
+        p = ngx_pnalloc(r->pool, ngx_strlen(store_reason) + 1);
+        if (p == NULL) {
+            return mr_http_error(r, MR_E_INTERNAL, "out of memory", NULL);
+        }
+
+        ngx_cpystrn(p, (u_char *) store_reason,
+                    ngx_strlen(store_reason) + 1);
+        hr->reason = (char *) p;
+    }
+
+    if (mr_http_read(r, &hr->rd, mr_health_read) == NGX_DONE) {
+        return NGX_DONE;
+    }
+
+    return mr_health_got(r, &hr->rd);
+}
+
+
+static void
+mr_health_read(mr_store_read_t *rd)
+{
+    ngx_http_request_t  *r;
+
+    r = mr_http_read_resume(rd);
+    if (r == NULL) {
+        return;
+    }
+
+    mr_http_continued(r, mr_health_got(r, rd));
+}
+
+
+static ngx_int_t
+mr_health_got(ngx_http_request_t *r, mr_store_read_t *rd)
+{
     json_t               *reasons, *workers, *w, *store;
-    int64_t               now, age;
-    ngx_uint_t            i, n, ok;
+    int64_t               now, age, commit_ms;
+    ngx_uint_t            i, n, ok, stored;
+    const char           *store_reason;
     ngx_core_conf_t      *ccf;
     mr_store_stats_t      ss;
+    mr_health_read_t     *hr;
     mr_metrics_worker_t  *slot;
+
+    hr = (mr_health_read_t *) rd;
+    stored = hr->stored;
+    store_reason = hr->reason;
+    commit_ms = hr->commit_ms;
 
     reasons = json_array();
     workers = json_array();
@@ -201,10 +269,14 @@ mr_health_answer(ngx_http_request_t *r, ngx_uint_t stored,
         json_array_append_new(reasons, json_string(store_reason));
     }
 
-    if (mr_store_ops_stats(&ss) != NGX_OK) {
+    ss = rd->stats;
+
+    if (rd->rc != NGX_OK) {
         ngx_memzero(&ss, sizeof(mr_store_stats_t));
         json_array_append_new(reasons,
-                              json_string("store: cannot be read"));
+                              json_string(rd->rc == NGX_BUSY
+                                          ? "store: cannot be reached"
+                                          : "store: cannot be read"));
     }
 
     store = json_pack("{s:b, s:o, s:I, s:I, s:f}",

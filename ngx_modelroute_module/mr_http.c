@@ -701,6 +701,11 @@ mr_http_op_error(ngx_http_request_t *r, mr_store_op_t *op)
     case MR_R_FORBIDDEN:
         return mr_http_error(r, MR_E_FORBIDDEN, op->reason, NULL);
 
+    case MR_R_UNAVAILABLE:
+        return mr_http_error(r, MR_E_SERVICE_UNAVAILABLE,
+                             "the store cannot be reached; nothing was "
+                             "changed; try again", NULL);
+
     case MR_R_ACCOUNT_LIMIT:
         details = json_array();
         d = mr_json_detail(details, mr_limit_names[op->quota_which],
@@ -855,6 +860,124 @@ mr_http_resume(mr_store_op_t *op)
 }
 
 
+/* a read for a request, in its pool */
+
+mr_store_read_t *
+mr_http_read_alloc(ngx_http_request_t *r, ngx_uint_t type)
+{
+    mr_store_read_t  *rd;
+
+    rd = ngx_pcalloc(r->pool, sizeof(mr_store_read_t));
+    if (rd == NULL) {
+        return NULL;
+    }
+
+    rd->type = type;
+
+    return rd;
+}
+
+
+/*
+ * Reads from the store for a request.  NGX_OK: the store answered at once
+ * (rd->rc), and the caller goes on with its continuation.  NGX_DONE: the
+ * answer comes later; the request is blocked, as for an operation (see
+ * mr_http_submit()), and the handler resumes it (mr_http_read_resume()),
+ * goes on with the same continuation and ends it (mr_http_continued()).
+ * A content handler that gets NGX_DONE returns it: the reference its
+ * NGX_DONE releases is taken here.
+ */
+
+ngx_int_t
+mr_http_read(ngx_http_request_t *r, mr_store_read_t *rd,
+    mr_store_read_handler_pt handler)
+{
+    mr_http_ctx_t  *ctx;
+
+    rd->pool = r->pool;
+    rd->data = r;
+    rd->handler = handler;
+
+    if (mr_store_read(rd) == NGX_OK) {
+        return NGX_OK;
+    }
+
+    mr_http_block(r);
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_modelroute_module);
+
+    if (ctx && ctx->run == MR_RUN_CONTENT) {
+        r->main->count++;
+    }
+
+    return NGX_DONE;
+}
+
+
+/* the read's request, or NULL if it was terminated meanwhile */
+
+ngx_http_request_t *
+mr_http_read_resume(mr_store_read_t *rd)
+{
+    ngx_http_request_t  *r;
+
+    r = rd->data;
+
+    mr_http_unblock(r);
+
+    if (r->connection->error) {
+        mr_http_finalize(r, NGX_ERROR);
+        return NULL;
+    }
+
+    return r;
+}
+
+
+/*
+ * The end of a continuation that ran after an event of the store: its
+ * answer, or nothing if it waits for the store again (NGX_DONE)
+ */
+
+void
+mr_http_continued(ngx_http_request_t *r, ngx_int_t rc)
+{
+    if (rc == NGX_DONE) {
+        return;
+    }
+
+    mr_http_finalize(r, rc);
+}
+
+
+/* a read that did not succeed: 503 if the store cannot be reached */
+
+ngx_int_t
+mr_http_read_error(ngx_http_request_t *r, mr_store_read_t *rd)
+{
+    if (rd->rc == NGX_BUSY) {
+        return mr_http_error(r, MR_E_SERVICE_UNAVAILABLE,
+                             "the store cannot be reached; try again",
+                             NULL);
+    }
+
+    return mr_http_error(r, MR_E_INTERNAL, "store read failed", NULL);
+}
+
+
+/*
+ * A content handler's run that waited for a read it needs first (the
+ * caller's key, say) runs again from the start, as after a wait for the
+ * map (mr_http_wait_done())
+ */
+
+void
+mr_http_rerun(ngx_http_request_t *r)
+{
+    mr_http_finalize(r, ngx_http_modelroute_handler(r));
+}
+
+
 /*
  * r->main->blocked has 8 bits, and a Lua ngx.location.capture_multi()
  * may have hundreds of operations in flight for one main request: the
@@ -982,7 +1105,8 @@ mr_http_wait_done(mr_store_waiter_t *w)
         }
 
     } else {
-        ngx_http_finalize_request(r, ngx_http_modelroute_handler(r));
+        /* the location's handler: the API's, or metrics' and health's */
+        ngx_http_finalize_request(r, r->content_handler(r));
     }
 
     ngx_http_run_posted_requests(c);

@@ -60,6 +60,11 @@ typedef struct {
                                                  subrequests, in the store */
     mr_store_waiter_t         waiter;
     ngx_uint_t                waits;
+    mr_store_read_t          *auth;           /* the key's read */
+    uint64_t                  rl_value;       /* the account's rate-limit */
+    unsigned                  rl_own:1;       /* ... override, if set */
+    unsigned                  authed:1;       /* ctx->key was read */
+    unsigned                  auth_answered:1;
     unsigned                  answered:1;     /* mr_http_send() was used */
     unsigned                  envelope_sent:1;
     unsigned                  run:2;          /* MR_RUN_* */
@@ -92,6 +97,13 @@ void mr_http_finalize(ngx_http_request_t *r, ngx_int_t rc);
 void mr_http_submit(ngx_http_request_t *r, mr_store_op_t *op,
     mr_store_op_handler_pt handler);
 ngx_http_request_t *mr_http_resume(mr_store_op_t *op);
+mr_store_read_t *mr_http_read_alloc(ngx_http_request_t *r, ngx_uint_t type);
+ngx_int_t mr_http_read(ngx_http_request_t *r, mr_store_read_t *rd,
+    mr_store_read_handler_pt handler);
+ngx_http_request_t *mr_http_read_resume(mr_store_read_t *rd);
+void mr_http_continued(ngx_http_request_t *r, ngx_int_t rc);
+ngx_int_t mr_http_read_error(ngx_http_request_t *r, mr_store_read_t *rd);
+void mr_http_rerun(ngx_http_request_t *r);
 ngx_uint_t mr_http_split(u_char *p, u_char *last, ngx_str_t *seg,
     ngx_uint_t max);
 ngx_int_t mr_http_arg(ngx_http_request_t *r, const char *name,

@@ -149,6 +149,8 @@ static void mr_metrics_head(mr_met_buf_t *b, const char *name,
 static void mr_metrics_hist(mr_met_buf_t *b, mr_met_hist_t *h,
     mr_met_hist_def_t *def, const char *label, const char *value,
     ngx_uint_t head);
+static void mr_metrics_read(mr_store_read_t *rd);
+static ngx_int_t mr_metrics_got(ngx_http_request_t *r, mr_store_read_t *rd);
 static void mr_metrics_render(mr_met_buf_t *b, mr_met_ctx_t *ctx,
     mr_store_stats_t *ss, mr_route_state_t *rs);
 
@@ -770,12 +772,8 @@ mr_metrics_apply(mr_met_ctx_t *ctx, mr_met_event_t *ev, int64_t now)
 ngx_int_t
 mr_metrics_handler(ngx_http_request_t *r)
 {
-    size_t             size;
-    ngx_str_t          body;
-    mr_met_buf_t       b;
-    mr_main_conf_t    *mcf;
-    mr_route_state_t  *rs;
-    mr_store_stats_t   ss;
+    mr_main_conf_t   *mcf;
+    mr_store_read_t  *rd;
 
     if (!(r->method & (NGX_HTTP_GET | NGX_HTTP_HEAD))) {
         return mr_http_not_allowed(r, "GET, HEAD");
@@ -789,17 +787,58 @@ mr_metrics_handler(ngx_http_request_t *r)
 
     mcf = mr_met->mcf;
 
-    rs = ngx_pcalloc(r->pool, (mcf->routes.nelts + 1)
-                              * sizeof(mr_route_state_t));
-    if (rs == NULL) {
+    /* the store's gauges: its statistics and the routes' states */
+
+    rd = mr_http_read_alloc(r, MR_READ_STATS);
+    if (rd == NULL) {
         return mr_http_error(r, MR_E_INTERNAL, "out of memory", NULL);
     }
 
-    if (mr_store_ops_stats(&ss) != NGX_OK
-        || mr_store_route_states(mcf, rs) != NGX_OK)
-    {
-        return mr_http_error(r, MR_E_INTERNAL, "store read failed", NULL);
+    rd->states = ngx_pcalloc(r->pool, (mcf->routes.nelts + 1)
+                                      * sizeof(mr_route_state_t));
+    if (rd->states == NULL) {
+        return mr_http_error(r, MR_E_INTERNAL, "out of memory", NULL);
     }
+
+    if (mr_http_read(r, rd, mr_metrics_read) == NGX_DONE) {
+        return NGX_DONE;
+    }
+
+    return mr_metrics_got(r, rd);
+}
+
+
+static void
+mr_metrics_read(mr_store_read_t *rd)
+{
+    ngx_http_request_t  *r;
+
+    r = mr_http_read_resume(rd);
+    if (r == NULL) {
+        return;
+    }
+
+    mr_http_continued(r, mr_metrics_got(r, rd));
+}
+
+
+static ngx_int_t
+mr_metrics_got(ngx_http_request_t *r, mr_store_read_t *rd)
+{
+    size_t             size;
+    ngx_str_t          body;
+    mr_met_buf_t       b;
+    mr_main_conf_t    *mcf;
+    mr_route_state_t  *rs;
+    mr_store_stats_t   ss;
+
+    if (rd->rc != NGX_OK) {
+        return mr_http_read_error(r, rd);
+    }
+
+    mcf = mr_met->mcf;
+    ss = rd->stats;
+    rs = rd->states;
 
     size = 65536 + mcf->models.nelts * 2048 + mcf->routes.nelts * 4096;
 

@@ -234,15 +234,34 @@ mr_ops_send(ngx_http_request_t *r, ngx_uint_t status, ngx_str_t *type,
 static ngx_int_t
 mr_ops_handler(ngx_http_request_t *r)
 {
+    ngx_int_t           rc;
+    mr_http_ctx_t      *ctx;
     mr_ops_loc_conf_t  *lcf;
 
     lcf = ngx_http_get_module_loc_conf(r, ngx_http_modelroute_ops_module);
 
-    if (lcf->handler == MR_OPS_HEALTH) {
-        return mr_health_handler(r);
+    /*
+     * a content handler, as ngx_http_modelroute_handler() is: a read the
+     * store answers later holds the request (mr_http_read())
+     */
+
+    ctx = mr_http_ctx(r);
+    if (ctx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    return mr_metrics_handler(r);
+    ctx->run = MR_RUN_CONTENT;
+
+    if (lcf->handler == MR_OPS_HEALTH) {
+        rc = mr_health_handler(r);
+
+    } else {
+        rc = mr_metrics_handler(r);
+    }
+
+    ctx->run = MR_RUN_NONE;
+
+    return rc;
 }
 
 

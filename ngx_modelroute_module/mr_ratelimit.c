@@ -73,14 +73,17 @@ static mr_rl_node_t *mr_ratelimit_lookup(mr_rl_ctx_t *ctx, u_char *org,
     uint32_t hash);
 static void mr_ratelimit_expire(mr_rl_ctx_t *ctx, int64_t now,
     int64_t window, ngx_uint_t force);
-static uint64_t mr_ratelimit_limit(mr_ops_main_conf_t *ocf, u_char *org,
-    ngx_uint_t *own);
+static uint64_t mr_ratelimit_limit(mr_ops_main_conf_t *ocf,
+    mr_http_ctx_t *hctx, ngx_uint_t *own);
 static ngx_int_t mr_ratelimit_header(ngx_http_request_t *r,
     const char *name, uint64_t value);
 static ngx_int_t mr_ratelimit_set(ngx_http_request_t *r);
 static ngx_int_t mr_ratelimit_delete(ngx_http_request_t *r);
 static void mr_ratelimit_done(mr_store_op_t *op);
 static ngx_int_t mr_ratelimit_show(ngx_http_request_t *r, u_char *org);
+static void mr_ratelimit_read(mr_store_read_t *rd);
+static ngx_int_t mr_ratelimit_shown(ngx_http_request_t *r,
+    mr_store_read_t *rd);
 
 
 /* modelroute_rate_limit requests window [zone=size] | off */
@@ -357,23 +360,18 @@ mr_ratelimit_expire(mr_rl_ctx_t *ctx, int64_t now, int64_t window,
 }
 
 
-/* the account's limit: its override, else the default */
+/*
+ * The account's limit: its override, read with the caller's key
+ * (MR_READ_AUTH), else the default
+ */
 
 static uint64_t
-mr_ratelimit_limit(mr_ops_main_conf_t *ocf, u_char *org, ngx_uint_t *own)
+mr_ratelimit_limit(mr_ops_main_conf_t *ocf, mr_http_ctx_t *hctx,
+    ngx_uint_t *own)
 {
-    uint64_t  v;
+    *own = hctx->rl_own;
 
-    *own = 0;
-
-    if (mr_store_ops_rate_limit(org, &v) == NGX_OK) {
-        *own = 1;
-        return v;
-    }
-
-    /* none, or the store failed to say (logged): the default */
-
-    return ocf->rl_requests;
+    return hctx->rl_own ? hctx->rl_value : ocf->rl_requests;
 }
 
 
@@ -406,7 +404,7 @@ mr_ratelimit_request(ngx_http_request_t *r)
     ctx = ocf->rl_zone->data;
     window = ocf->rl_window;
 
-    limit = mr_ratelimit_limit(ocf, org, &own);
+    limit = mr_ratelimit_limit(ocf, hctx, &own);
 
     hash = ngx_crc32_short(org, MR_ORG_ID_LEN);
     now = mr_now_ms();
@@ -627,7 +625,7 @@ mr_ratelimit_done(mr_store_op_t *op)
         return;
     }
 
-    mr_http_finalize(r, mr_ratelimit_show(r, op->org));
+    mr_http_continued(r, mr_ratelimit_show(r, op->org));
 }
 
 
@@ -639,35 +637,58 @@ mr_ratelimit_done(mr_store_op_t *op)
 static ngx_int_t
 mr_ratelimit_show(ngx_http_request_t *r, u_char *org)
 {
+    mr_store_read_t  *rd;
+
+    rd = mr_http_read_alloc(r, MR_READ_ACCOUNT);
+    if (rd == NULL) {
+        return mr_http_error(r, MR_E_INTERNAL, "out of memory", NULL);
+    }
+
+    ngx_memcpy(rd->id, org, MR_ORG_ID_LEN);
+
+    if (mr_http_read(r, rd, mr_ratelimit_read) == NGX_DONE) {
+        return NGX_DONE;
+    }
+
+    return mr_ratelimit_shown(r, rd);
+}
+
+
+static void
+mr_ratelimit_read(mr_store_read_t *rd)
+{
+    ngx_http_request_t  *r;
+
+    r = mr_http_read_resume(rd);
+    if (r == NULL) {
+        return;
+    }
+
+    mr_http_continued(r, mr_ratelimit_shown(r, rd));
+}
+
+
+static ngx_int_t
+mr_ratelimit_shown(ngx_http_request_t *r, mr_store_read_t *rd)
+{
+    u_char              *org;
     uint64_t             v;
-    ngx_int_t            rc;
     ngx_uint_t           own;
-    mr_account_t         acct;
     mr_ops_main_conf_t  *ocf;
 
     ocf = mr_ops_conf();
+    org = rd->id;
 
-    rc = mr_store_account_get(org, &acct, NULL);
-
-    if (rc == NGX_DECLINED) {
+    if (rd->rc == NGX_DECLINED) {
         return mr_http_error(r, MR_E_NOT_FOUND, "no such account", NULL);
     }
 
-    if (rc != NGX_OK) {
-        return mr_http_error(r, MR_E_INTERNAL, "store read failed", NULL);
+    if (rd->rc != NGX_OK) {
+        return mr_http_read_error(r, rd);
     }
 
-    rc = mr_store_ops_rate_limit(org, &v);
-
-    if (rc == NGX_ERROR) {
-        return mr_http_error(r, MR_E_INTERNAL, "store read failed", NULL);
-    }
-
-    own = (rc == NGX_OK);
-
-    if (!own) {
-        v = ocf ? ocf->rl_requests : 0;
-    }
+    own = rd->rl_own;
+    v = own ? rd->rl_value : (ocf ? ocf->rl_requests : 0);
 
     return mr_http_send_json(r, NGX_HTTP_OK,
                json_pack("{s:s, s:s#, s:o, s:o, s:s, s:b}",

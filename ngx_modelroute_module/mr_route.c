@@ -443,7 +443,10 @@ mr_route_dispatch_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
-/* postconfiguration: listen on <store>/dispatch.sock in the server */
+/*
+ * postconfiguration: listen on <node dir>/dispatch.sock in the server (the
+ * LMDB store's directory, or modelroute_node_dir)
+ */
 
 ngx_int_t
 mr_route_listen(ngx_conf_t *cf, mr_main_conf_t *mcf)
@@ -457,20 +460,20 @@ mr_route_listen(ngx_conf_t *cf, mr_main_conf_t *mcf)
         return NGX_OK;
     }
 
-    if (mcf->store_path.len == 0) {
+    if (mcf->node_dir.len == 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"modelroute_dispatch\" needs "
                            "\"modelroute_store\" in the http block");
         return NGX_ERROR;
     }
 
-    path.len = mcf->store_path.len + sizeof(MR_DISPATCH_SOCKET) - 1;
+    path.len = mcf->node_dir.len + sizeof(MR_DISPATCH_SOCKET) - 1;
 
     if (path.len >= sizeof(((struct sockaddr_un *) 0)->sun_path)) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"modelroute_dispatch\": the socket path "
                            "\"%V" MR_DISPATCH_SOCKET "\" is too long for "
-                           "a unix socket", &mcf->store_path);
+                           "a unix socket", &mcf->node_dir);
         return NGX_ERROR;
     }
 
@@ -479,7 +482,7 @@ mr_route_listen(ngx_conf_t *cf, mr_main_conf_t *mcf)
         return NGX_ERROR;
     }
 
-    p = ngx_cpymem(path.data, mcf->store_path.data, mcf->store_path.len);
+    p = ngx_cpymem(path.data, mcf->node_dir.data, mcf->node_dir.len);
     p = ngx_cpymem(p, MR_DISPATCH_SOCKET, sizeof(MR_DISPATCH_SOCKET) - 1);
     *p = '\0';
 
@@ -490,16 +493,18 @@ mr_route_listen(ngx_conf_t *cf, mr_main_conf_t *mcf)
      * where the store's directory is made (and handed to the workers)
      */
 
-    p = ngx_pnalloc(cf->pool, mcf->store_path.len + 1);
+    p = ngx_pnalloc(cf->pool, mcf->node_dir.len + 1);
     if (p == NULL) {
         return NGX_ERROR;
     }
 
-    ngx_cpystrn(p, mcf->store_path.data, mcf->store_path.len + 1);
+    ngx_cpystrn(p, mcf->node_dir.data, mcf->node_dir.len + 1);
 
     if (ngx_create_dir(p, 0700) == NGX_FILE_ERROR && ngx_errno != NGX_EEXIST) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, ngx_errno,
-                           "modelroute_store: cannot create \"%s\"", p);
+                           "%s: cannot create \"%s\"",
+                           mcf->pg ? "modelroute_node_dir"
+                                   : "modelroute_store", p);
         return NGX_ERROR;
     }
 

@@ -42,6 +42,7 @@
 #include "mr_store_lmdb.h"
 #include "mr_metrics.h"
 #include "mr_limits.h"
+#include "mr_rules.h"
 
 
 #define MR_STORE_MAXREADERS    512
@@ -49,7 +50,6 @@
 #define MR_STORE_READER_CHECK  10
 #define MR_STORE_BATCH_MAX     1024
 #define MR_STORE_INFLIGHT      10000
-#define MR_STORE_EXPIRE_RETRY  10000   /* ms: an expiry that did not fit */
 #define MR_STORE_LIST_SCAN     1000    /* executions a list looks at */
 #define MR_STORE_RESERVE_MIN   (256 * 1024)  /* bytes, however small the map */
 
@@ -101,8 +101,6 @@ static int mr_store_key_read(MDB_txn *txn, u_char *key_id, mr_key_t *key,
 static int mr_store_key_put(MDB_txn *txn, mr_key_t *key);
 static int mr_store_key_end(MDB_txn *txn, mr_key_t *key, int64_t was,
     int64_t end);
-static ngx_uint_t mr_store_key_active(mr_key_rec_t *rec);
-static size_t mr_store_exec_size(mr_exec_t *exec);
 static int mr_store_quota_put(MDB_txn *txn, u_char *org, mr_quota_t *q);
 static int mr_store_count(MDB_txn *txn, mr_verify_t *vf, u_char *org);
 
@@ -118,6 +116,7 @@ static struct {
     size_t                    lens[MR_STORE_SWEEP_MAX];
     ngx_uint_t                n;
     ngx_uint_t                i;             /* the one at hand */
+    mr_store_walk_t           exec_walk;     /* the retention's walk */
 } mr_sweep;
 
 
@@ -250,7 +249,7 @@ mr_store_open_dbis(MDB_txn *txn, mr_store_t *st)
 /* worker: open the environment once, after fork and setuid */
 
 ngx_int_t
-mr_store_init_process(ngx_cycle_t *cycle, mr_main_conf_t *mcf)
+mr_store_lmdb_init_process(ngx_cycle_t *cycle, mr_main_conf_t *mcf)
 {
     int           rc, dead;
     MDB_txn      *txn;
@@ -392,7 +391,7 @@ mr_store_start_secret(MDB_txn *txn, mr_main_conf_t *mcf)
 
 
 void
-mr_store_exit_process(ngx_cycle_t *cycle)
+mr_store_lmdb_exit_process(ngx_cycle_t *cycle)
 {
     if (mr_store.env == NULL) {
         return;
@@ -626,7 +625,7 @@ mr_store_wake_handler(ngx_event_t *ev)
  */
 
 void
-mr_store_submit(mr_store_op_t *op)
+mr_store_lmdb_submit(mr_store_op_t *op)
 {
     op->now = mr_now_ms();
 
@@ -1193,21 +1192,13 @@ mr_store_exec_create(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
 
         ngx_memcpy(ival, v.mv_data, sizeof(ival));
 
-        if ((int64_t) mr_be64_get(ival + MR_EXEC_ID_LEN) + op->idem_ttl_ms
-            > exec->rec.created_ms)
+        if (mr_rule_idem_live((int64_t) mr_be64_get(ival + MR_EXEC_ID_LEN),
+                              op->idem_ttl_ms, exec->rec.created_ms))
         {
             rc = mr_store_exec_read(txn, ival, &old, op->pool);
 
             if (rc == 0) {
-                if (!mr_memeq_ct(old.rec.fingerprint, exec->rec.fingerprint,
-                                 MR_SHA256_LEN))
-                {
-                    op->result = MR_R_IDEM_REUSED;
-                    return 0;
-                }
-
-                op->replay = old;
-                op->result = MR_R_REPLAYED;
+                mr_rule_idem_replay(op, &old);
                 return 0;
             }
 
@@ -1230,7 +1221,7 @@ mr_store_exec_create(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
     /* what the account keeps: a live execution more, and its bytes */
 
     rc = mr_store_quota_check(txn, op, exec->rec.org,
-                              (int64_t) mr_store_exec_size(exec),
+                              (int64_t) mr_rule_exec_size(exec),
                               MR_LIMIT_EXECUTIONS, 1, &ok);
     if (rc != 0 || !ok) {
         return rc;
@@ -1246,14 +1237,9 @@ mr_store_exec_create(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
         return rc;
     }
 
-    if (acct.rec.balance - acct.rec.held < exec->rec.hold) {
-        op->result = MR_R_INSUFFICIENT;
-        op->required = exec->rec.hold;
-        op->available = acct.rec.balance - acct.rec.held;
+    if (!mr_rule_hold(op, &acct, exec->rec.hold)) {
         return 0;
     }
-
-    acct.rec.held += exec->rec.hold;
 
     rc = mr_store_account_put(txn, &acct);
     if (rc != 0) {
@@ -1333,7 +1319,6 @@ mr_store_exec_cancel(MDB_txn *txn, mr_store_op_t *op)
 {
     int            rc;
     u_char        *p, *buf;
-    int64_t        now;
     mr_exec_t     *exec;
     mr_account_t   acct;
 
@@ -1341,10 +1326,7 @@ mr_store_exec_cancel(MDB_txn *txn, mr_store_op_t *op)
 
     rc = mr_store_exec_read(txn, exec->id, exec, op->pool);
 
-    if (rc == MDB_NOTFOUND
-        || (rc == 0
-            && ngx_memcmp(exec->rec.org, op->org, MR_ORG_ID_LEN) != 0))
-    {
+    if (rc == MDB_NOTFOUND) {
         op->result = MR_R_NOT_FOUND;
         return 0;
     }
@@ -1353,13 +1335,7 @@ mr_store_exec_cancel(MDB_txn *txn, mr_store_op_t *op)
         return rc;
     }
 
-    if (exec->rec.status == MR_CANCELLED) {
-        op->result = MR_R_NOOP;
-        return 0;
-    }
-
-    if (mr_status_terminal(exec->rec.status)) {
-        op->result = MR_R_TERMINAL;
+    if (!mr_rule_cancel_check(op, exec)) {
         return 0;
     }
 
@@ -1370,13 +1346,7 @@ mr_store_exec_cancel(MDB_txn *txn, mr_store_op_t *op)
 
     /* release the whole hold, charge nothing */
 
-    acct.rec.held -= exec->rec.hold;
-
-    now = op->now;
-
-    exec->rec.status = MR_CANCELLED;
-    exec->rec.cost = 0;
-    exec->rec.completed_ms = ngx_max(now, exec->rec.created_ms);
+    mr_rule_cancel(exec, &acct, op->now);
 
     rc = mr_store_account_put(txn, &acct);
     if (rc != 0) {
@@ -1430,9 +1400,8 @@ done:
 static int
 mr_store_account_create(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
 {
-    int         rc;
-    MDB_val     k, v;
-    ngx_uint_t  i;
+    int      rc;
+    MDB_val  k, v;
 
     if (!room) {
         op->result = MR_R_STORAGE_FULL;
@@ -1460,12 +1429,7 @@ mr_store_account_create(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
 
     /* its quota: nothing used yet, the limits asked for or the defaults */
 
-    ngx_memzero(&op->quota, sizeof(mr_quota_t));
-
-    for (i = 0; i < MR_LIMIT_N; i++) {
-        op->quota.limit[i] = (op->quota_mask & (1 << i)) ? op->quota_set[i]
-                                                         : -1;
-    }
+    mr_rule_account_quota(op);
 
     return mr_store_quota_put(txn, op->account.id, &op->quota);
 }
@@ -1511,8 +1475,7 @@ mr_store_account_adjust(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
             ngx_memcpy(rval, v.mv_data, sizeof(rval));
             prev = (int64_t) mr_be64_get(rval);
 
-            op->result = (prev == op->amount) ? MR_R_REPLAYED
-                                              : MR_R_IDEM_REUSED;
+            (void) mr_rule_credit_replay(op, prev);
             return 0;
         }
 
@@ -1521,37 +1484,8 @@ mr_store_account_adjust(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
         }
     }
 
-    if (!room && op->amount > 0) {
-        op->result = MR_R_STORAGE_FULL;
+    if (!mr_rule_adjust(op, &op->account, room)) {
         return 0;
-    }
-
-    if (op->amount >= 0) {
-        if (op->account.rec.balance + op->amount > MR_MONEY_MAX
-            || op->account.rec.credited > MR_LEDGER_MAX - op->amount)
-        {
-            op->result = MR_R_LIMIT;
-            return 0;
-        }
-
-        op->account.rec.balance += op->amount;
-        op->account.rec.credited += op->amount;
-
-    } else {
-        if (op->account.rec.debited > MR_LEDGER_MAX + op->amount) {
-            op->result = MR_R_LIMIT;
-            return 0;
-        }
-
-        if (op->account.rec.balance - op->account.rec.held < -op->amount) {
-            op->result = MR_R_INSUFFICIENT;
-            op->required = -op->amount;
-            op->available = op->account.rec.balance - op->account.rec.held;
-            return 0;
-        }
-
-        op->account.rec.balance += op->amount;
-        op->account.rec.debited -= op->amount;
     }
 
     rc = mr_store_account_put(txn, &op->account);
@@ -1579,8 +1513,7 @@ mr_store_account_adjust(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
 static int
 mr_store_account_limits(MDB_txn *txn, mr_store_op_t *op)
 {
-    int         rc;
-    ngx_uint_t  i;
+    int  rc;
 
     rc = mr_store_account_read(txn, op->org, &op->account, op->pool);
     if (rc == MDB_NOTFOUND) {
@@ -1596,11 +1529,7 @@ mr_store_account_limits(MDB_txn *txn, mr_store_op_t *op)
         return rc;
     }
 
-    for (i = 0; i < MR_LIMIT_N; i++) {
-        if (op->quota_mask & (1 << i)) {
-            op->quota.limit[i] = op->quota_set[i];
-        }
-    }
+    mr_rule_account_limits(op);
 
     return mr_store_quota_put(txn, op->org, &op->quota);
 }
@@ -1629,9 +1558,7 @@ mr_store_key_create(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
     }
 
     rc = mr_store_quota_check(txn, op, op->key.rec.org,
-                              (int64_t) (sizeof(mr_key_rec_t)
-                                         + op->key.name.len + MR_KEY_ID_LEN
-                                         + MR_USAGE_KEY),
+                              (int64_t) mr_rule_key_size(&op->key),
                               MR_LIMIT_KEYS, 1, &ok);
     if (rc != 0 || !ok) {
         return rc;
@@ -1642,10 +1569,8 @@ mr_store_key_create(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
 
 
 /*
- * Revoke, or rotate: a new key, and the old one ends after the grace.
- * A key that was rotated (in its grace period, or ended) cannot be
- * rotated again, and cannot rotate keys: a leaked key that its owner
- * rotated does not get a successor of its own.
+ * Revoke, or rotate: a new key, and the old one ends after the grace
+ * (the rules of mr_rule_key_rotate_check() and the next ones).
  */
 
 static int
@@ -1671,12 +1596,9 @@ mr_store_key_update(MDB_txn *txn, mr_store_op_t *op)
     was = op->old_key.rec.valid_until_ms;
 
     if (op->type == MR_OP_KEY_REVOKE) {
-        if (op->old_key.rec.revoked) {
-            op->result = MR_R_NOOP;
+        if (!mr_rule_key_revoke(op, &op->old_key)) {
             return 0;
         }
-
-        op->old_key.rec.revoked = 1;
 
         rc = mr_store_key_put(txn, &op->old_key);
         if (rc != 0) {
@@ -1690,10 +1612,7 @@ mr_store_key_update(MDB_txn *txn, mr_store_op_t *op)
 
     /* MR_OP_KEY_ROTATE: only within the caller's account */
 
-    if (ngx_memcmp(op->old_key.rec.org, op->org, MR_ORG_ID_LEN) != 0
-        || op->old_key.rec.revoked)
-    {
-        op->result = MR_R_NOT_FOUND;
+    if (!mr_rule_key_rotate_check(op, &op->old_key)) {
         return 0;
     }
 
@@ -1703,37 +1622,25 @@ mr_store_key_update(MDB_txn *txn, mr_store_op_t *op)
             return rc;
         }
 
-        if (rc == MDB_NOTFOUND || !mr_store_key_active(&caller.rec)) {
-            op->result = MR_R_FORBIDDEN;
-            op->reason = "a key that was rotated or revoked cannot rotate "
-                         "keys; use its successor";
+        if (!mr_rule_key_caller(op, rc == MDB_NOTFOUND ? NULL : &caller)) {
             return 0;
         }
     }
 
-    if (was) {
-        op->result = MR_R_FORBIDDEN;
-        op->reason = "this key was already rotated; rotate its successor";
+    if (!mr_rule_key_rotated(op, &op->old_key)) {
         return 0;
     }
 
     /* a key record more (the count of active keys does not change) */
 
     rc = mr_store_quota_check(txn, op, op->org,
-                              (int64_t) (sizeof(mr_key_rec_t)
-                                         + op->old_key.name.len
-                                         + MR_KEY_ID_LEN + MR_USAGE_KEY),
+                              (int64_t) mr_rule_key_size(&op->old_key),
                               MR_LIMIT_KEYS, 0, &ok);
     if (rc != 0 || !ok) {
         return rc;
     }
 
-    op->key.rec.permission = op->old_key.rec.permission;
-    op->key.name = op->old_key.name;
-
-    until = op->key.rec.created_ms + op->grace_ms;
-
-    op->old_key.rec.valid_until_ms = until;
+    until = mr_rule_key_rotate(op);
 
     rc = mr_store_key_put(txn, &op->old_key);
     if (rc == 0) {
@@ -1745,15 +1652,6 @@ mr_store_key_update(MDB_txn *txn, mr_store_op_t *op)
     }
 
     return mr_store_key_put(txn, &op->key);
-}
-
-
-/* a key that authenticates, or will: counted in the "keys" limit */
-
-static ngx_uint_t
-mr_store_key_active(mr_key_rec_t *rec)
-{
-    return !rec->revoked && rec->valid_until_ms == 0;
 }
 
 
@@ -1821,6 +1719,7 @@ mr_store_sweep(MDB_txn *txn, mr_store_op_t *op)
 
     op->expired = 0;
     op->purged = 0;
+    op->scanned = 0;
     op->more = 0;
     op->failed = 0;
 
@@ -2114,10 +2013,22 @@ mr_store_exec_purge(MDB_txn *txn, mr_store_op_t *op)
 
     n = 0;
 
-    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+    /*
+     * from where the last walk stopped: executions not ended yet (a model
+     * without routes, a long timeout, a retention shorter than both) are
+     * passed over at most MR_STORE_WALK_MAX at a time, so that the ended
+     * ones behind them are reached in a few sweeps, never in one walk
+     * over all of them
+     */
+
+    for (rc = mr_store_walk_first(cur, &mr_sweep.exec_walk, &k, &v);
          rc == 0 && n < op->limit;
          rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT))
     {
+        if (mr_store_walk_stop(&mr_sweep.exec_walk, &k, op)) {
+            break;
+        }
+
         if (k.mv_size != MR_EXEC_ID_LEN
             || v.mv_size < sizeof(mr_exec_rec_t))
         {
@@ -2127,6 +2038,7 @@ mr_store_exec_purge(MDB_txn *txn, mr_store_op_t *op)
         ngx_memcpy(&rec, v.mv_data, sizeof(mr_exec_rec_t));
 
         if (rec.created_ms + op->retention_ms > op->now) {
+            mr_sweep.exec_walk.len = 0;        /* from the oldest again */
             break;
         }
 
@@ -2139,6 +2051,8 @@ mr_store_exec_purge(MDB_txn *txn, mr_store_op_t *op)
         mr_be64_put(p, (uint64_t) rec.order);
         n++;
     }
+
+    mr_store_walk_end(&mr_sweep.exec_walk, rc, &k, n == op->limit);
 
     mdb_cursor_close(cur);
 
@@ -2176,6 +2090,83 @@ mr_store_exec_purge(MDB_txn *txn, mr_store_op_t *op)
     }
 
     return 0;
+}
+
+
+/*
+ * A retention walk: its first entry is where the last one stopped (or the
+ * first of all), it reads at most MR_STORE_WALK_MAX entries, and where it
+ * stops for that budget or its limit is where the next one starts
+ */
+
+int
+mr_store_walk_first(MDB_cursor *cur, mr_store_walk_t *w, MDB_val *k,
+    MDB_val *v)
+{
+    int  rc;
+
+    w->seen = 0;
+
+    if (w->len) {
+        k->mv_data = w->key;
+        k->mv_size = w->len;
+
+        rc = mdb_cursor_get(cur, k, v, MDB_SET_RANGE);
+        if (rc != MDB_NOTFOUND) {
+            return rc;
+        }
+
+        w->len = 0;
+    }
+
+    return mdb_cursor_get(cur, k, v, MDB_FIRST);
+}
+
+
+/* whether the walk has read all it may: then it goes on from k next time */
+
+ngx_uint_t
+mr_store_walk_stop(mr_store_walk_t *w, MDB_val *k, mr_store_op_t *op)
+{
+    if (w->seen < MR_STORE_WALK_MAX) {
+        w->seen++;
+        op->scanned++;
+        return 0;
+    }
+
+    if (k->mv_size <= sizeof(w->key)) {
+        ngx_memcpy(w->key, k->mv_data, k->mv_size);
+        w->len = k->mv_size;
+
+    } else {
+        w->len = 0;
+    }
+
+    return 1;
+}
+
+
+/*
+ * The walk ended: at the end of the table the next one starts at the
+ * first; stopped at its limit, at k, the entry after the last one it took
+ * (copied before those are deleted, which moves the pages)
+ */
+
+void
+mr_store_walk_end(mr_store_walk_t *w, int rc, MDB_val *k, ngx_uint_t full)
+{
+    if (rc == MDB_NOTFOUND) {
+        w->len = 0;
+
+    } else if (rc == 0 && full) {
+        if (k->mv_size <= sizeof(w->key)) {
+            ngx_memcpy(w->key, k->mv_data, k->mv_size);
+            w->len = k->mv_size;
+
+        } else {
+            w->len = 0;
+        }
+    }
 }
 
 
@@ -2246,7 +2237,7 @@ mr_store_key_purge(MDB_txn *txn, mr_store_op_t *op)
 
         rc = mr_store_key_read(txn, key + 8, &kr, NULL);
 
-        if (rc == 0 && !mr_store_key_active(&kr.rec)) {
+        if (rc == 0 && !mr_rule_key_active(&kr.rec)) {
             ngx_memcpy(akey, kr.rec.org, MR_ORG_ID_LEN);
             ngx_memcpy(akey + MR_ORG_ID_LEN, kr.rec.key_id, MR_KEY_ID_LEN);
 
@@ -2300,10 +2291,6 @@ mr_store_expire(MDB_txn *txn, mr_store_op_t *op, u_char *id)
     mr_exec_t      exec;
     mr_account_t   acct;
 
-    static ngx_str_t  error = ngx_string(
-        "{\"code\":\"GENERATION_TIMEOUT\",\"message\":\"the execution "
-        "expired before a result\",\"retryable\":true}");
-
     copy = NULL;
     buf = NULL;
 
@@ -2322,16 +2309,11 @@ mr_store_expire(MDB_txn *txn, mr_store_op_t *op, u_char *id)
 
     rc = mr_store_account_read(txn, exec.rec.org, &acct, NULL);
     if (rc == 0) {
-        acct.rec.held -= exec.rec.hold;
+        mr_rule_expire(&exec, &acct, op->now);
         rc = mr_store_account_put(txn, &acct);
     }
 
     if (rc == 0) {
-        exec.rec.status = MR_EXPIRED;
-        exec.rec.cost = 0;
-        exec.rec.completed_ms = ngx_max(op->now, exec.rec.created_ms);
-        exec.seg[MR_SEG_ERROR] = error;
-
         /* an attempt in flight is recorded as abandoned (in buf) */
         rc = mr_store_disp_release(txn, op, &exec, &buf);
     }
@@ -2498,24 +2480,6 @@ mr_store_exec_put(MDB_txn *txn, mr_exec_t *exec)
 }
 
 
-/* what a new execution will cost its account in stored bytes */
-
-static size_t
-mr_store_exec_size(mr_exec_t *exec)
-{
-    size_t      size;
-    ngx_uint_t  i;
-
-    size = sizeof(mr_exec_rec_t) + MR_EXEC_ID_LEN + MR_USAGE_EXEC;
-
-    for (i = 0; i < MR_SEG_N; i++) {
-        size += exec->seg[i].len;
-    }
-
-    return size;
-}
-
-
 /*
  * Reads an execution; its segments are copied into the pool, or, without
  * a pool, point into the map and live as long as the transaction.
@@ -2654,15 +2618,10 @@ mr_store_account_put(MDB_txn *txn, mr_account_t *acct)
 int
 mr_store_quota_read(MDB_txn *txn, u_char *org, mr_quota_t *q)
 {
-    int         rc;
-    MDB_val     k, v;
-    ngx_uint_t  i;
+    int      rc;
+    MDB_val  k, v;
 
-    ngx_memzero(q, sizeof(mr_quota_t));
-
-    for (i = 0; i < MR_LIMIT_N; i++) {
-        q->limit[i] = -1;
-    }
+    mr_rule_quota_init(q);
 
     k.mv_data = org;
     k.mv_size = MR_ORG_ID_LEN;
@@ -2714,8 +2673,7 @@ mr_store_usage(MDB_txn *txn, u_char *org, int64_t bytes, ngx_uint_t which,
         return rc;
     }
 
-    q.used[MR_LIMIT_BYTES] += bytes;
-    q.used[which] += count;
+    mr_rule_usage(&q, bytes, which, count);
 
     return mr_store_quota_put(txn, org, &q);
 }
@@ -2731,7 +2689,6 @@ mr_store_quota_check(MDB_txn *txn, mr_store_op_t *op, u_char *org,
     int64_t bytes, ngx_uint_t which, int64_t count, ngx_uint_t *ok)
 {
     int         rc;
-    int64_t     limit;
     mr_quota_t  q;
 
     *ok = 1;
@@ -2741,31 +2698,7 @@ mr_store_quota_check(MDB_txn *txn, mr_store_op_t *op, u_char *org,
         return rc;
     }
 
-    if (count > 0) {
-        limit = mr_limit_of(mr_store.mcf, &q, which);
-
-        if (q.used[which] + count > limit) {
-            *ok = 0;
-            op->quota_which = which;
-            op->quota_limit = limit;
-            op->quota_used = q.used[which];
-        }
-    }
-
-    if (*ok && bytes > 0) {
-        limit = mr_limit_of(mr_store.mcf, &q, MR_LIMIT_BYTES);
-
-        if (q.used[MR_LIMIT_BYTES] + bytes > limit) {
-            *ok = 0;
-            op->quota_which = MR_LIMIT_BYTES;
-            op->quota_limit = limit;
-            op->quota_used = q.used[MR_LIMIT_BYTES];
-        }
-    }
-
-    if (!*ok) {
-        op->result = MR_R_ACCOUNT_LIMIT;
-    }
+    *ok = mr_rule_quota_check(mr_store.mcf, &q, op, bytes, which, count);
 
     return 0;
 }
@@ -2881,13 +2814,13 @@ mr_store_key_put(MDB_txn *txn, mr_key_t *key)
     k.mv_size = MR_KEY_ID_LEN;
     v.mv_size = sizeof(mr_key_rec_t) + key->name.len;
 
-    active = mr_store_key_active(&key->rec);
+    active = mr_rule_key_active(&key->rec);
 
     rc = mdb_get(txn, mr_store.key, &k, &old);
 
     if (rc == 0 && old.mv_size >= sizeof(mr_key_rec_t)) {
         ngx_memcpy(&prev, old.mv_data, sizeof(mr_key_rec_t));
-        active -= mr_store_key_active(&prev);
+        active -= mr_rule_key_active(&prev);
 
     } else if (rc != MDB_NOTFOUND) {
         return rc ? rc : MDB_CORRUPTED;
@@ -3354,7 +3287,7 @@ mr_store_count(MDB_txn *txn, mr_verify_t *vf, u_char *org)
 
             } else if (i == 2 && r.mv_size >= sizeof(mr_key_rec_t)) {
                 ngx_memcpy(&key, r.mv_data, sizeof(mr_key_rec_t));
-                vf->counted[MR_LIMIT_KEYS] += mr_store_key_active(&key);
+                vf->counted[MR_LIMIT_KEYS] += mr_rule_key_active(&key);
             }
         }
 

@@ -3,12 +3,19 @@
  * ModelRoute: the store interface.
  *
  * Every persistent change is a domain operation (create an execution with
- * its hold and idempotency key, cancel it, credit an account, ...).  Reads
- * are synchronous; writes are queued with mr_store_submit() and committed
- * together (group commit), after which each operation's handler runs on
- * the event loop.  The commit may run in a thread: until its handler runs,
- * an operation and the memory it points to (op->pool) belong to the store.
- * The LMDB backend lives in mr_store.c; nothing outside it sees LMDB.
+ * its hold and idempotency key, cancel it, credit an account, ...): writes
+ * are queued with mr_store_submit() and committed together (group commit),
+ * after which each operation's handler runs on the event loop.  The commit
+ * may run in a thread: until its handler runs, an operation and the memory
+ * it points to (op->pool) belong to the store.
+ *
+ * Reads (mr_store_read()) are operations too: one that completes at once
+ * returns NGX_OK with its result in it (its handler is not called), one
+ * that completes later returns NGX_AGAIN, and its handler runs on the
+ * event loop.  A caller has one continuation that both paths call.  The
+ * LMDB backend answers every read at once.
+ *
+ * The LMDB backend lives in mr_store*.c; nothing outside it sees LMDB.
  */
 
 
@@ -337,6 +344,18 @@ typedef struct {
 } mr_verify_t;
 
 
+/* what the metrics and the health answer read of the store */
+typedef struct {
+    uint64_t                  holds;         /* open executions */
+    int64_t                   held;          /* their holds, micro-dollars */
+    uint64_t                  backlog;       /* deliveries not finished */
+    uint64_t                  accounts;
+    uint64_t                  executions;    /* stored */
+    uint64_t                  used_bytes;    /* up to the highest page */
+    uint64_t                  map_bytes;
+} mr_store_stats_t;
+
+
 typedef struct {
     u_char                   *org;
     ngx_uint_t                status;          /* 0: any */
@@ -363,6 +382,7 @@ typedef struct {
 #define MR_R_INTERNAL           9
 #define MR_R_ACCOUNT_LIMIT     10      /* quota_which, _limit, _used */
 #define MR_R_FORBIDDEN         11
+#define MR_R_UNAVAILABLE       12     /* the store cannot be reached */
 
 
 #define MR_OP_EXEC_CREATE       1
@@ -402,6 +422,7 @@ typedef void (*mr_store_op_handler_pt)(mr_store_op_t *op);
 struct mr_store_op_s {
     ngx_queue_t               queue;
     ngx_uint_t                type;
+    ngx_uint_t                tries;         /* the backend's */
     ngx_pool_t               *pool;          /* results are copied here */
     mr_store_op_handler_pt    handler;
     void                     *data;
@@ -449,11 +470,13 @@ struct mr_store_op_s {
     int64_t                   available;
 
     /* MR_OP_SWEEP: in: limit, idem_ttl_ms, retention_ms (0: keep);
-     * out: expired, purged, more (a limit was reached), failed */
+     * out: expired, purged, more (a limit was reached), failed,
+     * scanned (the retention's entries read, kept or not) */
     ngx_uint_t                limit;
     int64_t                   retention_ms;
     ngx_uint_t                expired;
     ngx_uint_t                purged;
+    ngx_uint_t                scanned;
     ngx_uint_t                more;
     ngx_uint_t                failed;        /* steps that did not fit */
 
@@ -469,6 +492,85 @@ struct mr_store_op_s {
 };
 
 
+/*
+ * Reads.  In: the fields each type names; out: rc (NGX_OK, NGX_DECLINED:
+ * not found, NGX_ERROR: failed, NGX_BUSY: the store cannot be reached, a
+ * retryable 503), and the fields it fills.  Lists go to arrays the caller
+ * made; what they point to is copied to rd->pool.
+ */
+
+#define MR_READ_AUTH          1  /* hash -> key, rl_own, rl_value */
+#define MR_READ_ACCOUNT       2  /* org -> account, quota, rl_own, rl_value */
+#define MR_READ_KEYS          3  /* org -> account, list (mr_key_t) */
+#define MR_READ_EXEC          4  /* id -> exec */
+#define MR_READ_EXECS         5  /* ids, nids -> list (mr_exec_t; rec.status
+                                    0: not found), in the order of ids */
+#define MR_READ_EXEC_LIST     6  /* query -> list (mr_exec_t) */
+#define MR_READ_VERIFY        7  /* org -> account, verify */
+#define MR_READ_WH            8  /* id (wh), org -> wh; NGX_DECLINED: no
+                                    such endpoint of org */
+#define MR_READ_WH_LIST       9  /* org -> list (mr_wh_t) */
+#define MR_READ_DLV_LIST     10  /* id, len (wh or exec id), org, limit ->
+                                    list (mr_dlv_t); NGX_DECLINED: no such
+                                    endpoint or execution of org */
+#define MR_READ_SECRET       11  /* org -> secret */
+#define MR_READ_META         12  /* name -> raw (MR_STORE_SECRET_LEN) */
+#define MR_READ_DISP_NEXT    13  /* -> due (-1: none) */
+#define MR_READ_STATS        14  /* -> stats; states, if not NULL (a slot
+                                    per configured route) */
+#define MR_READ_ACCOUNTS     15  /* after, limit -> list (mr_account_t),
+                                    quotas (mr_quota_t), more */
+#define MR_READ_FAILED_DLVS  16  /* limit -> list (mr_dlv_t), scanned */
+#define MR_READ_ROUTES       17  /* -> states (a slot per configured
+                                    route) */
+
+
+typedef struct mr_store_read_s  mr_store_read_t;
+
+typedef void (*mr_store_read_handler_pt)(mr_store_read_t *rd);
+
+struct mr_store_read_s {
+    ngx_queue_t               queue;          /* the backend's */
+    ngx_uint_t                type;           /* MR_READ_* */
+    ngx_pool_t               *pool;           /* results are copied here */
+    mr_store_read_handler_pt  handler;        /* when NGX_AGAIN was said */
+    void                     *data;
+    ngx_uint_t                arg;            /* the caller's */
+    ngx_int_t                 rc;
+    void                     *backend;        /* the backend's */
+
+    /* in */
+    u_char                    id[MR_EXEC_ID_LEN];
+    size_t                    len;
+    u_char                    org[MR_ORG_ID_LEN]; /* the caller's */
+    u_char                   *ids;            /* MR_EXEC_ID_LEN each */
+    ngx_uint_t                nids;
+    ngx_uint_t                limit;
+    ngx_str_t                 after;
+    const char               *name;
+    mr_list_query_t          *query;
+
+    /* out */
+    mr_key_t                  key;
+    mr_account_t              account;
+    mr_quota_t                quota;
+    uint64_t                  rl_value;       /* a rate-limit override */
+    ngx_uint_t                rl_own;         /* ... is set */
+    mr_exec_t                 exec;
+    mr_verify_t               verify;
+    mr_wh_t                   wh;
+    ngx_str_t                 secret;
+    u_char                    raw[32];
+    int64_t                   due;
+    mr_store_stats_t          stats;
+    mr_route_state_t         *states;
+    ngx_array_t              *list;
+    ngx_array_t              *quotas;
+    ngx_uint_t                more;
+    ngx_uint_t                scanned;
+};
+
+
 /* a caller waiting for the store to be mapped again (mr_store_wait()) */
 typedef struct mr_store_waiter_s  mr_store_waiter_t;
 
@@ -480,40 +582,22 @@ struct mr_store_waiter_s {
 };
 
 
+char *mr_store_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+char *mr_store_key_cache_directive(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 ngx_int_t mr_store_check(ngx_cycle_t *cycle, mr_main_conf_t *mcf);
 ngx_int_t mr_store_start(ngx_cycle_t *cycle, mr_main_conf_t *mcf);
 ngx_int_t mr_store_init_process(ngx_cycle_t *cycle, mr_main_conf_t *mcf);
 void mr_store_exit_process(ngx_cycle_t *cycle);
 
 void mr_store_submit(mr_store_op_t *op);
+ngx_int_t mr_store_read(mr_store_read_t *rd);
 ngx_int_t mr_store_wait(mr_store_waiter_t *w);
 void mr_store_wait_cancel(mr_store_waiter_t *w);
 
-ngx_int_t mr_store_key_by_hash(u_char *hash, mr_key_t *key, ngx_pool_t *pool);
-ngx_int_t mr_store_keys_list(u_char *org, ngx_array_t *keys,
-    ngx_pool_t *pool);
-ngx_int_t mr_store_account_get(u_char *org, mr_account_t *acct,
-    ngx_pool_t *pool);
-ngx_int_t mr_store_exec_get(u_char *id, mr_exec_t *exec, ngx_pool_t *pool);
-ngx_int_t mr_store_exec_list(mr_list_query_t *q, ngx_array_t *execs,
-    ngx_pool_t *pool);
-ngx_int_t mr_store_quota_get(u_char *org, mr_quota_t *q);
-ngx_int_t mr_store_verify(u_char *org, mr_account_t *acct, mr_verify_t *v,
-    ngx_pool_t *pool);
-
-ngx_int_t mr_store_wh_get(u_char *wh_id, mr_wh_t *wh, ngx_pool_t *pool);
-ngx_int_t mr_store_wh_list(u_char *org, ngx_array_t *whs, ngx_pool_t *pool);
-ngx_int_t mr_store_dlv_list(u_char *prefix, size_t len, ngx_uint_t limit,
-    ngx_array_t *dlvs, ngx_pool_t *pool);
-ngx_int_t mr_store_secret_get(u_char *org, ngx_str_t *secret,
-    ngx_pool_t *pool);
 ngx_int_t mr_store_new_secret(u_char *secret);
 
 #define MR_STORE_SECRET_LEN  32
-
-ngx_int_t mr_store_route_states(mr_main_conf_t *mcf, mr_route_state_t *st);
-ngx_int_t mr_store_disp_next(int64_t *due);
-ngx_int_t mr_store_meta_secret(const char *name, u_char *secret);
 
 /* called after a commit that created deliveries */
 extern void (*mr_store_deliveries_hook)(void);

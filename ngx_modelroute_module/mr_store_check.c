@@ -95,7 +95,7 @@ static ngx_int_t mr_store_check_init(mr_check_t *ck, ngx_cycle_t *cycle,
 
 
 ngx_int_t
-mr_store_check(ngx_cycle_t *cycle, mr_main_conf_t *mcf)
+mr_store_lmdb_check(ngx_cycle_t *cycle, mr_main_conf_t *mcf)
 {
     mr_check_t  *ck;
 
@@ -195,7 +195,7 @@ mr_store_check_init(mr_check_t *ck, ngx_cycle_t *cycle, mr_main_conf_t *mcf)
  */
 
 ngx_int_t
-mr_store_start(ngx_cycle_t *cycle, mr_main_conf_t *mcf)
+mr_store_lmdb_start(ngx_cycle_t *cycle, mr_main_conf_t *mcf)
 {
     mr_check_t  ck;
 

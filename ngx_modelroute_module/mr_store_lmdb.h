@@ -16,21 +16,30 @@
 #include <lmdb.h>
 
 #include "mr_store.h"
+#include "mr_rules.h"          /* what records cost: MR_USAGE_* */
 
 
 #define MR_STORE_VERSION       3
 #define MR_STORE_SWEEP_MAX     256
 
+/*
+ * The retention's walks pass over entries they must keep (executions not
+ * ended yet, deliveries still pending) at most this many per step, and go
+ * on from there the next time (mr_store_walk_t)
+ */
+#define MR_STORE_WALK_MAX      (4 * MR_STORE_SWEEP_MAX)
+
 
 /*
- * What a record costs its account in stored bytes: its key and value,
- * plus a fixed allowance for the index entries that go with it.
+ * Where a retention walk goes on from: the key at which it stopped (len 0:
+ * from the first).  Held by the worker, not the store: a walk that is
+ * undone, or made by another worker, only starts elsewhere.
  */
-#define MR_USAGE_EXEC          256    /* byorg, idem, idemttl, due, disp */
-#define MR_USAGE_EVENT         64
-#define MR_USAGE_DLV           192    /* dlvq, whdlv, execdlv */
-#define MR_USAGE_WH            64     /* orgwh */
-#define MR_USAGE_KEY           160    /* keyhash, acctkey, keyend */
+typedef struct {
+    u_char                    key[64];
+    size_t                    len;
+    ngx_uint_t                seen;          /* entries read by this walk */
+} mr_store_walk_t;
 
 
 typedef struct {
@@ -129,9 +138,14 @@ int mr_store_wh_apply(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room);
 int mr_store_emit(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
     const char *type);
 int mr_store_dlv_purge(MDB_txn *txn, mr_store_op_t *op, ngx_uint_t limit);
+int mr_store_walk_first(MDB_cursor *cur, mr_store_walk_t *w, MDB_val *k,
+    MDB_val *v);
+ngx_uint_t mr_store_walk_stop(mr_store_walk_t *w, MDB_val *k,
+    mr_store_op_t *op);
+void mr_store_walk_end(mr_store_walk_t *w, int rc, MDB_val *k,
+    ngx_uint_t full);
 int mr_store_event_purge(MDB_txn *txn, mr_store_op_t *op,
     ngx_uint_t limit);
-int mr_store_dlv_target(mr_dlv_t *dlv, u_char *target);
 int mr_store_dlvq_key(mr_dlv_t *dlv, int64_t due, u_char *key);
 int mr_store_dlv_read(MDB_txn *txn, u_char *id, mr_dlv_t *dlv,
     ngx_pool_t *pool);
@@ -144,6 +158,43 @@ int mr_store_disp_add(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec);
 int mr_store_disp_release(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
     u_char **buf);
 int mr_store_disp_secrets(MDB_txn *txn, MDB_dbi meta, ngx_uint_t rotate);
+
+/* the store's entry points, for the switch (mr_store_backend.c) */
+ngx_int_t mr_store_lmdb_check(ngx_cycle_t *cycle, mr_main_conf_t *mcf);
+ngx_int_t mr_store_lmdb_start(ngx_cycle_t *cycle, mr_main_conf_t *mcf);
+ngx_int_t mr_store_lmdb_init_process(ngx_cycle_t *cycle,
+    mr_main_conf_t *mcf);
+void mr_store_lmdb_exit_process(ngx_cycle_t *cycle);
+void mr_store_lmdb_submit(mr_store_op_t *op);
+
+/* the reads, synchronous: mr_store_lmdb_read() (mr_store_read.c) */
+ngx_int_t mr_store_lmdb_read(mr_store_read_t *rd);
+ngx_int_t mr_store_key_by_hash(u_char *hash, mr_key_t *key, ngx_pool_t *pool);
+ngx_int_t mr_store_keys_list(u_char *org, ngx_array_t *keys,
+    ngx_pool_t *pool);
+ngx_int_t mr_store_account_get(u_char *org, mr_account_t *acct,
+    ngx_pool_t *pool);
+ngx_int_t mr_store_exec_get(u_char *id, mr_exec_t *exec, ngx_pool_t *pool);
+ngx_int_t mr_store_exec_list(mr_list_query_t *q, ngx_array_t *execs,
+    ngx_pool_t *pool);
+ngx_int_t mr_store_quota_get(u_char *org, mr_quota_t *q);
+ngx_int_t mr_store_verify(u_char *org, mr_account_t *acct, mr_verify_t *v,
+    ngx_pool_t *pool);
+ngx_int_t mr_store_wh_get(u_char *wh_id, mr_wh_t *wh, ngx_pool_t *pool);
+ngx_int_t mr_store_wh_list(u_char *org, ngx_array_t *whs, ngx_pool_t *pool);
+ngx_int_t mr_store_dlv_list(u_char *prefix, size_t len, ngx_uint_t limit,
+    ngx_array_t *dlvs, ngx_pool_t *pool);
+ngx_int_t mr_store_secret_get(u_char *org, ngx_str_t *secret,
+    ngx_pool_t *pool);
+ngx_int_t mr_store_route_states(mr_main_conf_t *mcf, mr_route_state_t *st);
+ngx_int_t mr_store_disp_next(int64_t *due);
+ngx_int_t mr_store_meta_secret(const char *name, u_char *secret);
+ngx_int_t mr_store_ops_stats(mr_store_stats_t *st);
+ngx_int_t mr_store_ops_rate_limit(u_char *org, uint64_t *requests);
+ngx_int_t mr_store_ops_accounts(ngx_str_t *after, ngx_uint_t limit,
+    ngx_array_t *accts, ngx_uint_t *more, ngx_pool_t *pool);
+ngx_int_t mr_store_ops_deliveries(ngx_uint_t limit, ngx_array_t *dlvs,
+    ngx_uint_t *scanned, ngx_pool_t *pool);
 
 /* mr_store_ops.c: the operator's data (held total, rate-limit overrides) */
 int mr_store_ops_open(MDB_txn *txn, mr_store_t *st);

@@ -20,7 +20,7 @@
  * due again then, and sent again with the same event id.
  *
  * A delivery's target is its endpoint, or for an execution's webhook_url
- * the URL's scheme, host and port (mr_store_dlv_target()).  Claims are
+ * the URL's scheme, host and port (mr_rule_dlv_target()).  Claims are
  * fair whatever one account queues: they visit the accounts that have
  * pending deliveries in turn, from where the last claim stopped, and in
  * each account its targets from a random point; an account and a target
@@ -40,10 +40,10 @@
 #include <ngx_core.h>
 
 #include <openssl/rand.h>
-#include <jansson.h>
 
 #include "mr_store.h"
 #include "mr_store_lmdb.h"
+#include "mr_rules.h"
 #include "mr_exec.h"
 #include "mr_metrics.h"
 
@@ -51,10 +51,7 @@
 #define MR_DLV_STEPS        1024    /* index steps a claim takes */
 #define MR_DLV_TARGETS      32      /* targets looked at per account */
 #define MR_DLV_TAKE         64      /* entries read per target */
-#define MR_DLV_ATTEMPTS     16      /* attempts a delivery keeps */
 #define MR_DLV_KEY_LEN      (MR_DLV_BUSY_LEN + 8 + MR_DLV_ID_LEN)
-#define MR_WH_FAILURES_MAX  10
-#define MR_WH_TEST_SIZE     1024    /* about what a test event keeps */
 
 
 /* a claim's visit of a target's queue */
@@ -77,7 +74,6 @@ static int mr_store_wh_put(MDB_txn *txn, mr_wh_t *wh, int64_t count);
 static int mr_store_dlv_due(MDB_txn *txn, mr_dlv_t *dlv, int64_t due);
 static int mr_store_dlv_drop(MDB_txn *txn, mr_dlv_t *dlv);
 static int mr_store_dlv_end(MDB_txn *txn, mr_dlv_t *dlv, ngx_uint_t status);
-static int64_t mr_store_id_ms(u_char *p);
 static int mr_store_dlv_create(MDB_txn *txn, mr_store_op_t *op,
     u_char *org, u_char *event_id, u_char *wh_id, ngx_str_t *url,
     u_char *exec_id, ngx_str_t *type, int64_t now);
@@ -94,14 +90,10 @@ static int mr_store_dlv_account(MDB_txn *txn, mr_store_op_t *op,
     u_char *org, mr_dlv_visit_t *vt, ngx_uint_t *steps, ngx_pool_t *pool);
 static int mr_store_dlv_target_visit(MDB_txn *txn, mr_store_op_t *op,
     mr_dlv_visit_t *vt, ngx_pool_t *pool);
-static ngx_uint_t mr_store_dlv_busy(mr_store_op_t *op, u_char *key,
-    size_t len);
 static int mr_store_dlv_claim_one(MDB_txn *txn, mr_store_op_t *op,
     mr_dlv_visit_t *vt, u_char *key, ngx_pool_t *pool);
 static int mr_store_dlv_done(MDB_txn *txn, mr_store_op_t *op);
-static ngx_int_t mr_store_tid(u_char *dst, const char *prefix, int64_t ms);
 static int mr_store_dlv_after(MDB_txn *txn, u_char *exec_id, u_char *id);
-static ngx_int_t mr_store_wh_wants(mr_wh_t *wh, ngx_str_t *type);
 static int mr_store_seg_put(MDB_dbi dbi, MDB_txn *txn, u_char *key,
     size_t klen, void *rec, size_t rlen, uint32_t *seg_len, ngx_str_t *seg,
     ngx_uint_t nseg, u_char *org, size_t extra, ngx_uint_t which,
@@ -122,15 +114,17 @@ static u_char  mr_zero[MR_EXEC_ID_LEN];
 static u_char  mr_dlv_cursor[MR_ORG_ID_LEN];
 static ngx_uint_t  mr_dlv_cursor_set;
 
+/* where the retention's walk over the deliveries goes on from */
+static mr_store_walk_t  mr_dlv_walk;
+
 
 int
 mr_store_wh_apply(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
 {
     int         rc;
-    size_t      size;
     mr_wh_t     wh;
     MDB_val     k, v;
-    ngx_uint_t  i, ok;
+    ngx_uint_t  ok;
     u_char      okey[MR_ORG_ID_LEN + MR_WH_ID_LEN];
 
     switch (op->type) {
@@ -141,13 +135,8 @@ mr_store_wh_apply(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
             return 0;
         }
 
-        size = sizeof(mr_wh_rec_t) + MR_WH_ID_LEN + MR_USAGE_WH;
-
-        for (i = 0; i < MR_WH_SEG_N; i++) {
-            size += op->wh.ep.seg[i].len;
-        }
-
-        rc = mr_store_quota_check(txn, op, op->wh.ep.rec.org, (int64_t) size,
+        rc = mr_store_quota_check(txn, op, op->wh.ep.rec.org,
+                                  (int64_t) mr_rule_wh_size(&op->wh.ep),
                                   MR_LIMIT_ENDPOINTS, 1, &ok);
         if (rc != 0 || !ok) {
             return rc;
@@ -275,9 +264,7 @@ mr_store_emit(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
      * endpoint, and this is not a terminal event for a webhook_url
      */
 
-    if (!(exec->seg[MR_SEG_WEBHOOK_URL].len > 2
-          && mr_status_terminal(exec->rec.status)))
-    {
+    if (!mr_rule_emit_kept(exec, 0)) {
         rc = mdb_cursor_open(txn, mr_store.orgwh, &cur);
         if (rc != 0) {
             return rc;
@@ -300,7 +287,7 @@ mr_store_emit(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
             return rc;
         }
 
-        if (!n) {
+        if (!mr_rule_emit_kept(exec, n)) {
             return 0;
         }
     }
@@ -313,7 +300,7 @@ mr_store_emit(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
     rc = ENOMEM;
 
     if (mr_exec_render(pool, exec, &data) != NGX_OK
-        || mr_store_tid(event_id, "evt_", op->now) != NGX_OK)
+        || mr_rule_tid(event_id, "evt_", op->now) != NGX_OK)
     {
         goto done;
     }
@@ -370,7 +357,7 @@ mr_store_emit(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
                 goto done;
             }
 
-            if (!mr_store_wh_wants(&wh, &type)) {
+            if (!mr_rule_wh_wants(&wh, &type)) {
                 continue;
             }
 
@@ -465,63 +452,30 @@ mr_store_secret(MDB_txn *txn, u_char *org, u_char *secret)
 }
 
 
-ngx_int_t
-mr_store_new_secret(u_char *secret)
-{
-    u_char     raw[32];
-    ngx_str_t  src, dst;
-
-    if (RAND_bytes(raw, sizeof(raw)) != 1) {
-        return NGX_ERROR;
-    }
-
-    src.data = raw;
-    src.len = sizeof(raw);
-    dst.data = ngx_cpymem(secret, "whsec_", 6);
-
-    ngx_encode_base64(&dst, &src);
-
-    return dst.len == MR_WH_SECRET_LEN - 6 ? NGX_OK : NGX_ERROR;
-}
-
-
 static int
 mr_store_event_put(MDB_txn *txn, u_char *event_id, u_char *org,
     ngx_str_t *type, u_char *exec_id, ngx_str_t *data, int64_t now,
     ngx_pool_t *pool)
 {
-    u_char   *p;
-    MDB_val   v;
-    u_char    ts[MR_TIME_LEN];
+    MDB_val    v;
+    ngx_str_t  body;
 
-    mr_time_format(ts, now);
+    if (mr_rule_event_body(event_id, org, type, exec_id, data, now, pool,
+                           &body)
+        != NGX_OK)
+    {
+        return ENOMEM;
+    }
 
-    v.mv_size = MR_ORG_ID_LEN + data->len + type->len + 256;
+    v.mv_size = MR_ORG_ID_LEN + body.len;
 
     v.mv_data = ngx_pnalloc(pool, v.mv_size);
     if (v.mv_data == NULL) {
         return ENOMEM;
     }
 
-    p = ngx_cpymem(v.mv_data, org, MR_ORG_ID_LEN);
-
-    p = ngx_sprintf(p, "{\"id\":\"%*s\",\"event_type\":\"%V\","
-                    "\"timestamp\":\"%*s\",\"version\":\"1.0\","
-                    "\"organization_id\":\"%*s\",",
-                    (size_t) MR_EVT_ID_LEN, event_id, type,
-                    (size_t) MR_TIME_LEN, ts, (size_t) MR_ORG_ID_LEN, org);
-
-    if (exec_id) {
-        p = ngx_sprintf(p, "\"execution_id\":\"%*s\",",
-                        (size_t) MR_EXEC_ID_LEN, exec_id);
-
-    } else {
-        p = ngx_sprintf(p, "\"execution_id\":null,");
-    }
-
-    p = ngx_sprintf(p, "\"data\":%V}", data);
-
-    v.mv_size = p - (u_char *) v.mv_data;
+    ngx_memcpy(ngx_cpymem(v.mv_data, org, MR_ORG_ID_LEN), body.data,
+               body.len);
 
     return mr_store_seg_put(mr_store.event, txn, event_id, MR_EVT_ID_LEN,
                             v.mv_data, v.mv_size, NULL, NULL, 0, org,
@@ -539,7 +493,7 @@ mr_store_dlv_create(MDB_txn *txn, mr_store_op_t *op, u_char *org,
 
     ngx_memzero(&dlv, sizeof(mr_dlv_t));
 
-    if (mr_store_tid(dlv.rec.id, "dlv_", now) != NGX_OK) {
+    if (mr_rule_tid(dlv.rec.id, "dlv_", now) != NGX_OK) {
         return ENOMEM;
     }
 
@@ -550,28 +504,7 @@ mr_store_dlv_create(MDB_txn *txn, mr_store_op_t *op, u_char *org,
         }
     }
 
-    ngx_memcpy(dlv.rec.event_id, event_id, MR_EVT_ID_LEN);
-    ngx_memcpy(dlv.rec.org, org, MR_ORG_ID_LEN);
-
-    if (wh_id) {
-        ngx_memcpy(dlv.rec.wh_id, wh_id, MR_WH_ID_LEN);
-    }
-
-    if (exec_id) {
-        ngx_memcpy(dlv.rec.exec_id, exec_id, MR_EXEC_ID_LEN);
-    }
-
-    dlv.rec.status = MR_DLV_PENDING;
-    dlv.rec.created_ms = now;
-    dlv.rec.due_ms = 0;
-    dlv.rec.next_ms = now;
-
-    if (url) {
-        dlv.seg[MR_DLV_SEG_URL] = *url;
-    }
-
-    dlv.seg[MR_DLV_SEG_TYPE] = *type;
-    ngx_str_set(&dlv.seg[MR_DLV_SEG_ATTEMPTS], "[]");
+    mr_rule_dlv_init(&dlv, event_id, org, wh_id, url, exec_id, type, now);
 
     rc = mr_store_dlv_due(txn, &dlv, now);
     if (rc != 0) {
@@ -611,7 +544,7 @@ mr_store_wh_update(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
     int         rc;
     int64_t     grow;
     mr_wh_t     wh;
-    ngx_uint_t  i, ok;
+    ngx_uint_t  ok;
 
     rc = mr_store_wh_read(txn, op->wh.wh_id, &wh, op->pool);
     if (rc == MDB_NOTFOUND
@@ -627,14 +560,7 @@ mr_store_wh_update(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
 
     /* the new values are in op->wh.ep: url, description, events, headers */
 
-    grow = 0;
-
-    for (i = 0; i < 4; i++) {
-        if (op->wh.patch & (1 << i)) {
-            grow += (int64_t) op->wh.ep.seg[i].len - (int64_t) wh.seg[i].len;
-            wh.seg[i] = op->wh.ep.seg[i];
-        }
-    }
+    mr_rule_wh_patch(op, &wh, &grow);
 
     if (grow > 0) {
         /* more data: not in the reserve, not past the account's limit */
@@ -651,20 +577,7 @@ mr_store_wh_update(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
         }
     }
 
-    if (op->wh.patch & MR_WH_PATCH_ACTIVE) {
-
-        /* its deliveries waited in its queue: the claims take them now */
-
-        if (op->wh.ep.rec.active && !wh.rec.active) {
-            op->emitted++;
-        }
-
-        if (op->wh.ep.rec.active) {
-            wh.rec.failures = 0;
-        }
-
-        wh.rec.active = op->wh.ep.rec.active ? 1 : 0;
-    }
+    mr_rule_wh_active(op, &wh);
 
     rc = mr_store_wh_put(txn, &wh, 0);
     if (rc != 0) {
@@ -715,7 +628,7 @@ mr_store_wh_test(MDB_txn *txn, mr_store_op_t *op)
     data.data = buf;
     data.len = p - buf;
 
-    if (mr_store_tid(op->wh.event_id, "evt_", op->now) != NGX_OK) {
+    if (mr_rule_tid(op->wh.event_id, "evt_", op->now) != NGX_OK) {
         return ENOMEM;
     }
 
@@ -798,11 +711,7 @@ mr_store_dlv_retry(MDB_txn *txn, mr_store_op_t *op)
 
     /* due now, with a new schedule and a new max age from now */
 
-    dlv.rec.status = MR_DLV_PENDING;
-    dlv.rec.next_ms = op->now;
-    dlv.rec.token = 0;
-    dlv.rec.attempts = 0;
-    dlv.rec.created_ms = op->now;
+    mr_rule_dlv_retry(&dlv, op->now);
 
     rc = mr_store_dlv_due(txn, &dlv, op->now);
     if (rc != 0) {
@@ -970,7 +879,7 @@ mr_store_dlv_account(MDB_txn *txn, mr_store_op_t *op, u_char *org,
     u_char           seek[MR_DLV_BUSY_LEN + 1];
     u_char           start[MR_WH_TARGET_LEN];
 
-    if (mr_store_dlv_busy(op, org, MR_ORG_ID_LEN)
+    if (mr_rule_dlv_busy(op, org, MR_ORG_ID_LEN)
         >= mr_store.mcf->webhook_per_account)
     {
         return 0;
@@ -996,7 +905,7 @@ mr_store_dlv_account(MDB_txn *txn, mr_store_op_t *op, u_char *org,
     for (n = 0; n < MR_DLV_TARGETS && *steps < MR_DLV_STEPS; n++) {
 
         if (op->wh.claimed >= op->wh.limit
-            || mr_store_dlv_busy(op, org, MR_ORG_ID_LEN)
+            || mr_rule_dlv_busy(op, org, MR_ORG_ID_LEN)
                >= mr_store.mcf->webhook_per_account)
         {
             break;
@@ -1132,20 +1041,17 @@ mr_store_dlv_target_visit(MDB_txn *txn, mr_store_op_t *op,
     mr_dlv_visit_t *vt, ngx_pool_t *pool)
 {
     int         rc;
-    int64_t     max_age;
     MDB_val     k;
     mr_dlv_t    dlv;
     ngx_uint_t  i;
-
-    max_age = (int64_t) mr_store.mcf->webhook_max_age * 1000;
 
     for (i = 0; i < vt->n; i++) {
 
         if (vt->mode == MR_DLV_CLAIM) {
             if (op->wh.claimed >= op->wh.limit
-                || mr_store_dlv_busy(op, vt->busy, MR_DLV_BUSY_LEN)
+                || mr_rule_dlv_busy(op, vt->busy, MR_DLV_BUSY_LEN)
                    >= op->wh.per_endpoint
-                || mr_store_dlv_busy(op, vt->busy, MR_ORG_ID_LEN)
+                || mr_rule_dlv_busy(op, vt->busy, MR_ORG_ID_LEN)
                    >= mr_store.mcf->webhook_per_account)
             {
                 break;
@@ -1178,7 +1084,9 @@ mr_store_dlv_target_visit(MDB_txn *txn, mr_store_op_t *op,
         } else if (rc == 0 && vt->mode == MR_DLV_DROP) {
             rc = mr_store_dlv_drop(txn, &dlv);
 
-        } else if (rc == 0 && dlv.rec.created_ms + max_age <= op->now) {
+        } else if (rc == 0
+                   && mr_rule_dlv_expired(mr_store.mcf, &dlv, op->now))
+        {
             /* parked past its max age: failed, purged by the retention */
             rc = mr_store_dlv_end(txn, &dlv, MR_DLV_FAILED);
         }
@@ -1189,28 +1097,6 @@ mr_store_dlv_target_visit(MDB_txn *txn, mr_store_op_t *op,
     }
 
     return 0;
-}
-
-
-/* attempts in flight and claimed now whose busy key starts with key */
-
-static ngx_uint_t
-mr_store_dlv_busy(mr_store_op_t *op, u_char *key, size_t len)
-{
-    ngx_uint_t     i, n;
-    mr_dlv_job_t  *job;
-
-    n = 0;
-
-    for (i = 0; i < op->wh.nbusy; i++) {
-        n += (ngx_memcmp(op->wh.busy + i * MR_DLV_BUSY_LEN, key, len) == 0);
-    }
-
-    for (job = op->wh.jobs; job; job = job->next) {
-        n += (ngx_memcmp(job->busy, key, len) == 0);
-    }
-
-    return n;
 }
 
 
@@ -1401,13 +1287,9 @@ static int
 mr_store_dlv_done(MDB_txn *txn, mr_store_op_t *op)
 {
     int          rc;
-    char        *dump;
-    json_t      *attempts, *a;
-    mr_wh_t      wh;
+    mr_wh_t      wh, *whp;
     mr_dlv_t     dlv;
-    ngx_uint_t   ok, has_wh;
     ngx_pool_t  *pool;
-    u_char       at[MR_TIME_LEN];
 
     pool = ngx_create_pool(2048, ngx_cycle->log);
     if (pool == NULL) {
@@ -1416,11 +1298,7 @@ mr_store_dlv_done(MDB_txn *txn, mr_store_op_t *op)
 
     rc = mr_store_dlv_read(txn, op->wh.dlv_id, &dlv, pool);
 
-    if (rc == MDB_NOTFOUND
-        || (rc == 0
-            && (dlv.rec.status != MR_DLV_PENDING
-                || dlv.rec.token != op->wh.token)))
-    {
+    if (rc == MDB_NOTFOUND || (rc == 0 && mr_rule_dlv_late(op, &dlv))) {
         /* deleted, or taken over by another worker after its lease */
         op->result = MR_R_NOOP;
         ngx_destroy_pool(pool);
@@ -1432,125 +1310,34 @@ mr_store_dlv_done(MDB_txn *txn, mr_store_op_t *op)
         return rc;
     }
 
-    ok = (op->wh.status_code >= 200 && op->wh.status_code < 300);
+    /* the endpoint, for its health */
 
-    /* the attempt's record */
+    whp = NULL;
 
-    mr_time_format(at, op->now - op->wh.latency_ms);
-
-    attempts = json_loadb((char *) dlv.seg[MR_DLV_SEG_ATTEMPTS].data,
-                          dlv.seg[MR_DLV_SEG_ATTEMPTS].len, 0, NULL);
-    if (!json_is_array(attempts)) {
-        json_decref(attempts);
-        attempts = json_array();
-    }
-
-    a = json_pack("{s:s#, s:o, s:I, s:o}",
-                  "at", at, (int) MR_TIME_LEN,
-                  "status_code", op->wh.status_code
-                                 ? json_integer(op->wh.status_code)
-                                 : json_null(),
-                  "latency_ms", (json_int_t) op->wh.latency_ms,
-                  "error", op->wh.error.len
-                           ? json_stringn((char *) op->wh.error.data,
-                                          op->wh.error.len)
-                           : json_null());
-
-    /* the last MR_DLV_ATTEMPTS attempts are kept */
-
-    while (attempts && json_array_size(attempts) >= MR_DLV_ATTEMPTS) {
-        if (json_array_remove(attempts, 0) != 0) {
-            break;
-        }
-    }
-
-    if (attempts == NULL || a == NULL
-        || json_array_append_new(attempts, a) != 0
-        || (dump = json_dumps(attempts, JSON_COMPACT)) == NULL)
-    {
-        json_decref(attempts);
-        ngx_destroy_pool(pool);
-        return ENOMEM;
-    }
-
-    json_decref(attempts);
-
-    dlv.seg[MR_DLV_SEG_ATTEMPTS].len = ngx_strlen(dump);
-    dlv.seg[MR_DLV_SEG_ATTEMPTS].data = ngx_pnalloc(pool,
-                                         dlv.seg[MR_DLV_SEG_ATTEMPTS].len);
-    if (dlv.seg[MR_DLV_SEG_ATTEMPTS].data == NULL) {
-        free(dump);
-        ngx_destroy_pool(pool);
-        return ENOMEM;
-    }
-
-    ngx_memcpy(dlv.seg[MR_DLV_SEG_ATTEMPTS].data, dump,
-               dlv.seg[MR_DLV_SEG_ATTEMPTS].len);
-    free(dump);
-
-    dlv.rec.attempts++;
-    dlv.rec.token = 0;
-
-    /* the endpoint's health */
-
-    has_wh = (ngx_memcmp(dlv.rec.wh_id, mr_zero, MR_WH_ID_LEN) != 0);
-
-    if (has_wh) {
+    if (ngx_memcmp(dlv.rec.wh_id, mr_zero, MR_WH_ID_LEN) != 0) {
         rc = mr_store_wh_read(txn, dlv.rec.wh_id, &wh, pool);
 
         if (rc == 0) {
-            if (ok) {
-                wh.rec.failures = 0;
-                wh.rec.last_success_ms = op->now;
+            whp = &wh;
 
-            } else {
-                wh.rec.failures++;
-
-                if (op->wh.status_code == 410
-                    || wh.rec.failures >= MR_WH_FAILURES_MAX)
-                {
-                    wh.rec.active = 0;
-                }
-            }
-
-            rc = mr_store_wh_put(txn, &wh, 0);
-
-        } else if (rc == MDB_NOTFOUND) {
-            rc = 0;
-        }
-
-        if (rc != 0) {
+        } else if (rc != MDB_NOTFOUND) {
             ngx_destroy_pool(pool);
             return rc;
         }
     }
 
-    if (ok) {
-        dlv.rec.status = MR_DLV_SUCCEEDED;
-        dlv.rec.next_ms = 0;
-        rc = mr_store_dlv_due(txn, &dlv, 0);
+    rc = mr_rule_dlv_done(op, &dlv, whp, pool);
 
-    } else if (dlv.rec.attempts <= op->wh.nschedule
-               && op->now - dlv.rec.created_ms < op->wh.max_age_ms)
-    {
-        dlv.rec.next_ms = op->now
-                          + (int64_t) op->wh.schedule[dlv.rec.attempts - 1];
+    if (rc == 0 && whp) {
+        rc = mr_store_wh_put(txn, whp, 0);
+    }
+
+    if (rc == 0) {
         rc = mr_store_dlv_due(txn, &dlv, dlv.rec.next_ms);
-
-    } else {
-        dlv.rec.status = MR_DLV_FAILED;
-        dlv.rec.next_ms = 0;
-        rc = mr_store_dlv_due(txn, &dlv, 0);
     }
 
     if (rc == 0) {
         rc = mr_store_dlv_put(txn, &dlv);
-    }
-
-    /* the next event of the execution may go now */
-
-    if (rc == 0 && dlv.rec.status != MR_DLV_PENDING) {
-        op->emitted++;
     }
 
     ngx_destroy_pool(pool);
@@ -1589,11 +1376,17 @@ mr_store_dlv_purge(MDB_txn *txn, mr_store_op_t *op, ngx_uint_t limit)
 
     n = 0;
 
-    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+    /* pending ones are passed over a budget at a time (mr_store_walk_t) */
+
+    for (rc = mr_store_walk_first(cur, &mr_dlv_walk, &k, &v);
          rc == 0 && n < limit;
          rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT))
     {
         mr_dlv_rec_t  rec;
+
+        if (mr_store_walk_stop(&mr_dlv_walk, &k, op)) {
+            break;
+        }
 
         if (k.mv_size != MR_DLV_ID_LEN || v.mv_size < sizeof(mr_dlv_rec_t)) {
             continue;
@@ -1603,9 +1396,10 @@ mr_store_dlv_purge(MDB_txn *txn, mr_store_op_t *op, ngx_uint_t limit)
 
         /* the id's time orders the walk (a retry renews created_ms) */
 
-        if (mr_store_id_ms((u_char *) k.mv_data + 4) + op->retention_ms
+        if (mr_rule_id_ms((u_char *) k.mv_data + 4) + op->retention_ms
             > op->now)
         {
+            mr_dlv_walk.len = 0;              /* from the oldest again */
             break;
         }
 
@@ -1613,6 +1407,8 @@ mr_store_dlv_purge(MDB_txn *txn, mr_store_op_t *op, ngx_uint_t limit)
             ngx_memcpy(ids[n++], k.mv_data, MR_DLV_ID_LEN);
         }
     }
+
+    mr_store_walk_end(&mr_dlv_walk, rc, &k, n == limit);
 
     mdb_cursor_close(cur);
 
@@ -1680,11 +1476,9 @@ mr_store_event_purge(MDB_txn *txn, mr_store_op_t *op, ngx_uint_t limit)
             continue;
         }
 
-        created = mr_store_id_ms((u_char *) k.mv_data + 4);
+        created = mr_rule_id_ms((u_char *) k.mv_data + 4);
 
-        if (created + op->retention_ms > op->now
-            || created + op->wh.max_age_ms > op->now)
-        {
+        if (mr_rule_event_kept(op, created)) {
             break;
         }
 
@@ -1714,19 +1508,6 @@ mr_store_event_purge(MDB_txn *txn, mr_store_op_t *op, ngx_uint_t limit)
     }
 
     return 0;
-}
-
-
-/* the milliseconds of a time-ordered id: 12 hex digits */
-
-static int64_t
-mr_store_id_ms(u_char *p)
-{
-    ngx_int_t  n;
-
-    n = ngx_hextoi(p, 12);
-
-    return n == NGX_ERROR ? 0 : (int64_t) n;
 }
 
 
@@ -1780,71 +1561,13 @@ mr_store_dlv_end(MDB_txn *txn, mr_dlv_t *dlv, ngx_uint_t status)
 }
 
 
-/*
- * A delivery's target: its endpoint's id, or "wu_" + 24 hex of a hash of
- * its webhook_url's scheme, host and port, lowercase.
- */
-
-int
-mr_store_dlv_target(mr_dlv_t *dlv, u_char *target)
-{
-    u_char     *p, *last, *host, *end, *at;
-    size_t      n, len;
-    ngx_uint_t  i;
-    u_char      origin[512], hash[MR_SHA256_LEN];
-
-    if (ngx_memcmp(dlv->rec.wh_id, mr_zero, MR_WH_ID_LEN) != 0) {
-        ngx_memcpy(target, dlv->rec.wh_id, MR_WH_ID_LEN);
-        return 0;
-    }
-
-    p = dlv->seg[MR_DLV_SEG_URL].data;
-    last = p + dlv->seg[MR_DLV_SEG_URL].len;
-
-    host = ngx_strlcasestrn(p, last, (u_char *) "://", 3 - 1);
-    host = host ? host + 3 : p;
-
-    for (end = host; end < last; end++) {
-        if (*end == '/' || *end == '?' || *end == '#') {
-            break;
-        }
-    }
-
-    /* without the user info: user@host:port is host:port */
-
-    for (at = end; at > host; at--) {
-        if (at[-1] == '@') {
-            break;
-        }
-    }
-
-    n = ngx_min((size_t) (host - p), sizeof(origin) / 2);
-    len = ngx_min((size_t) (end - at), sizeof(origin) / 2);
-
-    ngx_memcpy(origin, p, n);
-    ngx_memcpy(origin + n, at, len);
-    len += n;
-
-    for (i = 0; i < len; i++) {
-        origin[i] = ngx_tolower(origin[i]);
-    }
-
-    mr_sha256(hash, origin, len);
-
-    ngx_memcpy(target, "wu_", 3);
-    mr_hex(target + 3, hash, (MR_WH_TARGET_LEN - 3) / 2);
-
-    return 0;
-}
-
-
 /* a delivery's key in the queues: org + target + be64 due + id */
 
 int
 mr_store_dlvq_key(mr_dlv_t *dlv, int64_t due, u_char *key)
 {
     ngx_memcpy(key, dlv->rec.org, MR_ORG_ID_LEN);
-    mr_store_dlv_target(dlv, key + MR_ORG_ID_LEN);
+    mr_rule_dlv_target(dlv, key + MR_ORG_ID_LEN);
     mr_be64_put(key + MR_DLV_BUSY_LEN, (uint64_t) due);
     ngx_memcpy(key + MR_DLV_BUSY_LEN + 8, dlv->rec.id, MR_DLV_ID_LEN);
 
@@ -2071,37 +1794,12 @@ mr_store_index(MDB_dbi dbi, MDB_txn *txn, u_char *a, size_t alen, u_char *b,
 }
 
 
-/* "<prefix>" + 12 hex of ms + 32 random hex; safe in a thread */
-
-static ngx_int_t
-mr_store_tid(u_char *dst, const char *prefix, int64_t ms)
-{
-    u_char  rnd[16];
-
-    if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
-        return NGX_ERROR;
-    }
-
-    dst = ngx_sprintf(dst, "%s%012xL", prefix,
-                      (uint64_t) ms & 0xffffffffffffULL);
-    mr_hex(dst, rnd, sizeof(rnd));
-
-    return NGX_OK;
-}
-
-
-/*
- * An execution's deliveries are sent in the order of their ids: a new one
- * must sort after those made before it, even within the same millisecond
- * (execution.started and .completed often are): then it follows the last
- * one, as a counter would.
- */
+/* a new delivery of an execution sorts after its last one (the rule) */
 
 static int
 mr_store_dlv_after(MDB_txn *txn, u_char *exec_id, u_char *id)
 {
     int          rc;
-    u_char      *last, *p;
     MDB_val      k, v;
     MDB_cursor  *cur;
     u_char       key[MR_EXEC_ID_LEN + 5];
@@ -2132,72 +1830,12 @@ mr_store_dlv_after(MDB_txn *txn, u_char *exec_id, u_char *id)
         && k.mv_size == MR_EXEC_ID_LEN + MR_DLV_ID_LEN
         && ngx_memcmp(k.mv_data, exec_id, MR_EXEC_ID_LEN) == 0)
     {
-        last = (u_char *) k.mv_data + MR_EXEC_ID_LEN;
-
-        if (ngx_memcmp(last, id, MR_DLV_ID_LEN) >= 0) {
-
-            /* the last one + 1, in hex */
-
-            ngx_memcpy(id, last, MR_DLV_ID_LEN);
-
-            for (p = id + MR_DLV_ID_LEN - 1; p >= id + 4; p--) {
-                if (*p == 'f') {
-                    *p = '0';
-                    continue;
-                }
-
-                *p = (*p == '9') ? 'a' : *p + 1;
-                break;
-            }
-        }
+        mr_rule_dlv_after((u_char *) k.mv_data + MR_EXEC_ID_LEN, id);
     }
 
     mdb_cursor_close(cur);
 
     return (rc == MDB_NOTFOUND) ? 0 : rc;
-}
-
-
-/* events: [] is every event; else a JSON array of type names */
-
-static ngx_int_t
-mr_store_wh_wants(mr_wh_t *wh, ngx_str_t *type)
-{
-    u_char     *p, *last;
-    ngx_str_t  *ev;
-
-    ev = &wh->seg[MR_WH_SEG_EVENTS];
-
-    if (ev->len <= 2) {
-        return 1;
-    }
-
-    p = ev->data;
-    last = ev->data + ev->len;
-
-    while (p + type->len + 2 <= last) {
-        p = ngx_strlchr(p, last, '"');
-        if (p == NULL) {
-            return 0;
-        }
-
-        if (p + type->len + 2 <= last
-            && ngx_strncmp(p + 1, type->data, type->len) == 0
-            && p[type->len + 1] == '"')
-        {
-            return 1;
-        }
-
-        /* skip the whole string */
-        p = ngx_strlchr(p + 1, last, '"');
-        if (p == NULL) {
-            return 0;
-        }
-
-        p++;
-    }
-
-    return 0;
 }
 
 

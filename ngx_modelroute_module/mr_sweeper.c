@@ -93,7 +93,19 @@ mr_sweeper_handler(ngx_event_t *ev)
 static void
 mr_sweeper_done(mr_store_op_t *op)
 {
-    if (op->result != MR_R_OK) {
+    ngx_log_debug4(NGX_LOG_DEBUG_HTTP, mr_sweeper_ev.log, 0,
+                   "modelroute sweeper: %ui expired, %ui purged, "
+                   "%ui read by the retention, more:%ui",
+                   op->expired, op->purged, op->scanned, op->more);
+
+    if (op->result == MR_R_UNAVAILABLE) {
+        ngx_log_error(NGX_LOG_INFO, mr_sweeper_ev.log, 0,
+                      "modelroute sweeper: the store cannot be reached; "
+                      "the sweep runs again in %M ms",
+                      mr_sweeper_mcf->sweep_interval);
+        op->more = 0;
+
+    } else if (op->result != MR_R_OK) {
         ngx_log_error(NGX_LOG_WARN, mr_sweeper_ev.log, 0,
                       "modelroute sweeper: the sweep was not committed; "
                       "it runs again in %M ms", mr_sweeper_mcf->sweep_interval);

@@ -807,7 +807,14 @@ mr_webhook_record(mr_wh_send_t *s, long code, const char *reason)
 static void
 mr_webhook_recorded(mr_store_op_t *op)
 {
-    if (op->result != MR_R_OK && op->result != MR_R_NOOP) {
+    if (op->result == MR_R_UNAVAILABLE) {
+        ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
+                      "modelroute webhooks: an attempt of %*s cannot be "
+                      "recorded, the store cannot be reached; it is tried "
+                      "again after its lease",
+                      (size_t) MR_DLV_ID_LEN, op->wh.dlv_id);
+
+    } else if (op->result != MR_R_OK && op->result != MR_R_NOOP) {
         ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
                       "modelroute webhooks: an attempt of %*s was not "
                       "recorded; it is tried again after its lease",

@@ -31,7 +31,11 @@ static ngx_int_t mr_wh_list(ngx_http_request_t *r);
 static ngx_int_t mr_wh_deliveries(ngx_http_request_t *r, ngx_uint_t by_exec);
 static ngx_int_t mr_wh_secret(ngx_http_request_t *r);
 static void mr_wh_done(mr_store_op_t *op);
-static ngx_int_t mr_wh_own(ngx_http_request_t *r, mr_wh_t *wh);
+static ngx_int_t mr_wh_read(ngx_http_request_t *r, mr_store_read_t *rd);
+static void mr_wh_read_done(mr_store_read_t *rd);
+static ngx_int_t mr_wh_got(ngx_http_request_t *r, mr_store_read_t *rd);
+static ngx_int_t mr_wh_secret_got(ngx_http_request_t *r,
+    mr_store_read_t *rd);
 static json_t *mr_wh_json(void *elt);
 static json_t *mr_dlv_json(void *elt);
 static json_t *mr_json_raw(ngx_str_t *s, json_t *dflt);
@@ -575,74 +579,122 @@ mr_wh_done(mr_store_op_t *op)
 }
 
 
+/* a read for a request, and its continuation (mr_wh_got()) */
+
 static ngx_int_t
-mr_wh_own(ngx_http_request_t *r, mr_wh_t *wh)
+mr_wh_read(ngx_http_request_t *r, mr_store_read_t *rd)
 {
-    ngx_int_t       rc;
     mr_http_ctx_t  *ctx;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_modelroute_module);
 
-    rc = mr_store_wh_get(ctx->id.data, wh, r->pool);
+    ngx_memcpy(rd->org, ctx->key.rec.org, MR_ORG_ID_LEN);
 
-    if (rc == NGX_OK
-        && ngx_memcmp(wh->rec.org, ctx->key.rec.org, MR_ORG_ID_LEN) != 0)
-    {
-        rc = NGX_DECLINED;
+    if (mr_http_read(r, rd, mr_wh_read_done) == NGX_DONE) {
+        return NGX_DONE;
     }
 
-    return rc;
+    return mr_wh_got(r, rd);
+}
+
+
+static void
+mr_wh_read_done(mr_store_read_t *rd)
+{
+    ngx_http_request_t  *r;
+
+    r = mr_http_read_resume(rd);
+    if (r == NULL) {
+        return;
+    }
+
+    mr_http_continued(r, mr_wh_got(r, rd));
+}
+
+
+static ngx_int_t
+mr_wh_got(ngx_http_request_t *r, mr_store_read_t *rd)
+{
+    if (rd->type == MR_READ_SECRET) {
+        return mr_wh_secret_got(r, rd);
+    }
+
+    if (rd->rc == NGX_DECLINED) {
+        return mr_http_error(r, MR_E_NOT_FOUND,
+                             rd->type == MR_READ_WH ? "no such endpoint"
+                                                    : "no such resource",
+                             NULL);
+    }
+
+    if (rd->rc != NGX_OK) {
+        return mr_http_read_error(r, rd);
+    }
+
+    switch (rd->type) {
+
+    case MR_READ_WH:
+        return mr_http_send_json(r, NGX_HTTP_OK, mr_wh_json(&rd->wh));
+
+    case MR_READ_WH_LIST:
+        return mr_http_send_list(r, rd->list, mr_wh_json);
+
+    default: /* MR_READ_DLV_LIST */
+        return mr_http_send_list(r, rd->list, mr_dlv_json);
+    }
 }
 
 
 static ngx_int_t
 mr_wh_get(ngx_http_request_t *r)
 {
-    mr_wh_t    wh;
-    ngx_int_t  rc;
+    mr_http_ctx_t    *ctx;
+    mr_store_read_t  *rd;
 
-    rc = mr_wh_own(r, &wh);
+    ctx = ngx_http_get_module_ctx(r, ngx_http_modelroute_module);
 
-    if (rc == NGX_DECLINED) {
-        return mr_http_error(r, MR_E_NOT_FOUND, "no such endpoint", NULL);
+    rd = mr_http_read_alloc(r, MR_READ_WH);
+    if (rd == NULL) {
+        return mr_http_error(r, MR_E_INTERNAL, "out of memory", NULL);
     }
 
-    if (rc != NGX_OK) {
-        return mr_http_error(r, MR_E_INTERNAL, "store read failed", NULL);
-    }
+    ngx_memcpy(rd->id, ctx->id.data, MR_WH_ID_LEN);
 
-    return mr_http_send_json(r, NGX_HTTP_OK, mr_wh_json(&wh));
+    return mr_wh_read(r, rd);
 }
 
 
 static ngx_int_t
 mr_wh_list(ngx_http_request_t *r)
 {
-    ngx_array_t     whs;
-    mr_http_ctx_t  *ctx;
+    mr_http_ctx_t    *ctx;
+    mr_store_read_t  *rd;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_modelroute_module);
 
-    if (ngx_array_init(&whs, r->pool, 4, sizeof(mr_wh_t)) != NGX_OK
-        || mr_store_wh_list(ctx->key.rec.org, &whs, r->pool) != NGX_OK)
-    {
-        return mr_http_error(r, MR_E_INTERNAL, "store read failed", NULL);
+    rd = mr_http_read_alloc(r, MR_READ_WH_LIST);
+    if (rd == NULL) {
+        return mr_http_error(r, MR_E_INTERNAL, "out of memory", NULL);
     }
 
-    return mr_http_send_list(r, &whs, mr_wh_json);
+    ngx_memcpy(rd->id, ctx->key.rec.org, MR_ORG_ID_LEN);
+
+    rd->list = ngx_array_create(r->pool, 4, sizeof(mr_wh_t));
+    if (rd->list == NULL) {
+        return mr_http_error(r, MR_E_INTERNAL, "out of memory", NULL);
+    }
+
+    return mr_wh_read(r, rd);
 }
 
 
 static ngx_int_t
 mr_wh_deliveries(ngx_http_request_t *r, ngx_uint_t by_exec)
 {
-    json_t         *details;
-    mr_wh_t         wh;
-    ngx_int_t       rc, limit;
-    ngx_str_t       v;
-    mr_exec_t       exec;
-    ngx_array_t     dlvs;
-    mr_http_ctx_t  *ctx;
+    json_t           *details;
+    ngx_int_t         limit;
+    ngx_str_t         v;
+    mr_http_ctx_t    *ctx;
+    mr_store_read_t  *rd;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_modelroute_module);
 
@@ -671,55 +723,64 @@ mr_wh_deliveries(ngx_http_request_t *r, ngx_uint_t by_exec)
                                  "invalid list parameters", details);
         }
 
-        rc = mr_store_exec_get(v.data, &exec, NULL);
-
-        if (rc == NGX_OK
-            && ngx_memcmp(exec.rec.org, ctx->key.rec.org, MR_ORG_ID_LEN)
-               != 0)
-        {
-            rc = NGX_DECLINED;
-        }
-
     } else {
-        rc = mr_wh_own(r, &wh);
         v = ctx->id;
     }
 
-    if (rc == NGX_DECLINED) {
-        return mr_http_error(r, MR_E_NOT_FOUND, "no such resource", NULL);
+    rd = mr_http_read_alloc(r, MR_READ_DLV_LIST);
+    if (rd == NULL) {
+        return mr_http_error(r, MR_E_INTERNAL, "out of memory", NULL);
     }
 
-    if (rc != NGX_OK
-        || ngx_array_init(&dlvs, r->pool, limit, sizeof(mr_dlv_t)) != NGX_OK
-        || mr_store_dlv_list(v.data, v.len, limit, &dlvs, r->pool) != NGX_OK)
-    {
-        return mr_http_error(r, MR_E_INTERNAL, "store read failed", NULL);
+    ngx_memcpy(rd->id, v.data, v.len);
+    rd->len = v.len;
+    rd->limit = limit;
+
+    rd->list = ngx_array_create(r->pool, limit, sizeof(mr_dlv_t));
+    if (rd->list == NULL) {
+        return mr_http_error(r, MR_E_INTERNAL, "out of memory", NULL);
     }
 
-    return mr_http_send_list(r, &dlvs, mr_dlv_json);
+    return mr_wh_read(r, rd);
 }
 
 
 static ngx_int_t
 mr_wh_secret(ngx_http_request_t *r)
 {
-    ngx_int_t       rc;
-    ngx_str_t       secret;
+    mr_http_ctx_t    *ctx;
+    mr_store_read_t  *rd;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_modelroute_module);
+
+    rd = mr_http_read_alloc(r, MR_READ_SECRET);
+    if (rd == NULL) {
+        return mr_http_error(r, MR_E_INTERNAL, "out of memory", NULL);
+    }
+
+    ngx_memcpy(rd->id, ctx->key.rec.org, MR_ORG_ID_LEN);
+
+    return mr_wh_read(r, rd);
+}
+
+
+static ngx_int_t
+mr_wh_secret_got(ngx_http_request_t *r, mr_store_read_t *rd)
+{
     mr_http_ctx_t  *ctx;
     mr_store_op_t  *op;
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_modelroute_module);
 
-    rc = mr_store_secret_get(ctx->key.rec.org, &secret, r->pool);
-
-    if (rc == NGX_OK) {
+    if (rd->rc == NGX_OK) {
         return mr_http_send_json(r, NGX_HTTP_OK,
-                                 json_pack("{s:s#}", "secret", secret.data,
-                                           (int) secret.len));
+                                 json_pack("{s:s#}", "secret",
+                                           rd->secret.data,
+                                           (int) rd->secret.len));
     }
 
-    if (rc != NGX_DECLINED) {
-        return mr_http_error(r, MR_E_INTERNAL, "store read failed", NULL);
+    if (rd->rc != NGX_DECLINED) {
+        return mr_http_read_error(r, rd);
     }
 
     /* the first use: make one (the store keeps the first of two racers) */
@@ -733,7 +794,11 @@ mr_wh_secret(ngx_http_request_t *r)
     ngx_memcpy(op->org, ctx->key.rec.org, MR_ORG_ID_LEN);
     op->type = MR_OP_WH_SECRET;
 
-    r->main->count++;
+    /* a content handler's NGX_DONE releases a reference (see mr_http_read) */
+
+    if (ctx->run == MR_RUN_CONTENT) {
+        r->main->count++;
+    }
 
     mr_http_submit(r, op, mr_wh_done);
 

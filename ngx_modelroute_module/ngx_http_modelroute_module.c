@@ -74,9 +74,44 @@ static ngx_command_t  ngx_http_modelroute_commands[] = {
 
     { ngx_string("modelroute_store"),
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      mr_store_directive,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("modelroute_store_connections"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(mr_main_conf_t, pg_connections),
+      NULL },
+
+    { ngx_string("modelroute_store_connect_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(mr_main_conf_t, pg_connect_timeout),
+      NULL },
+
+    { ngx_string("modelroute_store_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(mr_main_conf_t, pg_timeout),
+      NULL },
+
+    { ngx_string("modelroute_key_cache"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      mr_store_key_cache_directive,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(mr_main_conf_t, key_cache),
+      NULL },
+
+    { ngx_string("modelroute_node_dir"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_str_slot,
       NGX_HTTP_MAIN_CONF_OFFSET,
-      offsetof(mr_main_conf_t, store_path),
+      offsetof(mr_main_conf_t, node_dir),
       NULL },
 
     { ngx_string("modelroute_store_map_size"),
@@ -396,6 +431,10 @@ ngx_http_modelroute_create_main_conf(ngx_conf_t *cf)
 
     mcf->map_size = NGX_CONF_UNSET_SIZE;
     mcf->durability = NGX_CONF_UNSET_UINT;
+    mcf->pg_connections = NGX_CONF_UNSET_UINT;
+    mcf->pg_connect_timeout = NGX_CONF_UNSET_MSEC;
+    mcf->pg_timeout = NGX_CONF_UNSET_MSEC;
+    mcf->key_cache = NGX_CONF_UNSET_MSEC;
     mcf->idempotency_ttl = NGX_CONF_UNSET;
     mcf->rotation_grace = NGX_CONF_UNSET;
     mcf->retention = NGX_CONF_UNSET;
@@ -429,6 +468,25 @@ ngx_http_modelroute_init_main_conf(ngx_conf_t *cf, void *conf)
 
     ngx_conf_init_size_value(mcf->map_size, 1024 * 1024 * 1024);
     ngx_conf_init_uint_value(mcf->durability, MR_DURABILITY_FULL);
+    ngx_conf_init_uint_value(mcf->pg_connections, 2);
+    ngx_conf_init_msec_value(mcf->pg_connect_timeout, 5000);
+    ngx_conf_init_msec_value(mcf->pg_timeout, 10000);
+    ngx_conf_init_msec_value(mcf->key_cache, 0);
+
+    if (mcf->pg_connections < 1 || mcf->pg_connections > 64) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"modelroute_store_connections\" must be "
+                           "1 to 64");
+        return NGX_CONF_ERROR;
+    }
+
+    if (mcf->pg_connect_timeout < 1000 || mcf->pg_timeout < 1000) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"modelroute_store_connect_timeout\" and "
+                           "\"modelroute_store_timeout\" must be at "
+                           "least 1s");
+        return NGX_CONF_ERROR;
+    }
     ngx_conf_init_value(mcf->idempotency_ttl, 24 * 3600);
     ngx_conf_init_value(mcf->rotation_grace, 3600);
     ngx_conf_init_value(mcf->retention, 30 * 86400);
@@ -493,7 +551,7 @@ ngx_http_modelroute_init_main_conf(ngx_conf_t *cf, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    if (mcf->store_path.len == 0) {
+    if (mcf->store_path.len == 0 && mcf->pg == NULL) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"modelroute_api\" and \"modelroute_admin\" "
                            "need \"modelroute_store\" in the http block");
@@ -507,9 +565,30 @@ ngx_http_modelroute_init_main_conf(ngx_conf_t *cf, void *conf)
         return NGX_CONF_ERROR;
     }
 
+    if (mcf->store_backend == MR_STORE_PG) {
+
+        /*
+         * the node's own files (its dispatch socket and secret), under
+         * the prefix unless told; no commit thread: the store answers on
+         * the event loop
+         */
+
+        if (mcf->node_dir.len == 0) {
+            ngx_str_set(&mcf->node_dir, "modelroute");
+        }
+
+        if (ngx_conf_full_name(cf->cycle, &mcf->node_dir, 0) != NGX_OK) {
+            return NGX_CONF_ERROR;
+        }
+
+        return NGX_CONF_OK;
+    }
+
     if (ngx_conf_full_name(cf->cycle, &mcf->store_path, 0) != NGX_OK) {
         return NGX_CONF_ERROR;
     }
+
+    mcf->node_dir = mcf->store_path;
 
     if (ngx_http_modelroute_thread_pool(cf, mcf) != NGX_OK) {
         return NGX_CONF_ERROR;

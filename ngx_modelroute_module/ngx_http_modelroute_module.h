@@ -16,6 +16,9 @@
 #define MR_DURABILITY_FULL     0
 #define MR_DURABILITY_RELAXED  1
 
+#define MR_STORE_LMDB          0      /* modelroute_store <directory> */
+#define MR_STORE_PG            1      /* modelroute_store postgresql://... */
+
 
 #define MR_PROTO_OPENAI_CHAT        1
 #define MR_PROTO_OPENAI_EMBEDDINGS  2
@@ -66,7 +69,14 @@ typedef struct {
 
 
 typedef struct {
-    ngx_str_t                 store_path;
+    ngx_str_t                 store_path;      /* LMDB: its directory */
+    ngx_uint_t                store_backend;   /* MR_STORE_* */
+    void                     *pg;              /* PostgreSQL: its conf */
+    ngx_str_t                 node_dir;        /* the node's own files */
+    ngx_uint_t                pg_connections;  /* per worker */
+    ngx_msec_t                pg_connect_timeout;
+    ngx_msec_t                pg_timeout;
+    ngx_msec_t                key_cache;       /* 0: off */
     size_t                    map_size;
     ngx_uint_t                durability;
     time_t                    idempotency_ttl;

@@ -79,6 +79,11 @@ for my $tmo (18446744073709552, 9223372036854776) {
 }
 
 # ---- a store that filled up takes new work again once space is freed
+# (LMDB: a PostgreSQL store has no map to fill)
+if ($t->backend ne 'lmdb') {
+    $t->done;
+    exit;
+}
 my @ids;
 my $full;
 for my $i (1 .. 5000) {

@@ -216,7 +216,7 @@ sub exec_events {
 # An event that no endpoint and no webhook_url can receive is not stored:
 # no delivery, and an endpoint created afterwards never gets it.  "Not
 # stored" itself is the store's business (nothing in the API lists
-# events without deliveries): mdb_stat counts them.
+# events without deliveries): the store counts them (store_entries).
 {
     my $acc = $t->new_account(credit => '1.00');
     my $r = wh_create($t, $acc->{key}, { url => $rc->url('/expired-only'),
@@ -225,10 +225,7 @@ sub exec_events {
     my $only = $r->{json}{id} // 'wh_none';
     my @ids = map { $t->create_exec($acc->{key},
         $t->exec_body(model => 'plain'))->{json}{id} // 'exec_none' } 1 .. 2;
-    my $events = sub {
-        my $out = `mdb_stat -s event ${\ $t->store } 2>/dev/null`;
-        return $out =~ /Entries: (\d+)/ ? $1 : undef;
-    };
+    my $events = sub { $t->store_entries('event') };
     my $before = $events->();
     is($t->req(POST => "/v1/executions/$_/cancel", auth($acc->{key}))
         ->{status}, 200, 'nobody: an execution cancelled') for @ids;

@@ -370,11 +370,10 @@ my $OK = { status => 'succeeded', output => { text => 'called back' } };
     # a token, made with the real key, of an attempt that was not made
     # (the execution is PENDING: no provider was sent it): 401
   SKIP: {
-        my $dump = `mdb_dump -s meta ${\ $t->store} 2>/dev/null`;
+        my $cbkey = $t->store_secret('cbkey');
         skip 'mdb_dump (lmdb-utils) not available', 3
-            unless $? == 0 && $dump;
-        my $name = unpack 'H*', 'cbkey';
-        my ($cbkey) = $dump =~ /^ $name\n ([0-9a-f]+)$/m;
+            if !defined $cbkey && $t->backend eq 'lmdb'
+               && !-x '/usr/bin/mdb_dump';
         $rc->set('/jobq', status => 202, json => { id => 'q' }, delay => 6);
         my $first = create($acc, 'm-jobq');
         ok(provider_request('/jobq', $first), 'cap: the first is at the '

@@ -20,6 +20,8 @@ use File::Path qw(make_path);
 use MR::Test qw(:all);
 use MR::Receiver qw(:all);
 
+MR::Test::lmdb_only('the upgrade of an LMDB store of the previous format');
+
 for my $tool (qw(mdb_load mdb_dump mdb_stat)) {
     plan skip_all => "$tool not found (Debian: lmdb-utils)"
         unless grep { -x "$_/$tool" } split /:/, $ENV{PATH};

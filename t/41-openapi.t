@@ -557,10 +557,8 @@ my $OK = { status => 'succeeded', output => { text => 'done' },
     usage => { input_tokens => 10, output_tokens => 20 } };
 
 # tokens for any execution and attempt: the key is in the store
-my $dump = `mdb_dump -s meta ${\ $t->store} 2>/dev/null`;
-my $cbname = unpack 'H*', 'cbkey';
-my ($cbkey) = $dump =~ /^ $cbname\n ([0-9a-f]+)$/m;
-ok($cbkey, 'the callback key, read with mdb_dump (lmdb-utils)');
+my $cbkey = $t->store_secret('cbkey');
+ok($cbkey, 'the callback key, read from the store');
 sub token_of {
     my ($id, $attempt) = @_;
     return "$attempt." . hmac_sha256_hex("modelroute-callback\0$id\0$attempt",
@@ -907,8 +905,8 @@ ex('admin: verify unknown account', 404,
 # ---------------------------------------------------------------- 507
 
 # a second gateway whose store is full (one account fills it: no limit of
-# stored bytes in the way)
-{
+# stored bytes in the way); LMDB's: a PostgreSQL store has no map to fill
+if ($t->backend eq 'lmdb') {
     my $fhttp = <<'EOF';
 modelroute_store %%STORE%%;
 modelroute_store_map_size 2m;
@@ -1032,8 +1030,12 @@ for my $i (0 .. $#{ $report->{results} }) {
     ok($r->{ok}, "as documented: $r->{label}")
         or diag join "\n", @{ $r->{errors} };
 }
-ok($report->{coverage}{ok}, 'every documented response was seen')
-    or diag join "\n", 'not seen:', @{ $report->{coverage}{missing} };
+# on PostgreSQL, the answers of a full store cannot be seen (above)
+my @missing = grep {
+    $t->backend eq 'lmdb' || !(/ 507$/ || m{^GET /admin/health 503$})
+} @{ $report->{coverage}{missing} };
+ok(!@missing, 'every documented response was seen')
+    or diag join "\n", 'not seen:', @missing;
 
 $rc->stop;
 $t->done;

@@ -22,6 +22,8 @@ use Time::HiRes qw(time);
 use MR::Test qw(:all);
 use MR::Lifecycle qw(:all);
 
+MR::Test::lmdb_only("data.mdb, map sizes and LMDB's write lock checked on reloads");
+
 plan skip_all => 'needs root (the workers run as another user)' if $>;
 plan skip_all => 'mdb_load and mdb_stat are needed (apt-get install '
     . 'lmdb-utils)' unless -x '/usr/bin/mdb_load' && -x '/usr/bin/mdb_stat';

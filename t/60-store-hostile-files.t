@@ -22,6 +22,7 @@ use File::Copy qw(copy);
 use MR::Test qw(:all);
 
 plan skip_all => 'needs root (the workers run as another user)' if $>;
+MR::Test::lmdb_only('the LMDB store\'s files (data.mdb, lock.mdb)');
 
 my $t = MR::Test->new;
 $t->expect_log(qr/\[emerg\][^\n]*modelroute_store/);

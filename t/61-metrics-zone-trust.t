@@ -40,6 +40,7 @@ sub zone_mapping {
         my ($lo, $hi, $perm, $name) =
             /^([0-9a-f]+)-([0-9a-f]+) (\S+) \S+ \S+ \S+\s*(.*)$/ or next;
         next unless $perm eq 'rw-s' && $name =~ m{^/dev/zero|^/SYSV|^$};
+        no warnings "portable";    # 64-bit addresses
         my ($start, $end) = (hex $lo, hex $hi);
         next if $end - $start > 64 * 1024 * 1024;
         sysseek $mem, $start, 0 or next;

@@ -11,7 +11,9 @@ package MR::Test;
 #
 # Environment: MR_MODULE (the .so, default build/…), MR_NGINX (default
 # /usr/sbin/nginx), MR_KEEP=1 keeps the temporary prefix for a post-mortem,
-# MR_SANITIZE (the ASan runtime, set by ./build.sh test-sanitize): see below.
+# MR_SANITIZE (the ASan runtime, set by ./build.sh test-sanitize): see below,
+# MR_STORE=postgres (./build.sh test-pg): every instance runs on
+# PostgreSQL, see "the store" below.
 # MR_CORE=1 makes the workers dump core into core/ in the prefix (the
 # kernel's core_pattern must name a file, e.g. core.%e.%p, not a pipe), and
 # keeps the prefix of a test file that failed or left a core, with a gdb
@@ -70,6 +72,21 @@ our %EXPORT_TAGS = (all => \@EXPORT_OK);
 
 our $ROOT = abs_path(dirname(__FILE__) . '/../../..');
 our $NGINX = $ENV{MR_NGINX} || '/usr/sbin/nginx';
+
+# The store the instances run on.  MR_STORE=postgres: a private PostgreSQL
+# cluster of this test file (Debian's postgresql-15: initdb into a
+# temporary directory, as the postgres user when the tests run as root,
+# a unix socket only, a port of its own; stopped when the file ends, never
+# a system instance), a database of its own for each instance, migrated
+# with tools/pg-migrate; %%STORE%% is its conninfo, and the node's own
+# files (its dispatch socket and secret) are in $t->store, as LMDB's.
+# A file about LMDB itself says so with lmdb_only(): it is skipped there.
+# new(store => 'postgres') runs one instance on PostgreSQL whatever
+# MR_STORE says (the tests of the PostgreSQL store's faults).
+our $STORE = ($ENV{MR_STORE} // '') eq 'postgres' ? 'postgres' : 'lmdb';
+our $PG_BIN = $ENV{MR_PG_BIN} || '/usr/lib/postgresql/15/bin';
+my $PG;           # this file's cluster
+my $PG_DBS = 0;
 
 # A sanitizer run (./build.sh test-sanitize, the module built with ASan and
 # UBSan): nginx is not built with ASan, so MR_SANITIZE names the ASan runtime
@@ -168,6 +185,7 @@ sub new {
         env         => $o{env} // {},
         access_log  => $o{access_log} // 0,
         timeout     => $o{timeout} // 10,
+        backend     => $o{store} // $STORE,
         owner       => $$,
         seq         => 0,
         killed      => {},
@@ -176,6 +194,7 @@ sub new {
     $self->{port} = free_port();
     $self->{port2} = free_port();
     $self->{port3} = free_port();
+    $self->{db} = pg_database() if $self->{backend} eq 'postgres';
     $self->write_config;
     push @ALL, $self;
     return $self;
@@ -240,7 +259,10 @@ sub config_text {
     my $p = $self->{prefix};
     my $http = $self->{extra_http} . $self->{http};
     my %sub = (PORT => $self->{port}, PORT2 => $self->{port2},
-        PORT3 => $self->{port3}, STORE => $self->store, PREFIX => $p);
+        PORT3 => $self->{port3}, STORE => $self->store_conf, PREFIX => $p);
+    # PostgreSQL: the node's own files where LMDB's store would be
+    $http = "modelroute_node_dir $p/store;\n$http"
+        if $self->{backend} eq 'postgres';
     $http =~ s/%%(PORT[23]?|STORE|PREFIX)%%/$sub{$1}/g;
     $http =~ s/^/    /mg;
     my $log = $self->{access_log}
@@ -481,6 +503,9 @@ sub kill_workers {
     $sig //= 'KILL';
     @pids = $self->worker_pids unless @pids;
     $self->note_killed($sig, @pids);
+    # all at once: stopped first, so that none sees another one die (its
+    # connections close) and acts on it before its own signal arrives
+    kill 'STOP', @pids if @pids > 1 && ($sig eq 'KILL' || $sig eq '9');
     kill $sig, @pids;
     return @pids;
 }
@@ -524,6 +549,152 @@ sub reload {
     wait_for(sub { !grep { alive($_) } @old }, $self->{timeout})
         or croak "reload: old workers did not exit\n" . $self->tail_log;
     return $self;
+}
+
+# ---------------------------------------------------------------- the store
+
+# What modelroute_store names: LMDB's directory, or PostgreSQL's conninfo.
+sub store_conf {
+    my ($self) = @_;
+    return $self->store if $self->{backend} ne 'postgres';
+    return '"' . $self->conninfo . '"';
+}
+
+sub conninfo {
+    my ($self) = @_;
+    my $pg = pg_cluster();
+    return "host=$pg->{dir} port=$pg->{port} user=postgres "
+        . "dbname=$self->{db}";
+}
+
+sub backend { $_[0]{backend} }
+
+# A file about LMDB itself: skipped on PostgreSQL, saying why.
+sub lmdb_only {
+    my ($why) = @_;
+    plan skip_all => "LMDB only: $why" if $STORE eq 'postgres';
+}
+
+# Runs as root: PostgreSQL's own programs as its user.
+sub pg_as { $> == 0 ? ('runuser', '-u', 'postgres', '--') : () }
+
+sub pg_cluster {
+    return $PG if $PG;
+    BAIL_OUT("PostgreSQL 15 not found in $PG_BIN (apt-get install "
+        . 'postgresql-15, or set MR_PG_BIN)') unless -x "$PG_BIN/initdb";
+    my $dir = tempdir('mr-pg-XXXXXX', TMPDIR => 1, CLEANUP => 0);
+    chmod 0755, $dir or croak "chmod $dir: $!";
+    if ($> == 0) {
+        # PostgreSQL refuses to run as root
+        my ($uid, $gid) = (getpwnam 'postgres')[2, 3];
+        BAIL_OUT('no "postgres" user (apt-get install postgresql-15)')
+            unless defined $uid;
+        chown $uid, $gid, $dir or croak "chown $dir: $!";
+    }
+    my $port = free_port();
+    my $out = run_capture(pg_as(), "$PG_BIN/initdb", '-D', "$dir/data",
+        '-A', 'trust', '-U', 'postgres', '-E', 'UTF8', '--locale=C',
+        '--no-sync');
+    BAIL_OUT("initdb failed: $out") if $?;
+    open my $fh, '>>', "$dir/data/postgresql.conf"
+        or croak "postgresql.conf: $!";
+    # its own socket and port, no TCP; fsync off: the tests kill and
+    # restart the server, never the machine
+    print $fh "listen_addresses = ''\n",
+        "unix_socket_directories = '$dir'\n",
+        "port = $port\n",
+        "max_connections = 300\n",
+        "shared_buffers = 32MB\n",
+        "fsync = off\n",
+        "full_page_writes = off\n",
+        "log_min_messages = warning\n";
+    close $fh;
+    $PG = { dir => $dir, port => $port, owner => $$ };
+    pg_ctl('start');
+    return $PG;
+}
+
+# pg_ctl start | stop [mode] | restart [mode] on this file's cluster
+sub pg_ctl {
+    my ($what, $mode) = @_;
+    my $pg = $PG or croak 'no cluster';
+    my @cmd = (pg_as(), "$PG_BIN/pg_ctl", '-D', "$pg->{dir}/data", '-w',
+        '-t', '120');
+    push @cmd, '-l', "$pg->{dir}/log" if $what ne 'stop';
+    push @cmd, '-m', $mode if $mode;
+    my $out = run_capture(@cmd, $what);
+    croak "pg_ctl $what failed: $out" if $?;
+    return $out;
+}
+
+# Runs SQL on a database of this file's cluster; its rows, "|"-separated.
+sub pg_sql {
+    my ($db, $sql) = @_;
+    my $pg = pg_cluster();
+    my $out = run_capture('psql', '-X', '-q', '-A', '-t', '-v',
+        'ON_ERROR_STOP=1', '-h', $pg->{dir}, '-p', $pg->{port}, '-U',
+        'postgres', '-d', $db, '-c', $sql);
+    croak "psql: $out" if $?;
+    chomp $out;
+    return $out;
+}
+
+# A new database of the cluster, with the schema
+sub pg_database {
+    my $db = sprintf 'mr_%d_%d', $$, ++$PG_DBS;
+    my $pg = pg_cluster();
+    pg_sql('postgres', "CREATE DATABASE $db");
+    my $out = run_capture("$ROOT/tools/pg-migrate",
+        "host=$pg->{dir} port=$pg->{port} user=postgres dbname=$db");
+    BAIL_OUT("tools/pg-migrate failed: $out") if $?;
+    return $db;
+}
+
+# SQL on this instance's database (PostgreSQL only)
+sub psql {
+    my ($self, $sql) = @_;
+    croak 'psql: not a PostgreSQL store' unless $self->{db};
+    return pg_sql($self->{db}, $sql);
+}
+
+# The entries of a table of the store (LMDB: its database, as mdb_stat
+# counts them; PostgreSQL: the rows of its table); undef if unknown.
+my %PG_TABLE = (idem => 'mr_idem', event => 'mr_events',
+    exec => 'mr_executions', dlv => 'mr_deliveries', acct => 'mr_accounts');
+
+sub store_entries {
+    my ($self, $name) = @_;
+    if ($self->{backend} eq 'postgres') {
+        my $table = $PG_TABLE{$name} or croak "no table for $name";
+        return $self->psql("SELECT count(*) FROM $table");
+    }
+    return undef unless -x '/usr/bin/mdb_stat';
+    my $out = `/usr/bin/mdb_stat -s $name ${\ $self->store } 2>/dev/null`;
+    return $out =~ /Entries: (\d+)/ ? $1 : undef;
+}
+
+# A secret of the store in hex: "dsecret" (the dispatch socket's, the
+# node's own) or "cbkey" (the callback key); undef if unknown.
+sub store_secret {
+    my ($self, $name) = @_;
+    if ($self->{backend} eq 'postgres') {
+        if ($name eq 'dsecret') {
+            open my $fh, '<', $self->store . '/dispatch.secret' or return;
+            binmode $fh;
+            local $/;
+            my $raw = <$fh> // '';
+            return length $raw == 32 ? unpack 'H*', $raw : undef;
+        }
+        my $v = $self->psql("SELECT encode(value, 'hex') FROM mr_meta "
+            . "WHERE name = '$name'");
+        return length $v ? $v : undef;
+    }
+    my $dump = `mdb_dump -s meta ${\ $self->store } 2>/dev/null`;
+    return undef unless $? == 0 && $dump;
+    # the bytevalue format: a key line, then its value, in hex
+    my $key = unpack 'H*', $name;
+    my ($v) = $dump =~ /^ $key\n ([0-9a-f]+)$/m;
+    return $v;
 }
 
 # ---------------------------------------------------------------- error log
@@ -648,6 +819,11 @@ END {
     for my $t (@LIVE) {
         next unless $t->{owner} == $$;
         $t->stop;
+    }
+    if ($PG && $PG->{owner} == $$) {
+        eval { pg_ctl('stop', 'fast') };
+        File::Path::remove_tree($PG->{dir}) unless $ENV{MR_KEEP};
+        undef $PG;
     }
     for my $t (@ALL) {
         next unless $t->{owner} == $$;

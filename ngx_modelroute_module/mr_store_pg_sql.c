@@ -1,0 +1,553 @@
+
+/*
+ * ModelRoute: the PostgreSQL store's statements, prepared on every
+ * connection (mr_store_pg_conn.c).  Parameters are text; arrays are text
+ * array literals (mr_pg_buf_*()), expanded with unnest() so that a batch
+ * writes each table with one statement whatever its size.
+ *
+ * A write transaction locks in one order: the accounts it touches (sorted
+ * by id), then executions, then routes, then deliveries; claims and the
+ * sweep first read their candidates without a lock, then lock their
+ * accounts, then the candidates that are still due, skipping those that
+ * another worker or node has locked (FOR UPDATE SKIP LOCKED).
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+
+#include "mr_store_pg.h"
+#include "mr_store_pg_sql.h"
+
+
+#define MR_EXEC_COLS_E                                                        \
+    "e.id, e.org, e.status, e.estimate, e.hold, e.cost, e.created_ms, "       \
+    "e.expires_ms, e.started_ms, e.completed_ms, e.lease_until_ms, "          \
+    "e.lease_owner, coalesce(e.next_ms, 0), e.ord, e.attempt_ms, "            \
+    "e.nattempts, e.route, e.fingerprint, e.model, e.idem_key, e.metadata, "  \
+    "e.webhook_url, e.input, e.result, e.error, e.attempts, "                 \
+    "coalesce(e.last_dlv, '')"
+
+
+mr_pg_stmt_t  mr_pg_stmts[] = {
+
+    /* ---- reads */
+
+    { "mr_auth",
+      "SELECT k.key_id, k.org, k.hash, k.hint, k.permission, "
+      "k.revoked::int, k.created_ms, k.valid_until_ms, k.name, "
+      "coalesce(k.end_ms, 0), coalesce(a.rl_requests, -1) "
+      "FROM mr_keys k LEFT JOIN mr_accounts a ON a.org = k.org "
+      "WHERE k.hash = $1::bytea" },
+
+    { "mr_account",
+      "SELECT " MR_ACCT_COLS " FROM mr_accounts WHERE org = $1" },
+
+    { "mr_keys",
+      "SELECT " MR_KEY_COLS " FROM mr_keys WHERE org = $1 ORDER BY key_id" },
+
+    { "mr_exec",
+      "SELECT " MR_EXEC_COLS " FROM mr_executions WHERE id = $1" },
+
+    { "mr_execs",
+      "SELECT " MR_EXEC_COLS " FROM mr_executions "
+      "WHERE id = ANY($1::text[])" },
+
+    { "mr_list_cursor",
+      "SELECT ord FROM mr_executions WHERE id = $1 AND org = $2" },
+
+    /* newest first (after the execution $2, if not ''), up to $6 looked
+     * at: each with its match, and the first $5 matches in full */
+    { "mr_list",
+      "SELECT s.id, s.m::int, " MR_EXEC_COLS_E " FROM ("
+      "SELECT id, ord, m, count(*) FILTER (WHERE m) "
+      "OVER (ORDER BY ord DESC, id DESC) AS k FROM ("
+      "SELECT id, ord, (($3::int = 0 OR status = $3::int) "
+      "AND ($4::text = '' OR model = $4::text)) AS m "
+      "FROM mr_executions WHERE org = $1 "
+      "AND ($2::text = '' OR (ord, id) < ((SELECT c.ord "
+      "FROM mr_executions c WHERE c.id = $2::text AND c.org = $1), "
+      "$2::text)) "
+      "ORDER BY ord DESC, id DESC LIMIT $6) s0) s "
+      "LEFT JOIN mr_executions e ON e.id = s.id AND s.m AND s.k <= $5 "
+      "ORDER BY s.ord DESC, s.id DESC" },
+
+    /* the ledger, the use as kept and as counted again from the records,
+     * in one snapshot */
+    { "mr_verify",
+      "SELECT " MR_ACCT_COLS ", "
+      "(SELECT count(*) FROM mr_executions WHERE org = $1), "
+      "(SELECT count(*) FROM mr_executions WHERE org = $1 AND status < 4), "
+      "(SELECT coalesce(sum(hold), 0)::bigint FROM mr_executions "
+      "WHERE org = $1 AND status < 4), "
+      "(SELECT coalesce(sum($2::bigint + octet_length(model) "
+      "+ octet_length(idem_key) + octet_length(metadata) "
+      "+ octet_length(webhook_url) + octet_length(input) "
+      "+ octet_length(result) + octet_length(error) "
+      "+ octet_length(attempts)), 0)::bigint "
+      "FROM mr_executions WHERE org = $1), "
+      "(SELECT count(*) FROM mr_endpoints WHERE org = $1), "
+      "(SELECT coalesce(sum($3::bigint + octet_length(url) "
+      "+ octet_length(description) + octet_length(events) "
+      "+ octet_length(headers) + octet_length(secret)), 0)::bigint "
+      "FROM mr_endpoints WHERE org = $1), "
+      "(SELECT count(*) FROM mr_keys WHERE org = $1 AND NOT revoked "
+      "AND valid_until_ms = 0), "
+      "(SELECT coalesce(sum($4::bigint + octet_length(name)), 0)::bigint "
+      "FROM mr_keys WHERE org = $1), "
+      "(SELECT coalesce(sum($5::bigint + octet_length(body)), 0)::bigint "
+      "FROM mr_events WHERE org = $1), "
+      "(SELECT coalesce(sum($6::bigint + octet_length(url) "
+      "+ octet_length(type) + octet_length(attempt_log)), 0)::bigint "
+      "FROM mr_deliveries WHERE org = $1) "
+      "FROM mr_accounts WHERE org = $1" },
+
+    { "mr_wh",
+      "SELECT " MR_WH_COLS " FROM mr_endpoints WHERE id = $1" },
+
+    { "mr_wh_list",
+      "SELECT " MR_WH_COLS " FROM mr_endpoints WHERE org = $1 ORDER BY id" },
+
+    { "mr_owner_wh",
+      "SELECT org FROM mr_endpoints WHERE id = $1" },
+
+    { "mr_owner_exec",
+      "SELECT org FROM mr_executions WHERE id = $1" },
+
+    { "mr_dlv_by_wh",
+      "SELECT " MR_DLV_COLS " FROM mr_deliveries WHERE wh_id = $1 "
+      "ORDER BY id DESC LIMIT $2" },
+
+    { "mr_dlv_by_exec",
+      "SELECT " MR_DLV_COLS " FROM mr_deliveries WHERE exec_id = $1 "
+      "ORDER BY id DESC LIMIT $2" },
+
+    { "mr_secret",
+      "SELECT secret FROM mr_whsecrets WHERE org = $1" },
+
+    /* the callback key: the first node's, for every node */
+    { "mr_cbkey",
+      "INSERT INTO mr_meta (name, value) VALUES ('cbkey', $1::bytea) "
+      "ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name "
+      "RETURNING value" },
+
+    { "mr_disp_next",
+      "SELECT min(next_ms) FROM mr_executions WHERE next_ms IS NOT NULL" },
+
+    { "mr_stats",
+      "SELECT (SELECT count(*) FROM mr_executions WHERE status < 4), "
+      "(SELECT coalesce(sum(held), 0)::bigint FROM mr_accounts), "
+      "(SELECT count(*) FROM mr_deliveries WHERE due_ms IS NOT NULL), "
+      "(SELECT count(*) FROM mr_accounts), "
+      "(SELECT count(*) FROM mr_executions), "
+      "pg_database_size(current_database())" },
+
+    { "mr_routes",
+      "SELECT " MR_ROUTE_COLS " FROM mr_routes" },
+
+    { "mr_accounts",
+      "SELECT " MR_ACCT_COLS " FROM mr_accounts WHERE org > $1 "
+      "ORDER BY org LIMIT $2" },
+
+    /* the recent deliveries with a failed attempt, among the $2 newest;
+     * each with its place in them, and how many they are */
+    { "mr_failed_dlvs",
+      "SELECT " MR_DLV_COLS ", pos, total, m::int FROM ("
+      "SELECT d.*, row_number() OVER (ORDER BY id DESC) AS pos, "
+      "count(*) FILTER (WHERE m) OVER (ORDER BY id DESC) AS k, "
+      "count(*) OVER () AS total FROM ("
+      "SELECT *, (status = 3 OR (status = 1 AND attempts > 0)) AS m "
+      "FROM mr_deliveries ORDER BY id DESC LIMIT $2) d) x "
+      "WHERE (m AND k <= $1) OR pos = total ORDER BY id DESC" },
+
+    { "mr_batch_done",
+      "SELECT 1 FROM mr_batches WHERE id = $1::uuid" },
+
+    /* ---- a batch: locks and loads (BEGIN: unnamed) */
+
+    { NULL, "BEGIN" },
+
+    { "mr_lock_accounts",
+      "SELECT " MR_ACCT_COLS " FROM mr_accounts "
+      "WHERE org = ANY($1::text[]) "
+      "OR org IN (SELECT org FROM mr_executions "
+      "WHERE id = ANY($2::text[])) "
+      "OR org IN (SELECT org FROM mr_keys WHERE key_id = ANY($3::text[])) "
+      "OR org IN (SELECT org FROM mr_endpoints WHERE id = ANY($4::text[])) "
+      "OR org IN (SELECT org FROM mr_deliveries "
+      "WHERE id = ANY($5::text[])) "
+      "ORDER BY org FOR UPDATE" },
+
+    { "mr_lock_execs",
+      "SELECT " MR_EXEC_COLS " FROM mr_executions "
+      "WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE" },
+
+    { "mr_idem",
+      "SELECT i.org, i.key, i.exec_id, i.created_ms, " MR_EXEC_COLS_E " "
+      "FROM unnest($1::text[], $2::text[]) AS q(org, key) "
+      "JOIN mr_idem i ON i.org = q.org AND i.key = q.key "
+      "LEFT JOIN mr_executions e ON e.id = i.exec_id" },
+
+    { "mr_keys_by_id",
+      "SELECT " MR_KEY_COLS " FROM mr_keys WHERE key_id = ANY($1::text[]) "
+      "ORDER BY key_id FOR UPDATE" },
+
+    /* the endpoints of the accounts (for the events), and by id */
+    { "mr_endpoints",
+      "SELECT " MR_WH_COLS " FROM mr_endpoints "
+      "WHERE org = ANY($1::text[]) "
+      "OR org IN (SELECT org FROM mr_executions "
+      "WHERE id = ANY($2::text[])) "
+      "OR id = ANY($3::text[]) "
+      "OR id IN (SELECT wh_id FROM mr_deliveries "
+      "WHERE id = ANY($4::text[])) "
+      "ORDER BY id" },
+
+    { "mr_lock_dlvs",
+      "SELECT " MR_DLV_COLS " FROM mr_deliveries "
+      "WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE" },
+
+    { "mr_lock_routes",
+      "SELECT " MR_ROUTE_COLS " FROM mr_routes "
+      "WHERE name = ANY($1::text[]) "
+      "OR name IN (SELECT route FROM mr_executions "
+      "WHERE id = ANY($2::text[])) "
+      "ORDER BY name FOR UPDATE" },
+
+    { "mr_whsecrets",
+      "SELECT org, secret FROM mr_whsecrets WHERE org = ANY($1::text[]) "
+      "OR org IN (SELECT org FROM mr_executions "
+      "WHERE id = ANY($2::text[])) "
+      "OR org IN (SELECT org FROM mr_deliveries "
+      "WHERE id = ANY($3::text[]))" },
+
+    { "mr_credit_refs",
+      "SELECT r.org, r.ref, r.amount "
+      "FROM unnest($1::text[], $2::text[]) AS q(org, ref) "
+      "JOIN mr_credit_refs r ON r.org = q.org AND r.ref = q.ref" },
+
+    { "mr_accounts_exist",
+      "SELECT org FROM mr_accounts WHERE org = ANY($1::text[])" },
+
+    /* ---- claims and the sweep */
+
+    /* due for dispatch: what the rules need to pass over those waiting */
+    { "mr_disp_due",
+      "SELECT id, org, status, lease_owner, expires_ms, nattempts, model "
+      "FROM mr_executions WHERE next_ms IS NOT NULL AND next_ms <= $1 "
+      "ORDER BY next_ms LIMIT $2" },
+
+    { "mr_lock_due_execs",
+      "SELECT " MR_EXEC_COLS " FROM mr_executions "
+      "WHERE id = ANY($1::text[]) AND next_ms IS NOT NULL "
+      "AND next_ms <= $2 ORDER BY next_ms, id FOR UPDATE SKIP LOCKED" },
+
+    /*
+     * deliveries: the accounts with queued ones in turn, from the one
+     * after the last visited ($1) and then from the first, at most $2,
+     * each found with one index step; the due ones of each, at most $4
+     */
+    { "mr_dlv_due",
+      "WITH RECURSIVE o1(org, n) AS ("
+      "SELECT (SELECT org FROM mr_deliveries WHERE due_ms IS NOT NULL "
+      "AND org > $1 ORDER BY org LIMIT 1), 1 "
+      "UNION ALL "
+      "SELECT (SELECT d.org FROM mr_deliveries d WHERE d.due_ms IS NOT NULL "
+      "AND d.org > o1.org ORDER BY d.org LIMIT 1), o1.n + 1 "
+      "FROM o1 WHERE o1.org IS NOT NULL AND o1.n < $2), "
+      "o2(org, n) AS ("
+      "SELECT (SELECT org FROM mr_deliveries WHERE due_ms IS NOT NULL "
+      "AND org <= $1 ORDER BY org LIMIT 1), 1 "
+      "UNION ALL "
+      "SELECT (SELECT d.org FROM mr_deliveries d WHERE d.due_ms IS NOT NULL "
+      "AND d.org > o2.org AND d.org <= $1 ORDER BY d.org LIMIT 1), "
+      "o2.n + 1 FROM o2 WHERE o2.org IS NOT NULL AND o2.n < $2), "
+      "orgs AS (SELECT org, n FROM o1 WHERE org IS NOT NULL "
+      "UNION ALL SELECT org, n + $2 FROM o2 WHERE org IS NOT NULL "
+      "ORDER BY 2 LIMIT $2) "
+      "SELECT d.id, d.org FROM orgs, LATERAL ("
+      "SELECT id, org, due_ms FROM mr_deliveries "
+      "WHERE org = orgs.org AND due_ms IS NOT NULL AND due_ms <= $3 "
+      "ORDER BY due_ms LIMIT $4) d ORDER BY orgs.n, d.due_ms" },
+
+    { "mr_lock_due_dlvs",
+      "SELECT " MR_DLV_COLS " FROM mr_deliveries "
+      "WHERE id = ANY($1::text[]) AND due_ms IS NOT NULL AND due_ms <= $2 "
+      "AND status = 1 ORDER BY org, due_ms, id FOR UPDATE SKIP LOCKED" },
+
+    { "mr_expire_due",
+      "SELECT id, org FROM mr_executions WHERE status < 4 "
+      "AND expires_ms <= $1 ORDER BY expires_ms LIMIT $2" },
+
+    { "mr_lock_expired",
+      "SELECT " MR_EXEC_COLS " FROM mr_executions "
+      "WHERE id = ANY($1::text[]) AND status < 4 AND expires_ms <= $2 "
+      "ORDER BY expires_ms, id FOR UPDATE SKIP LOCKED" },
+
+    /* the retention: candidates (id, org), oldest first */
+    { "mr_purge_execs",
+      "SELECT id, org FROM mr_executions WHERE status >= 4 "
+      "AND created_ms <= $1 ORDER BY created_ms LIMIT $2" },
+
+    { "mr_purge_dlvs",
+      "SELECT id, org FROM mr_deliveries WHERE id < $1 AND status <> 1 "
+      "ORDER BY id LIMIT $2" },
+
+    { "mr_purge_events",
+      "SELECT id, org FROM mr_events WHERE id < $1 ORDER BY id LIMIT $2" },
+
+    { "mr_purge_keys",
+      "SELECT key_id, org FROM mr_keys WHERE end_ms IS NOT NULL "
+      "AND end_ms <= $1 ORDER BY end_ms LIMIT $2" },
+
+    { "mr_purge_idem",
+      "DELETE FROM mr_idem WHERE (org, key) IN (SELECT org, key "
+      "FROM mr_idem WHERE created_ms <= $1 ORDER BY created_ms LIMIT $2 "
+      "FOR UPDATE SKIP LOCKED) RETURNING 1" },
+
+    { "mr_purge_batches",
+      "DELETE FROM mr_batches WHERE id IN (SELECT id FROM mr_batches "
+      "WHERE at < now() - interval '1 hour' LIMIT $1)" },
+
+    /* events by id, and those of deliveries */
+    { "mr_events_by_id",
+      "SELECT id, org, body FROM mr_events WHERE id = ANY($1::text[]) "
+      "OR id IN (SELECT event_id FROM mr_deliveries "
+      "WHERE id = ANY($2::text[]))" },
+
+    /* deliveries that wait for an earlier one of their execution and
+     * endpoint (or webhook_url) */
+    { "mr_dlv_earlier",
+      "SELECT d.id FROM mr_deliveries d WHERE d.id = ANY($1::text[]) "
+      "AND d.exec_id IS NOT NULL AND EXISTS (SELECT 1 FROM mr_deliveries o "
+      "WHERE o.exec_id = d.exec_id AND o.id < d.id AND o.status = 1 "
+      "AND o.wh_id IS NOT DISTINCT FROM d.wh_id)" },
+
+    /* ---- a batch: writes */
+
+    { "mr_w_execs",
+      "INSERT INTO mr_executions (id, org, status, estimate, hold, cost, "
+      "created_ms, expires_ms, started_ms, completed_ms, lease_until_ms, "
+      "lease_owner, lease_node, next_ms, ord, attempt_ms, nattempts, route, "
+      "fingerprint, model, idem_key, metadata, webhook_url, input, result, "
+      "error, attempts, last_dlv) "
+      "SELECT * FROM unnest($1::text[], $2::text[], $3::smallint[], "
+      "$4::bigint[], $5::bigint[], $6::bigint[], $7::bigint[], "
+      "$8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], "
+      "$12::bigint[], $13::text[], $14::bigint[], $15::bigint[], "
+      "$16::bigint[], $17::int[], $18::text[], $19::bytea[], $20::text[], "
+      "$21::text[], $22::text[], $23::text[], $24::text[], $25::text[], "
+      "$26::text[], $27::text[], $28::text[]) "
+      "ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, "
+      "cost = EXCLUDED.cost, started_ms = EXCLUDED.started_ms, "
+      "completed_ms = EXCLUDED.completed_ms, "
+      "lease_until_ms = EXCLUDED.lease_until_ms, "
+      "lease_owner = EXCLUDED.lease_owner, "
+      "lease_node = EXCLUDED.lease_node, next_ms = EXCLUDED.next_ms, "
+      "attempt_ms = EXCLUDED.attempt_ms, nattempts = EXCLUDED.nattempts, "
+      "route = EXCLUDED.route, result = EXCLUDED.result, "
+      "error = EXCLUDED.error, attempts = EXCLUDED.attempts, "
+      "last_dlv = EXCLUDED.last_dlv" },
+
+    { "mr_w_accounts",
+      "UPDATE mr_accounts a SET balance = u.balance, held = u.held, "
+      "credited = u.credited, debited = u.debited, charged = u.charged, "
+      "used_bytes = u.ub, used_executions = u.ue, used_endpoints = u.uw, "
+      "used_keys = u.uk, limit_bytes = u.lb, limit_executions = u.le, "
+      "limit_endpoints = u.lw, limit_keys = u.lk, "
+      "rl_requests = nullif(u.rl, -1) "
+      "FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], "
+      "$5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[], "
+      "$9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], "
+      "$13::bigint[], $14::bigint[], $15::bigint[]) "
+      "AS u(org, balance, held, credited, debited, charged, ub, ue, uw, uk, "
+      "lb, le, lw, lk, rl) WHERE a.org = u.org" },
+
+    { "mr_w_account_new",
+      "INSERT INTO mr_accounts (org, name, balance, held, credited, debited, "
+      "charged, created_ms, limit_bytes, limit_executions, limit_endpoints, "
+      "limit_keys) VALUES ($1, $2, $3, 0, $4, 0, 0, $5, $6, $7, $8, $9)" },
+
+    { "mr_w_idem",
+      "INSERT INTO mr_idem (org, key, exec_id, created_ms) "
+      "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], "
+      "$4::bigint[]) ON CONFLICT (org, key) DO UPDATE "
+      "SET exec_id = EXCLUDED.exec_id, created_ms = EXCLUDED.created_ms" },
+
+    { "mr_w_keys",
+      "INSERT INTO mr_keys (key_id, org, hash, hint, permission, revoked, "
+      "created_ms, valid_until_ms, end_ms, name) "
+      "SELECT k, o, h, hi, p, r::boolean, c, v, nullif(e, 0), n "
+      "FROM unnest($1::text[], $2::text[], $3::bytea[], $4::text[], "
+      "$5::smallint[], $6::int[], $7::bigint[], $8::bigint[], "
+      "$9::bigint[], $10::text[]) AS u(k, o, h, hi, p, r, c, v, e, n) "
+      "ON CONFLICT (key_id) DO UPDATE SET revoked = EXCLUDED.revoked, "
+      "valid_until_ms = EXCLUDED.valid_until_ms, end_ms = EXCLUDED.end_ms, "
+      "name = EXCLUDED.name" },
+
+    { "mr_w_routes",
+      "INSERT INTO mr_routes (name, inflight, failures, open_until_ms, "
+      "probe_until_ms, paused_until_ms, attempts, failed, probe_token, "
+      "provider_failures, timeout_accounts, timeout_org) "
+      "SELECT * FROM unnest($1::text[], $2::int[], $3::int[], $4::bigint[], "
+      "$5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[], "
+      "$9::bigint[], $10::int[], $11::int[], $12::text[]) "
+      "ON CONFLICT (name) DO UPDATE "
+      "SET inflight = EXCLUDED.inflight, failures = EXCLUDED.failures, "
+      "open_until_ms = EXCLUDED.open_until_ms, "
+      "probe_until_ms = EXCLUDED.probe_until_ms, "
+      "paused_until_ms = EXCLUDED.paused_until_ms, "
+      "attempts = EXCLUDED.attempts, failed = EXCLUDED.failed, "
+      "probe_token = EXCLUDED.probe_token, "
+      "provider_failures = EXCLUDED.provider_failures, "
+      "timeout_accounts = EXCLUDED.timeout_accounts, "
+      "timeout_org = EXCLUDED.timeout_org" },
+
+    { "mr_w_endpoints",
+      "INSERT INTO mr_endpoints (id, org, active, failures, created_ms, "
+      "last_success_ms, url, description, events, headers, secret) "
+      "SELECT i, o, a::boolean, f, c, l, u, d, e, h, s "
+      "FROM unnest($1::text[], $2::text[], $3::int[], $4::int[], "
+      "$5::bigint[], $6::bigint[], $7::text[], $8::text[], $9::text[], "
+      "$10::text[], $11::text[]) AS x(i, o, a, f, c, l, u, d, e, h, s) "
+      "ON CONFLICT (id) DO UPDATE SET active = EXCLUDED.active, "
+      "failures = EXCLUDED.failures, "
+      "last_success_ms = EXCLUDED.last_success_ms, url = EXCLUDED.url, "
+      "description = EXCLUDED.description, events = EXCLUDED.events, "
+      "headers = EXCLUDED.headers" },
+
+    { "mr_w_whsecrets",
+      "INSERT INTO mr_whsecrets (org, secret) "
+      "SELECT * FROM unnest($1::text[], $2::text[]) "
+      "ON CONFLICT (org) DO NOTHING" },
+
+    { "mr_w_credit_refs",
+      "INSERT INTO mr_credit_refs (org, ref, amount) "
+      "SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])" },
+
+    { "mr_w_events",
+      "INSERT INTO mr_events (id, org, body) "
+      "SELECT * FROM unnest($1::text[], $2::text[], $3::text[])" },
+
+    { "mr_w_dlvs",
+      "INSERT INTO mr_deliveries (id, event_id, wh_id, org, exec_id, target, "
+      "status, attempts, created_ms, due_ms, next_ms, token, lease_node, "
+      "url, type, attempt_log) "
+      "SELECT i, ev, nullif(w, ''), o, nullif(x, ''), t, s, a, c, "
+      "nullif(d, 0), n, k, l, u, ty, al "
+      "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], "
+      "$5::text[], $6::text[], $7::smallint[], $8::int[], $9::bigint[], "
+      "$10::bigint[], $11::bigint[], $12::bigint[], $13::text[], "
+      "$14::text[], $15::text[], $16::text[]) "
+      "AS z(i, ev, w, o, x, t, s, a, c, d, n, k, l, u, ty, al) "
+      "ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, "
+      "attempts = EXCLUDED.attempts, created_ms = EXCLUDED.created_ms, "
+      "due_ms = EXCLUDED.due_ms, next_ms = EXCLUDED.next_ms, "
+      "token = EXCLUDED.token, lease_node = EXCLUDED.lease_node, "
+      "attempt_log = EXCLUDED.attempt_log" },
+
+    { "mr_w_ops",
+      "INSERT INTO mr_ops (name, value) VALUES ($1, $2) "
+      "ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value" },
+
+    { "mr_d_execs",
+      "DELETE FROM mr_executions WHERE id = ANY($1::text[])" },
+
+    { "mr_d_idem",
+      "DELETE FROM mr_idem WHERE (org, key) IN "
+      "(SELECT * FROM unnest($1::text[], $2::text[]))" },
+
+    { "mr_d_keys",
+      "DELETE FROM mr_keys WHERE key_id = ANY($1::text[])" },
+
+    { "mr_d_endpoints",
+      "DELETE FROM mr_endpoints WHERE id = ANY($1::text[])" },
+
+    { "mr_d_events",
+      "DELETE FROM mr_events WHERE id = ANY($1::text[])" },
+
+    { "mr_d_dlvs",
+      "DELETE FROM mr_deliveries WHERE id = ANY($1::text[])" },
+
+    { "mr_w_batch",
+      "INSERT INTO mr_batches (id) VALUES ($1::uuid)" },
+
+    { NULL, "COMMIT" },
+
+    { NULL, "ROLLBACK" },
+
+    /* a batch's lock, held until its transaction ends: a look-up of its
+     * outcome after a lost connection waits for the end */
+    { "mr_batch_lock",
+      "SELECT pg_advisory_xact_lock($1::bigint)" },
+
+    /*
+     * A batch of creates reads its accounts without a lock, and changes
+     * them by what its operations added, in its last round trip: the
+     * accounts are locked there (in order), for as long as the COMMIT
+     * takes.  Each account must still allow what the rules allowed on
+     * the rows read (the holds within the balance, the use within the
+     * limits: $11..$14 are the defaults of the limits, $15 the number of
+     * accounts): else the statement fails (mr_conflict(), SQLSTATE
+     * MR001), the batch is rolled back and made again with its accounts
+     * locked first.
+     */
+
+    { "mr_accounts_snap",
+      "SELECT " MR_ACCT_COLS " FROM mr_accounts "
+      "WHERE org = ANY($1::text[])" },
+
+    { "mr_lock_account_ids",
+      "SELECT org FROM mr_accounts WHERE org = ANY($1::text[]) "
+      "ORDER BY org FOR UPDATE" },
+
+    { "mr_w_accounts_delta",
+      "WITH d AS (UPDATE mr_accounts a SET balance = a.balance + u.db, "
+      "held = a.held + u.dh, credited = a.credited + u.dc, "
+      "debited = a.debited + u.dd, charged = a.charged + u.dg, "
+      "used_bytes = a.used_bytes + u.ub, "
+      "used_executions = a.used_executions + u.ue, "
+      "used_endpoints = a.used_endpoints + u.uw, "
+      "used_keys = a.used_keys + u.uk "
+      "FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], "
+      "$5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[], "
+      "$9::bigint[], $10::bigint[]) "
+      "AS u(org, db, dh, dc, dd, dg, ub, ue, uw, uk) "
+      "WHERE a.org = u.org "
+      "AND (u.dh <= u.db OR a.held + u.dh <= a.balance + u.db) "
+      "AND (u.ub <= 0 OR a.used_bytes + u.ub <= CASE WHEN a.limit_bytes >= 0 "
+      "THEN a.limit_bytes ELSE $11::bigint END) "
+      "AND (u.ue <= 0 OR a.used_executions + u.ue <= "
+      "CASE WHEN a.limit_executions >= 0 THEN a.limit_executions "
+      "ELSE $12::bigint END) "
+      "AND (u.uw <= 0 OR a.used_endpoints + u.uw <= "
+      "CASE WHEN a.limit_endpoints >= 0 THEN a.limit_endpoints "
+      "ELSE $13::bigint END) "
+      "AND (u.uk <= 0 OR a.used_keys + u.uk <= "
+      "CASE WHEN a.limit_keys >= 0 THEN a.limit_keys ELSE $14::bigint END) "
+      "RETURNING 1) "
+      "SELECT mr_conflict(count(*) = $15::bigint) FROM d" },
+
+    /*
+     * its idempotency keys: new ones inserted if no other batch did
+     * meanwhile, and the ones of purged executions taken over if they
+     * still name them ($5, $6: how many); else mr_conflict() fails, and
+     * the batch is made again, locked (it then replays the other's)
+     */
+
+    { "mr_w_idem_new",
+      "WITH w AS (INSERT INTO mr_idem (org, key, exec_id, created_ms) "
+      "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], "
+      "$4::bigint[]) ON CONFLICT (org, key) DO NOTHING RETURNING 1) "
+      "SELECT mr_conflict(count(*) = $5::bigint) FROM w" },
+
+    { "mr_w_idem_swap",
+      "WITH w AS (UPDATE mr_idem i SET exec_id = u.e, created_ms = u.c "
+      "FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], "
+      "$5::text[]) AS u(o, k, e, c, p) "
+      "WHERE i.org = u.o AND i.key = u.k AND i.exec_id = u.p RETURNING 1) "
+      "SELECT mr_conflict(count(*) = $6::bigint) FROM w" },
+};
+
+
+ngx_uint_t  mr_pg_nstmts = sizeof(mr_pg_stmts) / sizeof(mr_pg_stmt_t);

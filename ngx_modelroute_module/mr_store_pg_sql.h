@@ -1,0 +1,142 @@
+
+/*
+ * ModelRoute: the PostgreSQL store's statements (mr_store_pg_sql.c),
+ * prepared on every connection; the columns of its rows, in the order
+ * the parsers read them (mr_store_pg_rows.c).
+ */
+
+
+#ifndef _MR_STORE_PG_SQL_H_INCLUDED_
+#define _MR_STORE_PG_SQL_H_INCLUDED_
+
+
+/* ---- reads */
+#define MR_SQL_AUTH              0
+#define MR_SQL_ACCOUNT           1
+#define MR_SQL_KEYS              2
+#define MR_SQL_EXEC              3
+#define MR_SQL_EXECS             4
+#define MR_SQL_LIST_CURSOR       5
+#define MR_SQL_LIST              6
+#define MR_SQL_VERIFY            7
+#define MR_SQL_WH                8
+#define MR_SQL_WH_LIST           9
+#define MR_SQL_OWNER_WH         10
+#define MR_SQL_OWNER_EXEC       11
+#define MR_SQL_DLV_BY_WH        12
+#define MR_SQL_DLV_BY_EXEC      13
+#define MR_SQL_SECRET           14
+#define MR_SQL_CBKEY            15
+#define MR_SQL_DISP_NEXT        16
+#define MR_SQL_STATS            17
+#define MR_SQL_ROUTES           18
+#define MR_SQL_ACCOUNTS         19
+#define MR_SQL_FAILED_DLVS      20
+#define MR_SQL_BATCH_DONE       21
+
+/* ---- a batch: locks and loads */
+#define MR_SQL_BEGIN            22
+#define MR_SQL_LOCK_ACCOUNTS    23
+#define MR_SQL_LOCK_EXECS       24
+#define MR_SQL_IDEM             25
+#define MR_SQL_KEYS_BY_ID       26
+#define MR_SQL_ENDPOINTS        27
+#define MR_SQL_LOCK_DLVS        28
+#define MR_SQL_LOCK_ROUTES      29
+#define MR_SQL_WHSECRETS        30
+#define MR_SQL_CREDIT_REFS      31
+#define MR_SQL_ACCOUNTS_EXIST   32
+
+/* ---- claims and the sweep: candidates, then locks */
+#define MR_SQL_DISP_DUE         33
+#define MR_SQL_LOCK_DUE_EXECS   34
+#define MR_SQL_DLV_DUE          35
+#define MR_SQL_LOCK_DUE_DLVS    36
+#define MR_SQL_EXPIRE_DUE       37
+#define MR_SQL_LOCK_EXPIRED     38
+#define MR_SQL_PURGE_EXECS      39
+#define MR_SQL_PURGE_DLVS       40
+#define MR_SQL_PURGE_EVENTS     41
+#define MR_SQL_PURGE_KEYS       42
+#define MR_SQL_PURGE_IDEM       43
+#define MR_SQL_PURGE_BATCHES    44
+#define MR_SQL_EVENTS_BY_ID     45
+#define MR_SQL_DLV_EARLIER      46
+
+/* ---- a batch: writes */
+#define MR_SQL_W_EXECS          47
+#define MR_SQL_W_ACCOUNTS       48
+#define MR_SQL_W_ACCOUNT_NEW    49
+#define MR_SQL_W_IDEM           50
+#define MR_SQL_W_KEYS           51
+#define MR_SQL_W_ROUTES         52
+#define MR_SQL_W_ENDPOINTS      53
+#define MR_SQL_W_WHSECRETS      54
+#define MR_SQL_W_CREDIT_REFS    55
+#define MR_SQL_W_EVENTS         56
+#define MR_SQL_W_DLVS           57
+#define MR_SQL_W_OPS            58
+#define MR_SQL_D_EXECS          59
+#define MR_SQL_D_IDEM           60
+#define MR_SQL_D_KEYS           61
+#define MR_SQL_D_ENDPOINTS      62
+#define MR_SQL_D_EVENTS         63
+#define MR_SQL_D_DLVS           64
+#define MR_SQL_W_BATCH          65
+#define MR_SQL_COMMIT           66
+#define MR_SQL_ROLLBACK         67
+
+#define MR_SQL_BATCH_LOCK       68
+
+/* ---- batches of creates: the accounts read, then changed by deltas */
+#define MR_SQL_ACCOUNTS_SNAP    69
+#define MR_SQL_LOCK_ACCOUNT_IDS 70
+#define MR_SQL_W_ACCOUNTS_DELTA 71
+#define MR_SQL_W_IDEM_NEW       72
+#define MR_SQL_W_IDEM_SWAP      73
+
+#define MR_SQL_N                74
+
+
+/* the columns of a row, by position */
+
+#define MR_EXEC_COLS                                                          \
+    "id, org, status, estimate, hold, cost, created_ms, expires_ms, "         \
+    "started_ms, completed_ms, lease_until_ms, lease_owner, "                 \
+    "coalesce(next_ms, 0), ord, attempt_ms, nattempts, route, fingerprint, "  \
+    "model, idem_key, metadata, webhook_url, input, result, error, "          \
+    "attempts, coalesce(last_dlv, '')"
+#define MR_EXEC_NCOLS            27
+#define MR_EXEC_SEG0             18     /* model: the first segment */
+
+#define MR_ACCT_COLS                                                          \
+    "org, name, balance, held, credited, debited, charged, created_ms, "      \
+    "used_bytes, used_executions, used_endpoints, used_keys, limit_bytes, "   \
+    "limit_executions, limit_endpoints, limit_keys, "                         \
+    "coalesce(rl_requests, -1)"
+#define MR_ACCT_NCOLS            17
+
+#define MR_KEY_COLS                                                           \
+    "key_id, org, hash, hint, permission, revoked::int, created_ms, "         \
+    "valid_until_ms, name, coalesce(end_ms, 0)"
+#define MR_KEY_NCOLS             10
+
+#define MR_WH_COLS                                                            \
+    "id, org, active::int, failures, created_ms, last_success_ms, url, "      \
+    "description, events, headers, secret"
+#define MR_WH_NCOLS              11
+
+#define MR_DLV_COLS                                                           \
+    "id, event_id, coalesce(wh_id, ''), org, coalesce(exec_id, ''), "        \
+    "status, attempts, created_ms, coalesce(due_ms, 0), next_ms, token, "     \
+    "url, type, attempt_log, target"
+#define MR_DLV_NCOLS             15
+
+#define MR_ROUTE_COLS                                                         \
+    "name, inflight, failures, open_until_ms, probe_until_ms, "               \
+    "paused_until_ms, attempts, failed, probe_token, provider_failures, "     \
+    "timeout_accounts, timeout_org"
+#define MR_ROUTE_NCOLS           12
+
+
+#endif /* _MR_STORE_PG_SQL_H_INCLUDED_ */
