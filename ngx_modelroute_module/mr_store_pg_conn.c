@@ -6,8 +6,8 @@
  * PQconnectStartParams() and PQconnectPoll() on the events of its socket
  * (host names were resolved when the configuration was read, see
  * mr_store_pg_conf.c), then put in non-blocking and pipeline mode.  Its
- * socket is wrapped in an ngx_connection_t, wrapped again whenever libpq
- * changes it (another address of the host list, a reconnection).  A
+ * socket is wrapped in an ngx_connection_t, anew after every step of
+ * the connection (libpq may change it: the next host of a list).  A
  * request is a run of prepared statements ended by a sync: PQflush() on
  * write events while libpq holds output, PQconsumeInput(), PQisBusy() and
  * PQgetResult() on read events; results come back in the order requests
@@ -140,12 +140,20 @@ mr_pg_conn_connect(mr_pg_conn_t *pc)
 }
 
 
-/* a step of the connection, when its socket is ready (or at first) */
+/*
+ * A step of the connection, when its socket is ready (or at first).  A
+ * step may close libpq's socket and open another (the next address or
+ * host of the list, a retry without TLS), most often with the same
+ * descriptor: epoll forgets the socket before the step, while it is still
+ * open, and the one libpq uses after it is wrapped anew.
+ */
 
 static void
 mr_pg_conn_poll(mr_pg_conn_t *pc)
 {
     PostgresPollingStatusType  st;
+
+    mr_pg_conn_unwrap(pc, 0);
 
     st = PQconnectPoll(pc->pg);
 
@@ -187,7 +195,7 @@ mr_pg_conn_poll(mr_pg_conn_t *pc)
 }
 
 
-/* the socket libpq uses now, in an ngx_connection_t */
+/* the socket libpq uses after a step, in a new ngx_connection_t */
 
 static ngx_int_t
 mr_pg_conn_wrap(mr_pg_conn_t *pc)
@@ -195,16 +203,9 @@ mr_pg_conn_wrap(mr_pg_conn_t *pc)
     int                fd;
     ngx_connection_t  *c;
 
+    /* none before: mr_pg_conn_poll() took it off */
+
     fd = PQsocket(pc->pg);
-
-    if (pc->c && pc->c->fd == fd) {
-        return NGX_OK;
-    }
-
-    if (pc->c) {
-        /* libpq closed the one before (another address of the list) */
-        mr_pg_conn_unwrap(pc, 1);
-    }
 
     if (fd < 0) {
         return NGX_ERROR;

@@ -1,0 +1,92 @@
+# The PostgreSQL store under an attacker's review (after issue 11), on a
+# private PostgreSQL cluster whatever MR_STORE says:
+#  - a host list whose first host is passed over after its connection was
+#    made (target_session_attrs=read-write, a server that says it is read
+#    only): libpq closes that socket and opens the next host's, most often
+#    with the same descriptor; the workers still connect to the next host
+#    (they used to keep waiting on the closed socket's events until
+#    modelroute_store_connect_timeout, and never connected).
+use strict;
+use warnings;
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use Test::More;
+use IO::Socket::INET;
+use POSIX ();
+use MR::Test qw(:all);
+
+my $t0 = MR::Test->new(store => 'postgres');
+my $pg = MR::Test::pg_cluster();
+
+# A server that speaks just enough of the protocol: no TLS, no password,
+# a read-only session; libpq then tries the next host
+sub fake_read_only {
+    my $srv = IO::Socket::INET->new(LocalAddr => '127.0.0.1', LocalPort => 0,
+        Listen => 64, ReuseAddr => 1) or die "listen: $!";
+    my $pid = fork // die "fork: $!";
+    if ($pid) {
+        my $port = $srv->sockport;
+        close $srv;
+        return ($pid, $port);
+    }
+    local $SIG{CHLD} = 'IGNORE';
+    local $SIG{TERM} = sub { POSIX::_exit(0) };
+    while (my $c = $srv->accept) {
+        next if fork;
+        my $read = sub {
+            my $buf = '';
+            while (length $buf < 4) {
+                sysread($c, $buf, 4 - length $buf, length $buf) or exit 0;
+            }
+            my $len = unpack 'N', $buf;
+            while (length $buf < $len) {
+                sysread($c, $buf, $len - length $buf, length $buf) or exit 0;
+            }
+            return substr $buf, 4;
+        };
+        my $msg = $read->();
+        if (unpack('N', $msg) == 80877103) {            # SSLRequest
+            syswrite $c, 'N';
+            $msg = $read->();
+        }
+        my $ps = sub {
+            my $b = join("\0", @_) . "\0";
+            return 'S' . pack('N', 4 + length $b) . $b;
+        };
+        syswrite $c, 'R' . pack('NN', 8, 0)              # AuthenticationOk
+            . $ps->('server_version', '15.0')
+            . $ps->('default_transaction_read_only', 'on')
+            . $ps->('in_hot_standby', 'on')
+            . 'K' . pack('NNN', 12, 4242, 4242)
+            . 'Z' . pack('N', 5) . 'I';
+        # until libpq hangs up
+        1 while sysread $c, my $junk, 4096;
+        POSIX::_exit(0);
+    }
+    POSIX::_exit(0);
+}
+
+my ($fake, $fport) = fake_read_only();
+
+my $http = MR::Test::default_http();
+my $ci = "host=127.0.0.1,$pg->{dir} port=$fport,$pg->{port} user=postgres "
+    . "dbname=$t0->{db} target_session_attrs=read-write";
+$http =~ s/%%STORE%%/"$ci"/;
+
+my $t = MR::Test->new(store => 'postgres', http => $http,
+    extra_http => "modelroute_store_connect_timeout 3s;\n");
+$t->{db} = $t0->{db};
+$t->start;
+
+my $acc = $t->new_account(credit => '5.00');
+ok(wait_for(sub {
+    $t->create_exec($acc->{key}, $t->exec_body)->{status} == 202 }, 20, 0.2),
+    'a read-only first host: the workers connect to the next one');
+unlike($t->read_log, qr/timed out \(modelroute_store_connect_timeout\)/,
+    '... without waiting for the connection\'s timeout');
+
+$t->stop;
+kill 'TERM', $fake;
+waitpid $fake, 0;
+
+$t->done;
