@@ -999,11 +999,16 @@ mr_pg_batch_next(mr_pg_batch_t *b)
         op = ngx_queue_data(ngx_queue_head(&b->ops), mr_store_op_t, queue);
 
         if (mr_pg_sweep_next(b, op) == NGX_OK) {
-            /* the next step: a transaction of its own */
+
+            /*
+             * the next step: a transaction of its own, with an id of its
+             * own (in mr_batches, and for the look-up of its outcome)
+             */
+
             ngx_reset_pool(b->pool);
 
             b->rows = mr_pg_rows_create(b->pool);
-            if (b->rows == NULL) {
+            if (b->rows == NULL || RAND_bytes(b->id, sizeof(b->id)) != 1) {
                 mr_pg_batch_finish(b, MR_R_INTERNAL);
                 return;
             }

@@ -5,7 +5,11 @@
 #    only): libpq closes that socket and opens the next host's, most often
 #    with the same descriptor; the workers still connect to the next host
 #    (they used to keep waiting on the closed socket's events until
-#    modelroute_store_connect_timeout, and never connected).
+#    modelroute_store_connect_timeout, and never connected);
+#  - a sweep whose retention step purged and whose expiry step expired,
+#    in one run: each step commits with an id of its own (the expiry used
+#    to fail on the purge's id in mr_batches, its holds kept until a run
+#    purged nothing).
 use strict;
 use warnings;
 use FindBin;
@@ -88,5 +92,33 @@ unlike($t->read_log, qr/timed out \(modelroute_store_connect_timeout\)/,
 $t->stop;
 kill 'TERM', $fake;
 waitpid $fake, 0;
+
+# ---- a sweep that purges and expires in one run
+{
+    my $s = MR::Test->new(store => 'postgres', extra_http =>
+        "modelroute_retention 1s;\nmodelroute_sweep_interval 200ms;\n");
+    $s->start;
+    my $a = $s->new_account(credit => '10.00');
+    # no route: they wait until their deadline; a group every 0.4 s, so
+    # that a run of the sweep finds some to purge and others to expire
+    my @ids;
+    for my $g (1 .. 10) {
+        for (1 .. 5) {
+            my $r = $s->create_exec($a->{key},
+                $s->exec_body(timeout_seconds => 1));
+            push @ids, $r->{json}{id} if $r->{status} == 202;
+        }
+        select undef, undef, undef, 0.4;
+    }
+    is(scalar @ids, 50, '50 executions, a group every 0.4 s');
+    # every one expires about 1 s after its create: 10 s at the most
+    ok(wait_for(sub { $s->balance($a->{key})->{held} eq '0.00' }, 10, 0.2),
+        'every one expired: no hold left');
+    unlike($s->read_log, qr/mr_batches|operations failed/,
+        '... and no step of the sweep failed');
+    ok($s->verify($a->{org})->{ok}, 'verify ok');
+    $s->stop;
+    $s->check_log;
+}
 
 $t->done;
