@@ -35,6 +35,7 @@
 #include <nginx.h>
 
 #include <netdb.h>
+#include <poll.h>
 #include <arpa/inet.h>
 #include <openssl/rand.h>
 
@@ -50,7 +51,9 @@ static ngx_int_t mr_store_pg_param(ngx_pool_t *pool, const char **k,
 static const char *mr_store_pg_value(mr_pg_conf_t *pcf, const char *key);
 static ngx_int_t mr_store_pg_resolve(ngx_cycle_t *cycle, mr_pg_conf_t *pcf);
 static ngx_int_t mr_store_pg_schema(ngx_cycle_t *cycle, mr_pg_conf_t *pcf,
-    ngx_uint_t reload);
+    ngx_msec_t timeout, ngx_uint_t reload);
+static PGresult *mr_store_pg_query(PGconn *pg, const char *sql,
+    ngx_msec_t timeout);
 static ngx_int_t mr_store_pg_node(ngx_cycle_t *cycle, mr_main_conf_t *mcf,
     ngx_uint_t start);
 
@@ -310,7 +313,8 @@ mr_store_pg_check(ngx_cycle_t *cycle, mr_main_conf_t *mcf)
              || getenv(NGINX_VAR) != NULL;
     start = !reload && !ngx_test_config;
 
-    if (mr_store_pg_schema(cycle, pcf, reload && !ngx_test_config)
+    if (mr_store_pg_schema(cycle, pcf, mcf->pg_connect_timeout,
+                           reload && !ngx_test_config)
         != NGX_OK)
     {
         return NGX_ERROR;
@@ -427,12 +431,14 @@ mr_store_pg_resolve(ngx_cycle_t *cycle, mr_pg_conf_t *pcf)
 
 /*
  * The server, its schema and encoding, in a connection of the master's
- * own (closed at once).  reload: a server that cannot be reached is
- * only a warning.
+ * own (closed at once), each bounded by timeout: the connection by
+ * libpq's connect_timeout, the query by mr_store_pg_query().  reload: a
+ * server that cannot be reached, or does not answer, is only a warning.
  */
 
 static ngx_int_t
-mr_store_pg_schema(ngx_cycle_t *cycle, mr_pg_conf_t *pcf, ngx_uint_t reload)
+mr_store_pg_schema(ngx_cycle_t *cycle, mr_pg_conf_t *pcf, ngx_msec_t timeout,
+    ngx_uint_t reload)
 {
     char        *msg, *enc;
     int64_t      version;
@@ -464,10 +470,28 @@ mr_store_pg_schema(ngx_cycle_t *cycle, mr_pg_conf_t *pcf, ngx_uint_t reload)
         return reload ? NGX_OK : NGX_ERROR;
     }
 
-    res = PQexec(pg, "SELECT (SELECT coalesce(max(version), 0) FROM "
-                     "mr_schema), current_setting('server_encoding')");
+    res = mr_store_pg_query(pg, "SELECT (SELECT coalesce(max(version), 0) "
+                            "FROM mr_schema), "
+                            "current_setting('server_encoding')", timeout);
 
-    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+    if (res == NULL) {
+
+        /* a server that answers nothing (mr_schema locked, say) */
+
+        level = reload ? NGX_LOG_WARN : NGX_LOG_EMERG;
+
+        ngx_log_error(level, cycle->log, 0,
+                      "modelroute_store: PostgreSQL %V: no answer to the "
+                      "schema's check within "
+                      "modelroute_store_connect_timeout%s", &pcf->where,
+                      reload ? " (the workers check it when they connect)"
+                             : "");
+        PQfinish(pg);
+
+        return reload ? NGX_OK : NGX_ERROR;
+    }
+
+    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
         ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
                       "modelroute_store: PostgreSQL %V has no ModelRoute "
                       "schema: apply it with tools/pg-migrate "
@@ -506,6 +530,81 @@ mr_store_pg_schema(ngx_cycle_t *cycle, mr_pg_conf_t *pcf, ngx_uint_t reload)
     PQfinish(pg);
 
     return NGX_OK;
+}
+
+
+/*
+ * A query of the master's, its answer waited for at most timeout (a
+ * blocking PQexec() would wait for as long as a lock, or a server that
+ * stopped answering, holds it: the master would not answer its signals).
+ * Its last result, or NULL: no answer in time, or the connection broke.
+ */
+
+static PGresult *
+mr_store_pg_query(PGconn *pg, const char *sql, ngx_msec_t timeout)
+{
+    int              n;
+    int64_t          now, deadline;
+    PGresult        *res, *last;
+    ngx_msec_int_t   left;
+    struct pollfd    pfd;
+    struct timespec  ts;
+
+    if (!PQsendQuery(pg, sql)) {
+        return NULL;
+    }
+
+    (void) clock_gettime(CLOCK_MONOTONIC, &ts);
+    deadline = (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000 + timeout;
+
+    last = NULL;
+
+    for ( ;; ) {
+
+        while (PQisBusy(pg)) {
+            (void) clock_gettime(CLOCK_MONOTONIC, &ts);
+            now = (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+            left = (ngx_msec_int_t) (deadline - now);
+
+            if (left <= 0) {
+                goto failed;
+            }
+
+            pfd.fd = PQsocket(pg);
+            pfd.events = POLLIN;
+            pfd.revents = 0;
+
+            n = poll(&pfd, 1, (int) left);
+
+            if (n == -1 && ngx_errno != NGX_EINTR) {
+                goto failed;
+            }
+
+            if (PQconsumeInput(pg) == 0) {
+                goto failed;
+            }
+        }
+
+        res = PQgetResult(pg);
+
+        if (res == NULL) {
+            return last;
+        }
+
+        if (last) {
+            PQclear(last);
+        }
+
+        last = res;
+    }
+
+failed:
+
+    if (last) {
+        PQclear(last);
+    }
+
+    return NULL;
 }
 
 

@@ -9,7 +9,11 @@
 #  - a sweep whose retention step purged and whose expiry step expired,
 #    in one run: each step commits with an id of its own (the expiry used
 #    to fail on the purge's id in mr_batches, its holds kept until a run
-#    purged nothing).
+#    purged nothing);
+#  - nginx -t (and a start, a reload) while mr_schema is locked: the
+#    master's check of the schema waits modelroute_store_connect_timeout
+#    at most (a blocking PQexec() waited for as long as the lock was held,
+#    the master answering no signal meanwhile).
 use strict;
 use warnings;
 use FindBin;
@@ -17,6 +21,7 @@ use lib "$FindBin::Bin/lib";
 use Test::More;
 use IO::Socket::INET;
 use POSIX ();
+use Time::HiRes qw(time);
 use MR::Test qw(:all);
 
 my $t0 = MR::Test->new(store => 'postgres');
@@ -119,6 +124,38 @@ waitpid $fake, 0;
     ok($s->verify($a->{org})->{ok}, 'verify ok');
     $s->stop;
     $s->check_log;
+}
+
+# ---- the master's check of the schema, while mr_schema is locked
+{
+    my $u = MR::Test->new(store => 'postgres',
+        extra_http => "modelroute_store_connect_timeout 2s;\n");
+    my $locker = fork // die "fork: $!";
+    if (!$locker) {
+        $ENV{PGAPPNAME} = 'mr-locker';
+        exec 'psql', '-X', '-q', '-h', $pg->{dir}, '-p', $pg->{port},
+            '-U', 'postgres', '-d', $u->{db}, '-c',
+            'BEGIN; LOCK TABLE mr_schema IN ACCESS EXCLUSIVE MODE; '
+            . 'SELECT pg_sleep(120)';
+        POSIX::_exit(1);
+    }
+    ok(wait_for(sub { MR::Test::pg_sql('postgres', "SELECT count(*) FROM "
+        . "pg_stat_activity WHERE application_name = 'mr-locker' "
+        . "AND query LIKE '%pg_sleep%'") }, 20, 0.2),
+        'mr_schema locked by another session');
+    my $t0 = time;
+    my ($rc, $out) = $u->test_config;
+    my $took = time - $t0;
+    isnt($rc, 0, 'nginx -t fails while it is locked');
+    like($out, qr/no answer to the schema's check within modelroute_store_connect_timeout/,
+        '... saying the server did not answer');
+    cmp_ok($took, '<', 30, '... without waiting for the lock')
+        or diag "took $took s";
+    MR::Test::pg_sql('postgres', 'SELECT pg_terminate_backend(pid) FROM '
+        . "pg_stat_activity WHERE application_name = 'mr-locker'");
+    waitpid $locker, 0;
+    my ($rc2, $out2) = $u->test_config;
+    is($rc2, 0, 'the lock gone: nginx -t is happy') or diag $out2;
 }
 
 $t->done;
