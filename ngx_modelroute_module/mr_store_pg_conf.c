@@ -46,6 +46,10 @@
 #define MR_PG_PARAMS_MAX   64
 
 
+static void mr_store_pg_scrub(const char *msg, const char *ci, u_char *out,
+    size_t size);
+static ngx_uint_t mr_store_pg_named(const char *ci, const char *name,
+    size_t len);
 static ngx_int_t mr_store_pg_param(ngx_pool_t *pool, const char **k,
     const char **v, ngx_uint_t *n, const char *key, const char *value);
 static const char *mr_store_pg_value(mr_pg_conf_t *pcf, const char *key);
@@ -111,6 +115,7 @@ mr_store_pg_parse(ngx_conf_t *cf, mr_main_conf_t *mcf, ngx_str_t *value)
     const char        **k, **v, *host, *port, *db;
     mr_pg_conf_t       *pcf;
     PQconninfoOption   *opts, *o;
+    u_char              msg[512];
 
     pcf = ngx_pcalloc(cf->pool, sizeof(mr_pg_conf_t));
     if (pcf == NULL) {
@@ -132,24 +137,15 @@ mr_store_pg_parse(ngx_conf_t *cf, mr_main_conf_t *mcf, ngx_str_t *value)
 
     if (opts == NULL) {
 
-        /* libpq's message may quote the string, and its password */
+        /* libpq's message may quote the string, or a part of it: the
+         * password, say (an invalid %-escape in it) */
 
-        p = err ? (u_char *) ngx_strstr(err, ci) : NULL;
-
-        if (p) {
-            while (p > (u_char *) err && (p[-1] == '"' || p[-1] == ' '
-                                          || p[-1] == ':'))
-            {
-                p--;
-            }
-
-            *p = '\0';
-        }
+        mr_store_pg_scrub(err ? err : "out of memory", ci, msg,
+                          sizeof(msg));
 
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"modelroute_store\": not a valid PostgreSQL "
-                           "URI or connection string: %s",
-                           err ? err : "out of memory");
+                           "URI or connection string: %s", msg);
         if (err) {
             PQfreemem(err);
         }
@@ -206,6 +202,87 @@ mr_store_pg_parse(ngx_conf_t *cf, mr_main_conf_t *mcf, ngx_str_t *value)
     mcf->store_backend = MR_STORE_PG;
 
     return NGX_CONF_OK;
+}
+
+
+/*
+ * libpq's message about a string it refused, into out (of size bytes),
+ * without what it quotes of the string: a quoted part stays only if it is
+ * "=" or the name of a parameter as written (a word followed by "="),
+ * else it becomes "...".  The message is then never the password, nor a
+ * part of it.
+ */
+
+static void
+mr_store_pg_scrub(const char *msg, const char *ci, u_char *out, size_t size)
+{
+    size_t       len;
+    u_char      *w, *last;
+    const char  *p, *q, *end;
+
+    w = out;
+    last = out + size - 1;
+    p = msg;
+
+    while (*p && w < last) {
+        if (*p != '"' || (end = ngx_strchr(p + 1, '"')) == NULL) {
+            *w++ = *p++;
+            continue;
+        }
+
+        q = p + 1;
+        len = end - q;
+
+        while (q < end && ((*q >= 'a' && *q <= 'z') || *q == '_')) {
+            q++;
+        }
+
+        if ((len == 1 && p[1] == '=')
+            || (len && q == end && mr_store_pg_named(ci, p + 1, len)))
+        {
+            w = ngx_slprintf(w, last, "\"%*s\"", len, p + 1);
+
+        } else {
+            w = ngx_slprintf(w, last, "\"...\"");
+        }
+
+        p = end + 1;
+    }
+
+    /* no trailing newline */
+
+    while (w > out && (w[-1] == '\n' || w[-1] == ' ')) {
+        w--;
+    }
+
+    *w = '\0';
+}
+
+
+/* whether name (a word) is written in ci as a parameter: "name=" */
+
+static ngx_uint_t
+mr_store_pg_named(const char *ci, const char *name, size_t len)
+{
+    const char  *p, *q;
+
+    for (p = ci; (p = ngx_strstr(p, "=")) != NULL; p++) {
+        q = p;
+
+        while (q > ci && q[-1] == ' ') {
+            q--;
+        }
+
+        if ((size_t) (q - ci) >= len
+            && ngx_strncmp(q - len, name, len) == 0
+            && (q - len == ci || !((q[-len - 1] >= 'a' && q[-len - 1] <= 'z')
+                                   || q[-len - 1] == '_')))
+        {
+            return 1;
+        }
+    }
+
+    return 0;
 }
 
 
