@@ -46,6 +46,19 @@
 #define MR_PG_PARAMS_MAX   64
 
 
+/* libpq's variables that name the server, and their parameters */
+
+static struct {
+    const char  *key;
+    const char  *var;
+} mr_store_pg_env[] = {
+    { "host", "PGHOST" },
+    { "hostaddr", "PGHOSTADDR" },
+    { "port", "PGPORT" },
+    { NULL, NULL }
+};
+
+
 static void mr_store_pg_scrub(const char *msg, const char *ci, u_char *out,
     size_t size);
 static ngx_uint_t mr_store_pg_named(const char *ci, const char *name,
@@ -347,8 +360,9 @@ mr_store_pg_value(mr_pg_conf_t *pcf, const char *key)
 ngx_int_t
 mr_store_pg_check(ngx_cycle_t *cycle, mr_main_conf_t *mcf)
 {
+    char          *e;
     u_char        *p;
-    ngx_uint_t     n, start, reload;
+    ngx_uint_t     i, n, start, reload;
     mr_pg_conf_t  *pcf;
     u_char         buf[NGX_INT_T_LEN];
 
@@ -378,6 +392,34 @@ mr_store_pg_check(ngx_cycle_t *cycle, mr_main_conf_t *mcf)
            != NGX_OK)
     {
         return NGX_ERROR;
+    }
+
+    /*
+     * libpq's variables that name the server (PGHOST...: the master's
+     * environment, which "env PGHOST;" gives the workers too) are written
+     * out, so that a host name in them is resolved here as well, never by
+     * a worker; not with a service, whose file libpq reads first
+     */
+
+    if (mr_store_pg_value(pcf, "service") == NULL
+        && getenv("PGSERVICE") == NULL)
+    {
+        for (i = 0; mr_store_pg_env[i].key; i++) {
+            e = getenv(mr_store_pg_env[i].var);
+
+            if (e == NULL || *e == '\0'
+                || mr_store_pg_value(pcf, mr_store_pg_env[i].key))
+            {
+                continue;
+            }
+
+            if (mr_store_pg_param(cycle->pool, pcf->keywords, pcf->values,
+                                  &n, mr_store_pg_env[i].key, e)
+                != NGX_OK)
+            {
+                return NGX_ERROR;
+            }
+        }
     }
 
     if (mr_store_pg_resolve(cycle, pcf) != NGX_OK) {

@@ -13,7 +13,10 @@
 #  - nginx -t (and a start, a reload) while mr_schema is locked: the
 #    master's check of the schema waits modelroute_store_connect_timeout
 #    at most (a blocking PQexec() waited for as long as the lock was held,
-#    the master answering no signal meanwhile).
+#    the master answering no signal meanwhile);
+#  - a server named by libpq's variables (PGHOST, "env PGHOST;"), not in
+#    modelroute_store: its host name is resolved by the master, as one
+#    written there (a worker resolved it, blocking, on every connection).
 use strict;
 use warnings;
 use FindBin;
@@ -156,6 +159,30 @@ waitpid $fake, 0;
     waitpid $locker, 0;
     my ($rc2, $out2) = $u->test_config;
     is($rc2, 0, 'the lock gone: nginx -t is happy') or diag $out2;
+}
+
+# ---- the server named by PGHOST
+{
+    my $store = "\"port=$pg->{port} user=postgres dbname=$t0->{db}\"";
+    my $h = MR::Test::default_http();
+    $h =~ s/%%STORE%%/$store/;
+
+    my $u = MR::Test->new(store => 'postgres', http => $h,
+        extra_main => "env PGHOST;\n",
+        env => { PGHOST => 'mr-no-such-host.invalid' });
+    my ($rc, $out) = $u->test_config;
+    isnt($rc, 0, 'PGHOST names a host that does not resolve: refused');
+    like($out, qr/PostgreSQL host "mr-no-such-host\.invalid" cannot be resolved/,
+        '... by the master\'s own resolution of it');
+
+    my $v = MR::Test->new(store => 'postgres', http => $h,
+        extra_main => "env PGHOST;\n", env => { PGHOST => $pg->{dir} });
+    $v->start;
+    my $a = $v->new_account(credit => '1.00');
+    is($v->create_exec($a->{key}, $v->exec_body)->{status}, 202,
+        'PGHOST names the server: the workers connect');
+    $v->stop;
+    $v->check_log;
 }
 
 $t->done;
