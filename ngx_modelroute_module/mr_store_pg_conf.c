@@ -426,6 +426,19 @@ mr_store_pg_check(ngx_cycle_t *cycle, mr_main_conf_t *mcf)
         return NGX_ERROR;
     }
 
+    /* the hosts of the list (a worker starts from another one when one
+     * does not answer: see mr_pg_conn_connect()) */
+
+    e = (char *) mr_store_pg_value(pcf, "host");
+
+    if (e == NULL) {
+        e = (char *) mr_store_pg_value(pcf, "hostaddr");
+    }
+
+    for (pcf->nhosts = 1; e && *e; e++) {
+        pcf->nhosts += (*e == ',');
+    }
+
     /* a start: not a reload, a binary upgrade, nor nginx -t */
 
     reload = !ngx_is_init_cycle(cycle->old_cycle)

@@ -6,6 +6,10 @@
 #    with the same descriptor; the workers still connect to the next host
 #    (they used to keep waiting on the closed socket's events until
 #    modelroute_store_connect_timeout, and never connected);
+#  - a host list whose first host takes connections and answers nothing:
+#    after modelroute_store_connect_timeout a worker starts from the next
+#    host (libpq's connect_timeout is left to the application with
+#    PQconnectPoll(): the workers tried the silent host alone forever);
 #  - a sweep whose retention step purged and whose expiry step expired,
 #    in one run: each step commits with an id of its own (the expiry used
 #    to fail on the purge's id in mr_batches, its holds kept until a run
@@ -101,6 +105,39 @@ $t->stop;
 kill 'TERM', $fake;
 waitpid $fake, 0;
 
+# ---- a first host that answers nothing
+{
+    my $srv = IO::Socket::INET->new(LocalAddr => '127.0.0.1',
+        LocalPort => 0, Listen => 64, ReuseAddr => 1) or die "listen: $!";
+    my $sport = $srv->sockport;
+    my $silent = fork // die "fork: $!";
+    if (!$silent) {
+        local $SIG{TERM} = sub { POSIX::_exit(0) };
+        my @keep;
+        while (my $c = $srv->accept) { push @keep, $c }    # and nothing
+        POSIX::_exit(0);
+    }
+    close $srv;
+
+    my $h = MR::Test::default_http();
+    my $ci2 = "host=127.0.0.1,$pg->{dir} port=$sport,$pg->{port} "
+        . "user=postgres dbname=$t0->{db}";
+    $h =~ s/%%STORE%%/"$ci2"/;
+    my $u = MR::Test->new(store => 'postgres', http => $h, timeout => 60,
+        extra_http => "modelroute_store_connect_timeout 2s;\n");
+    $u->start;
+    # 503 while the workers wait for the silent host, then served
+    my $a = wait_for(sub { eval { $u->new_account(credit => '5.00') } },
+        30, 0.2);
+    ok($a && wait_for(sub {
+        $u->create_exec($a->{key}, $u->exec_body)->{status} == 202 }, 30, 0.2),
+        'a silent first host: the workers connect to the next one');
+    $u->stop;
+    $u->check_log;
+    kill 'TERM', $silent;
+    waitpid $silent, 0;
+}
+
 # ---- a sweep that purges and expires in one run
 {
     my $s = MR::Test->new(store => 'postgres', extra_http =>
@@ -136,10 +173,11 @@ waitpid $fake, 0;
     my $locker = fork // die "fork: $!";
     if (!$locker) {
         $ENV{PGAPPNAME} = 'mr-locker';
-        exec 'psql', '-X', '-q', '-h', $pg->{dir}, '-p', $pg->{port},
+        open STDERR, '>', '/dev/null';
+        { exec 'psql', '-X', '-q', '-h', $pg->{dir}, '-p', $pg->{port},
             '-U', 'postgres', '-d', $u->{db}, '-c',
             'BEGIN; LOCK TABLE mr_schema IN ACCESS EXCLUSIVE MODE; '
-            . 'SELECT pg_sleep(120)';
+            . 'SELECT pg_sleep(120)' };
         POSIX::_exit(1);
     }
     ok(wait_for(sub { MR::Test::pg_sql('postgres', "SELECT count(*) FROM "
