@@ -10,6 +10,9 @@
  * sweep first read their candidates without a lock, then lock their
  * accounts, then the candidates that are still due, skipping those that
  * another worker or node has locked (FOR UPDATE SKIP LOCKED).
+ *
+ * Rows wanted by several keys are found by a UNION of index look-ups,
+ * never by ORs of conditions: PostgreSQL reads the whole table for those.
  */
 
 
@@ -168,14 +171,12 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
     { NULL, "BEGIN" },
 
     { "mr_lock_accounts",
-      "SELECT " MR_ACCT_COLS " FROM mr_accounts "
-      "WHERE org = ANY($1::text[]) "
-      "OR org IN (SELECT org FROM mr_executions "
-      "WHERE id = ANY($2::text[])) "
-      "OR org IN (SELECT org FROM mr_keys WHERE key_id = ANY($3::text[])) "
-      "OR org IN (SELECT org FROM mr_endpoints WHERE id = ANY($4::text[])) "
-      "OR org IN (SELECT org FROM mr_deliveries "
-      "WHERE id = ANY($5::text[])) "
+      "SELECT " MR_ACCT_COLS " FROM mr_accounts WHERE org IN ("
+      "SELECT unnest($1::text[]) "
+      "UNION SELECT org FROM mr_executions WHERE id = ANY($2::text[]) "
+      "UNION SELECT org FROM mr_keys WHERE key_id = ANY($3::text[]) "
+      "UNION SELECT org FROM mr_endpoints WHERE id = ANY($4::text[]) "
+      "UNION SELECT org FROM mr_deliveries WHERE id = ANY($5::text[])) "
       "ORDER BY org FOR UPDATE" },
 
     { "mr_lock_execs",
@@ -194,13 +195,12 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
 
     /* the endpoints of the accounts (for the events), and by id */
     { "mr_endpoints",
-      "SELECT " MR_WH_COLS " FROM mr_endpoints "
-      "WHERE org = ANY($1::text[]) "
-      "OR org IN (SELECT org FROM mr_executions "
-      "WHERE id = ANY($2::text[])) "
-      "OR id = ANY($3::text[]) "
-      "OR id IN (SELECT wh_id FROM mr_deliveries "
-      "WHERE id = ANY($4::text[])) "
+      "SELECT " MR_WH_COLS " FROM mr_endpoints WHERE id IN ("
+      "SELECT w.id FROM mr_endpoints w WHERE w.org IN ("
+      "SELECT unnest($1::text[]) "
+      "UNION SELECT org FROM mr_executions WHERE id = ANY($2::text[])) "
+      "UNION SELECT unnest($3::text[]) "
+      "UNION SELECT wh_id FROM mr_deliveries WHERE id = ANY($4::text[])) "
       "ORDER BY id" },
 
     { "mr_lock_dlvs",
@@ -215,11 +215,10 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
       "ORDER BY name FOR UPDATE" },
 
     { "mr_whsecrets",
-      "SELECT org, secret FROM mr_whsecrets WHERE org = ANY($1::text[]) "
-      "OR org IN (SELECT org FROM mr_executions "
-      "WHERE id = ANY($2::text[])) "
-      "OR org IN (SELECT org FROM mr_deliveries "
-      "WHERE id = ANY($3::text[]))" },
+      "SELECT org, secret FROM mr_whsecrets WHERE org IN ("
+      "SELECT unnest($1::text[]) "
+      "UNION SELECT org FROM mr_executions WHERE id = ANY($2::text[]) "
+      "UNION SELECT org FROM mr_deliveries WHERE id = ANY($3::text[]))" },
 
     { "mr_credit_refs",
       "SELECT r.org, r.ref, r.amount "
@@ -311,8 +310,9 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
 
     /* events by id, and those of deliveries */
     { "mr_events_by_id",
-      "SELECT id, org, body FROM mr_events WHERE id = ANY($1::text[]) "
-      "OR id IN (SELECT event_id FROM mr_deliveries "
+      "SELECT id, org, body FROM mr_events WHERE id IN ("
+      "SELECT unnest($1::text[]) "
+      "UNION SELECT event_id FROM mr_deliveries "
       "WHERE id = ANY($2::text[]))" },
 
     /* deliveries that wait for an earlier one of their execution and
