@@ -60,7 +60,9 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
       "SELECT ord FROM mr_executions WHERE id = $1 AND org = $2" },
 
     /* newest first (after the execution $2, if not ''), up to $6 looked
-     * at: each with its match, and the first $5 matches in full */
+     * at: each with its match, and the first $5 matches in full; the
+     * cursor is a condition of the index (org, ord, id), whatever the
+     * plan (an OR of it read every newer execution in a generic one) */
     { "mr_list",
       "SELECT s.id, s.m::int, " MR_EXEC_COLS_E " FROM ("
       "SELECT id, ord, m, count(*) FILTER (WHERE m) "
@@ -68,9 +70,10 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
       "SELECT id, ord, (($3::int = 0 OR status = $3::int) "
       "AND ($4::text = '' OR model = $4::text)) AS m "
       "FROM mr_executions WHERE org = $1 "
-      "AND ($2::text = '' OR (ord, id) < ((SELECT c.ord "
-      "FROM mr_executions c WHERE c.id = $2::text AND c.org = $1), "
-      "$2::text)) "
+      "AND (ord, id) < (CASE WHEN $2::text = '' "
+      "THEN 9223372036854775807 ELSE (SELECT c.ord "
+      "FROM mr_executions c WHERE c.id = $2::text AND c.org = $1) END, "
+      "$2::text) "
       "ORDER BY ord DESC, id DESC LIMIT $6) s0) s "
       "LEFT JOIN mr_executions e ON e.id = s.id AND s.m AND s.k <= $5 "
       "ORDER BY s.ord DESC, s.id DESC" },
