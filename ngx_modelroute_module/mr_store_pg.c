@@ -96,6 +96,7 @@ static ngx_uint_t mr_pg_batch_creates(mr_pg_batch_t *b);
 static void mr_pg_batch_finish(mr_pg_batch_t *b, ngx_uint_t result);
 static void mr_pg_batch_end(mr_pg_batch_t *b);
 static void mr_pg_rollback(mr_pg_conn_t *pc);
+static void mr_pg_abandon(mr_pg_req_t *req);
 static void mr_pg_rollback_done(mr_pg_req_t *req);
 static void mr_pg_wait_handler(ngx_event_t *ev);
 static void mr_pg_inflight_handler(ngx_event_t *ev);
@@ -560,9 +561,11 @@ mr_pg_batch_load(mr_pg_batch_t *b)
             return;
         }
 
-        if (rc == NGX_OK
-            && mr_pg_req_end(st->writer, req, mr_pg_batch_cand_done, b)
-               == NGX_OK)
+        if (rc != NGX_OK) {
+            mr_pg_abandon(req);
+
+        } else if (mr_pg_req_end(st->writer, req, mr_pg_batch_cand_done, b)
+                   == NGX_OK)
         {
             return;
         }
@@ -581,9 +584,11 @@ mr_pg_batch_load(mr_pg_batch_t *b)
         return;
     }
 
-    if (rc == NGX_OK
-        && mr_pg_req_end(st->writer, req, mr_pg_batch_load_done, b)
-           == NGX_OK)
+    if (rc != NGX_OK) {
+        mr_pg_abandon(req);
+
+    } else if (mr_pg_req_end(st->writer, req, mr_pg_batch_load_done, b)
+               == NGX_OK)
     {
         return;
     }
@@ -710,14 +715,17 @@ mr_pg_batch_load_done(mr_pg_req_t *req)
         rc = mr_pg_send(req, MR_SQL_COMMIT, 0, NULL, NULL);
     }
 
-    if (rc == NGX_OK
-        && mr_pg_req_end(st->writer, req, mr_pg_batch_commit_done, b)
-           == NGX_OK)
+    if (rc != NGX_OK) {
+        mr_pg_abandon(req);
+
+    } else if (mr_pg_req_end(st->writer, req, mr_pg_batch_commit_done, b)
+               == NGX_OK)
     {
         return;
     }
 
-    /* not sent: nothing was committed */
+    /* not sent: nothing was committed (the transaction ends with its
+     * connection) */
 
     mr_metrics_txn_end(1, &b->ops, NULL);
     mr_pg_batch_again(b, 0);
@@ -796,16 +804,21 @@ mr_pg_batch_resolve(mr_pg_batch_t *b)
 
     v[0] = mr_pg_int(b->pool, mr_pg_batch_lock_key(b));
 
-    if (v[0] == NULL
-        || mr_pg_send(req, MR_SQL_BATCH_LOCK, 1, v, NULL) != NGX_OK)
-    {
+    if (v[0] == NULL) {
         return;
     }
 
     mr_pg_batch_uuid(b, hex);
+
+    if (mr_pg_send(req, MR_SQL_BATCH_LOCK, 1, v, NULL) != NGX_OK) {
+        mr_pg_abandon(req);
+        return;
+    }
+
     v[0] = (char *) hex;
 
     if (mr_pg_send(req, MR_SQL_BATCH_DONE, 1, v, NULL) != NGX_OK) {
+        mr_pg_abandon(req);
         return;
     }
 
@@ -999,11 +1012,16 @@ mr_pg_batch_next(mr_pg_batch_t *b)
         op = ngx_queue_data(ngx_queue_head(&b->ops), mr_store_op_t, queue);
 
         if (mr_pg_sweep_next(b, op) == NGX_OK) {
-            /* the next step: a transaction of its own */
+
+            /*
+             * the next step: a transaction of its own, with an id of its
+             * own (in mr_batches, and for the look-up of its outcome)
+             */
+
             ngx_reset_pool(b->pool);
 
             b->rows = mr_pg_rows_create(b->pool);
-            if (b->rows == NULL) {
+            if (b->rows == NULL || RAND_bytes(b->id, sizeof(b->id)) != 1) {
                 mr_pg_batch_finish(b, MR_R_INTERNAL);
                 return;
             }
@@ -1128,6 +1146,22 @@ mr_pg_hold(void)
     if (st->inflight_ev.timer_set) {
         ngx_del_timer(&st->inflight_ev);
     }
+}
+
+
+/*
+ * A request given up while it was made: statements of it may wait in
+ * libpq without their sync, a transaction may be open; the next request
+ * would take their results for its own, and commit what they wrote.  The
+ * connection is made again instead: the server forgets them.
+ */
+
+static void
+mr_pg_abandon(mr_pg_req_t *req)
+{
+    req->status = MR_PG_REQ_LOST;
+
+    (void) mr_pg_req_end(req->conn, req, NULL, NULL);
 }
 
 

@@ -42,6 +42,7 @@ typedef struct {
     ngx_str_t                 where;         /* host, port, database: for
                                                 messages */
     ngx_str_t                 secret_path;   /* the node's dispatch secret */
+    ngx_uint_t                nhosts;        /* in its host list */
 } mr_pg_conf_t;
 
 
@@ -95,6 +96,7 @@ struct mr_pg_conn_s {
     ngx_uint_t                npending;
     ngx_uint_t                failures;      /* connection attempts in a
                                                 row that failed */
+    ngx_uint_t                first;         /* the host tried first */
     ngx_msec_t                backoff;
     ngx_event_t               retry_ev;      /* reconnect, after backoff */
     ngx_event_t               timeout_ev;    /* connect, or the oldest

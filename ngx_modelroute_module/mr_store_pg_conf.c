@@ -35,6 +35,7 @@
 #include <nginx.h>
 
 #include <netdb.h>
+#include <poll.h>
 #include <arpa/inet.h>
 #include <openssl/rand.h>
 
@@ -45,12 +46,31 @@
 #define MR_PG_PARAMS_MAX   64
 
 
+/* libpq's variables that name the server, and their parameters */
+
+static struct {
+    const char  *key;
+    const char  *var;
+} mr_store_pg_env[] = {
+    { "host", "PGHOST" },
+    { "hostaddr", "PGHOSTADDR" },
+    { "port", "PGPORT" },
+    { NULL, NULL }
+};
+
+
+static void mr_store_pg_scrub(const char *msg, const char *ci, u_char *out,
+    size_t size);
+static ngx_uint_t mr_store_pg_named(const char *ci, const char *name,
+    size_t len);
 static ngx_int_t mr_store_pg_param(ngx_pool_t *pool, const char **k,
     const char **v, ngx_uint_t *n, const char *key, const char *value);
 static const char *mr_store_pg_value(mr_pg_conf_t *pcf, const char *key);
 static ngx_int_t mr_store_pg_resolve(ngx_cycle_t *cycle, mr_pg_conf_t *pcf);
 static ngx_int_t mr_store_pg_schema(ngx_cycle_t *cycle, mr_pg_conf_t *pcf,
-    ngx_uint_t reload);
+    ngx_msec_t timeout, ngx_uint_t reload);
+static PGresult *mr_store_pg_query(PGconn *pg, const char *sql,
+    ngx_msec_t timeout);
 static ngx_int_t mr_store_pg_node(ngx_cycle_t *cycle, mr_main_conf_t *mcf,
     ngx_uint_t start);
 
@@ -108,6 +128,7 @@ mr_store_pg_parse(ngx_conf_t *cf, mr_main_conf_t *mcf, ngx_str_t *value)
     const char        **k, **v, *host, *port, *db;
     mr_pg_conf_t       *pcf;
     PQconninfoOption   *opts, *o;
+    u_char              msg[512];
 
     pcf = ngx_pcalloc(cf->pool, sizeof(mr_pg_conf_t));
     if (pcf == NULL) {
@@ -129,24 +150,15 @@ mr_store_pg_parse(ngx_conf_t *cf, mr_main_conf_t *mcf, ngx_str_t *value)
 
     if (opts == NULL) {
 
-        /* libpq's message may quote the string, and its password */
+        /* libpq's message may quote the string, or a part of it: the
+         * password, say (an invalid %-escape in it) */
 
-        p = err ? (u_char *) ngx_strstr(err, ci) : NULL;
-
-        if (p) {
-            while (p > (u_char *) err && (p[-1] == '"' || p[-1] == ' '
-                                          || p[-1] == ':'))
-            {
-                p--;
-            }
-
-            *p = '\0';
-        }
+        mr_store_pg_scrub(err ? err : "out of memory", ci, msg,
+                          sizeof(msg));
 
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"modelroute_store\": not a valid PostgreSQL "
-                           "URI or connection string: %s",
-                           err ? err : "out of memory");
+                           "URI or connection string: %s", msg);
         if (err) {
             PQfreemem(err);
         }
@@ -203,6 +215,87 @@ mr_store_pg_parse(ngx_conf_t *cf, mr_main_conf_t *mcf, ngx_str_t *value)
     mcf->store_backend = MR_STORE_PG;
 
     return NGX_CONF_OK;
+}
+
+
+/*
+ * libpq's message about a string it refused, into out (of size bytes),
+ * without what it quotes of the string: a quoted part stays only if it is
+ * "=" or the name of a parameter as written (a word followed by "="),
+ * else it becomes "...".  The message is then never the password, nor a
+ * part of it.
+ */
+
+static void
+mr_store_pg_scrub(const char *msg, const char *ci, u_char *out, size_t size)
+{
+    size_t       len;
+    u_char      *w, *last;
+    const char  *p, *q, *end;
+
+    w = out;
+    last = out + size - 1;
+    p = msg;
+
+    while (*p && w < last) {
+        if (*p != '"' || (end = ngx_strchr(p + 1, '"')) == NULL) {
+            *w++ = *p++;
+            continue;
+        }
+
+        q = p + 1;
+        len = end - q;
+
+        while (q < end && ((*q >= 'a' && *q <= 'z') || *q == '_')) {
+            q++;
+        }
+
+        if ((len == 1 && p[1] == '=')
+            || (len && q == end && mr_store_pg_named(ci, p + 1, len)))
+        {
+            w = ngx_slprintf(w, last, "\"%*s\"", len, p + 1);
+
+        } else {
+            w = ngx_slprintf(w, last, "\"...\"");
+        }
+
+        p = end + 1;
+    }
+
+    /* no trailing newline */
+
+    while (w > out && (w[-1] == '\n' || w[-1] == ' ')) {
+        w--;
+    }
+
+    *w = '\0';
+}
+
+
+/* whether name (a word) is written in ci as a parameter: "name=" */
+
+static ngx_uint_t
+mr_store_pg_named(const char *ci, const char *name, size_t len)
+{
+    const char  *p, *q;
+
+    for (p = ci; (p = ngx_strstr(p, "=")) != NULL; p++) {
+        q = p;
+
+        while (q > ci && q[-1] == ' ') {
+            q--;
+        }
+
+        if ((size_t) (q - ci) >= len
+            && ngx_strncmp(q - len, name, len) == 0
+            && (q - len == ci || !((q[-len - 1] >= 'a' && q[-len - 1] <= 'z')
+                                   || q[-len - 1] == '_')))
+        {
+            return 1;
+        }
+    }
+
+    return 0;
 }
 
 
@@ -267,8 +360,9 @@ mr_store_pg_value(mr_pg_conf_t *pcf, const char *key)
 ngx_int_t
 mr_store_pg_check(ngx_cycle_t *cycle, mr_main_conf_t *mcf)
 {
+    char          *e;
     u_char        *p;
-    ngx_uint_t     n, start, reload;
+    ngx_uint_t     i, n, start, reload;
     mr_pg_conf_t  *pcf;
     u_char         buf[NGX_INT_T_LEN];
 
@@ -300,8 +394,49 @@ mr_store_pg_check(ngx_cycle_t *cycle, mr_main_conf_t *mcf)
         return NGX_ERROR;
     }
 
+    /*
+     * libpq's variables that name the server (PGHOST...: the master's
+     * environment, which "env PGHOST;" gives the workers too) are written
+     * out, so that a host name in them is resolved here as well, never by
+     * a worker; not with a service, whose file libpq reads first
+     */
+
+    if (mr_store_pg_value(pcf, "service") == NULL
+        && getenv("PGSERVICE") == NULL)
+    {
+        for (i = 0; mr_store_pg_env[i].key; i++) {
+            e = getenv(mr_store_pg_env[i].var);
+
+            if (e == NULL || *e == '\0'
+                || mr_store_pg_value(pcf, mr_store_pg_env[i].key))
+            {
+                continue;
+            }
+
+            if (mr_store_pg_param(cycle->pool, pcf->keywords, pcf->values,
+                                  &n, mr_store_pg_env[i].key, e)
+                != NGX_OK)
+            {
+                return NGX_ERROR;
+            }
+        }
+    }
+
     if (mr_store_pg_resolve(cycle, pcf) != NGX_OK) {
         return NGX_ERROR;
+    }
+
+    /* the hosts of the list (a worker starts from another one when one
+     * does not answer: see mr_pg_conn_connect()) */
+
+    e = (char *) mr_store_pg_value(pcf, "host");
+
+    if (e == NULL) {
+        e = (char *) mr_store_pg_value(pcf, "hostaddr");
+    }
+
+    for (pcf->nhosts = 1; e && *e; e++) {
+        pcf->nhosts += (*e == ',');
     }
 
     /* a start: not a reload, a binary upgrade, nor nginx -t */
@@ -310,7 +445,8 @@ mr_store_pg_check(ngx_cycle_t *cycle, mr_main_conf_t *mcf)
              || getenv(NGINX_VAR) != NULL;
     start = !reload && !ngx_test_config;
 
-    if (mr_store_pg_schema(cycle, pcf, reload && !ngx_test_config)
+    if (mr_store_pg_schema(cycle, pcf, mcf->pg_connect_timeout,
+                           reload && !ngx_test_config)
         != NGX_OK)
     {
         return NGX_ERROR;
@@ -427,12 +563,14 @@ mr_store_pg_resolve(ngx_cycle_t *cycle, mr_pg_conf_t *pcf)
 
 /*
  * The server, its schema and encoding, in a connection of the master's
- * own (closed at once).  reload: a server that cannot be reached is
- * only a warning.
+ * own (closed at once), each bounded by timeout: the connection by
+ * libpq's connect_timeout, the query by mr_store_pg_query().  reload: a
+ * server that cannot be reached, or does not answer, is only a warning.
  */
 
 static ngx_int_t
-mr_store_pg_schema(ngx_cycle_t *cycle, mr_pg_conf_t *pcf, ngx_uint_t reload)
+mr_store_pg_schema(ngx_cycle_t *cycle, mr_pg_conf_t *pcf, ngx_msec_t timeout,
+    ngx_uint_t reload)
 {
     char        *msg, *enc;
     int64_t      version;
@@ -464,10 +602,28 @@ mr_store_pg_schema(ngx_cycle_t *cycle, mr_pg_conf_t *pcf, ngx_uint_t reload)
         return reload ? NGX_OK : NGX_ERROR;
     }
 
-    res = PQexec(pg, "SELECT (SELECT coalesce(max(version), 0) FROM "
-                     "mr_schema), current_setting('server_encoding')");
+    res = mr_store_pg_query(pg, "SELECT (SELECT coalesce(max(version), 0) "
+                            "FROM mr_schema), "
+                            "current_setting('server_encoding')", timeout);
 
-    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+    if (res == NULL) {
+
+        /* a server that answers nothing (mr_schema locked, say) */
+
+        level = reload ? NGX_LOG_WARN : NGX_LOG_EMERG;
+
+        ngx_log_error(level, cycle->log, 0,
+                      "modelroute_store: PostgreSQL %V: no answer to the "
+                      "schema's check within "
+                      "modelroute_store_connect_timeout%s", &pcf->where,
+                      reload ? " (the workers check it when they connect)"
+                             : "");
+        PQfinish(pg);
+
+        return reload ? NGX_OK : NGX_ERROR;
+    }
+
+    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
         ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
                       "modelroute_store: PostgreSQL %V has no ModelRoute "
                       "schema: apply it with tools/pg-migrate "
@@ -506,6 +662,81 @@ mr_store_pg_schema(ngx_cycle_t *cycle, mr_pg_conf_t *pcf, ngx_uint_t reload)
     PQfinish(pg);
 
     return NGX_OK;
+}
+
+
+/*
+ * A query of the master's, its answer waited for at most timeout (a
+ * blocking PQexec() would wait for as long as a lock, or a server that
+ * stopped answering, holds it: the master would not answer its signals).
+ * Its last result, or NULL: no answer in time, or the connection broke.
+ */
+
+static PGresult *
+mr_store_pg_query(PGconn *pg, const char *sql, ngx_msec_t timeout)
+{
+    int              n;
+    int64_t          now, deadline;
+    PGresult        *res, *last;
+    ngx_msec_int_t   left;
+    struct pollfd    pfd;
+    struct timespec  ts;
+
+    if (!PQsendQuery(pg, sql)) {
+        return NULL;
+    }
+
+    (void) clock_gettime(CLOCK_MONOTONIC, &ts);
+    deadline = (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000 + timeout;
+
+    last = NULL;
+
+    for ( ;; ) {
+
+        while (PQisBusy(pg)) {
+            (void) clock_gettime(CLOCK_MONOTONIC, &ts);
+            now = (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+            left = (ngx_msec_int_t) (deadline - now);
+
+            if (left <= 0) {
+                goto failed;
+            }
+
+            pfd.fd = PQsocket(pg);
+            pfd.events = POLLIN;
+            pfd.revents = 0;
+
+            n = poll(&pfd, 1, (int) left);
+
+            if (n == -1 && ngx_errno != NGX_EINTR) {
+                goto failed;
+            }
+
+            if (PQconsumeInput(pg) == 0) {
+                goto failed;
+            }
+        }
+
+        res = PQgetResult(pg);
+
+        if (res == NULL) {
+            return last;
+        }
+
+        if (last) {
+            PQclear(last);
+        }
+
+        last = res;
+    }
+
+failed:
+
+    if (last) {
+        PQclear(last);
+    }
+
+    return NULL;
 }
 
 

@@ -6,8 +6,8 @@
  * PQconnectStartParams() and PQconnectPoll() on the events of its socket
  * (host names were resolved when the configuration was read, see
  * mr_store_pg_conf.c), then put in non-blocking and pipeline mode.  Its
- * socket is wrapped in an ngx_connection_t, wrapped again whenever libpq
- * changes it (another address of the host list, a reconnection).  A
+ * socket is wrapped in an ngx_connection_t, anew after every step of
+ * the connection (libpq may change it: the next host of a list).  A
  * request is a run of prepared statements ended by a sync: PQflush() on
  * write events while libpq holds output, PQconsumeInput(), PQisBusy() and
  * PQgetResult() on read events; results come back in the order requests
@@ -36,6 +36,8 @@
 #define MR_PG_BACKOFF_MAX    5000
 
 
+static const char *mr_pg_conn_rotate(mr_pg_conn_t *pc, const char *v,
+    ngx_uint_t n, ngx_uint_t k);
 static void mr_pg_conn_poll(mr_pg_conn_t *pc);
 static ngx_int_t mr_pg_conn_wrap(mr_pg_conn_t *pc);
 static void mr_pg_conn_unwrap(mr_pg_conn_t *pc, ngx_uint_t closed);
@@ -102,6 +104,8 @@ mr_pg_conn_create(ngx_cycle_t *cycle, ngx_uint_t index,
 void
 mr_pg_conn_connect(mr_pg_conn_t *pc)
 {
+    ngx_uint_t     i, n;
+    const char   **values;
     mr_pg_conf_t  *pcf;
 
     if (pc->state != MR_PG_DOWN || pc->retry_ev.timer_set) {
@@ -109,8 +113,51 @@ mr_pg_conn_connect(mr_pg_conn_t *pc)
     }
 
     pcf = mr_pg_conf();
+    values = pcf->values;
 
-    pc->pg = PQconnectStartParams(pcf->keywords, pcf->values, 0);
+    /*
+     * libpq gives up a host that does not answer only after its
+     * connect_timeout, which PQconnectPoll() leaves to us: the whole
+     * attempt then fails, and the hosts after it would never be tried.
+     * The attempt after a timeout starts from the next host instead.
+     */
+
+    if (pcf->nhosts > 1 && pc->first % pcf->nhosts) {
+        for (n = 0; pcf->keywords[n]; n++) { /* void */ }
+
+        values = ngx_alloc((n + 1) * sizeof(char *), pc->log);
+
+        if (values) {
+            for (i = 0; i <= n; i++) {
+                values[i] = pcf->values[i];
+
+                if (i < n && (ngx_strcmp(pcf->keywords[i], "host") == 0
+                              || ngx_strcmp(pcf->keywords[i], "hostaddr")
+                                 == 0
+                              || ngx_strcmp(pcf->keywords[i], "port") == 0))
+                {
+                    values[i] = mr_pg_conn_rotate(pc, pcf->values[i],
+                                                  pcf->nhosts,
+                                                  pc->first % pcf->nhosts);
+                }
+            }
+
+        } else {
+            values = pcf->values;
+        }
+    }
+
+    pc->pg = PQconnectStartParams(pcf->keywords, values, 0);
+
+    if (values != pcf->values) {
+        for (i = 0; pcf->keywords[i]; i++) {
+            if (values[i] != pcf->values[i]) {
+                ngx_free((char *) values[i]);
+            }
+        }
+
+        ngx_free(values);
+    }
 
     if (pc->pg == NULL) {
         ngx_log_error(NGX_LOG_ERR, pc->log, 0,
@@ -140,12 +187,67 @@ mr_pg_conn_connect(mr_pg_conn_t *pc)
 }
 
 
-/* a step of the connection, when its socket is ready (or at first) */
+/*
+ * A list of libpq's ("a,b,c", of n elements) from its element k on
+ * ("b,c,a"), allocated; the value itself if it is not such a list (one
+ * port for every host, say) or there is no memory
+ */
+
+static const char *
+mr_pg_conn_rotate(mr_pg_conn_t *pc, const char *v, ngx_uint_t n,
+    ngx_uint_t k)
+{
+    u_char      *out, *p;
+    size_t       len;
+    ngx_uint_t   i, commas;
+    const char  *s;
+
+    commas = 0;
+
+    for (s = v; *s; s++) {
+        commas += (*s == ',');
+    }
+
+    if (commas + 1 != n || k == 0) {
+        return v;
+    }
+
+    for (s = v, i = 0; i < k; s++) {
+        i += (*s == ',');
+    }
+
+    /* s: the element k; the ones before it end at s - 1, a comma */
+
+    len = ngx_strlen(v);
+
+    out = ngx_alloc(len + 2, pc->log);
+    if (out == NULL) {
+        return v;
+    }
+
+    p = ngx_cpymem(out, s, len - (s - v));
+    *p++ = ',';
+    p = ngx_cpymem(p, v, (s - v) - 1);
+    *p = '\0';
+
+    return (const char *) out;
+}
+
+
+/*
+ * A step of the connection, when its socket is ready (or at first).  A
+ * step may close libpq's socket and open another (the next address or
+ * host of the list, a retry without TLS), most often with the same
+ * descriptor: epoll forgets the socket before the step, while it is still
+ * open, and the one libpq uses after it is wrapped anew.
+ */
 
 static void
 mr_pg_conn_poll(mr_pg_conn_t *pc)
 {
     PostgresPollingStatusType  st;
+
+    mr_pg_conn_unwrap(pc, 0);
 
     st = PQconnectPoll(pc->pg);
 
@@ -187,7 +289,7 @@ mr_pg_conn_poll(mr_pg_conn_t *pc)
 }
 
 
-/* the socket libpq uses now, in an ngx_connection_t */
+/* the socket libpq uses after a step, in a new ngx_connection_t */
 
 static ngx_int_t
 mr_pg_conn_wrap(mr_pg_conn_t *pc)
@@ -195,16 +297,9 @@ mr_pg_conn_wrap(mr_pg_conn_t *pc)
     int                fd;
     ngx_connection_t  *c;
 
+    /* none before: mr_pg_conn_poll() took it off */
+
     fd = PQsocket(pc->pg);
-
-    if (pc->c && pc->c->fd == fd) {
-        return NGX_OK;
-    }
-
-    if (pc->c) {
-        /* libpq closed the one before (another address of the list) */
-        mr_pg_conn_unwrap(pc, 1);
-    }
 
     if (fd < 0) {
         return NGX_ERROR;
@@ -909,6 +1004,10 @@ mr_pg_conn_timeout(ngx_event_t *ev)
     mr_pg_conn_t  *pc;
 
     pc = mr_pg_conn_of(ev, timeout_ev);
+
+    if (pc->state == MR_PG_CONNECTING) {
+        pc->first++;                 /* the next host first, next time */
+    }
 
     mr_pg_conn_lost(pc, pc->state == MR_PG_CONNECTING
                         ? "timed out (modelroute_store_connect_timeout)"

@@ -10,6 +10,9 @@
  * sweep first read their candidates without a lock, then lock their
  * accounts, then the candidates that are still due, skipping those that
  * another worker or node has locked (FOR UPDATE SKIP LOCKED).
+ *
+ * Rows wanted by several keys are found by a UNION of index look-ups,
+ * never by ORs of conditions: PostgreSQL reads the whole table for those.
  */
 
 
@@ -57,7 +60,9 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
       "SELECT ord FROM mr_executions WHERE id = $1 AND org = $2" },
 
     /* newest first (after the execution $2, if not ''), up to $6 looked
-     * at: each with its match, and the first $5 matches in full */
+     * at: each with its match, and the first $5 matches in full; the
+     * cursor is a condition of the index (org, ord, id), whatever the
+     * plan (an OR of it read every newer execution in a generic one) */
     { "mr_list",
       "SELECT s.id, s.m::int, " MR_EXEC_COLS_E " FROM ("
       "SELECT id, ord, m, count(*) FILTER (WHERE m) "
@@ -65,9 +70,10 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
       "SELECT id, ord, (($3::int = 0 OR status = $3::int) "
       "AND ($4::text = '' OR model = $4::text)) AS m "
       "FROM mr_executions WHERE org = $1 "
-      "AND ($2::text = '' OR (ord, id) < ((SELECT c.ord "
-      "FROM mr_executions c WHERE c.id = $2::text AND c.org = $1), "
-      "$2::text)) "
+      "AND (ord, id) < (CASE WHEN $2::text = '' "
+      "THEN 9223372036854775807 ELSE (SELECT c.ord "
+      "FROM mr_executions c WHERE c.id = $2::text AND c.org = $1) END, "
+      "$2::text) "
       "ORDER BY ord DESC, id DESC LIMIT $6) s0) s "
       "LEFT JOIN mr_executions e ON e.id = s.id AND s.m AND s.k <= $5 "
       "ORDER BY s.ord DESC, s.id DESC" },
@@ -134,12 +140,24 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
     { "mr_disp_next",
       "SELECT min(next_ms) FROM mr_executions WHERE next_ms IS NOT NULL" },
 
+    /*
+     * what the metrics and the health answer show: the open holds
+     * exactly (their partial index: as many as are open); the accounts
+     * and the executions kept counted while they are few, else the
+     * planner's estimate (a count would read the whole table on every
+     * scrape and health check)
+     */
     { "mr_stats",
       "SELECT (SELECT count(*) FROM mr_executions WHERE status < 4), "
-      "(SELECT coalesce(sum(held), 0)::bigint FROM mr_accounts), "
+      "(SELECT coalesce(sum(hold), 0)::bigint FROM mr_executions "
+      "WHERE status < 4), "
       "(SELECT count(*) FROM mr_deliveries WHERE due_ms IS NOT NULL), "
-      "(SELECT count(*) FROM mr_accounts), "
-      "(SELECT count(*) FROM mr_executions), "
+      "(SELECT CASE WHEN c.reltuples > 100000 THEN c.reltuples::bigint "
+      "ELSE (SELECT count(*) FROM mr_accounts) END FROM pg_class c "
+      "WHERE c.oid = 'mr_accounts'::regclass), "
+      "(SELECT CASE WHEN c.reltuples > 100000 THEN c.reltuples::bigint "
+      "ELSE (SELECT count(*) FROM mr_executions) END FROM pg_class c "
+      "WHERE c.oid = 'mr_executions'::regclass), "
       "pg_database_size(current_database())" },
 
     { "mr_routes",
@@ -168,14 +186,12 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
     { NULL, "BEGIN" },
 
     { "mr_lock_accounts",
-      "SELECT " MR_ACCT_COLS " FROM mr_accounts "
-      "WHERE org = ANY($1::text[]) "
-      "OR org IN (SELECT org FROM mr_executions "
-      "WHERE id = ANY($2::text[])) "
-      "OR org IN (SELECT org FROM mr_keys WHERE key_id = ANY($3::text[])) "
-      "OR org IN (SELECT org FROM mr_endpoints WHERE id = ANY($4::text[])) "
-      "OR org IN (SELECT org FROM mr_deliveries "
-      "WHERE id = ANY($5::text[])) "
+      "SELECT " MR_ACCT_COLS " FROM mr_accounts WHERE org IN ("
+      "SELECT unnest($1::text[]) "
+      "UNION SELECT org FROM mr_executions WHERE id = ANY($2::text[]) "
+      "UNION SELECT org FROM mr_keys WHERE key_id = ANY($3::text[]) "
+      "UNION SELECT org FROM mr_endpoints WHERE id = ANY($4::text[]) "
+      "UNION SELECT org FROM mr_deliveries WHERE id = ANY($5::text[])) "
       "ORDER BY org FOR UPDATE" },
 
     { "mr_lock_execs",
@@ -194,13 +210,12 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
 
     /* the endpoints of the accounts (for the events), and by id */
     { "mr_endpoints",
-      "SELECT " MR_WH_COLS " FROM mr_endpoints "
-      "WHERE org = ANY($1::text[]) "
-      "OR org IN (SELECT org FROM mr_executions "
-      "WHERE id = ANY($2::text[])) "
-      "OR id = ANY($3::text[]) "
-      "OR id IN (SELECT wh_id FROM mr_deliveries "
-      "WHERE id = ANY($4::text[])) "
+      "SELECT " MR_WH_COLS " FROM mr_endpoints WHERE id IN ("
+      "SELECT w.id FROM mr_endpoints w WHERE w.org IN ("
+      "SELECT unnest($1::text[]) "
+      "UNION SELECT org FROM mr_executions WHERE id = ANY($2::text[])) "
+      "UNION SELECT unnest($3::text[]) "
+      "UNION SELECT wh_id FROM mr_deliveries WHERE id = ANY($4::text[])) "
       "ORDER BY id" },
 
     { "mr_lock_dlvs",
@@ -215,11 +230,10 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
       "ORDER BY name FOR UPDATE" },
 
     { "mr_whsecrets",
-      "SELECT org, secret FROM mr_whsecrets WHERE org = ANY($1::text[]) "
-      "OR org IN (SELECT org FROM mr_executions "
-      "WHERE id = ANY($2::text[])) "
-      "OR org IN (SELECT org FROM mr_deliveries "
-      "WHERE id = ANY($3::text[]))" },
+      "SELECT org, secret FROM mr_whsecrets WHERE org IN ("
+      "SELECT unnest($1::text[]) "
+      "UNION SELECT org FROM mr_executions WHERE id = ANY($2::text[]) "
+      "UNION SELECT org FROM mr_deliveries WHERE id = ANY($3::text[]))" },
 
     { "mr_credit_refs",
       "SELECT r.org, r.ref, r.amount "
@@ -311,8 +325,9 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
 
     /* events by id, and those of deliveries */
     { "mr_events_by_id",
-      "SELECT id, org, body FROM mr_events WHERE id = ANY($1::text[]) "
-      "OR id IN (SELECT event_id FROM mr_deliveries "
+      "SELECT id, org, body FROM mr_events WHERE id IN ("
+      "SELECT unnest($1::text[]) "
+      "UNION SELECT event_id FROM mr_deliveries "
       "WHERE id = ANY($2::text[]))" },
 
     /* deliveries that wait for an earlier one of their execution and

@@ -31,7 +31,11 @@ sub with_store {
 # ---- a connection string libpq refuses
 for my $bad ('"host=/tmp nosuchoption=1 password=hunter2"',
              'postgresql://[::1/db?password=hunter2',
-             '"postgresql://u:hunter2@h/db?nosuchparameter=1"')
+             '"postgresql://u:hunter2@h/db?nosuchparameter=1"',
+             # libpq quotes the part it refused: here the password
+             '"postgresql://u:hunter2%zz@h/db"',
+             '"postgresql://u:hunter2%00@h/db"',
+             '"host=/tmp password=hunter2 hunter2"')
 {
     my $u = MR::Test->new(store => 'postgres', http => with_store($bad));
     my ($rc, $out) = $u->test_config;
@@ -40,6 +44,9 @@ for my $bad ('"host=/tmp nosuchoption=1 password=hunter2"',
         '... the message names the directive');
     like($out, qr/nginx\.conf:\d+/, '... and where');
     unlike($out, qr/hunter2/, '... without the password');
+    like($out, qr/invalid connection option "nosuchoption"/,
+        '... naming the parameter it does not know')
+        if $bad =~ /nosuchoption/;
 }
 
 # ---- a server that does not answer: no hang
