@@ -5,7 +5,8 @@
  *   mr_store_pg_conn.c   non-blocking libpq connections on nginx's events,
  *                        in pipeline mode
  *   mr_store_pg.c        the store: group commit, reads, faults
- *   mr_store_pg_load.c   a batch's rows: loading, the identity map, writes
+ *   mr_store_pg_rows.c   a batch's rows: loading, the identity map, writes
+ *   mr_store_pg_sql.c    the statements, prepared by name
  *   mr_store_pg_ops.c    the operations, on the loaded rows, by the rules
  *   mr_store_pg_read.c   the reads
  * Nothing else includes this.
