@@ -5,6 +5,9 @@
 #   ./build.sh run          build, then run nginx with conf/ on 127.0.0.1:8080
 #                           (MR_STORE=postgres: on a private PostgreSQL
 #                           cluster in .run/pg)
+#   ./build.sh cluster      build, then run the demo as a fleet: a private
+#                           PostgreSQL in .run/pg, three nodes, a load
+#                           balancer on 127.0.0.1:8080 (conf/run-cluster.sh)
 #   ./build.sh test         build, then run every test (prove -r t)
 #   ./build.sh test-pg      build, then run every test on PostgreSQL (a
 #                           private cluster per test file; files about
@@ -204,6 +207,9 @@ case "$cmd" in
            install_deps "${deb_deps[@]}"; deb
            cd "$top" && MR_DEB="$deb_file" prove -v xt/package.t ;;
     run)   install_deps; build; run_demo ;;
+    cluster)
+           install_deps; build
+           exec "$top/conf/run-cluster.sh" "$module" ;;
     test)  install_deps; install_node_deps; build
            # no module, no tests: a failure, never a green run of skips
            [ -f "$module" ] || { echo "build.sh: no $module" >&2; exit 1; }
@@ -241,7 +247,7 @@ case "$cmd" in
     bench-pg)
            install_deps; build
            exec "$top/bench/pg.sh" "$module" ;;
-    *)     echo "usage: $0 [build|run|test|test-pg|pg-migrate CONNINFO|bench|bench-pg|"\
+    *)     echo "usage: $0 [build|run|cluster|test|test-pg|pg-migrate CONNINFO|bench|bench-pg|"\
                 "deb|test-package|compile|build-sanitize|test-sanitize]" >&2
            exit 2 ;;
 esac
