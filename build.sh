@@ -17,6 +17,8 @@
 #   ./build.sh bench        build, then run the benchmarks in bench/
 #   ./build.sh bench-pg     build, then bench/pg.sh: both stores side by
 #                           side, on a private PostgreSQL cluster
+#   ./build.sh bench-fleet  build, then bench/fleet.sh: 1, 2 and 3 nodes on
+#                           one private PostgreSQL cluster, completed/s
 #   ./build.sh deb          build the Debian package (build/*.deb), lintian
 #   ./build.sh test-package build the package, then install, use and purge
 #                           it on this machine (root; xt/package.t)
@@ -247,7 +249,10 @@ case "$cmd" in
     bench-pg)
            install_deps; build
            exec "$top/bench/pg.sh" "$module" ;;
-    *)     echo "usage: $0 [build|run|cluster|test|test-pg|pg-migrate CONNINFO|bench|bench-pg|"\
+    bench-fleet)
+           install_deps; build
+           exec "$top/bench/fleet.sh" "$module" ;;
+    *)     echo "usage: $0 [build|run|cluster|test|test-pg|pg-migrate CONNINFO|bench|bench-pg|bench-fleet|"\
                 "deb|test-package|compile|build-sanitize|test-sanitize]" >&2
            exit 2 ;;
 esac
