@@ -7,7 +7,7 @@
 # durable), then for N = 1, 2, 3 nginx nodes (BENCH_NODES), each with 2
 # workers, its own prefix, port and node directory, on a fresh database of
 # that cluster, with a route to the built-in simulator at 0 ms: one wrk per
-# node (BENCH_CONNECTIONS split among them) POSTs executions of
+# node (BENCH_CONNECTIONS and BENCH_THREADS split among them) POSTs executions of
 # BENCH_ACCOUNTS accounts (100) taking turns, and it measures executions
 # completed per second end to end (created, claimed, sent to the provider,
 # answered, settled: COMPLETED), fleet-wide from the route's counters
@@ -17,7 +17,8 @@
 # (from /proc: where the bound is).  Then the ledger
 # check (verify) of a few accounts.
 #
-# Environment: BENCH_SECONDS (10), BENCH_CONNECTIONS (64), BENCH_ACCOUNTS
+# Environment: BENCH_SECONDS (10), BENCH_CONNECTIONS (64), BENCH_THREADS
+# (2), BENCH_ACCOUNTS
 # (100), BENCH_NODES ("1 2 3"), BENCH_DRAIN (120), BENCH_WARMUP (3),
 # MR_PG_BIN, BENCH_TMPDIR (build/), BENCH_KEEP=1, MR_NGINX.
 #
@@ -181,11 +182,12 @@ run_fleet() {
     pg_sql "ANALYZE" "$db"
 
     seed="fleet$n-$(date +%s)"
-    # wrk: one per node, the connections split among them
+    # wrk: one per node, the connections and threads (BENCH_THREADS, at
+    # least one each) split among them
     wrk_all() {    # wrk_all SECONDS TAG
         local j pids=()
         for j in $(seq 1 "$n"); do
-            wrk -t1 -c$((conns / n)) -d"$1s" --timeout 5s -s "$here/accounts.lua" \
+            wrk -t"$(( n < threads ? threads / n : 1 ))" -c$((conns / n)) -d"$1s" --timeout 5s -s "$here/accounts.lua" \
                 "http://127.0.0.1:${ports[$j]}" -- post "$tmp/accounts-$n.txt" \
                 "$seed-$2-$j" bench-sim > "$tmp/wrk-$n-$2-$j.txt" 2>&1 &
             pids+=($!)
