@@ -5,6 +5,9 @@
 #   ./build.sh run          build, then run nginx with conf/ on 127.0.0.1:8080
 #                           (MR_STORE=postgres: on a private PostgreSQL
 #                           cluster in .run/pg)
+#   ./build.sh cluster      build, then run the demo as a fleet: a private
+#                           PostgreSQL in .run/pg, three nodes, a load
+#                           balancer on 127.0.0.1:8080 (conf/run-cluster.sh)
 #   ./build.sh test         build, then run every test (prove -r t)
 #   ./build.sh test-pg      build, then run every test on PostgreSQL (a
 #                           private cluster per test file; files about
@@ -14,6 +17,8 @@
 #   ./build.sh bench        build, then run the benchmarks in bench/
 #   ./build.sh bench-pg     build, then bench/pg.sh: both stores side by
 #                           side, on a private PostgreSQL cluster
+#   ./build.sh bench-fleet  build, then bench/fleet.sh: 1, 2 and 3 nodes on
+#                           one private PostgreSQL cluster, completed/s
 #   ./build.sh deb          build the Debian package (build/*.deb), lintian
 #   ./build.sh test-package build the package, then install, use and purge
 #                           it on this machine (root; xt/package.t)
@@ -204,6 +209,9 @@ case "$cmd" in
            install_deps "${deb_deps[@]}"; deb
            cd "$top" && MR_DEB="$deb_file" prove -v xt/package.t ;;
     run)   install_deps; build; run_demo ;;
+    cluster)
+           install_deps; build
+           exec "$top/conf/run-cluster.sh" "$module" ;;
     test)  install_deps; install_node_deps; build
            # no module, no tests: a failure, never a green run of skips
            [ -f "$module" ] || { echo "build.sh: no $module" >&2; exit 1; }
@@ -241,7 +249,10 @@ case "$cmd" in
     bench-pg)
            install_deps; build
            exec "$top/bench/pg.sh" "$module" ;;
-    *)     echo "usage: $0 [build|run|test|test-pg|pg-migrate CONNINFO|bench|bench-pg|"\
+    bench-fleet)
+           install_deps; build
+           exec "$top/bench/fleet.sh" "$module" ;;
+    *)     echo "usage: $0 [build|run|cluster|test|test-pg|pg-migrate CONNINFO|bench|bench-pg|bench-fleet|"\
                 "deb|test-package|compile|build-sanitize|test-sanitize]" >&2
            exit 2 ;;
 esac

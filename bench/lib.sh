@@ -12,6 +12,10 @@
 #   http METHOD PATH [BODY] [curl args...]   -> $code, $body (from $base)
 #   expect CODE WHAT
 #   bench_account NAME       -> $org, $key, $auth
+#   bench_pg                 a private PostgreSQL 15 cluster in $tmp/pg
+#                            (durable: fsync, synchronous_commit on), stopped
+#                            at the exit: $pgdir, $pgport, $pgbin, pg_sql
+#                            SQL [DB], pg_cleanup (the EXIT trap)
 
 die() { echo "bench: $*" >&2; exit 1; }
 
@@ -162,3 +166,52 @@ bench_account() {
     [ -n "$key" ] || die "no key in: $body"
     auth="Authorization: Bearer $key"
 }
+
+bench_pg() {
+    pgbin=${MR_PG_BIN:-/usr/lib/postgresql/15/bin}
+    [ -x "$pgbin/initdb" ] || die "PostgreSQL 15 not found in $pgbin (apt-get install postgresql-15)"
+    command -v psql >/dev/null || die "psql not found (apt-get install postgresql-client-15)"
+    pgdir="$tmp/pg"
+    pgport=$(free_port)
+    pg_as=()
+    if [ "$(id -u)" -eq 0 ]; then
+        id postgres >/dev/null 2>&1 || die "no postgres user (PostgreSQL refuses root)"
+        pg_as=(runuser -u postgres --)
+    fi
+    mkdir -p "$pgdir"
+    chmod 755 "$pgdir"
+    [ ${#pg_as[@]} -eq 0 ] || chown postgres: "$pgdir"
+    "${pg_as[@]}" "$pgbin/initdb" -D "$pgdir/data" -A trust -U postgres -E UTF8 \
+        --locale=C > "$pgdir/initdb.log" 2>&1 || die "initdb failed: $(tail -5 "$pgdir/initdb.log")"
+    cat >> "$pgdir/data/postgresql.conf" <<CONF
+listen_addresses = ''
+unix_socket_directories = '$pgdir'
+port = $pgport
+max_connections = 200
+shared_buffers = 512MB
+max_wal_size = 4GB
+# durable: the defaults, said again
+fsync = on
+synchronous_commit = on
+full_page_writes = on
+CONF
+    "${pg_as[@]}" "$pgbin/pg_ctl" -D "$pgdir/data" -l "$pgdir/log" -w start >/dev/null \
+        || die "PostgreSQL did not start: $(tail -5 "$pgdir/log")"
+    trap pg_cleanup EXIT
+}
+
+# shellcheck disable=SC2317  # called from the EXIT trap
+pg_stop() {
+    "${pg_as[@]}" "$pgbin/pg_ctl" -D "$pgdir/data" -m fast -w stop >/dev/null 2>&1 || true
+}
+
+# shellcheck disable=SC2317  # the EXIT trap
+pg_cleanup() {
+    local rc=$?
+    set +e
+    pg_stop
+    (exit "$rc")    # bench_cleanup exits with $?
+    bench_cleanup
+}
+
+pg_sql() { psql -X -q -v ON_ERROR_STOP=1 -h "$pgdir" -p "$pgport" -U postgres -d "${2:-postgres}" -tAc "$1"; }

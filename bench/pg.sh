@@ -48,59 +48,15 @@ accounts=${BENCH_ACCOUNTS:-1000}
 stores=${BENCH_STORES:-lmdb pg pg-kc}
 drain=${BENCH_DRAIN:-120}
 warmup=${BENCH_WARMUP:-5}
-pgbin=${MR_PG_BIN:-/usr/lib/postgresql/15/bin}
 base_module=${BENCH_BASE_MODULE:-}
 this_module=$module
 [ -z "$base_module" ] || base_module=$(readlink -f "$base_module")
 
-[ -x "$pgbin/initdb" ] || die "PostgreSQL 15 not found in $pgbin (apt-get install postgresql-15)"
-command -v psql >/dev/null || die "psql not found (apt-get install postgresql-client-15)"
-
 load() { cut -d' ' -f1-3 /proc/loadavg; }
 now_ms() { date +%s%3N; }
 
-# --- a private PostgreSQL cluster ----------------------------------------------
-pgdir="$tmp/pg"
-pgport=$(free_port)
-as=()
-if [ "$(id -u)" -eq 0 ]; then
-    id postgres >/dev/null 2>&1 || die "no postgres user (PostgreSQL refuses root)"
-    as=(runuser -u postgres --)
-fi
-mkdir -p "$pgdir"
-chmod 755 "$pgdir"
-[ ${#as[@]} -eq 0 ] || chown postgres: "$pgdir"
-"${as[@]}" "$pgbin/initdb" -D "$pgdir/data" -A trust -U postgres -E UTF8 \
-    --locale=C > "$pgdir/initdb.log" 2>&1 || die "initdb failed: $(tail -5 "$pgdir/initdb.log")"
-cat >> "$pgdir/data/postgresql.conf" <<CONF
-listen_addresses = ''
-unix_socket_directories = '$pgdir'
-port = $pgport
-max_connections = 200
-shared_buffers = 512MB
-max_wal_size = 4GB
-# durable: the defaults, said again
-fsync = on
-synchronous_commit = on
-full_page_writes = on
-CONF
-"${as[@]}" "$pgbin/pg_ctl" -D "$pgdir/data" -l "$pgdir/log" -w start >/dev/null \
-    || die "PostgreSQL did not start: $(tail -5 "$pgdir/log")"
-
-pg_stop() {
-    "${as[@]}" "$pgbin/pg_ctl" -D "$pgdir/data" -m fast -w stop >/dev/null 2>&1 || true
-}
-# shellcheck disable=SC2317  # the EXIT trap
-pg_cleanup() {
-    local rc=$?
-    set +e
-    pg_stop
-    (exit "$rc")    # bench_cleanup exits with $?
-    bench_cleanup
-}
-trap pg_cleanup EXIT
-
-pg_sql() { psql -X -q -v ON_ERROR_STOP=1 -h "$pgdir" -p "$pgport" -U postgres -d "${2:-postgres}" -tAc "$1"; }
+# --- a private PostgreSQL cluster (bench/lib.sh) ---------------------------------
+bench_pg
 
 # --- pgbench: one INSERT per transaction ------------------------------------------
 pg_sql "CREATE DATABASE pgbench"

@@ -83,6 +83,9 @@ our $NGINX = $ENV{MR_NGINX} || '/usr/sbin/nginx';
 # A file about LMDB itself says so with lmdb_only(): it is skipped there.
 # new(store => 'postgres') runs one instance on PostgreSQL whatever
 # MR_STORE says (the tests of the PostgreSQL store's faults).
+# new(store => 'postgres', db => $other->db) runs one more node on the
+# database of $other (a fleet: t/72); $t->kill_node kills a node's master
+# and workers at once (kill -9), as a machine that disappears.
 our $STORE = ($ENV{MR_STORE} // '') eq 'postgres' ? 'postgres' : 'lmdb';
 our $PG_BIN = $ENV{MR_PG_BIN} || '/usr/lib/postgresql/15/bin';
 my $PG;           # this file's cluster
@@ -194,7 +197,7 @@ sub new {
     $self->{port} = free_port();
     $self->{port2} = free_port();
     $self->{port3} = free_port();
-    $self->{db} = pg_database() if $self->{backend} eq 'postgres';
+    $self->{db} = $o{db} // pg_database() if $self->{backend} eq 'postgres';
     $self->write_config;
     push @ALL, $self;
     return $self;
@@ -203,6 +206,7 @@ sub new {
 sub prefix { $_[0]{prefix} }
 sub port   { $_[0]{port} }
 sub store  { "$_[0]{prefix}/store" }
+sub db     { $_[0]{db} }
 sub error_log_path { "$_[0]{prefix}/logs/error.log" }
 
 # The daemonized nginx master is re-parented to us instead of to init, so
@@ -507,6 +511,26 @@ sub kill_workers {
     # connections close) and acts on it before its own signal arrives
     kill 'STOP', @pids if @pids > 1 && ($sig eq 'KILL' || $sig eq '9');
     kill $sig, @pids;
+    return @pids;
+}
+
+# kill -9 of the master and its workers at once (stopped first): a node
+# that disappears.  Its log has no "exited on signal" line (no master is
+# left to write one); it is not running any more, and a later start runs
+# it again in the same prefix.  Returns the pids killed.
+sub kill_node {
+    my ($self) = @_;
+    my $master = $self->{master} // $self->master_pid
+        or croak 'kill_node: not running';
+    my @pids = ($master, children_of($master));
+    $self->note_killed('KILL', @pids);
+    kill 'STOP', @pids;
+    kill 'KILL', @pids;
+    wait_for(sub { !grep { alive($_) } @pids }, 10)
+        or croak "kill_node: @pids still alive";
+    $self->{running} = 0;
+    @LIVE = grep { $_ != $self } @LIVE;
+    delete $self->{master};
     return @pids;
 }
 
