@@ -61,6 +61,23 @@ mr_rule_id_ms(u_char *p)
  * it follows the last one, as a counter would.
  */
 
+/*
+ * A delivery that waits for an earlier one of its execution to the same
+ * destination goes back in its queue just after that one (or after what
+ * is due now): it must never hold the head of the queue, where a claim
+ * reads a bounded number of entries, in front of the deliveries that can
+ * go, the earlier one among them (a retried one is due after the later
+ * one was made: with enough of those, a claim read nothing but deliveries
+ * that wait, and the queue stopped for good).
+ */
+
+int64_t
+mr_rule_dlv_wait_due(int64_t earlier_due, int64_t now)
+{
+    return ngx_max(earlier_due, now) + 1;
+}
+
+
 void
 mr_rule_dlv_after(u_char *last, u_char *id)
 {

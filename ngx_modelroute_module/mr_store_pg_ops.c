@@ -688,6 +688,7 @@ mr_pg_loads_parse(mr_pg_batch_t *b, mr_pg_req_t *req)
                               (size_t) PQgetlength(res, j, 0));
                 if (e) {
                     e->live = 1;
+                    e->after_ms = mr_pg_get_int(res, j, 1);
                 }
             }
 
@@ -2909,7 +2910,9 @@ mr_pg_dlv_claim_one(mr_pg_rows_t *rs, mr_store_op_t *op, mr_pg_ent_t *d,
     /* the events of one execution reach a destination in order */
 
     if (d->live) {
-        return 0;
+        /* it waits: behind the earlier one in the queue */
+        dlv->rec.due_ms = mr_rule_dlv_wait_due(d->after_ms, op->now);
+        return mr_pg_dlv_put(rs, d);
     }
 
     ev = mr_pg_get(rs, MR_PG_EVENT, dlv->rec.event_id, MR_EVT_ID_LEN);

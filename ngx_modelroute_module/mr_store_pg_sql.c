@@ -333,10 +333,11 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
     /* deliveries that wait for an earlier one of their execution and
      * endpoint (or webhook_url) */
     { "mr_dlv_earlier",
-      "SELECT d.id FROM mr_deliveries d WHERE d.id = ANY($1::text[]) "
-      "AND d.exec_id IS NOT NULL AND EXISTS (SELECT 1 FROM mr_deliveries o "
-      "WHERE o.exec_id = d.exec_id AND o.id < d.id AND o.status = 1 "
-      "AND o.wh_id IS NOT DISTINCT FROM d.wh_id)" },
+      "SELECT d.id, max(coalesce(o.due_ms, 0)) FROM mr_deliveries d "
+      "JOIN mr_deliveries o ON o.exec_id = d.exec_id AND o.id < d.id "
+      "AND o.status = 1 AND o.wh_id IS NOT DISTINCT FROM d.wh_id "
+      "WHERE d.id = ANY($1::text[]) AND d.exec_id IS NOT NULL "
+      "GROUP BY d.id" },
 
     /* ---- a batch: writes */
 

@@ -1202,7 +1202,16 @@ mr_store_dlv_claim_one(MDB_txn *txn, mr_store_op_t *op, mr_dlv_visit_t *vt,
         mdb_cursor_close(cur);
 
         if (rc == 0) {
-            return 0;
+            /* it waits: behind the earlier one in the queue */
+
+            rc = mr_store_dlv_due(txn, &dlv,
+                                  mr_rule_dlv_wait_due(other.rec.due_ms,
+                                                       op->now));
+            if (rc != 0) {
+                return rc;
+            }
+
+            return mr_store_dlv_put(txn, &dlv);
         }
 
         if (rc != MDB_NOTFOUND) {
