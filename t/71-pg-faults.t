@@ -158,7 +158,11 @@ for my $mode ('fast', 'immediate') {
 # ---------------------------------------------------------- terminated
 
 {
-    my $acc = $t->new_account(credit => '1000.00');
+    # (a worker that answered nothing since the server came back may still
+    # be in its reconnect backoff, up to 5 s: a 503 then is retryable)
+    my $acc;
+    ok(wait_for(sub { $acc = eval { $t->new_account(credit => '1000.00') } },
+        20, 0.2), 'terminated: an account (every worker back)');
     my $kills = 0;
     my @res = storm($acc, 4, 8, sub {
         my $end = time + 7;
