@@ -63,17 +63,25 @@ mr_rule_id_ms(u_char *p)
 
 /*
  * A delivery that waits for an earlier one of its execution to the same
- * destination goes back in its queue just after that one (or after what
- * is due now): it must never hold the head of the queue, where a claim
- * reads a bounded number of entries, in front of the deliveries that can
- * go, the earlier one among them (a retried one is due after the later
- * one was made: with enough of those, a claim read nothing but deliveries
- * that wait, and the queue stopped for good).
+ * destination goes back in its queue: it must never hold the head of the
+ * queue, where a claim reads a bounded number of entries, in front of the
+ * deliveries that can go, the earlier one among them (a retried one is
+ * due after the later one was made: with enough of those, a claim read
+ * nothing but deliveries that wait, and the queue stopped for good).  It
+ * goes just after the earlier one's next attempt; while that one is being
+ * sent (leased: its due time is its lease's end, not its outcome), just
+ * after what is due now, so that it follows at once an outcome that ends
+ * the earlier one.
  */
 
 int64_t
-mr_rule_dlv_wait_due(int64_t earlier_due, int64_t now)
+mr_rule_dlv_wait_due(int64_t earlier_due, ngx_uint_t earlier_leased,
+    int64_t now)
 {
+    if (earlier_leased) {
+        return now + 1;
+    }
+
     return ngx_max(earlier_due, now) + 1;
 }
 

@@ -24,7 +24,8 @@
 ngx_int_t mr_rule_tid(u_char *dst, const char *prefix, int64_t ms);
 int64_t mr_rule_id_ms(u_char *p);
 void mr_rule_dlv_after(u_char *last, u_char *id);
-int64_t mr_rule_dlv_wait_due(int64_t earlier_due, int64_t now);
+int64_t mr_rule_dlv_wait_due(int64_t earlier_due, ngx_uint_t earlier_leased,
+    int64_t now);
 ngx_int_t mr_rule_wh_wants(mr_wh_t *wh, ngx_str_t *type);
 ngx_uint_t mr_rule_emit_kept(mr_exec_t *exec, ngx_uint_t endpoints);
 ngx_int_t mr_rule_event_body(u_char *event_id, u_char *org,

@@ -74,7 +74,8 @@ struct mr_pg_ent_s {
     mr_wh_t                   wh;            /* MR_PG_WH */
     mr_dlv_t                  dlv;           /* MR_PG_DLV */
     int64_t                   after_ms;      /* DLV: the due time of the
-                                                earlier one it waits for */
+                                                earlier one it waits for,
+                                                -1: that one is leased */
     u_char                    target[MR_WH_TARGET_LEN];
     uint64_t                  lease;         /* DLV: the lease's token */
 

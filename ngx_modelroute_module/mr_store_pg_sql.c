@@ -333,7 +333,8 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
     /* deliveries that wait for an earlier one of their execution and
      * endpoint (or webhook_url) */
     { "mr_dlv_earlier",
-      "SELECT d.id, max(coalesce(o.due_ms, 0)) FROM mr_deliveries d "
+      "SELECT d.id, CASE WHEN bool_or(o.token <> 0) THEN -1 "
+      "ELSE max(coalesce(o.due_ms, 0)) END FROM mr_deliveries d "
       "JOIN mr_deliveries o ON o.exec_id = d.exec_id AND o.id < d.id "
       "AND o.status = 1 AND o.wh_id IS NOT DISTINCT FROM d.wh_id "
       "WHERE d.id = ANY($1::text[]) AND d.exec_id IS NOT NULL "

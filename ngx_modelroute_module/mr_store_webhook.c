@@ -1206,6 +1206,7 @@ mr_store_dlv_claim_one(MDB_txn *txn, mr_store_op_t *op, mr_dlv_visit_t *vt,
 
             rc = mr_store_dlv_due(txn, &dlv,
                                   mr_rule_dlv_wait_due(other.rec.due_ms,
+                                                       other.rec.token != 0,
                                                        op->now));
             if (rc != 0) {
                 return rc;
