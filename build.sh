@@ -5,6 +5,9 @@
 #   ./build.sh run          build, then run nginx with conf/ on 127.0.0.1:8080
 #   ./build.sh test         build, then run every test (prove -r t)
 #   ./build.sh bench        build, then run the benchmarks in bench/
+#   ./build.sh bench-soak   build, then run the soak benchmark (bench/soak.sh:
+#                           a million executions, about 20 minutes;
+#                           BENCH_SOAK_EXECUTIONS=20000 for a short run)
 #   ./build.sh deb          build the Debian package (build/*.deb), lintian
 #   ./build.sh test-package build the package, then install, use and purge
 #                           it on this machine (root; xt/package.t)
@@ -216,7 +219,10 @@ case "$cmd" in
            "$top/bench/webhooks.sh" "$module" || rc=1
            "$top/bench/dispatch.sh" "$module" || rc=1
            exit $rc ;;
-    *)     echo "usage: $0 [build|run|test|bench|deb|test-package|compile|"\
-                "build-sanitize|test-sanitize]" >&2
+    bench-soak)
+           install_deps; build
+           exec "$top/bench/soak.sh" "$module" ;;
+    *)     echo "usage: $0 [build|run|test|bench|bench-soak|deb|test-package|"\
+                "compile|build-sanitize|test-sanitize]" >&2
            exit 2 ;;
 esac
