@@ -10,8 +10,9 @@
 # `return 200`). One account, one webhook endpoint on it that receives all
 # its events (execution.started and execution.completed: two deliveries per
 # execution). The retention is short (BENCH_SOAK_RETENTION, and the same
-# for modelroute_idempotency_ttl and modelroute_webhook_max_age, without
-# which events and idempotency keys would stay), so that the sweeper purges
+# for modelroute_idempotency_ttl and modelroute_webhook_max_age; the retry
+# schedule 1s 2s and the webhook timeout 5s: an event is kept until its
+# deliveries' last possible attempt), so that the sweeper purges
 # executions, deliveries, events and idempotency keys while the load runs.
 #
 # wrk submits BENCH_SOAK_EXECUTIONS executions (POST /v1/executions, each
@@ -39,15 +40,17 @@
 #   - the store bounded: data.mdb grew by at most BENCH_SOAK_STORE_PCT % of
 #     its size at the middle over the second half of the load, and after
 #     the retention no execution is left in the store. A run whose second
-#     half starts before the retention has passed cannot show it: the store
-#     part is then "not judged" (shorten BENCH_SOAK_RETENTION for short
-#     runs).
+#     half starts before the first events can be purged (the retention +
+#     17 s) cannot show it: the store part is then "not judged" (shorten
+#     BENCH_SOAK_RETENTION for short runs).
 #
 # Environment: BENCH_SOAK_EXECUTIONS (1000000), BENCH_SOAK_RETENTION (30s:
 # nginx time), BENCH_SOAK_INTERVAL (10: seconds between samples),
-# BENCH_SOAK_RATE (0: as fast as it goes; else at most this many
-# submissions/s, by a pause before each request of each connection),
-# BENCH_SOAK_RSS_MB (8), BENCH_SOAK_STORE_PCT (10), BENCH_SOAK_EVENTS ([]:
+# BENCH_SOAK_RATE (1000: at most this many submissions/s, by a pause
+# before each request of each connection; 0: as fast as it goes),
+# BENCH_SOAK_MAX_SECONDS (0: none; else the load stops after this long even
+# if fewer executions were made, and the report says so),
+# BENCH_SOAK_RSS_MB (4), BENCH_SOAK_STORE_PCT (10), BENCH_SOAK_EVENTS ([]:
 # the endpoint's events, JSON), BENCH_CONNECTIONS (64), BENCH_THREADS (2),
 # BENCH_DRAIN (600: longest wait for the backlog after the load), BENCH_PORT,
 # BENCH_RECEIVER_PORT, BENCH_TMPDIR (build/), BENCH_KEEP=1, MR_NGINX
@@ -66,8 +69,9 @@ command -v mdb_stat >/dev/null || die "mdb_stat not found (package lmdb-utils)"
 executions=${BENCH_SOAK_EXECUTIONS:-1000000}
 retention=${BENCH_SOAK_RETENTION:-30s}
 interval=${BENCH_SOAK_INTERVAL:-10}
-rate=${BENCH_SOAK_RATE:-0}
-rss_mb=${BENCH_SOAK_RSS_MB:-8}
+rate=${BENCH_SOAK_RATE:-1000}
+max_s=${BENCH_SOAK_MAX_SECONDS:-0}
+rss_mb=${BENCH_SOAK_RSS_MB:-4}
 store_pct=${BENCH_SOAK_STORE_PCT:-10}
 events=${BENCH_SOAK_EVENTS:-[]}
 drain=${BENCH_DRAIN:-600}
@@ -75,6 +79,7 @@ drain=${BENCH_DRAIN:-600}
     || die "BENCH_SOAK_EXECUTIONS must be a positive number"
 [ "$executions" -ge "$threads" ] || die "fewer executions than wrk threads"
 [[ "$rate" =~ ^[0-9]+$ ]] || die "BENCH_SOAK_RATE must be a number"
+[[ "$max_s" =~ ^[0-9]+$ ]] || die "BENCH_SOAK_MAX_SECONDS must be a number"
 
 port=${BENCH_PORT:-$(free_port)}
 rport=${BENCH_RECEIVER_PORT:-$(free_port)}
@@ -147,6 +152,7 @@ sec=$(perl -e '
     print $t' "$retention")
 
 bad=0
+cut_short=0
 "$here/soak.pl" sample "$base" "$ngx" "$tmp/store" "$interval" \
     "$tmp/samples.jsonl" "$tmp/phase" "$tmp/stop" &
 sampler=$!
@@ -179,6 +185,11 @@ while :; do
     [ "$n" -ge "$threads" ] && break
     kill -0 "$wrk" 2>/dev/null || { cat "$tmp/wrk.txt" >&2; die "wrk exited"; }
     kill -0 "$ngx" 2>/dev/null || { bad=1; echo "bench: !!! nginx exited !!!" >&2; break; }
+    if [ "$max_s" -gt 0 ] && [ $((SECONDS - start)) -ge "$max_s" ]; then
+        echo "bench: BENCH_SOAK_MAX_SECONDS ($max_s) reached: the load stops before $executions executions"
+        cut_short=1
+        break
+    fi
     sleep 0.2
 done
 kill -INT "$wrk" 2>/dev/null || true
@@ -187,12 +198,24 @@ load_s=$((SECONDS - start))
 phase drain
 sed 's/^/    /' "$tmp/wrk.txt"
 
-read -r answers accepted others < <(awk '{ a += $1; b += $2; c += $3 }
-    END { print a + 0, b + 0, c + 0 }' "$tmp"/done.* 2>/dev/null || echo "0 0 0")
+# (a thread stopped by BENCH_SOAK_MAX_SECONDS wrote no file: wrk's own
+# count is the answers then)
+read -r answers accepted others < <(cat "$tmp"/done.* 2>/dev/null \
+    | awk '{ a += $1; b += $2; c += $3 } END { print a + 0, b + 0, c + 0 }')
+if [ "$cut_short" = 1 ]; then
+    answers=$(awk '/ requests in / { print $1 }' "$tmp/wrk.txt")
+    others=$(awk '/Non-2xx or 3xx responses:/ { n = $NF } END { print n + 0 }' "$tmp/wrk.txt")
+    accepted=$((answers - others))
+fi
 sockerr=$(awk '/Socket errors:/ { sub(/.*Socket errors: /, ""); print }' "$tmp/wrk.txt")
 echo "bench: load: $answers answers in ${load_s}s ($accepted 202, $others others)"
 if [ "$others" -ne 0 ]; then
     echo "bench: !!! $others submissions were not 202 !!!" >&2
+    bad=1
+fi
+wrk_non2xx=$(awk '/Non-2xx or 3xx responses:/ { n = $NF } END { print n + 0 }' "$tmp/wrk.txt")
+if [ "$wrk_non2xx" -ne 0 ]; then
+    echo "bench: !!! wrk counted $wrk_non2xx answers that were not 2xx !!!" >&2
     bad=1
 fi
 if [ -n "$sockerr" ]; then
@@ -250,6 +273,10 @@ fi
 echo
 "$here/soak.pl" report "$tmp/samples.jsonl" "$executions" "$sec" \
     "$rss_mb" "$store_pct" "$load_s" "$drain_s" || bad=1
+if [ "$cut_short" = 1 ]; then
+    echo "bench: the load was cut short by BENCH_SOAK_MAX_SECONDS ($max_s s):" \
+         "$accepted of the $executions executions asked for"
+fi
 
 n=$(grep -c -E '\[(error|warn)\]' "$tmp/logs/error.log" || true)
 if [ "$n" -gt 0 ]; then
