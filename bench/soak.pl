@@ -55,8 +55,13 @@ sub workers {
         my $st = slurp("/proc/$pid/status") or next;
         my %m = map { $_ => ($st =~ /^$_:\s+(\d+)/m ? $1 + 0 : -1) }
             qw(VmRSS RssAnon RssFile RssShmem);
+        my $fds = -1;
+        if (opendir(my $d, "/proc/$pid/fd")) {
+            $fds = grep { !/^\./ } readdir $d;
+            closedir $d;
+        }
         push @w, { pid => $pid + 0, rss => $m{VmRSS}, anon => $m{RssAnon},
-                   file => $m{RssFile}, shmem => $m{RssShmem} };
+                   file => $m{RssFile}, shmem => $m{RssShmem}, fds => $fds };
     }
     return \@w;
 }
@@ -338,11 +343,15 @@ sub report {
         my $g = ($b->{anon} - $a->{anon}) / 1024;
         my $pass = $g <= $rss_mb;
         $ok &&= $pass;
+        my ($z) = grep { $_->{pid} == $pid } @{ $first->{workers} };
+        my ($y) = grep { $_->{pid} == $pid } @{ $last->{workers} };
         printf "bench:   worker %d: RSS anon %.1f -> %.1f MB (%+.1f MB, %+.1f bytes/execution; bound %s MB): %s;"
-            . " file-backed %.1f -> %.1f MB, all %.1f -> %.1f MB\n",
+            . " file-backed %.1f -> %.1f MB, all %.1f -> %.1f MB; open files %s -> %s (%s at the start, %s at the end)\n",
             $pid, $a->{anon} / 1024, $b->{anon} / 1024, $g,
             $n2 ? $g * 1048576 / $n2 : 0, $rss_mb, $pass ? 'flat' : 'GROWS',
-            $a->{file} / 1024, $b->{file} / 1024, $a->{rss} / 1024, $b->{rss} / 1024;
+            $a->{file} / 1024, $b->{file} / 1024, $a->{rss} / 1024, $b->{rss} / 1024,
+            $a->{fds} // '-', $b->{fds} // '-', $z ? $z->{fds} // '-' : '-',
+            $y ? $y->{fds} // '-' : '-';
     }
 
     # an event is purged after the retention, the longest retry step (2 s)
