@@ -260,6 +260,12 @@ sleep "$interval"    # one more sample with the store as the sweeper left it
 wait "$sampler" || true
 [ -s "$tmp/samples.jsonl" ] || die "no samples"
 
+# what is left in each table of the store (mdb_stat is a reader)
+echo "bench: the store's tables after the purge (entries):" \
+     "$(mdb_stat -a "$tmp/store" | awk '
+         /^Status of / { t = $3 }
+         /Entries:/ && t != "" && t != "Main" { printf "%s%s %s", s, t, $2; s = ", " }')"
+
 # --- the report ----------------------------------------------------------------
 http GET "/admin/accounts/$org/verify"
 expect 200 "GET /admin/accounts/$org/verify"
