@@ -19,6 +19,9 @@
 #                           side, on a private PostgreSQL cluster
 #   ./build.sh bench-fleet  build, then bench/fleet.sh: 1, 2 and 3 nodes on
 #                           one private PostgreSQL cluster, completed/s
+#   ./build.sh bench-soak   build, then run the soak benchmark (bench/soak.sh:
+#                           a million executions, about 20 minutes;
+#                           BENCH_SOAK_EXECUTIONS=20000 for a short run)
 #   ./build.sh deb          build the Debian package (build/*.deb), lintian
 #   ./build.sh test-package build the package, then install, use and purge
 #                           it on this machine (root; xt/package.t)
@@ -252,7 +255,10 @@ case "$cmd" in
     bench-fleet)
            install_deps; build
            exec "$top/bench/fleet.sh" "$module" ;;
+    bench-soak)
+           install_deps; build
+           exec "$top/bench/soak.sh" "$module" ;;
     *)     echo "usage: $0 [build|run|cluster|test|test-pg|pg-migrate CONNINFO|bench|bench-pg|bench-fleet|"\
-                "deb|test-package|compile|build-sanitize|test-sanitize]" >&2
+                "bench-soak|deb|test-package|compile|build-sanitize|test-sanitize]" >&2
            exit 2 ;;
 esac
