@@ -73,8 +73,16 @@ static ngx_queue_t   mr_curl_reqs;
 static ngx_log_t    *mr_curl_log;
 
 
+/*
+ * connections: how many transfers may run at once.  Idle connections are
+ * kept for that many: by default curl keeps four per easy handle added
+ * at the time, so after a burst it closed most of them and the next one
+ * connected again (a webhook benchmark: one delivery in three made a TCP
+ * connection).
+ */
+
 ngx_int_t
-mr_curl_init_process(ngx_cycle_t *cycle)
+mr_curl_init_process(ngx_cycle_t *cycle, ngx_uint_t connections)
 {
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
         ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
@@ -92,6 +100,7 @@ mr_curl_init_process(ngx_cycle_t *cycle)
 
     curl_multi_setopt(mr_curl_multi, CURLMOPT_SOCKETFUNCTION, mr_curl_socket);
     curl_multi_setopt(mr_curl_multi, CURLMOPT_TIMERFUNCTION, mr_curl_timer);
+    curl_multi_setopt(mr_curl_multi, CURLMOPT_MAXCONNECTS, (long) connections);
 
     mr_curl_timer_ev.handler = mr_curl_timer_handler;
     mr_curl_timer_ev.log = cycle->log;

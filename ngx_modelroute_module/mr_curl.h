@@ -22,7 +22,7 @@ typedef struct mr_curl_req_s  mr_curl_req_t;
 typedef void (*mr_curl_done_pt)(CURL *easy, CURLcode rc, void *data);
 
 
-ngx_int_t mr_curl_init_process(ngx_cycle_t *cycle);
+ngx_int_t mr_curl_init_process(ngx_cycle_t *cycle, ngx_uint_t connections);
 void mr_curl_exit_process(ngx_cycle_t *cycle);
 ngx_int_t mr_curl_start(CURL *easy, mr_curl_done_pt done, void *data);
 

@@ -1234,7 +1234,8 @@ ngx_http_modelroute_init_process(ngx_cycle_t *cycle)
 
     if (mr_store_init_process(cycle, mcf) != NGX_OK
         || mr_sweeper_init_process(cycle, mcf) != NGX_OK
-        || mr_curl_init_process(cycle) != NGX_OK
+        || mr_curl_init_process(cycle, mcf->webhook_total
+                                + mcf->dispatch_concurrency) != NGX_OK
         || mr_webhook_init_process(cycle, mcf) != NGX_OK)
     {
         return NGX_ERROR;
