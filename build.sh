@@ -15,6 +15,8 @@
 #   ./build.sh pg-migrate CONNINFO
 #                           apply the PostgreSQL store's migrations (sql/)
 #   ./build.sh bench        build, then run the benchmarks in bench/
+#   ./build.sh bench-cost   build, then bench/cost.sh: CPU per create, per
+#                           execution, per delivery, by stage (perf)
 #   ./build.sh bench-pg     build, then bench/pg.sh: both stores side by
 #                           side, on a private PostgreSQL cluster
 #   ./build.sh bench-fleet  build, then bench/fleet.sh: 1, 2 and 3 nodes on
@@ -243,12 +245,16 @@ case "$cmd" in
            fi
            cd "$top" && MR_MODULE="$san_module" MR_SANITIZE="$asan" \
                prove -r t ;;
-    bench) install_deps; build
+    bench) install_deps linux-perf; build
            rc=0
            "$top/bench/run.sh" "$module" || rc=1
            "$top/bench/webhooks.sh" "$module" || rc=1
            "$top/bench/dispatch.sh" "$module" || rc=1
+           "$top/bench/cost.sh" "$module" || rc=1
            exit $rc ;;
+    bench-cost)
+           install_deps linux-perf; build
+           exec "$top/bench/cost.sh" "$module" ;;
     bench-pg)
            install_deps; build
            exec "$top/bench/pg.sh" "$module" ;;
@@ -259,6 +265,6 @@ case "$cmd" in
            install_deps; build
            exec "$top/bench/soak.sh" "$module" ;;
     *)     echo "usage: $0 [build|run|cluster|test|test-pg|pg-migrate CONNINFO|bench|bench-pg|bench-fleet|"\
-                "bench-soak|deb|test-package|compile|build-sanitize|test-sanitize]" >&2
+                "bench-cost|bench-soak|deb|test-package|compile|build-sanitize|test-sanitize]" >&2
            exit 2 ;;
 esac
