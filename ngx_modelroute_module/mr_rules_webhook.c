@@ -29,7 +29,7 @@ mr_rule_tid(u_char *dst, const char *prefix, int64_t ms)
 {
     u_char  rnd[16];
 
-    if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
+    if (mr_random_bytes(rnd, sizeof(rnd)) != NGX_OK) {
         return NGX_ERROR;
     }
 

@@ -352,7 +352,7 @@ mr_store_disp_claim_one(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
         return ENOMEM;
     }
 
-    if (RAND_bytes((u_char *) &job->token, sizeof(uint64_t)) != 1
+    if (mr_random_bytes((u_char *) &job->token, sizeof(uint64_t)) != NGX_OK
         || job->token == 0)
     {
         ngx_free(job);

@@ -32,7 +32,8 @@
  * number at a time.  Nothing walks all of an endpoint's deliveries.
  *
  * These functions may run in a thread of the commit pool: they use
- * malloc'ed memory and OpenSSL's RAND_bytes(), nothing of the event loop.
+ * malloc'ed memory and random bytes from the thread's own pool
+ * (mr_random_bytes()), nothing of the event loop.
  */
 
 
@@ -885,7 +886,7 @@ mr_store_dlv_account(MDB_txn *txn, mr_store_op_t *op, u_char *org,
         return 0;
     }
 
-    if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
+    if (mr_random_bytes(rnd, sizeof(rnd)) != NGX_OK) {
         return ENOMEM;
     }
 
@@ -1247,7 +1248,7 @@ mr_store_dlv_claim_one(MDB_txn *txn, mr_store_op_t *op, mr_dlv_visit_t *vt,
     ngx_memcpy(job->event_id, dlv.rec.event_id, MR_EVT_ID_LEN);
     ngx_memcpy(job->busy, vt->busy, MR_DLV_BUSY_LEN);
 
-    if (RAND_bytes((u_char *) &job->token, sizeof(uint64_t)) != 1) {
+    if (mr_random_bytes((u_char *) &job->token, sizeof(uint64_t)) != NGX_OK) {
         ngx_free(job);
         return ENOMEM;
     }

@@ -17,14 +17,17 @@
 
 /*
  * Random bytes from OpenSSL's CSPRNG, drawn 4 KB at a time: a call per id
- * costs more than the rest of a request.  Used on the event loop only.
+ * costs more than the rest of a request (OpenSSL 3 also asks getpid() on
+ * every call).  A pool per thread: the event loop's, and each store
+ * thread's (threads start in a worker, after the fork; the master never
+ * draws, so no worker inherits bytes another has).
  */
 
-static ngx_int_t
+ngx_int_t
 mr_random_bytes(u_char *dst, size_t n)
 {
-    static u_char  pool[4096];
-    static size_t  avail;
+    static __thread u_char  pool[4096];
+    static __thread size_t  avail;
 
     if (n > sizeof(pool)) {
         return NGX_ERROR;

@@ -31,6 +31,7 @@
 #define MR_LEDGER_MAX      ((int64_t) 4000000000000000000LL)
 
 
+ngx_int_t mr_random_bytes(u_char *dst, size_t n);
 ngx_int_t mr_random_id(u_char *dst, const char *prefix, size_t hexlen);
 ngx_int_t mr_exec_id(u_char *dst, int64_t ms);
 ngx_int_t mr_id_valid(ngx_str_t *id, const char *prefix, size_t len);
