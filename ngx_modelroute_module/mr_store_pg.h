@@ -130,9 +130,16 @@ void mr_pg_req_free(mr_pg_req_t *req);
 
 /* ---- the statements, prepared on every connection (mr_store_pg_sql.c) */
 
+/*
+ * custom: sent unnamed with its parameters, planned for their values each
+ * time, never prepared: for statements whose generic plan (made once,
+ * kept until the next ANALYZE) could scan a growing table
+ */
+
 typedef struct {
     const char               *name;
     const char               *sql;
+    ngx_uint_t                custom;
 } mr_pg_stmt_t;
 
 extern mr_pg_stmt_t  mr_pg_stmts[];

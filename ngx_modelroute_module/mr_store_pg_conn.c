@@ -433,8 +433,8 @@ mr_pg_conn_setup(mr_pg_conn_t *pc)
     ngx_memzero(req, sizeof(mr_pg_req_t));
 
     for (i = 0; i < mr_pg_nstmts; i++) {
-        if (mr_pg_stmts[i].name == NULL) {
-            continue;                /* BEGIN, COMMIT: sent as they are */
+        if (mr_pg_stmts[i].name == NULL || mr_pg_stmts[i].custom) {
+            continue;                /* BEGIN, COMMIT; planned each time */
         }
 
         if (!PQsendPrepare(pc->pg, mr_pg_stmts[i].name, mr_pg_stmts[i].sql,
@@ -613,11 +613,11 @@ mr_pg_send(mr_pg_req_t *req, ngx_uint_t stmt, int n, const char **values,
         return NGX_ERROR;
     }
 
-    if (!(mr_pg_stmts[stmt].name
-          ? PQsendQueryPrepared(req->conn->pg, mr_pg_stmts[stmt].name, n,
-                                values, lengths, NULL, 0)
-          : PQsendQueryParams(req->conn->pg, mr_pg_stmts[stmt].sql, 0,
-                              NULL, NULL, NULL, NULL, 0)))
+    if (!(mr_pg_stmts[stmt].name == NULL || mr_pg_stmts[stmt].custom
+          ? PQsendQueryParams(req->conn->pg, mr_pg_stmts[stmt].sql, n,
+                              NULL, values, lengths, NULL, 0)
+          : PQsendQueryPrepared(req->conn->pg, mr_pg_stmts[stmt].name, n,
+                                values, lengths, NULL, 0)))
     {
         req->status = MR_PG_REQ_LOST;
         ngx_cpystrn((u_char *) req->error,

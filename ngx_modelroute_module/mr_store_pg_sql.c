@@ -1,9 +1,10 @@
 
 /*
  * ModelRoute: the PostgreSQL store's statements, prepared on every
- * connection (mr_store_pg_conn.c).  Parameters are text; arrays are text
- * array literals (mr_pg_buf_*()), expanded with unnest() so that a batch
- * writes each table with one statement whatever its size.
+ * connection (mr_store_pg_conn.c) but the custom ones (below).
+ * Parameters are text; arrays are text array literals (mr_pg_buf_*()),
+ * expanded with unnest() so that a batch writes each table with one
+ * statement whatever its size.
  *
  * A write transaction locks in one order: the accounts it touches (sorted
  * by id), then executions, then routes, then deliveries; claims and the
@@ -13,6 +14,13 @@
  *
  * Rows wanted by several keys are found by a UNION of index look-ups,
  * never by ORs of conditions: PostgreSQL reads the whole table for those.
+ *
+ * A statement marked custom (the third field) is not prepared: it is sent
+ * with its parameters and planned for them each time.  Those are the
+ * joins of unnest() with a table that grows, and "IN (... LIMIT $n)": the
+ * generic plan of a prepared one, made after five runs while the table
+ * was small (and kept until the next ANALYZE), scanned the whole table on
+ * every call (t/74).
  */
 
 
@@ -41,23 +49,23 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
       "k.revoked::int, k.created_ms, k.valid_until_ms, k.name, "
       "coalesce(k.end_ms, 0), coalesce(a.rl_requests, -1) "
       "FROM mr_keys k LEFT JOIN mr_accounts a ON a.org = k.org "
-      "WHERE k.hash = $1::bytea" },
+      "WHERE k.hash = $1::bytea", 0 },
 
     { "mr_account",
-      "SELECT " MR_ACCT_COLS " FROM mr_accounts WHERE org = $1" },
+      "SELECT " MR_ACCT_COLS " FROM mr_accounts WHERE org = $1", 0 },
 
     { "mr_keys",
-      "SELECT " MR_KEY_COLS " FROM mr_keys WHERE org = $1 ORDER BY key_id" },
+      "SELECT " MR_KEY_COLS " FROM mr_keys WHERE org = $1 ORDER BY key_id", 0 },
 
     { "mr_exec",
-      "SELECT " MR_EXEC_COLS " FROM mr_executions WHERE id = $1" },
+      "SELECT " MR_EXEC_COLS " FROM mr_executions WHERE id = $1", 0 },
 
     { "mr_execs",
       "SELECT " MR_EXEC_COLS " FROM mr_executions "
-      "WHERE id = ANY($1::text[])" },
+      "WHERE id = ANY($1::text[])", 0 },
 
     { "mr_list_cursor",
-      "SELECT ord FROM mr_executions WHERE id = $1 AND org = $2" },
+      "SELECT ord FROM mr_executions WHERE id = $1 AND org = $2", 0 },
 
     /* newest first (after the execution $2, if not ''), up to $6 looked
      * at: each with its match, and the first $5 matches in full; the
@@ -76,7 +84,7 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
       "$2::text) "
       "ORDER BY ord DESC, id DESC LIMIT $6) s0) s "
       "LEFT JOIN mr_executions e ON e.id = s.id AND s.m AND s.k <= $5 "
-      "ORDER BY s.ord DESC, s.id DESC" },
+      "ORDER BY s.ord DESC, s.id DESC", 0 },
 
     /* the ledger, the use as kept and as counted again from the records,
      * in one snapshot */
@@ -106,39 +114,39 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
       "(SELECT coalesce(sum($6::bigint + octet_length(url) "
       "+ octet_length(type) + octet_length(attempt_log)), 0)::bigint "
       "FROM mr_deliveries WHERE org = $1) "
-      "FROM mr_accounts WHERE org = $1" },
+      "FROM mr_accounts WHERE org = $1", 0 },
 
     { "mr_wh",
-      "SELECT " MR_WH_COLS " FROM mr_endpoints WHERE id = $1" },
+      "SELECT " MR_WH_COLS " FROM mr_endpoints WHERE id = $1", 0 },
 
     { "mr_wh_list",
-      "SELECT " MR_WH_COLS " FROM mr_endpoints WHERE org = $1 ORDER BY id" },
+      "SELECT " MR_WH_COLS " FROM mr_endpoints WHERE org = $1 ORDER BY id", 0 },
 
     { "mr_owner_wh",
-      "SELECT org FROM mr_endpoints WHERE id = $1" },
+      "SELECT org FROM mr_endpoints WHERE id = $1", 0 },
 
     { "mr_owner_exec",
-      "SELECT org FROM mr_executions WHERE id = $1" },
+      "SELECT org FROM mr_executions WHERE id = $1", 0 },
 
     { "mr_dlv_by_wh",
       "SELECT " MR_DLV_COLS " FROM mr_deliveries WHERE wh_id = $1 "
-      "ORDER BY id DESC LIMIT $2" },
+      "ORDER BY id DESC LIMIT $2", 0 },
 
     { "mr_dlv_by_exec",
       "SELECT " MR_DLV_COLS " FROM mr_deliveries WHERE exec_id = $1 "
-      "ORDER BY id DESC LIMIT $2" },
+      "ORDER BY id DESC LIMIT $2", 0 },
 
     { "mr_secret",
-      "SELECT secret FROM mr_whsecrets WHERE org = $1" },
+      "SELECT secret FROM mr_whsecrets WHERE org = $1", 0 },
 
     /* the callback key: the first node's, for every node */
     { "mr_cbkey",
       "INSERT INTO mr_meta (name, value) VALUES ('cbkey', $1::bytea) "
       "ON CONFLICT (name) DO UPDATE SET name = EXCLUDED.name "
-      "RETURNING value" },
+      "RETURNING value", 0 },
 
     { "mr_disp_next",
-      "SELECT min(next_ms) FROM mr_executions WHERE next_ms IS NOT NULL" },
+      "SELECT min(next_ms) FROM mr_executions WHERE next_ms IS NOT NULL", 0 },
 
     /*
      * what the metrics and the health answer show: the open holds
@@ -158,14 +166,14 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
       "(SELECT CASE WHEN c.reltuples > 100000 THEN c.reltuples::bigint "
       "ELSE (SELECT count(*) FROM mr_executions) END FROM pg_class c "
       "WHERE c.oid = 'mr_executions'::regclass), "
-      "pg_database_size(current_database())" },
+      "pg_database_size(current_database())", 0 },
 
     { "mr_routes",
-      "SELECT " MR_ROUTE_COLS " FROM mr_routes" },
+      "SELECT " MR_ROUTE_COLS " FROM mr_routes", 0 },
 
     { "mr_accounts",
       "SELECT " MR_ACCT_COLS " FROM mr_accounts WHERE org > $1 "
-      "ORDER BY org LIMIT $2" },
+      "ORDER BY org LIMIT $2", 0 },
 
     /* the recent deliveries with a failed attempt, among the $2 newest;
      * each with its place in them, and how many they are */
@@ -176,14 +184,14 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
       "count(*) OVER () AS total FROM ("
       "SELECT *, (status = 3 OR (status = 1 AND attempts > 0)) AS m "
       "FROM mr_deliveries ORDER BY id DESC LIMIT $2) d) x "
-      "WHERE (m AND k <= $1) OR pos = total ORDER BY id DESC" },
+      "WHERE (m AND k <= $1) OR pos = total ORDER BY id DESC", 0 },
 
     { "mr_batch_done",
-      "SELECT 1 FROM mr_batches WHERE id = $1::uuid" },
+      "SELECT 1 FROM mr_batches WHERE id = $1::uuid", 0 },
 
     /* ---- a batch: locks and loads (BEGIN: unnamed) */
 
-    { NULL, "BEGIN" },
+    { NULL, "BEGIN", 0 },
 
     { "mr_lock_accounts",
       "SELECT " MR_ACCT_COLS " FROM mr_accounts WHERE org IN ("
@@ -192,17 +200,17 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
       "UNION SELECT org FROM mr_keys WHERE key_id = ANY($3::text[]) "
       "UNION SELECT org FROM mr_endpoints WHERE id = ANY($4::text[]) "
       "UNION SELECT org FROM mr_deliveries WHERE id = ANY($5::text[])) "
-      "ORDER BY org FOR UPDATE" },
+      "ORDER BY org FOR UPDATE", 0 },
 
     { "mr_lock_execs",
       "SELECT " MR_EXEC_COLS " FROM mr_executions "
-      "WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE" },
+      "WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE", 0 },
 
     /*
-     * a primary key lookup per pair whatever the plan: the LIMITs keep
-     * the subqueries from being pulled up (a plain join's generic plan,
-     * made while the table was small, hashed all of mr_idem on every
-     * batch until the next ANALYZE: 4.6 ms a call at 90,000 keys)
+     * planned for its keys each time (custom): a prepared statement's
+     * generic plan, made while the table was small, scanned all of
+     * mr_idem on every batch until the next ANALYZE (4.6 ms a call at
+     * 90,000 keys); the LIMITs keep the lookups per pair
      */
     { "mr_idem",
       "SELECT i.org, i.key, i.exec_id, i.created_ms, " MR_EXEC_COLS_E " "
@@ -210,11 +218,11 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
       "CROSS JOIN LATERAL (SELECT * FROM mr_idem m "
       "WHERE m.org = q.org AND m.key = q.key LIMIT 1) i "
       "LEFT JOIN LATERAL (SELECT * FROM mr_executions x "
-      "WHERE x.id = i.exec_id LIMIT 1) e ON true" },
+      "WHERE x.id = i.exec_id LIMIT 1) e ON true", 1 },
 
     { "mr_keys_by_id",
       "SELECT " MR_KEY_COLS " FROM mr_keys WHERE key_id = ANY($1::text[]) "
-      "ORDER BY key_id FOR UPDATE" },
+      "ORDER BY key_id FOR UPDATE", 0 },
 
     /* the endpoints of the accounts (for the events), and by id */
     { "mr_endpoints",
@@ -224,32 +232,32 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
       "UNION SELECT org FROM mr_executions WHERE id = ANY($2::text[])) "
       "UNION SELECT unnest($3::text[]) "
       "UNION SELECT wh_id FROM mr_deliveries WHERE id = ANY($4::text[])) "
-      "ORDER BY id" },
+      "ORDER BY id", 0 },
 
     { "mr_lock_dlvs",
       "SELECT " MR_DLV_COLS " FROM mr_deliveries "
-      "WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE" },
+      "WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE", 0 },
 
     { "mr_lock_routes",
       "SELECT " MR_ROUTE_COLS " FROM mr_routes "
       "WHERE name = ANY($1::text[]) "
       "OR name IN (SELECT route FROM mr_executions "
       "WHERE id = ANY($2::text[])) "
-      "ORDER BY name FOR UPDATE" },
+      "ORDER BY name FOR UPDATE", 0 },
 
     { "mr_whsecrets",
       "SELECT org, secret FROM mr_whsecrets WHERE org IN ("
       "SELECT unnest($1::text[]) "
       "UNION SELECT org FROM mr_executions WHERE id = ANY($2::text[]) "
-      "UNION SELECT org FROM mr_deliveries WHERE id = ANY($3::text[]))" },
+      "UNION SELECT org FROM mr_deliveries WHERE id = ANY($3::text[]))", 0 },
 
     { "mr_credit_refs",
       "SELECT r.org, r.ref, r.amount "
       "FROM unnest($1::text[], $2::text[]) AS q(org, ref) "
-      "JOIN mr_credit_refs r ON r.org = q.org AND r.ref = q.ref" },
+      "JOIN mr_credit_refs r ON r.org = q.org AND r.ref = q.ref", 1 },
 
     { "mr_accounts_exist",
-      "SELECT org FROM mr_accounts WHERE org = ANY($1::text[])" },
+      "SELECT org FROM mr_accounts WHERE org = ANY($1::text[])", 0 },
 
     /* ---- claims and the sweep */
 
@@ -257,12 +265,12 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
     { "mr_disp_due",
       "SELECT id, org, status, lease_owner, expires_ms, nattempts, model "
       "FROM mr_executions WHERE next_ms IS NOT NULL AND next_ms <= $1 "
-      "ORDER BY next_ms LIMIT $2" },
+      "ORDER BY next_ms LIMIT $2", 0 },
 
     { "mr_lock_due_execs",
       "SELECT " MR_EXEC_COLS " FROM mr_executions "
       "WHERE id = ANY($1::text[]) AND next_ms IS NOT NULL "
-      "AND next_ms <= $2 ORDER BY next_ms, id FOR UPDATE SKIP LOCKED" },
+      "AND next_ms <= $2 ORDER BY next_ms, id FOR UPDATE SKIP LOCKED", 0 },
 
     /*
      * deliveries: the accounts with queued ones in turn, from the one
@@ -290,55 +298,56 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
       "SELECT d.id, d.org FROM orgs, LATERAL ("
       "SELECT id, org, due_ms FROM mr_deliveries "
       "WHERE org = orgs.org AND due_ms IS NOT NULL AND due_ms <= $3 "
-      "ORDER BY due_ms LIMIT $4) d ORDER BY orgs.n, d.due_ms" },
+      "ORDER BY due_ms LIMIT $4) d ORDER BY orgs.n, d.due_ms", 0 },
 
     { "mr_lock_due_dlvs",
       "SELECT " MR_DLV_COLS " FROM mr_deliveries "
       "WHERE id = ANY($1::text[]) AND due_ms IS NOT NULL AND due_ms <= $2 "
-      "AND status = 1 ORDER BY org, due_ms, id FOR UPDATE SKIP LOCKED" },
+      "AND status = 1 ORDER BY org, due_ms, id FOR UPDATE SKIP LOCKED", 0 },
 
     { "mr_expire_due",
       "SELECT id, org FROM mr_executions WHERE status < 4 "
-      "AND expires_ms <= $1 ORDER BY expires_ms LIMIT $2" },
+      "AND expires_ms <= $1 ORDER BY expires_ms LIMIT $2", 0 },
 
     { "mr_lock_expired",
       "SELECT " MR_EXEC_COLS " FROM mr_executions "
       "WHERE id = ANY($1::text[]) AND status < 4 AND expires_ms <= $2 "
-      "ORDER BY expires_ms, id FOR UPDATE SKIP LOCKED" },
+      "ORDER BY expires_ms, id FOR UPDATE SKIP LOCKED", 0 },
 
     /* the retention: candidates (id, org), oldest first */
     { "mr_purge_execs",
       "SELECT id, org FROM mr_executions WHERE status >= 4 "
-      "AND created_ms <= $1 ORDER BY created_ms LIMIT $2" },
+      "AND created_ms <= $1 ORDER BY created_ms LIMIT $2", 0 },
 
     { "mr_purge_dlvs",
       "SELECT id, org FROM mr_deliveries WHERE id < $1 AND status <> 1 "
-      "ORDER BY id LIMIT $2" },
+      "ORDER BY id LIMIT $2", 0 },
 
     { "mr_purge_events",
-      "SELECT id, org FROM mr_events WHERE id < $1 ORDER BY id LIMIT $2" },
+      "SELECT id, org FROM mr_events WHERE id < $1 ORDER BY id LIMIT $2", 0 },
 
     { "mr_purge_keys",
       "SELECT key_id, org FROM mr_keys WHERE end_ms IS NOT NULL "
-      "AND end_ms <= $1 ORDER BY end_ms LIMIT $2" },
+      "AND end_ms <= $1 ORDER BY end_ms LIMIT $2", 0 },
 
-    /* by the rows' ctids: the generic plan of "(org, key) IN (...)",
-     * which counts on a LIMIT of a tenth of the table, hashed all of it */
+    /* by the rows' ctids, planned each time: the generic plan of
+     * "(org, key) IN (...)", which counts on a LIMIT of a tenth of the
+     * table, hashed all of it */
     { "mr_purge_idem",
       "DELETE FROM mr_idem WHERE ctid = ANY (ARRAY(SELECT ctid "
       "FROM mr_idem WHERE created_ms <= $1 ORDER BY created_ms LIMIT $2 "
-      "FOR UPDATE SKIP LOCKED)) RETURNING 1" },
+      "FOR UPDATE SKIP LOCKED)) RETURNING 1", 1 },
 
     { "mr_purge_batches",
       "DELETE FROM mr_batches WHERE id IN (SELECT id FROM mr_batches "
-      "WHERE at < now() - interval '1 hour' LIMIT $1)" },
+      "WHERE at < now() - interval '1 hour' LIMIT $1)", 1 },
 
     /* events by id, and those of deliveries */
     { "mr_events_by_id",
       "SELECT id, org, body FROM mr_events WHERE id IN ("
       "SELECT unnest($1::text[]) "
       "UNION SELECT event_id FROM mr_deliveries "
-      "WHERE id = ANY($2::text[]))" },
+      "WHERE id = ANY($2::text[]))", 1 },
 
     /* deliveries that wait for an earlier one of their execution and
      * endpoint (or webhook_url) */
@@ -348,7 +357,7 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
       "JOIN mr_deliveries o ON o.exec_id = d.exec_id AND o.id < d.id "
       "AND o.status = 1 AND o.wh_id IS NOT DISTINCT FROM d.wh_id "
       "WHERE d.id = ANY($1::text[]) AND d.exec_id IS NOT NULL "
-      "GROUP BY d.id" },
+      "GROUP BY d.id", 1 },
 
     /* ---- a batch: writes */
 
@@ -374,7 +383,7 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
       "attempt_ms = EXCLUDED.attempt_ms, nattempts = EXCLUDED.nattempts, "
       "route = EXCLUDED.route, result = EXCLUDED.result, "
       "error = EXCLUDED.error, attempts = EXCLUDED.attempts, "
-      "last_dlv = EXCLUDED.last_dlv" },
+      "last_dlv = EXCLUDED.last_dlv", 0 },
 
     { "mr_w_accounts",
       "UPDATE mr_accounts a SET balance = u.balance, held = u.held, "
@@ -388,18 +397,18 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
       "$9::bigint[], $10::bigint[], $11::bigint[], $12::bigint[], "
       "$13::bigint[], $14::bigint[], $15::bigint[]) "
       "AS u(org, balance, held, credited, debited, charged, ub, ue, uw, uk, "
-      "lb, le, lw, lk, rl) WHERE a.org = u.org" },
+      "lb, le, lw, lk, rl) WHERE a.org = u.org", 0 },
 
     { "mr_w_account_new",
       "INSERT INTO mr_accounts (org, name, balance, held, credited, debited, "
       "charged, created_ms, limit_bytes, limit_executions, limit_endpoints, "
-      "limit_keys) VALUES ($1, $2, $3, 0, $4, 0, 0, $5, $6, $7, $8, $9)" },
+      "limit_keys) VALUES ($1, $2, $3, 0, $4, 0, 0, $5, $6, $7, $8, $9)", 0 },
 
     { "mr_w_idem",
       "INSERT INTO mr_idem (org, key, exec_id, created_ms) "
       "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], "
       "$4::bigint[]) ON CONFLICT (org, key) DO UPDATE "
-      "SET exec_id = EXCLUDED.exec_id, created_ms = EXCLUDED.created_ms" },
+      "SET exec_id = EXCLUDED.exec_id, created_ms = EXCLUDED.created_ms", 0 },
 
     { "mr_w_keys",
       "INSERT INTO mr_keys (key_id, org, hash, hint, permission, revoked, "
@@ -410,7 +419,7 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
       "$9::bigint[], $10::text[]) AS u(k, o, h, hi, p, r, c, v, e, n) "
       "ON CONFLICT (key_id) DO UPDATE SET revoked = EXCLUDED.revoked, "
       "valid_until_ms = EXCLUDED.valid_until_ms, end_ms = EXCLUDED.end_ms, "
-      "name = EXCLUDED.name" },
+      "name = EXCLUDED.name", 0 },
 
     { "mr_w_routes",
       "INSERT INTO mr_routes (name, inflight, failures, open_until_ms, "
@@ -428,7 +437,7 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
       "probe_token = EXCLUDED.probe_token, "
       "provider_failures = EXCLUDED.provider_failures, "
       "timeout_accounts = EXCLUDED.timeout_accounts, "
-      "timeout_org = EXCLUDED.timeout_org" },
+      "timeout_org = EXCLUDED.timeout_org", 0 },
 
     { "mr_w_endpoints",
       "INSERT INTO mr_endpoints (id, org, active, failures, created_ms, "
@@ -441,20 +450,20 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
       "failures = EXCLUDED.failures, "
       "last_success_ms = EXCLUDED.last_success_ms, url = EXCLUDED.url, "
       "description = EXCLUDED.description, events = EXCLUDED.events, "
-      "headers = EXCLUDED.headers" },
+      "headers = EXCLUDED.headers", 0 },
 
     { "mr_w_whsecrets",
       "INSERT INTO mr_whsecrets (org, secret) "
       "SELECT * FROM unnest($1::text[], $2::text[]) "
-      "ON CONFLICT (org) DO NOTHING" },
+      "ON CONFLICT (org) DO NOTHING", 0 },
 
     { "mr_w_credit_refs",
       "INSERT INTO mr_credit_refs (org, ref, amount) "
-      "SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])" },
+      "SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[])", 0 },
 
     { "mr_w_events",
       "INSERT INTO mr_events (id, org, body) "
-      "SELECT * FROM unnest($1::text[], $2::text[], $3::text[])" },
+      "SELECT * FROM unnest($1::text[], $2::text[], $3::text[])", 0 },
 
     { "mr_w_dlvs",
       "INSERT INTO mr_deliveries (id, event_id, wh_id, org, exec_id, target, "
@@ -471,42 +480,42 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
       "attempts = EXCLUDED.attempts, created_ms = EXCLUDED.created_ms, "
       "due_ms = EXCLUDED.due_ms, next_ms = EXCLUDED.next_ms, "
       "token = EXCLUDED.token, lease_node = EXCLUDED.lease_node, "
-      "attempt_log = EXCLUDED.attempt_log" },
+      "attempt_log = EXCLUDED.attempt_log", 0 },
 
     { "mr_w_ops",
       "INSERT INTO mr_ops (name, value) VALUES ($1, $2) "
-      "ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value" },
+      "ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value", 0 },
 
     { "mr_d_execs",
-      "DELETE FROM mr_executions WHERE id = ANY($1::text[])" },
+      "DELETE FROM mr_executions WHERE id = ANY($1::text[])", 0 },
 
     { "mr_d_idem",
       "DELETE FROM mr_idem WHERE (org, key) IN "
-      "(SELECT * FROM unnest($1::text[], $2::text[]))" },
+      "(SELECT * FROM unnest($1::text[], $2::text[]))", 0 },
 
     { "mr_d_keys",
-      "DELETE FROM mr_keys WHERE key_id = ANY($1::text[])" },
+      "DELETE FROM mr_keys WHERE key_id = ANY($1::text[])", 0 },
 
     { "mr_d_endpoints",
-      "DELETE FROM mr_endpoints WHERE id = ANY($1::text[])" },
+      "DELETE FROM mr_endpoints WHERE id = ANY($1::text[])", 0 },
 
     { "mr_d_events",
-      "DELETE FROM mr_events WHERE id = ANY($1::text[])" },
+      "DELETE FROM mr_events WHERE id = ANY($1::text[])", 0 },
 
     { "mr_d_dlvs",
-      "DELETE FROM mr_deliveries WHERE id = ANY($1::text[])" },
+      "DELETE FROM mr_deliveries WHERE id = ANY($1::text[])", 0 },
 
     { "mr_w_batch",
-      "INSERT INTO mr_batches (id) VALUES ($1::uuid)" },
+      "INSERT INTO mr_batches (id) VALUES ($1::uuid)", 0 },
 
-    { NULL, "COMMIT" },
+    { NULL, "COMMIT", 0 },
 
-    { NULL, "ROLLBACK" },
+    { NULL, "ROLLBACK", 0 },
 
     /* a batch's lock, held until its transaction ends: a look-up of its
      * outcome after a lost connection waits for the end */
     { "mr_batch_lock",
-      "SELECT pg_advisory_xact_lock($1::bigint)" },
+      "SELECT pg_advisory_xact_lock($1::bigint)", 0 },
 
     /*
      * A batch of creates reads its accounts without a lock, and changes
@@ -522,11 +531,11 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
 
     { "mr_accounts_snap",
       "SELECT " MR_ACCT_COLS " FROM mr_accounts "
-      "WHERE org = ANY($1::text[])" },
+      "WHERE org = ANY($1::text[])", 0 },
 
     { "mr_lock_account_ids",
       "SELECT org FROM mr_accounts WHERE org = ANY($1::text[]) "
-      "ORDER BY org FOR UPDATE" },
+      "ORDER BY org FOR UPDATE", 0 },
 
     { "mr_w_accounts_delta",
       "WITH d AS (UPDATE mr_accounts a SET balance = a.balance + u.db, "
@@ -553,7 +562,7 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
       "AND (u.uk <= 0 OR a.used_keys + u.uk <= "
       "CASE WHEN a.limit_keys >= 0 THEN a.limit_keys ELSE $14::bigint END) "
       "RETURNING 1) "
-      "SELECT mr_conflict(count(*) = $15::bigint) FROM d" },
+      "SELECT mr_conflict(count(*) = $15::bigint) FROM d", 0 },
 
     /*
      * its idempotency keys: new ones inserted if no other batch did
@@ -566,14 +575,14 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
       "WITH w AS (INSERT INTO mr_idem (org, key, exec_id, created_ms) "
       "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], "
       "$4::bigint[]) ON CONFLICT (org, key) DO NOTHING RETURNING 1) "
-      "SELECT mr_conflict(count(*) = $5::bigint) FROM w" },
+      "SELECT mr_conflict(count(*) = $5::bigint) FROM w", 0 },
 
     { "mr_w_idem_swap",
       "WITH w AS (UPDATE mr_idem i SET exec_id = u.e, created_ms = u.c "
       "FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], "
       "$5::text[]) AS u(o, k, e, c, p) "
       "WHERE i.org = u.o AND i.key = u.k AND i.exec_id = u.p RETURNING 1) "
-      "SELECT mr_conflict(count(*) = $6::bigint) FROM w" },
+      "SELECT mr_conflict(count(*) = $6::bigint) FROM w", 1 },
 };
 
 
