@@ -19,18 +19,26 @@
  * Random bytes from OpenSSL's CSPRNG, drawn 4 KB at a time: a call per id
  * costs more than the rest of a request (OpenSSL 3 also asks getpid() on
  * every call).  A pool per thread: the event loop's, and each store
- * thread's (threads start in a worker, after the fork; the master never
- * draws, so no worker inherits bytes another has).
+ * thread's.  A pool drawn in another process (a fork copies the thread
+ * that forks, with its pool) is dropped: no two processes hand out the
+ * same bytes.
  */
 
 ngx_int_t
 mr_random_bytes(u_char *dst, size_t n)
 {
-    static __thread u_char  pool[4096];
-    static __thread size_t  avail;
+    static __thread u_char     pool[4096];
+    static __thread size_t     avail;
+    static __thread ngx_pid_t  owner;
 
     if (n > sizeof(pool)) {
         return NGX_ERROR;
+    }
+
+    if (owner != ngx_pid) {
+        ngx_memzero(pool, sizeof(pool));
+        avail = 0;
+        owner = ngx_pid;
     }
 
     if (avail < n) {
@@ -44,7 +52,7 @@ mr_random_bytes(u_char *dst, size_t n)
     avail -= n;
     ngx_memcpy(dst, pool + avail, n);
 
-    /* never hand out the same bytes twice (the master never draws) */
+    /* never hand out the same bytes twice */
     ngx_memzero(pool + avail, n);
 
     return NGX_OK;
