@@ -160,7 +160,7 @@ LUA
 workers=$(pgrep -P "$ngx" -f 'nginx: worker process' | tr '\n' ' ')
 [ -n "$workers" ] || die "no worker processes"
 
-echo "bench: nginx $("$nginx" -v 2>&1 | sed 's|.*/||'), 2 workers, durability full," \
+echo "bench: nginx $("$nginx" -v 2>&1 | sed 's|.*/||'), ${BENCH_WORKERS:-2} workers, durability full," \
      "store on $(stat -f -c %T "$tmp"), $(nproc) CPUs ($(sed -n 's/^model name\s*: //p' /proc/cpuinfo | head -1))," \
      "load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "bench: per phase: wrk -t$threads -c$conns -d${seconds}s, then until all" \

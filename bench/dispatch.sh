@@ -113,7 +113,7 @@ CONF
 bench_start "http://127.0.0.1:$uport/ping" 204
 bench_account bench-dispatch
 
-echo "bench: nginx $("$nginx" -v 2>&1 | sed 's|.*/||'), 2 workers, durability full," \
+echo "bench: nginx $("$nginx" -v 2>&1 | sed 's|.*/||'), ${BENCH_WORKERS:-2} workers, durability full," \
      "store on $(stat -f -c %T "$tmp") ($tmp), $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "bench: per route and connection count ($conns_list): wrk -t$threads -d${seconds}s" \
      "POST /v1/executions, and a one-at-a-time probe; simulator at 0 ms"

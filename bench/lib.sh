@@ -93,7 +93,7 @@ load_module $module;
 
 master_process on;
 daemon off;
-worker_processes 2;
+worker_processes ${BENCH_WORKERS:-2};
 worker_rlimit_nofile 16384;
 pid $tmp/logs/nginx.pid;
 error_log $tmp/logs/error.log notice;
@@ -195,6 +195,12 @@ fsync = on
 synchronous_commit = on
 full_page_writes = on
 CONF
+    # BENCH_PG_STATS=1: what each statement cost (pg_stat_statements; its
+    # own cost is a few per cent)
+    [ "${BENCH_PG_STATS:-0}" = 0 ] || cat >> "$pgdir/data/postgresql.conf" <<CONF
+shared_preload_libraries = 'pg_stat_statements'
+pg_stat_statements.track_planning = on
+CONF
     "${pg_as[@]}" "$pgbin/pg_ctl" -D "$pgdir/data" -l "$pgdir/log" -w start >/dev/null \
         || die "PostgreSQL did not start: $(tail -5 "$pgdir/log")"
     trap pg_cleanup EXIT
@@ -212,6 +218,33 @@ pg_cleanup() {
     pg_stop
     (exit "$rc")    # bench_cleanup exits with $?
     bench_cleanup
+}
+
+# pg_stats_reset DB; pg_stats_show DB FILE: with BENCH_PG_STATS=1, the
+# statements by their time (execution + planning) since the reset, and the
+# sequential scans by table
+pg_stats_reset() {
+    [ "${BENCH_PG_STATS:-0}" != 0 ] || return 0
+    pg_sql "SET client_min_messages = warning; CREATE EXTENSION IF NOT EXISTS pg_stat_statements" "$1" >/dev/null
+    pg_sql "SELECT pg_stat_statements_reset(), pg_stat_reset()" "$1" >/dev/null
+}
+
+pg_stats_show() {
+    [ "${BENCH_PG_STATS:-0}" != 0 ] || return 0
+    {
+        echo "  exec ms | plan ms |  calls |    rows | statement"
+        pg_sql "SELECT format('%8s | %7s | %6s | %7s | %s',
+                    round(total_exec_time), round(total_plan_time), calls, rows,
+                    left(regexp_replace(query, '\s+', ' ', 'g'), 90))
+                FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database
+                    WHERE datname = current_database())
+                ORDER BY total_exec_time + total_plan_time DESC LIMIT 15" "$1"
+        echo "  sequential scans (table: scans, rows read):"
+        pg_sql "SELECT format('    %s: %s, %s', relname, seq_scan, seq_tup_read)
+                FROM pg_stat_user_tables WHERE seq_scan > 0
+                ORDER BY seq_tup_read DESC LIMIT 6" "$1"
+    } > "$2"
+    sed 's/^/bench:   /' "$2"
 }
 
 pg_sql() { psql -X -q -v ON_ERROR_STOP=1 -h "$pgdir" -p "$pgport" -U postgres -d "${2:-postgres}" -tAc "$1"; }

@@ -7,7 +7,7 @@
 # temp dir under build/, on the repository's disk; a unix socket only;
 # fsync and synchronous_commit on: durable), measures pgbench's own rate of
 # one INSERT per transaction, then, for each store (LMDB, then PostgreSQL),
-# starts nginx (2 workers, durability full) with a model without routes
+# starts nginx (BENCH_WORKERS workers, durability full) with a model without routes
 # (executions stay PENDING) and one with a route to the built-in simulator
 # at 0 ms, and measures with wrk:
 #   - durable creates/s (POST /v1/executions, a new idempotency key each),
@@ -29,11 +29,15 @@
 # modelroute_key_cache 1s: a request with a known key needs no read).
 #
 # Environment: BENCH_SECONDS (10), BENCH_CONNECTIONS (64), BENCH_THREADS
-# (2), BENCH_ACCOUNTS (1000), BENCH_STORES ("lmdb pg pg-kc"), BENCH_WARMUP (5),
-# BENCH_BASE_MODULE, BENCH_DRAIN (120), MR_PG_BIN
-# (/usr/lib/postgresql/15/bin), BENCH_PG_CONNECTIONS (the module's
-# modelroute_store_connections, its default if unset), BENCH_TMPDIR
-# (build/), BENCH_KEEP=1, MR_NGINX.
+# (2), BENCH_WORKERS (nginx's worker_processes, 2), BENCH_ACCOUNTS (1000),
+# BENCH_STORES ("lmdb pg pg-kc"), BENCH_WARMUP (5), BENCH_BASE_MODULE,
+# BENCH_DRAIN (120), MR_PG_BIN (/usr/lib/postgresql/15/bin),
+# BENCH_PG_CONNECTIONS (the module's modelroute_store_connections, its
+# default if unset), BENCH_PGBENCH_CLIENTS (64: pgbench's clients, whatever
+# BENCH_CONNECTIONS; the cluster allows 200 connections), BENCH_PG_STATS=1
+# (after each measure, PostgreSQL's statements by their time and its
+# sequential scans: pg_stat_statements), BENCH_TMPDIR (build/),
+# BENCH_KEEP=1, MR_NGINX.
 #
 # Exit code: 1 if anything answered non-2xx, an execution did not complete,
 # a ledger check failed or an error log has alerts; the targets (issue 11:
@@ -62,8 +66,9 @@ bench_pg
 pg_sql "CREATE DATABASE pgbench"
 pg_sql "CREATE TABLE one_insert (id bigserial PRIMARY KEY, at bigint, body text)" pgbench
 echo "INSERT INTO one_insert (at, body) VALUES (extract(epoch from now())::bigint, repeat('x', 200));" > "$tmp/insert.sql"
-echo "bench: pgbench: one INSERT per transaction, -c$conns -j$threads -T$seconds ..."
-pgbench -n -h "$pgdir" -p "$pgport" -U postgres -c "$conns" -j "$threads" -T "$seconds" \
+pgbench_clients=${BENCH_PGBENCH_CLIENTS:-64}
+echo "bench: pgbench: one INSERT per transaction, -c$pgbench_clients -j$threads -T$seconds ..."
+pgbench -n -h "$pgdir" -p "$pgport" -U postgres -c "$pgbench_clients" -j "$threads" -T "$seconds" \
     -f "$tmp/insert.sql" pgbench > "$tmp/pgbench.txt" 2>&1 \
     || { cat "$tmp/pgbench.txt" >&2; die "pgbench failed"; }
 pgbench_tps=$(awk '/^tps = / { printf "%.0f", $3; exit }' "$tmp/pgbench.txt")
@@ -99,11 +104,21 @@ done_count() {
         }' "$body"
 }
 
+# pg_col_stats reset|show COLUMN [NAME]: BENCH_PG_STATS for a PostgreSQL
+# column (its database)
+pg_col_stats() {
+    case $2 in
+        pg*) if [ "$1" = reset ]; then pg_stats_reset "${2//-/_}"
+             else pg_stats_show "${2//-/_}" "$tmp/pg-stats-$2-$3.txt"; fi ;;
+    esac
+}
+
 # measure COLUMN NAME wrk-args...: requests/s into R[COLUMN,NAME]
 measure() {
     local col=$1 name=$2 f
     shift 2
     f="$tmp/wrk-$col-$name.txt"
+    pg_col_stats reset "$col"
     wrk -t"$threads" -c"$conns" -d"${seconds}s" --latency --timeout 5s "$@" \
         > "$f" 2>&1 || { cat "$f" >&2; die "wrk $col $name failed"; }
     R[$col,$name]=$(field "$f" rps)
@@ -114,6 +129,7 @@ measure() {
         bad=1
     fi
     echo "bench: $col: $name: ${R[$col,$name]}/s, p99 ${R[$col,$name.p99]} ms (load average ${R[$col,$name.load]})"
+    pg_col_stats show "$col" "$name"
     sleep 1
 }
 
@@ -123,6 +139,7 @@ completions() {
     shift 2
     f="$tmp/wrk-$col-$name.txt"
     before=$(done_count)
+    pg_col_stats reset "$col"
     start=$(now_ms)
     wrk -t"$threads" -c"$conns" -d"${seconds}s" --latency --timeout 5s "$@" \
         > "$f" 2>&1 || { cat "$f" >&2; die "wrk $col $name failed"; }
@@ -149,6 +166,7 @@ completions() {
     R[$col,$name.load]=$(load)
     echo "bench: $col: $name: submitted ${R[$col,$name.sub]}/s, completed ${R[$col,$name]}/s during the run," \
          "${R[$col,$name.all]}/s until the last ($((n - before)) in $((finish - start)) ms; load average ${R[$col,$name.load]})"
+    pg_col_stats show "$col" "$name"
     sleep 1
 }
 
@@ -254,7 +272,7 @@ CONF
     mv "$tmp/logs/error.log" "$tmp/logs/error-$col.log"
 }
 
-echo "bench: nginx $("$nginx" -v 2>&1 | sed 's|.*/||'), 2 workers, durability full," \
+echo "bench: nginx $("$nginx" -v 2>&1 | sed 's|.*/||'), ${BENCH_WORKERS:-2} workers, durability full," \
      "on $(stat -f -c %T "$tmp") ($tmp), $(nproc) CPUs, PostgreSQL $("$pgbin/postgres" -V | awk '{ print $3 }')" \
      "on the same machine; wrk -t$threads -c$conns -d${seconds}s; load average $(load)"
 

@@ -88,7 +88,7 @@ run_wrk() {
     sleep 1
 }
 
-echo "bench: nginx $("$nginx" -v 2>&1 | sed 's|.*/||'), 2 workers, durability full," \
+echo "bench: nginx $("$nginx" -v 2>&1 | sed 's|.*/||'), ${BENCH_WORKERS:-2} workers, durability full," \
      "store on $(stat -f -c %T "$tmp") ($tmp), $(nproc) CPUs"
 echo "bench: wrk -t$threads -c$conns -d${seconds}s; 202 bodies: baseline ${#baseline_body} B, module $exec_bytes B;" \
      "load average $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -166,7 +166,7 @@ if [ "$rate" -gt 0 ]; then
     delay_ms=$(( conns * 1000 / rate ))
     [ "$delay_ms" -gt 0 ] || delay_ms=1
 fi
-echo "bench: nginx $("$nginx" -v 2>&1 | sed 's|.*/||'), 2 workers, durability full," \
+echo "bench: nginx $("$nginx" -v 2>&1 | sed 's|.*/||'), ${BENCH_WORKERS:-2} workers, durability full," \
      "store on $(stat -f -c %T "$tmp") ($tmp), $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "bench: $executions executions (wrk -t$threads -c$conns, $per_thread a thread$(
      [ "$rate" -gt 0 ] && echo ", at most $rate/s: ${delay_ms} ms before each request")) to" \

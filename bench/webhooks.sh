@@ -112,7 +112,7 @@ done
 : > "$rlog"    # nginx opened it with O_APPEND: truncating is safe
 
 # --- wrk -----------------------------------------------------------------------
-echo "bench: nginx $("$nginx" -v 2>&1 | sed 's|.*/||'), 2 workers, durability full," \
+echo "bench: nginx $("$nginx" -v 2>&1 | sed 's|.*/||'), ${BENCH_WORKERS:-2} workers, durability full," \
      "modelroute_webhook_concurrency $concurrency, store on $(stat -f -c %T "$tmp") ($tmp), $(nproc) CPUs"
 echo "bench: wrk -t$threads -c$conns -d${seconds}s POST /v1/webhooks/endpoints/{id}/test;" \
      "receiver: 127.0.0.1:$rport (same nginx); load average $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -193,13 +193,19 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
 
     { NULL, "BEGIN", 0 },
 
+    /*
+     * "= ANY (ARRAY(...))", not "IN (...)": the accounts are found by
+     * their index whatever the estimate of the ids' union (the "IN" form
+     * was planned as a hash join over a scan of every account, on every
+     * batch: mr_accounts' and mr_keys' scans counted by t/74)
+     */
     { "mr_lock_accounts",
-      "SELECT " MR_ACCT_COLS " FROM mr_accounts WHERE org IN ("
+      "SELECT " MR_ACCT_COLS " FROM mr_accounts WHERE org = ANY (ARRAY("
       "SELECT unnest($1::text[]) "
       "UNION SELECT org FROM mr_executions WHERE id = ANY($2::text[]) "
       "UNION SELECT org FROM mr_keys WHERE key_id = ANY($3::text[]) "
       "UNION SELECT org FROM mr_endpoints WHERE id = ANY($4::text[]) "
-      "UNION SELECT org FROM mr_deliveries WHERE id = ANY($5::text[])) "
+      "UNION SELECT org FROM mr_deliveries WHERE id = ANY($5::text[]))) "
       "ORDER BY org FOR UPDATE", 0 },
 
     { "mr_lock_execs",
@@ -226,12 +232,12 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
 
     /* the endpoints of the accounts (for the events), and by id */
     { "mr_endpoints",
-      "SELECT " MR_WH_COLS " FROM mr_endpoints WHERE id IN ("
-      "SELECT w.id FROM mr_endpoints w WHERE w.org IN ("
+      "SELECT " MR_WH_COLS " FROM mr_endpoints WHERE id = ANY (ARRAY("
+      "SELECT w.id FROM mr_endpoints w WHERE w.org = ANY (ARRAY("
       "SELECT unnest($1::text[]) "
-      "UNION SELECT org FROM mr_executions WHERE id = ANY($2::text[])) "
+      "UNION SELECT org FROM mr_executions WHERE id = ANY($2::text[]))) "
       "UNION SELECT unnest($3::text[]) "
-      "UNION SELECT wh_id FROM mr_deliveries WHERE id = ANY($4::text[])) "
+      "UNION SELECT wh_id FROM mr_deliveries WHERE id = ANY($4::text[]))) "
       "ORDER BY id", 0 },
 
     { "mr_lock_dlvs",
@@ -246,10 +252,10 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
       "ORDER BY name FOR UPDATE", 0 },
 
     { "mr_whsecrets",
-      "SELECT org, secret FROM mr_whsecrets WHERE org IN ("
+      "SELECT org, secret FROM mr_whsecrets WHERE org = ANY (ARRAY("
       "SELECT unnest($1::text[]) "
       "UNION SELECT org FROM mr_executions WHERE id = ANY($2::text[]) "
-      "UNION SELECT org FROM mr_deliveries WHERE id = ANY($3::text[]))", 0 },
+      "UNION SELECT org FROM mr_deliveries WHERE id = ANY($3::text[])))", 0 },
 
     { "mr_credit_refs",
       "SELECT r.org, r.ref, r.amount "

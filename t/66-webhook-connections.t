@@ -97,5 +97,4 @@ cmp_ok($new[1] + $new[2], '<=', $new[0] / 4,
     'the second and third bursts went over the connections of the first')
     or diag "new connections per burst: @new";
 
-$t->stop;
-done_testing;
+$t->done;

@@ -369,6 +369,7 @@ sub start {
     croak "nginx failed to start (exit " . ($? >> 8) . "): $out\n"
         . $self->tail_log if $?;
     $self->{running} = 1;
+    $self->{started} = 1;
     push @LIVE, $self;
 
     my $master = wait_for(sub { $self->master_pid }, $self->{timeout})
@@ -777,6 +778,7 @@ sub check_log {
     my ($self) = @_;
     local $Test::Builder::Level = $Test::Builder::Level + 1;
     my @bad = $self->bad_log_lines;
+    $self->{log_checked} = 1;
     ok(!@bad, 'error log has no alert/crit/emerg/signal lines, no module '
         . 'bug lines') or diag join "\n", @bad[0 .. ($#bad < 19 ? $#bad : 19)];
     my @p = $self->problems;
@@ -848,6 +850,17 @@ END {
         eval { pg_ctl('stop', 'fast') };
         File::Path::remove_tree($PG->{dir}) unless $ENV{MR_KEEP};
         undef $PG;
+    }
+    # a file that never called check_log (or done) still fails on its
+    # error log: every file does, whatever it forgot
+    for my $t (@ALL) {
+        next unless $t->{owner} == $$ && $t->{started} && !$t->{log_checked};
+        my @bad = eval { $t->bad_log_lines };
+        next unless @bad;
+        diag 'the error log of ' . $t->prefix . ', never checked by the '
+            . 'test, has:';
+        diag_some(@bad);
+        $rc ||= 1;
     }
     for my $t (@ALL) {
         next unless $t->{owner} == $$;
