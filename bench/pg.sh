@@ -21,16 +21,17 @@
 # database is ANALYZEd after the set-up (as autovacuum keeps a database in
 # use: a fresh one has no statistics, and plans made for empty tables).
 #
-# BENCH_BASE_MODULE=/path/to/an/older/module.so adds a column: LMDB with
-# that build, measured in the same run (the LMDB figures before and after
-# a change).
+# BENCH_BASE_MODULE=/path/to/an/older/module.so adds a column before each
+# store's: that store with that build, measured in the same run (the
+# figures before and after a change).
 #
 # Columns: lmdb; pg (the defaults); pg-kc (the same with
 # modelroute_key_cache 1s: a request with a known key needs no read).
 #
 # Environment: BENCH_SECONDS (10), BENCH_CONNECTIONS (64), BENCH_THREADS
 # (2), BENCH_WORKERS (nginx's worker_processes, 2), BENCH_ACCOUNTS (1000),
-# BENCH_STORES ("lmdb pg pg-kc"), BENCH_WARMUP (5), BENCH_BASE_MODULE,
+# BENCH_STORES ("lmdb pg pg-kc"), BENCH_MEASURES ("create get done": which
+# of the three to measure), BENCH_WARMUP (5), BENCH_BASE_MODULE,
 # BENCH_DRAIN (120), MR_PG_BIN (/usr/lib/postgresql/15/bin),
 # BENCH_PG_CONNECTIONS (the module's modelroute_store_connections, its
 # default if unset), BENCH_PGBENCH_CLIENTS (64: pgbench's clients, whatever
@@ -52,6 +53,7 @@ accounts=${BENCH_ACCOUNTS:-1000}
 stores=${BENCH_STORES:-lmdb pg pg-kc}
 drain=${BENCH_DRAIN:-120}
 warmup=${BENCH_WARMUP:-5}
+measures=${BENCH_MEASURES:-create get done}
 base_module=${BENCH_BASE_MODULE:-}
 this_module=$module
 [ -z "$base_module" ] || base_module=$(readlink -f "$base_module")
@@ -232,12 +234,18 @@ CONF
         sleep 1
     fi
 
-    measure "$col" create-hot -s "$here/post.lua" "$base" -- /v1/executions "$key_hot" "$seed-c1" bench-hold
-    measure "$col" create-many -s "$here/accounts.lua" "$base" -- post "$tmp/accounts-$col.txt" "$seed-cn" bench-hold
-    measure "$col" get-hot -H "Authorization: Bearer $key_hot" "$base/v1/executions/$exec_hot"
-    measure "$col" get-many -s "$here/accounts.lua" "$base" -- get "$tmp/accounts-$col.txt"
-    completions "$col" done-hot -s "$here/post.lua" "$base" -- /v1/executions "$key_hot" "$seed-d1" bench-sim
-    completions "$col" done-many -s "$here/accounts.lua" "$base" -- post "$tmp/accounts-$col.txt" "$seed-dn" bench-sim
+    if [[ " $measures " == *" create "* ]]; then
+        measure "$col" create-hot -s "$here/post.lua" "$base" -- /v1/executions "$key_hot" "$seed-c1" bench-hold
+        measure "$col" create-many -s "$here/accounts.lua" "$base" -- post "$tmp/accounts-$col.txt" "$seed-cn" bench-hold
+    fi
+    if [[ " $measures " == *" get "* ]]; then
+        measure "$col" get-hot -H "Authorization: Bearer $key_hot" "$base/v1/executions/$exec_hot"
+        measure "$col" get-many -s "$here/accounts.lua" "$base" -- get "$tmp/accounts-$col.txt"
+    fi
+    if [[ " $measures " == *" done "* ]]; then
+        completions "$col" done-hot -s "$here/post.lua" "$base" -- /v1/executions "$key_hot" "$seed-d1" bench-sim
+        completions "$col" done-many -s "$here/accounts.lua" "$base" -- post "$tmp/accounts-$col.txt" "$seed-dn" bench-sim
+    fi
 
     # the ledger: the hot account and a few others
     orgs="$org_hot $(awk 'NR % 250 == 1 { print $3 }' "$tmp/accounts-$col.txt")"
@@ -277,24 +285,28 @@ echo "bench: nginx $("$nginx" -v 2>&1 | sed 's|.*/||'), ${BENCH_WORKERS:-2} work
      "on the same machine; wrk -t$threads -c$conns -d${seconds}s; load average $(load)"
 
 cols=()
-if [ -n "$base_module" ]; then
-    run_store lmdb-before "$base_module" "modelroute_store $tmp/store;"
-    cols+=(lmdb-before)
-fi
+run_pg() {    # run_pg COLUMN MODULE
+    local db=${1//-/_} extra
+    pg_sql "CREATE DATABASE $db"
+    "$top/tools/pg-migrate" "host=$pgdir port=$pgport user=postgres dbname=$db" >/dev/null \
+        || die "the migration failed"
+    extra=${BENCH_PG_CONNECTIONS:+ modelroute_store_connections $BENCH_PG_CONNECTIONS;}
+    [ "${1%-before}" != pg-kc ] || extra="$extra modelroute_key_cache 1s;"
+    run_store "$1" "$2" "modelroute_store \"host=$pgdir port=$pgport user=postgres dbname=$db\"; modelroute_node_dir $tmp/node;$extra"
+    cols+=("$1")
+}
 for s in $stores; do
     case $s in
         lmdb)
+            if [ -n "$base_module" ]; then
+                run_store lmdb-before "$base_module" "modelroute_store $tmp/store;"
+                cols+=(lmdb-before)
+            fi
             run_store lmdb "$this_module" "modelroute_store $tmp/store;"
             cols+=(lmdb) ;;
         pg|pg-kc)
-            db=${s//-/_}
-            pg_sql "CREATE DATABASE $db"
-            "$top/tools/pg-migrate" "host=$pgdir port=$pgport user=postgres dbname=$db" >/dev/null \
-                || die "the migration failed"
-            extra=${BENCH_PG_CONNECTIONS:+ modelroute_store_connections $BENCH_PG_CONNECTIONS;}
-            [ "$s" = pg ] || extra="$extra modelroute_key_cache 1s;"
-            run_store "$s" "$this_module" "modelroute_store \"host=$pgdir port=$pgport user=postgres dbname=$db\"; modelroute_node_dir $tmp/node;$extra"
-            cols+=("$s") ;;
+            [ -z "$base_module" ] || run_pg "$s-before" "$base_module"
+            run_pg "$s" "$this_module" ;;
         *) die "BENCH_STORES: lmdb, pg or pg-kc, not $s" ;;
     esac
 done

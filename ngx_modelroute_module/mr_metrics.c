@@ -602,6 +602,19 @@ mr_metrics_txn_begin(void)
 }
 
 
+/*
+ * A transaction rolled back to be made again at once (another batch
+ * changed what it read unlocked): neither committed nor failed
+ */
+
+void
+mr_metrics_txn_discard(void)
+{
+    mr_met_nstage = 0;
+    mr_met_commit_ms = 0;
+}
+
+
 /* a terminal status, written in the transaction (mr_store_emit()) */
 
 void

@@ -42,6 +42,7 @@ ngx_int_t mr_metrics_handler(ngx_http_request_t *r);
 
 /* the store's hooks: in the commit's thread */
 void mr_metrics_txn_begin(void);
+void mr_metrics_txn_discard(void);
 void mr_metrics_txn_end(int rc, ngx_queue_t *ops, mr_store_op_t *one);
 void mr_metrics_exec_event(mr_store_op_t *op, mr_exec_t *exec);
 void mr_metrics_attempt(mr_exec_t *exec, const char *outcome);

@@ -86,12 +86,13 @@ static void mr_pg_batch_resolve_done(mr_pg_req_t *req);
 static void mr_pg_batch_failed(mr_pg_batch_t *b, mr_pg_req_t *req);
 static void mr_pg_batch_again(mr_pg_batch_t *b, ngx_uint_t how);
 static ngx_uint_t mr_pg_batch_creates(mr_pg_batch_t *b);
+static ngx_uint_t mr_pg_batch_first(mr_pg_batch_t *b);
 
 /* how a batch's operations are made again (mr_pg_batch_again()) */
 #define MR_PG_AGAIN          0        /* as they were */
 #define MR_PG_AGAIN_ALONE    1        /* each alone */
-#define MR_PG_AGAIN_LOCKED   2        /* creates: their accounts locked
-                                         first */
+#define MR_PG_AGAIN_LOCKED   2        /* read unlocked: their accounts
+                                         and routes locked first */
 #define MR_PG_AGAIN_RETRY    3        /* counted: alone after a few */
 static void mr_pg_batch_finish(mr_pg_batch_t *b, ngx_uint_t result);
 static void mr_pg_batch_end(mr_pg_batch_t *b);
@@ -468,6 +469,7 @@ mr_pg_batch_start(void)
 
     b->rows->node = st->node;
     b->rows->deltas = (kind == MR_PG_B_OPS && mr_pg_batch_creates(b));
+    b->rows->route_deltas = mr_pg_batch_first(b);
 
     st->busy = 1;
 
@@ -522,6 +524,44 @@ mr_pg_batch_creates(mr_pg_batch_t *b)
     }
 
     return n > 0;
+}
+
+
+/*
+ * Whether the batch reads its routes without a lock and changes them by
+ * deltas at the end (MR_SQL_W_ROUTES_DELTA): a dispatch claim or a batch
+ * of operations, made for the first time.  Every claim and every outcome
+ * of every worker changes the route it dispatches to: locked from the
+ * first round trip, the route held them to one batch at a time for all
+ * of their round trips.  What the rules decided on a route (a slot
+ * within its cap, the fields of its breaker they changed) is checked
+ * again there; if it no longer allows it, the batch is made again with
+ * its routes locked first.  A batch with deliveries locks routes when it
+ * loads (mr_pg_ops_load()): deliveries are locked after routes.
+ */
+
+static ngx_uint_t
+mr_pg_batch_first(mr_pg_batch_t *b)
+{
+    ngx_queue_t    *q;
+    mr_store_op_t  *op;
+
+    if (b->kind != MR_PG_B_OPS && b->kind != MR_PG_B_DISP_CLAIM) {
+        return 0;
+    }
+
+    for (q = ngx_queue_head(&b->ops);
+         q != ngx_queue_sentinel(&b->ops);
+         q = ngx_queue_next(q))
+    {
+        op = ngx_queue_data(q, mr_store_op_t, queue);
+
+        if (op->tries) {
+            return 0;
+        }
+    }
+
+    return 1;
 }
 
 
@@ -778,7 +818,15 @@ mr_pg_batch_commit_done(mr_pg_req_t *req)
         return;
     }
 
-    mr_metrics_txn_end(1, &b->ops, NULL);
+    if (b->rows && (b->rows->deltas || b->rows->route_deltas)
+        && ngx_strcmp(req->sqlstate, "MR001") == 0)
+    {
+        mr_metrics_txn_discard();     /* made again at once, locked */
+
+    } else {
+        mr_metrics_txn_end(1, &b->ops, NULL);
+    }
+
     mr_pg_batch_failed(b, req);
 }
 
@@ -889,17 +937,18 @@ mr_pg_batch_failed(mr_pg_batch_t *b, mr_pg_req_t *req)
 
     state = req->sqlstate;
 
-    if (b->rows && b->rows->deltas && ngx_strcmp(state, "MR001") == 0) {
-
+    if (b->rows && (b->rows->deltas || b->rows->route_deltas)
+        && ngx_strcmp(state, "MR001") == 0)
+    {
         /*
-         * a batch of creates that an account no longer allows (another
-         * batch took its balance or its room since it was read): made
-         * again, its accounts locked first
+         * a batch that an account or a route no longer allows (another
+         * batch took its balance, its room, the route's slots, or changed
+         * its breaker since it was read): made again, locked first
          */
 
         ngx_log_debug1(NGX_LOG_DEBUG_HTTP, mr_pg_store.log, 0,
                        "modelroute_store: PostgreSQL: a batch of %ui "
-                       "creates is made again, locked", b->n);
+                       "operations is made again, locked", b->n);
 
         mr_pg_req_free(req);
         mr_pg_rollback(mr_pg_store.writer);

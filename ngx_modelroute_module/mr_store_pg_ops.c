@@ -384,7 +384,9 @@ mr_pg_ops_load(mr_pg_batch_t *b, mr_pg_req_t *req)
 
             if (mr_pg_load_send(b, req, MR_SQL_LOCK_DUE_EXECS, 2, v)
                 != NGX_OK
-                || mr_pg_load_send(b, req, MR_SQL_LOCK_ROUTES, 2,
+                || mr_pg_load_send(b, req, b->rows->route_deltas
+                                           ? MR_SQL_ROUTES_SNAP
+                                           : MR_SQL_LOCK_ROUTES, 2,
                                    (const char *[]) { v[2], none })
                    != NGX_OK
                 || mr_pg_load_send(b, req, MR_SQL_ENDPOINTS, 4,
@@ -547,9 +549,15 @@ mr_pg_ops_load(mr_pg_batch_t *b, mr_pg_req_t *req)
         return NGX_ERROR;
     }
 
+    if (s.dlvs.n) {
+        /* with deliveries locked first, its routes are locked as read */
+        b->rows->route_deltas = 0;
+    }
+
     if (s.execs.n
-        && mr_pg_load_send(b, req, MR_SQL_LOCK_ROUTES, 2,
-                           (const char *[]) { none, v[1] })
+        && mr_pg_load_send(b, req, b->rows->route_deltas ? MR_SQL_ROUTES_SNAP
+                                                         : MR_SQL_LOCK_ROUTES,
+                           2, (const char *[]) { none, v[1] })
            != NGX_OK)
     {
         return NGX_ERROR;
@@ -643,6 +651,7 @@ mr_pg_loads_parse(mr_pg_batch_t *b, mr_pg_req_t *req)
             break;
 
         case MR_SQL_LOCK_ROUTES:
+        case MR_SQL_ROUTES_SNAP:
             rc = mr_pg_rows_routes(rs, res);
             break;
 

@@ -21,6 +21,8 @@ static ngx_int_t mr_pg_rows_write_accounts(mr_pg_rows_t *rs,
     mr_pg_req_t *req);
 static ngx_int_t mr_pg_rows_write_idem_cas(mr_pg_rows_t *rs,
     mr_pg_req_t *req);
+static ngx_int_t mr_pg_rows_write_routes_delta(mr_pg_rows_t *rs,
+    mr_pg_req_t *req);
 static ngx_int_t mr_pg_rows_write_deltas(mr_pg_rows_t *rs,
     mr_pg_req_t *req, mr_pg_buf_t *b, ngx_uint_t n);
 static ngx_int_t mr_pg_rows_write_idem(mr_pg_rows_t *rs, mr_pg_req_t *req);
@@ -671,6 +673,7 @@ mr_pg_rows_routes(mr_pg_rows_t *rs, PGresult *res)
             return NGX_ERROR;
         }
 
+        e->route_read = e->route;
         e->found = 1;
     }
 
@@ -762,7 +765,7 @@ mr_pg_rows_writes(mr_pg_rows_t *rs)
      * its own, a batch of creates locks its accounts first
      */
 
-    n = 12 + 6 + 2 * rs->deltas;
+    n = 12 + 6 + 2 * rs->deltas + 2 * rs->route_deltas;
 
     for (e = rs->head[MR_PG_ACCT]; e; e = e->all) {
         n += (e->dirty && e->fresh);
@@ -779,7 +782,8 @@ mr_pg_rows_write(mr_pg_rows_t *rs, mr_pg_req_t *req)
      * the order of the locks: accounts, executions, routes, deliveries;
      * a batch of creates only inserts, and locks its accounts last, so
      * that it holds them for as short a time as it can (their deltas,
-     * then the COMMIT)
+     * then the COMMIT); a batch whose routes were read without a lock
+     * locks them last, for the same reason (it has no deliveries locked)
      */
 
     if (rs->deltas) {
@@ -799,7 +803,7 @@ mr_pg_rows_write(mr_pg_rows_t *rs, mr_pg_req_t *req)
         || mr_pg_rows_write_idem(rs, req) != NGX_OK
         || mr_pg_rows_write_keys(rs, req) != NGX_OK
         || mr_pg_rows_deletes(rs, req, MR_PG_KEY, MR_SQL_D_KEYS) != NGX_OK
-        || mr_pg_rows_write_routes(rs, req) != NGX_OK
+        || (!rs->route_deltas && mr_pg_rows_write_routes(rs, req) != NGX_OK)
         || mr_pg_rows_write_endpoints(rs, req) != NGX_OK
         || mr_pg_rows_deletes(rs, req, MR_PG_WH, MR_SQL_D_ENDPOINTS)
            != NGX_OK
@@ -809,7 +813,9 @@ mr_pg_rows_write(mr_pg_rows_t *rs, mr_pg_req_t *req)
         || mr_pg_rows_deletes(rs, req, MR_PG_EVENT, MR_SQL_D_EVENTS)
            != NGX_OK
         || mr_pg_rows_write_dlvs(rs, req) != NGX_OK
-        || mr_pg_rows_deletes(rs, req, MR_PG_DLV, MR_SQL_D_DLVS) != NGX_OK)
+        || mr_pg_rows_deletes(rs, req, MR_PG_DLV, MR_SQL_D_DLVS) != NGX_OK
+        || (rs->route_deltas
+            && mr_pg_rows_write_routes_delta(rs, req) != NGX_OK))
     {
         return NGX_ERROR;
     }
@@ -1259,6 +1265,98 @@ mr_pg_rows_write_routes(mr_pg_rows_t *rs, mr_pg_req_t *req)
     }
 
     return mr_pg_send_arrays(req, MR_SQL_W_ROUTES, b, 12);
+}
+
+
+/*
+ * The routes of a batch that read them without a lock: locked now (in
+ * order, if more than one), and changed by what the batch did if they
+ * still allow it (MR_SQL_W_ROUTES_DELTA); a route the batch read none of
+ * (its first attempt) fails the check: the batch is made again, locked
+ */
+
+static ngx_int_t
+mr_pg_rows_write_routes_delta(mr_pg_rows_t *rs, mr_pg_req_t *req)
+{
+    ngx_uint_t         i, n, m;
+    mr_route_t        *route;
+    mr_pg_ent_t       *e;
+    const char        *v[23];
+    mr_pg_buf_t        b[22];
+    mr_route_state_t  *st, *rd;
+
+    mr_pg_bufs_init(b, 22, rs->pool);
+    n = 0;
+
+    for (e = rs->head[MR_PG_ROUTE]; e; e = e->all) {
+        if (!e->dirty) {
+            continue;
+        }
+
+        st = &e->route;
+        rd = &e->route_read;
+        n++;
+
+        /* the fields of the breaker that the batch changed */
+
+        m = (st->failures != rd->failures)
+            | (st->open_until_ms != rd->open_until_ms) << 1
+            | (st->probe_until_ms != rd->probe_until_ms) << 2
+            | (st->paused_until_ms != rd->paused_until_ms) << 3
+            | (st->probe_token != rd->probe_token) << 4
+            | (st->provider_failures != rd->provider_failures) << 5
+            | (st->timeout_accounts != rd->timeout_accounts) << 6
+            | (ngx_memcmp(st->timeout_org, rd->timeout_org, MR_ORG_ID_LEN)
+               != 0) << 7;
+
+        route = mr_route_find(mr_pg_main_conf(), e->key.data, e->key.len);
+
+        mr_pg_buf_str(&b[0], e->key.data, e->key.len);
+        mr_pg_buf_int(&b[1], (int64_t) st->inflight - (int64_t) rd->inflight);
+        mr_pg_buf_int(&b[2], (int64_t) (st->attempts - rd->attempts));
+        mr_pg_buf_int(&b[3], (int64_t) (st->failed - rd->failed));
+        mr_pg_buf_int(&b[4], (int64_t) m);
+
+        for (i = 0; i < 2; i++) {
+            st = i ? rd : &e->route;
+
+            mr_pg_buf_int(&b[5 + 8 * i], st->failures);
+            mr_pg_buf_int(&b[6 + 8 * i], st->open_until_ms);
+            mr_pg_buf_int(&b[7 + 8 * i], st->probe_until_ms);
+            mr_pg_buf_int(&b[8 + 8 * i], st->paused_until_ms);
+            mr_pg_buf_int(&b[9 + 8 * i], (int64_t) st->probe_token);
+            mr_pg_buf_int(&b[10 + 8 * i], st->provider_failures);
+            mr_pg_buf_int(&b[11 + 8 * i], st->timeout_accounts);
+            mr_pg_buf_str(&b[12 + 8 * i], st->timeout_org,
+                          st->timeout_accounts ? MR_ORG_ID_LEN : 0);
+        }
+
+        mr_pg_buf_int(&b[21], route ? (int64_t) route->max_concurrency : 0);
+    }
+
+    if (n == 0) {
+        return NGX_OK;
+    }
+
+    for (i = 0; i < 22; i++) {
+        v[i] = mr_pg_buf_end(&b[i]);
+        if (v[i] == NULL) {
+            return NGX_ERROR;
+        }
+    }
+
+    v[22] = mr_pg_int(rs->pool, (int64_t) n);
+    if (v[22] == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (n > 1
+        && mr_pg_send(req, MR_SQL_LOCK_ROUTE_NAMES, 1, v, NULL) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    return mr_pg_send(req, MR_SQL_W_ROUTES_DELTA, 23, v, NULL);
 }
 
 

@@ -80,6 +80,7 @@ struct mr_pg_ent_s {
     uint64_t                  lease;         /* DLV: the lease's token */
 
     mr_route_state_t          route;         /* MR_PG_ROUTE */
+    mr_route_state_t          route_read;    /* as loaded: the deltas */
     u_char                    secret[MR_WH_SECRET_LEN]; /* MR_PG_SECRET */
 };
 
@@ -93,6 +94,7 @@ typedef struct {
     ngx_str_t                 node;          /* leases name it */
     unsigned                  deltas:1;      /* accounts read unlocked:
                                                 written as deltas */
+    unsigned                  route_deltas:1;  /* routes, the same */
 } mr_pg_rows_t;
 
 

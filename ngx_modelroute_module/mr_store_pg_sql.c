@@ -194,10 +194,12 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
     { NULL, "BEGIN", 0 },
 
     /*
-     * "= ANY (ARRAY(...))", not "IN (...)": the accounts are found by
-     * their index whatever the estimate of the ids' union (the "IN" form
-     * was planned as a hash join over a scan of every account, on every
-     * batch: mr_accounts' and mr_keys' scans counted by t/74)
+     * "= ANY (ARRAY(...))", not "IN (...)": the union of the ids is an
+     * array of its own rows, not a join whose estimate enters the plan.
+     * What makes the accounts be found by their index is the sessions'
+     * random_page_cost of 1.1 at most (mr_pg_conn_setup()): at 4, the
+     * default, either form was planned as a hash join over a scan of
+     * every account, on every batch (the scans are counted by t/74)
      */
     { "mr_lock_accounts",
       "SELECT " MR_ACCT_COLS " FROM mr_accounts WHERE org = ANY (ARRAY("
@@ -589,6 +591,72 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
       "$5::text[]) AS u(o, k, e, c, p) "
       "WHERE i.org = u.o AND i.key = u.k AND i.exec_id = u.p RETURNING 1) "
       "SELECT mr_conflict(count(*) = $6::bigint) FROM w", 1 },
+
+    /*
+     * A dispatch claim, or a batch of creates and dispatch outcomes, all
+     * made for the first time, reads its routes without a lock (every
+     * such batch of every worker changes the route it dispatches to) and
+     * changes them in its last round trip, where they are locked (in
+     * order, when more than one), for as long as the COMMIT takes: their
+     * counters by what the batch added ($2..$4), and the fields of the
+     * breaker that the batch changed (the bits of $5: failures, open,
+     * probe, paused, the probe's token, the provider's failures, the
+     * accounts that timed out and the first of them; new values $6..$13)
+     * if they are still as the batch read them ($14..$21).  Slots taken
+     * must be within the route's cap ($22, 0: none).  Else mr_conflict()
+     * fails (MR001): the batch is rolled back and made again with its
+     * routes locked first ($23: the number of routes).
+     */
+
+    { "mr_routes_snap",
+      "SELECT " MR_ROUTE_COLS " FROM mr_routes "
+      "WHERE name = ANY($1::text[]) "
+      "OR name IN (SELECT route FROM mr_executions "
+      "WHERE id = ANY($2::text[]))", 0 },
+
+    { "mr_lock_route_names",
+      "SELECT name FROM mr_routes WHERE name = ANY($1::text[]) "
+      "ORDER BY name FOR UPDATE", 0 },
+
+    { "mr_w_routes_delta",
+      "WITH d AS (UPDATE mr_routes r SET "
+      "inflight = greatest(r.inflight + u.di, 0), "
+      "attempts = r.attempts + u.da, failed = r.failed + u.df, "
+      "failures = CASE WHEN u.m & 1 <> 0 THEN u.f ELSE r.failures END, "
+      "open_until_ms = CASE WHEN u.m & 2 <> 0 THEN u.ou "
+      "ELSE r.open_until_ms END, "
+      "probe_until_ms = CASE WHEN u.m & 4 <> 0 THEN u.pu "
+      "ELSE r.probe_until_ms END, "
+      "paused_until_ms = CASE WHEN u.m & 8 <> 0 THEN u.pa "
+      "ELSE r.paused_until_ms END, "
+      "probe_token = CASE WHEN u.m & 16 <> 0 THEN u.pt "
+      "ELSE r.probe_token END, "
+      "provider_failures = CASE WHEN u.m & 32 <> 0 THEN u.pf "
+      "ELSE r.provider_failures END, "
+      "timeout_accounts = CASE WHEN u.m & 64 <> 0 THEN u.ta "
+      "ELSE r.timeout_accounts END, "
+      "timeout_org = CASE WHEN u.m & 128 <> 0 THEN u.tg "
+      "ELSE r.timeout_org END "
+      "FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], "
+      "$5::int[], $6::bigint[], $7::bigint[], $8::bigint[], $9::bigint[], "
+      "$10::bigint[], $11::bigint[], $12::bigint[], $13::text[], "
+      "$14::bigint[], $15::bigint[], $16::bigint[], $17::bigint[], "
+      "$18::bigint[], $19::bigint[], $20::bigint[], $21::text[], "
+      "$22::bigint[]) "
+      "AS u(name, di, da, df, m, f, ou, pu, pa, pt, pf, ta, tg, rf, rou, "
+      "rpu, rpa, rpt, rpf, rta, rtg, cap) "
+      "WHERE r.name = u.name "
+      "AND (u.di <= 0 OR u.cap = 0 OR r.inflight + u.di <= u.cap) "
+      "AND (u.m & 1 = 0 OR r.failures = u.rf) "
+      "AND (u.m & 2 = 0 OR r.open_until_ms = u.rou) "
+      "AND (u.m & 4 = 0 OR r.probe_until_ms = u.rpu) "
+      "AND (u.m & 8 = 0 OR r.paused_until_ms = u.rpa) "
+      "AND (u.m & 16 = 0 OR r.probe_token = u.rpt) "
+      "AND (u.m & 32 = 0 OR r.provider_failures = u.rpf) "
+      "AND (u.m & 64 = 0 OR r.timeout_accounts = u.rta) "
+      "AND (u.m & 128 = 0 OR r.timeout_org = u.rtg) "
+      "RETURNING 1) "
+      "SELECT mr_conflict(count(*) = $23::bigint) FROM d", 0 },
 };
 
 

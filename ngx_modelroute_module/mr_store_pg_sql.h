@@ -95,7 +95,12 @@
 #define MR_SQL_W_IDEM_NEW       72
 #define MR_SQL_W_IDEM_SWAP      73
 
-#define MR_SQL_N                74
+/* ---- dispatch batches: the routes read, then changed by deltas */
+#define MR_SQL_ROUTES_SNAP      74
+#define MR_SQL_LOCK_ROUTE_NAMES 75
+#define MR_SQL_W_ROUTES_DELTA   76
+
+#define MR_SQL_N                77
 
 
 /* the columns of a row, by position */

@@ -76,24 +76,6 @@ my %TERMINAL = map { $_ => 1 } qw(COMPLETED FAILED CANCELLED EXPIRED);
 isnt($n[1]->store, $n[0]->store, 'each node has a directory of its own');
 is($n[1]->db, $n[0]->db, '... and the three share one database');
 
-# The executions by id, once every one is terminal (read from $node), or
-# what was seen at the deadline.
-sub wait_terminal {
-    my ($node, $key, $ids, $timeout) = @_;
-    my %e;
-    wait_for(sub {
-        for my $id (@$ids) {
-            next if $e{$id} && $TERMINAL{ $e{$id}{status} // '' };
-            my $r = $node->get_exec($key, $id);
-            return 0 unless $r->{status} == 200 && ref $r->{json} eq 'HASH';
-            $e{$id} = $r->{json};
-            return 0 unless $TERMINAL{ $e{$id}{status} // '' };
-        }
-        1;
-    }, $timeout // 60, 0.2);
-    return \%e;
-}
-
 # The ledger: verify exact, one execution per key, credit - balance is the
 # sum of the costs, nothing held.
 sub ledger_ok {
@@ -279,7 +261,7 @@ sub readable_ok {
         $n[$_]->create_exec($sync->{key}, $t->exec_body(model => 'm-sim'))
             ->{json}{id}
     } 0 .. 2;
-    my $se = wait_terminal($n[0], $sync->{key}, \@s, 30);
+    my $se = $n[0]->wait_terminal($sync->{key}, \@s, 30);
     is(scalar(grep { ($_->{status} // '') eq 'COMPLETED' } values %$se), 3,
         'max_concurrency=4: the three nodes dispatch meanwhile');
     is($rc->count(path => '/held'), 4,
@@ -293,7 +275,7 @@ sub readable_ok {
 
     $rc->set('/held', json => $CHAT);
     $rc->release('idem');
-    my $execs = wait_terminal($n[1], $acc->{key}, [ values %ids ], 90);
+    my $execs = $n[1]->wait_terminal($acc->{key}, [ values %ids ], 90);
     is(scalar(grep { ($_->{status} // '') eq 'COMPLETED' } values %$execs),
         $rounds, 'same key at once: every execution COMPLETED');
     is($rc->count(path => '/held'), $rounds,
@@ -339,7 +321,7 @@ is($ep->{status}, 201, 'kill: a webhook endpoint') or diag $ep->{body};
         'kill: ' . scalar(@leased) . ' attempts leased by the dead node');
     readable_ok('kill', $storm, $ids, @n[0, 1]);
 
-    my $execs = wait_terminal($n[0], $storm->{key}, [ values %$ids ], 90);
+    my $execs = $n[0]->wait_terminal($storm->{key}, [ values %$ids ], 90);
     my @open = grep { !$TERMINAL{ $execs->{$_}{status} // '' } }
         values %$ids;
     is(scalar @open, 0, 'kill: every execution terminal')
@@ -399,7 +381,7 @@ is($ep->{status}, 201, 'kill: a webhook endpoint') or diag $ep->{body};
     my $nkeys = keys %$ids;
     ok($nkeys > 30, "rolling: $nkeys executions answered 202");
     readable_ok('rolling', $acc, $ids, @n);
-    my $execs = wait_terminal($n[2], $acc->{key}, [ values %$ids ], 90);
+    my $execs = $n[2]->wait_terminal($acc->{key}, [ values %$ids ], 90);
     is(scalar(grep { ($_->{status} // '') eq 'COMPLETED' } values %$execs),
         $nkeys, 'rolling: every execution COMPLETED');
     ledger_ok('rolling', $acc, '1000.00', $execs, $nkeys);
