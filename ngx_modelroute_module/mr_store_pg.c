@@ -536,8 +536,8 @@ mr_pg_batch_creates(mr_pg_batch_t *b)
  * of their round trips.  What the rules decided on a route (a slot
  * within its cap, the fields of its breaker they changed) is checked
  * again there; if it no longer allows it, the batch is made again with
- * its routes locked first.  A batch with deliveries locks routes when it
- * loads (mr_pg_ops_load()): deliveries are locked after routes.
+ * its routes locked first.  A batch that locks deliveries still locks
+ * its routes as it reads them (mr_pg_ops_load()).
  */
 
 static ngx_uint_t

@@ -40,6 +40,14 @@
     "coalesce(e.last_dlv, '')"
 
 
+/* the routes named ($1), and those of the executions named ($2) */
+#define MR_SQL_ROUTES_READ                                                    \
+    "SELECT " MR_ROUTE_COLS " FROM mr_routes "                                \
+    "WHERE name = ANY($1::text[]) "                                           \
+    "OR name IN (SELECT route FROM mr_executions "                            \
+    "WHERE id = ANY($2::text[])) "
+
+
 mr_pg_stmt_t  mr_pg_stmts[] = {
 
     /* ---- reads */
@@ -247,11 +255,7 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
       "WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE", 0 },
 
     { "mr_lock_routes",
-      "SELECT " MR_ROUTE_COLS " FROM mr_routes "
-      "WHERE name = ANY($1::text[]) "
-      "OR name IN (SELECT route FROM mr_executions "
-      "WHERE id = ANY($2::text[])) "
-      "ORDER BY name FOR UPDATE", 0 },
+      MR_SQL_ROUTES_READ "ORDER BY name FOR UPDATE", 0 },
 
     { "mr_whsecrets",
       "SELECT org, secret FROM mr_whsecrets WHERE org = ANY (ARRAY("
@@ -593,8 +597,8 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
       "SELECT mr_conflict(count(*) = $6::bigint) FROM w", 1 },
 
     /*
-     * A dispatch claim, or a batch of creates and dispatch outcomes, all
-     * made for the first time, reads its routes without a lock (every
+     * A dispatch claim, or a batch of operations without deliveries, made
+     * for the first time, reads its routes without a lock (every
      * such batch of every worker changes the route it dispatches to) and
      * changes them in its last round trip, where they are locked (in
      * order, when more than one), for as long as the COMMIT takes: their
@@ -608,11 +612,7 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
      * routes locked first ($23: the number of routes).
      */
 
-    { "mr_routes_snap",
-      "SELECT " MR_ROUTE_COLS " FROM mr_routes "
-      "WHERE name = ANY($1::text[]) "
-      "OR name IN (SELECT route FROM mr_executions "
-      "WHERE id = ANY($2::text[]))", 0 },
+    { "mr_routes_snap", MR_SQL_ROUTES_READ, 0 },
 
     { "mr_lock_route_names",
       "SELECT name FROM mr_routes WHERE name = ANY($1::text[]) "
