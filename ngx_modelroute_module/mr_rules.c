@@ -15,6 +15,9 @@
 #include "mr_limits.h"
 
 
+static void mr_rule_end(mr_exec_t *exec, uint32_t status, int64_t now);
+
+
 /* ---- creating an execution */
 
 /* whether an idempotency key bound at bound_ms still binds at now_ms */
@@ -289,6 +292,25 @@ mr_rule_cancel_check(mr_store_op_t *op, mr_exec_t *exec)
 }
 
 
+/*
+ * An execution ends: its terminal status, when, and no input any more.
+ * Only providers read the input (the execution object does not show it),
+ * and a terminal execution is never sent again; so an ended execution
+ * keeps only what it shows, and its last write needs no run of free pages
+ * as long as its input (LMDB's large records), only what a small record
+ * needs: the expiry, cancel or outcome that releases a hold fits in a
+ * full store.
+ */
+
+static void
+mr_rule_end(mr_exec_t *exec, uint32_t status, int64_t now)
+{
+    exec->rec.status = status;
+    exec->rec.completed_ms = ngx_max(now, exec->rec.created_ms);
+    exec->seg[MR_SEG_INPUT].len = 0;
+}
+
+
 /* CANCELLED: the whole hold released, nothing charged */
 
 void
@@ -296,9 +318,8 @@ mr_rule_cancel(mr_exec_t *exec, mr_account_t *acct, int64_t now)
 {
     acct->rec.held -= exec->rec.hold;
 
-    exec->rec.status = MR_CANCELLED;
     exec->rec.cost = 0;
-    exec->rec.completed_ms = ngx_max(now, exec->rec.created_ms);
+    mr_rule_end(exec, MR_CANCELLED, now);
 }
 
 
@@ -313,10 +334,9 @@ mr_rule_expire(mr_exec_t *exec, mr_account_t *acct, int64_t now)
 
     acct->rec.held -= exec->rec.hold;
 
-    exec->rec.status = MR_EXPIRED;
     exec->rec.cost = 0;
-    exec->rec.completed_ms = ngx_max(now, exec->rec.created_ms);
     exec->seg[MR_SEG_ERROR] = error;
+    mr_rule_end(exec, MR_EXPIRED, now);
 }
 
 
@@ -339,11 +359,10 @@ mr_rule_settle(mr_exec_t *exec, mr_account_t *acct, int64_t cost,
     acct->rec.balance -= cost;
     acct->rec.charged += cost;
 
-    exec->rec.status = MR_COMPLETED;
     exec->rec.cost = cost;
-    exec->rec.completed_ms = ngx_max(now, exec->rec.created_ms);
     exec->seg[MR_SEG_RESULT] = *result;
     exec->seg[MR_SEG_ERROR].len = 0;
+    mr_rule_end(exec, MR_COMPLETED, now);
 
     return cost;
 }
@@ -382,11 +401,10 @@ mr_rule_fail(mr_exec_t *exec, mr_account_t *acct, const char *code,
         return NGX_ERROR;
     }
 
-    exec->rec.status = MR_FAILED;
     exec->rec.cost = 0;
-    exec->rec.completed_ms = ngx_max(now, exec->rec.created_ms);
     exec->seg[MR_SEG_ERROR].data = (u_char *) *err;
     exec->seg[MR_SEG_ERROR].len = ngx_strlen(*err);
+    mr_rule_end(exec, MR_FAILED, now);
 
     return NGX_OK;
 }

@@ -52,6 +52,7 @@
 #define MR_STORE_INFLIGHT      10000
 #define MR_STORE_LIST_SCAN     1000    /* executions a list looks at */
 #define MR_STORE_RESERVE_MIN   (256 * 1024)  /* bytes, however small the map */
+#define MR_STORE_SWEEP_ALONE   8       /* expiries that did not fit, a run */
 
 
 typedef int (*mr_store_step_pt)(MDB_txn *txn, mr_store_op_t *op);
@@ -83,12 +84,13 @@ static int mr_store_key_create(MDB_txn *txn, mr_store_op_t *op,
     ngx_int_t room);
 static int mr_store_key_update(MDB_txn *txn, mr_store_op_t *op);
 static int mr_store_account_limits(MDB_txn *txn, mr_store_op_t *op);
-static int mr_store_sweep(MDB_txn *txn, mr_store_op_t *op);
-static int mr_store_sweep_step(MDB_txn *txn, mr_store_op_t *op,
-    mr_store_step_pt step);
-static int mr_store_sweep_expire(MDB_txn *txn, mr_store_op_t *op);
+static int mr_store_sweep_run(mr_store_op_t *op);
+static int mr_store_sweep_all(MDB_txn *txn, mr_store_op_t *op);
+static int mr_store_sweep_step(mr_store_op_t *op, mr_store_step_pt step);
+static int mr_store_sweep_txn(mr_store_op_t *op, mr_store_step_pt step);
+static void mr_store_sweep_expire(mr_store_op_t *op);
+static int mr_store_due_read(MDB_txn *txn, mr_store_op_t *op);
 static int mr_store_expire_due(MDB_txn *txn, mr_store_op_t *op);
-static int mr_store_expire_one(MDB_txn *txn, mr_store_op_t *op);
 static int mr_store_expire_later(MDB_txn *txn, mr_store_op_t *op);
 static int mr_store_idem_purge(MDB_txn *txn, mr_store_op_t *op);
 static int mr_store_exec_purge(MDB_txn *txn, mr_store_op_t *op);
@@ -108,14 +110,34 @@ static int mr_store_count(MDB_txn *txn, mr_verify_t *vf, u_char *org);
 mr_store_t  mr_store;
 
 
+/* the sweep's purges, in their order (mr_store_sweep_run()) */
+
+static mr_store_step_pt  mr_store_purges[] = {
+    mr_store_exec_purge,
+    mr_store_wh_purge_step,
+    mr_store_event_purge_step,
+    mr_store_key_purge,
+    mr_store_idem_purge,
+};
+
+#define MR_STORE_PURGES                                                      \
+    (sizeof(mr_store_purges) / sizeof(mr_store_purges[0]))
+
+
 /* the sweep's work list (one batch at a time runs in a worker) */
 
 static struct {
     u_char                    keys[MR_STORE_SWEEP_MAX]
                                   [8 + MR_ORG_ID_LEN + 256];
     size_t                    lens[MR_STORE_SWEEP_MAX];
-    ngx_uint_t                n;
-    ngx_uint_t                i;             /* the one at hand */
+    ngx_uint_t                n;             /* due entries read */
+    ngx_uint_t                i;             /* the first at hand */
+    ngx_uint_t                end;           /* after the last at hand */
+    ngx_uint_t                wrote;         /* the step changed the store */
+    ngx_uint_t                committed;     /* transactions of this run */
+    ngx_uint_t                misfits;       /* and those that failed */
+    ngx_uint_t                stepwise;      /* the whole did not fit */
+    int                       halt;          /* no transaction can begin */
     mr_store_walk_t           exec_walk;     /* the retention's walk */
 } mr_sweep;
 
@@ -643,6 +665,7 @@ mr_store_commit_handler(ngx_event_t *ev)
     int64_t            now;
     ngx_uint_t         n, sync;
     ngx_queue_t       *q;
+    mr_store_op_t     *op;
     mr_store_batch_t  *b;
 
     if (mr_store.busy) {
@@ -663,12 +686,29 @@ mr_store_commit_handler(ngx_event_t *ev)
 
     ngx_queue_init(&b->ops);
 
+    /*
+     * a sweep is a batch of its own (mr_store_sweep_run()): the requests
+     * before it are answered without waiting for its commits
+     */
+
     for (n = 0; n < MR_STORE_BATCH_MAX; n++) {
         if (ngx_queue_empty(&mr_store.queue)) {
             break;
         }
 
         q = ngx_queue_head(&mr_store.queue);
+        op = ngx_queue_data(q, mr_store_op_t, queue);
+
+        if (op->type == MR_OP_SWEEP) {
+            if (n == 0) {
+                ngx_queue_remove(q);
+                ngx_queue_insert_tail(&b->ops, q);
+                n = 1;
+            }
+
+            break;
+        }
+
         ngx_queue_remove(q);
         ngx_queue_insert_tail(&b->ops, q);
     }
@@ -716,7 +756,14 @@ mr_store_batch_thread(void *data, ngx_log_t *log)
     ngx_queue_t    *q;
     mr_store_op_t  *op;
 
-    if (b->n) {
+    op = b->n ? ngx_queue_data(ngx_queue_head(&b->ops), mr_store_op_t, queue)
+              : NULL;
+
+    if (op && op->type == MR_OP_SWEEP) {
+        /* alone (mr_store_commit_handler()); MDB_MAP_RESIZED: again */
+        b->rc = mr_store_sweep_run(op);
+
+    } else if (b->n) {
 
         /*
          * a batch of only webhook claims and attempts and dispatch
@@ -1128,7 +1175,8 @@ mr_store_apply(MDB_txn *txn, mr_store_op_t *op, ngx_int_t room)
         return mr_store_account_limits(txn, op);
 
     case MR_OP_SWEEP:
-        return mr_store_sweep(txn, op);
+        /* a batch of its own (mr_store_sweep_run()) */
+        return EINVAL;
 
     case MR_OP_WH_CREATE:
     case MR_OP_WH_UPDATE:
@@ -1692,30 +1740,41 @@ mr_store_key_end(MDB_txn *txn, mr_key_t *key, int64_t was, int64_t end)
 
 
 /*
- * The sweeper's work, bounded by op->limit per step (the batch shares its
- * transaction with client requests): executions past their deadline
- * become EXPIRED with their hold released; idempotency keys past their
- * lifetime are freed; terminal executions, finished deliveries, events
- * and ended keys past the retention are purged.  Each step runs in a
- * transaction of its own nested in the batch's: a step that fails (for
- * lack of space, say) is undone alone, and the others still run, so that
- * the purges that free space run even when expiries cannot.  Two workers
- * (or an old and a new one during a reload) never expire the same
- * execution twice: the second finds it gone from the index.
+ * The sweeper's work, a batch of its own, each step bounded by op->limit:
+ * terminal executions, finished deliveries, events and ended keys past
+ * the retention are purged; idempotency keys past their lifetime are
+ * freed; executions past their deadline become EXPIRED with their hold
+ * released.  All of it is one write transaction when it fits.
+ *
+ * In a full store this is the work that must still run.  LMDB writes
+ * what a transaction changes to free pages, the pages it frees are free
+ * again two commits later (the snapshot before stays whole), and a
+ * commit needs a few pages more for the list of those it freed.  So when
+ * the whole does not fit, each step is a transaction of its own,
+ * committed before the next begins: the purges first (what they free is
+ * there for the expiries), and a step that does not fit (MDB_MAP_FULL) is
+ * made again on half as many entries, down to one.  The expiries go in
+ * chunks that halve until they fit (and double again after one that
+ * did); one that does not fit alone waits (its index entry moves
+ * MR_STORE_EXPIRE_RETRY ahead), is tried once more after that commit,
+ * and never holds up the ones behind it; after MR_STORE_SWEEP_ALONE of
+ * those, the rest wait for the next run, which goes step by step at once
+ * (it skips the whole that did not fit) until a run fits at every first
+ * try.  Two workers (or an old and a new one during a reload) never
+ * expire the same execution twice: the second finds it gone from the
+ * index.
+ *
+ * Returns MDB_MAP_RESIZED when the map must grow before a transaction can
+ * begin (the batch then runs again), else 0; op->result is MR_R_INTERNAL
+ * if no transaction could begin and nothing was committed.
  */
 
 static int
-mr_store_sweep(MDB_txn *txn, mr_store_op_t *op)
+mr_store_sweep_run(mr_store_op_t *op)
 {
     ngx_uint_t  i;
 
-    static mr_store_step_pt  steps[] = {
-        mr_store_exec_purge,
-        mr_store_wh_purge_step,
-        mr_store_event_purge_step,
-        mr_store_key_purge,
-        mr_store_idem_purge,
-    };
+    mr_store_op_reset(op, MR_R_OK);
 
     op->expired = 0;
     op->purged = 0;
@@ -1725,72 +1784,266 @@ mr_store_sweep(MDB_txn *txn, mr_store_op_t *op)
 
     op->limit = ngx_min(op->limit, MR_STORE_SWEEP_MAX);
 
-    /* the purges first: what they free is there for the next run */
+    mr_sweep.halt = 0;
+    mr_sweep.committed = 0;
+    mr_sweep.misfits = 0;
 
-    for (i = 0; i < sizeof(steps) / sizeof(steps[0]); i++) {
-        if (mr_store_sweep_step(txn, op, steps[i]) != 0) {
+    /*
+     * the whole in one transaction, unless the last run did not fit so
+     * (a full store would fail it again, run after run)
+     */
+
+    if (!mr_sweep.stepwise
+        && mr_store_sweep_txn(op, mr_store_sweep_all) != 0
+        && !mr_sweep.halt)
+    {
+        mr_sweep.stepwise = 1;
+        mr_sweep.misfits = 0;
+    }
+
+    if (mr_sweep.stepwise && !mr_sweep.halt) {
+
+        for (i = 0; i < MR_STORE_PURGES; i++) {
+            if (mr_store_sweep_step(op, mr_store_purges[i]) != 0
+                && !mr_sweep.halt)
+            {
+                op->failed++;
+            }
+        }
+
+        mr_store_sweep_expire(op);
+
+        /* all of it fitted at the first try: the next run tries the whole */
+        mr_sweep.stepwise = (mr_sweep.misfits != 0);
+    }
+
+    if (mr_sweep.halt && mr_sweep.halt != MDB_MAP_RESIZED) {
+        if (mr_sweep.committed == 0) {
+            op->result = MR_R_INTERNAL;
+
+        } else {
             op->failed++;
         }
     }
 
-    return mr_store_sweep_expire(txn, op);
+    if (op->failed) {
+        /* what did not fit waits for the next run, not for the next ms */
+        op->more = 0;
+    }
+
+    return (mr_sweep.halt == MDB_MAP_RESIZED) ? MDB_MAP_RESIZED : 0;
 }
 
 
-/* one step in a nested transaction: all of it, or none of it */
+/* the whole sweep in one transaction */
 
 static int
-mr_store_sweep_step(MDB_txn *txn, mr_store_op_t *op, mr_store_step_pt step)
+mr_store_sweep_all(MDB_txn *txn, mr_store_op_t *op)
 {
-    int            rc;
-    MDB_txn       *child;
-    ngx_uint_t     expired, purged, emitted, ready, more;
+    int         rc;
+    ngx_uint_t  i;
 
-    expired = op->expired;
-    purged = op->purged;
-    emitted = op->emitted;
-    ready = op->ready;
-    more = op->more;
+    rc = 0;
 
-    rc = mdb_txn_begin(mr_store.env, txn, 0, &child);
-    if (rc != 0) {
-        return rc;
+    for (i = 0; rc == 0 && i < MR_STORE_PURGES; i++) {
+        rc = mr_store_purges[i](txn, op);
     }
-
-    rc = step(child, op);
 
     if (rc == 0) {
-        rc = mdb_txn_commit(child);
-
-    } else {
-        mdb_txn_abort(child);
+        rc = mr_store_due_read(txn, op);
     }
 
-    if (rc != 0) {
-        op->expired = expired;
-        op->purged = purged;
-        op->emitted = emitted;
-        op->ready = ready;
-        op->more = more;
+    if (rc == 0) {
+        mr_sweep.i = 0;
+        mr_sweep.end = mr_sweep.n;
+
+        rc = mr_store_expire_due(txn, op);
     }
 
     return rc;
 }
 
 
+/* a step on at most op->limit entries, or on fewer until it fits */
+
+static int
+mr_store_sweep_step(mr_store_op_t *op, mr_store_step_pt step)
+{
+    int         rc;
+    ngx_uint_t  limit;
+
+    limit = op->limit;
+
+    for ( ;; ) {
+        rc = mr_store_sweep_txn(op, step);
+
+        if (rc == 0 || mr_sweep.halt || op->limit == 1) {
+            break;
+        }
+
+        op->limit /= 2;
+    }
+
+    op->limit = limit;
+
+    return rc;
+}
+
+
 /*
- * Deadlines: the due executions in one nested transaction; if that
- * fails, each on its own, and one that still does not fit is tried again
- * later (its index entry moves MR_STORE_EXPIRE_RETRY ahead), so that it
- * does not hold up the ones behind it.
+ * One transaction: all of it, or none of it (the counters and the
+ * retention's walks as they were).  One that changed nothing is not
+ * committed.
  */
 
 static int
-mr_store_sweep_expire(MDB_txn *txn, mr_store_op_t *op)
+mr_store_sweep_txn(mr_store_op_t *op, mr_store_step_pt step)
+{
+    int               rc;
+    MDB_txn          *txn;
+    ngx_uint_t        expired, purged, scanned, emitted, ready, more;
+    mr_store_walk_t   exec_walk, dlv_walk;
+
+    if (mr_sweep.halt) {
+        return mr_sweep.halt;
+    }
+
+    expired = op->expired;
+    purged = op->purged;
+    scanned = op->scanned;
+    emitted = op->emitted;
+    ready = op->ready;
+    more = op->more;
+    exec_walk = mr_sweep.exec_walk;
+    dlv_walk = mr_store_dlv_walk;
+
+    mr_sweep.wrote = 0;
+
+    mr_metrics_txn_begin();
+
+    rc = mdb_txn_begin(mr_store.env, NULL, 0, &txn);
+    if (rc != 0) {
+        mr_sweep.halt = rc;
+        mr_metrics_txn_end(rc, NULL, op);
+        return rc;
+    }
+
+    rc = step(txn, op);
+
+    if (rc == 0 && !mr_sweep.wrote
+        && op->expired == expired && op->purged == purged)
+    {
+        mdb_txn_abort(txn);
+        mr_metrics_txn_discard();
+        return 0;
+    }
+
+    if (rc == 0) {
+        rc = mdb_txn_commit(txn);
+
+    } else {
+        mdb_txn_abort(txn);
+    }
+
+    mr_metrics_txn_end(rc, NULL, op);
+
+    if (rc == 0) {
+        mr_sweep.committed++;
+        return 0;
+    }
+
+    mr_sweep.misfits++;
+
+    op->expired = expired;
+    op->purged = purged;
+    op->scanned = scanned;
+    op->emitted = emitted;
+    op->ready = ready;
+    op->more = more;
+    mr_sweep.exec_walk = exec_walk;
+    mr_store_dlv_walk = dlv_walk;
+
+    return rc;
+}
+
+
+/*
+ * Deadlines, step by step: the due executions in chunks that halve until
+ * they fit; one that does not fit alone waits.  After MR_STORE_SWEEP_ALONE
+ * of those the run ends: the ones not tried yet are first in the next.
+ */
+
+static void
+mr_store_sweep_expire(mr_store_op_t *op)
+{
+    ngx_uint_t  chunk, alone;
+
+    mr_sweep.n = 0;
+
+    if (mr_store_sweep_txn(op, mr_store_due_read) != 0) {
+        return;
+    }
+
+    mr_sweep.i = 0;
+    chunk = mr_sweep.n;
+    alone = 0;
+
+    while (mr_sweep.i < mr_sweep.n && !mr_sweep.halt) {
+
+        if (alone == MR_STORE_SWEEP_ALONE) {
+            /* the store is that full: the rest, untried, come first next */
+            break;
+        }
+
+        chunk = ngx_min(chunk, mr_sweep.n - mr_sweep.i);
+        mr_sweep.end = mr_sweep.i + chunk;
+
+        if (mr_store_sweep_txn(op, mr_store_expire_due) == 0) {
+            mr_sweep.i = mr_sweep.end;
+            chunk *= 2;
+            continue;
+        }
+
+        if (chunk > 1) {
+            chunk /= 2;
+            continue;
+        }
+
+        /*
+         * alone, it did not fit: it waits, and that commit makes free
+         * what the one before it freed; so it is tried once more
+         */
+
+        if (mr_store_sweep_txn(op, mr_store_expire_later) == 0) {
+            mr_be64_put(mr_sweep.keys[mr_sweep.i],
+                        (uint64_t) (op->now + MR_STORE_EXPIRE_RETRY));
+            mr_sweep.end = mr_sweep.i + 1;
+
+            if (mr_store_sweep_txn(op, mr_store_expire_due) == 0) {
+                mr_sweep.i++;
+                chunk = 2;
+                continue;
+            }
+        }
+
+        if (!mr_sweep.halt) {
+            op->failed++;
+            alone++;
+        }
+
+        mr_sweep.i++;
+    }
+}
+
+
+/* the due entries, at most op->limit, into mr_sweep.keys */
+
+static int
+mr_store_due_read(MDB_txn *txn, mr_store_op_t *op)
 {
     int          rc;
     MDB_val      k, v;
-    ngx_uint_t   i, n;
+    ngx_uint_t   n;
     MDB_cursor  *cur;
 
     n = 0;
@@ -1825,69 +2078,40 @@ mr_store_sweep_expire(MDB_txn *txn, mr_store_op_t *op)
     op->more |= (n == op->limit);
     mr_sweep.n = n;
 
-    if (n == 0 || mr_store_sweep_step(txn, op, mr_store_expire_due) == 0) {
-        return 0;
-    }
-
-    for (i = 0; i < n; i++) {
-        mr_sweep.i = i;
-
-        if (mr_store_sweep_step(txn, op, mr_store_expire_one) == 0) {
-            continue;
-        }
-
-        op->failed++;
-
-        (void) mr_store_sweep_step(txn, op, mr_store_expire_later);
-    }
-
     return 0;
 }
 
+
+/* the due entries mr_sweep.keys[i .. end): expired, out of the index */
 
 static int
 mr_store_expire_due(MDB_txn *txn, mr_store_op_t *op)
 {
     int         rc;
-    ngx_uint_t  i, n;
+    u_char     *key;
+    MDB_val     k;
+    ngx_uint_t  i;
 
-    n = mr_sweep.n;
+    for (i = mr_sweep.i; i < mr_sweep.end; i++) {
+        key = mr_sweep.keys[i];
 
-    for (i = 0; i < n; i++) {
-        mr_sweep.i = i;
-
-        rc = mr_store_expire_one(txn, op);
+        rc = mr_store_expire(txn, op, key + 8);
         if (rc != 0) {
             return rc;
         }
+
+        k.mv_data = key;
+        k.mv_size = 8 + MR_EXEC_ID_LEN;
+
+        rc = mdb_del(txn, mr_store.due, &k, NULL);
+        if (rc != 0 && rc != MDB_NOTFOUND) {
+            return rc;
+        }
+
+        mr_sweep.wrote = 1;
     }
 
     return 0;
-}
-
-
-/* the due entry mr_sweep.keys[mr_sweep.i]: expired, out of the index */
-
-static int
-mr_store_expire_one(MDB_txn *txn, mr_store_op_t *op)
-{
-    int      rc;
-    u_char  *key;
-    MDB_val  k;
-
-    key = mr_sweep.keys[mr_sweep.i];
-
-    rc = mr_store_expire(txn, op, key + 8);
-    if (rc != 0) {
-        return rc;
-    }
-
-    k.mv_data = key;
-    k.mv_size = 8 + MR_EXEC_ID_LEN;
-
-    rc = mdb_del(txn, mr_store.due, &k, NULL);
-
-    return (rc == MDB_NOTFOUND) ? 0 : rc;
 }
 
 
@@ -1902,6 +2126,8 @@ mr_store_expire_later(MDB_txn *txn, mr_store_op_t *op)
     int64_t  at;
 
     at = (int64_t) mr_be64_get(mr_sweep.keys[mr_sweep.i]);
+
+    mr_sweep.wrote = 1;
 
     return mr_store_time_index(txn, mr_store.due,
                                mr_sweep.keys[mr_sweep.i] + 8,

@@ -102,7 +102,8 @@ typedef struct {
 } mr_store_t;
 
 
-extern mr_store_t  mr_store;
+extern mr_store_t       mr_store;
+extern mr_store_walk_t  mr_store_dlv_walk;     /* the deliveries' purge */
 
 
 MDB_txn *mr_store_read_begin(void);

@@ -395,7 +395,8 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
       "attempt_ms = EXCLUDED.attempt_ms, nattempts = EXCLUDED.nattempts, "
       "route = EXCLUDED.route, result = EXCLUDED.result, "
       "error = EXCLUDED.error, attempts = EXCLUDED.attempts, "
-      "last_dlv = EXCLUDED.last_dlv", 0 },
+      "last_dlv = EXCLUDED.last_dlv, input = CASE WHEN EXCLUDED.input = '' "
+      "THEN '' ELSE mr_executions.input END", 0 },
 
     { "mr_w_accounts",
       "UPDATE mr_accounts a SET balance = u.balance, held = u.held, "

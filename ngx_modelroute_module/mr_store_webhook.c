@@ -116,7 +116,7 @@ static u_char  mr_dlv_cursor[MR_ORG_ID_LEN];
 static ngx_uint_t  mr_dlv_cursor_set;
 
 /* where the retention's walk over the deliveries goes on from */
-static mr_store_walk_t  mr_dlv_walk;
+mr_store_walk_t  mr_store_dlv_walk;
 
 
 int
@@ -1389,13 +1389,13 @@ mr_store_dlv_purge(MDB_txn *txn, mr_store_op_t *op, ngx_uint_t limit)
 
     /* pending ones are passed over a budget at a time (mr_store_walk_t) */
 
-    for (rc = mr_store_walk_first(cur, &mr_dlv_walk, &k, &v);
+    for (rc = mr_store_walk_first(cur, &mr_store_dlv_walk, &k, &v);
          rc == 0 && n < limit;
          rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT))
     {
         mr_dlv_rec_t  rec;
 
-        if (mr_store_walk_stop(&mr_dlv_walk, &k, op)) {
+        if (mr_store_walk_stop(&mr_store_dlv_walk, &k, op)) {
             break;
         }
 
@@ -1410,7 +1410,7 @@ mr_store_dlv_purge(MDB_txn *txn, mr_store_op_t *op, ngx_uint_t limit)
         if (mr_rule_id_ms((u_char *) k.mv_data + 4) + op->retention_ms
             > op->now)
         {
-            mr_dlv_walk.len = 0;              /* from the oldest again */
+            mr_store_dlv_walk.len = 0;              /* from the oldest again */
             break;
         }
 
@@ -1419,7 +1419,7 @@ mr_store_dlv_purge(MDB_txn *txn, mr_store_op_t *op, ngx_uint_t limit)
         }
     }
 
-    mr_store_walk_end(&mr_dlv_walk, rc, &k, n == limit);
+    mr_store_walk_end(&mr_store_dlv_walk, rc, &k, n == limit);
 
     mdb_cursor_close(cur);
 

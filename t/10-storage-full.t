@@ -1,6 +1,7 @@
 # A full store: new work gets 507 STORAGE_FULL and nothing is stored;
-# reads, lists and cancels of accepted executions keep working; a larger
-# map size and a reload bring creates back.
+# reads, lists and cancels of accepted executions keep working (a cancel
+# drops the execution's input: its room takes new work); a larger map
+# size and a reload bring creates back.
 use strict;
 use warnings;
 use FindBin;
@@ -85,6 +86,23 @@ money_is($t->balance($key)->{held}, sprintf('%.6f', 0.048 * (@ids - 2)),
 # Key revocation is a change, not new data.
 my $rv = $t->admin(POST => "/keys/$spare_id/revoke");
 is($rv->{status}, 200, 'revoke in a full store: 200');
+
+# A cancelled execution keeps no input: its room is there for new work,
+# until the store is full again.
+my ($refill, $full2) = (0);
+for my $i (1 .. 100) {
+    my $r = $t->create_exec($key, $t->exec_body(
+        input => { prompt => $big, refill => $i }));
+    if ($r->{status} == 202) {
+        push @ids, $r->{json}{id};
+        $refill++;
+        next;
+    }
+    $full2 = $r;
+    last;
+}
+ok($refill >= 1, "the cancels' room took $refill large creates");
+is_error($full2 // {}, 507, 'STORAGE_FULL', 'then the store is full again');
 
 # New things: 507, nothing stored.
 my $count = @ids;

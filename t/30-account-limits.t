@@ -1,9 +1,9 @@
-# One account tries to fill the store for everyone: create with a large
-# input and cancel (free of charge), again and again.  It meets its own
-# limit of stored bytes (403 ACCOUNT_LIMIT_EXCEEDED naming the limit, its
-# value and the use) long before the store is full, while another
-# account keeps working; the use is counted exactly (verify walks the
-# account's records).  Then the other limits (live executions, webhook
+# One account tries to fill the store for everyone: open executions with
+# large inputs, again and again.  It meets its own limit of stored bytes
+# (403 ACCOUNT_LIMIT_EXCEEDED naming the limit, its value and the use)
+# long before the store is full, while another account keeps working;
+# the use is counted exactly (verify walks the account's records), and
+# falls by the inputs when the executions end.  Then the other limits (live executions, webhook
 # endpoints, API keys) with the admin API's overrides, the account
 # object, the input size limit of a model (413), nginx -t refusals, and
 # the retention giving an account its room back.
@@ -37,15 +37,17 @@ sub limit_error {
 }
 
 # ---------------------------------------------------------------- the fill
+# Open executions with large inputs (a cancelled one keeps no input: the
+# ended ones' turn comes with the retention, below).
 my $big = 'x' x 60_000;
 my ($refused, $n, $vic_ok, $vic_bad, $full) = (undef, 0, 0, 0, 0);
+my @open;
 for my $i (1 .. 2000) {
     my $r = $t->create_exec($att->{key}, $t->exec_body(
         input => { prompt => $big, i => $i }));
     if ($r->{status} == 202) {
         $n++;
-        $t->req(POST => "/v1/executions/$r->{json}{id}/cancel",
-            auth($att->{key}));
+        push @open, $r->{json}{id};
     } else {
         $refused = $r;
         last;
@@ -55,7 +57,7 @@ for my $i (1 .. 2000) {
     $v->{status} == 202 ? $vic_ok++ : $vic_bad++;
     $full++ if $v->{status} == 507;
 }
-ok($n > 10, "$n large create-and-cancel pairs accepted");
+ok($n > 10, "$n large executions accepted");
 my $d = limit_error($refused // {}, 'bytes',
     'the attacker meets its own limit of stored bytes');
 is($d->{value}, 4 * 1024 * 1024, 'the default: a quarter of the map');
@@ -72,6 +74,18 @@ for my $k (1 .. 3) {
 limit_error($t->create_exec($att->{key}, $t->exec_body(
     input => { prompt => $big })), 'bytes',
     'the attacker\'s next one is refused too');
+
+# the executions end: their inputs leave the store, and the use with them
+my $used = $t->admin(GET => "/accounts/$att->{org}")->{json}{usage}{bytes};
+my $cancelled = 0;
+for my $id (@open) {
+    $cancelled++ if $t->req(POST => "/v1/executions/$id/cancel",
+        auth($att->{key}))->{status} == 200;
+}
+is($cancelled, scalar @open, 'every one of them cancelled');
+my $left = $t->admin(GET => "/accounts/$att->{org}")->{json}{usage}{bytes};
+cmp_ok($used - $left, '>=', 60_000 * @open,
+    "their inputs are no longer counted ($used -> $left bytes)");
 
 my $v = $t->verify($att->{org});
 ok($v->{ok}, 'verify: the counted use is exact') or diag explain $v;
@@ -185,9 +199,11 @@ $t2->start;
 {
     my $acc = $t2->new_account(credit => '100.00');
     my ($n, $r) = (0);
+    # what an ended execution keeps: its metadata, not its input
+    my %meta = map { ("k$_" => 'm' x 200) } 1 .. 16;
     for (1 .. 100) {
         $r = $t2->create_exec($acc->{key}, $t2->exec_body(
-            input => { prompt => 'y' x 20000 }));
+            input => { prompt => 'y' x 20000 }, metadata => \%meta));
         last unless $r->{status} == 202;
         $n++;
         $t2->req(POST => "/v1/executions/$r->{json}{id}/cancel",
