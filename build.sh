@@ -58,6 +58,7 @@ deps=(nginx nginx-dev liblmdb-dev lmdb-utils libjansson-dev
       libtest-base-perl libnginx-mod-http-echo curl wrk
       libnginx-mod-http-lua lua-resty-core lua-cjson
       prometheus chromium    # the tests: promtool, a headless browser
+      libio-socket-ssl-perl  # t/46: TLS clients of the production nginx
       postgresql-15 postgresql-client-15)    # the PostgreSQL store's tests
 
 # what ./build.sh deb needs on top (debian/control's Build-Depends are
