@@ -296,10 +296,9 @@ mr_rule_cancel_check(mr_store_op_t *op, mr_exec_t *exec)
  * An execution ends: its terminal status, when, and no input any more.
  * Only providers read the input (the execution object does not show it),
  * and a terminal execution is never sent again; so an ended execution
- * keeps only what it shows, and its last write needs no run of free pages
- * as long as its input (LMDB's large records), only what a small record
- * needs: the expiry, cancel or outcome that releases a hold fits in a
- * full store.
+ * keeps only what it shows, and the write that releases its hold
+ * (expiry, cancel, outcome) is small: it fits in a full store whose free
+ * room is scattered (a large record needs it in one run, on LMDB).
  */
 
 static void

@@ -1798,7 +1798,7 @@ mr_store_sweep_run(mr_store_op_t *op)
         && !mr_sweep.halt)
     {
         mr_sweep.stepwise = 1;
-        mr_sweep.misfits = 0;
+        mr_sweep.misfits = 0;        /* the steps' own count from here */
     }
 
     if (mr_sweep.stepwise && !mr_sweep.halt) {

@@ -1410,7 +1410,7 @@ mr_store_dlv_purge(MDB_txn *txn, mr_store_op_t *op, ngx_uint_t limit)
         if (mr_rule_id_ms((u_char *) k.mv_data + 4) + op->retention_ms
             > op->now)
         {
-            mr_store_dlv_walk.len = 0;              /* from the oldest again */
+            mr_store_dlv_walk.len = 0;        /* from the oldest again */
             break;
         }
 

@@ -3,8 +3,8 @@
  * ModelRoute: the sweeper.
  *
  * Every worker runs it on a cancelable timer; each run is one store
- * operation (MR_OP_SWEEP), whose steps each commit on their own, apart
- * from the client requests' transactions (both stores): it expires
+ * operation (MR_OP_SWEEP), committed apart from the client requests'
+ * transactions (a batch of its own, on both stores): it expires
  * executions past their deadline (index ordered by deadline, no scan),
  * frees idempotency keys past their lifetime and purges terminal
  * executions past the retention, at most MR_SWEEP_LIMIT of each per run.

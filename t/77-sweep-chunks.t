@@ -3,9 +3,10 @@
 # accounts have eight webhook endpoints each: expiring all of them at
 # once writes an event and eight deliveries each, more than the store's
 # free pages, while each expiry, once committed, frees its input.  The
-# sweep must expire them all in the same run, chunk after chunk, each
-# committed before the next (what one frees is there for the next): no
-# step waits for room, no sweep is lost, every hold is released.
+# sweep does not fit as a whole (a failed commit is counted) and must
+# expire them chunk after chunk, each committed before the next (what
+# one frees is there for the next): no step waits for room, no sweep is
+# lost, every hold is released.
 use strict;
 use warnings;
 use FindBin;
