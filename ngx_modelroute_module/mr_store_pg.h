@@ -4,6 +4,7 @@
  *   mr_store_pg_conf.c   the configuration and its check (the master)
  *   mr_store_pg_conn.c   non-blocking libpq connections on nginx's events,
  *                        in pipeline mode
+ *   mr_store_pg_plans.c  a connection's plans made again as tables grow
  *   mr_store_pg.c        the store: group commit, reads, faults
  *   mr_store_pg_rows.c   a batch's rows: loading, the identity map, writes
  *   mr_store_pg_sql.c    the statements, prepared by name
@@ -31,6 +32,8 @@
 #define MR_PG_CONNECTIONS        2      /* per worker: batches, reads */
 #define MR_PG_CONNECT_TIMEOUT    5000
 #define MR_PG_TIMEOUT            10000
+
+#define MR_PG_PLANS_TABLES       11     /* whose sizes the plans follow */
 
 
 /* the configuration (mr_store_pg_conf.c), made once for the workers */
@@ -105,12 +108,23 @@ struct mr_pg_conn_s {
     ngx_event_t               lost_ev;       /* posted: it broke */
     mr_pg_req_t               setup;
     mr_pg_conn_handler_pt     ready;         /* READY, or DOWN again */
+    ngx_event_t               plans_ev;      /* the tables' sizes, looked
+                                                at (mr_store_pg_plans.c) */
+    mr_pg_req_t               plans;
+    PGresult                 *plans_res[2];
+    int64_t                   plans_size[MR_PG_PLANS_TABLES];
+                                             /* when the plans were made */
     void                     *data;
     ngx_log_t                *log;
     unsigned                  logged_down:1; /* said once until it is up */
     unsigned                  unreachable:1; /* its last connection attempt
                                                 failed */
     unsigned                  refused:1;     /* its schema, said once */
+    unsigned                  plans_known:1; /* plans_size */
+    unsigned                  plans_due:1;   /* to send when idle */
+    unsigned                  plans_discard:1;  /* with DISCARD PLANS */
+    unsigned                  plans_sent:1;
+    unsigned                  plans_logged:1;
 };
 
 
@@ -126,6 +140,11 @@ ngx_int_t mr_pg_send(mr_pg_req_t *req, ngx_uint_t stmt, int n,
 ngx_int_t mr_pg_req_end(mr_pg_conn_t *pc, mr_pg_req_t *req,
     mr_pg_req_handler_pt handler, void *data);
 void mr_pg_req_free(mr_pg_req_t *req);
+
+void mr_pg_plans_init(mr_pg_conn_t *pc);
+void mr_pg_plans_start(mr_pg_conn_t *pc);
+void mr_pg_plans_stop(mr_pg_conn_t *pc);
+void mr_pg_plans_idle(mr_pg_conn_t *pc);
 
 
 /* ---- the statements, prepared on every connection (mr_store_pg_sql.c) */

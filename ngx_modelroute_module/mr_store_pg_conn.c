@@ -95,6 +95,8 @@ mr_pg_conn_create(ngx_cycle_t *cycle, ngx_uint_t index,
     pc->lost_ev.data = &mr_timer_conn;
     pc->lost_ev.log = cycle->log;
 
+    mr_pg_plans_init(pc);
+
     return pc;
 }
 
@@ -577,6 +579,11 @@ mr_pg_conn_setup_done(mr_pg_req_t *req)
     pc->backoff = MR_PG_BACKOFF_MIN;
     pc->logged_down = 0;
 
+    /* its plans follow the tables' sizes from now on: looked at first */
+
+    mr_pg_plans_start(pc);
+    mr_pg_plans_idle(pc);
+
     pc->ready(pc);
 }
 
@@ -799,6 +806,10 @@ mr_pg_conn_results(mr_pg_conn_t *pc)
             mr_pg_conn_timer(pc, 1);
             mr_pg_req_done(pc, req);
 
+            if (pc->npending == 0) {
+                mr_pg_plans_idle(pc);
+            }
+
             continue;
         }
 
@@ -907,6 +918,8 @@ mr_pg_conn_close(mr_pg_conn_t *pc, ngx_uint_t again)
     mr_pg_req_t  *req;
 
     was = pc->state;
+
+    mr_pg_plans_stop(pc);
 
     if (pc->timeout_ev.timer_set) {
         ngx_del_timer(&pc->timeout_ev);

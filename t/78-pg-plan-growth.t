@@ -1,0 +1,101 @@
+# PostgreSQL: the statements are planned again when a table they read has
+# grown, so that reads by keys stay index look-ups however large the
+# executions' table grew since its plans were made.
+#
+# PostgreSQL caches a prepared statement's generic plan after five runs
+# (at once without parameters) and keeps it until the next ANALYZE.  Made
+# while mr_executions was empty or small, as after a deployment or an
+# ANALYZE of a quiet table, the plans of the executions' locked reads by
+# id, of the account lock, the endpoints' and the secrets' reads (each
+# with "SELECT org FROM mr_executions WHERE id = ANY($2)" inside) and of
+# the claims' candidates were scans of the whole table: here 300 scans of
+# 50,000 rows in 30 dispatches; in bench/fleet.sh with one node, 40% of
+# PostgreSQL's CPU.  Each connection now looks at the tables' sizes once
+# a second and drops its plans (DISCARD PLANS) when one has doubled.
+#
+# Here: autovacuum off for the table, which is analyzed while empty; 40
+# executions dispatched one at a time (each connection's plans are made);
+# 50,000 ended executions added; once both connections of the worker said
+# that they plan again, 30 more dispatched one at a time: PostgreSQL's
+# counters must show no sequential scan of mr_executions while they ran.
+use strict;
+use warnings;
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use Test::More;
+use MR::Test qw(:all);
+
+my $http = <<"EOF2";
+modelroute_store %%STORE%%;
+modelroute_sweep_interval 1h;
+modelroute_route sim /p/sim protocol=openai_chat;
+modelroute_model m-sim per_request=0.01 routes=sim attempts=1;
+server {
+    listen 127.0.0.1:%%PORT%%;
+    location /v1/ { modelroute_api; }
+    location /admin/ { modelroute_admin; }
+}
+server {
+    modelroute_dispatch;
+    location /p/sim { internal; modelroute_simulator; }
+}
+EOF2
+
+my $t = MR::Test->new(store => 'postgres', http => $http, workers => 1,
+    timeout => 30);
+$t->start;
+
+$t->psql("ALTER TABLE mr_executions SET (autovacuum_enabled = false)");
+$t->psql("ANALYZE mr_executions");
+
+my $acc = $t->new_account(credit => '1000.00');
+my $key = $acc->{key};
+
+sub held { MR::Test::micros($t->balance($key)->{held}) }
+
+sub one_by_one {
+    my ($n, $what) = @_;
+    my $ok = 0;
+    for my $i (1 .. $n) {
+        $ok++ if $t->create_exec($key, $t->exec_body(model => 'm-sim'))
+            ->{status} == 202 && wait_for(sub { held() == 0 }, 20, 0.02);
+    }
+    is($ok, $n, "$n executions $what, one at a time");
+}
+
+sub exec_stats {
+    my $r = $t->psql("SELECT seq_scan, n_tup_ins, n_tup_upd "
+        . "FROM pg_stat_user_tables WHERE relname = 'mr_executions'");
+    chomp $r;
+    return split /\|/, $r;
+}
+
+one_by_one(40, 'dispatched and completed');
+
+# the table grows, as it does under load between two ANALYZEs
+$t->psql("INSERT INTO mr_executions (id, org, status, estimate, hold, cost, "
+    . "created_ms, expires_ms, ord, fingerprint, model) "
+    . "SELECT 'exec_bulk' || g, 'org_bulk', 5, 0, 0, 0, 1, 1, g, "
+    . "'\\x00', 'm-sim' FROM generate_series(1, 50000) g");
+# counted once the backends report (within 1 s of going idle, 10 s at most)
+ok(wait_for(sub { ((exec_stats())[1] // 0) >= 50040 }, 20, 0.2),
+    'the executions added are counted');
+# the writer's and the reader's connection
+ok(wait_for(sub {
+    my @l = $t->read_log =~ /mr_executions is \d+ kB, was 64 kB .*planned again/g;
+    @l >= 2 }, 20, 0.1), 'both connections plan again')
+    or diag $t->tail_log;
+my ($seq0, undef, $upd0) = exec_stats();
+
+one_by_one(30, 'more');
+ok(wait_for(sub { ((exec_stats())[2] // 0) >= $upd0 + 60 }, 20, 0.2),
+    'their dispatch is counted');
+my ($seq1) = exec_stats();
+is($seq1 - $seq0, 0, 'no sequential scan of mr_executions while claiming')
+    or diag $t->psql("SELECT relname, seq_scan, seq_tup_read, idx_scan "
+        . "FROM pg_stat_user_tables ORDER BY seq_tup_read DESC LIMIT 5");
+
+my $v = $t->verify($acc->{org});
+ok($v->{ok}, 'verify') or diag explain $v;
+
+$t->done;
