@@ -111,9 +111,12 @@ struct mr_pg_conn_s {
     ngx_event_t               plans_ev;      /* the tables' sizes, looked
                                                 at (mr_store_pg_plans.c) */
     mr_pg_req_t               plans;
-    PGresult                 *plans_res[2];
+    PGresult                 *plans_res[3];
     int64_t                   plans_size[MR_PG_PLANS_TABLES];
-                                             /* when the plans were made */
+                                             /* when the plans were last
+                                                dropped, or the session
+                                                began */
+    ngx_uint_t                plans_failures;  /* looks in a row */
     void                     *data;
     ngx_log_t                *log;
     unsigned                  logged_down:1; /* said once until it is up */

@@ -14,13 +14,20 @@
  * dispatches; in bench/fleet.sh, 40% of PostgreSQL's CPU).
  *
  * So every connection looks at the sizes of the tables its statements
- * read, once a second, when it is idle (no request in flight, no
- * transaction open: never inside a batch), and when one of them has
- * doubled or halved since its plans were made (from 64 kB on), it drops
+ * read once a second, and when one of them has doubled or halved since
+ * the plans were last dropped (64 kB and less count as 64 kB), it drops
  * them (DISCARD PLANS): the next run of each statement is planned for the
  * table as it is now (PostgreSQL's estimate scales the last statistics to
  * the table's current size, so no ANALYZE is needed).  A table that grows
- * from nothing to a million rows is planned again about fifteen times.
+ * from nothing to a gigabyte is planned again about fourteen times.
+ *
+ * The writer looks only between its batches (nothing in flight, no
+ * transaction open); a reader's requests are each a transaction of their
+ * own, so it looks whenever it is due.  The sizes wait at most 100 ms for
+ * a table's lock (an ALTER TABLE queued, say): the requests behind them
+ * on the connection never wait longer for them; a look that could not be
+ * made is made again later, less often while they fail (up to a minute
+ * apart).
  */
 
 
@@ -33,6 +40,7 @@
 
 
 #define MR_PG_PLANS_INTERVAL  1000            /* ms between two looks */
+#define MR_PG_PLANS_BACKOFF   6               /* at most 64 s apart */
 #define MR_PG_PLANS_MIN       65536           /* bytes: smaller is small */
 
 
@@ -54,8 +62,7 @@ static const char  *mr_pg_plans_sizes =
 static void mr_pg_plans_timer(ngx_event_t *ev);
 static void mr_pg_plans_send(mr_pg_conn_t *pc);
 static void mr_pg_plans_done(mr_pg_req_t *req);
-static ngx_int_t mr_pg_plans_changed(mr_pg_conn_t *pc, PGresult *res,
-    ngx_uint_t planned);
+static ngx_int_t mr_pg_plans_changed(mr_pg_conn_t *pc, PGresult *res);
 
 
 void
@@ -67,7 +74,7 @@ mr_pg_plans_init(mr_pg_conn_t *pc)
     pc->plans_ev.cancelable = 1;
 
     pc->plans.res = pc->plans_res;
-    pc->plans.size = 2;
+    pc->plans.size = 3;
 }
 
 
@@ -80,6 +87,7 @@ mr_pg_plans_start(mr_pg_conn_t *pc)
     pc->plans_due = 1;
     pc->plans_discard = 0;
     pc->plans_sent = 0;
+    pc->plans_failures = 0;
 
     if (pc->plans_ev.timer_set) {
         ngx_del_timer(&pc->plans_ev);
@@ -100,19 +108,27 @@ mr_pg_plans_stop(mr_pg_conn_t *pc)
 
 
 /*
- * The connection has nothing in flight: what is due goes first, ahead of
- * what its handlers send next
+ * A look that is due goes now if the connection may take it: the writer
+ * with nothing in flight (after a request, unless its handler sent the
+ * next one), a reader whenever it is ready
  */
 
 void
 mr_pg_plans_idle(mr_pg_conn_t *pc)
 {
-    if (pc->plans_due && !pc->plans_sent
-        && pc->state == MR_PG_READY && pc->npending == 0
-        && PQtransactionStatus(pc->pg) == PQTRANS_IDLE)
+    if (!pc->plans_due || pc->plans_sent || pc->state != MR_PG_READY
+        || pc->lost_ev.posted || ngx_exiting || ngx_quit || ngx_terminate)
     {
-        mr_pg_plans_send(pc);
+        return;
     }
+
+    if (pc->index == 0
+        && (pc->npending || PQtransactionStatus(pc->pg) != PQTRANS_IDLE))
+    {
+        return;
+    }
+
+    mr_pg_plans_send(pc);
 }
 
 
@@ -133,7 +149,10 @@ mr_pg_plans_timer(ngx_event_t *ev)
 }
 
 
-/* the sizes, after the plans are dropped when that is due */
+/*
+ * The sizes, after the plans are dropped when that is due; a lock wait of
+ * 100 ms at most, for this request only (its implicit transaction)
+ */
 
 static void
 mr_pg_plans_send(mr_pg_conn_t *pc)
@@ -145,6 +164,14 @@ mr_pg_plans_send(mr_pg_conn_t *pc)
     req->status = MR_PG_REQ_OK;
     req->error[0] = '\0';
     req->sqlstate[0] = '\0';
+
+    if (!PQsendQueryParams(pc->pg, "SELECT set_config('lock_timeout', "
+                           "'100ms', true)", 0, NULL, NULL, NULL, NULL, 0))
+    {
+        goto lost;
+    }
+
+    req->n++;
 
     if (pc->plans_discard) {
         if (!PQsendQueryParams(pc->pg, "DISCARD PLANS", 0, NULL, NULL, NULL,
@@ -164,12 +191,12 @@ mr_pg_plans_send(mr_pg_conn_t *pc)
 
     req->n++;
 
-    if (mr_pg_req_end(pc, req, mr_pg_plans_done, pc) != NGX_OK) {
-        return;                      /* the connection is made again */
-    }
-
     pc->plans_sent = 1;
     pc->plans_due = 0;
+
+    if (mr_pg_req_end(pc, req, mr_pg_plans_done, pc) != NGX_OK) {
+        pc->plans_sent = 0;          /* the connection is made again */
+    }
 
     return;
 
@@ -186,32 +213,49 @@ static void
 mr_pg_plans_done(mr_pg_req_t *req)
 {
     PGresult      *res;
+    ngx_msec_t     delay;
     mr_pg_conn_t  *pc;
 
     pc = req->data;
     pc->plans_sent = 0;
 
+    if (pc->plans_discard && req->n == 3 && req->res[1]
+        && PQresultStatus(req->res[1]) == PGRES_COMMAND_OK)
+    {
+        /* dropped: the next sizes known are those planned for */
+        pc->plans_discard = 0;
+        pc->plans_known = 0;
+    }
+
     if (req->status != MR_PG_REQ_OK) {
 
-        if (req->status == MR_PG_REQ_FAILED && !pc->plans_logged) {
+        /* a lock not had in time is no failure; a lost connection is
+         * told by the connection */
+
+        if (req->status == MR_PG_REQ_FAILED && !pc->plans_logged
+            && ngx_strcmp(req->sqlstate, "55P03") != 0)
+        {
             ngx_log_error(NGX_LOG_WARN, pc->log, 0,
                           "modelroute_store: PostgreSQL %V: the tables' "
                           "sizes: %s", &mr_pg_conf()->where, req->error);
             pc->plans_logged = 1;
         }
 
+        if (pc->plans_failures < MR_PG_PLANS_BACKOFF) {
+            pc->plans_failures++;
+        }
+
         mr_pg_req_free(req);
         goto next;
     }
 
+    pc->plans_failures = 0;
+    pc->plans_logged = 0;
+
     res = req->res[req->n - 1];
 
-    if (pc->plans_discard) {
-        pc->plans_discard = 0;       /* the sizes are those planned for */
-        (void) mr_pg_plans_changed(pc, res, 1);
-
-    } else if (mr_pg_plans_changed(pc, res, 0) == NGX_OK) {
-        pc->plans_discard = 1;       /* sent once the connection is idle */
+    if (mr_pg_plans_changed(pc, res) == NGX_OK) {
+        pc->plans_discard = 1;       /* with the next look, at once */
         pc->plans_due = 1;
     }
 
@@ -220,19 +264,19 @@ mr_pg_plans_done(mr_pg_req_t *req)
 next:
 
     if (pc->state == MR_PG_READY && !pc->plans_ev.timer_set) {
-        ngx_add_timer(&pc->plans_ev, MR_PG_PLANS_INTERVAL);
+        delay = (ngx_msec_t) MR_PG_PLANS_INTERVAL << pc->plans_failures;
+        ngx_add_timer(&pc->plans_ev, delay);
     }
 }
 
 
 /*
  * NGX_OK: a table doubled or halved since the sizes known; NGX_DECLINED:
- * none did, or none were known.  The sizes become those known when the
- * plans were just dropped (planned), or when none were known.
+ * none did, or none were known (these become known)
  */
 
 static ngx_int_t
-mr_pg_plans_changed(mr_pg_conn_t *pc, PGresult *res, ngx_uint_t planned)
+mr_pg_plans_changed(mr_pg_conn_t *pc, PGresult *res)
 {
     int64_t     now[MR_PG_PLANS_TABLES], was;
     ngx_uint_t  i, n, first;
@@ -245,7 +289,8 @@ mr_pg_plans_changed(mr_pg_conn_t *pc, PGresult *res, ngx_uint_t planned)
     first = 0;
 
     for (i = 0; i < MR_PG_PLANS_TABLES; i++) {
-        now[i] = ngx_max(mr_pg_get_int(res, 0, i), MR_PG_PLANS_MIN);
+        now[i] = mr_pg_get_int(res, 0, i);
+        now[i] = ngx_max(now[i], MR_PG_PLANS_MIN);
         was = pc->plans_size[i];
 
         if (now[i] >= 2 * was || was >= 2 * now[i]) {
@@ -255,7 +300,7 @@ mr_pg_plans_changed(mr_pg_conn_t *pc, PGresult *res, ngx_uint_t planned)
         }
     }
 
-    if (planned || !pc->plans_known) {
+    if (!pc->plans_known) {
         ngx_memcpy(pc->plans_size, now, sizeof(now));
         pc->plans_known = 1;
         return NGX_DECLINED;

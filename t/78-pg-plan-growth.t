@@ -18,11 +18,15 @@
 # 50,000 ended executions added; once both connections of the worker said
 # that they plan again, 30 more dispatched one at a time: PostgreSQL's
 # counters must show no sequential scan of mr_executions while they ran.
+# Then another session holds an exclusive lock on a table that dispatches
+# do not read, for 10 s: 20 more executions complete before it ends (the
+# looks at the sizes wait 100 ms at most for a lock).
 use strict;
 use warnings;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
+use POSIX ();
 use MR::Test qw(:all);
 
 my $http = <<"EOF2";
@@ -94,6 +98,38 @@ my ($seq1) = exec_stats();
 is($seq1 - $seq0, 0, 'no sequential scan of mr_executions while claiming')
     or diag $t->psql("SELECT relname, seq_scan, seq_tup_read, idx_scan "
         . "FROM pg_stat_user_tables ORDER BY seq_tup_read DESC LIMIT 5");
+
+# Another session holds a table's lock (an ALTER TABLE or a VACUUM FULL
+# of mr_credit_refs, which no dispatch reads): the connections still look
+# at the sizes every second, and wait at most 100 ms for it; the requests
+# behind their looks do not wait for the lock (before: every connection's
+# requests waited behind a look until the lock was released)
+my $hold = 10;
+my $pid = fork // die "fork: $!";
+if ($pid == 0) {
+    eval { $t->psql("BEGIN; LOCK TABLE mr_credit_refs IN ACCESS EXCLUSIVE "
+        . "MODE; SELECT pg_sleep($hold); COMMIT") };
+    POSIX::_exit(0);
+}
+ok(wait_for(sub { $t->psql("SELECT count(*) FROM pg_locks l JOIN pg_class c "
+    . "ON c.oid = l.relation WHERE c.relname = 'mr_credit_refs' "
+    . "AND l.mode = 'AccessExclusiveLock' AND l.granted") eq '1' }, 10, 0.05),
+    'another session holds mr_credit_refs');
+# two looks of each connection (1 s apart) fall into the lock
+ok(wait_for(sub { $t->psql("SELECT count(*) FROM pg_stat_activity "
+    . "WHERE wait_event_type = 'Lock'") ne '0' }, 5, 0.02),
+    'a look waits for the lock');
+for my $i (1 .. 2) {
+    my $ok = 0;
+    for (1 .. 10) {
+        $ok++ if $t->create_exec($key, $t->exec_body(model => 'm-sim'))
+            ->{status} == 202 && wait_for(sub { held() == 0 }, 20, 0.02);
+    }
+    is($ok, 10, "10 executions completed while the lock is held ($i)");
+}
+is(waitpid($pid, POSIX::WNOHANG()), 0, 'all of them before it was released');
+waitpid($pid, 0);
+unlike($t->read_log, qr/the tables' sizes/, 'a lock not had is not logged');
 
 my $v = $t->verify($acc->{org});
 ok($v->{ok}, 'verify') or diag explain $v;
