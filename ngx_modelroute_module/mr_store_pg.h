@@ -111,7 +111,6 @@ struct mr_pg_conn_s {
     ngx_event_t               plans_ev;      /* the tables' sizes, looked
                                                 at (mr_store_pg_plans.c) */
     mr_pg_req_t               plans;
-    PGresult                 *plans_res[3];
     int64_t                   plans_size[MR_PG_PLANS_TABLES];
                                              /* when the plans were last
                                                 dropped, or the session
@@ -125,8 +124,9 @@ struct mr_pg_conn_s {
     unsigned                  refused:1;     /* its schema, said once */
     unsigned                  plans_known:1; /* plans_size */
     unsigned                  plans_due:1;   /* to send when idle */
-    unsigned                  plans_discard:1;  /* with DISCARD PLANS */
+    unsigned                  plans_renew:1;  /* to prepare anew */
     unsigned                  plans_sent:1;
+    unsigned                  plans_preparing:1;  /* prepared anew */
     unsigned                  plans_logged:1;
 };
 
@@ -144,7 +144,7 @@ ngx_int_t mr_pg_req_end(mr_pg_conn_t *pc, mr_pg_req_t *req,
     mr_pg_req_handler_pt handler, void *data);
 void mr_pg_req_free(mr_pg_req_t *req);
 
-void mr_pg_plans_init(mr_pg_conn_t *pc);
+ngx_int_t mr_pg_plans_init(mr_pg_conn_t *pc, ngx_pool_t *pool);
 void mr_pg_plans_start(mr_pg_conn_t *pc);
 void mr_pg_plans_stop(mr_pg_conn_t *pc);
 void mr_pg_plans_idle(mr_pg_conn_t *pc);

@@ -95,7 +95,9 @@ mr_pg_conn_create(ngx_cycle_t *cycle, ngx_uint_t index,
     pc->lost_ev.data = &mr_timer_conn;
     pc->lost_ev.log = cycle->log;
 
-    mr_pg_plans_init(pc);
+    if (mr_pg_plans_init(pc, cycle->pool) != NGX_OK) {
+        return NULL;
+    }
 
     return pc;
 }

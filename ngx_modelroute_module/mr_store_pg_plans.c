@@ -15,11 +15,17 @@
  *
  * So every connection looks at the sizes of the tables its statements
  * read once a second, and when one of them has doubled or halved since
- * the plans were last dropped (64 kB and less count as 64 kB), it drops
- * them (DISCARD PLANS): the next run of each statement is planned for the
- * table as it is now (PostgreSQL's estimate scales the last statistics to
- * the table's current size, so no ANALYZE is needed).  A table that grows
- * from nothing to a gigabyte is planned again about fourteen times.
+ * the statements were prepared (64 kB and less count as 64 kB), it
+ * prepares them anew (DEALLOCATE ALL, then each again): they are planned
+ * as on a new connection, for the tables as they are now (PostgreSQL's
+ * estimate scales the last statistics to a table's current size, so no
+ * ANALYZE is needed).  Not DISCARD PLANS: it keeps what each statement's
+ * custom plans cost so far, made on the small tables, beside which a
+ * generic plan made on the large ones looked dear, so that statements
+ * were planned on every run from then on (the account lock of every
+ * batch among them: bench/pg.sh completed 15-25% fewer executions).  A
+ * table that grows from nothing to a gigabyte is prepared again about
+ * fourteen times.
  *
  * The writer looks only between its batches (nothing in flight, no
  * transaction open); a reader's requests are each a transaction of their
@@ -65,16 +71,20 @@ static void mr_pg_plans_done(mr_pg_req_t *req);
 static ngx_int_t mr_pg_plans_changed(mr_pg_conn_t *pc, PGresult *res);
 
 
-void
-mr_pg_plans_init(mr_pg_conn_t *pc)
+ngx_int_t
+mr_pg_plans_init(mr_pg_conn_t *pc, ngx_pool_t *pool)
 {
     pc->plans_ev.handler = mr_pg_plans_timer;
     pc->plans_ev.data = &mr_timer_conn;
     pc->plans_ev.log = pc->log;
     pc->plans_ev.cancelable = 1;
 
-    pc->plans.res = pc->plans_res;
-    pc->plans.size = 3;
+    /* the sizes, and a statement before them, or all of them prepared */
+
+    pc->plans.size = mr_pg_nstmts + 2;
+    pc->plans.res = ngx_pcalloc(pool, pc->plans.size * sizeof(PGresult *));
+
+    return (pc->plans.res == NULL) ? NGX_ERROR : NGX_OK;
 }
 
 
@@ -85,8 +95,9 @@ mr_pg_plans_start(mr_pg_conn_t *pc)
 {
     pc->plans_known = 0;
     pc->plans_due = 1;
-    pc->plans_discard = 0;
+    pc->plans_renew = 0;
     pc->plans_sent = 0;
+    pc->plans_preparing = 0;
     pc->plans_failures = 0;
 
     if (pc->plans_ev.timer_set) {
@@ -103,7 +114,7 @@ mr_pg_plans_stop(mr_pg_conn_t *pc)
     }
 
     pc->plans_due = 0;
-    pc->plans_discard = 0;
+    pc->plans_renew = 0;
 }
 
 
@@ -150,13 +161,18 @@ mr_pg_plans_timer(ngx_event_t *ev)
 
 
 /*
- * The sizes, after the plans are dropped when that is due; a lock wait of
- * 100 ms at most, for this request only (its implicit transaction)
+ * The sizes; a lock wait of 100 ms at most, for this request only (its
+ * implicit transaction).  When the plans are due to be made again, the
+ * statements are prepared anew first (DEALLOCATE ALL, then each as on a
+ * new connection), with no lock_timeout: a statement missing would fail
+ * every request that uses it, so a request that fails there costs the
+ * connection (made again, it prepares them all).
  */
 
 static void
 mr_pg_plans_send(mr_pg_conn_t *pc)
 {
+    ngx_uint_t    i;
     mr_pg_req_t  *req;
 
     req = &pc->plans;
@@ -165,17 +181,35 @@ mr_pg_plans_send(mr_pg_conn_t *pc)
     req->error[0] = '\0';
     req->sqlstate[0] = '\0';
 
-    if (!PQsendQueryParams(pc->pg, "SELECT set_config('lock_timeout', "
-                           "'100ms', true)", 0, NULL, NULL, NULL, NULL, 0))
-    {
-        goto lost;
-    }
+    pc->plans_preparing = pc->plans_renew;
 
-    req->n++;
-
-    if (pc->plans_discard) {
-        if (!PQsendQueryParams(pc->pg, "DISCARD PLANS", 0, NULL, NULL, NULL,
+    if (pc->plans_preparing) {
+        if (!PQsendQueryParams(pc->pg, "DEALLOCATE ALL", 0, NULL, NULL, NULL,
                                NULL, 0))
+        {
+            goto lost;
+        }
+
+        req->n++;
+
+        for (i = 0; i < mr_pg_nstmts; i++) {
+            if (mr_pg_stmts[i].name == NULL || mr_pg_stmts[i].custom) {
+                continue;
+            }
+
+            if (!PQsendPrepare(pc->pg, mr_pg_stmts[i].name,
+                               mr_pg_stmts[i].sql, 0, NULL))
+            {
+                goto lost;
+            }
+
+            req->n++;
+        }
+
+    } else {
+        if (!PQsendQueryParams(pc->pg, "SELECT set_config('lock_timeout', "
+                               "'100ms', true)", 0, NULL, NULL, NULL, NULL,
+                               0))
         {
             goto lost;
         }
@@ -219,12 +253,28 @@ mr_pg_plans_done(mr_pg_req_t *req)
     pc = req->data;
     pc->plans_sent = 0;
 
-    if (pc->plans_discard && req->n == 3 && req->res[1]
-        && PQresultStatus(req->res[1]) == PGRES_COMMAND_OK)
-    {
-        /* dropped: the next sizes known are those planned for */
-        pc->plans_discard = 0;
-        pc->plans_known = 0;
+    if (pc->plans_preparing) {
+        pc->plans_preparing = 0;
+
+        if (req->status == MR_PG_REQ_FAILED) {
+
+            /* some statement may be missing: a new session */
+
+            ngx_log_error(NGX_LOG_WARN, pc->log, 0,
+                          "modelroute_store: PostgreSQL %V: the statements "
+                          "could not be prepared again: %s; the connection "
+                          "is made again", &mr_pg_conf()->where,
+                          req->error);
+            mr_pg_req_free(req);
+            mr_pg_conn_close(pc, 1);
+            return;
+        }
+
+        if (req->status == MR_PG_REQ_OK) {
+            /* prepared anew: the sizes are those they are planned for */
+            pc->plans_renew = 0;
+            pc->plans_known = 0;
+        }
     }
 
     if (req->status != MR_PG_REQ_OK) {
@@ -255,7 +305,7 @@ mr_pg_plans_done(mr_pg_req_t *req)
     res = req->res[req->n - 1];
 
     if (mr_pg_plans_changed(pc, res) == NGX_OK) {
-        pc->plans_discard = 1;       /* with the next look, at once */
+        pc->plans_renew = 1;       /* with the next look, at once */
         pc->plans_due = 1;
     }
 

@@ -11,7 +11,7 @@
 # the claims' candidates were scans of the whole table: here 300 scans of
 # 50,000 rows in 30 dispatches; in bench/fleet.sh with one node, 40% of
 # PostgreSQL's CPU.  Each connection now looks at the tables' sizes once
-# a second and drops its plans (DISCARD PLANS) when one has doubled.
+# a second and prepares its statements anew when one has doubled.
 #
 # Here: autovacuum off for the table, which is analyzed while empty; 40
 # executions dispatched one at a time (each connection's plans are made);
