@@ -1479,7 +1479,9 @@ mr_pg_reader(void)
         i = 1 + (st->next_reader++ % (st->nconns - 1));
         pc = st->conns[i];
 
-        if (pc->state == MR_PG_READY) {
+        /* not one found broken while a request was sent on it */
+
+        if (pc->state == MR_PG_READY && !pc->lost_ev.posted) {
             return pc;
         }
     }

@@ -112,9 +112,9 @@ struct mr_pg_conn_s {
                                                 at (mr_store_pg_plans.c) */
     mr_pg_req_t               plans;
     int64_t                   plans_size[MR_PG_PLANS_TABLES];
-                                             /* when the plans were last
-                                                dropped, or the session
-                                                began */
+                                             /* when the statements were
+                                                prepared (the session's
+                                                first look, or since) */
     ngx_uint_t                plans_failures;  /* looks in a row */
     void                     *data;
     ngx_log_t                *log;
@@ -124,9 +124,10 @@ struct mr_pg_conn_s {
     unsigned                  refused:1;     /* its schema, said once */
     unsigned                  plans_known:1; /* plans_size */
     unsigned                  plans_due:1;   /* to send when idle */
-    unsigned                  plans_renew:1;  /* to prepare anew */
+    unsigned                  plans_renew:1; /* to prepare anew */
     unsigned                  plans_sent:1;
-    unsigned                  plans_preparing:1;  /* prepared anew */
+    unsigned                  plans_preparing:1; /* the look in flight
+                                                   prepares anew */
     unsigned                  plans_logged:1;
 };
 
@@ -136,6 +137,7 @@ mr_pg_conn_t *mr_pg_conn_create(ngx_cycle_t *cycle, ngx_uint_t index,
 void mr_pg_conn_connect(mr_pg_conn_t *pc);
 void mr_pg_conn_close(mr_pg_conn_t *pc, ngx_uint_t again);
 void mr_pg_conn_destroy(mr_pg_conn_t *pc);
+ngx_int_t mr_pg_conn_prepare(mr_pg_conn_t *pc, ngx_uint_t *n);
 
 mr_pg_req_t *mr_pg_req_create(ngx_pool_t *pool, ngx_uint_t size);
 ngx_int_t mr_pg_send(mr_pg_req_t *req, ngx_uint_t stmt, int n,

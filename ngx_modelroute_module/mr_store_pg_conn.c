@@ -418,6 +418,35 @@ mr_pg_conn_event(ngx_event_t *ev)
 
 
 /*
+ * The named statements prepared on the connection, one query each (n
+ * counts them); not BEGIN or COMMIT, nor those planned each time.
+ * NGX_ERROR: libpq refused one (the connection is broken).
+ */
+
+ngx_int_t
+mr_pg_conn_prepare(mr_pg_conn_t *pc, ngx_uint_t *n)
+{
+    ngx_uint_t  i;
+
+    for (i = 0; i < mr_pg_nstmts; i++) {
+        if (mr_pg_stmts[i].name == NULL || mr_pg_stmts[i].custom) {
+            continue;
+        }
+
+        if (!PQsendPrepare(pc->pg, mr_pg_stmts[i].name, mr_pg_stmts[i].sql,
+                           0, NULL))
+        {
+            return NGX_ERROR;
+        }
+
+        (*n)++;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
  * The session: statements prepared, the schema's version read, and the
  * durability of its commits (relaxed: not waiting for the WAL flush)
  */
@@ -425,7 +454,6 @@ mr_pg_conn_event(ngx_event_t *ev)
 static void
 mr_pg_conn_setup(mr_pg_conn_t *pc)
 {
-    ngx_uint_t       i;
     mr_pg_req_t     *req;
     const char      *sync[2], *routes[1];
     u_char           tbuf[NGX_INT64_LEN + 1];
@@ -436,19 +464,9 @@ mr_pg_conn_setup(mr_pg_conn_t *pc)
 
     ngx_memzero(req, sizeof(mr_pg_req_t));
 
-    for (i = 0; i < mr_pg_nstmts; i++) {
-        if (mr_pg_stmts[i].name == NULL || mr_pg_stmts[i].custom) {
-            continue;                /* BEGIN, COMMIT; planned each time */
-        }
-
-        if (!PQsendPrepare(pc->pg, mr_pg_stmts[i].name, mr_pg_stmts[i].sql,
-                           0, NULL))
-        {
-            mr_pg_conn_lost(pc, PQerrorMessage(pc->pg));
-            return;
-        }
-
-        req->n++;
+    if (mr_pg_conn_prepare(pc, &req->n) != NGX_OK) {
+        mr_pg_conn_lost(pc, PQerrorMessage(pc->pg));
+        return;
     }
 
     /* every configured route has its row, which batches lock */

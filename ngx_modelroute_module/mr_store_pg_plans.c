@@ -29,10 +29,10 @@
  *
  * The writer looks only between its batches (nothing in flight, no
  * transaction open); a reader's requests are each a transaction of their
- * own, so it looks whenever it is due.  The sizes wait at most 100 ms for
- * a table's lock (an ALTER TABLE queued, say): the requests behind them
- * on the connection never wait longer for them; a look that could not be
- * made is made again later, less often while they fail (up to a minute
+ * own, so it looks whenever it is due.  A look waits at most 100 ms for
+ * a table's lock (an ALTER TABLE queued, say): the requests behind it on
+ * the connection never wait longer for it; a look that could not be made
+ * is made again later, less often while they fail (up to a minute
  * apart).
  */
 
@@ -79,7 +79,8 @@ mr_pg_plans_init(mr_pg_conn_t *pc, ngx_pool_t *pool)
     pc->plans_ev.log = pc->log;
     pc->plans_ev.cancelable = 1;
 
-    /* the sizes, and a statement before them, or all of them prepared */
+    /* results: the lock wait, the sizes, then DEALLOCATE ALL and each
+     * statement prepared, when they are */
 
     pc->plans.size = mr_pg_nstmts + 2;
     pc->plans.res = ngx_pcalloc(pool, pc->plans.size * sizeof(PGresult *));
@@ -161,18 +162,19 @@ mr_pg_plans_timer(ngx_event_t *ev)
 
 
 /*
- * The sizes; a lock wait of 100 ms at most, for this request only (its
- * implicit transaction).  When the plans are due to be made again, the
- * statements are prepared anew first (DEALLOCATE ALL, then each as on a
- * new connection), with no lock_timeout: a statement missing would fail
- * every request that uses it, so a request that fails there costs the
- * connection (made again, it prepares them all).
+ * A look: a lock wait of 100 ms at most, for this request only (its
+ * implicit transaction), then the sizes.  When the statements are due to
+ * be prepared anew, that follows, in the same request: DEALLOCATE ALL,
+ * then each as on a new connection (a PREPARE locks the tables its
+ * statement names, so it waits 100 ms at most as well).  If the sizes
+ * fail, nothing was dropped: the look is made again later.  If a PREPARE
+ * fails, a statement may be missing, which would fail every request that
+ * uses it: the connection is made again (it prepares them all).
  */
 
 static void
 mr_pg_plans_send(mr_pg_conn_t *pc)
 {
-    ngx_uint_t    i;
     mr_pg_req_t  *req;
 
     req = &pc->plans;
@@ -183,6 +185,16 @@ mr_pg_plans_send(mr_pg_conn_t *pc)
 
     pc->plans_preparing = pc->plans_renew;
 
+    if (!PQsendQueryParams(pc->pg, "SELECT set_config('lock_timeout', "
+                           "'100ms', true)", 0, NULL, NULL, NULL, NULL, 0)
+        || !PQsendQueryParams(pc->pg, mr_pg_plans_sizes, 0, NULL, NULL,
+                              NULL, NULL, 0))
+    {
+        goto lost;
+    }
+
+    req->n += 2;
+
     if (pc->plans_preparing) {
         if (!PQsendQueryParams(pc->pg, "DEALLOCATE ALL", 0, NULL, NULL, NULL,
                                NULL, 0))
@@ -192,38 +204,10 @@ mr_pg_plans_send(mr_pg_conn_t *pc)
 
         req->n++;
 
-        for (i = 0; i < mr_pg_nstmts; i++) {
-            if (mr_pg_stmts[i].name == NULL || mr_pg_stmts[i].custom) {
-                continue;
-            }
-
-            if (!PQsendPrepare(pc->pg, mr_pg_stmts[i].name,
-                               mr_pg_stmts[i].sql, 0, NULL))
-            {
-                goto lost;
-            }
-
-            req->n++;
-        }
-
-    } else {
-        if (!PQsendQueryParams(pc->pg, "SELECT set_config('lock_timeout', "
-                               "'100ms', true)", 0, NULL, NULL, NULL, NULL,
-                               0))
-        {
+        if (mr_pg_conn_prepare(pc, &req->n) != NGX_OK) {
             goto lost;
         }
-
-        req->n++;
     }
-
-    if (!PQsendQueryParams(pc->pg, mr_pg_plans_sizes, 0, NULL, NULL, NULL,
-                           NULL, 0))
-    {
-        goto lost;
-    }
-
-    req->n++;
 
     pc->plans_sent = 1;
     pc->plans_due = 0;
@@ -236,7 +220,8 @@ mr_pg_plans_send(mr_pg_conn_t *pc)
 
 lost:
 
-    /* libpq refused: the connection is broken, and is made again */
+    /* libpq refused (the connection is broken, or it had no memory): the
+     * connection is made again */
 
     req->status = MR_PG_REQ_LOST;
     (void) mr_pg_req_end(pc, req, mr_pg_plans_done, pc);
@@ -246,7 +231,7 @@ lost:
 static void
 mr_pg_plans_done(mr_pg_req_t *req)
 {
-    PGresult      *res;
+    ngx_uint_t     dropped;
     ngx_msec_t     delay;
     mr_pg_conn_t  *pc;
 
@@ -256,7 +241,12 @@ mr_pg_plans_done(mr_pg_req_t *req)
     if (pc->plans_preparing) {
         pc->plans_preparing = 0;
 
-        if (req->status == MR_PG_REQ_FAILED) {
+        /* DEALLOCATE ALL ran (a pipeline stops at its first error) */
+
+        dropped = (req->n > 2 && req->res[2]
+                   && PQresultStatus(req->res[2]) == PGRES_COMMAND_OK);
+
+        if (req->status == MR_PG_REQ_FAILED && dropped) {
 
             /* some statement may be missing: a new session */
 
@@ -271,7 +261,7 @@ mr_pg_plans_done(mr_pg_req_t *req)
         }
 
         if (req->status == MR_PG_REQ_OK) {
-            /* prepared anew: the sizes are those they are planned for */
+            /* prepared anew: the sizes read are those planned for */
             pc->plans_renew = 0;
             pc->plans_known = 0;
         }
@@ -302,10 +292,8 @@ mr_pg_plans_done(mr_pg_req_t *req)
     pc->plans_failures = 0;
     pc->plans_logged = 0;
 
-    res = req->res[req->n - 1];
-
-    if (mr_pg_plans_changed(pc, res) == NGX_OK) {
-        pc->plans_renew = 1;       /* with the next look, at once */
+    if (mr_pg_plans_changed(pc, req->res[1]) == NGX_OK) {
+        pc->plans_renew = 1;         /* at once, when the connection may */
         pc->plans_due = 1;
     }
 
@@ -317,6 +305,8 @@ next:
         delay = (ngx_msec_t) MR_PG_PLANS_INTERVAL << pc->plans_failures;
         ngx_add_timer(&pc->plans_ev, delay);
     }
+
+    mr_pg_plans_idle(pc);
 }
 
 
