@@ -23,7 +23,7 @@
  * custom plans cost so far, made on the small tables, beside which a
  * generic plan made on the large ones looked dear, so that statements
  * were planned on every run from then on (the account lock of every
- * batch among them: bench/pg.sh completed 15-25% fewer executions).  A
+ * batch among them: bench/pg.sh completed 3-35% fewer executions).  A
  * table that grows from nothing to a gigabyte is prepared again about
  * fourteen times.
  *
