@@ -132,6 +132,10 @@ struct mr_pg_conn_s {
 };
 
 
+/* the connection of one of its events */
+#define mr_pg_conn_of(ev, field)                                              \
+    ((mr_pg_conn_t *) ((u_char *) (ev) - offsetof(mr_pg_conn_t, field)))
+
 mr_pg_conn_t *mr_pg_conn_create(ngx_cycle_t *cycle, ngx_uint_t index,
     mr_pg_conn_handler_pt ready, void *data);
 void mr_pg_conn_connect(mr_pg_conn_t *pc);

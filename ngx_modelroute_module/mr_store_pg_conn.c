@@ -57,8 +57,6 @@ static void mr_pg_conn_post_lost(mr_pg_conn_t *pc);
 static void mr_pg_conn_lost_handler(ngx_event_t *ev);
 
 
-#define mr_pg_conn_of(ev, field)                                              \
-    ((mr_pg_conn_t *) ((u_char *) (ev) - offsetof(mr_pg_conn_t, field)))
 static void mr_pg_req_done(mr_pg_conn_t *pc, mr_pg_req_t *req);
 
 

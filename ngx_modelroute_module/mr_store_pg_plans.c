@@ -149,7 +149,7 @@ mr_pg_plans_timer(ngx_event_t *ev)
 {
     mr_pg_conn_t  *pc;
 
-    pc = (mr_pg_conn_t *) ((u_char *) ev - offsetof(mr_pg_conn_t, plans_ev));
+    pc = mr_pg_conn_of(ev, plans_ev);
 
     if (pc->state != MR_PG_READY) {
         return;
