@@ -10,11 +10,11 @@
  *
  * A batch is the operations submitted since the last one was committed
  * (at most MR_PG_BATCH_MAX), committed in one transaction:
- *   1. BEGIN, the batch's lock (see "faults" below), the accounts the
- *      operations touch locked in the order of their ids (FOR UPDATE),
- *      then the rows they need (executions, idempotency keys, keys,
- *      endpoints, deliveries, routes, secrets, credit references): one
- *      round trip;
+ *   1. BEGIN, the batch's lock (see "faults" below), the rows the
+ *      operations need (executions, idempotency keys, keys, endpoints,
+ *      deliveries, routes, secrets, credit references), then the
+ *      accounts they touch, locked in the order of their ids (FOR
+ *      UPDATE): one round trip;
  *   2. the rules (mr_rules*.c) run on those rows in the order of the
  *      operations, through an identity map (mr_store_pg_rows.c): one
  *      operation sees what the ones before it changed;
@@ -22,20 +22,21 @@
  *      mr_batches, COMMIT: one round trip.
  * The claims of due work (dispatch, webhook deliveries) and each step of
  * the sweep run alone in a batch, with a first round trip that reads the
- * candidates without a lock; step 1 then locks their accounts and the
- * candidates still due, skipping those another worker or node holds
- * (FOR UPDATE SKIP LOCKED).  Every transaction locks accounts first, in
- * order, then executions, routes and deliveries: workers and nodes do not
- * deadlock on them.  An operation refused by the rules (insufficient
+ * candidates without a lock; step 1 then locks the candidates still due,
+ * skipping those another worker or node holds (FOR UPDATE SKIP LOCKED),
+ * then their accounts.  Every transaction locks executions, keys,
+ * deliveries, routes, then accounts last, in order: workers and nodes do
+ * not deadlock on them.  An operation refused by the rules (insufficient
  * balance, say) changes nothing and does not touch the others; a
  * statement that fails (a unique key two nodes raced for, a deadlock
  * PostgreSQL broke) rolls the batch back, and its operations are made
  * again, each alone.
  *
- * A batch of creates only, made for the first time, reads its accounts
- * without a lock and changes them at the end by deltas that are checked
- * there (mr_pg_batch_creates(), MR_SQL_W_ACCOUNTS_DELTA): a busy account
- * is then held by a batch only for its last round trip and its COMMIT.
+ * A claim, or a batch of creates, cancels and outcomes, made for the
+ * first time, reads its accounts without a lock and changes them at the
+ * end by deltas, checked there where a rule decided on them
+ * (mr_pg_batch_deltas(), MR_SQL_W_ACCOUNTS_DELTA): a busy account is
+ * then held by a batch only for its last round trip and its COMMIT.
  * If the check fails, the batch is made again, locked.
  *
  * Faults.  Operations and reads wait for PostgreSQL at most
@@ -85,7 +86,7 @@ static void mr_pg_batch_resolve(mr_pg_batch_t *b);
 static void mr_pg_batch_resolve_done(mr_pg_req_t *req);
 static void mr_pg_batch_failed(mr_pg_batch_t *b, mr_pg_req_t *req);
 static void mr_pg_batch_again(mr_pg_batch_t *b, ngx_uint_t how);
-static ngx_uint_t mr_pg_batch_creates(mr_pg_batch_t *b);
+static ngx_uint_t mr_pg_batch_deltas(mr_pg_batch_t *b);
 static ngx_uint_t mr_pg_batch_first(mr_pg_batch_t *b);
 
 /* how a batch's operations are made again (mr_pg_batch_again()) */
@@ -468,8 +469,8 @@ mr_pg_batch_start(void)
     }
 
     b->rows->node = st->node;
-    b->rows->deltas = (kind == MR_PG_B_OPS && mr_pg_batch_creates(b));
-    b->rows->route_deltas = mr_pg_batch_first(b);
+    b->rows->deltas = mr_pg_batch_deltas(b);
+    b->rows->route_deltas = (b->rows->deltas && mr_pg_batch_first(b));
 
     st->busy = 1;
 
@@ -485,17 +486,28 @@ mr_pg_batch_start(void)
 
 
 /*
- * Whether the batch is of creates only, made for the first time: they
- * read their accounts without a lock and change them by deltas at the
- * end (MR_SQL_W_ACCOUNTS_DELTA), so that a busy account is locked by one
- * batch at a time only for its last round trip and its COMMIT, not for
- * the whole batch.  A create's decisions (its hold within the balance,
- * the account's limits) are checked again there; if an account no longer
- * allows them, the batch is made again with its accounts locked first.
+ * Whether the batch reads its accounts without a lock and changes them
+ * by deltas at the end (MR_SQL_W_ACCOUNTS_DELTA), so that a busy account
+ * is locked by one batch at a time only for its last round trip and its
+ * COMMIT, not for the whole batch: a claim, or a batch of creates,
+ * cancels and outcomes, made for the first time.  Every one of those
+ * changes the account of each execution it touches (a hold, its release
+ * and charge, the bytes of an attempt): locked from the first round
+ * trip, a busy account held the claims and outcomes of every worker and
+ * node to one batch at a time for all of their round trips.
+ *
+ * Their rules decide nothing on an account but a create's hold within
+ * its balance and its use within the limits; those are checked again
+ * there, and if an account no longer allows them, the batch is made
+ * again with its accounts locked as read.  Operations that set an
+ * account's fields (its limits, its rate, a new account, credits that
+ * must not overflow) or change endpoints lock them as read: a batch
+ * that changes by deltas writes nothing that another transaction may
+ * lock after an account (mr_store_pg_sql.c).
  */
 
 static ngx_uint_t
-mr_pg_batch_creates(mr_pg_batch_t *b)
+mr_pg_batch_deltas(mr_pg_batch_t *b)
 {
     ngx_uint_t      n;
     ngx_queue_t    *q;
@@ -513,12 +525,25 @@ mr_pg_batch_creates(mr_pg_batch_t *b)
             return 0;
         }
 
-        if (op->type == MR_OP_EXEC_CREATE) {
-            n++;
-            continue;
-        }
+        switch (op->type) {
 
-        if (op->type != MR_OP_OPS || op->ops.kind != MR_STORE_OPS_HEARTBEAT) {
+        case MR_OP_DISP_CLAIM:
+        case MR_OP_DLV_CLAIM:
+        case MR_OP_EXEC_CREATE:
+        case MR_OP_EXEC_CANCEL:
+        case MR_OP_DISP_DONE:
+        case MR_OP_DISP_CALLBACK:
+            n++;
+            break;
+
+        case MR_OP_OPS:
+            if (op->ops.kind != MR_STORE_OPS_HEARTBEAT) {
+                return 0;
+            }
+
+            break;
+
+        default:
             return 0;
         }
     }
@@ -536,8 +561,9 @@ mr_pg_batch_creates(mr_pg_batch_t *b)
  * of their round trips.  What the rules decided on a route (a slot
  * within its cap, the fields of its breaker they changed) is checked
  * again there; if it no longer allows it, the batch is made again with
- * its routes locked first.  A batch that locks deliveries still locks
- * its routes as it reads them (mr_pg_ops_load()).
+ * its routes locked first.  A batch that locks deliveries, or its
+ * accounts, still locks its routes as it reads them (mr_pg_ops_load()):
+ * routes are locked before accounts, in every transaction.
  */
 
 static ngx_uint_t

@@ -322,14 +322,16 @@ mr_pg_load_send(mr_pg_batch_t *b, mr_pg_req_t *req, ngx_uint_t stmt, int n,
 
 
 /*
- * BEGIN, the batch's lock, then the accounts, in order, and the rows the
- * batch's operations (or its claim's, its step's candidates) need
+ * BEGIN, the batch's lock, the rows the batch's operations (or its
+ * claim's, its step's candidates) need, then their accounts, in order:
+ * locked, or read to be changed by deltas at the end
  */
 
 ngx_int_t
 mr_pg_ops_load(mr_pg_batch_t *b, mr_pg_req_t *req)
 {
-    ngx_uint_t       i, n;
+    ngx_int_t        rc;
+    ngx_uint_t       i, n, accts;
     ngx_queue_t     *q;
     const char      *v[8], *none, *ids, *orgs;
     mr_pg_sets_t     s;
@@ -337,6 +339,7 @@ mr_pg_ops_load(mr_pg_batch_t *b, mr_pg_req_t *req)
 
     b->nloads = 0;
     none = "{}";
+    accts = b->rows->deltas ? MR_SQL_ACCOUNTS_SNAP : MR_SQL_LOCK_ACCOUNTS;
 
     v[0] = mr_pg_int(b->pool, mr_pg_batch_lock_key(b));
     if (v[0] == NULL) {
@@ -353,21 +356,11 @@ mr_pg_ops_load(mr_pg_batch_t *b, mr_pg_req_t *req)
 
     if (b->kind != MR_PG_B_OPS) {
 
-        /* a claim's or a step's candidates: their accounts, then them */
+        /* a claim's or a step's candidates, then their accounts */
 
         if (mr_pg_cand_literal(b, b->cand_orgs, &orgs) != NGX_OK
             || mr_pg_cand_literal(b, b->cand, &ids) != NGX_OK)
         {
-            return NGX_ERROR;
-        }
-
-        v[0] = orgs;
-        v[1] = none;
-        v[2] = none;
-        v[3] = none;
-        v[4] = none;
-
-        if (mr_pg_load_send(b, req, MR_SQL_LOCK_ACCOUNTS, 5, v) != NGX_OK) {
             return NGX_ERROR;
         }
 
@@ -382,83 +375,84 @@ mr_pg_ops_load(mr_pg_batch_t *b, mr_pg_req_t *req)
         case MR_PG_B_DISP_CLAIM:
             v[2] = mr_pg_routes_literal();
 
-            if (mr_pg_load_send(b, req, MR_SQL_LOCK_DUE_EXECS, 2, v)
-                != NGX_OK
-                || mr_pg_load_send(b, req, b->rows->route_deltas
-                                           ? MR_SQL_ROUTES_SNAP
-                                           : MR_SQL_LOCK_ROUTES, 2,
-                                   (const char *[]) { v[2], none })
-                   != NGX_OK
-                || mr_pg_load_send(b, req, MR_SQL_ENDPOINTS, 4,
-                                   (const char *[]) { orgs, none, none,
-                                                      none })
-                   != NGX_OK
-                || mr_pg_load_send(b, req, MR_SQL_WHSECRETS, 3,
-                                   (const char *[]) { orgs, none, none })
-                   != NGX_OK)
-            {
-                return NGX_ERROR;
-            }
-
-            return NGX_OK;
+            rc = (mr_pg_load_send(b, req, MR_SQL_LOCK_DUE_EXECS, 2, v)
+                  != NGX_OK
+                  || mr_pg_load_send(b, req, b->rows->route_deltas
+                                             ? MR_SQL_ROUTES_SNAP
+                                             : MR_SQL_LOCK_ROUTES, 2,
+                                     (const char *[]) { v[2], none })
+                     != NGX_OK
+                  || mr_pg_load_send(b, req, MR_SQL_ENDPOINTS, 4,
+                                     (const char *[]) { orgs, none, none,
+                                                        none })
+                     != NGX_OK
+                  || mr_pg_load_send(b, req, MR_SQL_WHSECRETS, 3,
+                                     (const char *[]) { orgs, none, none })
+                     != NGX_OK);
+            break;
 
         case MR_PG_B_DLV_CLAIM:
-            if (mr_pg_load_send(b, req, MR_SQL_LOCK_DUE_DLVS, 2, v) != NGX_OK
-                || mr_pg_load_send(b, req, MR_SQL_ENDPOINTS, 4,
-                                   (const char *[]) { none, none, none,
-                                                      ids })
-                   != NGX_OK
-                || mr_pg_load_send(b, req, MR_SQL_WHSECRETS, 3,
-                                   (const char *[]) { orgs, none, none })
-                   != NGX_OK
-                || mr_pg_load_send(b, req, MR_SQL_EVENTS_BY_ID, 2,
-                                   (const char *[]) { none, ids })
-                   != NGX_OK
-                || mr_pg_load_send(b, req, MR_SQL_DLV_EARLIER, 1, v)
-                   != NGX_OK)
-            {
-                return NGX_ERROR;
-            }
-
-            return NGX_OK;
+            rc = (mr_pg_load_send(b, req, MR_SQL_LOCK_DUE_DLVS, 2, v)
+                  != NGX_OK
+                  || mr_pg_load_send(b, req, MR_SQL_ENDPOINTS, 4,
+                                     (const char *[]) { none, none, none,
+                                                        ids })
+                     != NGX_OK
+                  || mr_pg_load_send(b, req, MR_SQL_WHSECRETS, 3,
+                                     (const char *[]) { orgs, none, none })
+                     != NGX_OK
+                  || mr_pg_load_send(b, req, MR_SQL_EVENTS_BY_ID, 2,
+                                     (const char *[]) { none, ids })
+                     != NGX_OK
+                  || mr_pg_load_send(b, req, MR_SQL_DLV_EARLIER, 1, v)
+                     != NGX_OK);
+            break;
 
         default: /* MR_PG_B_SWEEP */
 
             switch (b->step) {
 
             case MR_PG_S_EXECS:
-                return mr_pg_load_send(b, req, MR_SQL_LOCK_EXECS, 1, v);
+                rc = mr_pg_load_send(b, req, MR_SQL_LOCK_EXECS, 1, v);
+                break;
 
             case MR_PG_S_DLVS:
-                return mr_pg_load_send(b, req, MR_SQL_LOCK_DLVS, 1, v);
+                rc = mr_pg_load_send(b, req, MR_SQL_LOCK_DLVS, 1, v);
+                break;
 
             case MR_PG_S_EVENTS:
-                return mr_pg_load_send(b, req, MR_SQL_EVENTS_BY_ID, 2,
-                                       (const char *[]) { ids, none });
+                rc = mr_pg_load_send(b, req, MR_SQL_EVENTS_BY_ID, 2,
+                                     (const char *[]) { ids, none });
+                break;
 
             case MR_PG_S_KEYS:
-                return mr_pg_load_send(b, req, MR_SQL_KEYS_BY_ID, 1, v);
+                rc = mr_pg_load_send(b, req, MR_SQL_KEYS_BY_ID, 1, v);
+                break;
 
             default: /* MR_PG_S_EXPIRE */
-                if (mr_pg_load_send(b, req, MR_SQL_LOCK_EXPIRED, 2, v)
-                    != NGX_OK
-                    || mr_pg_load_send(b, req, MR_SQL_LOCK_ROUTES, 2,
-                                       (const char *[]) { none, ids })
-                       != NGX_OK
-                    || mr_pg_load_send(b, req, MR_SQL_ENDPOINTS, 4,
-                                       (const char *[]) { orgs, none, none,
-                                                          none })
-                       != NGX_OK
-                    || mr_pg_load_send(b, req, MR_SQL_WHSECRETS, 3,
-                                       (const char *[]) { orgs, none, none })
-                       != NGX_OK)
-                {
-                    return NGX_ERROR;
-                }
-
-                return NGX_OK;
+                rc = (mr_pg_load_send(b, req, MR_SQL_LOCK_EXPIRED, 2, v)
+                      != NGX_OK
+                      || mr_pg_load_send(b, req, MR_SQL_LOCK_ROUTES, 2,
+                                         (const char *[]) { none, ids })
+                         != NGX_OK
+                      || mr_pg_load_send(b, req, MR_SQL_ENDPOINTS, 4,
+                                         (const char *[]) { orgs, none,
+                                                            none, none })
+                         != NGX_OK
+                      || mr_pg_load_send(b, req, MR_SQL_WHSECRETS, 3,
+                                         (const char *[]) { orgs, none,
+                                                            none })
+                         != NGX_OK);
             }
         }
+
+        if (rc != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+        return mr_pg_load_send(b, req, accts, 5,
+                               (const char *[]) { orgs, none, none, none,
+                                                  none });
     }
 
     /* operations */
@@ -495,19 +489,6 @@ mr_pg_ops_load(mr_pg_batch_t *b, mr_pg_req_t *req)
 
     if (n == 0) {
         return NGX_OK;                /* heartbeats only */
-    }
-
-    if (b->rows->deltas) {
-
-        /* creates only: their accounts are locked at the end */
-
-        if (mr_pg_load_send(b, req, MR_SQL_ACCOUNTS_SNAP, 1, v) != NGX_OK) {
-            return NGX_ERROR;
-        }
-
-    } else if (mr_pg_load_send(b, req, MR_SQL_LOCK_ACCOUNTS, 5, v) != NGX_OK)
-    {
-        return NGX_ERROR;
     }
 
     if (s.execs.n
@@ -568,6 +549,12 @@ mr_pg_ops_load(mr_pg_batch_t *b, mr_pg_req_t *req)
                            (const char *[]) { v[0], v[1], v[4] })
            != NGX_OK)
     {
+        return NGX_ERROR;
+    }
+
+    /* the accounts last (mr_store_pg_sql.c) */
+
+    if (mr_pg_load_send(b, req, accts, 5, v) != NGX_OK) {
         return NGX_ERROR;
     }
 
@@ -873,6 +860,7 @@ mr_pg_quota_check(mr_pg_rows_t *rs, mr_store_op_t *op, u_char *org,
 
     if (a) {
         q = a->quota;
+        a->checked = 1;               /* checked again if read unlocked */
 
     } else {
         mr_rule_quota_init(&q);
@@ -1086,6 +1074,8 @@ mr_pg_exec_create(mr_pg_rows_t *rs, mr_store_op_t *op)
         op->result = MR_R_NOT_FOUND;
         return 0;
     }
+
+    a->checked = 1;
 
     if (!mr_rule_hold(op, &a->acct, exec->rec.hold)) {
         return 0;

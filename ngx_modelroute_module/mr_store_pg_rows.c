@@ -779,25 +779,15 @@ ngx_int_t
 mr_pg_rows_write(mr_pg_rows_t *rs, mr_pg_req_t *req)
 {
     /*
-     * the order of the locks: accounts, executions, routes, deliveries;
-     * a batch of creates only inserts, and locks its accounts last, so
-     * that it holds them for as short a time as it can (their deltas,
-     * then the COMMIT); a batch whose routes were read without a lock
-     * locks them last, for the same reason (it has no deliveries locked)
+     * the order of the locks (mr_store_pg_sql.c): executions, keys,
+     * deliveries, routes, accounts; accounts and routes read without a
+     * lock are locked last, their accounts after their routes, so that
+     * they are held for as short a time as can be (their deltas, then
+     * the COMMIT); accounts locked as read are written first (a new
+     * one, before what names it)
      */
 
-    if (rs->deltas) {
-        if (mr_pg_rows_write_execs(rs, req) != NGX_OK
-            || mr_pg_rows_write_idem(rs, req) != NGX_OK
-            || mr_pg_rows_write_accounts(rs, req) != NGX_OK)
-        {
-            return NGX_ERROR;
-        }
-
-        return NGX_OK;
-    }
-
-    if (mr_pg_rows_write_accounts(rs, req) != NGX_OK
+    if ((!rs->deltas && mr_pg_rows_write_accounts(rs, req) != NGX_OK)
         || mr_pg_rows_write_execs(rs, req) != NGX_OK
         || mr_pg_rows_deletes(rs, req, MR_PG_EXEC, MR_SQL_D_EXECS) != NGX_OK
         || mr_pg_rows_write_idem(rs, req) != NGX_OK
@@ -815,7 +805,8 @@ mr_pg_rows_write(mr_pg_rows_t *rs, mr_pg_req_t *req)
         || mr_pg_rows_write_dlvs(rs, req) != NGX_OK
         || mr_pg_rows_deletes(rs, req, MR_PG_DLV, MR_SQL_D_DLVS) != NGX_OK
         || (rs->route_deltas
-            && mr_pg_rows_write_routes_delta(rs, req) != NGX_OK))
+            && mr_pg_rows_write_routes_delta(rs, req) != NGX_OK)
+        || (rs->deltas && mr_pg_rows_write_accounts(rs, req) != NGX_OK))
     {
         return NGX_ERROR;
     }
@@ -1005,6 +996,8 @@ mr_pg_rows_write_accounts(mr_pg_rows_t *rs, mr_pg_req_t *req)
                 mr_pg_buf_int(&b[6 + i], e->quota.used[i] - e->used_read[i]);
             }
 
+            mr_pg_buf_int(&b[10], e->checked);
+
             continue;
         }
 
@@ -1035,9 +1028,9 @@ mr_pg_rows_write_accounts(mr_pg_rows_t *rs, mr_pg_req_t *req)
 
 
 /*
- * A batch of creates, whose accounts were read without a lock: they are
- * locked now, in order, and changed by what the batch added, if they
- * still allow it (MR_SQL_W_ACCOUNTS_DELTA)
+ * A batch whose accounts were read without a lock: they are locked now,
+ * in order, and changed by what the batch added, if those a rule
+ * decided on still allow it (MR_SQL_W_ACCOUNTS_DELTA)
  */
 
 static ngx_int_t
@@ -1045,12 +1038,12 @@ mr_pg_rows_write_deltas(mr_pg_rows_t *rs, mr_pg_req_t *req, mr_pg_buf_t *b,
     ngx_uint_t n)
 {
     ngx_uint_t       i;
-    const char      *v[15];
+    const char      *v[16];
     mr_main_conf_t  *mcf;
 
     mcf = mr_pg_main_conf();
 
-    for (i = 0; i < 10; i++) {
+    for (i = 0; i < 11; i++) {
         v[i] = mr_pg_buf_end(&b[i]);
         if (v[i] == NULL) {
             return NGX_ERROR;
@@ -1058,12 +1051,12 @@ mr_pg_rows_write_deltas(mr_pg_rows_t *rs, mr_pg_req_t *req, mr_pg_buf_t *b,
     }
 
     for (i = 0; i < MR_LIMIT_N; i++) {
-        v[10 + i] = mr_pg_int(rs->pool, mcf->account_limits[i]);
+        v[11 + i] = mr_pg_int(rs->pool, mcf->account_limits[i]);
     }
 
-    v[14] = mr_pg_int(rs->pool, (int64_t) n);
+    v[15] = mr_pg_int(rs->pool, (int64_t) n);
 
-    for (i = 10; i < 15; i++) {
+    for (i = 11; i < 16; i++) {
         if (v[i] == NULL) {
             return NGX_ERROR;
         }
@@ -1073,7 +1066,7 @@ mr_pg_rows_write_deltas(mr_pg_rows_t *rs, mr_pg_req_t *req, mr_pg_buf_t *b,
         return NGX_ERROR;
     }
 
-    return mr_pg_send(req, MR_SQL_W_ACCOUNTS_DELTA, 15, v, NULL);
+    return mr_pg_send(req, MR_SQL_W_ACCOUNTS_DELTA, 16, v, NULL);
 }
 
 

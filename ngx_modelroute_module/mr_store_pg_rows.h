@@ -45,6 +45,8 @@ struct mr_pg_ent_s {
     unsigned                  dirty:1;       /* to be written */
     unsigned                  deleted:1;     /* to be deleted */
     unsigned                  fresh:1;       /* new */
+    unsigned                  checked:1;     /* ACCT: a rule decided on
+                                                it (its deltas are checked) */
     int64_t                   bytes;         /* as loaded: what it costs */
     ngx_uint_t                live;          /* as loaded: in a count */
 
@@ -52,7 +54,7 @@ struct mr_pg_ent_s {
     mr_quota_t                quota;
     int64_t                   rl;            /* -1: none */
     mr_account_rec_t          acct_read;     /* as loaded: the deltas of */
-    int64_t                   used_read[MR_LIMIT_N];  /* a batch of creates */
+    int64_t                   used_read[MR_LIMIT_N];  /* a batch */
 
     mr_exec_t                 exec;          /* MR_PG_EXEC, and the
                                                 execution of MR_PG_IDEM */

@@ -6,11 +6,12 @@
  * expanded with unnest() so that a batch writes each table with one
  * statement whatever its size.
  *
- * A write transaction locks in one order: the accounts it touches (sorted
- * by id), then executions, then routes, then deliveries; claims and the
- * sweep first read their candidates without a lock, then lock their
- * accounts, then the candidates that are still due, skipping those that
- * another worker or node has locked (FOR UPDATE SKIP LOCKED).
+ * A write transaction locks in one order: executions, keys, deliveries,
+ * routes, and the accounts it touches last (sorted by id), whether it
+ * locks them as it reads them or changes them by deltas at its end;
+ * claims and the sweep first read their candidates without a lock, then
+ * lock those still due, skipping those that another worker or node has
+ * locked (FOR UPDATE SKIP LOCKED), then their routes and accounts.
  *
  * Rows wanted by several keys are found by a UNION of index look-ups,
  * never by ORs of conditions: PostgreSQL reads the whole table for those.
@@ -531,20 +532,26 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
       "SELECT pg_advisory_xact_lock($1::bigint)", 0 },
 
     /*
-     * A batch of creates reads its accounts without a lock, and changes
-     * them by what its operations added, in its last round trip: the
-     * accounts are locked there (in order), for as long as the COMMIT
-     * takes.  Each account must still allow what the rules allowed on
-     * the rows read (the holds within the balance, the use within the
-     * limits: $11..$14 are the defaults of the limits, $15 the number of
-     * accounts): else the statement fails (mr_conflict(), SQLSTATE
-     * MR001), the batch is rolled back and made again with its accounts
-     * locked first.
+     * A batch made for the first time (creates, cancels, outcomes,
+     * claims: mr_pg_batch_deltas()) reads its accounts without a lock,
+     * and changes them by what its operations added, in its last round
+     * trip: the accounts are locked there (in order), for as long as the
+     * COMMIT takes.  An account on which a rule decided something (a
+     * hold within the balance, a use within the limits: $11, 1) must
+     * still allow it ($12..$15 are the defaults of the limits, $16 the
+     * number of accounts): else the statement fails (mr_conflict(),
+     * SQLSTATE MR001), the batch is rolled back and made again with its
+     * accounts locked as read.  Releases and charges within a hold
+     * decide nothing: they always apply.
      */
 
     { "mr_accounts_snap",
-      "SELECT " MR_ACCT_COLS " FROM mr_accounts "
-      "WHERE org = ANY($1::text[])", 0 },
+      "SELECT " MR_ACCT_COLS " FROM mr_accounts WHERE org = ANY (ARRAY("
+      "SELECT unnest($1::text[]) "
+      "UNION SELECT org FROM mr_executions WHERE id = ANY($2::text[]) "
+      "UNION SELECT org FROM mr_keys WHERE key_id = ANY($3::text[]) "
+      "UNION SELECT org FROM mr_endpoints WHERE id = ANY($4::text[]) "
+      "UNION SELECT org FROM mr_deliveries WHERE id = ANY($5::text[])))", 0 },
 
     { "mr_lock_account_ids",
       "SELECT org FROM mr_accounts WHERE org = ANY($1::text[]) "
@@ -560,22 +567,22 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
       "used_keys = a.used_keys + u.uk "
       "FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], "
       "$5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[], "
-      "$9::bigint[], $10::bigint[]) "
-      "AS u(org, db, dh, dc, dd, dg, ub, ue, uw, uk) "
-      "WHERE a.org = u.org "
-      "AND (u.dh <= u.db OR a.held + u.dh <= a.balance + u.db) "
+      "$9::bigint[], $10::bigint[], $11::int[]) "
+      "AS u(org, db, dh, dc, dd, dg, ub, ue, uw, uk, c) "
+      "WHERE a.org = u.org AND (u.c = 0 OR ("
+      "(u.dh <= u.db OR a.held + u.dh <= a.balance + u.db) "
       "AND (u.ub <= 0 OR a.used_bytes + u.ub <= CASE WHEN a.limit_bytes >= 0 "
-      "THEN a.limit_bytes ELSE $11::bigint END) "
+      "THEN a.limit_bytes ELSE $12::bigint END) "
       "AND (u.ue <= 0 OR a.used_executions + u.ue <= "
       "CASE WHEN a.limit_executions >= 0 THEN a.limit_executions "
-      "ELSE $12::bigint END) "
+      "ELSE $13::bigint END) "
       "AND (u.uw <= 0 OR a.used_endpoints + u.uw <= "
       "CASE WHEN a.limit_endpoints >= 0 THEN a.limit_endpoints "
-      "ELSE $13::bigint END) "
+      "ELSE $14::bigint END) "
       "AND (u.uk <= 0 OR a.used_keys + u.uk <= "
-      "CASE WHEN a.limit_keys >= 0 THEN a.limit_keys ELSE $14::bigint END) "
+      "CASE WHEN a.limit_keys >= 0 THEN a.limit_keys ELSE $15::bigint END))) "
       "RETURNING 1) "
-      "SELECT mr_conflict(count(*) = $15::bigint) FROM d", 0 },
+      "SELECT mr_conflict(count(*) = $16::bigint) FROM d", 0 },
 
     /*
      * its idempotency keys: new ones inserted if no other batch did
