@@ -860,7 +860,6 @@ mr_pg_quota_check(mr_pg_rows_t *rs, mr_store_op_t *op, u_char *org,
 
     if (a) {
         q = a->quota;
-        a->checked = 1;               /* checked again if read unlocked */
 
     } else {
         mr_rule_quota_init(&q);
@@ -1075,12 +1074,13 @@ mr_pg_exec_create(mr_pg_rows_t *rs, mr_store_op_t *op)
         return 0;
     }
 
-    a->checked = 1;
-
     if (!mr_rule_hold(op, &a->acct, exec->rec.hold)) {
         return 0;
     }
 
+    /* what the rules allowed is checked again if read unlocked */
+
+    a->checked = 1;
     a->dirty = 1;
 
     /* a model with routes: due for dispatch at once */

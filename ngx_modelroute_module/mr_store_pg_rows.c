@@ -23,6 +23,7 @@ static ngx_int_t mr_pg_rows_write_idem_cas(mr_pg_rows_t *rs,
     mr_pg_req_t *req);
 static ngx_int_t mr_pg_rows_write_routes_delta(mr_pg_rows_t *rs,
     mr_pg_req_t *req);
+static void mr_pg_rows_owners(mr_pg_rows_t *rs, ngx_uint_t kind);
 static ngx_int_t mr_pg_rows_write_deltas(mr_pg_rows_t *rs,
     mr_pg_req_t *req, mr_pg_buf_t *b, ngx_uint_t n);
 static ngx_int_t mr_pg_rows_write_idem(mr_pg_rows_t *rs, mr_pg_req_t *req);
@@ -762,7 +763,8 @@ mr_pg_rows_writes(mr_pg_rows_t *rs)
 
     /*
      * at most: see mr_pg_rows_write(); a new account is a statement of
-     * its own, a batch of creates locks its accounts first
+     * its own, accounts and routes changed by deltas are locked first
+     * (two statements each)
      */
 
     n = 12 + 6 + 2 * rs->deltas + 2 * rs->route_deltas;
@@ -784,20 +786,29 @@ mr_pg_rows_write(mr_pg_rows_t *rs, mr_pg_req_t *req)
      * lock are locked last, their accounts after their routes, so that
      * they are held for as short a time as can be (their deltas, then
      * the COMMIT); accounts locked as read are written first (a new
-     * one, before what names it)
+     * one, before what names it).  The idempotency keys and the secrets
+     * of accounts are inserted once their accounts are locked, in both
+     * cases: an insert waits for another transaction's insert of the
+     * same key, which must not be one that waits for the account.
      */
 
-    if ((!rs->deltas && mr_pg_rows_write_accounts(rs, req) != NGX_OK)
+    if (rs->deltas) {
+        mr_pg_rows_owners(rs, MR_PG_IDEM);
+        mr_pg_rows_owners(rs, MR_PG_SECRET);
+    }
+
+    if ((!rs->deltas
+         && (mr_pg_rows_write_accounts(rs, req) != NGX_OK
+             || mr_pg_rows_write_idem(rs, req) != NGX_OK))
         || mr_pg_rows_write_execs(rs, req) != NGX_OK
         || mr_pg_rows_deletes(rs, req, MR_PG_EXEC, MR_SQL_D_EXECS) != NGX_OK
-        || mr_pg_rows_write_idem(rs, req) != NGX_OK
         || mr_pg_rows_write_keys(rs, req) != NGX_OK
         || mr_pg_rows_deletes(rs, req, MR_PG_KEY, MR_SQL_D_KEYS) != NGX_OK
         || (!rs->route_deltas && mr_pg_rows_write_routes(rs, req) != NGX_OK)
         || mr_pg_rows_write_endpoints(rs, req) != NGX_OK
         || mr_pg_rows_deletes(rs, req, MR_PG_WH, MR_SQL_D_ENDPOINTS)
            != NGX_OK
-        || mr_pg_rows_write_secrets(rs, req) != NGX_OK
+        || (!rs->deltas && mr_pg_rows_write_secrets(rs, req) != NGX_OK)
         || mr_pg_rows_write_refs(rs, req) != NGX_OK
         || mr_pg_rows_write_events(rs, req) != NGX_OK
         || mr_pg_rows_deletes(rs, req, MR_PG_EVENT, MR_SQL_D_EVENTS)
@@ -806,12 +817,39 @@ mr_pg_rows_write(mr_pg_rows_t *rs, mr_pg_req_t *req)
         || mr_pg_rows_deletes(rs, req, MR_PG_DLV, MR_SQL_D_DLVS) != NGX_OK
         || (rs->route_deltas
             && mr_pg_rows_write_routes_delta(rs, req) != NGX_OK)
-        || (rs->deltas && mr_pg_rows_write_accounts(rs, req) != NGX_OK))
+        || (rs->deltas
+            && (mr_pg_rows_write_accounts(rs, req) != NGX_OK
+                || mr_pg_rows_write_idem(rs, req) != NGX_OK
+                || mr_pg_rows_write_secrets(rs, req) != NGX_OK)))
     {
         return NGX_ERROR;
     }
 
     return NGX_OK;
+}
+
+
+/*
+ * The accounts of the idempotency keys and secrets a batch inserts are
+ * locked by its deltas (with nothing added, if that is all it changes)
+ */
+
+static void
+mr_pg_rows_owners(mr_pg_rows_t *rs, ngx_uint_t kind)
+{
+    mr_pg_ent_t  *e, *a;
+
+    for (e = rs->head[kind]; e; e = e->all) {
+        if (!e->dirty || e->deleted) {
+            continue;
+        }
+
+        a = mr_pg_get(rs, MR_PG_ACCT, e->org, MR_ORG_ID_LEN);
+
+        if (a && a->found) {
+            a->dirty = 1;
+        }
+    }
 }
 
 

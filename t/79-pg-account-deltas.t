@@ -17,7 +17,14 @@
 #  3. what releases money or records an outcome decides nothing on the
 #     account and is not checked again: an account whose use is over the
 #     limit its operator lowered meanwhile gets its outcomes written at
-#     once (no batch lost a race in PostgreSQL's log), its use grows.
+#     once, while its creates are refused (no batch lost a race in
+#     PostgreSQL's log), its use grows;
+#  4. a create's hold is checked again: psql takes the balance while a
+#     create that read it waits for the account; it is refused;
+#  5. a cancel and an outcome wait for their account at their end (they
+#     have written their executions), not as they read it;
+#  6. the secret and the idempotency keys a batch inserts are inserted
+#     once it holds the account: psql, holding it, inserts them at once.
 use strict;
 use warnings;
 use FindBin;
@@ -163,26 +170,44 @@ sub pg_log_from {
 
 # ---------------------------------------------------- 2: the order of locks
 
+# SQL: another session waits for a row of $table (it holds the row's
+# tuple lock and waits for the transaction that has the row), and, if
+# $at_end, it has written executions already (it waits at its end)
+sub waits_for_row {
+    my ($table, $at_end) = @_;
+    return "EXISTS (SELECT 1 FROM pg_locks t JOIN pg_locks x "
+        . "ON x.pid = t.pid AND x.locktype = 'transactionid' "
+        . "AND NOT x.granted WHERE t.locktype = 'tuple' "
+        . "AND t.relation = '$table'::regclass "
+        . "AND t.pid <> pg_backend_pid()"
+        . ($at_end ? " AND EXISTS (SELECT 1 FROM pg_locks r "
+            . "WHERE r.pid = t.pid AND r.mode = 'RowExclusiveLock' "
+            . "AND r.relation = 'mr_executions'::regclass)" : '')
+        . ")";
+}
+
 # another transaction (psql, as another node would): $first, then it
-# waits (10 s at most) until another session waits for a lock, then
-# $then; what it printed, or the error, in the file $out.  Its pid, once
-# $first is done.
+# waits (10 s at most) until $waiting (waits_for_row()), then $then,
+# then $end (COMMIT); what it printed, or the error, in the file $out.
+# Its pid, once $first is done.
 sub other_txn {
-    my ($first, $then, $out, $name) = @_;
+    my ($first, $waiting, $then, $out, $name, $end) = @_;
     local $Test::Builder::Level = $Test::Builder::Level + 1;
+    $end //= 'COMMIT';
     my $pid = fork // die "fork: $!";
     if (!$pid) {
         my $got = eval {
             $t->psql("BEGIN; $first; "
                 . "DO \$\$ BEGIN /* mr-t79-waits */ "
-                . "FOR i IN 1 .. 200 LOOP "
-                . "EXIT WHEN EXISTS (SELECT 1 FROM pg_locks "
-                . "WHERE NOT granted AND pid <> pg_backend_pid()); "
+                . "FOR i IN 1 .. 200 LOOP EXIT WHEN $waiting; "
                 . "PERFORM pg_sleep(0.05); END LOOP; "
-                . "IF NOT EXISTS (SELECT 1 FROM pg_locks "
-                . "WHERE NOT granted AND pid <> pg_backend_pid()) THEN "
-                . "RAISE EXCEPTION 'no batch waited for the row'; "
-                . "END IF; END \$\$; $then; COMMIT");
+                . "IF NOT $waiting THEN "
+                . "RAISE EXCEPTION 'no batch waited so: %', "
+                . "(SELECT string_agg(l.pid || ' ' || l.locktype || ' ' "
+                . "|| coalesce(l.relation::regclass::text, '') || ' ' "
+                . "|| l.mode || ' ' || l.granted, ', ') FROM pg_locks l "
+                . "WHERE l.pid <> pg_backend_pid()); "
+                . "END IF; END \$\$; $then; $end");
         };
         open my $fh, '>', $out or POSIX::_exit(1);
         print $fh defined $got ? $got : "error: $@";
@@ -195,15 +220,25 @@ sub other_txn {
     return $pid;
 }
 
-# psql locks the row of $table $id, then, once a batch waits for it, the
-# account $org with a lock wait of 500 ms: 'got' if it had it
+# psql locks the row of $table $id, then, once a batch waits for it,
+# the account $org with a lock wait of 500 ms: 'got' if it had it
 sub lock_then_account {
     my ($table, $id, $org, $out) = @_;
     local $Test::Builder::Level = $Test::Builder::Level + 1;
     return other_txn("SELECT 1 FROM $table WHERE id = '$id' FOR UPDATE",
-        "SET LOCAL lock_timeout = '500ms'; "
+        waits_for_row($table), "SET LOCAL lock_timeout = '500ms'; "
         . "SELECT 'got' FROM mr_accounts WHERE org = '$org' FOR UPDATE",
         $out, "psql locked the row of $table");
+}
+
+# psql locks the account $org; once a batch waits for it at its end
+# (having written its executions), $then
+sub hold_account {
+    my ($org, $then, $out, $name, $end) = @_;
+    local $Test::Builder::Level = $Test::Builder::Level + 1;
+    return other_txn("SELECT 1 FROM mr_accounts WHERE org = '$org' "
+        . "FOR UPDATE", waits_for_row('mr_accounts', 1), $then, $out,
+        $name, $end);
 }
 
 sub slurp {
@@ -274,8 +309,28 @@ sub slurp {
     my $l = $t->admin(POST => "/accounts/$org/limits", { bytes => 1 });
     is($l->{status}, 200, 'the operator lowers the limit of bytes to 1');
 
+    # the outcomes come while creates of the same account are refused
+    # (a refused create decided nothing: its batch is not checked either);
+    # psql holds the account for half a second once the first outcome's
+    # batch waits for it, so that the worker's next batch has both
     my $off = -s $PGLOG;
-    $rc->release('h3');
+    my $out = $t->prefix . '/t79-limit.out';
+    my $pid = hold_account($org, "SELECT pg_sleep(0.5)", $out,
+        'psql holds the account');
+    my @refused = $t->parallel(4, sub {
+        my $n = 0;
+        for (1 .. 25) {
+            my $r = $t->create_exec($key, $t->exec_body(model => 'm-held'));
+            $n++ if $r->{status} == 403
+                && ($r->{json}{error}{code} // '') eq 'ACCOUNT_LIMIT_EXCEEDED';
+        }
+        return $n;
+    }, during => sub { $rc->release('h3') }, timeout => 120);
+    is(0 + grep({ ($_ // 0) eq '25' } @refused), 4,
+        'meanwhile, 100 creates refused: over the limit');
+    waitpid $pid, 0;
+    unlike(slurp($out), qr/error/, 'an outcome waited for the account')
+        or diag slurp($out);
     my $e = $t->wait_terminal($key, \@ids, 60);
     is(scalar(grep { ($e->{$_}{status} // '') eq 'COMPLETED' } @ids), 6,
         'the six COMPLETED over the limit');
@@ -301,8 +356,7 @@ sub slurp {
     # psql holds the account's row; a create reads it unlocked (1.00
     # available), then waits for it at its end; psql debits all but 0.005
     # (below the hold of 0.012) and commits: the create must be refused
-    my $pid = other_txn(
-        "SELECT 1 FROM mr_accounts WHERE org = '$org' FOR UPDATE",
+    my $pid = hold_account($org,
         "UPDATE mr_accounts SET debited = debited + balance - held - 5000, "
         . "balance = held + 5000 WHERE org = '$org' RETURNING 'taken'",
         $out, 'psql holds the account');
@@ -319,6 +373,95 @@ sub slurp {
     money_is($t->balance($key)->{held}, '0.00', 'nothing held');
     like(pg_log_from(0), qr/lost a race/,
         'its batch was made again, locked (PostgreSQL logged the race)');
+}
+
+# ------- 5: a cancel and an outcome lock their account only at their end
+
+{
+    my $acc = $t->new_account(credit => '10.00');
+    my $key = $acc->{key};
+    my $org = $acc->{org};
+    my $out = $t->prefix . '/t79-end.out';
+
+    my $x = $t->create_exec($key, $t->exec_body(model => 'm-held'));
+    is($x->{status}, 202, 'm-held: created');
+    my $pid = hold_account($org, "SELECT 'waited'", $out,
+        'psql holds the account');
+    my $c = $t->req(POST => "/v1/executions/$x->{json}{id}/cancel",
+        auth($key));
+    waitpid $pid, 0;
+    like(slurp($out), qr/^waited$/m,
+        'the cancel waited for its account at its end, not as it read it')
+        or diag slurp($out);
+    is($c->{json}{status}, 'CANCELLED', '... then CANCELLED');
+
+    $rc->set('/held', json => $CHAT, hold => 'h5');
+    my $n0 = () = $rc->requests_to('/held');
+    my $y = $t->create_exec($key, $t->exec_body(model => 'm-wait'));
+    is($y->{status}, 202, 'm-wait: created');
+    my @sent = $rc->wait_requests($n0 + 1, path => '/held', timeout => 20);
+    is(scalar @sent, $n0 + 1, 'at the provider');
+    $pid = hold_account($org, "SELECT 'waited'", $out,
+        'psql holds the account');
+    $rc->release('h5');
+    waitpid $pid, 0;
+    like(slurp($out), qr/^waited$/m,
+        'the outcome waited for its account at its end, not as it read it')
+        or diag slurp($out);
+    my $e = $t->wait_terminal($key, [ $y->{json}{id} ], 30);
+    is($e->{ $y->{json}{id} }{status}, 'COMPLETED', '... then COMPLETED');
+    ok($t->verify($org)->{ok}, 'verify ok');
+}
+
+# ---- 6: what a batch inserts for an account, it inserts once it holds it
+
+{
+    my $acc = $t->new_account(credit => '10.00');
+    my $key = $acc->{key};
+    my $org = $acc->{org};
+    my $out = $t->prefix . '/t79-ins.out';
+
+    # the secret of an execution's webhook_url, made by its first
+    # terminal event: another transaction that holds the account may
+    # insert it at once (with the insert before the account's lock, it
+    # waited for the batch, which waited for the account: a deadlock)
+    is($t->psql("SELECT count(*) FROM mr_whsecrets WHERE org = '$org'"),
+        0, 'the account has no secret yet');
+    my $x = $t->create_exec($key, $t->exec_body(model => 'm-held',
+        webhook_url => $rc->url('/wh6')));
+    is($x->{status}, 202, 'm-held with a webhook_url: created');
+    my $pid = hold_account($org, "SET LOCAL lock_timeout = '500ms'; "
+        . "INSERT INTO mr_whsecrets (org, secret) VALUES ('$org', 'x') "
+        . "ON CONFLICT DO NOTHING RETURNING 'inserted'", $out,
+        'psql holds the account', 'ROLLBACK');
+    my $c = $t->req(POST => "/v1/executions/$x->{json}{id}/cancel",
+        auth($key));
+    waitpid $pid, 0;
+    like(slurp($out), qr/^inserted$/m,
+        'the batch had not inserted the secret while it waited')
+        or diag slurp($out);
+    is($c->{json}{status}, 'CANCELLED', '... then CANCELLED');
+    is($t->psql("SELECT count(*) FROM mr_whsecrets WHERE org = '$org'"),
+        1, 'the secret is there');
+    my @got = $rc->wait_requests(1, path => '/wh6', timeout => 15);
+    is(scalar @got, 1, 'execution.cancelled delivered to the webhook_url');
+
+    # an idempotency key
+    my $body = $t->exec_body(model => 'm-held');
+    $pid = hold_account($org, "SET LOCAL lock_timeout = '500ms'; "
+        . "INSERT INTO mr_idem (org, key, exec_id, created_ms) VALUES "
+        . "('$org', '$body->{idempotency_key}', 'exec_x', 0) "
+        . "ON CONFLICT DO NOTHING RETURNING 'inserted'", $out,
+        'psql holds the account', 'ROLLBACK');
+    my $y = $t->create_exec($key, $body);
+    waitpid $pid, 0;
+    like(slurp($out), qr/^inserted$/m,
+        'the batch had not inserted the idempotency key while it waited')
+        or diag slurp($out);
+    is($y->{status}, 202, '... then created');
+    my $again = $t->create_exec($key, $body);
+    is($again->{json}{id}, $y->{json}{id}, 'its key replays it');
+    ok($t->verify($org)->{ok}, 'verify ok');
 }
 
 $t->done;
