@@ -385,9 +385,6 @@ mr_pg_ops_load(mr_pg_batch_t *b, mr_pg_req_t *req)
                   || mr_pg_load_send(b, req, MR_SQL_ENDPOINTS, 4,
                                      (const char *[]) { orgs, none, none,
                                                         none })
-                     != NGX_OK
-                  || mr_pg_load_send(b, req, MR_SQL_WHSECRETS, 3,
-                                     (const char *[]) { orgs, none, none })
                      != NGX_OK);
             break;
 
@@ -397,9 +394,6 @@ mr_pg_ops_load(mr_pg_batch_t *b, mr_pg_req_t *req)
                   || mr_pg_load_send(b, req, MR_SQL_ENDPOINTS, 4,
                                      (const char *[]) { none, none, none,
                                                         ids })
-                     != NGX_OK
-                  || mr_pg_load_send(b, req, MR_SQL_WHSECRETS, 3,
-                                     (const char *[]) { orgs, none, none })
                      != NGX_OK
                   || mr_pg_load_send(b, req, MR_SQL_EVENTS_BY_ID, 2,
                                      (const char *[]) { none, ids })
@@ -438,21 +432,27 @@ mr_pg_ops_load(mr_pg_batch_t *b, mr_pg_req_t *req)
                       || mr_pg_load_send(b, req, MR_SQL_ENDPOINTS, 4,
                                          (const char *[]) { orgs, none,
                                                             none, none })
-                         != NGX_OK
-                      || mr_pg_load_send(b, req, MR_SQL_WHSECRETS, 3,
-                                         (const char *[]) { orgs, none,
-                                                            none })
                          != NGX_OK);
             }
         }
 
-        if (rc != NGX_OK) {
+        if (rc != NGX_OK
+            || mr_pg_load_send(b, req, accts, 5,
+                               (const char *[]) { orgs, none, none, none,
+                                                  none })
+               != NGX_OK)
+        {
             return NGX_ERROR;
         }
 
-        return mr_pg_load_send(b, req, accts, 5,
-                               (const char *[]) { orgs, none, none, none,
-                                                  none });
+        /* the secrets once the accounts are locked (mr_pg_rows_write()) */
+
+        if (b->kind != MR_PG_B_SWEEP || b->step == MR_PG_S_EXPIRE) {
+            return mr_pg_load_send(b, req, MR_SQL_WHSECRETS, 3,
+                                   (const char *[]) { orgs, none, none });
+        }
+
+        return NGX_OK;
     }
 
     /* operations */
@@ -544,17 +544,21 @@ mr_pg_ops_load(mr_pg_batch_t *b, mr_pg_req_t *req)
         return NGX_ERROR;
     }
 
+    /*
+     * the accounts last (mr_store_pg_sql.c), then their secrets: read
+     * once the accounts are locked, the one a batch made is there
+     * (mr_pg_rows_write())
+     */
+
+    if (mr_pg_load_send(b, req, accts, 5, v) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     if (s.emits
         && mr_pg_load_send(b, req, MR_SQL_WHSECRETS, 3,
                            (const char *[]) { v[0], v[1], v[4] })
            != NGX_OK)
     {
-        return NGX_ERROR;
-    }
-
-    /* the accounts last (mr_store_pg_sql.c) */
-
-    if (mr_pg_load_send(b, req, accts, 5, v) != NGX_OK) {
         return NGX_ERROR;
     }
 
@@ -1081,6 +1085,8 @@ mr_pg_exec_create(mr_pg_rows_t *rs, mr_store_op_t *op)
     /* what the rules allowed is checked again if read unlocked */
 
     a->checked = 1;
+    a->checked_bytes += (int64_t) mr_rule_exec_size(exec);
+    a->checked_execs++;
     a->dirty = 1;
 
     /* a model with routes: due for dispatch at once */

@@ -1035,6 +1035,8 @@ mr_pg_rows_write_accounts(mr_pg_rows_t *rs, mr_pg_req_t *req)
             }
 
             mr_pg_buf_int(&b[10], e->checked);
+            mr_pg_buf_int(&b[11], e->checked_bytes);
+            mr_pg_buf_int(&b[12], e->checked_execs);
 
             continue;
         }
@@ -1076,12 +1078,12 @@ mr_pg_rows_write_deltas(mr_pg_rows_t *rs, mr_pg_req_t *req, mr_pg_buf_t *b,
     ngx_uint_t n)
 {
     ngx_uint_t       i;
-    const char      *v[16];
+    const char      *v[18];
     mr_main_conf_t  *mcf;
 
     mcf = mr_pg_main_conf();
 
-    for (i = 0; i < 11; i++) {
+    for (i = 0; i < 13; i++) {
         v[i] = mr_pg_buf_end(&b[i]);
         if (v[i] == NULL) {
             return NGX_ERROR;
@@ -1089,12 +1091,12 @@ mr_pg_rows_write_deltas(mr_pg_rows_t *rs, mr_pg_req_t *req, mr_pg_buf_t *b,
     }
 
     for (i = 0; i < MR_LIMIT_N; i++) {
-        v[11 + i] = mr_pg_int(rs->pool, mcf->account_limits[i]);
+        v[13 + i] = mr_pg_int(rs->pool, mcf->account_limits[i]);
     }
 
-    v[15] = mr_pg_int(rs->pool, (int64_t) n);
+    v[17] = mr_pg_int(rs->pool, (int64_t) n);
 
-    for (i = 11; i < 16; i++) {
+    for (i = 13; i < 18; i++) {
         if (v[i] == NULL) {
             return NGX_ERROR;
         }
@@ -1104,7 +1106,7 @@ mr_pg_rows_write_deltas(mr_pg_rows_t *rs, mr_pg_req_t *req, mr_pg_buf_t *b,
         return NGX_ERROR;
     }
 
-    return mr_pg_send(req, MR_SQL_W_ACCOUNTS_DELTA, 16, v, NULL);
+    return mr_pg_send(req, MR_SQL_W_ACCOUNTS_DELTA, 18, v, NULL);
 }
 
 
@@ -1435,6 +1437,7 @@ mr_pg_rows_write_secrets(mr_pg_rows_t *rs, mr_pg_req_t *req)
 {
     ngx_uint_t    n;
     mr_pg_ent_t  *e;
+    const char   *v[3];
     mr_pg_buf_t   b[2];
 
     mr_pg_bufs_init(b, 2, rs->pool);
@@ -1455,7 +1458,15 @@ mr_pg_rows_write_secrets(mr_pg_rows_t *rs, mr_pg_req_t *req)
         return NGX_OK;
     }
 
-    return mr_pg_send_arrays(req, MR_SQL_W_WHSECRETS, b, 2);
+    v[0] = mr_pg_buf_end(&b[0]);
+    v[1] = mr_pg_buf_end(&b[1]);
+    v[2] = mr_pg_int(rs->pool, (int64_t) n);
+
+    if (v[0] == NULL || v[1] == NULL || v[2] == NULL) {
+        return NGX_ERROR;
+    }
+
+    return mr_pg_send(req, MR_SQL_W_WHSECRETS, 3, v, NULL);
 }
 
 

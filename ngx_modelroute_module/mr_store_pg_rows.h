@@ -45,8 +45,10 @@ struct mr_pg_ent_s {
     unsigned                  dirty:1;       /* to be written */
     unsigned                  deleted:1;     /* to be deleted */
     unsigned                  fresh:1;       /* new */
-    unsigned                  checked:1;     /* ACCT: a rule decided on
-                                                it (its deltas are checked) */
+    unsigned                  checked:1;     /* ACCT: a rule allowed a
+                                                create on it (checked again
+                                                at the end if read
+                                                unlocked) */
     int64_t                   bytes;         /* as loaded: what it costs */
     ngx_uint_t                live;          /* as loaded: in a count */
 
@@ -55,6 +57,8 @@ struct mr_pg_ent_s {
     int64_t                   rl;            /* -1: none */
     mr_account_rec_t          acct_read;     /* as loaded: the deltas of */
     int64_t                   used_read[MR_LIMIT_N];  /* a batch */
+    int64_t                   checked_bytes; /* ACCT: what the creates */
+    int64_t                   checked_execs; /* allowed added */
 
     mr_exec_t                 exec;          /* MR_PG_EXEC, and the
                                                 execution of MR_PG_IDEM */

@@ -466,10 +466,16 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
       "description = EXCLUDED.description, events = EXCLUDED.events, "
       "headers = EXCLUDED.headers", 0 },
 
+    /*
+     * an account's first secret, made by a batch that read none: if
+     * another batch made one meanwhile, mr_conflict() fails, and the
+     * batch is made again, locked (where it reads the other's)
+     */
     { "mr_w_whsecrets",
-      "INSERT INTO mr_whsecrets (org, secret) "
+      "WITH w AS (INSERT INTO mr_whsecrets (org, secret) "
       "SELECT * FROM unnest($1::text[], $2::text[]) "
-      "ON CONFLICT (org) DO NOTHING", 0 },
+      "ON CONFLICT (org) DO NOTHING RETURNING 1) "
+      "SELECT mr_conflict(count(*) = $3::bigint) FROM w", 0 },
 
     { "mr_w_credit_refs",
       "INSERT INTO mr_credit_refs (org, ref, amount) "
@@ -536,13 +542,15 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
      * claims: mr_pg_batch_deltas()) reads its accounts without a lock,
      * and changes them by what its operations added, in its last round
      * trip: the accounts are locked there (in order), for as long as the
-     * COMMIT takes.  An account on which a rule decided something (a
-     * hold within the balance, a use within the limits: $11, 1) must
-     * still allow it ($12..$15 are the defaults of the limits, $16 the
-     * number of accounts): else the statement fails (mr_conflict(),
-     * SQLSTATE MR001), the batch is rolled back and made again with its
-     * accounts locked as read.  Releases and charges within a hold
-     * decide nothing: they always apply.
+     * COMMIT takes.  An account on which a rule allowed something ($11,
+     * 1: creates) must still allow it: its holds within its balance
+     * after the batch, and the bytes and executions of those creates
+     * ($12, $13) within its limits as it is now ($14..$17 are the
+     * defaults of the limits, $18 the number of accounts).  Else the
+     * statement fails (mr_conflict(), SQLSTATE MR001), the batch is
+     * rolled back and made again with its accounts locked as read.
+     * Releases, charges within a hold and the bytes of outcomes decide
+     * nothing: they always apply.
      */
 
     { "mr_accounts_snap",
@@ -567,22 +575,23 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
       "used_keys = a.used_keys + u.uk "
       "FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::bigint[], "
       "$5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[], "
-      "$9::bigint[], $10::bigint[], $11::int[]) "
-      "AS u(org, db, dh, dc, dd, dg, ub, ue, uw, uk, c) "
+      "$9::bigint[], $10::bigint[], $11::int[], $12::bigint[], "
+      "$13::bigint[]) "
+      "AS u(org, db, dh, dc, dd, dg, ub, ue, uw, uk, c, cb, ce) "
       "WHERE a.org = u.org AND (u.c = 0 OR ("
       "(u.dh <= u.db OR a.held + u.dh <= a.balance + u.db) "
-      "AND (u.ub <= 0 OR a.used_bytes + u.ub <= CASE WHEN a.limit_bytes >= 0 "
-      "THEN a.limit_bytes ELSE $12::bigint END) "
-      "AND (u.ue <= 0 OR a.used_executions + u.ue <= "
+      "AND (u.cb <= 0 OR a.used_bytes + u.cb <= CASE WHEN a.limit_bytes >= 0 "
+      "THEN a.limit_bytes ELSE $14::bigint END) "
+      "AND (u.ce <= 0 OR a.used_executions + u.ce <= "
       "CASE WHEN a.limit_executions >= 0 THEN a.limit_executions "
-      "ELSE $13::bigint END) "
+      "ELSE $15::bigint END) "
       "AND (u.uw <= 0 OR a.used_endpoints + u.uw <= "
       "CASE WHEN a.limit_endpoints >= 0 THEN a.limit_endpoints "
-      "ELSE $14::bigint END) "
+      "ELSE $16::bigint END) "
       "AND (u.uk <= 0 OR a.used_keys + u.uk <= "
-      "CASE WHEN a.limit_keys >= 0 THEN a.limit_keys ELSE $15::bigint END))) "
+      "CASE WHEN a.limit_keys >= 0 THEN a.limit_keys ELSE $17::bigint END))) "
       "RETURNING 1) "
-      "SELECT mr_conflict(count(*) = $16::bigint) FROM d", 0 },
+      "SELECT mr_conflict(count(*) = $18::bigint) FROM d", 0 },
 
     /*
      * its idempotency keys: new ones inserted if no other batch did

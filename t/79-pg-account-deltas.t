@@ -24,13 +24,17 @@
 #  5. a cancel and an outcome wait for their account at their end (they
 #     have written their executions), not as they read it;
 #  6. the secret and the idempotency keys a batch inserts are inserted
-#     once it holds the account: psql, holding it, inserts them at once.
+#     once it holds the account: psql, holding it, inserts them at once;
+#  7. an account's first webhook secret, made by another transaction
+#     while a batch that read none waits for the account: the batch is
+#     made again, and signs with the secret stored.
 use strict;
 use warnings;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
 use POSIX ();
+use MIME::Base64 ();
 use MR::Test qw(:all);
 use MR::Receiver qw(:all);
 
@@ -462,6 +466,53 @@ sub slurp {
     my $again = $t->create_exec($key, $body);
     is($again->{json}{id}, $y->{json}{id}, 'its key replays it');
     ok($t->verify($org)->{ok}, 'verify ok');
+}
+
+# ---- 7: an account's first secret, made by two batches at once: one wins
+
+{
+    my $acc = $t->new_account(credit => '10.00');
+    my $key = $acc->{key};
+    my $org = $acc->{org};
+    my $out = $t->prefix . '/t79-secret.out';
+    my $S = 'whsec_' . MIME::Base64::encode_base64('s' x 32, '');
+
+    # psql, as another node's batch, makes the account's secret while a
+    # cancel that read none (and made one) waits for the account: the
+    # cancel's batch is made again, and its event is signed with psql's
+    my $x = $t->create_exec($key, $t->exec_body(model => 'm-held',
+        webhook_url => $rc->url('/wh7')));
+    is($x->{status}, 202, 'm-held with a webhook_url: created');
+    my $pid = hold_account($org, "INSERT INTO mr_whsecrets (org, secret) "
+        . "VALUES ('$org', '$S') RETURNING 'inserted'", $out,
+        'psql holds the account');
+    my $c = $t->req(POST => "/v1/executions/$x->{json}{id}/cancel",
+        auth($key));
+    waitpid $pid, 0;
+    like(slurp($out), qr/^inserted$/m, 'psql made the secret meanwhile')
+        or diag slurp($out);
+    is($c->{json}{status}, 'CANCELLED', 'the cancel, then CANCELLED');
+    is($t->req(GET => '/v1/webhooks/default/secret', auth($key))
+        ->{json}{secret}, $S, 'the account\'s secret is the one made first');
+    my ($d) = $rc->wait_requests(1, path => '/wh7', timeout => 15);
+    ok($d, 'execution.cancelled delivered to the webhook_url');
+    is_deeply([ signature_problems($d // {}, $S) ], [],
+        '... signed with the secret stored, not the one that lost');
+
+    # the secret asked for (a batch that locks its account as it reads
+    # it): read once the account is locked, it is the one made meanwhile
+    my $oth = $t->new_account(credit => '1.00');
+    my $o = $oth->{org};
+    $pid = other_txn("SELECT 1 FROM mr_accounts WHERE org = '$o' "
+        . "FOR UPDATE", waits_for_row('mr_accounts'),
+        "INSERT INTO mr_whsecrets (org, secret) VALUES ('$o', '$S') "
+        . "RETURNING 'inserted'", $out, 'psql holds the other account');
+    my $g = $t->req(GET => '/v1/webhooks/default/secret', auth($oth->{key}));
+    waitpid $pid, 0;
+    like(slurp($out), qr/^inserted$/m, 'psql made its secret meanwhile')
+        or diag slurp($out);
+    is($g->{json}{secret}, $S,
+        'the secret answered is the one stored, made meanwhile');
 }
 
 $t->done;
