@@ -379,6 +379,36 @@ sub slurp {
         'its batch was made again, locked (PostgreSQL logged the race)');
 }
 
+# ---------- 4b: a create's bytes, checked again against the account as it is
+
+{
+    my $acc = $t->new_account(credit => '10.00');
+    my $key = $acc->{key};
+    my $org = $acc->{org};
+    my $out = $t->prefix . '/t79-room.out';
+
+    my $l = $t->admin(POST => "/accounts/$org/limits", { bytes => 100000 });
+    is($l->{status}, 200, 'a limit of 100,000 bytes');
+    my $used = $t->psql("SELECT used_bytes FROM mr_accounts "
+        . "WHERE org = '$org'");
+
+    # psql, as another node's creates, fills the room while a create
+    # that read it free waits for the account: the create is refused
+    my $pid = hold_account($org, "UPDATE mr_accounts SET used_bytes = "
+        . "99990 WHERE org = '$org' RETURNING 'filled'", $out,
+        'psql holds the account');
+    my $r = $t->create_exec($key, $t->exec_body(model => 'm-held'));
+    waitpid $pid, 0;
+    like(slurp($out), qr/^filled$/m, 'psql took the room meanwhile')
+        or diag slurp($out);
+    is($r->{status}, 403, 'the create that read the room before: 403')
+        or diag $r->{body};
+    is($r->{json}{error}{code}, 'ACCOUNT_LIMIT_EXCEEDED',
+        '... ACCOUNT_LIMIT_EXCEEDED');
+    $t->psql("UPDATE mr_accounts SET used_bytes = $used WHERE org = '$org'");
+    ok($t->verify($org)->{ok}, 'verify ok (its use given back)');
+}
+
 # ------- 5: a cancel and an outcome lock their account only at their end
 
 {
