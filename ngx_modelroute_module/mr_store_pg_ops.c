@@ -1084,7 +1084,6 @@ mr_pg_exec_create(mr_pg_rows_t *rs, mr_store_op_t *op)
 
     /* what the rules allowed is checked again if read unlocked */
 
-    a->checked = 1;
     a->checked_bytes += (int64_t) mr_rule_exec_size(exec);
     a->checked_execs++;
     a->dirty = 1;

@@ -1034,7 +1034,7 @@ mr_pg_rows_write_accounts(mr_pg_rows_t *rs, mr_pg_req_t *req)
                 mr_pg_buf_int(&b[6 + i], e->quota.used[i] - e->used_read[i]);
             }
 
-            mr_pg_buf_int(&b[10], e->checked);
+            mr_pg_buf_int(&b[10], e->checked_execs > 0);
             mr_pg_buf_int(&b[11], e->checked_bytes);
             mr_pg_buf_int(&b[12], e->checked_execs);
 

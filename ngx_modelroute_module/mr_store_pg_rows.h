@@ -45,10 +45,6 @@ struct mr_pg_ent_s {
     unsigned                  dirty:1;       /* to be written */
     unsigned                  deleted:1;     /* to be deleted */
     unsigned                  fresh:1;       /* new */
-    unsigned                  checked:1;     /* ACCT: a rule allowed a
-                                                create on it (checked again
-                                                at the end if read
-                                                unlocked) */
     int64_t                   bytes;         /* as loaded: what it costs */
     ngx_uint_t                live;          /* as loaded: in a count */
 
@@ -58,7 +54,9 @@ struct mr_pg_ent_s {
     mr_account_rec_t          acct_read;     /* as loaded: the deltas of */
     int64_t                   used_read[MR_LIMIT_N];  /* a batch */
     int64_t                   checked_bytes; /* ACCT: what the creates */
-    int64_t                   checked_execs; /* allowed added */
+    int64_t                   checked_execs; /* the rules allowed added:
+                                                checked again at the end
+                                                if read unlocked */
 
     mr_exec_t                 exec;          /* MR_PG_EXEC, and the
                                                 execution of MR_PG_IDEM */

@@ -41,6 +41,19 @@
     "coalesce(e.last_dlv, '')"
 
 
+/*
+ * the accounts named ($1), and those of the executions, keys, endpoints
+ * and deliveries named ($2..$5)
+ */
+#define MR_SQL_ACCOUNTS_READ                                                  \
+    "SELECT " MR_ACCT_COLS " FROM mr_accounts WHERE org = ANY (ARRAY("        \
+    "SELECT unnest($1::text[]) "                                              \
+    "UNION SELECT org FROM mr_executions WHERE id = ANY($2::text[]) "         \
+    "UNION SELECT org FROM mr_keys WHERE key_id = ANY($3::text[]) "           \
+    "UNION SELECT org FROM mr_endpoints WHERE id = ANY($4::text[]) "          \
+    "UNION SELECT org FROM mr_deliveries WHERE id = ANY($5::text[]))) "
+
+
 /* the routes named ($1), and those of the executions named ($2) */
 #define MR_SQL_ROUTES_READ                                                    \
     "SELECT " MR_ROUTE_COLS " FROM mr_routes "                                \
@@ -211,13 +224,7 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
      * every account, on every batch (the scans are counted by t/74)
      */
     { "mr_lock_accounts",
-      "SELECT " MR_ACCT_COLS " FROM mr_accounts WHERE org = ANY (ARRAY("
-      "SELECT unnest($1::text[]) "
-      "UNION SELECT org FROM mr_executions WHERE id = ANY($2::text[]) "
-      "UNION SELECT org FROM mr_keys WHERE key_id = ANY($3::text[]) "
-      "UNION SELECT org FROM mr_endpoints WHERE id = ANY($4::text[]) "
-      "UNION SELECT org FROM mr_deliveries WHERE id = ANY($5::text[]))) "
-      "ORDER BY org FOR UPDATE", 0 },
+      MR_SQL_ACCOUNTS_READ "ORDER BY org FOR UPDATE", 0 },
 
     { "mr_lock_execs",
       "SELECT " MR_EXEC_COLS " FROM mr_executions "
@@ -553,13 +560,7 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
      * nothing: they always apply.
      */
 
-    { "mr_accounts_snap",
-      "SELECT " MR_ACCT_COLS " FROM mr_accounts WHERE org = ANY (ARRAY("
-      "SELECT unnest($1::text[]) "
-      "UNION SELECT org FROM mr_executions WHERE id = ANY($2::text[]) "
-      "UNION SELECT org FROM mr_keys WHERE key_id = ANY($3::text[]) "
-      "UNION SELECT org FROM mr_endpoints WHERE id = ANY($4::text[]) "
-      "UNION SELECT org FROM mr_deliveries WHERE id = ANY($5::text[])))", 0 },
+    { "mr_accounts_snap", MR_SQL_ACCOUNTS_READ, 0 },
 
     { "mr_lock_account_ids",
       "SELECT org FROM mr_accounts WHERE org = ANY($1::text[]) "
