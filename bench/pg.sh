@@ -332,7 +332,10 @@ printf '%-44s%14s\n' "pgbench, one INSERT per transaction (tps)" "$pgbench_tps"
 
 echo
 for c in pg pg-kc; do
-    [ -n "${R[$c,create-hot]:-}" ] || continue
+    # the targets need all four (BENCH_MEASURES may leave some out)
+    [ -n "${R[$c,create-hot]:-}" ] && [ -n "${R[$c,create-many]:-}" ] \
+        && [ -n "${R[$c,done-hot]:-}" ] && [ -n "${R[$c,done-many]:-}" ] \
+        || continue
     awk -v col="$c" -v c1="${R[$c,create-hot]}" -v cn="${R[$c,create-many]}" \
         -v d1="${R[$c,done-hot]}" -v dn="${R[$c,done-many]}" -v p="$pgbench_tps" 'BEGIN {
         c = (c1 < cn ? c1 : cn); d = (d1 < dn ? d1 : dn)

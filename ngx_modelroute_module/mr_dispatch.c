@@ -176,6 +176,7 @@ static mr_store_op_t    mr_disp_claim_op;
 static mr_store_read_t  mr_disp_next_rd;
 static ngx_uint_t       mr_disp_claiming;   /* or reading what is due */
 static ngx_uint_t       mr_disp_kicked;
+static ngx_uint_t       mr_disp_more;     /* the last claim left due work */
 static ngx_uint_t       mr_disp_active;   /* attempts sent, not answered */
 static ngx_msec_t       mr_disp_timeout;  /* the longest route timeout */
 static ngx_event_t      mr_disp_inflight_ev;
@@ -337,6 +338,18 @@ mr_dispatch_poll(ngx_event_t *ev)
         return;
     }
 
+    /*
+     * the last claim stopped at its limit with more due: claimed again
+     * at once (with a backlog, a read of the next due time before every
+     * claim was as costly as the claim's own look at its candidates)
+     */
+
+    if (mr_disp_more) {
+        mr_disp_more = 0;
+        mr_dispatch_due(mr_now_ms());
+        return;
+    }
+
     /* when the next execution is due */
 
     rd = &mr_disp_next_rd;
@@ -420,6 +433,7 @@ mr_dispatch_claimed(mr_store_op_t *op)
     mr_disp_job_t  *job, *first, *next;
 
     mr_disp_claiming = 0;
+    mr_disp_more = 0;
 
     if (op->result != MR_R_OK) {
         if (ngx_current_msec - mr_disp_failed_at > MR_DISP_POLL * 10
@@ -476,6 +490,8 @@ mr_dispatch_claimed(mr_store_op_t *op)
     }
 
     if (op->disp.claimed || mr_disp_kicked) {
+        mr_disp_more = (op->disp.claimed && op->disp.more);
+        mr_disp_kicked = 0;           /* what it said is seen now */
         mr_dispatch_kick();
         return;
     }

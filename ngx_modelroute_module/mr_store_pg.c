@@ -104,6 +104,11 @@ static void mr_pg_wait_handler(ngx_event_t *ev);
 static void mr_pg_inflight_handler(ngx_event_t *ev);
 static void mr_pg_fail_ops(ngx_uint_t all);
 static void mr_pg_read_start(mr_store_read_t *rd);
+static void mr_pg_read_go(mr_store_read_t *rd);
+static void mr_pg_reads_wait(ngx_uint_t connect);
+static void mr_pg_gather_handler(ngx_event_t *ev);
+static void mr_pg_group_wait(mr_pg_group_t *g);
+static void mr_pg_group_done(mr_pg_req_t *req);
 static mr_pg_conn_t *mr_pg_reader(void);
 static void mr_pg_read_done(mr_pg_req_t *req);
 static void mr_pg_reads_flush(void);
@@ -160,6 +165,7 @@ mr_store_pg_init_process(ngx_cycle_t *cycle, mr_main_conf_t *mcf)
 
     ngx_queue_init(&st->ops);
     ngx_queue_init(&st->reads);
+    ngx_queue_init(&st->gather);
 
     /* the node's name, in its leases: the host and the node's directory */
 
@@ -198,6 +204,10 @@ mr_store_pg_init_process(ngx_cycle_t *cycle, mr_main_conf_t *mcf)
     st->wait_ev.log = cycle->log;
     st->wait_ev.data = &mr_timer_conn;
     st->wait_ev.cancelable = 1;
+
+    st->gather_ev.handler = mr_pg_gather_handler;
+    st->gather_ev.log = cycle->log;
+    st->gather_ev.data = &mr_timer_conn;
 
     /* not cancelable: a worker that shuts down waits for its batch */
     st->inflight_ev.handler = mr_pg_inflight_handler;
@@ -248,6 +258,10 @@ mr_store_pg_exit_process(ngx_cycle_t *cycle)
         ngx_delete_posted_event(&st->commit_ev);
     }
 
+    if (st->gather_ev.posted) {
+        ngx_delete_posted_event(&st->gather_ev);
+    }
+
     if (st->wait_ev.timer_set) {
         ngx_del_timer(&st->wait_ev);
     }
@@ -262,6 +276,7 @@ mr_store_pg_exit_process(ngx_cycle_t *cycle)
 
     mr_pg_fail_ops(1);
     mr_pg_reads_flush();
+    mr_pg_gather_handler(&st->gather_ev);
 
     for (i = 0; i < st->nconns; i++) {
         mr_pg_conn_destroy(st->conns[i]);
@@ -1536,13 +1551,16 @@ mr_pg_readers_unreachable(void)
 }
 
 
-/* a read goes to a reader, or waits for one */
+/*
+ * A read goes to a reader, or waits for one.  A read of a key or of an
+ * execution waits for the end of this turn of the event loop, where the
+ * reads of its kind that came in this turn go together
+ * (mr_pg_gather_handler()).
+ */
 
 static void
 mr_pg_read_start(mr_store_read_t *rd)
 {
-    ngx_uint_t      i;
-    mr_pg_conn_t   *pc;
     mr_pg_store_t  *st;
 
     st = &mr_pg_store;
@@ -1552,29 +1570,210 @@ mr_pg_read_start(mr_store_read_t *rd)
         return;
     }
 
-    pc = mr_pg_reader();
+    if (mr_pg_read_groups(rd)) {
+        ngx_queue_insert_tail(&st->gather, &rd->queue);
 
-    if (pc == NULL) {
-        mr_pg_read_wait(rd);
-
-        for (i = 1; i < st->nconns; i++) {
-            mr_pg_conn_connect(st->conns[i]);
-        }
-
-        if (!st->wait_ev.timer_set) {
-            ngx_add_timer(&st->wait_ev, MR_PG_WAIT_TICK);
+        if (!st->gather_ev.posted) {
+            ngx_post_event(&st->gather_ev, &ngx_posted_events);
         }
 
         return;
     }
 
-    if (mr_pg_read_send(pc, rd, mr_pg_read_done) != NGX_OK) {
-        mr_pg_read_wait(rd);
+    mr_pg_read_go(rd);
+}
 
-        if (!st->wait_ev.timer_set) {
-            ngx_add_timer(&st->wait_ev, MR_PG_WAIT_TICK);
+
+static void
+mr_pg_read_go(mr_store_read_t *rd)
+{
+    mr_pg_conn_t  *pc;
+
+    pc = mr_pg_reader();
+
+    if (pc == NULL || mr_pg_read_send(pc, rd, mr_pg_read_done) != NGX_OK) {
+        mr_pg_read_wait(rd);
+        mr_pg_reads_wait(pc == NULL);
+    }
+}
+
+
+/* reads wait for a reader: connected again if none is ready */
+
+static void
+mr_pg_reads_wait(ngx_uint_t connect)
+{
+    ngx_uint_t      i;
+    mr_pg_store_t  *st;
+
+    st = &mr_pg_store;
+
+    if (connect) {
+        for (i = 1; i < st->nconns; i++) {
+            mr_pg_conn_connect(st->conns[i]);
         }
     }
+
+    if (!st->wait_ev.timer_set) {
+        ngx_add_timer(&st->wait_ev, MR_PG_WAIT_TICK);
+    }
+}
+
+
+/* the reads of this turn: by kind, up to MR_PG_GROUP_MAX a statement */
+
+static void
+mr_pg_gather_handler(ngx_event_t *ev)
+{
+    ngx_pool_t       *pool;
+    ngx_queue_t      *q, *next;
+    mr_pg_conn_t     *pc;
+    mr_pg_group_t    *g;
+    mr_pg_store_t    *st;
+    mr_store_read_t  *rd, *more;
+
+    st = &mr_pg_store;
+
+    while (!ngx_queue_empty(&st->gather)) {
+        q = ngx_queue_head(&st->gather);
+        ngx_queue_remove(q);
+        rd = ngx_queue_data(q, mr_store_read_t, queue);
+
+        if (st->exiting) {
+            mr_pg_read_answer(rd, NGX_BUSY);
+            continue;
+        }
+
+        /* one of its kind alone goes alone */
+
+        more = NULL;
+
+        for (q = ngx_queue_head(&st->gather);
+             q != ngx_queue_sentinel(&st->gather);
+             q = ngx_queue_next(q))
+        {
+            more = ngx_queue_data(q, mr_store_read_t, queue);
+
+            if (more->type == rd->type) {
+                break;
+            }
+
+            more = NULL;
+        }
+
+        pool = (more == NULL) ? NULL : ngx_create_pool(4096, st->log);
+        g = (pool == NULL) ? NULL : ngx_palloc(pool, sizeof(mr_pg_group_t));
+
+        if (g == NULL) {
+            if (pool) {
+                ngx_destroy_pool(pool);
+            }
+
+            mr_pg_read_go(rd);
+            continue;
+        }
+
+        g->pool = pool;
+        g->type = rd->type;
+        g->rd[0] = rd;
+        g->n = 1;
+
+        for (q = ngx_queue_head(&st->gather);
+             q != ngx_queue_sentinel(&st->gather) && g->n < MR_PG_GROUP_MAX;
+             q = next)
+        {
+            next = ngx_queue_next(q);
+            more = ngx_queue_data(q, mr_store_read_t, queue);
+
+            if (more->type == g->type) {
+                ngx_queue_remove(q);
+                g->rd[g->n++] = more;
+            }
+        }
+
+        pc = mr_pg_reader();
+
+        if (pc == NULL || mr_pg_group_send(pc, g, mr_pg_group_done) != NGX_OK)
+        {
+            mr_pg_group_wait(g);
+            mr_pg_reads_wait(pc == NULL);
+        }
+    }
+}
+
+
+/* a group's reads wait for a reader, each alone again */
+
+static void
+mr_pg_group_wait(mr_pg_group_t *g)
+{
+    ngx_uint_t  i;
+
+    for (i = 0; i < g->n; i++) {
+        mr_pg_read_wait(g->rd[i]);
+    }
+
+    ngx_destroy_pool(g->pool);
+}
+
+
+/* a group's results: each read answered; lost with its connection, again */
+
+static void
+mr_pg_group_done(mr_pg_req_t *req)
+{
+    int64_t           now;
+    ngx_uint_t        i;
+    mr_pg_group_t    *g;
+    mr_store_read_t  *rd;
+
+    g = req->data;
+
+    if (req->status == MR_PG_REQ_LOST) {
+        mr_pg_req_free(req);
+        now = mr_now_ms();
+
+        for (i = 0; i < g->n; i++) {
+            rd = g->rd[i];
+
+            if (mr_pg_read_expired(rd, now)) {
+                mr_pg_read_answer(rd, NGX_BUSY);
+
+            } else {
+                mr_pg_read_start(rd);
+            }
+        }
+
+        ngx_destroy_pool(g->pool);
+        return;
+    }
+
+    if (req->status == MR_PG_REQ_FAILED) {
+        ngx_log_error(NGX_LOG_ERR, mr_pg_store.log, 0,
+                      "modelroute_store: reading %ui of %s: %s",
+                      g->n, mr_pg_read_name(g->rd[0]), req->error);
+
+        for (i = 0; i < g->n; i++) {
+            g->rd[i]->rc = NGX_ERROR;
+        }
+
+    } else {
+        mr_pg_group_parse(g, req);
+    }
+
+    mr_pg_req_free(req);
+
+    for (i = 0; i < g->n; i++) {
+        rd = g->rd[i];
+
+        if (rd->type == MR_READ_AUTH && rd->rc == NGX_OK) {
+            mr_pg_keys_keep(rd);
+        }
+
+        mr_pg_read_answer(rd, rd->rc);
+    }
+
+    ngx_destroy_pool(g->pool);
 }
 
 

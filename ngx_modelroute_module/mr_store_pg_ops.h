@@ -31,6 +31,7 @@
 #define MR_PG_P_RESOLVE      4       /* was it committed? */
 
 #define MR_PG_LOADS_MAX      24      /* statements of a load */
+#define MR_PG_GROUP_MAX      64      /* reads answered by one statement */
 
 
 typedef struct {
@@ -64,6 +65,18 @@ typedef struct {
 } mr_pg_batch_t;
 
 
+/*
+ * Reads of one kind that came in one turn of the event loop (keys by
+ * their hash, executions by their id), answered by one statement
+ */
+typedef struct {
+    ngx_pool_t               *pool;          /* the group's own */
+    ngx_uint_t                type;          /* MR_READ_AUTH, MR_READ_EXEC */
+    ngx_uint_t                n;
+    mr_store_read_t          *rd[MR_PG_GROUP_MAX];
+} mr_pg_group_t;
+
+
 typedef struct mr_pg_store_s {
     mr_main_conf_t           *mcf;
     mr_pg_conf_t             *conf;
@@ -74,12 +87,14 @@ typedef struct mr_pg_store_s {
     ngx_uint_t                next_reader;
     ngx_queue_t               ops;           /* waiting for the batch */
     ngx_queue_t               reads;         /* waiting for a reader */
+    ngx_queue_t               gather;        /* this turn's, to group */
     mr_pg_batch_t             batch;
     ngx_uint_t                busy;
     ngx_uint_t                nreads;        /* reads not answered yet */
     ngx_event_t               commit_ev;
     ngx_event_t               wait_ev;
     ngx_event_t               inflight_ev;
+    ngx_event_t               gather_ev;     /* posted: groups them */
     ngx_str_t                 node;          /* host:node_dir */
     const char               *routes;        /* a text array literal */
     u_char                    dlv_cursor[MR_ORG_ID_LEN];
@@ -118,6 +133,10 @@ ngx_int_t mr_pg_read_waited(ngx_queue_t *q, int64_t now);
 ngx_uint_t mr_pg_read_expired(mr_store_read_t *rd, int64_t now);
 void mr_pg_read_answer(mr_store_read_t *rd, ngx_int_t rc);
 const char *mr_pg_read_name(mr_store_read_t *rd);
+ngx_uint_t mr_pg_read_groups(mr_store_read_t *rd);
+ngx_int_t mr_pg_group_send(mr_pg_conn_t *pc, mr_pg_group_t *g,
+    mr_pg_req_handler_pt handler);
+void mr_pg_group_parse(mr_pg_group_t *g, mr_pg_req_t *req);
 
 /* the API keys this worker read (modelroute_key_cache) */
 ngx_int_t mr_pg_keys_init(ngx_cycle_t *cycle);

@@ -31,14 +31,23 @@
 typedef struct {
     ngx_pool_t               *own;           /* the read's, if it had none */
     int64_t                   start;
+    ngx_uint_t                kc_gen;        /* the key cache's, as sent */
 } mr_pg_read_ctx_t;
 
 
+static ngx_int_t mr_pg_read_row(mr_store_read_t *rd, PGresult *res,
+    int row);
+static ngx_int_t mr_pg_group_rows(mr_pg_group_t *g, PGresult *res,
+    u_char *hashes);
 static ngx_int_t mr_pg_read_list(mr_store_read_t *rd, PGresult *res);
 static ngx_int_t mr_pg_read_verify(mr_store_read_t *rd, PGresult *res);
 static ngx_int_t mr_pg_read_states(mr_store_read_t *rd, PGresult *res);
 static ngx_int_t mr_pg_read_failed(mr_store_read_t *rd, PGresult *res);
 static ngx_pool_t *mr_pg_read_pool(mr_store_read_t *rd);
+
+
+/* changed whenever the key cache is emptied (mr_pg_keys_forget()) */
+static ngx_uint_t  mr_pg_kc_gen;
 
 
 ngx_int_t
@@ -67,6 +76,7 @@ mr_pg_read_create(mr_store_read_t *rd)
 
     ctx->own = (rd->pool == NULL) ? pool : NULL;
     ctx->start = mr_now_ms();
+    ctx->kc_gen = mr_pg_kc_gen;
 
     rd->backend = ctx;
 
@@ -366,7 +376,185 @@ mr_pg_read_send(mr_pg_conn_t *pc, mr_store_read_t *rd,
 }
 
 
+/*
+ * ---- reads grouped: the keys (by their hashes) and the executions (by
+ * their ids) that requests asked for in one turn of the event loop are
+ * read by one statement, not one each.  Only reads not sent yet are
+ * grouped: each sees what was committed before the statement is sent,
+ * after its request came, as it would alone.
+ */
+
+ngx_uint_t
+mr_pg_read_groups(mr_store_read_t *rd)
+{
+    return rd->type == MR_READ_AUTH || rd->type == MR_READ_EXEC;
+}
+
+
+ngx_int_t
+mr_pg_group_send(mr_pg_conn_t *pc, mr_pg_group_t *g,
+    mr_pg_req_handler_pt handler)
+{
+    size_t        len;
+    ngx_int_t     rc;
+    ngx_uint_t    i, j;
+    mr_pg_buf_t   b;
+    mr_pg_req_t  *req;
+    const char   *v[1];
+    u_char        hex[2 * MR_SHA256_LEN];
+
+    req = mr_pg_req_create(g->pool, 1);
+    if (req == NULL) {
+        return NGX_ERROR;
+    }
+
+    req->conn = pc;
+
+    len = (g->type == MR_READ_AUTH) ? MR_SHA256_LEN : MR_EXEC_ID_LEN;
+
+    mr_pg_buf_init(&b, g->pool);
+
+    for (i = 0; i < g->n; i++) {
+
+        /* each asked once: many requests of one client share its key */
+
+        for (j = 0; j < i; j++) {
+            if (ngx_memcmp(g->rd[j]->id, g->rd[i]->id, len) == 0) {
+                break;
+            }
+        }
+
+        if (j < i) {
+            continue;
+        }
+
+        if (g->type == MR_READ_AUTH) {
+            (void) mr_hex(hex, g->rd[i]->id, MR_SHA256_LEN);
+            mr_pg_buf_str(&b, hex, sizeof(hex));
+
+        } else {
+            mr_pg_buf_str(&b, g->rd[i]->id, MR_EXEC_ID_LEN);
+        }
+    }
+
+    v[0] = mr_pg_buf_end(&b);
+
+    rc = (v[0] == NULL) ? NGX_ERROR
+         : mr_pg_send(req, (g->type == MR_READ_AUTH) ? MR_SQL_AUTHS
+                                                      : MR_SQL_EXECS,
+                      1, v, NULL);
+
+    if (rc != NGX_OK) {
+        req->status = MR_PG_REQ_LOST;
+        (void) mr_pg_req_end(pc, req, handler, g);
+        return NGX_ERROR;
+    }
+
+    return mr_pg_req_end(pc, req, handler, g);
+}
+
+
+/*
+ * each read of the group: its own row, or none (NGX_DECLINED); a row
+ * that cannot be read fails them all (alone, its read would fail)
+ */
+
+void
+mr_pg_group_parse(mr_pg_group_t *g, mr_pg_req_t *req)
+{
+    int               n, row;
+    u_char           *hashes;
+    ngx_uint_t        i;
+    PGresult         *res;
+    mr_store_read_t  *rd;
+
+    res = req->res[0];
+    n = res ? PQntuples(res) : 0;
+
+    hashes = (n && g->type == MR_READ_AUTH)
+             ? ngx_pnalloc(g->pool, (size_t) n * MR_SHA256_LEN) : NULL;
+
+    if (res == NULL || (n && g->type == MR_READ_AUTH && hashes == NULL)
+        || mr_pg_group_rows(g, res, hashes) != NGX_OK)
+    {
+        for (i = 0; i < g->n; i++) {
+            g->rd[i]->rc = NGX_ERROR;
+        }
+
+        return;
+    }
+
+    for (i = 0; i < g->n; i++) {
+        rd = g->rd[i];
+
+        for (row = 0; row < n; row++) {
+            if (g->type == MR_READ_AUTH
+                ? ngx_memcmp(hashes + (size_t) row * MR_SHA256_LEN, rd->id,
+                             MR_SHA256_LEN) == 0
+                : ngx_memcmp(PQgetvalue(res, row, 0), rd->id,
+                             MR_EXEC_ID_LEN) == 0)
+            {
+                break;
+            }
+        }
+
+        rd->rc = mr_pg_read_row(rd, res, (row < n) ? row : -1);
+    }
+}
+
+
+/* the rows' keys: each key's hash (into hashes), each execution's id */
+
+static ngx_int_t
+mr_pg_group_rows(mr_pg_group_t *g, PGresult *res, u_char *hashes)
+{
+    int  row;
+
+    for (row = 0; row < PQntuples(res); row++) {
+
+        if (g->type == MR_READ_AUTH) {
+            if (mr_pg_get_bytea(res, row, 2,
+                                hashes + (size_t) row * MR_SHA256_LEN,
+                                MR_SHA256_LEN)
+                != NGX_OK)
+            {
+                return NGX_ERROR;
+            }
+
+        } else if (PQgetlength(res, row, 0) != MR_EXEC_ID_LEN) {
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
 /* ---- the results */
+
+/* a read of one key or one execution: its row (-1: none) */
+
+static ngx_int_t
+mr_pg_read_row(mr_store_read_t *rd, PGresult *res, int row)
+{
+    if (row < 0) {
+        return NGX_DECLINED;
+    }
+
+    if (rd->type == MR_READ_EXEC) {
+        return mr_pg_parse_exec(res, row, 0, &rd->exec, rd->pool);
+    }
+
+    if (mr_pg_parse_key(res, row, 0, &rd->key, rd->pool) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    rd->rl_value = (uint64_t) mr_pg_get_int(res, row, 10);
+    rd->rl_own = (mr_pg_get_int(res, row, 10) >= 0);
+
+    return NGX_OK;
+}
+
 
 ngx_int_t
 mr_pg_read_parse(mr_store_read_t *rd, mr_pg_req_t *req)
@@ -392,18 +580,8 @@ mr_pg_read_parse(mr_store_read_t *rd, mr_pg_req_t *req)
     switch (rd->type) {
 
     case MR_READ_AUTH:
-        if (n == 0) {
-            return NGX_DECLINED;
-        }
-
-        if (mr_pg_parse_key(res, 0, 0, &rd->key, pool) != NGX_OK) {
-            return NGX_ERROR;
-        }
-
-        rd->rl_value = (uint64_t) mr_pg_get_int(res, 0, 10);
-        rd->rl_own = (mr_pg_get_int(res, 0, 10) >= 0);
-
-        return NGX_OK;
+    case MR_READ_EXEC:
+        return mr_pg_read_row(rd, res, n ? 0 : -1);
 
     case MR_READ_ACCOUNT:
     case MR_READ_KEYS:
@@ -437,13 +615,6 @@ mr_pg_read_parse(mr_store_read_t *rd, mr_pg_req_t *req)
         }
 
         return res ? NGX_OK : NGX_ERROR;
-
-    case MR_READ_EXEC:
-        if (n == 0) {
-            return NGX_DECLINED;
-        }
-
-        return mr_pg_parse_exec(res, 0, 0, &rd->exec, pool);
 
     case MR_READ_EXECS:
         return mr_pg_read_list(rd, res);
@@ -872,9 +1043,18 @@ mr_pg_keys_cached(mr_store_read_t *rd)
 void
 mr_pg_keys_keep(mr_store_read_t *rd)
 {
-    mr_pg_kc_t  *kc;
+    mr_pg_kc_t        *kc;
+    mr_pg_read_ctx_t  *ctx;
 
-    if (mr_pg_kc == NULL
+    ctx = rd->backend;
+
+    /*
+     * a read sent before the cache was emptied (a key revoked or rotated
+     * by this worker, and answered, since) may say what is no longer
+     * true: its answer stands, it is not kept
+     */
+
+    if (mr_pg_kc == NULL || ctx == NULL || ctx->kc_gen != mr_pg_kc_gen
         || ngx_memcmp(rd->key.rec.hash, rd->id, MR_SHA256_LEN) != 0)
     {
         return;
@@ -894,6 +1074,8 @@ mr_pg_keys_keep(mr_store_read_t *rd)
 void
 mr_pg_keys_forget(void)
 {
+    mr_pg_kc_gen++;
+
     if (mr_pg_kc) {
         ngx_memzero(mr_pg_kc, MR_PG_KEYS_CACHED * sizeof(mr_pg_kc_t));
     }

@@ -100,7 +100,10 @@
 #define MR_SQL_LOCK_ROUTE_NAMES 75
 #define MR_SQL_W_ROUTES_DELTA   76
 
-#define MR_SQL_N                77
+/* ---- reads grouped: keys by their hashes */
+#define MR_SQL_AUTHS            77
+
+#define MR_SQL_N                78
 
 
 /* the columns of a row, by position */

@@ -1,0 +1,165 @@
+# PostgreSQL: a claim locks the executions it chose by their ids, never by
+# walking the executions that are due; a backlog is claimed without a
+# read of the next due time before each claim.
+#
+# A claim reads its candidates (mr_disp_due, in the order they are due),
+# chooses some, and locks those (mr_lock_due_execs: their ids, still due,
+# FOR UPDATE SKIP LOCKED).  Prepared, that lock's generic plan, made while
+# few executions were due, walked the index of due executions and kept
+# those of its ids: with a backlog, every claim read the whole backlog
+# (27 ms a claim, the limit of completions at 256 connections in
+# bench/pg.sh).  The locks of due executions, of due deliveries and of
+# expired executions are now planned for their ids on every call.
+#
+# Here: autovacuum off for the table; 40 executions dispatched one at a
+# time, the table analyzed (none is due), 10 more (the plans are made),
+# 3,000
+# executions added that are due but passed over by every claim (expired,
+# for a sweeper that does not run here); once the worker's connections
+# prepared their statements anew for the larger table, 20 more
+# dispatched one at a time:
+# PostgreSQL's plans of their locks (auto_explain) read executions by
+# their primary key, never by the index of due ones.
+use strict;
+use warnings;
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use Test::More;
+use MR::Test qw(:all);
+
+my $http = <<"EOF2";
+modelroute_store %%STORE%%;
+modelroute_sweep_interval 1h;
+modelroute_route sim /p/sim protocol=openai_chat;
+modelroute_model m-sim per_request=0.01 routes=sim attempts=1;
+modelroute_route slow /p/slow protocol=openai_chat;
+modelroute_model m-slow per_request=0.01 routes=slow attempts=1;
+modelroute_dispatch_concurrency 4;
+server {
+    listen 127.0.0.1:%%PORT%%;
+    location /v1/ { modelroute_api; }
+    location /admin/ { modelroute_admin; }
+}
+server {
+    modelroute_dispatch;
+    location /p/sim { internal; modelroute_simulator; }
+    location /p/slow { internal; modelroute_simulator latency=20ms; }
+}
+EOF2
+
+my $t = MR::Test->new(store => 'postgres', http => $http, workers => 1,
+    timeout => 30);
+
+# the module's statements and their plans, in PostgreSQL's log
+my $db = $t->db;
+$t->psql("ALTER DATABASE $db SET session_preload_libraries = 'auto_explain'");
+$t->psql("ALTER DATABASE $db SET auto_explain.log_min_duration = 0");
+$t->psql("ALTER DATABASE $db SET log_min_duration_statement = 0");
+$t->psql("ALTER TABLE mr_executions SET (autovacuum_enabled = false)");
+$t->start;
+
+my $PGLOG = MR::Test::pg_cluster()->{dir} . '/log';
+
+my $acc = $t->new_account(credit => '1000.00');
+my $key = $acc->{key};
+
+sub held { MR::Test::micros($t->balance($key)->{held}) }
+
+sub one_by_one {
+    my ($n, $what) = @_;
+    my $ok = 0;
+    for my $i (1 .. $n) {
+        $ok++ if $t->create_exec($key, $t->exec_body(model => 'm-sim'))
+            ->{status} == 202 && wait_for(sub { held() == 0 }, 20, 0.02);
+    }
+    is($ok, $n, "$n executions $what, one at a time");
+}
+
+# the plans logged since $from of the claims' locks
+sub lock_plans {
+    my ($from) = @_;
+    open my $fh, '<', $PGLOG or return ();
+    seek $fh, $from, 0;
+    local $/;
+    my $log = <$fh> // '';
+    my @plans;
+    for my $p (split /\n(?=\S[^\n]*LOG:\s+duration:)/, $log) {
+        next unless $p =~ /^\S[^\n]*LOG:\s+duration: [\d.]+ ms\s+plan:/
+            && $p =~ /FOR UPDATE SKIP LOCKED/
+            && $p =~ /FROM mr_executions\s+WHERE id = ANY/;
+        next unless $p =~ /next_ms <=/;
+        push @plans, $p;
+    }
+    return @plans;
+}
+
+one_by_one(40, 'dispatched and completed');
+
+# analyzed while none is due; then the plans are made
+$t->psql("ANALYZE mr_executions");
+one_by_one(10, 'dispatched after the ANALYZE');
+
+# due, and passed over by the claims: the sweeper would expire them
+$t->psql("INSERT INTO mr_executions (id, org, status, estimate, hold, cost, "
+    . "created_ms, expires_ms, ord, fingerprint, model, next_ms) "
+    . "SELECT 'exec_due' || g, 'org_due', 0, 0, 0, 0, 1, 1, g, "
+    . "'\\x00', 'm-sim', 1 FROM generate_series(1, 3000) g");
+
+# the worker's connections prepare their statements anew (t/78)
+ok(wait_for(sub {
+    my @l = $t->read_log =~ /mr_executions is \d+ kB, was \d+ kB .*planned again/g;
+    @l >= 2 }, 20, 0.1), 'both connections plan again')
+    or diag $t->tail_log;
+
+my $from = -s $PGLOG;
+one_by_one(20, 'more');
+
+my @plans = lock_plans($from);
+ok(@plans >= 20, scalar(@plans) . ' plans of the claims\' locks logged');
+my @walk = grep { /mr_exec_disp/ } @plans;
+is(scalar @walk, 0, 'none reads the index of due executions')
+    or diag $walk[0];
+my @pkey = grep { /mr_executions_pkey/ } @plans;
+is(scalar @pkey, scalar @plans, 'each reads executions by their ids')
+    or diag((grep { !/mr_executions_pkey/ } @plans)[0]);
+
+# ------------------------------------------- 2: the claims of a backlog
+
+# A claim that stopped at its limit with more due is followed by another
+# at once; the dispatcher reads when the next execution is due only when
+# the last claim took all it found (before: a read before every claim).
+# Four slots, a provider that answers in 20 ms and 200 executions
+# submitted at once: each answer frees a slot, and a claim takes it.
+
+sub statements {
+    my ($from, $name) = @_;
+    open my $fh, '<', $PGLOG or return 0;
+    seek $fh, $from, 0;
+    my $n = 0;
+    while (<$fh>) { $n++ if /duration: [\d.]+ ms\s+execute \Q$name\E:/ }
+    return $n;
+}
+
+$from = -s $PGLOG;
+my @ok = $t->parallel(4, sub {
+    my $n = 0;
+    for (1 .. 50) {
+        $n++ if $t->create_exec($key, $t->exec_body(model => 'm-slow'))
+            ->{status} == 202;
+    }
+    return $n;
+});
+my $made = 0;
+$made += $_ for @ok;
+is($made, 200, '200 executions submitted at once');
+ok(wait_for(sub { held() == 0 }, 60, 0.1), 'all of them completed');
+my $claims = statements($from, 'mr_disp_due');
+my $reads = statements($from, 'mr_disp_next');
+ok($claims >= 20, "$claims claims");
+ok($reads * 2 <= $claims,
+    "$reads reads of the next due time for $claims claims");
+
+my $v = $t->verify($acc->{org});
+ok($v->{ok}, 'verify') or diag explain $v;
+
+$t->done;
