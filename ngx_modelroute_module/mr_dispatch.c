@@ -177,6 +177,7 @@ static mr_store_read_t  mr_disp_next_rd;
 static ngx_uint_t       mr_disp_claiming;   /* or reading what is due */
 static ngx_uint_t       mr_disp_kicked;
 static ngx_uint_t       mr_disp_more;     /* the last claim left due work */
+static ngx_uint_t       mr_disp_backoff;  /* the last claim failed */
 static ngx_uint_t       mr_disp_active;   /* attempts sent, not answered */
 static ngx_msec_t       mr_disp_timeout;  /* the longest route timeout */
 static ngx_event_t      mr_disp_inflight_ev;
@@ -304,6 +305,12 @@ mr_dispatch_kick(void)
         return;
     }
 
+    /* after a failed claim, the next waits its MR_DISP_POLL whatever comes */
+
+    if (mr_disp_backoff && mr_disp_ev.timer_set) {
+        return;
+    }
+
     if (mr_disp_ev.timer_set) {
         ngx_del_timer(&mr_disp_ev);
     }
@@ -389,20 +396,27 @@ mr_dispatch_due(int64_t due)
     mr_store_op_t   *op;
 
     ev = &mr_disp_ev;
+    now = mr_now_ms();
 
     if (mr_disp_kicked) {
-        /* kicked while it read: what is due may have changed */
         mr_disp_kicked = 0;
-        mr_dispatch_kick();
-        return;
+
+        /*
+         * kicked while it read: what is due may have changed, read again;
+         * unless something is due now, where the claim sees all of it (a
+         * kick in every read, under steady traffic, put claims off)
+         */
+
+        if (due < 0 || due > now) {
+            mr_dispatch_kick();
+            return;
+        }
     }
 
     if (due == -2) {
         ngx_add_timer(ev, MR_DISP_POLL);
         return;
     }
-
-    now = mr_now_ms();
 
     if (due < 0 || due > now) {
         ngx_add_timer(ev, due < 0 ? MR_DISP_POLL
@@ -434,6 +448,7 @@ mr_dispatch_claimed(mr_store_op_t *op)
 
     mr_disp_claiming = 0;
     mr_disp_more = 0;
+    mr_disp_backoff = (op->result != MR_R_OK);
 
     if (op->result != MR_R_OK) {
         if (ngx_current_msec - mr_disp_failed_at > MR_DISP_POLL * 10
