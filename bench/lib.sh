@@ -201,6 +201,9 @@ CONF
 shared_preload_libraries = 'pg_stat_statements'
 pg_stat_statements.track_planning = on
 CONF
+    # BENCH_PG_CONF: more settings, one per line (experiments: what a
+    # figure depends on; the figures in the README use none)
+    [ -z "${BENCH_PG_CONF:-}" ] || printf '%s\n' "$BENCH_PG_CONF" >> "$pgdir/data/postgresql.conf"
     "${pg_as[@]}" "$pgbin/pg_ctl" -D "$pgdir/data" -l "$pgdir/log" -w start >/dev/null \
         || die "PostgreSQL did not start: $(tail -5 "$pgdir/log")"
     trap pg_cleanup EXIT

@@ -37,7 +37,8 @@
 # default if unset), BENCH_PGBENCH_CLIENTS (64: pgbench's clients, whatever
 # BENCH_CONNECTIONS; the cluster allows 200 connections), BENCH_PG_STATS=1
 # (after each measure, PostgreSQL's statements by their time and its
-# sequential scans: pg_stat_statements), BENCH_TMPDIR (build/),
+# sequential scans: pg_stat_statements), BENCH_PG_CONF (more
+# postgresql.conf lines, for experiments), BENCH_TMPDIR (build/),
 # BENCH_KEEP=1, MR_NGINX.
 #
 # Exit code: 1 if anything answered non-2xx, an execution did not complete,
