@@ -109,6 +109,8 @@ static void mr_pg_reads_wait(ngx_uint_t connect);
 static void mr_pg_gather_handler(ngx_event_t *ev);
 static void mr_pg_group_wait(mr_pg_group_t *g);
 static void mr_pg_group_done(mr_pg_req_t *req);
+static void mr_pg_read_again(mr_store_read_t *rd, int64_t now);
+static void mr_pg_read_end(mr_store_read_t *rd);
 static mr_pg_conn_t *mr_pg_reader(void);
 static void mr_pg_read_done(mr_pg_req_t *req);
 static void mr_pg_reads_flush(void);
@@ -1620,76 +1622,70 @@ mr_pg_reads_wait(ngx_uint_t connect)
 }
 
 
-/* the reads of this turn: by kind, up to MR_PG_GROUP_MAX a statement */
+/*
+ * the reads of this turn: by kind, up to MR_PG_GROUP_MAX a statement; one
+ * of its kind alone goes alone (and so does each of a group for which no
+ * memory was had)
+ */
 
 static void
 mr_pg_gather_handler(ngx_event_t *ev)
 {
+    ngx_uint_t        i, n;
     ngx_pool_t       *pool;
     ngx_queue_t      *q, *next;
     mr_pg_conn_t     *pc;
     mr_pg_group_t    *g;
     mr_pg_store_t    *st;
-    mr_store_read_t  *rd, *more;
+    mr_store_read_t  *rd, *one[MR_PG_GROUP_MAX];
 
     st = &mr_pg_store;
 
     while (!ngx_queue_empty(&st->gather)) {
-        q = ngx_queue_head(&st->gather);
-        ngx_queue_remove(q);
-        rd = ngx_queue_data(q, mr_store_read_t, queue);
+        rd = ngx_queue_data(ngx_queue_head(&st->gather), mr_store_read_t,
+                            queue);
+        n = 0;
+
+        for (q = ngx_queue_head(&st->gather);
+             q != ngx_queue_sentinel(&st->gather) && n < MR_PG_GROUP_MAX;
+             q = next)
+        {
+            next = ngx_queue_next(q);
+            one[n] = ngx_queue_data(q, mr_store_read_t, queue);
+
+            if (one[n]->type == rd->type) {
+                ngx_queue_remove(q);
+                n++;
+            }
+        }
 
         if (st->exiting) {
-            mr_pg_read_answer(rd, NGX_BUSY);
+            for (i = 0; i < n; i++) {
+                mr_pg_read_answer(one[i], NGX_BUSY);
+            }
+
             continue;
         }
 
-        /* one of its kind alone goes alone */
-
-        more = NULL;
-
-        for (q = ngx_queue_head(&st->gather);
-             q != ngx_queue_sentinel(&st->gather);
-             q = ngx_queue_next(q))
-        {
-            more = ngx_queue_data(q, mr_store_read_t, queue);
-
-            if (more->type == rd->type) {
-                break;
-            }
-
-            more = NULL;
-        }
-
-        pool = (more == NULL) ? NULL : ngx_create_pool(4096, st->log);
-        g = (pool == NULL) ? NULL : ngx_palloc(pool, sizeof(mr_pg_group_t));
+        pool = (n > 1) ? ngx_create_pool(4096, st->log) : NULL;
+        g = pool ? ngx_palloc(pool, sizeof(mr_pg_group_t)) : NULL;
 
         if (g == NULL) {
             if (pool) {
                 ngx_destroy_pool(pool);
             }
 
-            mr_pg_read_go(rd);
+            for (i = 0; i < n; i++) {
+                mr_pg_read_go(one[i]);
+            }
+
             continue;
         }
 
         g->pool = pool;
         g->type = rd->type;
-        g->rd[0] = rd;
-        g->n = 1;
-
-        for (q = ngx_queue_head(&st->gather);
-             q != ngx_queue_sentinel(&st->gather) && g->n < MR_PG_GROUP_MAX;
-             q = next)
-        {
-            next = ngx_queue_next(q);
-            more = ngx_queue_data(q, mr_store_read_t, queue);
-
-            if (more->type == g->type) {
-                ngx_queue_remove(q);
-                g->rd[g->n++] = more;
-            }
-        }
+        g->n = n;
+        ngx_memcpy(g->rd, one, n * sizeof(mr_store_read_t *));
 
         pc = mr_pg_reader();
 
@@ -1722,10 +1718,9 @@ mr_pg_group_wait(mr_pg_group_t *g)
 static void
 mr_pg_group_done(mr_pg_req_t *req)
 {
-    int64_t           now;
-    ngx_uint_t        i;
-    mr_pg_group_t    *g;
-    mr_store_read_t  *rd;
+    int64_t         now;
+    ngx_uint_t      i;
+    mr_pg_group_t  *g;
 
     g = req->data;
 
@@ -1734,14 +1729,7 @@ mr_pg_group_done(mr_pg_req_t *req)
         now = mr_now_ms();
 
         for (i = 0; i < g->n; i++) {
-            rd = g->rd[i];
-
-            if (mr_pg_read_expired(rd, now)) {
-                mr_pg_read_answer(rd, NGX_BUSY);
-
-            } else {
-                mr_pg_read_start(rd);
-            }
+            mr_pg_read_again(g->rd[i], now);
         }
 
         ngx_destroy_pool(g->pool);
@@ -1764,16 +1752,37 @@ mr_pg_group_done(mr_pg_req_t *req)
     mr_pg_req_free(req);
 
     for (i = 0; i < g->n; i++) {
-        rd = g->rd[i];
-
-        if (rd->type == MR_READ_AUTH && rd->rc == NGX_OK) {
-            mr_pg_keys_keep(rd);
-        }
-
-        mr_pg_read_answer(rd, rd->rc);
+        mr_pg_read_end(g->rd[i]);
     }
 
     ngx_destroy_pool(g->pool);
+}
+
+
+/* a read lost with its connection: again, or 503 if it waited its time */
+
+static void
+mr_pg_read_again(mr_store_read_t *rd, int64_t now)
+{
+    if (mr_pg_read_expired(rd, now)) {
+        mr_pg_read_answer(rd, NGX_BUSY);
+        return;
+    }
+
+    mr_pg_read_start(rd);
+}
+
+
+/* a read parsed (rd->rc) is answered; a key found is kept a while */
+
+static void
+mr_pg_read_end(mr_store_read_t *rd)
+{
+    if (rd->type == MR_READ_AUTH && rd->rc == NGX_OK) {
+        mr_pg_keys_keep(rd);
+    }
+
+    mr_pg_read_answer(rd, rd->rc);
 }
 
 
@@ -1788,13 +1797,7 @@ mr_pg_read_done(mr_pg_req_t *req)
 
     if (req->status == MR_PG_REQ_LOST) {
         mr_pg_req_free(req);
-
-        if (mr_pg_read_expired(rd, mr_now_ms())) {
-            mr_pg_read_answer(rd, NGX_BUSY);
-            return;
-        }
-
-        mr_pg_read_start(rd);
+        mr_pg_read_again(rd, mr_now_ms());
         return;
     }
 
@@ -1811,11 +1814,7 @@ mr_pg_read_done(mr_pg_req_t *req)
 
     mr_pg_req_free(req);
 
-    if (rd->type == MR_READ_AUTH && rd->rc == NGX_OK) {
-        mr_pg_keys_keep(rd);
-    }
-
-    mr_pg_read_answer(rd, rd->rc);
+    mr_pg_read_end(rd);
 }
 
 

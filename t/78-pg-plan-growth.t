@@ -55,16 +55,10 @@ $t->psql("ANALYZE mr_executions");
 my $acc = $t->new_account(credit => '1000.00');
 my $key = $acc->{key};
 
-sub held { MR::Test::micros($t->balance($key)->{held}) }
-
 sub one_by_one {
     my ($n, $what) = @_;
-    my $ok = 0;
-    for my $i (1 .. $n) {
-        $ok++ if $t->create_exec($key, $t->exec_body(model => 'm-sim'))
-            ->{status} == 202 && wait_for(sub { held() == 0 }, 20, 0.02);
-    }
-    is($ok, $n, "$n executions $what, one at a time");
+    is($t->one_by_one($key, 'm-sim', $n), $n,
+        "$n executions $what, one at a time");
 }
 
 sub exec_stats {
@@ -120,12 +114,8 @@ ok(wait_for(sub { $t->psql("SELECT count(*) FROM pg_stat_activity "
     . "WHERE wait_event_type = 'Lock'") ne '0' }, 5, 0.02),
     'a look waits for the lock');
 for my $i (1 .. 2) {
-    my $ok = 0;
-    for (1 .. 10) {
-        $ok++ if $t->create_exec($key, $t->exec_body(model => 'm-sim'))
-            ->{status} == 202 && wait_for(sub { held() == 0 }, 20, 0.02);
-    }
-    is($ok, 10, "10 executions completed while the lock is held ($i)");
+    is($t->one_by_one($key, 'm-sim', 10), 10,
+        "10 executions completed while the lock is held ($i)");
 }
 is(waitpid($pid, POSIX::WNOHANG()), 0, 'all of them before it was released');
 waitpid($pid, 0);

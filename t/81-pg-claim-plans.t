@@ -67,12 +67,8 @@ sub held { MR::Test::micros($t->balance($key)->{held}) }
 
 sub one_by_one {
     my ($n, $what) = @_;
-    my $ok = 0;
-    for my $i (1 .. $n) {
-        $ok++ if $t->create_exec($key, $t->exec_body(model => 'm-sim'))
-            ->{status} == 202 && wait_for(sub { held() == 0 }, 20, 0.02);
-    }
-    is($ok, $n, "$n executions $what, one at a time");
+    is($t->one_by_one($key, 'm-sim', $n), $n,
+        "$n executions $what, one at a time");
 }
 
 # the plans logged since $from of the claims' locks

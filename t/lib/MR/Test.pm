@@ -1233,6 +1233,20 @@ sub new_account {
         account => $acct };
 }
 
+# Creates $n executions of $model with $key one at a time, each waited
+# for until nothing is held on the account (it ended); how many did.
+sub one_by_one {
+    my ($self, $key, $model, $n) = @_;
+    my $ok = 0;
+    for (1 .. $n) {
+        $ok++ if $self->create_exec($key, $self->exec_body(model => $model))
+            ->{status} == 202
+            && wait_for(sub { micros($self->balance($key)->{held}) == 0 },
+                20, 0.02);
+    }
+    return $ok;
+}
+
 sub create_exec {
     my ($self, $key, $body, $headers) = @_;
     my %h = (%{ auth($key) }, %{ $headers // {} });
