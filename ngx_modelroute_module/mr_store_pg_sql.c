@@ -17,11 +17,14 @@
  * never by ORs of conditions: PostgreSQL reads the whole table for those.
  *
  * A statement marked custom (the third field) is not prepared: it is sent
- * with its parameters and planned for them each time.  Those are the
- * joins of unnest() with a table that grows, and "IN (... LIMIT $n)": the
- * generic plan of a prepared one, made after five runs while the table
- * was small (and kept until the next ANALYZE), scanned the whole table on
- * every call (t/74).
+ * with its parameters and planned on each call, for the tables as they
+ * are then.  Those are the joins of unnest() with a table that grows: a
+ * prepared one's plan, made while the table was small (and kept until the
+ * next ANALYZE), scanned the whole table on every call (t/74).  Every
+ * plan is generic (plan_cache_mode, mr_pg_conn_setup()), those included:
+ * none depends on the values of a call, such as how many ids an array
+ * holds or a LIMIT (a LIMIT of unknown size is planned as a tenth of the
+ * rows: the purges name their rows by ctid, never "IN (... LIMIT $n)").
  */
 
 
@@ -234,10 +237,10 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
       "WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE", 0 },
 
     /*
-     * planned for its keys each time (custom): a prepared statement's
-     * generic plan, made while the table was small, scanned all of
-     * mr_idem on every batch until the next ANALYZE (4.6 ms a call at
-     * 90,000 keys); the LIMITs keep the lookups per pair
+     * planned on each call (custom): a prepared statement's plan, made
+     * while the table was small, scanned all of mr_idem on every batch
+     * until the next ANALYZE (4.6 ms a call at 90,000 keys); the LIMITs
+     * keep the lookups per pair
      */
     { "mr_idem",
       "SELECT i.org, i.key, i.exec_id, i.created_ms, " MR_EXEC_COLS_E " "
@@ -364,7 +367,7 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
       "SELECT key_id, org FROM mr_keys WHERE end_ms IS NOT NULL "
       "AND end_ms <= $1 ORDER BY end_ms LIMIT $2", 0 },
 
-    /* by the rows' ctids, planned each time: the generic plan of
+    /* by the rows' ctids, planned on each call: the plan of
      * "(org, key) IN (...)", which counts on a LIMIT of a tenth of the
      * table, hashed all of it */
     { "mr_purge_idem",
@@ -373,8 +376,9 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
       "FOR UPDATE SKIP LOCKED)) RETURNING 1", 1 },
 
     { "mr_purge_batches",
-      "DELETE FROM mr_batches WHERE id IN (SELECT id FROM mr_batches "
-      "WHERE at < now() - interval '1 hour' LIMIT $1)", 1 },
+      "DELETE FROM mr_batches WHERE ctid = ANY (ARRAY(SELECT ctid "
+      "FROM mr_batches WHERE at < now() - interval '1 hour' LIMIT $1 "
+      "FOR UPDATE SKIP LOCKED))", 1 },
 
     /* events by id, and those of deliveries */
     { "mr_events_by_id",

@@ -1,0 +1,110 @@
+# PostgreSQL: every statement is planned without the values of its call
+# (generic plans), so that an empty array never lets a partial index serve
+# a lookup by ids.
+#
+# The accounts' snapshot of a batch finds the accounts of the executions,
+# keys, endpoints and deliveries it names ("org = ANY (ARRAY(... UNION
+# SELECT org FROM mr_executions WHERE id = ANY($2) ...))"); most of those
+# arrays are empty.  Planned for its values (PostgreSQL's custom plans,
+# which it kept choosing for that statement), "id = ANY('{}')" reads as
+# "false", which any partial index's condition follows from: the plan
+# scanned mr_exec_ended (the ended executions) whole to find nothing, on
+# every claim; 3 ms a batch with 12,000 ended in bench/pg.sh, and growing.
+#
+# Here: autovacuum off for the tables; 20 executions completed one at a
+# time, the tables analyzed, 3,000 executions added to each partial index
+# of mr_executions (ended, open, due in a year), and once the
+# worker's connections prepared their statements anew, 20 more: none of
+# PostgreSQL's plans (auto_explain, with the rows each node removed)
+# reads thousands of rows to keep none, and none was made for the values
+# of a call (a constant array in a condition).
+use strict;
+use warnings;
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use Test::More;
+use MR::Test qw(:all);
+
+my $http = <<"EOF2";
+modelroute_store %%STORE%%;
+modelroute_sweep_interval 1h;
+modelroute_route sim /p/sim protocol=openai_chat;
+modelroute_model m-sim per_request=0.01 routes=sim attempts=1;
+server {
+    listen 127.0.0.1:%%PORT%%;
+    location /v1/ { modelroute_api; }
+    location /admin/ { modelroute_admin; }
+}
+server {
+    modelroute_dispatch;
+    location /p/sim { internal; modelroute_simulator; }
+}
+EOF2
+
+my $t = MR::Test->new(store => 'postgres', http => $http, workers => 1,
+    timeout => 30);
+
+my $db = $t->db;
+$t->psql("ALTER DATABASE $db SET session_preload_libraries = 'auto_explain'");
+$t->psql("ALTER DATABASE $db SET auto_explain.log_min_duration = 0");
+$t->psql("ALTER DATABASE $db SET auto_explain.log_analyze = on");
+$t->psql("ALTER TABLE $_ SET (autovacuum_enabled = false)")
+    for qw(mr_executions mr_keys mr_deliveries);
+$t->start;
+
+my $PGLOG = MR::Test::pg_cluster()->{dir} . '/log';
+
+my $acc = $t->new_account(credit => '1000.00');
+my $key = $acc->{key};
+
+is($t->one_by_one($key, 'm-sim', 20), 20, '20 executions completed');
+
+$t->psql("ANALYZE");
+
+# of an account nobody uses, in each partial index of mr_executions:
+# ended long ago, open and not due, due in a year
+my $year = time() * 1000 + 365 * 86400 * 1000;
+for (['old', 4, 'NULL'], ['open', 0, 'NULL'], ['later', 0, $year]) {
+    my ($name, $status, $next) = @$_;
+    $t->psql("INSERT INTO mr_executions (id, org, status, estimate, hold, "
+        . "cost, created_ms, expires_ms, completed_ms, ord, fingerprint, "
+        . "model, next_ms) SELECT 'exec_$name' || g, 'org_$name', $status, "
+        . "0, 0, 0, g, $year, g, g, '\\x00', 'm-sim', $next "
+        . "FROM generate_series(1, 3000) g");
+}
+
+# the worker's connections prepare their statements anew (t/78)
+ok(wait_for(sub {
+    my @l = $t->read_log =~ /mr_executions is \d+ kB, was \d+ kB .*planned again/g;
+    @l >= 2 }, 20, 0.1), 'both connections plan again')
+    or diag $t->tail_log;
+
+my $from = -s $PGLOG;
+is($t->one_by_one($key, 'm-sim', 20), 20, '20 more');
+
+# the plans logged since $from
+open my $fh, '<', $PGLOG or die "$PGLOG: $!";
+seek $fh, $from, 0;
+my $log = do { local $/; <$fh> } // '';
+close $fh;
+my @plans = grep { /^\S[^\n]*LOG:\s+duration: [\d.]+ ms\s+plan:/ }
+    split /\n(?=\S[^\n]*LOG:\s+duration:)/, $log;
+
+my @snap = grep { /FROM mr_accounts WHERE org = ANY \(ARRAY/ } @plans;
+ok(@plans >= 100 && @snap >= 20,
+    scalar(@plans) . ' plans logged, ' . scalar(@snap)
+    . ' of accounts\' snapshots');
+
+my @waste = grep {
+    grep { $_ >= 1000 } /Rows Removed by Filter: (\d+)/g } @plans;
+is(scalar @waste, 0, 'no plan reads a thousand rows to keep none')
+    or diag $waste[0];
+
+my @custom = grep { /ANY \('\{/ } @plans;
+is(scalar @custom, 0, 'no plan was made for the values of its call')
+    or diag $custom[0];
+
+my $v = $t->verify($acc->{org});
+ok($v->{ok}, 'verify') or diag explain $v;
+
+$t->done;
