@@ -161,6 +161,15 @@ waitpid $fake, 0;
         'every one expired: no hold left');
     unlike($s->read_log, qr/mr_batches|operations failed/,
         '... and no step of the sweep failed');
+    # batch ids older than an hour are purged by the sweep, the others kept
+    $s->psql("INSERT INTO mr_batches (id, at) SELECT gen_random_uuid(), "
+        . "now() - interval '2 hours' - g * interval '1 second' "
+        . "FROM generate_series(1, 600) g");
+    ok(wait_for(sub { $s->psql("SELECT count(*) FROM mr_batches "
+        . "WHERE at < now() - interval '1 hour'") == 0 }, 20, 0.2),
+        'batch ids older than an hour purged');
+    ok($s->psql("SELECT count(*) FROM mr_batches") > 0,
+        '... the newer ones kept');
     ok($s->verify($a->{org})->{ok}, 'verify ok');
     $s->stop;
     $s->check_log;
