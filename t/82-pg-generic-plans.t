@@ -14,8 +14,9 @@
 # Here: autovacuum off for the tables; 20 executions completed one at a
 # time, the tables analyzed, 3,000 executions added to each partial index
 # of mr_executions (ended, open, due in a year), and once the
-# worker's connections prepared their statements anew, 20 more: none of
-# PostgreSQL's plans (auto_explain, with the rows each node removed)
+# worker's connections prepared their statements anew, 20 more, three
+# webhook events, three credits with references and a page of the list:
+# none of PostgreSQL's plans (auto_explain, with the rows each node removed)
 # reads thousands of rows to keep none, and none was made for the values
 # of a call (a constant array in a condition).
 use strict;
@@ -24,12 +25,14 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
 use MR::Test qw(:all);
+use MR::Receiver qw(:all);
 
 my $http = <<"EOF2";
 modelroute_store %%STORE%%;
 modelroute_sweep_interval 1h;
 modelroute_route sim /p/sim protocol=openai_chat;
 modelroute_model m-sim per_request=0.01 routes=sim attempts=1;
+modelroute_webhook_allow_private on;
 server {
     listen 127.0.0.1:%%PORT%%;
     location /v1/ { modelroute_api; }
@@ -79,8 +82,29 @@ ok(wait_for(sub {
     @l >= 2 }, 20, 0.1), 'both connections plan again')
     or diag $t->tail_log;
 
+my $rc = MR::Receiver->new;
+$rc->start;
+my $ep = wh_create($t, $key, { url => $rc->url('/hook') });
+is($ep->{status}, 201, 'an endpoint');
+
 my $from = -s $PGLOG;
 is($t->one_by_one($key, 'm-sim', 20), 20, '20 more');
+
+# the other kinds of work: webhook deliveries, credits with a reference
+# (and their replays), a page of the list
+for my $n (1 .. 3) {
+    $t->req(POST => "/v1/webhooks/endpoints/$ep->{json}{id}/test",
+        auth($key));
+    ok(scalar($rc->wait_requests($n, path => '/hook', timeout => 20)) >= $n,
+        "event $n delivered");
+}
+for my $ref ('inv-1', 'inv-2', 'inv-1') {
+    is($t->admin(POST => "/accounts/$acc->{org}/credit",
+        { amount => '1.00', reference => $ref })->{status}, 200,
+        "a credit, reference $ref");
+}
+is($t->req(GET => '/v1/executions?limit=5', auth($key))->{status}, 200,
+    'a page of the list');
 
 # the plans logged since $from
 open my $fh, '<', $PGLOG or die "$PGLOG: $!";
@@ -95,6 +119,11 @@ ok(@plans >= 100 && @snap >= 20,
     scalar(@plans) . ' plans logged, ' . scalar(@snap)
     . ' of accounts\' snapshots');
 
+ok((grep { /JOIN mr_credit_refs r/ } @plans)
+    && (grep { /WITH RECURSIVE o1\(org, n\)/ } @plans)
+    && (grep { /LEFT JOIN LATERAL \(SELECT \* FROM mr_executions x/ } @plans),
+    '... the credits\' references, the deliveries\' claims, the list among them');
+
 my @waste = grep {
     grep { $_ >= 1000 } /Rows Removed by Filter: (\d+)/g } @plans;
 is(scalar @waste, 0, 'no plan reads a thousand rows to keep none')
@@ -107,4 +136,5 @@ is(scalar @custom, 0, 'no plan was made for the values of its call')
 my $v = $t->verify($acc->{org});
 ok($v->{ok}, 'verify') or diag explain $v;
 
+$rc->stop;
 $t->done;
