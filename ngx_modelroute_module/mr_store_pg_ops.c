@@ -32,6 +32,7 @@
 #define MR_PG_DISP_SCAN      4096     /* due entries looked at per claim */
 #define MR_PG_DLV_ORGS       64       /* accounts a claim visits */
 #define MR_PG_DLV_TAKE       64       /* due deliveries of each */
+#define MR_PG_DLV_TARGETS    16       /* targets looked at per account */
 
 /* the sweep's steps, in the LMDB store's order */
 #define MR_PG_S_EXECS        0
@@ -2373,9 +2374,11 @@ ngx_int_t
 mr_pg_ops_candidates(mr_pg_batch_t *b, mr_pg_req_t *req)
 {
     char            cut[MR_EVT_ID_LEN + 1];
+    u_char         *p;
     int64_t         t;
+    u_char          r[9];
     mr_store_op_t  *op;
-    const char     *v[4];
+    const char     *v[6];
     mr_main_conf_t *mcf;
 
     mcf = mr_pg_main_conf();
@@ -2416,12 +2419,28 @@ mr_pg_ops_candidates(mr_pg_batch_t *b, mr_pg_req_t *req)
         v[1] = mr_pg_int(b->pool, MR_PG_DLV_ORGS);
         v[2] = mr_pg_int(b->pool, op->now);
         v[3] = mr_pg_int(b->pool, MR_PG_DLV_TAKE);
+        v[5] = mr_pg_int(b->pool, MR_PG_DLV_TARGETS);
 
-        if (v[0] == NULL || v[1] == NULL || v[2] == NULL || v[3] == NULL) {
+        /* where each account's targets are first looked at: a random
+         * one of "wh_" (endpoints) and "wu_" (webhook_url hosts) */
+
+        p = ngx_pnalloc(b->pool, 3 + 2 * 8 + 1);
+
+        if (v[0] == NULL || v[1] == NULL || v[2] == NULL || v[3] == NULL
+            || v[5] == NULL || p == NULL)
+        {
             return NGX_ERROR;
         }
 
-        return mr_pg_send(req, MR_SQL_DLV_DUE, 4, v, NULL);
+        if (mr_random_bytes(r, sizeof(r)) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+        ngx_memcpy(p, (r[0] & 1) ? "wh_" : "wu_", 3);
+        *mr_hex(p + 3, r + 1, 8) = '\0';
+        v[4] = (char *) p;
+
+        return mr_pg_send(req, MR_SQL_DLV_DUE, 6, v, NULL);
     }
 
     /* MR_PG_B_SWEEP: the step's */
@@ -2597,6 +2616,22 @@ mr_pg_ops_candidates_done(mr_pg_batch_t *b, mr_pg_req_t *req)
 
     default: /* MR_PG_B_DLV_CLAIM */
         for (i = 0; i < n; i++) {
+
+            if (PQgetisnull(res, i, 0)) {
+
+                /* the last account visited (none: no account has any) */
+
+                if (!PQgetisnull(res, i, 1)
+                    && PQgetlength(res, i, 1) == MR_ORG_ID_LEN)
+                {
+                    ngx_memcpy(b->visited, PQgetvalue(res, i, 1),
+                               MR_ORG_ID_LEN);
+                    b->visited_set = 1;
+                }
+
+                continue;
+            }
+
             if (PQgetlength(res, i, 1) != MR_ORG_ID_LEN
                 || mr_pg_cand_push(b, (u_char *) PQgetvalue(res, i, 0),
                                    (size_t) PQgetlength(res, i, 0),
@@ -2606,6 +2641,16 @@ mr_pg_ops_candidates_done(mr_pg_batch_t *b, mr_pg_req_t *req)
                 return NGX_ERROR;
             }
         }
+    }
+
+    if (b->kind == MR_PG_B_DLV_CLAIM && b->cand->nelts == 0
+        && b->visited_set)
+    {
+        /* nothing due in the accounts visited: the next claim visits the
+         * ones after them */
+
+        ngx_memcpy(mr_pg->dlv_cursor, b->visited, MR_ORG_ID_LEN);
+        mr_pg->dlv_cursor_set = 1;
     }
 
     return b->cand->nelts ? NGX_OK : NGX_DECLINED;
@@ -2809,7 +2854,7 @@ mr_pg_dlv_claim(mr_pg_batch_t *b, mr_store_op_t *op)
         mr_pg->dlv_cursor_set = 1;
 
         if (op->wh.claimed >= op->wh.limit) {
-            break;
+            return 0;
         }
 
         if (mr_rule_dlv_busy(op, org[i].data, MR_ORG_ID_LEN)
@@ -2828,6 +2873,14 @@ mr_pg_dlv_claim(mr_pg_batch_t *b, mr_store_op_t *op)
         if (rc != 0) {
             return rc;
         }
+    }
+
+    /* every candidate was looked at: the next claim starts after the
+     * last account visited, with candidates or not */
+
+    if (b->visited_set) {
+        ngx_memcpy(mr_pg->dlv_cursor, b->visited, MR_ORG_ID_LEN);
+        mr_pg->dlv_cursor_set = 1;
     }
 
     return 0;

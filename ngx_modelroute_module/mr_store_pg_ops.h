@@ -54,6 +54,8 @@ typedef struct {
     ngx_array_t              *cand;          /* ngx_str_t */
     ngx_array_t              *cand_orgs;     /* ngx_str_t */
     ngx_uint_t                more;          /* candidates were left */
+    u_char                    visited[MR_ORG_ID_LEN]; /* a delivery claim's
+                                                 last account */
 
     /* a sweep's step (mr_store_pg_ops.c) */
     ngx_uint_t                step;
@@ -62,6 +64,7 @@ typedef struct {
     unsigned                  wrote:1;       /* the commit changes rows */
     unsigned                  heartbeat:1;
     unsigned                  resolving:1;
+    unsigned                  visited_set:1;
 } mr_pg_batch_t;
 
 

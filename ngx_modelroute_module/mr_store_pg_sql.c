@@ -315,7 +315,16 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
     /*
      * deliveries: the accounts with queued ones in turn, from the one
      * after the last visited ($1) and then from the first, at most $2,
-     * each found with one index step; the due ones of each, at most $4
+     * each found with one index step; in each, its targets (endpoints,
+     * webhook_url hosts) with queued ones from a random point ($5), then
+     * from the first, at most $6, each found with one index step; of
+     * each target its due deliveries from the queue's due end, its share
+     * of the account's $4 at most; of each account at most $4, taken
+     * from its targets in turn (the first of each, then the second...).
+     * An account's deliveries to one target (a deactivated endpoint's,
+     * parked; retries queued for later) neither fill its share nor are
+     * read past the due ones.  Last, a row without an id: the last
+     * account visited (the next claim starts after it).
      */
     { "mr_dlv_due",
       "WITH RECURSIVE o1(org, n) AS ("
@@ -334,11 +343,40 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
       "o2.n + 1 FROM o2 WHERE o2.org IS NOT NULL AND o2.n < $2), "
       "orgs AS (SELECT org, n FROM o1 WHERE org IS NOT NULL "
       "UNION ALL SELECT org, n + $2 FROM o2 WHERE org IS NOT NULL "
-      "ORDER BY 2 LIMIT $2) "
-      "SELECT d.id, d.org FROM orgs, LATERAL ("
-      "SELECT id, org, due_ms FROM mr_deliveries "
-      "WHERE org = orgs.org AND due_ms IS NOT NULL AND due_ms <= $3 "
-      "ORDER BY due_ms LIMIT $4) d ORDER BY orgs.n, d.due_ms", 0 },
+      "ORDER BY 2 LIMIT $2), "
+      "t1(org, n, target, k) AS ("
+      "SELECT orgs.org, orgs.n, (SELECT d.target FROM mr_deliveries d "
+      "WHERE d.org = orgs.org AND d.due_ms IS NOT NULL AND d.target >= $5 "
+      "ORDER BY d.target LIMIT 1), 1 FROM orgs "
+      "UNION ALL "
+      "SELECT t1.org, t1.n, (SELECT d.target FROM mr_deliveries d "
+      "WHERE d.org = t1.org AND d.due_ms IS NOT NULL "
+      "AND d.target > t1.target ORDER BY d.target LIMIT 1), t1.k + 1 "
+      "FROM t1 WHERE t1.target IS NOT NULL AND t1.k < $6), "
+      "t2(org, n, target, k) AS ("
+      "SELECT t1.org, t1.n, (SELECT d.target FROM mr_deliveries d "
+      "WHERE d.org = t1.org AND d.due_ms IS NOT NULL AND d.target < $5 "
+      "ORDER BY d.target LIMIT 1), t1.k FROM t1 WHERE t1.target IS NULL "
+      "UNION ALL "
+      "SELECT t2.org, t2.n, (SELECT d.target FROM mr_deliveries d "
+      "WHERE d.org = t2.org AND d.due_ms IS NOT NULL "
+      "AND d.target > t2.target AND d.target < $5 "
+      "ORDER BY d.target LIMIT 1), t2.k + 1 "
+      "FROM t2 WHERE t2.target IS NOT NULL AND t2.k < $6), "
+      "pairs AS (SELECT org, n, target, count(*) OVER (PARTITION BY org) "
+      "AS nt FROM (SELECT * FROM t1 UNION ALL SELECT * FROM t2) u "
+      "WHERE target IS NOT NULL), "
+      "c AS (SELECT d.id, d.org, p.n, d.due_ms, row_number() OVER ("
+      "PARTITION BY p.org, p.target ORDER BY d.due_ms, d.id) AS r "
+      "FROM pairs p, LATERAL (SELECT id, org, due_ms FROM mr_deliveries "
+      "WHERE org = p.org AND target = p.target AND due_ms IS NOT NULL "
+      "AND due_ms <= $3 ORDER BY due_ms LIMIT ($4 + p.nt - 1) / p.nt) d) "
+      "SELECT id, org, n, r, due_ms FROM (SELECT id, org, n, r, due_ms, "
+      "row_number() OVER (PARTITION BY org ORDER BY r, due_ms, id) AS s "
+      "FROM c) x WHERE s <= $4 "
+      "UNION ALL SELECT NULL, (SELECT org FROM orgs ORDER BY n DESC "
+      "LIMIT 1), NULL, NULL, NULL "
+      "ORDER BY 3 NULLS LAST, 4, 5, 1", 0 },
 
     { "mr_lock_due_dlvs",
       "SELECT " MR_DLV_COLS " FROM mr_deliveries "

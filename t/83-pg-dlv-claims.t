@@ -1,0 +1,134 @@
+# PostgreSQL: a claim of deliveries takes each account's due ones from its
+# targets in turn, and reads each target's queue only as far as it is due.
+#
+# The claim used to take each account's 64 earliest due deliveries,
+# whatever their target, through the index (org, target, due_ms): it read
+# every queued delivery of each account it visited, due or not (11 ms a
+# claim for an account with 200,000 retries queued for later, paid by
+# every claim of every account), and deliveries parked behind a
+# deactivated endpoint (due, waiting for it to be activated again) filled
+# the account's share: its other endpoints got nothing claimed.
+#
+# 1. 50,000 deliveries of another account queued for an hour from now,
+#    to one target; five events of an account delivered one at a time:
+#    PostgreSQL's plans of the claims (auto_explain, with their buffers)
+#    read a few pages each.
+# 2. An endpoint that answers 410 (deactivated), 80 events parked behind
+#    it; the same account's other endpoint gets its three events.
+use strict;
+use warnings;
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use Test::More;
+use MR::Test qw(:all);
+use MR::Receiver qw(:all);
+use JSON::PP ();
+
+sub is_false { JSON::PP::is_bool($_[0]) && !$_[0] }
+
+my $t = MR::Test->new(store => 'postgres', workers => 1,
+    extra_http => "modelroute_webhook_allow_private on;\n");
+
+my $db = $t->db;
+$t->psql("ALTER DATABASE $db SET session_preload_libraries = 'auto_explain'");
+$t->psql("ALTER DATABASE $db SET auto_explain.log_min_duration = 0");
+$t->psql("ALTER DATABASE $db SET auto_explain.log_analyze = on");
+$t->psql("ALTER DATABASE $db SET auto_explain.log_buffers = on");
+$t->psql("ALTER TABLE mr_deliveries SET (autovacuum_enabled = false)");
+$t->start;
+
+my $PGLOG = MR::Test::pg_cluster()->{dir} . '/log';
+
+# ------------------------------------------- 1: the claims' reads
+
+my $later = time() * 1000 + 3600 * 1000;
+$t->psql("INSERT INTO mr_deliveries (id, event_id, org, target, status, "
+    . "created_ms, due_ms, type) SELECT 'dlv_later' || lpad(g::text, 8, '0'), "
+    . "'evt_later', 'org_" . ('e' x 24) . "', 'wu_" . ('e' x 24) . "', 1, g, "
+    . "$later + g, 'test' "
+    . "FROM generate_series(1, 50000) g");
+$t->psql('ANALYZE mr_deliveries');
+
+# the worker's connections prepare their statements anew (t/78)
+ok(wait_for(sub {
+    my @l = $t->read_log =~ /mr_deliveries is \d+ kB, was \d+ kB .*planned again/g;
+    @l >= 2 }, 20, 0.1), 'both connections plan again')
+    or diag $t->tail_log;
+
+my $rc = MR::Receiver->new;
+$rc->start;
+my $acc = $t->new_account(credit => '10.00');
+my $ep = wh_create($t, $acc->{key}, { url => $rc->url('/hook') });
+is($ep->{status}, 201, 'an endpoint');
+
+my $from = -s $PGLOG;
+for my $n (1 .. 5) {
+    $t->req(POST => "/v1/webhooks/endpoints/$ep->{json}{id}/test",
+        auth($acc->{key}));
+    ok(scalar($rc->wait_requests($n, path => '/hook', timeout => 20)) >= $n,
+        "event $n delivered");
+}
+
+# the plans logged since $from (PostgreSQL writes its log as it goes: the
+# last claim's plan is there once a later statement's is)
+ok(wait_for(sub {
+    $t->psql('SELECT 1');
+    open my $fh, '<', $PGLOG or return;
+    seek $fh, $from, 0;
+    local $/;
+    my $log = <$fh> // '';
+    () = $log =~ /WITH RECURSIVE o1\(org, n\)/g;
+}, 10, 0.1), 'plans of claims logged');
+open my $fh, '<', $PGLOG or die "$PGLOG: $!";
+seek $fh, $from, 0;
+my $log = do { local $/; <$fh> } // '';
+close $fh;
+my @claims = grep { /^\S[^\n]*LOG:\s+duration: [\d.]+ ms\s+plan:/
+        && /WITH RECURSIVE o1\(org, n\)/ }
+    split /\n(?=\S[^\n]*LOG:\s+duration:)/, $log;
+ok(@claims >= 5, scalar(@claims) . ' plans of claims');
+
+# the pages each read: its top node's buffers, hit and read
+my @pages = map {
+    my ($b) = /\n\s*Buffers: ([^\n]*)/;
+    my $n = 0;
+    $n += $1 while ($b // '') =~ /(?:hit|read)=(\d+)/g;
+    $n } @claims;
+my ($most) = sort { $b <=> $a } @pages;
+ok($most < 100, "each reads a few pages (most: $most)")
+    or diag((grep { /Buffers/ } @claims)[0]);
+
+# ------------------------------------------- 2: parked deliveries
+
+$rc->set('/gone', status => 410);
+my $gone = wh_create($t, $acc->{key}, { url => $rc->url('/gone') });
+is($gone->{status}, 201, 'an endpoint that answers 410');
+$t->req(POST => "/v1/webhooks/endpoints/$gone->{json}{id}/test",
+    auth($acc->{key}));
+ok(scalar $rc->wait_requests(1, path => '/gone', timeout => 20),
+    '... its first event: 410');
+ok(wait_for(sub {
+    my $g = wh_get($t, $acc->{key}, $gone->{json}{id});
+    $g && is_false($g->{is_active}) }, 20, 0.1),
+    '... and it is deactivated');
+
+my $parked = 0;
+for (1 .. 80) {
+    $parked++ if $t->req(POST =>
+        "/v1/webhooks/endpoints/$gone->{json}{id}/test",
+        auth($acc->{key}))->{status} == 202;
+}
+is($parked, 80, '80 more events for it: parked');
+
+my $before = scalar $rc->requests(path => '/hook');
+for (1 .. 3) {
+    $t->req(POST => "/v1/webhooks/endpoints/$ep->{json}{id}/test",
+        auth($acc->{key}));
+}
+ok(scalar($rc->wait_requests($before + 3, path => '/hook', timeout => 20))
+    >= $before + 3, 'the other endpoint gets its three events');
+is(scalar $rc->requests(path => '/gone'), 1,
+    '... and the parked ones were not sent');
+
+$rc->stop;
+$t->done;
