@@ -15,6 +15,9 @@
 #    read a few pages each.
 # 2. An endpoint that answers 410 (deactivated), 80 events parked behind
 #    it; the same account's other endpoint gets its three events.
+# 3. 100 accounts that sort first with deliveries queued for later only:
+#    an event of the account behind them is delivered (the claims move
+#    past accounts with nothing due).
 use strict;
 use warnings;
 use FindBin;
@@ -130,5 +133,29 @@ ok(scalar($rc->wait_requests($before + 3, path => '/hook', timeout => 20))
 is(scalar $rc->requests(path => '/gone'), 1,
     '... and the parked ones were not sent');
 
+$t->stop;
+$t->check_log;
+
+# ------------------------------------------- 3: accounts with nothing due
+
+# A new node and database: 100 accounts that sort first, each with a
+# delivery queued for an hour from now; a claim visits 64 of them and
+# finds nothing due; the next starts after them (it used to visit the
+# same 64 again: the accounts after them waited for one of them to come
+# due)
+my $u = MR::Test->new(store => 'postgres', workers => 1,
+    extra_http => "modelroute_webhook_allow_private on;\n");
+$u->start;
+$u->psql("INSERT INTO mr_deliveries (id, event_id, org, target, status, "
+    . "created_ms, due_ms, type) SELECT 'dlv_wait' || g, 'evt_wait', "
+    . "'org_' || lpad(g::text, 24, '0'), 'wu_' || lpad(g::text, 24, '0'), "
+    . "1, g, $later + g, 'test' FROM generate_series(1, 100) g");
+my $acc3 = $u->new_account(credit => '10.00');
+my $ep3 = wh_create($u, $acc3->{key}, { url => $rc->url('/three') });
+is($ep3->{status}, 201, 'another account, an endpoint');
+$u->req(POST => "/v1/webhooks/endpoints/$ep3->{json}{id}/test",
+    auth($acc3->{key}));
+ok(scalar $rc->wait_requests(1, path => '/three', timeout => 20),
+    'behind 100 accounts with nothing due: delivered');
 $rc->stop;
-$t->done;
+$u->done;
