@@ -2374,9 +2374,8 @@ ngx_int_t
 mr_pg_ops_candidates(mr_pg_batch_t *b, mr_pg_req_t *req)
 {
     char            cut[MR_EVT_ID_LEN + 1];
-    u_char         *p;
+    u_char         *p, r[9];
     int64_t         t;
-    u_char          r[9];
     mr_store_op_t  *op;
     const char     *v[6];
     mr_main_conf_t *mcf;
@@ -2848,14 +2847,14 @@ mr_pg_dlv_claim(mr_pg_batch_t *b, mr_store_op_t *op)
 
     for (i = 0; i < b->cand->nelts; i++) {
 
+        if (op->wh.claimed >= op->wh.limit) {
+            return 0;
+        }
+
         /* the account visited last: the next claim starts after it */
 
         ngx_memcpy(mr_pg->dlv_cursor, org[i].data, MR_ORG_ID_LEN);
         mr_pg->dlv_cursor_set = 1;
-
-        if (op->wh.claimed >= op->wh.limit) {
-            return 0;
-        }
 
         if (mr_rule_dlv_busy(op, org[i].data, MR_ORG_ID_LEN)
             >= mcf->webhook_per_account)

@@ -54,8 +54,9 @@ typedef struct {
     ngx_array_t              *cand;          /* ngx_str_t */
     ngx_array_t              *cand_orgs;     /* ngx_str_t */
     ngx_uint_t                more;          /* candidates were left */
-    u_char                    visited[MR_ORG_ID_LEN]; /* a delivery claim's
-                                                 last account */
+
+    /* a delivery claim's last account visited (visited_set) */
+    u_char                    visited[MR_ORG_ID_LEN];
 
     /* a sweep's step (mr_store_pg_ops.c) */
     ngx_uint_t                step;

@@ -318,8 +318,9 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
      * each found with one index step; in each, its targets (endpoints,
      * webhook_url hosts) with queued ones from a random point ($5), then
      * from the first, at most $6, each found with one index step; of
-     * each target its due deliveries from the queue's due end, its share
-     * of the account's $4 at most; of each account at most $4, taken
+     * each target with some due its due deliveries from the queue's due
+     * end, its share of the account's $4 at most (shared among those
+     * targets only); of each account at most $4, taken
      * from its targets in turn (the first of each, then the second...).
      * An account's deliveries to one target (a deactivated endpoint's,
      * parked; retries queued for later) neither fill its share nor are
@@ -365,7 +366,9 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
       "FROM t2 WHERE t2.target IS NOT NULL AND t2.k < $6), "
       "pairs AS (SELECT org, n, target, count(*) OVER (PARTITION BY org) "
       "AS nt FROM (SELECT * FROM t1 UNION ALL SELECT * FROM t2) u "
-      "WHERE target IS NOT NULL), "
+      "WHERE target IS NOT NULL AND EXISTS (SELECT 1 FROM mr_deliveries e "
+      "WHERE e.org = u.org AND e.target = u.target "
+      "AND e.due_ms IS NOT NULL AND e.due_ms <= $3)), "
       "c AS (SELECT d.id, d.org, p.n, d.due_ms, row_number() OVER ("
       "PARTITION BY p.org, p.target ORDER BY d.due_ms, d.id) AS r "
       "FROM pairs p, LATERAL (SELECT id, org, due_ms FROM mr_deliveries "

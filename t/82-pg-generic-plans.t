@@ -78,7 +78,8 @@ for (['old', 4, 'NULL'], ['open', 0, 'NULL'], ['later', 0, $year]) {
 
 # the worker's connections prepare their statements anew (t/78)
 ok(wait_for(sub {
-    my @l = $t->read_log =~ /mr_executions is \d+ kB, was \d+ kB .*planned again/g;
+    my @l = $t->read_log
+        =~ /mr_executions is \d+ kB, was \d+ kB .*planned again/g;
     @l >= 2 }, 20, 0.1), 'both connections plan again')
     or diag $t->tail_log;
 
@@ -122,7 +123,8 @@ ok(@plans >= 100 && @snap >= 20,
 ok((grep { /JOIN mr_credit_refs r/ } @plans)
     && (grep { /WITH RECURSIVE o1\(org, n\)/ } @plans)
     && (grep { /LEFT JOIN LATERAL \(SELECT \* FROM mr_executions x/ } @plans),
-    '... the credits\' references, the deliveries\' claims, the list among them');
+    '... the credits\' references, the deliveries\' claims, the list '
+    . 'among them');
 
 my @waste = grep {
     grep { $_ >= 1000 } /Rows Removed by Filter: (\d+)/g } @plans;

@@ -54,7 +54,8 @@ $t->psql('ANALYZE mr_deliveries');
 
 # the worker's connections prepare their statements anew (t/78)
 ok(wait_for(sub {
-    my @l = $t->read_log =~ /mr_deliveries is \d+ kB, was \d+ kB .*planned again/g;
+    my @l = $t->read_log
+        =~ /mr_deliveries is \d+ kB, was \d+ kB .*planned again/g;
     @l >= 2 }, 20, 0.1), 'both connections plan again')
     or diag $t->tail_log;
 
