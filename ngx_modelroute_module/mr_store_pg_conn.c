@@ -496,18 +496,6 @@ mr_pg_conn_setup(mr_pg_conn_t *pc)
      * with the default of 4 PostgreSQL planned some of them, on tables of
      * a thousand rows, as a scan of the whole table (an account lock on
      * every batch; t/74).  A lower value the operator set is kept.
-     *
-     * Generic plans only (plan_cache_mode): a statement is planned once
-     * when it is prepared, not for the values of each call.  PostgreSQL
-     * kept planning the account lock, the accounts' snapshot and their
-     * deltas on every call (a custom plan looked cheaper than the generic
-     * one: it knows how many ids an array holds), a third of its time in
-     * a batch of creates; and a custom plan sees an empty array as "always
-     * false", which lets any partial index serve the condition: the
-     * accounts' snapshot of a claim read every ended execution through
-     * mr_exec_ended to find none (3 ms a batch, and growing; t/82).  The
-     * statements sent unprepared are planned on each call still, with
-     * the tables' current statistics (mr_store_pg_sql.c).
      */
 
     if (!PQsendQueryParams(pc->pg, "SELECT set_config("
@@ -518,9 +506,7 @@ mr_pg_conn_setup(mr_pg_conn_t *pc)
                               "'idle_in_transaction_session_timeout', $2, "
                               "false), set_config('random_page_cost', "
                               "least(current_setting('random_page_cost')"
-                              "::float8, 1.1)::text, false), "
-                              "set_config('plan_cache_mode', "
-                              "'force_generic_plan', false)",
+                              "::float8, 1.1)::text, false)",
                               2, NULL, sync, NULL, NULL, 0))
     {
         mr_pg_conn_lost(pc, PQerrorMessage(pc->pg));

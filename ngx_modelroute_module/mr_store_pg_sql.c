@@ -17,14 +17,19 @@
  * never by ORs of conditions: PostgreSQL reads the whole table for those.
  *
  * A statement marked custom (the third field) is not prepared: it is sent
- * with its parameters and planned on each call, for the tables as they
- * are then.  Those are the joins of unnest() with a table that grows: a
- * prepared one's plan, made while the table was small (and kept until the
- * next ANALYZE), scanned the whole table on every call (t/74).  Every
- * plan is generic (plan_cache_mode, mr_pg_conn_setup()), those included:
- * none depends on the values of a call, such as how many ids an array
- * holds or a LIMIT (a LIMIT of unknown size is planned as a tenth of the
- * rows: the purges name their rows by ctid, never "IN (... LIMIT $n)").
+ * with its parameters and planned for them each time.  Those are the
+ * joins of unnest() with a table that grows, and the purges: the generic
+ * plan of a prepared one, made after five runs while the table was small
+ * (and kept until the next ANALYZE), scanned the whole table on every
+ * call (t/74).  The purges name their rows by ctid, never "IN (...
+ * LIMIT $n)" (a generic plan counts on a tenth of the table).
+ *
+ * An array of ids that may be empty is given as "= ANY (ARRAY(SELECT
+ * unnest($n)))", not "= ANY ($n)": planned for its values, "id =
+ * ANY('{}')" reads as "false", from which the condition of any partial
+ * index follows, and the plan scanned one whole (the accounts' snapshot
+ * of every claim read all the ended executions through mr_exec_ended to
+ * find none: 1.9 ms a call and growing; t/82).
  */
 
 
@@ -51,10 +56,14 @@
 #define MR_SQL_ACCOUNTS_READ                                                  \
     "SELECT " MR_ACCT_COLS " FROM mr_accounts WHERE org = ANY (ARRAY("        \
     "SELECT unnest($1::text[]) "                                              \
-    "UNION SELECT org FROM mr_executions WHERE id = ANY($2::text[]) "         \
-    "UNION SELECT org FROM mr_keys WHERE key_id = ANY($3::text[]) "           \
-    "UNION SELECT org FROM mr_endpoints WHERE id = ANY($4::text[]) "          \
-    "UNION SELECT org FROM mr_deliveries WHERE id = ANY($5::text[]))) "
+    "UNION SELECT org FROM mr_executions "                                    \
+    "WHERE id = ANY (ARRAY(SELECT unnest($2::text[]))) "                      \
+    "UNION SELECT org FROM mr_keys "                                          \
+    "WHERE key_id = ANY (ARRAY(SELECT unnest($3::text[]))) "                  \
+    "UNION SELECT org FROM mr_endpoints "                                     \
+    "WHERE id = ANY (ARRAY(SELECT unnest($4::text[]))) "                      \
+    "UNION SELECT org FROM mr_deliveries "                                    \
+    "WHERE id = ANY (ARRAY(SELECT unnest($5::text[]))))) "
 
 
 /* the routes named ($1), and those of the executions named ($2) */
@@ -62,7 +71,7 @@
     "SELECT " MR_ROUTE_COLS " FROM mr_routes "                                \
     "WHERE name = ANY($1::text[]) "                                           \
     "OR name IN (SELECT route FROM mr_executions "                            \
-    "WHERE id = ANY($2::text[])) "
+    "WHERE id = ANY (ARRAY(SELECT unnest($2::text[])))) "
 
 
 /* an API key by its hash, and its account's rate limit: one, or a group */
@@ -100,8 +109,8 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
      * cursor is a condition of the index (org, ord, id), whatever the
      * plan (an OR of it read every newer execution in a generic one);
      * the matches are read one by one by id (LATERAL ... LIMIT 1): a
-     * join, planned for a tenth of an account's executions ($6 unknown),
-     * could be a hash join over all of mr_executions */
+     * join, in a generic plan made for a tenth of an account's
+     * executions ($6 unknown), could be a hash over all of them */
     { "mr_list",
       "SELECT s.id, s.m::int, " MR_EXEC_COLS_E " FROM ("
       "SELECT id, ord, m, count(*) FILTER (WHERE m) "
@@ -241,10 +250,10 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
       "WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE", 0 },
 
     /*
-     * planned on each call (custom): a prepared statement's plan, made
-     * while the table was small, scanned all of mr_idem on every batch
-     * until the next ANALYZE (4.6 ms a call at 90,000 keys); the LIMITs
-     * keep the lookups per pair
+     * planned for its keys each time (custom): a prepared statement's
+     * generic plan, made while the table was small, scanned all of
+     * mr_idem on every batch until the next ANALYZE (4.6 ms a call at
+     * 90,000 keys); the LIMITs keep the lookups per pair
      */
     { "mr_idem",
       "SELECT i.org, i.key, i.exec_id, i.created_ms, " MR_EXEC_COLS_E " "
@@ -263,9 +272,11 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
       "SELECT " MR_WH_COLS " FROM mr_endpoints WHERE id = ANY (ARRAY("
       "SELECT w.id FROM mr_endpoints w WHERE w.org = ANY (ARRAY("
       "SELECT unnest($1::text[]) "
-      "UNION SELECT org FROM mr_executions WHERE id = ANY($2::text[]))) "
+      "UNION SELECT org FROM mr_executions "
+      "WHERE id = ANY (ARRAY(SELECT unnest($2::text[]))))) "
       "UNION SELECT unnest($3::text[]) "
-      "UNION SELECT wh_id FROM mr_deliveries WHERE id = ANY($4::text[]))) "
+      "UNION SELECT wh_id FROM mr_deliveries "
+      "WHERE id = ANY (ARRAY(SELECT unnest($4::text[]))))) "
       "ORDER BY id", 0 },
 
     { "mr_lock_dlvs",
@@ -278,8 +289,10 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
     { "mr_whsecrets",
       "SELECT org, secret FROM mr_whsecrets WHERE org = ANY (ARRAY("
       "SELECT unnest($1::text[]) "
-      "UNION SELECT org FROM mr_executions WHERE id = ANY($2::text[]) "
-      "UNION SELECT org FROM mr_deliveries WHERE id = ANY($3::text[])))", 0 },
+      "UNION SELECT org FROM mr_executions "
+      "WHERE id = ANY (ARRAY(SELECT unnest($2::text[]))) "
+      "UNION SELECT org FROM mr_deliveries "
+      "WHERE id = ANY (ARRAY(SELECT unnest($3::text[])))))", 0 },
 
     { "mr_credit_refs",
       "SELECT r.org, r.ref, r.amount "
@@ -412,7 +425,7 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
       "SELECT key_id, org FROM mr_keys WHERE end_ms IS NOT NULL "
       "AND end_ms <= $1 ORDER BY end_ms LIMIT $2", 0 },
 
-    /* by the rows' ctids, planned on each call: the plan of
+    /* by the rows' ctids, planned each time: the generic plan of
      * "(org, key) IN (...)", which counts on a LIMIT of a tenth of the
      * table, hashed all of it */
     { "mr_purge_idem",
