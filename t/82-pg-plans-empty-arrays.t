@@ -54,8 +54,6 @@ $t->psql("ALTER TABLE $_ SET (autovacuum_enabled = false)")
     for qw(mr_executions mr_keys mr_deliveries);
 $t->start;
 
-my $PGLOG = MR::Test::pg_cluster()->{dir} . '/log';
-
 my $acc = $t->new_account(credit => '1000.00');
 my $key = $acc->{key};
 
@@ -76,10 +74,7 @@ for (['old', 4, 'NULL'], ['open', 0, 'NULL'], ['later', 0, $year]) {
 }
 
 # the worker's connections prepare their statements anew (t/78)
-ok(wait_for(sub {
-    my @l = $t->read_log
-        =~ /mr_executions is \d+ kB, was \d+ kB .*planned again/g;
-    @l >= 2 }, 20, 0.1), 'both connections plan again')
+ok($t->wait_planned_again('mr_executions'), 'both connections plan again')
     or diag $t->tail_log;
 
 my $rc = MR::Receiver->new;
@@ -87,7 +82,7 @@ $rc->start;
 my $ep = wh_create($t, $key, { url => $rc->url('/hook') });
 is($ep->{status}, 201, 'an endpoint');
 
-my $from = -s $PGLOG;
+my $from = MR::Test::pg_log_mark();
 is($t->one_by_one($key, 'm-sim', 20), 20, '20 more');
 
 # the other kinds of work: webhook deliveries, credits with a reference
@@ -106,13 +101,7 @@ for my $ref ('inv-1', 'inv-2', 'inv-1') {
 is($t->req(GET => '/v1/executions?limit=5', auth($key))->{status}, 200,
     'a page of the list');
 
-# the plans logged since $from
-open my $fh, '<', $PGLOG or die "$PGLOG: $!";
-seek $fh, $from, 0;
-my $log = do { local $/; <$fh> } // '';
-close $fh;
-my @plans = grep { /^\S[^\n]*LOG:\s+duration: [\d.]+ ms\s+plan:/ }
-    split /\n(?=\S[^\n]*LOG:\s+duration:)/, $log;
+my @plans = MR::Test::pg_plans_since($from);
 
 my @snap = grep { /FROM mr_accounts WHERE org = ANY \(ARRAY/ } @plans;
 ok(@plans >= 100 && @snap >= 20,

@@ -40,8 +40,6 @@ $t->psql("ALTER DATABASE $db SET auto_explain.log_buffers = on");
 $t->psql("ALTER TABLE mr_deliveries SET (autovacuum_enabled = false)");
 $t->start;
 
-my $PGLOG = MR::Test::pg_cluster()->{dir} . '/log';
-
 # ------------------------------------------- 1: the claims' reads
 
 my $later = time() * 1000 + 3600 * 1000;
@@ -53,10 +51,7 @@ $t->psql("INSERT INTO mr_deliveries (id, event_id, org, target, status, "
 $t->psql('ANALYZE mr_deliveries');
 
 # the worker's connections prepare their statements anew (t/78)
-ok(wait_for(sub {
-    my @l = $t->read_log
-        =~ /mr_deliveries is \d+ kB, was \d+ kB .*planned again/g;
-    @l >= 2 }, 20, 0.1), 'both connections plan again')
+ok($t->wait_planned_again('mr_deliveries'), 'both connections plan again')
     or diag $t->tail_log;
 
 my $rc = MR::Receiver->new;
@@ -65,7 +60,7 @@ my $acc = $t->new_account(credit => '10.00');
 my $ep = wh_create($t, $acc->{key}, { url => $rc->url('/hook') });
 is($ep->{status}, 201, 'an endpoint');
 
-my $from = -s $PGLOG;
+my $from = MR::Test::pg_log_mark();
 for my $n (1 .. 5) {
     $t->req(POST => "/v1/webhooks/endpoints/$ep->{json}{id}/test",
         auth($acc->{key}));
@@ -73,23 +68,9 @@ for my $n (1 .. 5) {
         "event $n delivered");
 }
 
-# the plans logged since $from (PostgreSQL writes its log as it goes: the
-# last claim's plan is there once a later statement's is)
-ok(wait_for(sub {
-    $t->psql('SELECT 1');
-    open my $fh, '<', $PGLOG or return;
-    seek $fh, $from, 0;
-    local $/;
-    my $log = <$fh> // '';
-    () = $log =~ /WITH RECURSIVE o1\(org, n\)/g;
-}, 10, 0.1), 'plans of claims logged');
-open my $fh, '<', $PGLOG or die "$PGLOG: $!";
-seek $fh, $from, 0;
-my $log = do { local $/; <$fh> } // '';
-close $fh;
-my @claims = grep { /^\S[^\n]*LOG:\s+duration: [\d.]+ ms\s+plan:/
-        && /WITH RECURSIVE o1\(org, n\)/ }
-    split /\n(?=\S[^\n]*LOG:\s+duration:)/, $log;
+# the plans of the claims logged since $from
+my @claims = grep { /WITH RECURSIVE o1\(org, n\)/ }
+    MR::Test::pg_plans_since($from);
 ok(@claims >= 5, scalar(@claims) . ' plans of claims');
 
 # the pages each read: its top node's buffers, hit and read

@@ -666,6 +666,31 @@ sub pg_sql {
     return $out;
 }
 
+# PostgreSQL's log of this file's cluster: its size now (a mark), and the
+# plans auto_explain logged since a mark (each from its "duration: ...
+# plan:" line to the next entry)
+sub pg_log_mark { -s (pg_cluster()->{dir} . '/log') // 0 }
+
+sub pg_plans_since {
+    my ($from) = @_;
+    open my $fh, '<', pg_cluster()->{dir} . '/log' or return ();
+    seek $fh, $from, 0;
+    my $log = do { local $/; <$fh> } // '';
+    close $fh;
+    return grep { /^\S[^\n]*LOG:\s+duration: [\d.]+ ms\s+plan:/ }
+        split /\n(?=\S[^\n]*LOG:\s+duration:)/, $log;
+}
+
+# Waits until both connections of a worker have planned their statements
+# again for $table (mr_store_pg_plans.c); true if they did
+sub wait_planned_again {
+    my ($self, $table) = @_;
+    return wait_for(sub {
+        my @l = $self->read_log
+            =~ /\Q$table\E is \d+ kB, was \d+ kB .*planned again/g;
+        @l >= 2 }, 20, 0.1);
+}
+
 # A new database of the cluster, with the schema
 sub pg_database {
     my $db = sprintf 'mr_%d_%d', $$, ++$PG_DBS;
