@@ -79,6 +79,7 @@ static int mr_pg_ops_op(mr_pg_batch_t *b, mr_store_op_t *op);
 static int mr_pg_disp_claim(mr_pg_batch_t *b, mr_store_op_t *op);
 static int mr_pg_disp_claim_one(mr_pg_rows_t *rs, mr_store_op_t *op,
     mr_pg_ent_t *e, ngx_uint_t *claimed);
+static void mr_pg_dlv_cursor(u_char *org);
 static int mr_pg_dlv_claim(mr_pg_batch_t *b, mr_store_op_t *op);
 static int mr_pg_dlv_claim_one(mr_pg_rows_t *rs, mr_store_op_t *op,
     mr_pg_ent_t *d, ngx_array_t *blocked);
@@ -2374,7 +2375,7 @@ ngx_int_t
 mr_pg_ops_candidates(mr_pg_batch_t *b, mr_pg_req_t *req)
 {
     char            cut[MR_EVT_ID_LEN + 1];
-    u_char         *p, r[9];
+    u_char         *p;
     int64_t         t;
     mr_store_op_t  *op;
     const char     *v[6];
@@ -2431,12 +2432,13 @@ mr_pg_ops_candidates(mr_pg_batch_t *b, mr_pg_req_t *req)
             return NGX_ERROR;
         }
 
-        if (mr_random_bytes(r, sizeof(r)) != NGX_OK) {
+        if (mr_random_id(p, (ngx_random() & 1) ? "wh_" : "wu_", 2 * 8)
+            != NGX_OK)
+        {
             return NGX_ERROR;
         }
 
-        ngx_memcpy(p, (r[0] & 1) ? "wh_" : "wu_", 3);
-        *mr_hex(p + 3, r + 1, 8) = '\0';
+        p[3 + 2 * 8] = '\0';
         v[4] = (char *) p;
 
         return mr_pg_send(req, MR_SQL_DLV_DUE, 6, v, NULL);
@@ -2648,8 +2650,7 @@ mr_pg_ops_candidates_done(mr_pg_batch_t *b, mr_pg_req_t *req)
         /* nothing due in the accounts visited: the next claim visits the
          * ones after them */
 
-        ngx_memcpy(mr_pg->dlv_cursor, b->visited, MR_ORG_ID_LEN);
-        mr_pg->dlv_cursor_set = 1;
+        mr_pg_dlv_cursor(b->visited);
     }
 
     return b->cand->nelts ? NGX_OK : NGX_DECLINED;
@@ -2853,8 +2854,7 @@ mr_pg_dlv_claim(mr_pg_batch_t *b, mr_store_op_t *op)
 
         /* the account visited last: the next claim starts after it */
 
-        ngx_memcpy(mr_pg->dlv_cursor, org[i].data, MR_ORG_ID_LEN);
-        mr_pg->dlv_cursor_set = 1;
+        mr_pg_dlv_cursor(org[i].data);
 
         if (mr_rule_dlv_busy(op, org[i].data, MR_ORG_ID_LEN)
             >= mcf->webhook_per_account)
@@ -2878,11 +2878,20 @@ mr_pg_dlv_claim(mr_pg_batch_t *b, mr_store_op_t *op)
      * last account visited, with candidates or not */
 
     if (b->visited_set) {
-        ngx_memcpy(mr_pg->dlv_cursor, b->visited, MR_ORG_ID_LEN);
-        mr_pg->dlv_cursor_set = 1;
+        mr_pg_dlv_cursor(b->visited);
     }
 
     return 0;
+}
+
+
+/* where the next claim of deliveries starts: after this account */
+
+static void
+mr_pg_dlv_cursor(u_char *org)
+{
+    ngx_memcpy(mr_pg->dlv_cursor, org, MR_ORG_ID_LEN);
+    mr_pg->dlv_cursor_set = 1;
 }
 
 

@@ -58,8 +58,6 @@ $t->psql("ALTER DATABASE $db SET log_min_duration_statement = 0");
 $t->psql("ALTER TABLE mr_executions SET (autovacuum_enabled = false)");
 $t->start;
 
-my $PGLOG = MR::Test::pg_cluster()->{dir} . '/log';
-
 my $acc = $t->new_account(credit => '1000.00');
 my $key = $acc->{key};
 
@@ -74,19 +72,9 @@ sub one_by_one {
 # the plans logged since $from of the claims' locks
 sub lock_plans {
     my ($from) = @_;
-    open my $fh, '<', $PGLOG or return ();
-    seek $fh, $from, 0;
-    local $/;
-    my $log = <$fh> // '';
-    my @plans;
-    for my $p (split /\n(?=\S[^\n]*LOG:\s+duration:)/, $log) {
-        next unless $p =~ /^\S[^\n]*LOG:\s+duration: [\d.]+ ms\s+plan:/
-            && $p =~ /FOR UPDATE SKIP LOCKED/
-            && $p =~ /FROM mr_executions\s+WHERE id = ANY/;
-        next unless $p =~ /next_ms <=/;
-        push @plans, $p;
-    }
-    return @plans;
+    return grep { /FOR UPDATE SKIP LOCKED/
+            && /FROM mr_executions\s+WHERE id = ANY/ && /next_ms <=/ }
+        MR::Test::pg_plans_since($from);
 }
 
 one_by_one(40, 'dispatched and completed');
@@ -102,12 +90,10 @@ $t->psql("INSERT INTO mr_executions (id, org, status, estimate, hold, cost, "
     . "'\\x00', 'm-sim', 1 FROM generate_series(1, 3000) g");
 
 # the worker's connections prepare their statements anew (t/78)
-ok(wait_for(sub {
-    my @l = $t->read_log =~ /mr_executions is \d+ kB, was \d+ kB .*planned again/g;
-    @l >= 2 }, 20, 0.1), 'both connections plan again')
+ok($t->wait_planned_again('mr_executions'), 'both connections plan again')
     or diag $t->tail_log;
 
-my $from = -s $PGLOG;
+my $from = MR::Test::pg_log_mark();
 one_by_one(20, 'more');
 
 my @plans = lock_plans($from);
@@ -129,14 +115,14 @@ is(scalar @pkey, scalar @plans, 'each reads executions by their ids')
 
 sub statements {
     my ($from, $name) = @_;
-    open my $fh, '<', $PGLOG or return 0;
+    open my $fh, '<', MR::Test::pg_cluster()->{dir} . '/log' or return 0;
     seek $fh, $from, 0;
     my $n = 0;
     while (<$fh>) { $n++ if /duration: [\d.]+ ms\s+execute \Q$name\E:/ }
     return $n;
 }
 
-$from = -s $PGLOG;
+$from = MR::Test::pg_log_mark();
 my @ok = $t->parallel(4, sub {
     my $n = 0;
     for (1 .. 50) {
