@@ -35,7 +35,8 @@ static ngx_int_t mr_http_block(ngx_http_request_t *r);
 static void mr_http_unblock(ngx_http_request_t *r);
 
 
-#define MR_HTTP_WAITS  8        /* runs again of one request, at most */
+#define MR_HTTP_WAITS     8       /* runs again of one request, at most */
+#define MR_JSON_DUMP_BUF  4096    /* mr_json_dump(): one pass up to this */
 
 
 static mr_error_t  mr_errors[] = {
@@ -1204,12 +1205,20 @@ mr_json_detail(json_t *details, const char *field, const char *code,
 }
 
 
+/*
+ * One encoding when the text fits the stack's buffer (a provider's
+ * request, a result, an error body: nearly always), a second into memory
+ * of its exact size when it does not: jansson says the size it needed.
+ */
+
 ngx_int_t
 mr_json_dump(ngx_pool_t *pool, json_t *json, ngx_str_t *out)
 {
     size_t  n;
+    u_char  buf[MR_JSON_DUMP_BUF];
 
-    n = json_dumpb(json, NULL, 0, JSON_COMPACT | JSON_ENCODE_ANY);
+    n = json_dumpb(json, (char *) buf, sizeof(buf),
+                   JSON_COMPACT | JSON_ENCODE_ANY);
     if (n == 0) {
         return NGX_ERROR;
     }
@@ -1217,6 +1226,12 @@ mr_json_dump(ngx_pool_t *pool, json_t *json, ngx_str_t *out)
     out->data = ngx_pnalloc(pool, n);
     if (out->data == NULL) {
         return NGX_ERROR;
+    }
+
+    if (n <= sizeof(buf)) {
+        ngx_memcpy(out->data, buf, n);
+        out->len = n;
+        return NGX_OK;
     }
 
     out->len = json_dumpb(json, (char *) out->data, n,

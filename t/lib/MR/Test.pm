@@ -91,6 +91,8 @@ our $NGINX = $ENV{MR_NGINX} || '/usr/sbin/nginx';
 our $STORE = ($ENV{MR_STORE} // '') eq 'postgres' ? 'postgres' : 'lmdb';
 our $PG_BIN = $ENV{MR_PG_BIN} || '/usr/lib/postgresql/15/bin';
 my $PG;           # this file's cluster
+# more postgresql.conf lines for this file's cluster (set before it starts)
+our $PG_CONF = '';
 my $PG_DBS = 0;
 
 # A sanitizer run (./build.sh test-sanitize, the module built with ASan and
@@ -634,7 +636,7 @@ sub pg_cluster {
         "shared_buffers = 32MB\n",
         "fsync = off\n",
         "full_page_writes = off\n",
-        "log_min_messages = warning\n";
+        "log_min_messages = warning\n", $PG_CONF;
     close $fh;
     $PG = { dir => $dir, port => $port, owner => $$ };
     pg_ctl('start');
