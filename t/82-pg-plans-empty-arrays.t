@@ -103,7 +103,9 @@ is($t->req(GET => '/v1/executions?limit=5', auth($key))->{status}, 200,
 
 my @plans = MR::Test::pg_plans_since($from);
 
-my @snap = grep { /FROM mr_accounts WHERE org = ANY \(ARRAY/ } @plans;
+my @snap = grep {
+    /FROM mr_accounts WHERE org = ANY \(ARRAY\(SELECT unnest\(\$1\S* UNION/
+} @plans;
 ok(@plans >= 100 && @snap >= 20,
     scalar(@plans) . ' plans logged, ' . scalar(@snap)
     . ' of accounts\' snapshots');
@@ -119,8 +121,14 @@ my @waste = grep {
 is(scalar @waste, 0, 'no plan reads a thousand rows to keep none')
     or diag $waste[0];
 
-my @bitmap = grep { /Bitmap Heap Scan/ } @plans;
-is(scalar @bitmap, 0, 'no plan is a bitmap scan (dead entries read again)')
+# a bitmap scan of a range (the due executions, say) reads every dead
+# entry of the range again on each call; one of a primary key by ids (a
+# planner's choice for two or three ids of a table without statistics,
+# now and then) reads those of the rows it names only
+my @bitmap = grep {
+    grep { !/ on \w+_pkey\b/ } /Bitmap Index Scan[^\n]*/g } @plans;
+is(scalar @bitmap, 0,
+    'no plan is a bitmap scan of a range (dead entries read again)')
     or diag $bitmap[0];
 
 my $v = $t->verify($acc->{org});

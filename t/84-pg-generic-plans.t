@@ -23,7 +23,6 @@ use warnings;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
-use IO::Socket::INET;
 use MR::Test qw(:all);
 
 $MR::Test::PG_CONF = "shared_preload_libraries = 'pg_stat_statements'\n"
@@ -62,31 +61,14 @@ $t->psql('SELECT pg_stat_statements_reset()');
 is($t->one_by_one($accs[0]{key}, 'm-sim', 30), 30,
     '30 executions completed one at a time');
 
-# several accounts in one batch: twelve creates sent at once, each on a
-# connection of its own
-my @socks;
-for my $a (@accs) {
-    for (1 .. 3) {
-        my $body = json_encode($t->exec_body(model => 'm-sim'));
-        my $s = IO::Socket::INET->new(PeerAddr => '127.0.0.1',
-            PeerPort => $t->port, Proto => 'tcp', Timeout => 10)
-            or die "connect: $!";
-        $s->autoflush(1);
-        push @socks, [ $s, http_message(POST => '/v1/executions',
-            { %{ auth($a->{key}) }, 'Content-Type' => 'application/json' },
-            $body, 1) ];
-    }
-}
-print { $_->[0] } $_->[1] for @socks;
-my $accepted = 0;
-for (@socks) {
-    my $s = $_->[0];
-    local $/;
-    my $in = <$s> // '';
-    $accepted++ if $in =~ m{^HTTP/1\.1 202 };
-    close $s;
-}
-is($accepted, 12, '12 more, of four accounts, at once');
+# several accounts in one batch: twelve creates at once
+my @res = $t->parallel(12, sub {
+    my ($i) = @_;
+    return $t->create_exec($accs[$i % 4]{key},
+        $t->exec_body(model => 'm-sim'))->{status};
+}, timeout => 30);
+is(scalar(grep { !ref && $_ == 202 } @res), 12,
+    '12 more, of four accounts, at once');
 ok(wait_for(sub {
         !grep { micros($t->balance($_->{key})->{held}) } @accs }, 20, 0.05),
     '... completed');
@@ -99,7 +81,7 @@ sub stats {
     return split /\|/, $r;
 }
 
-for (['mr_lock_account_ids', 'SELECT org FROM mr_accounts WHERE org%'],
+for (['mr_lock_account_ids', 'SELECT org FROM mr_accounts WHERE % FOR UPDATE'],
      ['mr_w_accounts_delta', 'WITH d AS (UPDATE mr_accounts a SET%'])
 {
     my ($name, $like) = @$_;
