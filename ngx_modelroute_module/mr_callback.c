@@ -433,6 +433,7 @@ mr_callback_got(ngx_http_request_t *r, mr_store_read_t *rd)
     op->disp.result = out.result;
     op->disp.cost = out.cost;
     op->disp.ended_ms = mr_now_ms();
+    op->disp.answered_us = mr_now_us();
 
     mr_http_submit(r, op, mr_callback_done);
 

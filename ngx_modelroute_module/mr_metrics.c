@@ -119,7 +119,7 @@ typedef struct {
     ngx_uint_t                slot;
     ngx_uint_t                index;           /* status, outcome */
     int64_t                   created_ms;
-    int64_t                   answered_ms;     /* 0: no provider answer */
+    int64_t                   answered_us;     /* 0: no provider answer */
 } mr_met_event_t;
 
 
@@ -139,7 +139,7 @@ static void mr_metrics_observe(mr_met_hist_t *h, mr_met_hist_def_t *def,
     uint64_t v);
 static void mr_metrics_stage(mr_met_event_t *ev);
 static void mr_metrics_apply(mr_met_ctx_t *ctx, mr_met_event_t *ev,
-    int64_t now);
+    int64_t now_us);
 static int64_t mr_metrics_clock(clockid_t id, ngx_uint_t us);
 static ngx_uint_t mr_metrics_index(const char **names, ngx_uint_t n,
     const char *name);
@@ -219,11 +219,12 @@ static mr_met_hist_def_t  mr_met_added = {
     "modelroute_execution_added_seconds",
     "Latency the gateway added after a provider's answer: from the "
     "answer to the execution's terminal status committed.",
-    1, 14,
-    { 500, 1000, 2000, 5000, 10000, 25000, 50000, 100000, 250000, 500000,
-      1000000, 2500000, 5000000, 10000000 },
-    { "0.0005", "0.001", "0.002", "0.005", "0.01", "0.025", "0.05", "0.1",
-      "0.25", "0.5", "1", "2.5", "5", "10" }
+    1, 18,
+    { 250, 500, 750, 1000, 1500, 2000, 3000, 5000, 10000, 25000, 50000,
+      100000, 250000, 500000, 1000000, 2500000, 5000000, 10000000 },
+    { "0.00025", "0.0005", "0.00075", "0.001", "0.0015", "0.002", "0.003",
+      "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5",
+      "5", "10" }
 };
 
 
@@ -632,8 +633,9 @@ mr_metrics_exec_event(mr_store_op_t *op, mr_exec_t *exec)
     ev.index = ngx_min(exec->rec.status - MR_COMPLETED, MR_MET_TERMINAL - 1);
     ev.created_ms = exec->rec.created_ms;
 
-    ev.answered_ms = (op->type == MR_OP_DISP_DONE) ? op->disp.ended_ms
-                     : (op->type == MR_OP_DISP_CALLBACK) ? op->now : 0;
+    ev.answered_us = (op->type == MR_OP_DISP_DONE
+                      || op->type == MR_OP_DISP_CALLBACK)
+                     ? op->disp.answered_us : 0;
 
     mr_metrics_stage(&ev);
 }
@@ -657,7 +659,7 @@ mr_metrics_attempt(mr_exec_t *exec, const char *outcome)
     ev.slot = rt ? mr_met->route_slot[rt->index] : mr_met->nroutes - 1;
     ev.index = mr_metrics_index(mr_met_outcomes, MR_MET_OUTCOMES, outcome);
     ev.created_ms = 0;
-    ev.answered_ms = 0;
+    ev.answered_us = 0;
 
     mr_metrics_stage(&ev);
 }
@@ -676,7 +678,7 @@ mr_metrics_stage(mr_met_event_t *ev)
         if (a == NULL) {
             /* counted now: a transaction that aborts is then counted */
             mr_metrics_apply(mr_met, ev, mr_metrics_clock(CLOCK_REALTIME,
-                                                          0));
+                                                          1));
             return;
         }
 
@@ -697,7 +699,7 @@ mr_metrics_stage(mr_met_event_t *ev)
 void
 mr_metrics_txn_end(int rc, ngx_queue_t *ops, mr_store_op_t *one)
 {
-    int64_t        now, us;
+    int64_t        now_us, us;
     ngx_uint_t     i, n;
     ngx_queue_t   *q;
     mr_met_shm_t  *sh;
@@ -712,7 +714,7 @@ mr_metrics_txn_end(int rc, ngx_queue_t *ops, mr_store_op_t *one)
     sh = mr_met->sh;
 
     us = mr_metrics_clock(CLOCK_MONOTONIC, 1) - mr_met_t0;
-    now = mr_metrics_clock(CLOCK_REALTIME, 0);
+    now_us = mr_metrics_clock(CLOCK_REALTIME, 1);
 
     if (rc != 0) {
         (void) ngx_atomic_fetch_add(&sh->commits[1], 1);
@@ -744,7 +746,7 @@ mr_metrics_txn_end(int rc, ngx_queue_t *ops, mr_store_op_t *one)
     (void) ngx_atomic_fetch_add(&sh->commits[0], 1);
 
     for (i = 0; i < mr_met_nstage; i++) {
-        mr_metrics_apply(mr_met, &mr_met_stage_ev[i], now);
+        mr_metrics_apply(mr_met, &mr_met_stage_ev[i], now_us);
     }
 
     mr_met_nstage = 0;
@@ -752,7 +754,7 @@ mr_metrics_txn_end(int rc, ngx_queue_t *ops, mr_store_op_t *one)
 
 
 static void
-mr_metrics_apply(mr_met_ctx_t *ctx, mr_met_event_t *ev, int64_t now)
+mr_metrics_apply(mr_met_ctx_t *ctx, mr_met_event_t *ev, int64_t now_us)
 {
     mr_met_shm_t  *sh;
 
@@ -766,14 +768,16 @@ mr_metrics_apply(mr_met_ctx_t *ctx, mr_met_event_t *ev, int64_t now)
 
     /* the histograms first, as for the commits */
 
-    if (ev->answered_ms) {
+    /* to the microsecond: most answers are committed within one ms */
+
+    if (ev->answered_us) {
         mr_metrics_observe(&sh->added, &mr_met_added,
-                           (uint64_t) ngx_max(now - ev->answered_ms, 0)
-                           * 1000);
+                           (uint64_t) ngx_max(now_us - ev->answered_us, 0));
     }
 
     mr_metrics_observe(&sh->duration[ev->index], &mr_met_duration,
-                       (uint64_t) ngx_max(now - ev->created_ms, 0) * 1000);
+                       (uint64_t) ngx_max(now_us / 1000 - ev->created_ms, 0)
+                       * 1000);
 
     (void) ngx_atomic_fetch_add(&ctx->models[ev->slot].finished[ev->index],
                                 1);

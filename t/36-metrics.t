@@ -172,6 +172,15 @@ for my $s (qw(COMPLETED FAILED CANCELLED EXPIRED)) {
 }
 is(metric($m, 'modelroute_execution_added_seconds_count'), $n_good + 1,
     'added_seconds: one per execution ended by a provider\'s answer');
+# to the microsecond, with buckets under a millisecond: most answers are
+# committed within one (counted in whole ms, the sum was a multiple of
+# 0.001, and p50 could not be told from 1 ms)
+my $added_us = sprintf '%.0f',
+    (metric($m, 'modelroute_execution_added_seconds_sum') // 0) * 1e6;
+ok($added_us > 0 && $added_us % 1000 != 0,
+    "added_seconds_sum to the microsecond ($added_us us)");
+ok(defined metric($m, 'modelroute_execution_added_seconds_bucket',
+    le => '0.00025'), '... a bucket of 250 us');
 cmp_ok(metric($m, 'modelroute_execution_duration_seconds_bucket',
     status => 'EXPIRED', le => '0.5') // -1, '==', 0,
     'the expired one took at least its second');
