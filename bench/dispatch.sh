@@ -162,7 +162,7 @@ hist_pct() {
              if (i > 1) { lo = le[i - 1]; below = d[i - 1] }
              return sprintf("%.2f", 1000 * (lo + (le[i] - lo) * (t - below) / (d[i] - below)))
          }
-         END { if (n == 0 || d[n] == 0) { print "- - - 0"; exit }
+         END { if (n == 0 || d[n] <= 0) { print "- - - 0"; exit }
                print at(0.5), at(0.9), at(0.99), d[n] }' "$1" "$2"
 }
 

@@ -21,7 +21,8 @@
 # Part 2 (BENCH_BACKLOG=1): the same wrk run with the endpoint disabled
 # (PATCH is_active false), then enabled again: the drain rate of that backlog
 # is the delivery capacity, whatever the rate at which events can be made.
-# Targets (the webhook issue): >= 10,000 deliveries/s, p50 <= 5 ms.
+# Targets (the performance issue): >= 15,000 deliveries/s, p50 <= 5 ms
+# (the webhook issue asked 10,000/s).
 #
 # Environment: BENCH_SECONDS (10), BENCH_CONNECTIONS (64), BENCH_THREADS (2),
 # BENCH_WH_CONCURRENCY ("256 64", the module's default for
@@ -276,7 +277,7 @@ table=$(
         "(wrk p50 $(to_ms "$(awk '$1 == "50%" { print $2 }' "$f")") ms, p99 $(to_ms "$(awk '$1 == "99%" { print $2 }' "$f")") ms)"
     row "events accepted (wrk requests - non-2xx)" "$accepted"
     row "deliveries (receiver lines)" "$lines"
-    row "deliveries/s, first to last delivery" "$rate_span" ">= 10000 $(verdict "$rate_span" 10000 '>=')"
+    row "deliveries/s, first to last delivery" "$rate_span" ">= 15000 $(verdict "$rate_span" 15000 '>=')"
     row "deliveries/s, start of wrk to last delivery" "$rate_all" \
         "(last delivery $(secs "$wrk_end" "$last") s after wrk ended)"
     row "event -> delivery p50 ms" "$p50" "<= 5 $(verdict "$p50" 5 '<=')"
@@ -317,7 +318,7 @@ if [ "${BENCH_BACKLOG:-1}" != 0 ]; then
         row "backlog: deliveries (receiver lines)" "$lines" \
             "(first $(secs "$enabled" "$first") s after the PATCH)"
         row "backlog: deliveries/s, first to last delivery" "$b_rate" \
-            ">= 10000 $(verdict "$b_rate" 10000 '>=')"
+            ">= 15000 $(verdict "$b_rate" 15000 '>=')"
         row "backlog: duplicates" "$dups"
         row "backlog: accepted events never delivered" "$missing"
     )

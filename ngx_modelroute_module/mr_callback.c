@@ -312,6 +312,10 @@ mr_callback_body(ngx_http_request_t *r)
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_modelroute_module);
 
+    /* the answer is whole: the latency the gateway adds starts (metrics) */
+
+    ctx->op.disp.answered_us = mr_mono_us();
+
     /* a provider's JSON, read as its answers are */
 
     body = ctx->body.len ? mr_adapter_json(ctx->body.data, ctx->body.len,
@@ -433,7 +437,6 @@ mr_callback_got(ngx_http_request_t *r, mr_store_read_t *rd)
     op->disp.result = out.result;
     op->disp.cost = out.cost;
     op->disp.ended_ms = mr_now_ms();
-    op->disp.answered_us = mr_now_us();
 
     mr_http_submit(r, op, mr_callback_done);
 

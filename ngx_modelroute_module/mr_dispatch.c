@@ -1275,7 +1275,7 @@ mr_dispatch_answered(ngx_http_request_t *sr, void *data, ngx_int_t rc)
     }
 
     a->state = MR_ATT_ANSWERED;
-    a->answered_us = mr_now_us();
+    a->answered_us = mr_mono_us();
     req->live--;
 
     /*
@@ -1681,7 +1681,7 @@ mr_dispatch_record(mr_disp_att_t *a, mr_adapter_out_t *out,
     d->breaker = out->breaker;
     d->jitter = ngx_random() % 1000;
     d->ended_ms = mr_now_ms();
-    d->answered_us = a->answered_us ? a->answered_us : mr_now_us();
+    d->answered_us = a->answered_us ? a->answered_us : mr_mono_us();
 
     r->main->blocked++;
     req->ops++;

@@ -119,7 +119,8 @@ typedef struct {
     ngx_uint_t                slot;
     ngx_uint_t                index;           /* status, outcome */
     int64_t                   created_ms;
-    int64_t                   answered_us;     /* 0: no provider answer */
+    int64_t                   answered_us;     /* mr_mono_us(); 0: not an
+                                                  attempt's outcome */
 } mr_met_event_t;
 
 
@@ -139,7 +140,7 @@ static void mr_metrics_observe(mr_met_hist_t *h, mr_met_hist_def_t *def,
     uint64_t v);
 static void mr_metrics_stage(mr_met_event_t *ev);
 static void mr_metrics_apply(mr_met_ctx_t *ctx, mr_met_event_t *ev,
-    int64_t now_us);
+    int64_t now_ms, int64_t mono_us);
 static int64_t mr_metrics_clock(clockid_t id, ngx_uint_t us);
 static ngx_uint_t mr_metrics_index(const char **names, ngx_uint_t n,
     const char *name);
@@ -677,8 +678,9 @@ mr_metrics_stage(mr_met_event_t *ev)
         a = malloc(cap * sizeof(mr_met_event_t));
         if (a == NULL) {
             /* counted now: a transaction that aborts is then counted */
-            mr_metrics_apply(mr_met, ev, mr_metrics_clock(CLOCK_REALTIME,
-                                                          1));
+            mr_metrics_apply(mr_met, ev,
+                             mr_metrics_clock(CLOCK_REALTIME, 0),
+                             mr_metrics_clock(CLOCK_MONOTONIC, 1));
             return;
         }
 
@@ -699,7 +701,7 @@ mr_metrics_stage(mr_met_event_t *ev)
 void
 mr_metrics_txn_end(int rc, ngx_queue_t *ops, mr_store_op_t *one)
 {
-    int64_t        now_us, us;
+    int64_t        now, mono, us;
     ngx_uint_t     i, n;
     ngx_queue_t   *q;
     mr_met_shm_t  *sh;
@@ -713,8 +715,9 @@ mr_metrics_txn_end(int rc, ngx_queue_t *ops, mr_store_op_t *one)
 
     sh = mr_met->sh;
 
-    us = mr_metrics_clock(CLOCK_MONOTONIC, 1) - mr_met_t0;
-    now_us = mr_metrics_clock(CLOCK_REALTIME, 1);
+    mono = mr_metrics_clock(CLOCK_MONOTONIC, 1);
+    us = mono - mr_met_t0;
+    now = mr_metrics_clock(CLOCK_REALTIME, 0);
 
     if (rc != 0) {
         (void) ngx_atomic_fetch_add(&sh->commits[1], 1);
@@ -746,7 +749,7 @@ mr_metrics_txn_end(int rc, ngx_queue_t *ops, mr_store_op_t *one)
     (void) ngx_atomic_fetch_add(&sh->commits[0], 1);
 
     for (i = 0; i < mr_met_nstage; i++) {
-        mr_metrics_apply(mr_met, &mr_met_stage_ev[i], now_us);
+        mr_metrics_apply(mr_met, &mr_met_stage_ev[i], now, mono);
     }
 
     mr_met_nstage = 0;
@@ -754,7 +757,8 @@ mr_metrics_txn_end(int rc, ngx_queue_t *ops, mr_store_op_t *one)
 
 
 static void
-mr_metrics_apply(mr_met_ctx_t *ctx, mr_met_event_t *ev, int64_t now_us)
+mr_metrics_apply(mr_met_ctx_t *ctx, mr_met_event_t *ev, int64_t now_ms,
+    int64_t mono_us)
 {
     mr_met_shm_t  *sh;
 
@@ -768,16 +772,18 @@ mr_metrics_apply(mr_met_ctx_t *ctx, mr_met_event_t *ev, int64_t now_us)
 
     /* the histograms first, as for the commits */
 
-    /* to the microsecond: most answers are committed within one ms */
+    /*
+     * to the microsecond, on a clock that never steps: most answers are
+     * committed within one millisecond
+     */
 
     if (ev->answered_us) {
         mr_metrics_observe(&sh->added, &mr_met_added,
-                           (uint64_t) ngx_max(now_us - ev->answered_us, 0));
+                           (uint64_t) ngx_max(mono_us - ev->answered_us, 0));
     }
 
     mr_metrics_observe(&sh->duration[ev->index], &mr_met_duration,
-                       (uint64_t) ngx_max(now_us / 1000 - ev->created_ms, 0)
-                       * 1000);
+                       (uint64_t) ngx_max(now_ms - ev->created_ms, 0) * 1000);
 
     (void) ngx_atomic_fetch_add(&ctx->models[ev->slot].finished[ev->index],
                                 1);

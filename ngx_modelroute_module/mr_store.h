@@ -329,9 +329,10 @@ typedef struct {
     ngx_uint_t                jitter;        /* 0..999 */
     ngx_uint_t                breaker;       /* MR_BREAKER_* */
     int64_t                   ended_ms;
-    int64_t                   answered_us;   /* the clock when the answer
-                                                was whole (the latency the
-                                                gateway adds: metrics) */
+    int64_t                   answered_us;   /* mr_mono_us() when the
+                                                answer was whole (the
+                                                latency the gateway adds:
+                                                metrics) */
 
     /* MR_R_OK: the status it left */
     ngx_uint_t                status;

@@ -129,6 +129,19 @@ mr_now_ms(void)
 }
 
 
+/* a clock that never steps: intervals (the latency the gateway adds) */
+
+int64_t
+mr_mono_us(void)
+{
+    struct timespec  ts;
+
+    (void) clock_gettime(CLOCK_MONOTONIC, &ts);
+
+    return (int64_t) ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+
 /* the clock itself, not the event loop's cached time: orders creations */
 
 int64_t

@@ -173,14 +173,22 @@ for my $s (qw(COMPLETED FAILED CANCELLED EXPIRED)) {
 is(metric($m, 'modelroute_execution_added_seconds_count'), $n_good + 1,
     'added_seconds: one per execution ended by a provider\'s answer');
 # to the microsecond, with buckets under a millisecond: most answers are
-# committed within one (counted in whole ms, the sum was a multiple of
-# 0.001, and p50 could not be told from 1 ms)
+# committed within one.  Counted in whole ms (before), the sum was a
+# multiple of 0.001 and no observation fell between two whole ms (in
+# the buckets 0.25-0.5, 0.5-0.75, 1-1.5 or 2-3 ms); now one of the two
+# fails only by chance (the sum a whole number of ms: 1 in 1,000) while
+# every observation lies outside those buckets as well
 my $added_us = sprintf '%.0f',
     (metric($m, 'modelroute_execution_added_seconds_sum') // 0) * 1e6;
-ok($added_us > 0 && $added_us % 1000 != 0,
-    "added_seconds_sum to the microsecond ($added_us us)");
+my %le = map { $_ => metric($m, 'modelroute_execution_added_seconds_bucket',
+    le => $_) // 0 } qw(0.00025 0.0005 0.00075 0.001 0.0015 0.002 0.003);
+my $between = $le{'0.00075'} - $le{'0.00025'} + $le{'0.0015'} - $le{'0.001'}
+    + $le{'0.003'} - $le{'0.002'};
 ok(defined metric($m, 'modelroute_execution_added_seconds_bucket',
-    le => '0.00025'), '... a bucket of 250 us');
+    le => '0.00025'), 'added_seconds: a bucket of 250 us');
+ok($added_us > 0 && ($added_us % 1000 != 0 || $between > 0),
+    "... observed to the microsecond (sum $added_us us, $between between "
+    . 'whole ms)');
 cmp_ok(metric($m, 'modelroute_execution_duration_seconds_bucket',
     status => 'EXPIRED', le => '0.5') // -1, '==', 0,
     'the expired one took at least its second');
