@@ -18,6 +18,9 @@
 # 3. 100 accounts that sort first with deliveries queued for later only:
 #    an event of the account behind them is delivered (the claims move
 #    past accounts with nothing due).
+# 4. A backlog to one target beside 15 targets with deliveries queued
+#    for later only: a claim takes more than 20 of the backlog at once
+#    (the targets with nothing due do not share the account's 64).
 use strict;
 use warnings;
 use FindBin;
@@ -139,5 +142,56 @@ $u->req(POST => "/v1/webhooks/endpoints/$ep3->{json}{id}/test",
     auth($acc3->{key}));
 ok(scalar $rc->wait_requests(1, path => '/three', timeout => 20),
     'behind 100 accounts with nothing due: delivered');
+$u->stop;
+$u->check_log;
+
+# ------------------------------------------- 4: the share of due targets
+
+# An account's claim looks at up to 16 of its targets, and those with
+# something due share its 64 places (LIMIT (64 + nt - 1) / nt each).
+# Here one target has a backlog of 150 and 15 others only deliveries
+# queued for an hour from now: the backlog's target has the 64 to itself
+# (counted among all 16, it would get 4 a claim).  A node and database
+# of its own: no other account's deliveries in the claims' rows.
+my $v = MR::Test->new(store => 'postgres', workers => 1,
+    extra_http => "modelroute_webhook_allow_private on;\n");
+my $vdb = $v->db;
+$v->psql("ALTER DATABASE $vdb SET session_preload_libraries = "
+    . "'auto_explain'");
+$v->psql("ALTER DATABASE $vdb SET auto_explain.log_min_duration = 0");
+$v->psql("ALTER DATABASE $vdb SET auto_explain.log_analyze = on");
+$v->start;
+my $acc4 = $v->new_account(credit => '10.00');
+my $ep4 = wh_create($v, $acc4->{key}, { url => $rc->url('/four') });
+is($ep4->{status}, 201, 'a fourth endpoint');
+$v->psql("INSERT INTO mr_deliveries (id, event_id, org, target, status, "
+    . "created_ms, due_ms, type) SELECT 'dlv_four' || g, 'evt_four', "
+    . "'$acc4->{org}', 'wh_' || lpad(g::text, 24, '0'), 1, g, $later + g, "
+    . "'test' FROM generate_series(1, 15) g");
+is($v->req(PATCH => "/v1/webhooks/endpoints/$ep4->{json}{id}",
+    auth($acc4->{key}), { is_active => JSON::PP::false })->{status}, 200,
+    '... disabled');
+my $queued = 0;
+for (1 .. 150) {
+    $queued++ if $v->req(POST =>
+        "/v1/webhooks/endpoints/$ep4->{json}{id}/test",
+        auth($acc4->{key}))->{status} == 202;
+}
+is($queued, 150, '150 events for it, held');
+my $from4 = MR::Test::pg_log_mark();
+is($v->req(PATCH => "/v1/webhooks/endpoints/$ep4->{json}{id}",
+    auth($acc4->{key}), { is_active => JSON::PP::true })->{status}, 200,
+    '... enabled again');
+ok(scalar($rc->wait_requests(150, path => '/four', timeout => 30)) >= 150,
+    'the backlog delivered');
+
+# the rows each claim took (its top node's: this account's, and the row
+# that carries the cursor)
+my @took = map { /\(actual time=[\d.]+\.\.[\d.]+ rows=(\d+)/ ? $1 : 0 }
+    grep { /WITH RECURSIVE o1\(org, n\)/ } MR::Test::pg_plans_since($from4);
+my ($best) = sort { $b <=> $a } @took;
+ok(($best // 0) > 20, 'a claim took ' . ($best // 0) . ' at once (of '
+    . scalar(@took) . ' claims)');
+
+$v->done;
 $rc->stop;
-$u->done;
