@@ -32,11 +32,15 @@
 # commit (duration, operations), and (with perf, BENCH_PERF=1, the default
 # when perf is installed) where the CPU of one phase goes (BENCH_PERF_PHASE,
 # "up": run once more under perf): the workers' samples by library and the
-# top symbols.
+# top symbols; with BENCH_PERF_CALLGRAPH=1 (call graphs, perf's DWARF
+# unwinding: a larger and slower record) also the commit thread's samples
+# by part (fdatasync, page writes, LMDB, the module's operations) and the
+# samples of jansson and libc by the module's function that called them.
 #
 # Environment: BENCH_SECONDS (10), BENCH_CONNECTIONS (64), BENCH_THREADS (2),
 # BENCH_PHASES ("inflight raw provider create sim up webhook"), BENCH_PERF
-# (1 if perf exists), BENCH_PERF_PHASE (up), BENCH_INFLIGHT, BENCH_SLOW_MS,
+# (1 if perf exists), BENCH_PERF_PHASE (up), BENCH_PERF_CALLGRAPH (0),
+# BENCH_INFLIGHT, BENCH_SLOW_MS,
 # BENCH_DRAIN (120), BENCH_PORT, BENCH_TMPDIR (build/), BENCH_KEEP=1,
 # MR_NGINX (/usr/sbin/nginx).
 #
@@ -52,6 +56,8 @@ phases=${BENCH_PHASES:-inflight raw provider create sim up webhook}
 drain=${BENCH_DRAIN:-120}
 perf_on=${BENCH_PERF:-$(command -v perf >/dev/null && echo 1 || echo 0)}
 perf_phase=${BENCH_PERF_PHASE:-up}
+perf_cg=()
+[ "${BENCH_PERF_CALLGRAPH:-0}" != 1 ] || perf_cg=(--call-graph dwarf,16384)
 port=${BENCH_PORT:-$(free_port)}
 uport=$(free_port)
 rport=$(free_port)
@@ -217,7 +223,8 @@ run_phase() {
     o0=$(metric 'modelroute_store_commit_operations_sum')
     read -r -a cpu0 <<<"$(cpu)"
     if [ "${2:-}" = profile ]; then
-        perf record -q -F 499 -p "$(tr ' ' ',' <<<"${workers% }")" \
+        perf record -q -F 499 ${perf_cg[@]+"${perf_cg[@]}"} \
+            -p "$(tr ' ' ',' <<<"${workers% }")" \
             -o "$tmp/perf.data" -- sleep "$seconds" >/dev/null 2>&1 &
         pp=$!
     fi
@@ -390,12 +397,53 @@ done
 if [ "$perf_on" = 1 ] && [ -s "$tmp/perf.data" ]; then
     echo
     echo "bench: phase $perf_phase: the workers' CPU by library (perf, 499 Hz), µs per execution:"
-    perf report -i "$tmp/perf.data" --sort dso --stdio 2>/dev/null \
+    perf report -i "$tmp/perf.data" --sort dso --stdio --no-children -g none 2>/dev/null \
         | awk -v per="${per[$perf_phase]}" '/^ *[0-9.]+%/ { p = $1; sub(/%/, "", p);
               if (n++ < 12) printf "    %6.2f%%  %7.1f µs  %s\n", p, p * per / 100, $2 }' 
     echo "bench: phase $perf_phase: top symbols:"
-    perf report -i "$tmp/perf.data" --sort dso,sym --stdio 2>/dev/null \
+    perf report -i "$tmp/perf.data" --sort dso,sym --stdio --no-children -g none 2>/dev/null \
         | awk '/^ *[0-9.]+%/ && n++ < 25 { print "    " $0 }'
+fi
+
+if [ "$perf_on" = 1 ] && [ ${#perf_cg[@]} -gt 0 ] && [ -s "$tmp/perf.data" ]; then
+    perf script -i "$tmp/perf.data" -F ip,sym,dso 2>/dev/null > "$tmp/perf.txt"
+    echo "bench: phase $perf_phase: the commit thread's samples by part:"
+    # a sample is a block of frames, the first its own; the part is the
+    # first frame of these below mdb_txn_commit or mr_store_run
+    awk 'BEGIN { RS = ""; FS = "\n" }
+        { for (i = 2; i <= NF; i++) if ($i ~ /mr_store_batch_thread/) break
+          if (i > NF) next
+          n++; k = "other"
+          for (i = 2; i <= NF; i++) {
+              if ($i ~ /mdb_txn_commit/) {
+                  k = "commit: other"
+                  for (j = 1; j < i; j++) {
+                      if ($j ~ /fdatasync|do_fsync/) { k = "commit: fdatasync"; break }
+                      if ($j ~ /pwrite|writev|vfs_write/) { k = "commit: page writes"; break }
+                  }
+                  break
+              }
+              if ($i ~ /mr_store_run|mr_store_apply/) {
+                  k = "operations: the module"
+                  for (j = 1; j < i; j++) if ($j ~ / mdb_/) { k = "operations: LMDB"; break }
+                  break
+              }
+          }
+          c[k]++ }
+        END { for (k in c) printf "    %5.1f%%  %s\n", 100 * c[k] / n, k
+              printf "    (%d samples)\n", n }' "$tmp/perf.txt" | sort -rn
+    echo "bench: phase $perf_phase: jansson's and libc's samples by the module's caller" \
+         "(share of all the workers' samples):"
+    awk 'BEGIN { RS = ""; FS = "\n" }
+        { n++
+          if ($1 ~ /libjansson/) lib = "jansson"; else if ($1 ~ /libc\.so/) lib = "libc"
+          else next
+          who = "(no module frame)"
+          for (i = 2; i <= NF; i++)
+              if (match($i, / mr_[a-z_0-9]+/)) { who = substr($i, RSTART + 1, RLENGTH - 1); break }
+          c[lib " <- " who]++ }
+        END { for (k in c) if (c[k] * 200 >= n) printf "    %5.1f%%  %s\n", 100 * c[k] / n, k }' \
+        "$tmp/perf.txt" | sort -rn | head -15
 fi
 
 http GET "/admin/accounts/$org/verify"
