@@ -141,7 +141,7 @@ static void mr_metrics_observe(mr_met_hist_t *h, mr_met_hist_def_t *def,
 static void mr_metrics_stage(mr_met_event_t *ev);
 static void mr_metrics_apply(mr_met_ctx_t *ctx, mr_met_event_t *ev,
     int64_t now_ms, int64_t mono_us);
-static int64_t mr_metrics_clock(clockid_t id, ngx_uint_t us);
+static int64_t mr_metrics_now_ms(void);
 static ngx_uint_t mr_metrics_index(const char **names, ngx_uint_t n,
     const char *name);
 static void mr_metrics_print(mr_met_buf_t *b, const char *fmt, ...);
@@ -582,15 +582,16 @@ mr_metrics_op_done(mr_store_op_t *op)
 
 /* ---- the store's transactions (possibly in a commit thread) */
 
+/* the clock itself (a commit thread has no event loop's cached time) */
+
 static int64_t
-mr_metrics_clock(clockid_t id, ngx_uint_t us)
+mr_metrics_now_ms(void)
 {
     struct timespec  ts;
 
-    (void) clock_gettime(id, &ts);
+    (void) clock_gettime(CLOCK_REALTIME, &ts);
 
-    return us ? (int64_t) ts.tv_sec * 1000000 + ts.tv_nsec / 1000
-              : (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 
@@ -598,9 +599,8 @@ void
 mr_metrics_txn_begin(void)
 {
     mr_met_nstage = 0;
-    mr_met_t0 = mr_metrics_clock(CLOCK_MONOTONIC, 1);
-    mr_met_commit_ms = (ngx_atomic_uint_t) mr_metrics_clock(CLOCK_REALTIME,
-                                                            0);
+    mr_met_t0 = mr_mono_us();
+    mr_met_commit_ms = (ngx_atomic_uint_t) mr_metrics_now_ms();
 }
 
 
@@ -678,9 +678,7 @@ mr_metrics_stage(mr_met_event_t *ev)
         a = malloc(cap * sizeof(mr_met_event_t));
         if (a == NULL) {
             /* counted now: a transaction that aborts is then counted */
-            mr_metrics_apply(mr_met, ev,
-                             mr_metrics_clock(CLOCK_REALTIME, 0),
-                             mr_metrics_clock(CLOCK_MONOTONIC, 1));
+            mr_metrics_apply(mr_met, ev, mr_metrics_now_ms(), mr_mono_us());
             return;
         }
 
@@ -715,9 +713,9 @@ mr_metrics_txn_end(int rc, ngx_queue_t *ops, mr_store_op_t *one)
 
     sh = mr_met->sh;
 
-    mono = mr_metrics_clock(CLOCK_MONOTONIC, 1);
+    mono = mr_mono_us();
     us = mono - mr_met_t0;
-    now = mr_metrics_clock(CLOCK_REALTIME, 0);
+    now = mr_metrics_now_ms();
 
     if (rc != 0) {
         (void) ngx_atomic_fetch_add(&sh->commits[1], 1);
@@ -770,11 +768,10 @@ mr_metrics_apply(mr_met_ctx_t *ctx, mr_met_event_t *ev, int64_t now_ms,
         return;
     }
 
-    /* the histograms first, as for the commits */
-
     /*
-     * to the microsecond, on a clock that never steps: most answers are
-     * committed within one millisecond
+     * the histograms first, as for the commits; the latency added to the
+     * microsecond, on a clock that never steps (most answers are committed
+     * within one millisecond)
      */
 
     if (ev->answered_us) {

@@ -29,23 +29,7 @@ use Test::More;
 use POSIX ();
 use MR::Test qw(:all);
 
-my $http = <<"EOF2";
-modelroute_store %%STORE%%;
-modelroute_sweep_interval 1h;
-modelroute_route sim /p/sim protocol=openai_chat;
-modelroute_model m-sim per_request=0.01 routes=sim attempts=1;
-server {
-    listen 127.0.0.1:%%PORT%%;
-    location /v1/ { modelroute_api; }
-    location /admin/ { modelroute_admin; }
-}
-server {
-    modelroute_dispatch;
-    location /p/sim { internal; modelroute_simulator; }
-}
-EOF2
-
-my $t = MR::Test->new(store => 'postgres', http => $http, workers => 1,
+my $t = MR::Test->new(store => 'postgres', http => sim_http(), workers => 1,
     timeout => 30);
 $t->start;
 

@@ -52,8 +52,7 @@ my $t = MR::Test->new(store => 'postgres', http => $http, workers => 1,
 
 # the module's statements and their plans, in PostgreSQL's log
 my $db = $t->db;
-$t->psql("ALTER DATABASE $db SET session_preload_libraries = 'auto_explain'");
-$t->psql("ALTER DATABASE $db SET auto_explain.log_min_duration = 0");
+$t->pg_auto_explain;
 $t->psql("ALTER DATABASE $db SET log_min_duration_statement = 0");
 $t->psql("ALTER TABLE mr_executions SET (autovacuum_enabled = false)");
 $t->start;

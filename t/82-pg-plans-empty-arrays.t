@@ -26,30 +26,11 @@ use Test::More;
 use MR::Test qw(:all);
 use MR::Receiver qw(:all);
 
-my $http = <<"EOF2";
-modelroute_store %%STORE%%;
-modelroute_sweep_interval 1h;
-modelroute_route sim /p/sim protocol=openai_chat;
-modelroute_model m-sim per_request=0.01 routes=sim attempts=1;
-modelroute_webhook_allow_private on;
-server {
-    listen 127.0.0.1:%%PORT%%;
-    location /v1/ { modelroute_api; }
-    location /admin/ { modelroute_admin; }
-}
-server {
-    modelroute_dispatch;
-    location /p/sim { internal; modelroute_simulator; }
-}
-EOF2
-
-my $t = MR::Test->new(store => 'postgres', http => $http, workers => 1,
+my $t = MR::Test->new(store => 'postgres',
+    http => sim_http('modelroute_webhook_allow_private on;'), workers => 1,
     timeout => 30);
 
-my $db = $t->db;
-$t->psql("ALTER DATABASE $db SET session_preload_libraries = 'auto_explain'");
-$t->psql("ALTER DATABASE $db SET auto_explain.log_min_duration = 0");
-$t->psql("ALTER DATABASE $db SET auto_explain.log_analyze = on");
+$t->pg_auto_explain('analyze');
 $t->psql("ALTER TABLE $_ SET (autovacuum_enabled = false)")
     for qw(mr_executions mr_keys mr_deliveries);
 $t->start;

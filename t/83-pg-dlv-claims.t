@@ -35,11 +35,7 @@ sub is_false { JSON::PP::is_bool($_[0]) && !$_[0] }
 my $t = MR::Test->new(store => 'postgres', workers => 1,
     extra_http => "modelroute_webhook_allow_private on;\n");
 
-my $db = $t->db;
-$t->psql("ALTER DATABASE $db SET session_preload_libraries = 'auto_explain'");
-$t->psql("ALTER DATABASE $db SET auto_explain.log_min_duration = 0");
-$t->psql("ALTER DATABASE $db SET auto_explain.log_analyze = on");
-$t->psql("ALTER DATABASE $db SET auto_explain.log_buffers = on");
+$t->pg_auto_explain('analyze', 'buffers');
 $t->psql("ALTER TABLE mr_deliveries SET (autovacuum_enabled = false)");
 $t->start;
 
@@ -155,11 +151,7 @@ $u->check_log;
 # of its own: no other account's deliveries in the claims' rows.
 my $v = MR::Test->new(store => 'postgres', workers => 1,
     extra_http => "modelroute_webhook_allow_private on;\n");
-my $vdb = $v->db;
-$v->psql("ALTER DATABASE $vdb SET session_preload_libraries = "
-    . "'auto_explain'");
-$v->psql("ALTER DATABASE $vdb SET auto_explain.log_min_duration = 0");
-$v->psql("ALTER DATABASE $vdb SET auto_explain.log_analyze = on");
+$v->pg_auto_explain('analyze');
 $v->start;
 my $acc4 = $v->new_account(credit => '10.00');
 my $ep4 = wh_create($v, $acc4->{key}, { url => $rc->url('/four') });

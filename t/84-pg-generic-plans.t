@@ -14,10 +14,11 @@
 # and PostgreSQL keeps the generic one after its first five runs.
 #
 # Here: pg_stat_statements (with track_planning) in the cluster, 1,000
-# accounts in the table (analyzed); 30 executions created and completed one at a time (every create, claim
-# and outcome is a batch of its own), then a batch of several accounts;
-# each statement must have been planned on far fewer calls than it ran
-# (before: on every call), and the ledger must hold.
+# accounts in the table (analyzed); 30 executions created and completed
+# one at a time (every create, claim and outcome is a batch of its own),
+# then twelve creates of four accounts at once; each statement must have
+# been planned on far fewer calls than it ran (before: on every call),
+# and the ledger must hold.
 use strict;
 use warnings;
 use FindBin;
@@ -28,23 +29,7 @@ use MR::Test qw(:all);
 $MR::Test::PG_CONF = "shared_preload_libraries = 'pg_stat_statements'\n"
     . "pg_stat_statements.track_planning = on\n";
 
-my $http = <<"EOF2";
-modelroute_store %%STORE%%;
-modelroute_sweep_interval 1h;
-modelroute_route sim /p/sim protocol=openai_chat;
-modelroute_model m-sim per_request=0.01 routes=sim attempts=1;
-server {
-    listen 127.0.0.1:%%PORT%%;
-    location /v1/ { modelroute_api; }
-    location /admin/ { modelroute_admin; }
-}
-server {
-    modelroute_dispatch;
-    location /p/sim { internal; modelroute_simulator; }
-}
-EOF2
-
-my $t = MR::Test->new(store => 'postgres', http => $http, workers => 1,
+my $t = MR::Test->new(store => 'postgres', http => sim_http(), workers => 1,
     timeout => 30);
 $t->psql('CREATE EXTENSION pg_stat_statements');
 # a thousand accounts besides (as in bench/pg.sh): ten lookups by the

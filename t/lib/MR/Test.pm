@@ -67,7 +67,7 @@ use Test::More;
 use Time::HiRes qw(time sleep);
 
 use Exporter 'import';
-our @EXPORT_OK = qw(wait_for default_http make_key_string json_encode
+our @EXPORT_OK = qw(wait_for default_http sim_http make_key_string json_encode
     json_decode is_error is_rfc3339 parse_rfc3339 random_hex auth
     detail_for money_is micros http_message);
 our %EXPORT_TAGS = (all => \@EXPORT_OK);
@@ -147,6 +147,28 @@ server {
     large_client_header_buffers 4 32k;
     location /v1/ { modelroute_api; client_max_body_size 64k; }
     location /admin/ { modelroute_admin; }
+}
+EOF
+}
+
+# One route to the simulator (m-sim, one attempt), the API, the admin API
+# and the dispatch server; no sweep while a test counts; @extra: more
+# directives of the http block.
+sub sim_http {
+    my (@extra) = @_;
+    return join '', "modelroute_store %%STORE%%;\n",
+        "modelroute_sweep_interval 1h;\n",
+        "modelroute_route sim /p/sim protocol=openai_chat;\n",
+        "modelroute_model m-sim per_request=0.01 routes=sim attempts=1;\n",
+        map({ "$_\n" } @extra), <<'EOF';
+server {
+    listen 127.0.0.1:%%PORT%%;
+    location /v1/ { modelroute_api; }
+    location /admin/ { modelroute_admin; }
+}
+server {
+    modelroute_dispatch;
+    location /p/sim { internal; modelroute_simulator; }
 }
 EOF
 }
@@ -681,6 +703,19 @@ sub pg_plans_since {
     close $fh;
     return grep { /^\S[^\n]*LOG:\s+duration: [\d.]+ ms\s+plan:/ }
         split /\n(?=\S[^\n]*LOG:\s+duration:)/, $log;
+}
+
+# PostgreSQL logs the plan of every statement of this database's new
+# sessions (auto_explain), with what each node did ("analyze") and read
+# ("buffers") when asked; before start: the module's sessions load it
+sub pg_auto_explain {
+    my ($self, @what) = @_;
+    my $db = $self->{db};
+    $self->psql("ALTER DATABASE $db SET session_preload_libraries = "
+        . "'auto_explain'");
+    $self->psql("ALTER DATABASE $db SET auto_explain.log_min_duration = 0");
+    $self->psql("ALTER DATABASE $db SET auto_explain.log_$_ = on")
+        for @what;
 }
 
 # Waits until both connections of a worker have planned their statements
