@@ -505,8 +505,16 @@ mr_dispatch_claimed(mr_store_op_t *op)
         return;
     }
 
+    /*
+     * where claims run last in their group commit, one that took work
+     * is followed by another at once: it takes the executions created in
+     * the next commit, in that commit (else they wait for the next claim
+     * and its commit); the first that finds nothing stops that
+     */
+
     if (op->disp.claimed || mr_disp_kicked) {
-        mr_disp_more = (op->disp.claimed && op->disp.more);
+        mr_disp_more = (op->disp.claimed
+                        && (op->disp.more || mr_store_claims_last()));
         mr_disp_kicked = 0;           /* what it said is seen now */
         mr_dispatch_kick();
         return;

@@ -664,7 +664,7 @@ mr_store_commit_handler(ngx_event_t *ev)
 {
     int64_t            now;
     ngx_uint_t         n, sync;
-    ngx_queue_t       *q;
+    ngx_queue_t       *q, claims;
     mr_store_op_t     *op;
     mr_store_batch_t  *b;
 
@@ -685,6 +685,7 @@ mr_store_commit_handler(ngx_event_t *ev)
     b = &mr_store.batch;
 
     ngx_queue_init(&b->ops);
+    ngx_queue_init(&claims);
 
     /*
      * a sweep is a batch of its own (mr_store_sweep_run()): the requests
@@ -710,7 +711,24 @@ mr_store_commit_handler(ngx_event_t *ev)
         }
 
         ngx_queue_remove(q);
+
+        /*
+         * claims go last, with the batch's time: they take the deliveries
+         * and the executions that the operations before them make, in the
+         * same commit (one commit from an event to its sending, not two)
+         */
+
+        if (op->type == MR_OP_DLV_CLAIM || op->type == MR_OP_DISP_CLAIM) {
+            op->now = now;
+            ngx_queue_insert_tail(&claims, q);
+            continue;
+        }
+
         ngx_queue_insert_tail(&b->ops, q);
+    }
+
+    if (!ngx_queue_empty(&claims)) {
+        ngx_queue_add(&b->ops, &claims);
     }
 
     b->n = n;

@@ -595,6 +595,7 @@ ngx_int_t mr_store_init_process(ngx_cycle_t *cycle, mr_main_conf_t *mcf);
 void mr_store_exit_process(ngx_cycle_t *cycle);
 
 void mr_store_submit(mr_store_op_t *op);
+ngx_uint_t mr_store_claims_last(void);
 ngx_int_t mr_store_read(mr_store_read_t *rd);
 ngx_int_t mr_store_wait(mr_store_waiter_t *w);
 void mr_store_wait_cancel(mr_store_waiter_t *w);

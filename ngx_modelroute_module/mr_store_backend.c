@@ -159,6 +159,20 @@ mr_store_submit(mr_store_op_t *op)
 }
 
 
+/*
+ * Whether a claim sees what the operations committed with it made: on
+ * LMDB claims run last in their group commit (mr_store_commit_handler()),
+ * so a claim made while work is coming in takes that work in the commit
+ * that makes it.  On PostgreSQL a claim is a transaction of its own.
+ */
+
+ngx_uint_t
+mr_store_claims_last(void)
+{
+    return mr_store_backend == MR_STORE_LMDB;
+}
+
+
 ngx_int_t
 mr_store_read(mr_store_read_t *rd)
 {

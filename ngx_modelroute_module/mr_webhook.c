@@ -80,6 +80,7 @@ typedef struct {
 
 
 static void mr_webhook_kick(void);
+static void mr_webhook_claim_soon(void);
 static void mr_webhook_claim(ngx_event_t *ev);
 static void mr_webhook_claimed(mr_store_op_t *op);
 static void mr_webhook_send(mr_dlv_job_t *job);
@@ -194,7 +195,32 @@ mr_webhook_kick(void)
         return;
     }
 
-    ngx_add_timer(&mr_wh_claim_ev, 1);
+    mr_webhook_claim_soon();
+}
+
+
+/*
+ * Where claims run last in their group commit (mr_store_claims_last()),
+ * in this turn of the event loop: the claim joins the next group commit,
+ * and takes the deliveries its operations make.  Else a millisecond
+ * later, so that the kicks of that millisecond make one claim.
+ */
+
+static void
+mr_webhook_claim_soon(void)
+{
+    if (!mr_store_claims_last()) {
+        ngx_add_timer(&mr_wh_claim_ev, 1);
+        return;
+    }
+
+    if (mr_wh_claim_ev.timer_set) {
+        ngx_del_timer(&mr_wh_claim_ev);
+    }
+
+    if (!mr_wh_claim_ev.posted) {
+        ngx_post_event(&mr_wh_claim_ev, &ngx_posted_events);
+    }
 }
 
 
@@ -290,9 +316,12 @@ mr_webhook_claimed(mr_store_op_t *op)
 
     /* a full claim may have left more behind; a kick came meanwhile */
 
-    ngx_add_timer(&mr_wh_claim_ev,
-                  ((n && n == op->wh.limit) || mr_wh_kicked) ? 1
-                                                             : MR_WH_POLL);
+    if ((n && n == op->wh.limit) || mr_wh_kicked) {
+        mr_webhook_claim_soon();
+        return;
+    }
+
+    ngx_add_timer(&mr_wh_claim_ev, MR_WH_POLL);
 }
 
 
