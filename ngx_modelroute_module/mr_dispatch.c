@@ -178,6 +178,7 @@ static mr_store_read_t  mr_disp_next_rd;
 static ngx_uint_t       mr_disp_claiming;   /* or reading what is due */
 static ngx_uint_t       mr_disp_kicked;
 static ngx_uint_t       mr_disp_more;     /* the last claim left due work */
+static ngx_uint_t       mr_disp_unread;   /* claimed without reading due */
 static ngx_uint_t       mr_disp_backoff;  /* the last claim failed */
 static ngx_uint_t       mr_disp_active;   /* attempts sent, not answered */
 static ngx_msec_t       mr_disp_timeout;  /* the longest route timeout */
@@ -354,9 +355,12 @@ mr_dispatch_poll(ngx_event_t *ev)
 
     if (mr_disp_more) {
         mr_disp_more = 0;
+        mr_disp_unread = 1;
         mr_dispatch_due(mr_now_ms());
         return;
     }
+
+    mr_disp_unread = 0;
 
     /* when the next execution is due */
 
@@ -444,11 +448,14 @@ mr_dispatch_due(int64_t due)
 static void
 mr_dispatch_claimed(mr_store_op_t *op)
 {
-    ngx_uint_t      n;
+    ngx_uint_t      n, unread;
     mr_disp_job_t  *job, *first, *next;
+
+    unread = mr_disp_unread;
 
     mr_disp_claiming = 0;
     mr_disp_more = 0;
+    mr_disp_unread = 0;
     mr_disp_backoff = (op->result != MR_R_OK);
 
     if (op->result != MR_R_OK) {
@@ -509,10 +516,11 @@ mr_dispatch_claimed(mr_store_op_t *op)
      * where claims run last in their group commit, one that took work
      * is followed by another at once: it takes the executions created in
      * the next commit, in that commit (else they wait for the next claim
-     * and its commit); the first that finds nothing stops that
+     * and its commit); the first that finds nothing stops that, and
+     * reads when the next is due
      */
 
-    if (op->disp.claimed || mr_disp_kicked) {
+    if (op->disp.claimed || mr_disp_kicked || unread) {
         mr_disp_more = (op->disp.claimed
                         && (op->disp.more || mr_store_claims_last()));
         mr_disp_kicked = 0;           /* what it said is seen now */

@@ -659,6 +659,22 @@ mr_store_lmdb_submit(mr_store_op_t *op)
 }
 
 
+/*
+ * Whether batches are committed in a thread: the event loop then runs
+ * between a batch and the next, whatever their handlers submit at once
+ */
+
+ngx_uint_t
+mr_store_lmdb_threaded(void)
+{
+#if (NGX_THREADS)
+    return mr_store.task != NULL;
+#else
+    return 0;
+#endif
+}
+
+
 static void
 mr_store_commit_handler(ngx_event_t *ev)
 {
@@ -715,10 +731,18 @@ mr_store_commit_handler(ngx_event_t *ev)
         /*
          * claims go last, with the batch's time: they take the deliveries
          * and the executions that the operations before them make, in the
-         * same commit (one commit from an event to its sending, not two)
+         * same commit (one commit from an event to its sending, not two);
+         * a dispatch claim before a webhook claim, which then takes the
+         * execution.started deliveries it makes
          */
 
-        if (op->type == MR_OP_DLV_CLAIM || op->type == MR_OP_DISP_CLAIM) {
+        if (op->type == MR_OP_DISP_CLAIM) {
+            op->now = now;
+            ngx_queue_insert_head(&claims, q);
+            continue;
+        }
+
+        if (op->type == MR_OP_DLV_CLAIM) {
             op->now = now;
             ngx_queue_insert_tail(&claims, q);
             continue;

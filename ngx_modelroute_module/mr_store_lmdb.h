@@ -167,6 +167,7 @@ ngx_int_t mr_store_lmdb_init_process(ngx_cycle_t *cycle,
     mr_main_conf_t *mcf);
 void mr_store_lmdb_exit_process(ngx_cycle_t *cycle);
 void mr_store_lmdb_submit(mr_store_op_t *op);
+ngx_uint_t mr_store_lmdb_threaded(void);
 
 /* the reads, synchronous: mr_store_lmdb_read() (mr_store_read.c) */
 ngx_int_t mr_store_lmdb_read(mr_store_read_t *rd);
