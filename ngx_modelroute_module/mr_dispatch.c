@@ -360,8 +360,6 @@ mr_dispatch_poll(ngx_event_t *ev)
         return;
     }
 
-    mr_disp_unread = 0;
-
     /* when the next execution is due */
 
     rd = &mr_disp_next_rd;

@@ -736,15 +736,16 @@ mr_store_commit_handler(ngx_event_t *ev)
          * execution.started deliveries it makes
          */
 
-        if (op->type == MR_OP_DISP_CLAIM) {
+        if (op->type == MR_OP_DISP_CLAIM || op->type == MR_OP_DLV_CLAIM) {
             op->now = now;
-            ngx_queue_insert_head(&claims, q);
-            continue;
-        }
 
-        if (op->type == MR_OP_DLV_CLAIM) {
-            op->now = now;
-            ngx_queue_insert_tail(&claims, q);
+            if (op->type == MR_OP_DISP_CLAIM) {
+                ngx_queue_insert_head(&claims, q);
+
+            } else {
+                ngx_queue_insert_tail(&claims, q);
+            }
+
             continue;
         }
 
