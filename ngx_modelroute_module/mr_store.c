@@ -661,14 +661,17 @@ mr_store_lmdb_submit(mr_store_op_t *op)
 
 /*
  * Whether batches are committed in a thread: the event loop then runs
- * between a batch and the next, whatever their handlers submit at once
+ * between a batch and the next, whatever their handlers submit at once.
+ * Not while posts to the pool fail (a pool shared with other work, e.g.
+ * "aio threads", whose queue is full): those batches are committed on
+ * the event loop.
  */
 
 ngx_uint_t
 mr_store_lmdb_threaded(void)
 {
 #if (NGX_THREADS)
-    return mr_store.task != NULL;
+    return mr_store.task != NULL && !mr_store.unposted;
 #else
     return 0;
 #endif
@@ -766,6 +769,7 @@ mr_store_commit_handler(ngx_event_t *ev)
 
     if (mr_store.task) {
         if (ngx_thread_task_post(mr_store.tp, mr_store.task) == NGX_OK) {
+            mr_store.unposted = 0;
 
             /*
              * a timer that is not cancelable: a worker that shuts down
@@ -776,8 +780,14 @@ mr_store_commit_handler(ngx_event_t *ev)
             return;
         }
 
-        ngx_log_error(NGX_LOG_WARN, ev->log, 0,
-                      "modelroute_store: committing on the event loop");
+        /* nginx logs each overflow; this says what follows, once */
+
+        if (!mr_store.unposted) {
+            mr_store.unposted = 1;
+            ngx_log_error(NGX_LOG_WARN, ev->log, 0,
+                          "modelroute_store: committing on the event loop "
+                          "until the thread pool takes tasks again");
+        }
     }
 
 #endif

@@ -90,6 +90,7 @@ typedef struct {
 #if (NGX_THREADS)
     ngx_thread_pool_t        *tp;
     ngx_thread_task_t        *task;
+    ngx_uint_t                unposted;       /* the last post failed */
 #endif
     ngx_event_t               commit_ev;
     ngx_event_t               tick_ev;

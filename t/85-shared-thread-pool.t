@@ -1,0 +1,140 @@
+# The store's commits in a thread pool shared with nginx's own file reads
+# (`aio threads`), whose queue fills.
+#
+# An operator may point modelroute_thread_pool at a pool that static files
+# use too.  When that pool's queue is full, nginx refuses the task
+# ("queue overflow") and the module commits the batch on the event loop
+# instead: every create still answered and durable, every execution
+# dispatched and completed, the ledger exact; the module says so when a
+# stretch of such commits begins (nginx logs each overflow).  While posts
+# fail, claims are not made at once after a commit (that is only right
+# when commits run in a thread): a timing, which the suite's other files
+# cover for both ways of committing.
+#
+# One worker; a pool of one thread and a queue of one; 12 clients reading
+# a 4 MB file through the pool while 8 clients create executions.
+use strict;
+use warnings;
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use Test::More;
+use MR::Test qw(:all);
+
+MR::Test::lmdb_only('the thread pool commits LMDB batches');
+
+my $files = <<'EOF';
+server {
+    listen 127.0.0.1:%%PORT2%%;
+    location /files/ {
+        root %%PREFIX%%;
+        aio threads=shared;
+        sendfile off;
+        output_buffers 2 32k;
+    }
+}
+EOF
+
+my $t = MR::Test->new(workers => 1,
+    extra_main => "thread_pool shared threads=1 max_queue=1;\n",
+    http => MR::Test::sim_http('modelroute_thread_pool shared;', $files));
+
+my $dir = $t->prefix . '/files';
+mkdir $dir or die "mkdir $dir: $!";
+chmod 0755, $dir;
+open my $fh, '>', "$dir/big.bin" or die "$dir/big.bin: $!";
+print $fh 'x' x (4 * 1024 * 1024);
+close $fh;
+chmod 0644, "$dir/big.bin";
+
+$t->start;
+
+my $acc = $t->new_account(credit => '100.00');
+my $key = $acc->{key};
+
+# readers of the file until told to stop: how many reads ended whole
+my @readers = map {
+    $t->background(sub {
+        my ($stop) = @_;
+        my $ua = HTTP::Tiny->new(timeout => 10);
+        my ($whole, $cut) = (0, 0);
+        until ($stop->()) {
+            my $r = $ua->get($t->url('/files/big.bin', $t->{port2}));
+            if ($r->{success} && length($r->{content}) == 4 * 1024 * 1024) {
+                $whole++;
+            } else {
+                $cut++;
+            }
+        }
+        return { whole => $whole, cut => $cut };
+    })
+} 1 .. 12;
+
+my $warned = qr/committing on the event loop/;
+my (@ids, $bad, $rounds);
+$bad = 0;
+
+# rounds of creates until the pool refused a batch (a deadline, not a count)
+wait_for(sub {
+    $rounds++;
+    my @res = $t->parallel(8, sub {
+        my @mine;
+        for (1 .. 10) {
+            my $r = $t->create_exec($key, $t->exec_body(model => 'm-sim'));
+            push @mine, $r->{status} == 202 ? $r->{json}{id}
+                                            : "bad:$r->{status}";
+        }
+        return \@mine;
+    });
+    for my $r (@res) {
+        if (ref $r ne 'ARRAY') {
+            $bad++;
+            next;
+        }
+        for (@$r) {
+            if (/^bad:/) { $bad++ } else { push @ids, $_ }
+        }
+    }
+    return $t->read_log =~ $warned;
+}, 90, 0);
+
+my ($whole, $cut) = (0, 0);
+for my $bg (@readers) {
+    my $res = $t->stop_background($bg);
+    $whole += $res->{whole} // 0;
+    $cut += $res->{cut} // 0;
+}
+
+ok($t->read_log =~ $warned, 'the pool refused a batch: committed on the '
+    . 'event loop');
+ok($t->read_log =~ /thread pool "shared" queue overflow/,
+    'nginx logged the overflow');
+is($bad, 0, 'every create answered 202');
+cmp_ok($whole, '>', 0, "the pool read files too ($whole whole, $cut cut "
+    . 'short by an overflow)');
+my $warnings = () = $t->read_log =~ /$warned/g;
+my $overflows = () = $t->read_log =~ /queue overflow/g;
+note("$rounds rounds of creates; $overflows overflows, $warnings stretches "
+    . 'of commits on the event loop');
+
+my $e = $t->wait_terminal($key, \@ids, 120);
+is(scalar(grep { ($_->{status} // '') eq 'COMPLETED' } values %$e),
+    scalar(@ids), scalar(@ids) . ' executions completed');
+is(scalar(grep { @{ $_->{attempts} // [] } == 1 } values %$e),
+    scalar(@ids), 'each with one attempt');
+
+# and the pool takes the batches again once the readers are gone
+my $r = $t->create_exec($key, $t->exec_body(model => 'm-sim'));
+is($r->{status}, 202, 'a create after the readers');
+my $one = $t->wait_terminal($key, [ $r->{json}{id} // 'exec_none' ], 30);
+is((values %$one)[0]{status}, 'COMPLETED', 'and its execution completed');
+
+my $v = $t->verify($acc->{org});
+ok($v->{ok}, 'verify ok');
+money_is($v->{held}, '0', 'nothing held');
+
+$t->restart;
+my $after = $t->wait_terminal($key, [ @ids[0 .. 9] ], 30);
+is(scalar(grep { ($_->{status} // '') eq 'COMPLETED' } values %$after), 10,
+    'kept across a restart');
+
+$t->done;
