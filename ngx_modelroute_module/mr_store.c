@@ -769,7 +769,13 @@ mr_store_commit_handler(ngx_event_t *ev)
 
     if (mr_store.task) {
         if (ngx_thread_task_post(mr_store.tp, mr_store.task) == NGX_OK) {
-            mr_store.unposted = 0;
+
+            if (mr_store.unposted) {
+                mr_store.unposted = 0;
+                ngx_log_error(NGX_LOG_NOTICE, ev->log, 0,
+                              "modelroute_store: the thread pool takes "
+                              "tasks again");
+            }
 
             /*
              * a timer that is not cancelable: a worker that shuts down

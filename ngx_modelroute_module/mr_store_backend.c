@@ -163,11 +163,12 @@ mr_store_submit(mr_store_op_t *op)
  * Whether a claim sees what the operations committed with it made: on
  * LMDB claims run last in their group commit (mr_store_commit_handler()),
  * so a claim made while work is coming in takes that work in the commit
- * that makes it.  Only when commits run in a thread: on the event loop, a
- * claim made at once by the handlers of the last commit would be
- * committed in the same turn, and so on, without the loop reading a
- * request in between (sends that fail at once, say).  On PostgreSQL a
- * claim is a transaction of its own.
+ * that makes it.  Only when commits run in a thread (and the pool takes
+ * them: mr_store_lmdb_threaded()): on the event loop, a claim made at
+ * once by the handlers of the last commit would be committed in the same
+ * turn, and so on, without the loop reading a request in between (sends
+ * that fail at once, say).  On PostgreSQL a claim is a transaction of its
+ * own.
  */
 
 ngx_uint_t

@@ -210,6 +210,20 @@ static void
 mr_webhook_claim_soon(void)
 {
     if (!mr_store_claims_last()) {
+
+        /*
+         * ngx_add_timer() keeps a timer that is due within
+         * NGX_TIMER_LAZY_DELAY (300 ms) of the new one: the idle poll's,
+         * say, which would make this claim wait for it
+         */
+
+        if (mr_wh_claim_ev.timer_set
+            && (ngx_msec_int_t) (mr_wh_claim_ev.timer.key - ngx_current_msec)
+               > 1)
+        {
+            ngx_del_timer(&mr_wh_claim_ev);
+        }
+
         ngx_add_timer(&mr_wh_claim_ev, 1);
         return;
     }
