@@ -68,6 +68,19 @@ case $store in
             "host=$pgdir port=$pgport user=postgres dbname=webhooks" \
             >/dev/null || die "the migration failed"
         bench_store="modelroute_store \"host=$pgdir port=$pgport user=postgres dbname=webhooks\"; modelroute_node_dir $tmp/node;"
+        # nginx stopped before PostgreSQL, then the rest (bench_cleanup)
+        # shellcheck disable=SC2317  # the EXIT trap
+        wh_cleanup() {
+            local rc=$?
+            set +e
+            if [ -n "$ngx" ] && kill -0 "$ngx" 2>/dev/null; then
+                kill -QUIT "$ngx" 2>/dev/null
+                wait "$ngx" 2>/dev/null
+            fi
+            (exit "$rc")
+            pg_cleanup
+        }
+        trap wh_cleanup EXIT
         ;;
     *) die "BENCH_STORE: lmdb or pg, not $store" ;;
 esac
@@ -293,7 +306,9 @@ if [ "$idle" -gt 0 ]; then
         sleep "$(awk -v r="$RANDOM" 'BEGIN { printf "%.3f", r / 32767 * 1.2 }')"
         http POST "/v1/webhooks/endpoints/$wh/test" "" -H "$auth"
         expect 202 "POST /v1/webhooks/endpoints/$wh/test"
-        grep -o 'evt_[0-9a-f]\{44\}' <<<"$body" | head -1 >> "$tmp/accepted-idle.txt"
+        id=$(grep -o 'evt_[0-9a-f]\{44\}' <<<"$body" | head -1 || true)
+        [ -n "$id" ] || die "no event id in: $body"
+        echo "$id" >> "$tmp/accepted-idle.txt"
     done
     accepted=$(wc -l < "$tmp/accepted-idle.txt")
     wrk_end=$(now_ms)
@@ -305,7 +320,6 @@ if [ "$idle" -gt 0 ]; then
         row "idle: event -> delivery p50 ms" "$p50"
         row "idle: event -> delivery p90 ms" "$p90"
         row "idle: event -> delivery max ms" "$pmax"
-        echo
     )
     cp "$rlog" "$tmp/logs/receiver-idle.log"
     : > "$rlog"
@@ -323,7 +337,7 @@ rate_span=$(rate "$lines" "$first" "$last")
 rate_all=$(rate "$lines" "$wrk_start" "$last")
 table=$(
     row "" "value" "target"
-    [ -z "$idle_table" ] || echo "$idle_table"
+    [ -z "$idle_table" ] || printf '%s\n\n' "$idle_table"
     row "events produced/s (wrk)" "$produced" \
         "(wrk p50 $(to_ms "$(awk '$1 == "50%" { print $2 }' "$f")") ms, p99 $(to_ms "$(awk '$1 == "99%" { print $2 }' "$f")") ms)"
     row "events accepted (wrk requests - non-2xx)" "$accepted"

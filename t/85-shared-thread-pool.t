@@ -73,7 +73,7 @@ my @readers = map {
 } 1 .. 12;
 
 my $refused = qr/committing on the event loop until the thread pool takes/;
-my $back = qr/the thread pool takes tasks again/;
+my $back = qr/modelroute_store: the thread pool takes tasks again/;
 my (@ids, $bad, $rounds);
 ($bad, $rounds) = (0, 0);
 
@@ -101,6 +101,10 @@ wait_for(sub {
 }, 120, 0);
 
 my ($whole, $cut) = (0, 0);
+for my $bg (@readers) {
+    open my $s, '>', $bg->{stop} or die "$bg->{stop}: $!";    # all at once
+    close $s;
+}
 for my $bg (@readers) {
     my $res = $t->stop_background($bg);
     $whole += $res->{whole} // 0;
