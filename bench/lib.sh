@@ -67,9 +67,9 @@ bench_init() {
     trap 'exit 143' TERM
 }
 
-# shellcheck disable=SC2317  # called from the EXIT trap
-bench_cleanup() {
-    local rc=$?
+# bench_stop_nginx: QUIT the nginx started by bench_start (TERM after 10 s)
+# shellcheck disable=SC2317  # called from the EXIT traps
+bench_stop_nginx() {
     if [ -n "$ngx" ] && kill -0 "$ngx" 2>/dev/null; then
         kill -QUIT "$ngx" 2>/dev/null || true
         for _ in $(seq 100); do
@@ -79,6 +79,12 @@ bench_cleanup() {
         kill -0 "$ngx" 2>/dev/null && kill -TERM "$ngx" 2>/dev/null
         wait "$ngx" 2>/dev/null || true
     fi
+}
+
+# shellcheck disable=SC2317  # called from the EXIT trap
+bench_cleanup() {
+    local rc=$?
+    bench_stop_nginx
     if [ -n "${BENCH_KEEP:-}" ]; then
         echo "bench: kept $tmp"
     else
@@ -218,6 +224,7 @@ pg_stop() {
 pg_cleanup() {
     local rc=$?
     set +e
+    bench_stop_nginx    # before its store
     pg_stop
     (exit "$rc")    # bench_cleanup exits with $?
     bench_cleanup

@@ -68,19 +68,6 @@ case $store in
             "host=$pgdir port=$pgport user=postgres dbname=webhooks" \
             >/dev/null || die "the migration failed"
         bench_store="modelroute_store \"host=$pgdir port=$pgport user=postgres dbname=webhooks\"; modelroute_node_dir $tmp/node;"
-        # nginx stopped before PostgreSQL, then the rest (bench_cleanup)
-        # shellcheck disable=SC2317  # the EXIT trap
-        wh_cleanup() {
-            local rc=$?
-            set +e
-            if [ -n "$ngx" ] && kill -0 "$ngx" 2>/dev/null; then
-                kill -QUIT "$ngx" 2>/dev/null
-                wait "$ngx" 2>/dev/null
-            fi
-            (exit "$rc")
-            pg_cleanup
-        }
-        trap wh_cleanup EXIT
         ;;
     *) die "BENCH_STORE: lmdb or pg, not $store" ;;
 esac

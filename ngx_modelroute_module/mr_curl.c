@@ -31,6 +31,7 @@
 #include <sys/stat.h>
 
 #include "mr_curl.h"
+#include "mr_util.h"
 
 
 struct mr_curl_req_s {
@@ -382,13 +383,7 @@ mr_curl_timer(CURLM *multi, long timeout_ms, void *userp)
         return 0;
     }
 
-    /* ngx_add_timer() keeps a timer that is due within 300 ms */
-
-    if (mr_curl_timer_ev.timer_set) {
-        ngx_del_timer(&mr_curl_timer_ev);
-    }
-
-    ngx_add_timer(&mr_curl_timer_ev, (ngx_msec_t) timeout_ms);
+    mr_timer_exact(&mr_curl_timer_ev, (ngx_msec_t) timeout_ms);
 
     return 0;
 }

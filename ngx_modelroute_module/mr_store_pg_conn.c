@@ -1075,18 +1075,10 @@ mr_pg_conn_timer(mr_pg_conn_t *pc, ngx_uint_t progress)
         return;
     }
 
-    /*
-     * ngx_add_timer() alone would keep a timer due within
-     * NGX_TIMER_LAZY_DELAY (300 ms) of the new one: the timeout would
-     * count from an answer up to 300 ms older
-     */
+    /* from the last answer, not one up to 300 ms older (mr_util.h) */
 
-    if (progress && pc->timeout_ev.timer_set) {
-        ngx_del_timer(&pc->timeout_ev);
-    }
-
-    if (!pc->timeout_ev.timer_set) {
-        ngx_add_timer(&pc->timeout_ev, mr_pg_main_conf()->pg_timeout);
+    if (progress || !pc->timeout_ev.timer_set) {
+        mr_timer_exact(&pc->timeout_ev, mr_pg_main_conf()->pg_timeout);
     }
 }
 

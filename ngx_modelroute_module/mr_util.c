@@ -6,6 +6,7 @@
 
 #include <ngx_config.h>
 #include <ngx_core.h>
+#include <ngx_event.h>
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
@@ -116,6 +117,17 @@ mr_id_valid(ngx_str_t *id, const char *prefix, size_t len)
 
 
 ngx_connection_t  mr_timer_conn = { .fd = (ngx_socket_t) -1 };
+
+
+void
+mr_timer_exact(ngx_event_t *ev, ngx_msec_t timer)
+{
+    if (ev->timer_set) {
+        ngx_del_timer(ev);
+    }
+
+    ngx_add_timer(ev, timer);
+}
 
 
 int64_t

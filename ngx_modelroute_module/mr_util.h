@@ -10,6 +10,7 @@
 
 #include <ngx_config.h>
 #include <ngx_core.h>
+#include <ngx_event.h>
 
 
 /*
@@ -59,6 +60,13 @@ void mr_be64_put(u_char *dst, uint64_t v);
  * one; this one has fd -1.
  */
 extern ngx_connection_t  mr_timer_conn;
+
+/*
+ * ngx_add_timer() without its lazy delay: that keeps a timer already set
+ * whose key is within NGX_TIMER_LAZY_DELAY (300 ms) of the new one, so
+ * a wake-up could come up to 300 ms late (or early).  Due in timer ms.
+ */
+void mr_timer_exact(ngx_event_t *ev, ngx_msec_t timer);
 
 uint64_t mr_be64_get(u_char *src);
 

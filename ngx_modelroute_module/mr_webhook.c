@@ -212,19 +212,18 @@ mr_webhook_claim_soon(void)
     if (!mr_store_claims_last()) {
 
         /*
-         * ngx_add_timer() keeps a timer that is due within
-         * NGX_TIMER_LAZY_DELAY (300 ms) of the new one: the idle poll's,
-         * say, which would make this claim wait for it
+         * not the idle poll's timer (ngx_add_timer() would keep it if due
+         * within 300 ms), but one already due within the millisecond is
+         * kept: the kicks of that millisecond make one claim
          */
 
-        if (mr_wh_claim_ev.timer_set
-            && (ngx_msec_int_t) (mr_wh_claim_ev.timer.key - ngx_current_msec)
+        if (!mr_wh_claim_ev.timer_set
+            || (ngx_msec_int_t) (mr_wh_claim_ev.timer.key - ngx_current_msec)
                > 1)
         {
-            ngx_del_timer(&mr_wh_claim_ev);
+            mr_timer_exact(&mr_wh_claim_ev, 1);
         }
 
-        ngx_add_timer(&mr_wh_claim_ev, 1);
         return;
     }
 
