@@ -515,12 +515,15 @@ mr_dispatch_claimed(mr_store_op_t *op)
      * is followed by another at once: it takes the executions created in
      * the next commit, in that commit (else they wait for the next claim
      * and its commit); the first that finds nothing stops that, and
-     * reads when the next is due
+     * reads when the next is due.  A claim that looked at too few of the
+     * due executions (PostgreSQL's look grows with the ones that wait at
+     * the head of the queue) is made again at once, looking further.
      */
 
-    if (op->disp.claimed || mr_disp_kicked || unread) {
-        mr_disp_more = (op->disp.claimed
-                        && (op->disp.more || mr_store_claims_last()));
+    if (op->disp.claimed || op->disp.rescan || mr_disp_kicked || unread) {
+        mr_disp_more = ((op->disp.claimed
+                         && (op->disp.more || mr_store_claims_last()))
+                        || op->disp.rescan);
         mr_disp_kicked = 0;           /* what it said is seen now */
         mr_dispatch_kick();
         return;

@@ -314,6 +314,8 @@ typedef struct {
     mr_disp_job_t            *jobs;
     ngx_uint_t                claimed;
     ngx_uint_t                more;          /* the scan stopped at limit */
+    ngx_uint_t                rescan;        /* it looked at too few: claim
+                                                again at once */
 
     /* MR_OP_DISP_DONE, MR_OP_DISP_CALLBACK */
     u_char                    exec_id[MR_EXEC_ID_LEN];

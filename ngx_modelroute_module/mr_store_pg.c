@@ -1309,6 +1309,7 @@ mr_pg_op_reset(mr_store_op_t *op)
     op->full = 0;
     op->disp.claimed = 0;
     op->disp.more = 0;
+    op->disp.rescan = 0;
     op->wh.claimed = 0;
 
     while (op->disp.jobs) {

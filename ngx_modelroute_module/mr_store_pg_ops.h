@@ -54,6 +54,8 @@ typedef struct {
     ngx_array_t              *cand;          /* ngx_str_t */
     ngx_array_t              *cand_orgs;     /* ngx_str_t */
     ngx_uint_t                more;          /* candidates were left */
+    ngx_uint_t                scan;          /* a claim's LIMIT */
+    ngx_uint_t                rescan;        /* it was too small */
 
     /* a delivery claim's last account visited (visited_set) */
     u_char                    visited[MR_ORG_ID_LEN];
@@ -103,6 +105,9 @@ typedef struct mr_pg_store_s {
     const char               *routes;        /* a text array literal */
     u_char                    dlv_cursor[MR_ORG_ID_LEN];
     ngx_uint_t                dlv_cursor_set;
+    ngx_uint_t                disp_waiting;  /* due executions the last
+                                                dispatch claim passed over
+                                                before it was done */
     unsigned                  exiting:1;
 } mr_pg_store_t;
 
