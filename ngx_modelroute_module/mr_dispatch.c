@@ -446,6 +446,7 @@ mr_dispatch_due(int64_t due)
 static void
 mr_dispatch_claimed(mr_store_op_t *op)
 {
+    int64_t         now;
     ngx_uint_t      n, unread;
     mr_disp_job_t  *job, *first, *next;
 
@@ -524,6 +525,30 @@ mr_dispatch_claimed(mr_store_op_t *op)
         mr_disp_more = ((op->disp.claimed
                          && (op->disp.more || mr_store_claims_last()))
                         || op->disp.rescan);
+
+        now = mr_now_ms();
+
+        if (!mr_disp_more && !mr_disp_kicked && op->disp.next_known
+            && (op->disp.next_due < 0 || op->disp.next_due > now)
+            && !mr_disp_ev.posted)
+        {
+            /*
+             * the claim took all that was due and read when the next is
+             * (PostgreSQL): no look of its own at the next due time
+             */
+
+            if (mr_disp_ev.timer_set) {
+                ngx_del_timer(&mr_disp_ev);
+            }
+
+            ngx_add_timer(&mr_disp_ev,
+                          op->disp.next_due < 0
+                          ? MR_DISP_POLL
+                          : (ngx_msec_t) ngx_min(op->disp.next_due - now,
+                                                 MR_DISP_POLL));
+            return;
+        }
+
         mr_disp_kicked = 0;           /* what it said is seen now */
         mr_dispatch_kick();
         return;

@@ -1123,6 +1123,7 @@ mr_store_op_reset(mr_store_op_t *op, ngx_uint_t result)
     op->disp.claimed = 0;
     op->disp.more = 0;
     op->disp.rescan = 0;
+    op->disp.next_known = 0;
     op->wh.claimed = 0;
 
     while (op->disp.jobs) {

@@ -316,6 +316,8 @@ typedef struct {
     ngx_uint_t                more;          /* the scan stopped at limit */
     ngx_uint_t                rescan;        /* it looked at too few: claim
                                                 again at once */
+    ngx_uint_t                next_known;    /* it saw all that was due, */
+    int64_t                   next_due;      /* and the next (-1: none) */
 
     /* MR_OP_DISP_DONE, MR_OP_DISP_CALLBACK */
     u_char                    exec_id[MR_EXEC_ID_LEN];

@@ -2388,6 +2388,7 @@ mr_pg_ops_candidates(mr_pg_batch_t *b, mr_pg_req_t *req)
     b->cand_orgs = ngx_array_create(b->pool, 64, sizeof(ngx_str_t));
     b->more = 0;
     b->rescan = 0;
+    b->next_known = 0;
 
     if (b->cand == NULL || b->cand_orgs == NULL) {
         return NGX_ERROR;
@@ -2414,7 +2415,8 @@ mr_pg_ops_candidates(mr_pg_batch_t *b, mr_pg_req_t *req)
 
         if (v[0] == NULL || v[1] == NULL
             || mr_pg_send(req, MR_SQL_DISP_DUE, 2, v, NULL) != NGX_OK
-            || mr_pg_send(req, MR_SQL_ROUTES, 0, NULL, NULL) != NGX_OK)
+            || mr_pg_send(req, MR_SQL_ROUTES, 0, NULL, NULL) != NGX_OK
+            || mr_pg_send(req, MR_SQL_DISP_AFTER, 1, v, NULL) != NGX_OK)
         {
             return NGX_ERROR;
         }
@@ -2613,6 +2615,23 @@ mr_pg_ops_candidates_done(mr_pg_batch_t *b, mr_pg_req_t *req)
         if ((ngx_uint_t) n < b->scan) {
             mr_pg->disp_waiting = passed + passed / 4;
 
+            if (!b->more && passed == 0 && req->res[2] != NULL
+                && PQntuples(req->res[2]) == 1)
+            {
+                /*
+                 * it may take all that was due (none waits for a slot
+                 * that another worker or node may free): and the next
+                 * (mr_pg_disp_claim() keeps it if it took them all)
+                 */
+
+                b->next_known = 1;
+                b->next_due = PQgetisnull(req->res[2], 0, 0)
+                              ? -1 : mr_pg_get_int(req->res[2], 0, 0);
+
+                op->disp.next_known = 1;      /* if it took none: no load */
+                op->disp.next_due = b->next_due;
+            }
+
         } else if (taken < op->disp.limit && b->scan < MR_PG_DISP_SCAN) {
 
             /* more waited at the head than it looked past: again, wider */
@@ -2721,6 +2740,16 @@ mr_pg_disp_claim(mr_pg_batch_t *b, mr_store_op_t *op)
     op->disp.claimed = claimed;
     op->disp.more = b->more;
     op->disp.rescan = b->rescan;
+
+    /*
+     * the next due time stands only if every candidate was taken: one
+     * skipped (another worker holds it), or left due at its lock (its
+     * route full by the candidates before it, a probe taken, the
+     * sweeper's), is due still
+     */
+
+    op->disp.next_known = (b->next_known && claimed == b->cand->nelts);
+    op->disp.next_due = b->next_due;
 
     return 0;
 }

@@ -56,6 +56,8 @@ typedef struct {
     ngx_uint_t                more;          /* candidates were left */
     ngx_uint_t                scan;          /* a claim's LIMIT */
     ngx_uint_t                rescan;        /* it was too small */
+    ngx_uint_t                next_known;    /* all that was due seen */
+    int64_t                   next_due;      /* the next after (-1) */
 
     /* a delivery claim's last account visited (visited_set) */
     u_char                    visited[MR_ORG_ID_LEN];

@@ -768,6 +768,15 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
       MR_SQL_AUTH_READ
       "WHERE k.hash = ANY (ARRAY(SELECT decode(h, 'hex') "
       "FROM unnest($1::text[]) h))", 0 },
+
+    /*
+     * the next due after a claim's time, read with its candidates: the
+     * index is entered at that time, past the entries of the rows that
+     * were due and changed since the last VACUUM (mr_disp_next reads
+     * through those: 5.6 ms a call, 256 clients completing executions)
+     */
+    { "mr_disp_after",
+      "SELECT min(next_ms) FROM mr_executions WHERE next_ms > $1", 0 },
 };
 
 

@@ -103,7 +103,10 @@
 /* ---- reads grouped: keys by their hashes */
 #define MR_SQL_AUTHS            77
 
-#define MR_SQL_N                78
+/* ---- a dispatch claim: when the next is due after the ones it read */
+#define MR_SQL_DISP_AFTER       78
+
+#define MR_SQL_N                79
 
 
 /* the columns of a row, by position */

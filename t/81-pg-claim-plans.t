@@ -1,6 +1,7 @@
 # PostgreSQL: a claim locks the executions it chose by their ids, never by
 # walking the executions that are due; a backlog is claimed without a
-# read of the next due time before each claim.
+# read of the next due time before each claim; a claim that took all that
+# was due is followed by no read of the next due time (the claim read it).
 #
 # A claim reads its candidates (mr_disp_due, in the order they are due),
 # chooses some, and locks those (mr_lock_due_execs: their ids, still due,
@@ -25,6 +26,7 @@ use warnings;
 use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
+use Time::HiRes qw(time);
 use MR::Test qw(:all);
 
 my $http = <<"EOF2";
@@ -139,6 +141,34 @@ my $reads = statements($from, 'mr_disp_next');
 ok($claims >= 20, "$claims claims");
 ok($reads * 2 <= $claims,
     "$reads reads of the next due time for $claims claims");
+
+# ---------------------------- 3: after a claim that took all that was due
+
+# A claim reads, with its candidates, when the next execution is due
+# after its time (mr_disp_after: the index entered at that time, past
+# the entries of rows that were due and changed since the last VACUUM,
+# which mr_disp_next reads through); a claim that took all that was due,
+# none of it waiting, sets the dispatcher's timer from it and makes no
+# read of its own.  The 3,000 passed over above are deleted: while
+# executions wait at the head, the dispatcher looks again as before.
+
+$t->psql("DELETE FROM mr_executions WHERE org = 'org_due'");
+$from = MR::Test::pg_log_mark();
+my $t0 = time;
+one_by_one(20, 'dispatched with none waiting');
+my $secs = int(time - $t0) + 1;
+$claims = statements($from, 'mr_disp_due');
+$reads = statements($from, 'mr_disp_next');
+my $after = statements($from, 'mr_disp_after');
+is($after, $claims, "each of the $claims claims read the next due time");
+
+# per execution, the dispatcher reads the next due time when it is made
+# (a kick), and twice when its attempt ends (the outcome, the dispatch
+# request's end); before, once more after the claim; and once a second
+# when idle
+ok($reads <= 3 * $claims + $secs + 2,
+    "$reads reads of the next due time for $claims claims in ${secs}s "
+    . '(none after a claim that took all that was due)');
 
 my $v = $t->verify($acc->{org});
 ok($v->{ok}, 'verify') or diag explain $v;
