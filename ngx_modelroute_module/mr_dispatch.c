@@ -541,11 +541,7 @@ mr_dispatch_claimed(mr_store_op_t *op)
                 ngx_del_timer(&mr_disp_ev);
             }
 
-            ngx_add_timer(&mr_disp_ev,
-                          op->disp.next_due < 0
-                          ? MR_DISP_POLL
-                          : (ngx_msec_t) ngx_min(op->disp.next_due - now,
-                                                 MR_DISP_POLL));
+            mr_dispatch_due(op->disp.next_due);
             return;
         }
 

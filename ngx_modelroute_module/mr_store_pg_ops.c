@@ -77,6 +77,8 @@ static int mr_pg_disp_done(mr_pg_rows_t *rs, mr_store_op_t *op);
 static int mr_pg_disp_callback(mr_pg_rows_t *rs, mr_store_op_t *op);
 static int mr_pg_ops_op(mr_pg_batch_t *b, mr_store_op_t *op);
 static int mr_pg_disp_claim(mr_pg_batch_t *b, mr_store_op_t *op);
+static void mr_pg_disp_said(mr_pg_batch_t *b, mr_store_op_t *op,
+    ngx_uint_t claimed);
 static int mr_pg_disp_claim_one(mr_pg_rows_t *rs, mr_store_op_t *op,
     mr_pg_ent_t *e, ngx_uint_t *claimed);
 static void mr_pg_dlv_cursor(u_char *org);
@@ -2612,38 +2614,39 @@ mr_pg_ops_candidates_done(mr_pg_batch_t *b, mr_pg_req_t *req)
             taken++;
         }
 
-        if ((ngx_uint_t) n < b->scan) {
-            mr_pg->disp_waiting = passed + passed / 4;
+        /*
+         * the next look: past those that waited; or, when all it read
+         * were due and it took fewer than it may, twice as far at once
+         */
 
-            if (!b->more && passed == 0 && req->res[2] != NULL
-                && PQntuples(req->res[2]) == 1)
-            {
-                /*
-                 * it may take all that was due (none waits for a slot
-                 * that another worker or node may free): and the next
-                 * (mr_pg_disp_claim() keeps it if it took them all)
-                 */
-
-                b->next_known = 1;
-                b->next_due = PQgetisnull(req->res[2], 0, 0)
-                              ? -1 : mr_pg_get_int(req->res[2], 0, 0);
-
-                op->disp.next_known = 1;      /* if it took none: no load */
-                op->disp.next_due = b->next_due;
-            }
-
-        } else if (taken < op->disp.limit && b->scan < MR_PG_DISP_SCAN) {
-
-            /* more waited at the head than it looked past: again, wider */
-
+        if ((ngx_uint_t) n == b->scan && taken < op->disp.limit
+            && b->scan < MR_PG_DISP_SCAN)
+        {
             mr_pg->disp_waiting = ngx_min(2 * b->scan, MR_PG_DISP_SCAN);
-            op->disp.rescan = 1;      /* if it took none: no load */
             b->rescan = 1;
-            b->more = 1;
 
         } else {
             mr_pg->disp_waiting = passed + passed / 4;
+        }
+
+        if ((ngx_uint_t) n == b->scan) {
             b->more = 1;
+
+        } else if (!b->more && passed == 0 && req->res[2] != NULL
+                   && PQntuples(req->res[2]) == 1)
+        {
+            /*
+             * it may take all that was due (none waits for a slot that
+             * another worker or node may free): and when the next is
+             */
+
+            b->next_known = 1;
+            b->next_due = PQgetisnull(req->res[2], 0, 0)
+                          ? -1 : mr_pg_get_int(req->res[2], 0, 0);
+        }
+
+        if (b->cand->nelts == 0) {
+            mr_pg_disp_said(b, op, 0);    /* no load, no claim follows */
         }
 
         /* the routes are locked, and read again, with the candidates */
@@ -2737,6 +2740,17 @@ mr_pg_disp_claim(mr_pg_batch_t *b, mr_store_op_t *op)
         claimed += one;
     }
 
+    mr_pg_disp_said(b, op, claimed);
+
+    return 0;
+}
+
+
+/* what a dispatch claim tells the dispatcher */
+
+static void
+mr_pg_disp_said(mr_pg_batch_t *b, mr_store_op_t *op, ngx_uint_t claimed)
+{
     op->disp.claimed = claimed;
     op->disp.more = b->more;
     op->disp.rescan = b->rescan;
@@ -2750,8 +2764,6 @@ mr_pg_disp_claim(mr_pg_batch_t *b, mr_store_op_t *op)
 
     op->disp.next_known = (b->next_known && claimed == b->cand->nelts);
     op->disp.next_due = b->next_due;
-
-    return 0;
 }
 
 
