@@ -7,6 +7,9 @@
 -- POST /v1/executions with the account's key and an idempotency key of its
 -- own (SEED makes keys unique per run); "get": GET the account's execution.
 
+-- BENCH_INPUT_BYTES (environment): that many more bytes in each prompt
+prompt_pad = string.rep("x", tonumber(os.getenv("BENCH_INPUT_BYTES") or "0") or 0)
+
 local threads = 0
 
 function setup(thread)
@@ -42,7 +45,7 @@ function request()
     end
     headers["Content-Type"] = "application/json"
     local body = string.format(
-        '{"model":"%s","input":{"prompt":"hello"},'
+        '{"model":"%s","input":{"prompt":"hello' .. prompt_pad .. '"},'
         .. '"idempotency_key":"bench-%s-%d-%d"}', model, seed, thread_no,
         counter)
     return wrk.format("POST", "/v1/executions", headers, body)

@@ -38,7 +38,9 @@
 # BENCH_CONNECTIONS; the cluster allows 200 connections), BENCH_PG_STATS=1
 # (after each measure, PostgreSQL's statements by their time and its
 # sequential scans: pg_stat_statements), BENCH_PG_CONF (more
-# postgresql.conf lines, for experiments), BENCH_TMPDIR (build/),
+# postgresql.conf lines, for experiments), BENCH_INPUT_BYTES (0: that
+# many more bytes in each execution's prompt, for inputs of a real size;
+# post.lua and accounts.lua read it), BENCH_TMPDIR (build/),
 # BENCH_KEEP=1, MR_NGINX.
 #
 # Exit code: 1 if anything answered non-2xx, an execution did not complete,
@@ -283,7 +285,8 @@ CONF
 
 echo "bench: nginx $("$nginx" -v 2>&1 | sed 's|.*/||'), ${BENCH_WORKERS:-2} workers, durability full," \
      "on $(stat -f -c %T "$tmp") ($tmp), $(nproc) CPUs, PostgreSQL $("$pgbin/postgres" -V | awk '{ print $3 }')" \
-     "on the same machine; wrk -t$threads -c$conns -d${seconds}s; load average $(load)"
+     "on the same machine; wrk -t$threads -c$conns -d${seconds}s${BENCH_INPUT_BYTES:+, prompts $BENCH_INPUT_BYTES bytes longer};" \
+     "load average $(load)"
 
 cols=()
 run_pg() {    # run_pg COLUMN MODULE

@@ -7,6 +7,9 @@
 -- plain `return 202`), KEY the API key, SEED makes keys unique per run,
 -- MODEL the model (demo-chat).
 
+-- BENCH_INPUT_BYTES (environment): that many more bytes in each prompt
+prompt_pad = string.rep("x", tonumber(os.getenv("BENCH_INPUT_BYTES") or "0") or 0)
+
 local threads = 0
 
 function setup(thread)
@@ -28,7 +31,7 @@ end
 function request()
     counter = counter + 1
     local body = string.format(
-        '{"model":"%s","input":{"prompt":"hello"},'
+        '{"model":"%s","input":{"prompt":"hello' .. prompt_pad .. '"},'
         .. '"idempotency_key":"bench-%s-%d-%d"}', model, seed, thread_no,
         counter)
     return wrk.format("POST", path, headers, body)

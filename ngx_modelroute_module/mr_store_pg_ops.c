@@ -938,7 +938,7 @@ mr_pg_exec_put(mr_pg_rows_t *rs, mr_pg_ent_t *e)
         e->exec.rec.seg_len[i] = (uint32_t) e->exec.seg[i].len;
     }
 
-    bytes = mr_pg_exec_bytes(&e->exec);
+    bytes = mr_pg_ent_exec_bytes(e);
     live = !mr_status_terminal(e->exec.rec.status);
 
     if (e->found) {

@@ -183,6 +183,26 @@ mr_pg_exec_bytes(mr_exec_t *exec)
 }
 
 
+/*
+ * An execution of the batch: its input counts as stored until it ends
+ * (mr_rule_end() erases it), also when the batch loaded it without
+ */
+
+int64_t
+mr_pg_ent_exec_bytes(mr_pg_ent_t *e)
+{
+    int64_t  bytes;
+
+    bytes = mr_pg_exec_bytes(&e->exec);
+
+    if (e->input_out && !mr_status_terminal(e->exec.rec.status)) {
+        bytes += e->input_len;
+    }
+
+    return bytes;
+}
+
+
 int64_t
 mr_pg_wh_bytes(mr_wh_t *wh)
 {
@@ -484,9 +504,11 @@ mr_pg_rows_accounts(mr_pg_rows_t *rs, PGresult *res)
 
 
 static ngx_int_t
-mr_pg_rows_exec_at(mr_pg_rows_t *rs, PGresult *res, int row, int col)
+mr_pg_rows_exec_at(mr_pg_rows_t *rs, PGresult *res, int row, int col,
+    ngx_uint_t locked)
 {
     size_t        len;
+    int64_t       input;
     mr_pg_ent_t  *e;
 
     e = mr_pg_add(rs, MR_PG_EXEC, (u_char *) PQgetvalue(res, row, col),
@@ -510,8 +532,24 @@ mr_pg_rows_exec_at(mr_pg_rows_t *rs, PGresult *res, int row, int col)
         e->has_last = 1;
     }
 
+    if (locked) {
+
+        /* MR_EXEC_COLS_LOCKED: not ended, its input left where it is */
+
+        input = mr_pg_get_int(res, row, col + MR_EXEC_NCOLS);
+
+        if (input >= 0) {
+            if (e->exec.seg[MR_SEG_INPUT].len) {
+                return NGX_ERROR;
+            }
+
+            e->input_out = 1;
+            e->input_len = input;
+        }
+    }
+
     e->found = 1;
-    e->bytes = mr_pg_exec_bytes(&e->exec);
+    e->bytes = mr_pg_ent_exec_bytes(e);
     e->live = !mr_status_terminal(e->exec.rec.status);
 
     return NGX_OK;
@@ -524,7 +562,7 @@ mr_pg_rows_execs(mr_pg_rows_t *rs, PGresult *res)
     int  i;
 
     for (i = 0; i < PQntuples(res); i++) {
-        if (mr_pg_rows_exec_at(rs, res, i, 0) != NGX_OK) {
+        if (mr_pg_rows_exec_at(rs, res, i, 0, 1) != NGX_OK) {
             return NGX_ERROR;
         }
     }
@@ -561,7 +599,7 @@ mr_pg_rows_idem(mr_pg_rows_t *rs, PGresult *res)
         ngx_memcpy(e->exec_id_read, e->exec_id, MR_EXEC_ID_LEN);
 
         if (!PQgetisnull(res, i, 4)) {
-            if (mr_pg_rows_exec_at(rs, res, i, 4) != NGX_OK) {
+            if (mr_pg_rows_exec_at(rs, res, i, 4, 0) != NGX_OK) {
                 return NGX_ERROR;
             }
 
@@ -950,6 +988,15 @@ mr_pg_rows_write_execs(mr_pg_rows_t *rs, mr_pg_req_t *req)
         mr_pg_buf_hex(&b[18], r->fingerprint, MR_SHA256_LEN);
 
         for (i = 0; i < MR_SEG_N; i++) {
+            if (i == MR_SEG_INPUT && e->input_out) {
+
+                /* not loaded: kept ("-"), or erased if it ended ('') */
+
+                mr_pg_buf_str(&b[19 + i], (u_char *) "-",
+                              !mr_status_terminal(r->status));
+                continue;
+            }
+
             mr_pg_buf_str(&b[19 + i], e->exec.seg[i].data,
                           e->exec.seg[i].len);
         }

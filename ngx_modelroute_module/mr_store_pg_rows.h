@@ -63,6 +63,10 @@ struct mr_pg_ent_s {
     u_char                    last_dlv[MR_DLV_ID_LEN];
     unsigned                  has_last:1;
     unsigned                  exec_found:1;
+    unsigned                  input_out:1;   /* EXEC: loaded without its
+                                                input, of input_len bytes
+                                                (MR_EXEC_COLS_LOCKED) */
+    int64_t                   input_len;
 
     u_char                    org[MR_ORG_ID_LEN];  /* IDEM, REF, SECRET,
                                                       EVENT */
@@ -140,6 +144,7 @@ ngx_int_t mr_pg_parse_route(PGresult *res, int row, int col,
 
 /* what records cost their accounts, and the changes of their use */
 int64_t mr_pg_exec_bytes(mr_exec_t *exec);
+int64_t mr_pg_ent_exec_bytes(mr_pg_ent_t *e);
 int64_t mr_pg_wh_bytes(mr_wh_t *wh);
 int64_t mr_pg_key_bytes(mr_key_t *key);
 int64_t mr_pg_dlv_bytes(mr_dlv_t *dlv);

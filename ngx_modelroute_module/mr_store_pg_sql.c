@@ -246,7 +246,7 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
       MR_SQL_ACCOUNTS_READ "ORDER BY org FOR UPDATE", 0 },
 
     { "mr_lock_execs",
-      "SELECT " MR_EXEC_COLS " FROM mr_executions "
+      "SELECT " MR_EXEC_COLS_LOCKED " FROM mr_executions "
       "WHERE id = ANY($1::text[]) ORDER BY id FOR UPDATE", 0 },
 
     /*
@@ -321,7 +321,7 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
      * SKIP LOCKED never waits: the order of the locks does not matter.
      */
     { "mr_lock_due_execs",
-      "SELECT " MR_EXEC_COLS " FROM mr_executions "
+      "SELECT " MR_EXEC_COLS_LOCKED " FROM mr_executions "
       "WHERE id = ANY($1::text[]) AND coalesce(next_ms <= $2, false) "
       "FOR UPDATE SKIP LOCKED", 0 },
 
@@ -404,7 +404,7 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
       "AND expires_ms <= $1 ORDER BY expires_ms LIMIT $2", 0 },
 
     { "mr_lock_expired",
-      "SELECT " MR_EXEC_COLS " FROM mr_executions "
+      "SELECT " MR_EXEC_COLS_LOCKED " FROM mr_executions "
       "WHERE id = ANY($1::text[]) "
       "AND coalesce(status < 4 AND expires_ms <= $2, false) "
       "FOR UPDATE SKIP LOCKED", 0 },
@@ -457,6 +457,11 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
 
     /* ---- a batch: writes */
 
+    /*
+     * executions: an input of '' erases it (an execution that ended),
+     * any other keeps the one stored; a batch loads an execution not
+     * ended without its input and writes "-" for it (MR_EXEC_COLS_LOCKED)
+     */
     { "mr_w_execs",
       "INSERT INTO mr_executions (id, org, status, estimate, hold, cost, "
       "created_ms, expires_ms, started_ms, completed_ms, lease_until_ms, "

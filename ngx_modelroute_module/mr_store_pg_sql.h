@@ -118,6 +118,23 @@
     "model, idem_key, metadata, webhook_url, input, result, error, "          \
     "attempts, coalesce(last_dlv, '')"
 #define MR_EXEC_NCOLS            27
+
+/*
+ * The same for a batch's locks of executions: one not ended comes without
+ * its input ('' in its place, which the batch writes back as "kept":
+ * MR_SQL_W_EXECS), and with the input's length in one more column (-1 for
+ * an ended one, whose input is its own: none, since mr_rule_end()).  Only
+ * a provider's request reads an input (the dispatch request reads it
+ * with MR_SQL_EXECS): a claim and an outcome carried it twice each.
+ */
+#define MR_EXEC_COLS_LOCKED                                                   \
+    "id, org, status, estimate, hold, cost, created_ms, expires_ms, "         \
+    "started_ms, completed_ms, lease_until_ms, lease_owner, "                 \
+    "coalesce(next_ms, 0), ord, attempt_ms, nattempts, route, fingerprint, "  \
+    "model, idem_key, metadata, webhook_url, "                                \
+    "CASE WHEN status < 4 THEN '' ELSE input END, result, error, "            \
+    "attempts, coalesce(last_dlv, ''), "                                      \
+    "CASE WHEN status < 4 THEN octet_length(input) ELSE -1 END"
 #define MR_EXEC_SEG0             18     /* model: the first segment */
 
 #define MR_ACCT_COLS                                                          \
