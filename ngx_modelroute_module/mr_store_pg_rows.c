@@ -184,8 +184,9 @@ mr_pg_exec_bytes(mr_exec_t *exec)
 
 
 /*
- * An execution of the batch: its input counts as stored until it ends
- * (mr_rule_end() erases it), also when the batch loaded it without
+ * What an execution of the batch costs: its input counts until the
+ * execution ends (mr_rule_end() erases it), also when the batch loaded
+ * the execution without it (MR_EXEC_COLS_LOCKED)
  */
 
 int64_t

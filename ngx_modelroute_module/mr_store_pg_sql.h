@@ -121,11 +121,12 @@
 
 /*
  * The same for a batch's locks of executions: one not ended comes without
- * its input ('' in its place, which the batch writes back as "kept":
- * MR_SQL_W_EXECS), and with the input's length in one more column (-1 for
- * an ended one, whose input is its own: none, since mr_rule_end()).  Only
- * a provider's request reads an input (the dispatch request reads it
- * with MR_SQL_EXECS): a claim and an outcome carried it twice each.
+ * its input ('' in its place; the batch writes it back as "-", kept:
+ * MR_SQL_W_EXECS), and with the input's length in one more column (-1
+ * for an ended one, which comes whole: it has no input since
+ * mr_rule_end()).  No rule reads an input; a provider's request and a
+ * callback's cost do, from reads of their own (MR_SQL_EXECS, MR_SQL_EXEC):
+ * a claim and an outcome carried it twice each.
  */
 #define MR_EXEC_COLS_LOCKED                                                   \
     "id, org, status, estimate, hold, cost, created_ms, expires_ms, "         \

@@ -138,6 +138,8 @@ ok($rc->wait_requests(1, path => '/held', timeout => 20),
 ok(wait_for(sub { status_of($held) eq 'PROCESSING' }, 10),
     'm-held: PROCESSING');
 is(stored($held), $len, 'its input kept by its claim');
+my $v = $t->verify($acc->{org});
+ok($v->{ok}, 'the use verified while it runs') or diag explain $v;
 my $c = $t->req(POST => "/v1/executions/$held/cancel", auth($key));
 is($c->{json}{status}, 'CANCELLED', 'cancelled');
 is(stored($held), 0, 'its input erased by the cancel');
@@ -147,13 +149,15 @@ $rc->release('held');
 ok(wait_for(sub { status_of($none) eq 'EXPIRED' }, 20), 'm-none: EXPIRED');
 is(stored($none), 0, 'its input erased by the expiry');
 
-# ---- the input went to PostgreSQL once, with its create
+# ---- the input went to PostgreSQL once, with its create (before: also
+# with each claim and outcome of m-two and m-held; m-none's expiry
+# erases its input, and always did)
 for my $id ($two, $held, $none) {
     is(writes_of($prompt{$id}[0]), 1,
         "$id: one statement carried its input");
 }
 
-my $v = $t->verify($acc->{org});
+$v = $t->verify($acc->{org});
 ok($v->{ok}, 'ledger and use verified') or diag explain $v;
 
 $t->stop;
