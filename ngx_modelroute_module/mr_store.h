@@ -553,6 +553,8 @@ struct mr_store_read_s {
     u_char                    org[MR_ORG_ID_LEN]; /* the caller's */
     u_char                   *ids;            /* MR_EXEC_ID_LEN each */
     ngx_uint_t                nids;
+    ngx_uint_t                brief;          /* MR_READ_EXECS: segments
+                                                 may be left empty */
     ngx_uint_t                limit;
     ngx_str_t                 after;
     const char               *name;

@@ -230,7 +230,9 @@ mr_pg_read_send(mr_pg_conn_t *pc, mr_store_read_t *rd,
         }
 
         v[0] = mr_pg_buf_end(&b);
-        rc = v[0] ? mr_pg_send(req, MR_SQL_EXECS, 1, v, NULL) : NGX_ERROR;
+        rc = v[0] ? mr_pg_send(req, rd->brief ? MR_SQL_EXECS_BRIEF
+                                              : MR_SQL_EXECS, 1, v, NULL)
+                  : NGX_ERROR;
         break;
 
     case MR_READ_EXEC_LIST:

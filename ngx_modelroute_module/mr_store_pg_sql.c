@@ -782,6 +782,14 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
      */
     { "mr_disp_after",
       "SELECT min(next_ms) FROM mr_executions WHERE next_ms > $1", 0 },
+
+    /*
+     * the dispatch's watch of its attempts in flight, every 200 ms: their
+     * status and lease, not their inputs, results and attempts
+     */
+    { "mr_execs_brief",
+      "SELECT " MR_EXEC_COLS_BRIEF " FROM mr_executions "
+      "WHERE id = ANY($1::text[])", 0 },
 };
 
 

@@ -106,7 +106,10 @@
 /* ---- a dispatch claim: when the next is due after the ones it read */
 #define MR_SQL_DISP_AFTER       78
 
-#define MR_SQL_N                79
+/* ---- executions without their segments (the dispatch's watch) */
+#define MR_SQL_EXECS_BRIEF      79
+
+#define MR_SQL_N                80
 
 
 /* the columns of a row, by position */
@@ -118,6 +121,13 @@
     "model, idem_key, metadata, webhook_url, input, result, error, "          \
     "attempts, coalesce(last_dlv, '')"
 #define MR_EXEC_NCOLS            27
+
+/* the same with every segment '' (MR_READ_EXECS, brief) */
+#define MR_EXEC_COLS_BRIEF                                                    \
+    "id, org, status, estimate, hold, cost, created_ms, expires_ms, "         \
+    "started_ms, completed_ms, lease_until_ms, lease_owner, "                 \
+    "coalesce(next_ms, 0), ord, attempt_ms, nattempts, route, fingerprint, "  \
+    "'', '', '', '', '', '', '', '', coalesce(last_dlv, '')"
 
 /*
  * The same for a batch's locks of executions: one not ended comes without

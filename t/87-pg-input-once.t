@@ -12,7 +12,9 @@
 # provider that fails the first route's attempt shows that the second
 # attempt's request carries the whole input; the rows show the input kept
 # while the execution runs and erased when it ends (completed, cancelled,
-# expired), and verify() that the account's use was counted right.
+# expired), and verify() that the account's use was counted right.  The
+# dispatch's watch of an attempt in flight (every 200 ms) reads its
+# execution without the input, result and attempts (mr_execs_brief).
 use strict;
 use warnings;
 use FindBin;
@@ -94,22 +96,25 @@ sub stored {
     return $n;
 }
 
-# the statements executed with the marker in their parameters
-sub writes_of {
-    my ($marker) = @_;
+# the statements executed since the log's offset $off with $text in
+# their parameters (those of the prepared statement $name only, if given)
+sub executed {
+    my ($text, $off, $name) = @_;
     open my $fh, '<', MR::Test::pg_cluster()->{dir} . '/log' or return -1;
-    seek $fh, $from, 0;
+    seek $fh, $off, 0;
     my ($n, $execute) = (0, 0);
     while (my $l = <$fh>) {
         # each statement's parameters follow its bind and its execute
-        if ($l =~ /LOG:\s+duration: [\d.]+ ms\s+(\w+)/) {
-            $execute = $1 eq 'execute';
+        if ($l =~ /LOG:\s+duration: [\d.]+ ms\s+(\w+) ([^:]*):/) {
+            $execute = $1 eq 'execute' && (!defined $name || $2 eq $name);
         } elsif ($execute && $l =~ /DETAIL:\s+parameters:/) {
-            $n++ if index($l, $marker) >= 0;
+            $n++ if index($l, $text) >= 0;
         }
     }
     return $n;
 }
+
+sub writes_of { executed($_[0], $from) }
 
 # ---- one no route takes: its input stored by its create (the other
 # executions' inputs have the same length)
@@ -138,6 +143,14 @@ ok($rc->wait_requests(1, path => '/held', timeout => 20),
 ok(wait_for(sub { status_of($held) eq 'PROCESSING' }, 10),
     'm-held: PROCESSING');
 is(stored($held), $len, 'its input kept by its claim');
+
+# the dispatch watches its attempt in flight every 200 ms: it reads the
+# execution's status and lease, not its input (before: the whole row)
+my $mark = MR::Test::pg_log_mark();
+ok(wait_for(sub { executed($held, $mark, 'mr_execs_brief') >= 3 }, 20),
+    'm-held: its attempt watched three times');
+is(executed($held, $mark, 'mr_execs'), 0,
+    'and its whole row read by none of them');
 my $v = $t->verify($acc->{org});
 ok($v->{ok}, 'the use verified while it runs') or diag explain $v;
 my $c = $t->req(POST => "/v1/executions/$held/cancel", auth($key));
