@@ -356,6 +356,7 @@ mr_api_get(ngx_http_request_t *r, ngx_uint_t result)
 
     ngx_memcpy(rd->id, ctx->id.data, MR_EXEC_ID_LEN);
     rd->arg = result;
+    rd->parts = MR_PARTS_SHOWN;
 
     if (mr_http_read(r, rd, mr_api_read) == NGX_DONE) {
         return NGX_DONE;

@@ -1857,7 +1857,7 @@ mr_dispatch_watch(ngx_event_t *ev)
 
         if (rd) {
             rd->type = MR_READ_EXECS;
-            rd->brief = 1;           /* their status and lease */
+            rd->parts = MR_PARTS_STATE;    /* their status and lease */
             rd->pool = pool;
             rd->data = req;
             rd->handler = mr_dispatch_watch_read;

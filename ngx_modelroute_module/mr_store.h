@@ -535,6 +535,16 @@ struct mr_store_op_s {
 
 typedef struct mr_store_read_s  mr_store_read_t;
 
+/*
+ * What a read of executions needs of them; a backend may give more (the
+ * LMDB store copies whole records): the parts left out are empty
+ */
+#define MR_PARTS_WHOLE       0
+#define MR_PARTS_SHOWN       1       /* all but the input: what the API
+                                        shows, and no input */
+#define MR_PARTS_STATE       2       /* the record: status, lease... (no
+                                        segment) */
+
 typedef void (*mr_store_read_handler_pt)(mr_store_read_t *rd);
 
 struct mr_store_read_s {
@@ -553,8 +563,8 @@ struct mr_store_read_s {
     u_char                    org[MR_ORG_ID_LEN]; /* the caller's */
     u_char                   *ids;            /* MR_EXEC_ID_LEN each */
     ngx_uint_t                nids;
-    ngx_uint_t                brief;          /* MR_READ_EXECS: segments
-                                                 may be left empty */
+    ngx_uint_t                parts;          /* MR_READ_EXEC(S): the
+                                                 parts needed, MR_PARTS_* */
     ngx_uint_t                limit;
     ngx_str_t                 after;
     const char               *name;

@@ -1655,7 +1655,7 @@ mr_pg_gather_handler(ngx_event_t *ev)
             next = ngx_queue_next(q);
             one[n] = ngx_queue_data(q, mr_store_read_t, queue);
 
-            if (one[n]->type == rd->type) {
+            if (one[n]->type == rd->type && one[n]->parts == rd->parts) {
                 ngx_queue_remove(q);
                 n++;
             }
@@ -1686,6 +1686,7 @@ mr_pg_gather_handler(ngx_event_t *ev)
 
         g->pool = pool;
         g->type = rd->type;
+        g->parts = rd->parts;
         g->n = n;
         ngx_memcpy(g->rd, one, n * sizeof(mr_store_read_t *));
 

@@ -80,6 +80,7 @@ typedef struct {
 typedef struct {
     ngx_pool_t               *pool;          /* the group's own */
     ngx_uint_t                type;          /* MR_READ_AUTH, MR_READ_EXEC */
+    ngx_uint_t                parts;         /* MR_READ_EXEC: MR_PARTS_* */
     ngx_uint_t                n;
     mr_store_read_t          *rd[MR_PG_GROUP_MAX];
 } mr_pg_group_t;

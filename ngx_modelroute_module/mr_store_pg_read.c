@@ -44,6 +44,7 @@ static ngx_int_t mr_pg_read_verify(mr_store_read_t *rd, PGresult *res);
 static ngx_int_t mr_pg_read_states(mr_store_read_t *rd, PGresult *res);
 static ngx_int_t mr_pg_read_failed(mr_store_read_t *rd, PGresult *res);
 static ngx_pool_t *mr_pg_read_pool(mr_store_read_t *rd);
+static ngx_uint_t mr_pg_execs_stmt(ngx_uint_t parts);
 
 
 /* changed whenever the key cache is emptied (mr_pg_keys_forget()) */
@@ -219,7 +220,10 @@ mr_pg_read_send(mr_pg_conn_t *pc, mr_store_read_t *rd,
 
     case MR_READ_EXEC:
         v[0] = mr_pg_str(pool, rd->id, MR_EXEC_ID_LEN);
-        rc = v[0] ? mr_pg_send(req, MR_SQL_EXEC, 1, v, NULL) : NGX_ERROR;
+        rc = v[0] ? mr_pg_send(req, rd->parts == MR_PARTS_WHOLE
+                                    ? MR_SQL_EXEC : MR_SQL_EXEC_SHOWN,
+                               1, v, NULL)
+                  : NGX_ERROR;
         break;
 
     case MR_READ_EXECS:
@@ -230,8 +234,7 @@ mr_pg_read_send(mr_pg_conn_t *pc, mr_store_read_t *rd,
         }
 
         v[0] = mr_pg_buf_end(&b);
-        rc = v[0] ? mr_pg_send(req, rd->brief ? MR_SQL_EXECS_BRIEF
-                                              : MR_SQL_EXECS, 1, v, NULL)
+        rc = v[0] ? mr_pg_send(req, mr_pg_execs_stmt(rd->parts), 1, v, NULL)
                   : NGX_ERROR;
         break;
 
@@ -378,6 +381,22 @@ mr_pg_read_send(mr_pg_conn_t *pc, mr_store_read_t *rd,
 }
 
 
+/* the statement that reads executions by their ids, for these parts */
+
+static ngx_uint_t
+mr_pg_execs_stmt(ngx_uint_t parts)
+{
+    switch (parts) {
+    case MR_PARTS_SHOWN:
+        return MR_SQL_EXECS_SHOWN;
+    case MR_PARTS_STATE:
+        return MR_SQL_EXECS_STATE;
+    default:
+        return MR_SQL_EXECS;
+    }
+}
+
+
 /*
  * ---- reads grouped: the keys (by their hashes) and the executions (by
  * their ids) that requests asked for in one turn of the event loop are
@@ -442,8 +461,8 @@ mr_pg_group_send(mr_pg_conn_t *pc, mr_pg_group_t *g,
     v[0] = mr_pg_buf_end(&b);
 
     rc = (v[0] == NULL) ? NGX_ERROR
-         : mr_pg_send(req, (g->type == MR_READ_AUTH) ? MR_SQL_AUTHS
-                                                      : MR_SQL_EXECS,
+         : mr_pg_send(req, (g->type == MR_READ_AUTH)
+                           ? MR_SQL_AUTHS : mr_pg_execs_stmt(g->parts),
                       1, v, NULL);
 
     if (rc != NGX_OK) {

@@ -48,6 +48,15 @@
     "e.webhook_url, e.input, e.result, e.error, e.attempts, "                 \
     "coalesce(e.last_dlv, '')"
 
+/* the same without the input: a list shows none */
+#define MR_EXEC_COLS_E_SHOWN                                                  \
+    "e.id, e.org, e.status, e.estimate, e.hold, e.cost, e.created_ms, "       \
+    "e.expires_ms, e.started_ms, e.completed_ms, e.lease_until_ms, "          \
+    "e.lease_owner, coalesce(e.next_ms, 0), e.ord, e.attempt_ms, "            \
+    "e.nattempts, e.route, e.fingerprint, e.model, e.idem_key, e.metadata, "  \
+    "e.webhook_url, '', e.result, e.error, e.attempts, "                      \
+    "coalesce(e.last_dlv, '')"
+
 
 /*
  * the accounts named ($1), and those of the executions, keys, endpoints
@@ -112,7 +121,7 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
      * join, in a generic plan made for a tenth of an account's
      * executions ($6 unknown), could be a hash over all of them */
     { "mr_list",
-      "SELECT s.id, s.m::int, " MR_EXEC_COLS_E " FROM ("
+      "SELECT s.id, s.m::int, " MR_EXEC_COLS_E_SHOWN " FROM ("
       "SELECT id, ord, m, count(*) FILTER (WHERE m) "
       "OVER (ORDER BY ord DESC, id DESC) AS k FROM ("
       "SELECT id, ord, (($3::int = 0 OR status = $3::int) "
@@ -784,11 +793,19 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
       "SELECT min(next_ms) FROM mr_executions WHERE next_ms > $1", 0 },
 
     /*
-     * the dispatch's watch of its attempts in flight, every 200 ms: their
-     * status and lease, not their inputs, results and attempts
+     * executions without some of their parts (MR_PARTS_*): the
+     * dispatch's watch of its attempts in flight, every 200 ms, reads
+     * their status and lease; the API shows no input
      */
-    { "mr_execs_brief",
-      "SELECT " MR_EXEC_COLS_BRIEF " FROM mr_executions "
+    { "mr_execs_state",
+      "SELECT " MR_EXEC_COLS_STATE " FROM mr_executions "
+      "WHERE id = ANY($1::text[])", 0 },
+
+    { "mr_exec_shown",
+      "SELECT " MR_EXEC_COLS_SHOWN " FROM mr_executions WHERE id = $1", 0 },
+
+    { "mr_execs_shown",
+      "SELECT " MR_EXEC_COLS_SHOWN " FROM mr_executions "
       "WHERE id = ANY($1::text[])", 0 },
 };
 

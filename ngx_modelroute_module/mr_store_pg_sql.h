@@ -106,10 +106,12 @@
 /* ---- a dispatch claim: when the next is due after the ones it read */
 #define MR_SQL_DISP_AFTER       78
 
-/* ---- executions without their segments (the dispatch's watch) */
-#define MR_SQL_EXECS_BRIEF      79
+/* ---- executions without some of their parts (MR_PARTS_*) */
+#define MR_SQL_EXECS_STATE      79
+#define MR_SQL_EXEC_SHOWN       80
+#define MR_SQL_EXECS_SHOWN      81
 
-#define MR_SQL_N                80
+#define MR_SQL_N                82
 
 
 /* the columns of a row, by position */
@@ -122,8 +124,16 @@
     "attempts, coalesce(last_dlv, '')"
 #define MR_EXEC_NCOLS            27
 
-/* the same with every segment '' (MR_READ_EXECS, brief) */
-#define MR_EXEC_COLS_BRIEF                                                    \
+/* the same without the input (MR_PARTS_SHOWN) */
+#define MR_EXEC_COLS_SHOWN                                                    \
+    "id, org, status, estimate, hold, cost, created_ms, expires_ms, "         \
+    "started_ms, completed_ms, lease_until_ms, lease_owner, "                 \
+    "coalesce(next_ms, 0), ord, attempt_ms, nattempts, route, fingerprint, "  \
+    "model, idem_key, metadata, webhook_url, '', result, error, "             \
+    "attempts, coalesce(last_dlv, '')"
+
+/* the same with every segment '' (MR_PARTS_STATE) */
+#define MR_EXEC_COLS_STATE                                                    \
     "id, org, status, estimate, hold, cost, created_ms, expires_ms, "         \
     "started_ms, completed_ms, lease_until_ms, lease_owner, "                 \
     "coalesce(next_ms, 0), ord, attempt_ms, nattempts, route, fingerprint, "  \

@@ -138,11 +138,12 @@ sub groups_in_log {
     seek $fh, $from, 0;
     my ($auths, $execs, $stmt) = (0, 0, '');
     while (<$fh>) {
-        if (/execute (mr_auths|mr_execs):/) { $stmt = $1; next }
+        # a GET reads an execution without its input (mr_execs_shown)
+        if (/execute (mr_auths|mr_execs_shown):/) { $stmt = $1; next }
         if ($stmt && /DETAIL:\s+parameters: \$1 = '\{([^}]*)\}'/) {
             my $n = () = $1 =~ /,/g;
             $auths++ if $stmt eq 'mr_auths' && $n >= 1;
-            $execs++ if $stmt eq 'mr_execs' && $n >= 1;
+            $execs++ if $stmt eq 'mr_execs_shown' && $n >= 1;
         }
         $stmt = '';
     }

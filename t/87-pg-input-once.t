@@ -14,7 +14,8 @@
 # while the execution runs and erased when it ends (completed, cancelled,
 # expired), and verify() that the account's use was counted right.  The
 # dispatch's watch of an attempt in flight (every 200 ms) reads its
-# execution without the input, result and attempts (mr_execs_brief).
+# execution without the input, result and attempts (mr_execs_state);
+# the API's reads of an execution (GET, list) read no input.
 use strict;
 use warnings;
 use FindBin;
@@ -147,7 +148,7 @@ is(stored($held), $len, 'its input kept by its claim');
 # the dispatch watches its attempt in flight every 200 ms: it reads the
 # execution's status and lease, not its input (before: the whole row)
 my $mark = MR::Test::pg_log_mark();
-ok(wait_for(sub { executed($held, $mark, 'mr_execs_brief') >= 3 }, 20),
+ok(wait_for(sub { executed($held, $mark, 'mr_execs_state') >= 3 }, 20),
     'm-held: its attempt watched three times');
 is(executed($held, $mark, 'mr_execs'), 0,
     'and its whole row read by none of them');
@@ -161,6 +162,19 @@ $rc->release('held');
 # ---- the one no route takes: expired by the sweeper
 ok(wait_for(sub { status_of($none) eq 'EXPIRED' }, 20), 'm-none: EXPIRED');
 is(stored($none), 0, 'its input erased by the expiry');
+
+# ---- the input came back for each attempt only: the dispatch request's
+# read of the whole row (mr_execs); this test's GETs read none
+is(executed($two, $from, 'mr_execs'), 2, "$two: read whole for its 2 attempts");
+is(executed($held, $from, 'mr_execs'), 1, "$held: read whole for its attempt");
+is(executed($held, $from, 'mr_exec') + executed($two, $from, 'mr_exec'), 0,
+    'and by no GET');
+ok(executed($held, $from, 'mr_execs_shown')
+    + executed($held, $from, 'mr_exec_shown') > 0,
+    'the GETs read it without its input');
+my $l = $t->req(GET => '/v1/executions?limit=10', auth($key));
+is($l->{status}, 200, 'the list');
+is(scalar @{ $l->{json}{data} // [] }, 3, 'shows the three executions');
 
 # ---- the input went to PostgreSQL once, with its create (before: also
 # with each claim and outcome of m-two and m-held; m-none's expiry
