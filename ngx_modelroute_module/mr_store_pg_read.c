@@ -219,6 +219,9 @@ mr_pg_read_send(mr_pg_conn_t *pc, mr_store_read_t *rd,
         break;
 
     case MR_READ_EXEC:
+
+        /* a part of it: all but the input (more than MR_PARTS_STATE) */
+
         v[0] = mr_pg_str(pool, rd->id, MR_EXEC_ID_LEN);
         rc = v[0] ? mr_pg_send(req, rd->parts == MR_PARTS_WHOLE
                                     ? MR_SQL_EXEC : MR_SQL_EXEC_SHOWN,

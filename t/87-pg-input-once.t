@@ -106,8 +106,9 @@ sub executed {
     my ($n, $execute) = (0, 0);
     while (my $l = <$fh>) {
         # each statement's parameters follow its bind and its execute
-        if ($l =~ /LOG:\s+duration: [\d.]+ ms\s+(\w+) ([^:]*):/) {
-            $execute = $1 eq 'execute' && (!defined $name || $2 eq $name);
+        if ($l =~ /LOG:\s+duration: [\d.]+ ms\s+(\w+)(?: ([^:]*))?:/) {
+            $execute = $1 eq 'execute'
+                && (!defined $name || ($2 // '') eq $name);
         } elsif ($execute && $l =~ /DETAIL:\s+parameters:/) {
             $n++ if index($l, $text) >= 0;
         }
