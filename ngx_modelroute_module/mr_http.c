@@ -36,7 +36,7 @@ static void mr_http_unblock(ngx_http_request_t *r);
 
 
 #define MR_HTTP_WAITS     8       /* runs again of one request, at most */
-#define MR_JSON_DUMP_BUF  4096    /* mr_json_dump(): one pass up to this */
+#define MR_JSON_DUMP_BUF  4096    /* mr_json_dump(): on the stack up to this */
 
 
 static mr_error_t  mr_errors[] = {
@@ -1206,38 +1206,85 @@ mr_json_detail(json_t *details, const char *field, const char *code,
 
 
 /*
- * One encoding when the text fits the stack's buffer (a provider's
- * request, a result, an error body: nearly always), a second into memory
- * of its exact size when it does not: jansson says the size it needed.
+ * One encoding, whatever the size: into the stack's buffer while it fits
+ * (a provider's request, a result, an error body: nearly always), then
+ * into memory of the pool that doubles as the text grows.  (Into the
+ * buffer first and again into memory of the size jansson said, a text
+ * larger than the buffer was encoded twice: with inputs of 8 KB, a sixth
+ * of the gateway's JSON work.)
  */
+
+typedef struct {
+    ngx_pool_t  *pool;
+    u_char      *start;
+    u_char      *last;
+    u_char      *end;
+} mr_json_out_t;
+
+
+static int
+mr_json_out(const char *buffer, size_t size, void *data)
+{
+    mr_json_out_t *o = data;
+
+    size_t   len, cap;
+    u_char  *p;
+
+    if ((size_t) (o->end - o->last) < size) {
+        len = o->last - o->start;
+        cap = ngx_max(2 * (size_t) (o->end - o->start), len + size);
+
+        p = ngx_pnalloc(o->pool, cap);
+        if (p == NULL) {
+            return -1;
+        }
+
+        ngx_memcpy(p, o->start, len);
+
+        o->start = p;
+        o->last = p + len;
+        o->end = p + cap;
+    }
+
+    o->last = ngx_cpymem(o->last, buffer, size);
+
+    return 0;
+}
+
 
 ngx_int_t
 mr_json_dump(ngx_pool_t *pool, json_t *json, ngx_str_t *out)
 {
-    size_t  n;
-    u_char  buf[MR_JSON_DUMP_BUF];
+    u_char         buf[MR_JSON_DUMP_BUF];
+    mr_json_out_t  o;
 
-    n = json_dumpb(json, (char *) buf, sizeof(buf),
-                   JSON_COMPACT | JSON_ENCODE_ANY);
-    if (n == 0) {
+    o.pool = pool;
+    o.start = buf;
+    o.last = buf;
+    o.end = buf + sizeof(buf);
+
+    if (json_dump_callback(json, mr_json_out, &o,
+                           JSON_COMPACT | JSON_ENCODE_ANY)
+        != 0)
+    {
         return NGX_ERROR;
     }
 
-    out->data = ngx_pnalloc(pool, n);
+    out->len = o.last - o.start;
+
+    if (o.start != buf) {
+        out->data = o.start;
+        return NGX_OK;
+    }
+
+    out->data = ngx_pnalloc(pool, out->len ? out->len : 1);
     if (out->data == NULL) {
         return NGX_ERROR;
     }
 
-    if (n <= sizeof(buf)) {
-        ngx_memcpy(out->data, buf, n);
-        out->len = n;
-        return NGX_OK;
-    }
+    ngx_memcpy(out->data, buf, out->len);
 
-    out->len = json_dumpb(json, (char *) out->data, n,
-                          JSON_COMPACT | JSON_ENCODE_ANY);
-
-    return out->len == n ? NGX_OK : NGX_ERROR;
+    return NGX_OK;
 }
 
 
