@@ -7,15 +7,8 @@
 -- POST /v1/executions with the account's key and an idempotency key of its
 -- own (SEED makes keys unique per run); "get": GET the account's execution.
 
--- BENCH_INPUT_BYTES (environment): that many more bytes in each prompt,
--- random letters (as little compressible as text: PostgreSQL compresses
--- a long value)
-local pad_bytes = tonumber(os.getenv("BENCH_INPUT_BYTES") or "0") or 0
-local pad = {}
-for i = 1, pad_bytes do
-    pad[i] = string.char(97 + math.random(0, 25))
-end
-prompt_pad = table.concat(pad)
+-- prompt_pad: BENCH_INPUT_BYTES more bytes for each prompt (pad.lua)
+dofile((debug.getinfo(1, "S").source:match("^@(.*/)") or "./") .. "pad.lua")
 
 local threads = 0
 
