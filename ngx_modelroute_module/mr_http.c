@@ -1208,7 +1208,8 @@ mr_json_detail(json_t *details, const char *field, const char *code,
 /*
  * One encoding, whatever the size: into the stack's buffer while it fits
  * (a provider's request, a result, an error body: nearly always), then
- * into memory of the pool that doubles as the text grows.  (Into the
+ * into memory of the pool that doubles as the text grows (each block
+ * freed as the next takes over: a large allocation of the pool).  (Into the
  * buffer first and again into memory of the size jansson said, a text
  * larger than the buffer was encoded twice: with inputs of 8 KB, a sixth
  * of the gateway's JSON work.)
@@ -1216,6 +1217,7 @@ mr_json_detail(json_t *details, const char *field, const char *code,
 
 typedef struct {
     ngx_pool_t  *pool;
+    u_char      *buf;                /* the stack's */
     u_char      *start;
     u_char      *last;
     u_char      *end;
@@ -1241,6 +1243,10 @@ mr_json_out(const char *buffer, size_t size, void *data)
 
         ngx_memcpy(p, o->start, len);
 
+        if (o->start != o->buf) {
+            (void) ngx_pfree(o->pool, o->start);    /* a large block */
+        }
+
         o->start = p;
         o->last = p + len;
         o->end = p + cap;
@@ -1259,6 +1265,7 @@ mr_json_dump(ngx_pool_t *pool, json_t *json, ngx_str_t *out)
     mr_json_out_t  o;
 
     o.pool = pool;
+    o.buf = buf;
     o.start = buf;
     o.last = buf;
     o.end = buf + sizeof(buf);
