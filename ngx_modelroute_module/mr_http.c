@@ -1208,11 +1208,9 @@ mr_json_detail(json_t *details, const char *field, const char *code,
 /*
  * One encoding, whatever the size: into the stack's buffer while it fits
  * (a provider's request, a result, an error body: nearly always), then
- * into memory of the pool that doubles as the text grows (each block
- * freed as the next takes over: a large allocation of the pool).  (Into the
- * buffer first and again into memory of the size jansson said, a text
- * larger than the buffer was encoded twice: with inputs of 8 KB, a sixth
- * of the gateway's JSON work.)
+ * into pool memory that doubles as the text grows, each outgrown block
+ * freed (a large allocation of the pool).  Encoding into the buffer and
+ * again into memory of the size jansson said encoded a long text twice.
  */
 
 typedef struct {

@@ -40,22 +40,20 @@
 #include "mr_store_pg_sql.h"
 
 
-#define MR_EXEC_COLS_E                                                        \
+/* MR_EXEC_COLS of "e" (the input '' in _SHOWN: a list shows none) */
+#define MR_EXEC_COLS_E_REC                                                    \
     "e.id, e.org, e.status, e.estimate, e.hold, e.cost, e.created_ms, "       \
     "e.expires_ms, e.started_ms, e.completed_ms, e.lease_until_ms, "          \
     "e.lease_owner, coalesce(e.next_ms, 0), e.ord, e.attempt_ms, "            \
     "e.nattempts, e.route, e.fingerprint, e.model, e.idem_key, e.metadata, "  \
-    "e.webhook_url, e.input, e.result, e.error, e.attempts, "                 \
-    "coalesce(e.last_dlv, '')"
+    "e.webhook_url, "
+#define MR_EXEC_COLS_E_AFTER                                                  \
+    "e.result, e.error, e.attempts, coalesce(e.last_dlv, '')"
 
-/* the same without the input: a list shows none */
+#define MR_EXEC_COLS_E                                                        \
+    MR_EXEC_COLS_E_REC "e.input, " MR_EXEC_COLS_E_AFTER
 #define MR_EXEC_COLS_E_SHOWN                                                  \
-    "e.id, e.org, e.status, e.estimate, e.hold, e.cost, e.created_ms, "       \
-    "e.expires_ms, e.started_ms, e.completed_ms, e.lease_until_ms, "          \
-    "e.lease_owner, coalesce(e.next_ms, 0), e.ord, e.attempt_ms, "            \
-    "e.nattempts, e.route, e.fingerprint, e.model, e.idem_key, e.metadata, "  \
-    "e.webhook_url, '', e.result, e.error, e.attempts, "                      \
-    "coalesce(e.last_dlv, '')"
+    MR_EXEC_COLS_E_REC "'', " MR_EXEC_COLS_E_AFTER
 
 
 /*

@@ -116,28 +116,31 @@
 
 /* the columns of a row, by position */
 
-#define MR_EXEC_COLS                                                          \
+/*
+ * An execution: its record's columns, then its segments from
+ * MR_EXEC_SEG0 on, in MR_SEG_* order, and its last delivery; the
+ * variants leave some segments '' (MR_PARTS_*)
+ */
+#define MR_EXEC_COLS_REC                                                      \
     "id, org, status, estimate, hold, cost, created_ms, expires_ms, "         \
     "started_ms, completed_ms, lease_until_ms, lease_owner, "                 \
-    "coalesce(next_ms, 0), ord, attempt_ms, nattempts, route, fingerprint, "  \
-    "model, idem_key, metadata, webhook_url, input, result, error, "          \
-    "attempts, coalesce(last_dlv, '')"
+    "coalesce(next_ms, 0), ord, attempt_ms, nattempts, route, fingerprint, "
+#define MR_EXEC_COLS_AFTER                                                    \
+    "result, error, attempts, coalesce(last_dlv, '')"
+
+#define MR_EXEC_COLS                                                          \
+    MR_EXEC_COLS_REC "model, idem_key, metadata, webhook_url, input, "        \
+    MR_EXEC_COLS_AFTER
 #define MR_EXEC_NCOLS            27
 
 /* the same without the input (MR_PARTS_SHOWN) */
 #define MR_EXEC_COLS_SHOWN                                                    \
-    "id, org, status, estimate, hold, cost, created_ms, expires_ms, "         \
-    "started_ms, completed_ms, lease_until_ms, lease_owner, "                 \
-    "coalesce(next_ms, 0), ord, attempt_ms, nattempts, route, fingerprint, "  \
-    "model, idem_key, metadata, webhook_url, '', result, error, "             \
-    "attempts, coalesce(last_dlv, '')"
+    MR_EXEC_COLS_REC "model, idem_key, metadata, webhook_url, '', "           \
+    MR_EXEC_COLS_AFTER
 
 /* the same with every segment '' (MR_PARTS_STATE) */
 #define MR_EXEC_COLS_STATE                                                    \
-    "id, org, status, estimate, hold, cost, created_ms, expires_ms, "         \
-    "started_ms, completed_ms, lease_until_ms, lease_owner, "                 \
-    "coalesce(next_ms, 0), ord, attempt_ms, nattempts, route, fingerprint, "  \
-    "'', '', '', '', '', '', '', '', coalesce(last_dlv, '')"
+    MR_EXEC_COLS_REC "'', '', '', '', '', '', '', '', coalesce(last_dlv, '')"
 
 /*
  * The same for a batch's locks of executions: one not ended comes without
@@ -149,12 +152,8 @@
  * a claim and an outcome carried it twice each.
  */
 #define MR_EXEC_COLS_LOCKED                                                   \
-    "id, org, status, estimate, hold, cost, created_ms, expires_ms, "         \
-    "started_ms, completed_ms, lease_until_ms, lease_owner, "                 \
-    "coalesce(next_ms, 0), ord, attempt_ms, nattempts, route, fingerprint, "  \
-    "model, idem_key, metadata, webhook_url, "                                \
-    "CASE WHEN status < 4 THEN '' ELSE input END, result, error, "            \
-    "attempts, coalesce(last_dlv, ''), "                                      \
+    MR_EXEC_COLS_REC "model, idem_key, metadata, webhook_url, "               \
+    "CASE WHEN status < 4 THEN '' ELSE input END, " MR_EXEC_COLS_AFTER ", "   \
     "CASE WHEN status < 4 THEN octet_length(input) ELSE -1 END"
 #define MR_EXEC_SEG0             18     /* model: the first segment */
 

@@ -22,13 +22,13 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
 use MR::Test qw(:all);
-use MR::Receiver qw(chat_answer);
+use MR::Receiver qw(chat_completion);
 
 my $rc = MR::Receiver->new;
 $rc->start;
 my $RPORT = $rc->port;
 
-my $CHAT = chat_answer();
+my $CHAT = chat_completion();
 
 my $http = <<"EOF";
 modelroute_store %%STORE%%;

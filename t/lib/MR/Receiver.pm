@@ -65,7 +65,7 @@ use Time::HiRes qw(time sleep);
 use Exporter 'import';
 our @EXPORT_OK = qw(signature_problems resign_problems secret_ok event_of
     wh_create wh_get wh_deliveries wh_delivery wh_exec_deliveries
-    wait_delivery wh_sync chat_answer);
+    wait_delivery wh_sync chat_completion);
 our %EXPORT_TAGS = (all => \@EXPORT_OK);
 
 my $JSON = JSON::PP->new->utf8->canonical->allow_nonref;
@@ -79,7 +79,7 @@ my %REASON = (200 => 'OK', 201 => 'Created', 202 => 'Accepted',
 
 # A provider's chat completion (OpenAI's shape) for set(... json => ...):
 # content 'ok', 3 prompt and 5 completion tokens unless %o says otherwise.
-sub chat_answer {
+sub chat_completion {
     my (%o) = @_;
     return { id => 'c', object => 'chat.completion',
         choices => [ { index => 0, finish_reason => 'stop',
