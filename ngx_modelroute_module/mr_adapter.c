@@ -31,6 +31,7 @@
 #include "mr_adapter.h"
 #include "mr_http.h"
 #include "mr_exec.h"
+#include "mr_input.h"
 
 
 #define MR_ADAPTER_MESSAGE_MAX   300
@@ -124,11 +125,13 @@ mr_adapter_request(ngx_pool_t *pool, mr_route_t *route,
     ngx_str_t *callback, ngx_str_t *token, ngx_str_t *body,
     mr_adapter_out_t *out)
 {
-    json_t     *input, *req, *v, *msgs, *system;
-    ngx_int_t   rc;
+    json_t      *input, *req, *v, *msgs, *system;
+    ngx_int_t    rc;
+    mr_input_t   in;
 
-    input = json_loadb((char *) exec->seg[MR_SEG_INPUT].data,
-                       exec->seg[MR_SEG_INPUT].len, 0, NULL);
+    /* its long strings stand apart: encoded as they are stored */
+
+    input = mr_input_load(pool, &exec->seg[MR_SEG_INPUT], &in);
 
     if (!json_is_object(input)) {
         json_decref(input);
@@ -246,7 +249,7 @@ mr_adapter_request(ngx_pool_t *pool, mr_route_t *route,
                             json_stringn((char *) token->data, token->len));
     }
 
-    rc = mr_json_dump(pool, req, body);
+    rc = mr_input_dump(pool, req, &in, body);
 
     json_decref(req);
     json_decref(input);
