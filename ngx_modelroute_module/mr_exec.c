@@ -655,7 +655,7 @@ mr_exec_dump(ngx_pool_t *pool, json_t *json, size_t flags, size_t hint,
         return NGX_OK;
     }
 
-    flags |= JSON_COMPACT | JSON_ENCODE_ANY;
+    flags |= MR_JSON_FLAGS;
 
     /* one pass into a buffer of the hinted size, a second if too small */
 

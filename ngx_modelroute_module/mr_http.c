@@ -1268,10 +1268,7 @@ mr_json_dump(ngx_pool_t *pool, json_t *json, ngx_str_t *out)
     o.last = buf;
     o.end = buf + sizeof(buf);
 
-    if (json_dump_callback(json, mr_json_out, &o,
-                           JSON_COMPACT | JSON_ENCODE_ANY)
-        != 0)
-    {
+    if (json_dump_callback(json, mr_json_out, &o, MR_JSON_FLAGS) != 0) {
         return NGX_ERROR;
     }
 

@@ -18,6 +18,16 @@
 #include "mr_store.h"
 
 
+/*
+ * What every text of the module is encoded with: an execution's stored
+ * input (JSON_SORT_KEYS added) and the requests made from it alike, for
+ * mr_input.c puts stored strings into requests as they are: neither may
+ * escape what the other does not (no JSON_ENSURE_ASCII, no
+ * JSON_ESCAPE_SLASH)
+ */
+#define MR_JSON_FLAGS  (JSON_COMPACT | JSON_ENCODE_ANY)
+
+
 typedef enum {
     MR_E_INPUT_VALIDATION = 0,
     MR_E_UNAUTHORIZED,
