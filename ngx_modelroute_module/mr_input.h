@@ -1,7 +1,8 @@
 
 /*
- * ModelRoute: an execution's stored input read for a provider's request,
- * its long strings set aside and put back as they are.
+ * ModelRoute: an execution's input encoded at the create and read for a
+ * provider's request with its long strings set aside: their text is used
+ * as it is, not decoded and encoded again.
  */
 
 
@@ -16,13 +17,27 @@
 
 
 typedef struct {
-    ngx_str_t   *strings;       /* the string values set aside, as stored */
-    ngx_uint_t   n;
+    json_t      *parent;        /* where a stand-in took a string's place */
+    const char  *key;           /* in an object; NULL: in an array */
+    size_t       index;
+    json_t      *value;         /* the string, put back by restore */
+} mr_input_swap_t;
+
+
+typedef struct {
+    ngx_str_t         *strings; /* the strings set aside: their text */
+    ngx_uint_t         n;
+    mr_input_swap_t   *swaps;   /* the create's: one per string */
 } mr_input_t;
 
 
+void mr_input_set_aside(ngx_pool_t *pool, ngx_str_t *text,
+    json_t *body, json_t *input, mr_input_t *in);
+void mr_input_restore(mr_input_t *in);
 json_t *mr_input_load(ngx_pool_t *pool, ngx_str_t *text, mr_input_t *in);
 ngx_int_t mr_input_dump(ngx_pool_t *pool, json_t *json, mr_input_t *in,
+    ngx_str_t *out);
+ngx_int_t mr_input_splice(ngx_pool_t *pool, ngx_str_t *text, mr_input_t *in,
     ngx_str_t *out);
 
 

@@ -225,6 +225,55 @@ sub holds_each {
     is($req->{json}{messages}[0]{content}, 'hi', 'one short string');
 }
 
+# ---- the create takes a long string's text from the body where the body
+# writes it as jansson would: a body written otherwise (escapes jansson
+# does not write, each in a string of its own: \/, \u0041, lower-case hex,
+# a surrogate pair, \u000A for a newline; spaces, keys in another order,
+# long strings outside the input before it) is stored as jansson writes
+# it all the same, and the same key with the same input written either
+# way is the same execution; one byte more in a long string is another
+# input (409)
+{
+    my @odd = (['\\/', '/'], ['\\u0041', 'A'], ['\\u001f', "\x1f"],
+        ['\\ud83d\\ude00', "\x{1F600}"], ['\\u000A', "\n"]);
+    my ($a, $c, $u) = (long(), long('"\\'), long("\x1f\x01"));
+    my $mk = long();
+    my $ik = 'k-raw-' . $$ . '-' . time;
+    my @base = map { long() } @odd;
+    my $input = { a => $a, m => $c, u => $u,
+        list => [ $a, { $mk => $a } ],
+        map { ("z$_" => $base[$_] . $odd[$_][1]) } 0 .. $#odd };
+    my $raw = qq({ "metadata" : { "note" : "$mk" },\n "model" : "m-job",)
+        . qq( "idempotency_key" : "$ik",\n "input" : {\t)
+        . join('', map { qq("z$_" : "$base[$_]$odd[$_][0]" ,\n) }
+            reverse 0 .. $#odd)
+        . qq( "a" :\n"$a", "m": ) . jenc($c) . ' , "u":' . jenc($u)
+        . qq( ,"list":[ "$a" , {"$mk":"$a"}] } }\n);
+    my $before = $rc->count(path => '/job');
+    my %h = (%{ auth($key) }, 'Content-Type' => 'application/json');
+    my $r = $t->req(POST => '/v1/executions', \%h, $raw);
+    is($r->{status}, 202, 'a body written otherwise: accepted')
+        or diag explain [ $r->{json}, $raw ];
+    my @req = $rc->wait_requests($before + 1, path => '/job',
+        timeout => 20);
+    my $req = $req[$before] // {};
+    is_deeply($req->{json}{input}, $input, 'it means what it says')
+        or diag $req->{body};
+    holds_each($req, 'a body written otherwise', $a, $c, $u,
+        map { $input->{"z$_"} } 0 .. $#odd);
+    my $again = $t->create_exec($key, { model => 'm-job',
+        idempotency_key => $ik, input => $input,
+        metadata => { note => $mk } });
+    is($again->{json}{id} // '', $r->{json}{id} // 'none',
+        'written as jansson writes it: the same execution');
+    is($again->{headers}{'idempotent-replayed'}, 'true', 'replayed');
+    my %one_more = (%$input, a => "${a}x");
+    my $diff = $t->create_exec($key, { model => 'm-job',
+        idempotency_key => $ik, input => \%one_more,
+        metadata => { note => $mk } });
+    is($diff->{status}, 409, 'one byte more in a long string: 409');
+}
+
 # ---- PostgreSQL: a stored input with escapes jansson does not write
 # (\u0041 for A, \/ for /): a long string goes as stored, a short one as
 # jansson encodes it again.  The first execution holds the route's one
