@@ -133,6 +133,10 @@ mr_adapter_request(ngx_pool_t *pool, mr_route_t *route,
 
     input = mr_input_load(pool, &exec->seg[MR_SEG_INPUT], &in);
 
+    ngx_log_debug1(NGX_LOG_DEBUG_HTTP, pool->log, 0,
+                   "modelroute input set aside for an attempt: %ui strings",
+                   in.n);
+
     if (!json_is_object(input)) {
         json_decref(input);
         mr_adapter_fail(out, MR_OUT_FATAL, "INPUT_VALIDATION_ERROR",

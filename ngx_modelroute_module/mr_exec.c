@@ -223,7 +223,13 @@ mr_exec_prepare(ngx_http_request_t *r, json_t *body, mr_exec_t *exec,
 
         mr_input_set_aside(r->pool, &ctx->body, body, input, &in);
 
-        rc = mr_exec_dump(r->pool, input, JSON_SORT_KEYS, hint, &text);
+        ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
+                       "modelroute input set aside at the create: "
+                       "%ui strings, %uz bytes", in.n, in.len);
+
+        rc = mr_exec_dump(r->pool, input, JSON_SORT_KEYS,
+                          hint - in.len + in.n * (NGX_INT_T_LEN + 9),
+                          &text);
 
         if (rc == NGX_OK) {
             rc = mr_input_splice(r->pool, &text, &in,

@@ -46,6 +46,13 @@
 #define MR_INPUT_DEPTH     64           /* deeper: nothing set aside */
 
 
+/* mr_input_same() knows the escapes of these flags only */
+
+#if (MR_JSON_FLAGS & (JSON_ENSURE_ASCII | JSON_ESCAPE_SLASH))
+#error "mr_input.c: MR_JSON_FLAGS escapes what mr_input_same() does not"
+#endif
+
+
 typedef struct {
     ngx_uint_t         ord;             /* of the body's string values */
     u_char            *data;            /* its text, quotes included */
@@ -61,6 +68,7 @@ typedef struct {
     ngx_uint_t         ord;             /* string values walked */
     ngx_array_t        strings;         /* ngx_str_t */
     ngx_array_t        swaps;           /* mr_input_swap_t */
+    size_t             len;             /* of the strings */
 } mr_input_walk_t;
 
 
@@ -85,7 +93,8 @@ void
 mr_input_set_aside(ngx_pool_t *pool, ngx_str_t *text, json_t *body,
     json_t *input, mr_input_t *in)
 {
-    u_char            buf[MR_INPUT_MARK_LEN + NGX_INT_T_LEN];
+    u_char            buf[1 + NGX_INT_T_LEN];
+    int               rc;
     size_t            len;
     json_t           *standin;
     ngx_uint_t        i;
@@ -94,6 +103,7 @@ mr_input_set_aside(ngx_pool_t *pool, ngx_str_t *text, json_t *body,
 
     in->strings = NULL;
     in->n = 0;
+    in->len = 0;
     in->swaps = NULL;
 
     ngx_memzero(&w, sizeof(mr_input_walk_t));
@@ -129,13 +139,19 @@ mr_input_set_aside(ngx_pool_t *pool, ngx_str_t *text, json_t *body,
 
         standin = json_stringn_nocheck((char *) buf, len);
 
-        if (standin == NULL
-            || (sw[i].key
-                ? json_object_set_new_nocheck(sw[i].parent, sw[i].key,
-                                              standin)
-                : json_array_set_new(sw[i].parent, sw[i].index, standin))
-               != 0)
-        {
+        if (standin == NULL) {
+            rc = -1;
+
+        } else if (sw[i].key) {
+            rc = json_object_set_new_nocheck(sw[i].parent, sw[i].key,
+                                             standin);
+        } else {
+            rc = json_array_set_new(sw[i].parent, sw[i].index, standin);
+        }
+
+        /* a failed set freed the stand-in and left the string */
+
+        if (rc != 0) {
             in->swaps = sw;
             in->n = i;
             mr_input_restore(in);
@@ -150,11 +166,16 @@ mr_input_set_aside(ngx_pool_t *pool, ngx_str_t *text, json_t *body,
 
     in->strings = w.strings.elts;
     in->n = w.strings.nelts;
+    in->len = w.len;
     in->swaps = sw;
 }
 
 
-/* the strings set aside back in their places in the parsed body */
+/*
+ * The strings set aside back in their places in the parsed body.  A set
+ * cannot fail here: the stand-in's set grew the object's table if it had
+ * to, and a key that is there takes its new value in its place.
+ */
 
 void
 mr_input_restore(mr_input_t *in)
@@ -300,24 +321,31 @@ mr_input_walk(mr_input_walk_t *w, json_t *v, json_t *parent,
 
     lit = &w->lits[w->next++];
 
-    if (!inside || parent == NULL || !mr_input_same(lit, v)) {
+    if (!inside || !mr_input_same(lit, v)) {
         return NGX_OK;
     }
 
-    s = ngx_array_push(&w->strings);
-    sw = ngx_array_push(&w->swaps);
+    /* a swap is pushed whole before its string: the caller undoes swaps */
 
-    if (s == NULL || sw == NULL) {
+    sw = ngx_array_push(&w->swaps);
+    if (sw == NULL) {
+        return NGX_ERROR;
+    }
+
+    sw->parent = parent;
+    sw->key = key;
+    sw->index = index;
+    sw->value = json_incref(v);
+
+    s = ngx_array_push(&w->strings);
+    if (s == NULL) {
         return NGX_ERROR;
     }
 
     s->data = lit->data;
     s->len = lit->len;
 
-    sw->parent = parent;
-    sw->key = key;
-    sw->index = index;
-    sw->value = json_incref(v);
+    w->len += lit->len;
 
     return NGX_OK;
 }
@@ -434,6 +462,8 @@ mr_input_load(ngx_pool_t *pool, ngx_str_t *text, mr_input_t *in)
 
     in->strings = NULL;
     in->n = 0;
+    in->len = 0;
+    in->swaps = NULL;
 
     if (text->len < MR_INPUT_LONG || mr_input_nul(text)
         || ngx_array_init(&strings, pool, 8, sizeof(ngx_str_t)) != NGX_OK)

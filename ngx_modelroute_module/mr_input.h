@@ -27,6 +27,7 @@ typedef struct {
 typedef struct {
     ngx_str_t         *strings; /* the strings set aside: their text */
     ngx_uint_t         n;
+    size_t             len;     /* the create's: of their texts */
     mr_input_swap_t   *swaps;   /* the create's: one per string */
 } mr_input_t;
 

@@ -12,11 +12,19 @@
 # protocol makes of the input, and holds each long string encoded as
 # jansson encodes it (byte for byte).
 #
-# Whether a string was set aside does not show in a request made from
-# what the create stored (that is the point); on PostgreSQL the test
-# writes a stored input by hand, with escapes jansson does not write, and
-# the request holds a long string's text as stored (set aside) and a
-# short one's as jansson encodes it again (read).
+# The create sets a long string aside too, where the body writes it as
+# jansson would: bodies written by hand, with escapes jansson does not
+# write, spaces, keys in another order, a mixed array, objects of 8 and
+# 16 long values, nesting deeper than the walk goes, are stored as
+# jansson writes them (the same key with the same input written either
+# way is the same execution).
+#
+# Whether a string was set aside does not show in a request (that is the
+# point): the debug log counts them, at the create and at each attempt
+# (Debian's nginx is built --with-debug).  On PostgreSQL the test also
+# writes a stored input by hand, with escapes jansson does not write: the
+# request holds a long string's text as stored (set aside) and a short
+# one's as jansson encodes it again (read).
 use strict;
 use warnings;
 use FindBin;
@@ -30,7 +38,8 @@ my $rc = MR::Receiver->new;
 $rc->start;
 my $RP = $rc->port;
 
-my $t = MR::Test->new(http => <<"EOF");
+my $t = MR::Test->new(extra_main => "error_log logs/debug.log debug;\n",
+    http => <<"EOF");
 modelroute_store %%STORE%%;
 modelroute_callback_url http://127.0.0.1:%%PORT%%/v1/callbacks;
 modelroute_route chat /p/chat protocol=openai_chat;
@@ -76,6 +85,22 @@ sub jenc {
     my ($s) = @_;
     $s =~ s/(["\\\x00-\x1f])/$ESC{$1} \/\/ sprintf('\\u%04X', ord $1)/ge;
     return encode_utf8(qq("$s"));
+}
+
+# The debug log's counts of strings set aside since a mark, at the
+# create and at each attempt (nginx is built --with-debug on Debian)
+sub mark { -s ($t->prefix . '/logs/debug.log') // 0 }
+
+sub set_aside {
+    my ($from) = @_;
+    my (@create, @attempt);
+    open my $fh, '<', $t->prefix . '/logs/debug.log' or return ([], []);
+    seek $fh, $from, 0;
+    while (<$fh>) {
+        push @create, $1 if /input set aside at the create: (\d+) strings/;
+        push @attempt, $1 if /input set aside for an attempt: (\d+) str/;
+    }
+    return (\@create, \@attempt);
 }
 
 my $n = 0;
@@ -147,9 +172,14 @@ sub holds_each {
     push @msgs, { role => long(), content => 'short' };
     push @msgs, { role => 'user', content => [ map {
         { type => 'text', text => long() } } 1 .. 1100 ] };
+    my $from = mark();
     my $req = run('m-chat', '/chat', { messages => \@msgs });
     is_deeply($req->{json}{messages}, \@msgs, 'chat: messages as sent')
         or diag $req->{body};
+    # the 15 hard strings, 3 of the 5 near the length, the long role and
+    # the 1,100 parts
+    is_deeply((set_aside($from))[1], [1119],
+        'set aside at the attempt: 1,119 strings');
     holds_each($req, 'chat messages', @hard, @edge,
         map { $_->{text} } @{ $msgs[-1]{content} });
 }
@@ -251,12 +281,17 @@ sub holds_each {
         . qq( ,"list":[ "$a" , {"$mk":"$a"}] } }\n);
     my $before = $rc->count(path => '/job');
     my %h = (%{ auth($key) }, 'Content-Type' => 'application/json');
+    my $from = mark();
     my $r = $t->req(POST => '/v1/executions', \%h, $raw);
     is($r->{status}, 202, 'a body written otherwise: accepted')
         or diag explain [ $r->{json}, $raw ];
     my @req = $rc->wait_requests($before + 1, path => '/job',
         timeout => 20);
     my $req = $req[$before] // {};
+    # at the create, $a three times, $c and $u (not z0 to z4, not the
+    # metadata's string, not the key $mk); each long value at the attempt
+    is_deeply([ set_aside($from) ], [ [5], [10] ],
+        'set aside: 5 strings at the create, 10 at the attempt');
     is_deeply($req->{json}{input}, $input, 'it means what it says')
         or diag $req->{body};
     holds_each($req, 'a body written otherwise', $a, $c, $u,
@@ -274,12 +309,69 @@ sub holds_each {
     is($diff->{status}, 409, 'one byte more in a long string: 409');
 }
 
+# ---- more bodies for the create's pairing: a mixed array, a long key
+# ending in a backslash before spaces and its colon, \u001F and \u001f
+# side by side, objects of 8 and 16 long values (jansson's table grows
+# when a value is set), nesting deeper than the walk goes (nothing set
+# aside, the same text), long strings after the input
+{
+    my ($l1, $l2, $l3) = (long(), long(), long());
+    my $lk = long('\\');
+    my %o8 = map { ("k$_" => long()) } 1 .. 8;
+    my %o16 = map { ("k$_" => long()) } 1 .. 16;
+    my $deep = $l3;
+    $deep = [ $deep ] for 1 .. 70;
+    my $input = { mixed => [ 1, $l1, undef, {}, [], { k => $l2 }, $l3 ],
+        $lk => $l1, upper => "${l2}\x1f", lower => "${l3}\x1f",
+        o8 => \%o8, o16 => \%o16, deep => $deep };
+    my $enc = JSON::PP->new->utf8->canonical;
+    my $raw = qq({"model":"m-job","input":{ "mixed" : [1, "$l1", null, {},)
+        . qq( [], {"k":"$l2"}, "$l3"],\n) . jenc($lk) . qq( \n :"$l1",)
+        . qq( "upper": "$l2\\u001F", "lower": "$l3\\u001f",)
+        . ' "o8": ' . $enc->encode(\%o8) . ', "o16": '
+        . $enc->encode(\%o16) . ', "deep": ' . $enc->encode($deep)
+        . qq(}, "idempotency_key": ") . $t->fresh_key
+        . qq(", "metadata": {"after": "$l1"}});
+    my $before = $rc->count(path => '/job');
+    my %h = (%{ auth($key) }, 'Content-Type' => 'application/json');
+    my $from = mark();
+    my $r = $t->req(POST => '/v1/executions', \%h, $raw);
+    is($r->{status}, 202, 'pairing bodies: accepted')
+        or diag explain [ $r->{json}, $raw ];
+    my @req = $rc->wait_requests($before + 1, path => '/job',
+        timeout => 20);
+    my $req = $req[$before] // {};
+    is_deeply($req->{json}{input}, $input, 'pairing bodies: as sent')
+        or diag $req->{body};
+    # nesting deeper than the walk goes: nothing at the create; at the
+    # attempt, every long value (the stored text is jansson's)
+    is_deeply([ set_aside($from) ], [ [0], [31] ],
+        'set aside: none at the create (too deep), 31 at the attempt');
+    holds_each($req, 'pairing bodies', $l1, $l2, $l3, $lk,
+        "${l2}\x1f", "${l3}\x1f", values %o8, values %o16);
+    delete $input->{deep};
+    $raw =~ s/, "deep": \[+"\Q$l3\E"\]+//;
+    my $fresh = $t->fresh_key;
+    $raw =~ s/"idempotency_key": "[^"]+"/"idempotency_key": "$fresh"/;
+    $from = mark();
+    $r = $t->req(POST => '/v1/executions', \%h, $raw);
+    is($r->{status}, 202, 'without the deep part: accepted')
+        or diag explain [ $r->{json}, $raw ];
+    @req = $rc->wait_requests($before + 2, path => '/job', timeout => 20);
+    is_deeply(($req[$before + 1] // {})->{json}{input}, $input,
+        'without the deep part: as sent');
+    # the mixed array's 3, $l1 under the key $lk, upper (not lower), 8
+    # and 16; at the attempt lower too
+    is_deeply([ set_aside($from) ], [ [29], [30] ],
+        'set aside: 29 strings at the create, 30 at the attempt');
+}
+
 # ---- PostgreSQL: a stored input with escapes jansson does not write
 # (\u0041 for A, \/ for /): a long string goes as stored, a short one as
 # jansson encodes it again.  The first execution holds the route's one
 # slot, so the second waits, PENDING, while its input is written.
 SKIP: {
-    skip 'PostgreSQL only (MR_STORE=postgres)', 6
+    skip 'PostgreSQL only (MR_STORE=postgres)', 7
         unless $MR::Test::STORE eq 'postgres';
     $t->create_exec($key, $t->exec_body(model => 'm-one'));
     ok($rc->wait_requests(1, path => '/one', timeout => 20),
@@ -297,6 +389,7 @@ SKIP: {
     my $id = $r->{json}{id};
     is($t->get_exec($key, $id)->{json}{status}, 'PENDING', 'one waits');
     $t->psql("UPDATE mr_executions SET input = '$input' WHERE id = '$id'");
+    my $from = mark();
     $rc->release('one');
     my @req = $rc->wait_requests(2, path => '/one', timeout => 20);
     is(scalar(@req), 2, 'the waiting one is sent');
@@ -305,6 +398,8 @@ SKIP: {
         or diag $body;
     ok(index($body, '"content":"B/"') >= 0,
         'a short one encoded again') or diag $body;
+    is_deeply((set_aside($from))[1], [1],
+        'set aside at the attempt: the long string');
     is(@req == 2 ? $req[1]{json}{messages}[1]{content} : undef,
         "${base}A/\x{e9}\\\"\\u0000", 'it means the same') or diag $body;
 }
