@@ -228,7 +228,7 @@ mr_exec_prepare(ngx_http_request_t *r, json_t *body, mr_exec_t *exec,
                        "%ui strings, %uz bytes", in.n, in.len);
 
         rc = mr_exec_dump(r->pool, input, JSON_SORT_KEYS,
-                          hint - in.len + in.n * (NGX_INT_T_LEN + 9),
+                          hint - in.len + in.n * MR_INPUT_STANDIN_MAX,
                           &text);
 
         if (rc == NGX_OK) {

@@ -79,7 +79,7 @@ static ngx_int_t mr_input_walk(mr_input_walk_t *w, json_t *v,
     ngx_uint_t depth);
 static ngx_uint_t mr_input_same(mr_input_lit_t *lit, json_t *v);
 static ngx_uint_t mr_input_nul(ngx_str_t *text);
-static u_char *mr_input_string_end(u_char *q, u_char *end);
+static ngx_int_t mr_input_string(u_char *q, u_char *end, u_char **last);
 
 
 /*
@@ -211,7 +211,8 @@ mr_input_restore(mr_input_t *in)
 static ngx_int_t
 mr_input_lits(ngx_pool_t *pool, ngx_str_t *text, mr_input_walk_t *w)
 {
-    u_char          *p, *q, *e, *last, *end;
+    u_char          *p, *q, *last, *end;
+    ngx_int_t        rc;
     ngx_uint_t       ord;
     ngx_array_t      lits;
     mr_input_lit_t  *lit;
@@ -226,19 +227,12 @@ mr_input_lits(ngx_pool_t *pool, ngx_str_t *text, mr_input_walk_t *w)
 
     while ((q = memchr(p, '"', end - p)) != NULL) {
 
-        last = mr_input_string_end(q, end);
-        if (last == NULL) {
+        rc = mr_input_string(q, end, &last);
+        if (rc == NGX_ERROR) {
             return NGX_ERROR;
         }
 
-        for (e = last;
-             e < end && (*e == ' ' || *e == '\t' || *e == '\n' || *e == '\r');
-             e++)
-        {
-            /* void */
-        }
-
-        if (e == end || *e != ':') {
+        if (rc == NGX_OK) {
 
             if (last - q >= MR_INPUT_LONG) {
                 lit = ngx_array_push(&lits);
@@ -457,6 +451,7 @@ mr_input_load(ngx_pool_t *pool, ngx_str_t *text, mr_input_t *in)
 {
     u_char       *p, *q, *last, *end, *skel, *w;
     json_t       *j;
+    ngx_int_t     rc;
     ngx_str_t    *s;
     ngx_array_t   strings;
 
@@ -485,14 +480,14 @@ mr_input_load(ngx_pool_t *pool, ngx_str_t *text, mr_input_t *in)
 
     while ((q = memchr(p, '"', end - p)) != NULL) {
 
-        last = mr_input_string_end(q, end);
-        if (last == NULL) {
+        rc = mr_input_string(q, end, &last);
+        if (rc == NGX_ERROR) {
             break;
         }
 
         w = ngx_cpymem(w, p, q - p);
 
-        if (last - q < MR_INPUT_LONG || (last < end && *last == ':')) {
+        if (last - q < MR_INPUT_LONG || rc == NGX_DECLINED) {
             w = ngx_cpymem(w, q, last - q);     /* short, or a key */
 
         } else {
@@ -560,21 +555,21 @@ mr_input_nul(ngx_str_t *text)
 
 
 /*
- * q opens a string: past the first quote after it that no odd run of
- * backslashes escapes (q, a quote, ends any run); NULL: none
+ * The string q opens: *last past the first quote after q that no odd run
+ * of backslashes escapes (q, a quote, ends any run).  NGX_OK: a value;
+ * NGX_DECLINED: a key (the next byte but spaces is ':'); NGX_ERROR: the
+ * string does not end.
  */
 
-static u_char *
-mr_input_string_end(u_char *q, u_char *end)
+static ngx_int_t
+mr_input_string(u_char *q, u_char *end, u_char **last)
 {
     u_char  *p, *b;
 
-    p = q + 1;
-
-    for ( ;; ) {
+    for (p = q + 1; /* void */; p++) {
         p = memchr(p, '"', end - p);
         if (p == NULL) {
-            return NULL;
+            return NGX_ERROR;
         }
 
         for (b = p; b[-1] == '\\'; b--) {
@@ -582,11 +577,18 @@ mr_input_string_end(u_char *q, u_char *end)
         }
 
         if ((p - b) % 2 == 0) {
-            return p + 1;
+            break;
         }
+    }
 
+    *last = ++p;
+
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+    {
         p++;
     }
+
+    return (p < end && *p == ':') ? NGX_DECLINED : NGX_OK;
 }
 
 

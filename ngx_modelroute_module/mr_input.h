@@ -16,6 +16,10 @@
 #include <jansson.h>
 
 
+/* an encoded stand-in's length at most: "\u0000, its number, " */
+#define MR_INPUT_STANDIN_MAX  (8 + NGX_INT_T_LEN)
+
+
 typedef struct {
     json_t      *parent;        /* where a stand-in took a string's place */
     const char  *key;           /* in an object; NULL: in an array */
