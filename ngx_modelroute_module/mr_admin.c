@@ -229,7 +229,7 @@ mr_admin_account_create(ngx_http_request_t *r)
         body = json_object();
 
     } else {
-        body = mr_http_parse_object(r, &rc);
+        body = mr_http_parse_object(r, NULL, &rc);
         if (body == NULL) {
             return rc;
         }
@@ -406,7 +406,7 @@ mr_admin_account_limits(ngx_http_request_t *r)
     ctx = ngx_http_get_module_ctx(r, ngx_http_modelroute_module);
     op = &ctx->op;
 
-    body = mr_http_parse_object(r, &rc);
+    body = mr_http_parse_object(r, NULL, &rc);
     if (body == NULL) {
         return rc;
     }
@@ -510,7 +510,7 @@ mr_admin_adjust(ngx_http_request_t *r)
     ctx = ngx_http_get_module_ctx(r, ngx_http_modelroute_module);
     op = &ctx->op;
 
-    body = mr_http_parse_object(r, &rc);
+    body = mr_http_parse_object(r, NULL, &rc);
     if (body == NULL) {
         return rc;
     }
@@ -596,7 +596,7 @@ mr_admin_key_create(ngx_http_request_t *r)
         body = json_object();
 
     } else {
-        body = mr_http_parse_object(r, &rc);
+        body = mr_http_parse_object(r, NULL, &rc);
         if (body == NULL) {
             return rc;
         }

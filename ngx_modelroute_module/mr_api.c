@@ -206,6 +206,7 @@ mr_api_create(ngx_http_request_t *r)
     ngx_int_t        rc;
     ngx_str_t        idem;
     mr_exec_t       *exec;
+    mr_input_t       in;
     mr_http_ctx_t   *ctx;
     mr_store_op_t   *op;
     mr_main_conf_t  *mcf;
@@ -213,7 +214,7 @@ mr_api_create(ngx_http_request_t *r)
     ctx = ngx_http_get_module_ctx(r, ngx_http_modelroute_module);
     mcf = mr_main_conf();
 
-    body = mr_http_parse_object(r, &rc);
+    body = mr_http_parse_object(r, &in, &rc);
     if (body == NULL) {
         return rc;
     }
@@ -227,7 +228,7 @@ mr_api_create(ngx_http_request_t *r)
         return mr_http_error(r, MR_E_INTERNAL, "out of memory", NULL);
     }
 
-    rc = mr_exec_prepare(r, body, exec, &idem, details);
+    rc = mr_exec_prepare(r, body, &in, exec, &idem, details);
 
     if (rc == NGX_DECLINED) {
         json_decref(body);

@@ -52,21 +52,20 @@ static ngx_str_t  mr_status_names[] = {
 
 /*
  * Validates a create request and fills the execution (without id, org
- * and status).  NGX_DECLINED: details say what is wrong; NGX_ABORT: the
- * input is larger than the model's max_input (413).
+ * and status); in: the long strings of the input that the parse set
+ * aside (mr_http_parse_object).  NGX_DECLINED: details say what is wrong;
+ * NGX_ABORT: the input is larger than the model's max_input (413).
  */
 
 ngx_int_t
-mr_exec_prepare(ngx_http_request_t *r, json_t *body, mr_exec_t *exec,
-    ngx_str_t *idem_key, json_t *details)
+mr_exec_prepare(ngx_http_request_t *r, json_t *body, mr_input_t *in,
+    mr_exec_t *exec, ngx_str_t *idem_key, json_t *details)
 {
     u_char          *p;
     size_t           hint, i;
     int64_t          estimate, timeout;
     json_t          *model, *input, *metadata, *url, *tmo;
-    ngx_int_t        rc;
     ngx_str_t        slug, fp, text;
-    mr_input_t       in;
     mr_model_t      *m;
     ngx_uint_t       bad;
     mr_http_ctx_t   *ctx;
@@ -108,6 +107,13 @@ mr_exec_prepare(ngx_http_request_t *r, json_t *body, mr_exec_t *exec,
             bad = 1;
         }
     }
+
+    /*
+     * the input's long strings are stand-ins here, "\0" and a number
+     * (mr_input.c): what reads its strings before the stored text is made
+     * must read that text, not the parsed strings (the estimate compares
+     * a part's type with "text", which a string set aside never is)
+     */
 
     input = json_object_get(body, "input");
 
@@ -218,27 +224,20 @@ mr_exec_prepare(ngx_http_request_t *r, json_t *body, mr_exec_t *exec,
 
     if (input) {
 
-        /* the body's text of its long strings, where jansson would write
-           the same: the input's text is the same, encoded in less time */
-
-        mr_input_set_aside(r->pool, &ctx->body, body, input, &in);
+        /* the long strings set aside by the parse: the input's text is
+           the same, encoded in less time */
 
         ngx_log_debug2(NGX_LOG_DEBUG_HTTP, r->connection->log, 0,
                        "modelroute input set aside at the create: "
-                       "%ui strings, %uz bytes", in.n, in.len);
+                       "%ui strings, %uz bytes", in->n, in->len);
 
-        rc = mr_exec_dump(r->pool, input, JSON_SORT_KEYS,
-                          hint - in.len + in.n * MR_INPUT_STANDIN_MAX,
-                          &text);
-
-        if (rc == NGX_OK) {
-            rc = mr_input_splice(r->pool, &text, &in,
-                                 &exec->seg[MR_SEG_INPUT]);
-        }
-
-        mr_input_restore(&in);
-
-        if (rc != NGX_OK) {
+        if (mr_exec_dump(r->pool, input, JSON_SORT_KEYS,
+                         hint - in->len + in->n * MR_INPUT_STANDIN_MAX,
+                         &text)
+            != NGX_OK
+            || mr_input_splice(r->pool, &text, in, &exec->seg[MR_SEG_INPUT])
+               != NGX_OK)
+        {
             return NGX_ERROR;
         }
 

@@ -15,6 +15,7 @@
 #include <jansson.h>
 
 #include "mr_store.h"
+#include "mr_input.h"
 
 
 #define MR_IMAGE_TOKENS_DEFAULT  4096
@@ -30,7 +31,7 @@ typedef struct {
 
 
 ngx_int_t mr_exec_prepare(ngx_http_request_t *r, json_t *body,
-    mr_exec_t *exec, ngx_str_t *idem_key, json_t *details);
+    mr_input_t *in, mr_exec_t *exec, ngx_str_t *idem_key, json_t *details);
 ngx_int_t mr_exec_render(ngx_pool_t *pool, mr_exec_t *exec, ngx_str_t *out);
 ngx_int_t mr_exec_render_result(ngx_pool_t *pool, mr_exec_t *exec,
     ngx_str_t *out);

@@ -419,8 +419,14 @@ mr_http_json_type(ngx_http_request_t *r)
 }
 
 
+/*
+ * The body, a JSON object, or NULL and the error answered.  With in, the
+ * create's: the long strings of its input set aside (mr_input.c); a body
+ * refused is parsed again whole for jansson's error of its own text.
+ */
+
 json_t *
-mr_http_parse_object(ngx_http_request_t *r, ngx_int_t *rc)
+mr_http_parse_object(ngx_http_request_t *r, mr_input_t *in, ngx_int_t *rc)
 {
     json_t         *json, *details;
     json_error_t    err;
@@ -434,8 +440,12 @@ mr_http_parse_object(ngx_http_request_t *r, ngx_int_t *rc)
         return NULL;
     }
 
-    json = json_loadb((char *) ctx->body.data, ctx->body.len,
-                      JSON_REJECT_DUPLICATES, &err);
+    json = in ? mr_input_load_body(r->pool, &ctx->body, in) : NULL;
+
+    if (json == NULL) {
+        json = json_loadb((char *) ctx->body.data, ctx->body.len,
+                          JSON_REJECT_DUPLICATES, &err);
+    }
 
     if (json == NULL) {
         details = json_array();

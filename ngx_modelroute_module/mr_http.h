@@ -16,6 +16,7 @@
 
 #include "mr_util.h"
 #include "mr_store.h"
+#include "mr_input.h"
 
 
 /*
@@ -89,7 +90,8 @@ typedef struct {
 ngx_int_t mr_http_filter_init(ngx_conf_t *cf);
 mr_http_ctx_t *mr_http_ctx(ngx_http_request_t *r);
 ngx_int_t mr_http_read_body(ngx_http_request_t *r, mr_http_body_pt handler);
-json_t *mr_http_parse_object(ngx_http_request_t *r, ngx_int_t *rc);
+json_t *mr_http_parse_object(ngx_http_request_t *r, mr_input_t *in,
+    ngx_int_t *rc);
 
 ngx_int_t mr_http_send(ngx_http_request_t *r, ngx_uint_t status,
     ngx_str_t *body);

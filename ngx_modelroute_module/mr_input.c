@@ -16,13 +16,16 @@
  * holds "\u0000 only where a stand-in was encoded (an escaped quote
  * before it would be a NUL's escape too).
  *
- * At the create (mr_input_set_aside), a string of the input is set aside
- * only if the body writes it as jansson would (mr_input_same): the
- * stored text is then byte for byte what encoding the whole input gives,
- * and so is the fingerprint.  The body is what jansson has just parsed:
- * its string values come in the same order as the parsed values do
- * (objects keep their keys' order; duplicate keys are refused), and each
- * is compared with the value it is taken for.
+ * At the create (mr_input_load_body), the body is untrusted: a string
+ * value inside its top-level "input" is set aside before jansson parses
+ * the body, and only if it is plain (mr_input_plain): valid UTF-8 with
+ * only the escapes jansson writes, so that jansson would accept it and
+ * write it back as it is written.  The stored text is then byte for byte
+ * what encoding the whole input gives, and so is the fingerprint; the
+ * input's other strings (a "\/", a "\u0041", lower-case hex) and the
+ * body's other fields are jansson's to read.  jansson parses the rest
+ * (JSON_ALLOW_NUL for the stand-ins, after a check that the body holds
+ * no \u0000 of its own).
  *
  * At an attempt (mr_input_load), the text is the store's, as the create
  * wrote it: the strings set aside are not decoded, so not checked again.
@@ -43,487 +46,334 @@
 #define MR_INPUT_LONG      64           /* bytes, quotes included */
 #define MR_INPUT_MARK      "\"\\u0000"  /* a stand-in's start, encoded */
 #define MR_INPUT_MARK_LEN  (sizeof(MR_INPUT_MARK) - 1)
-#define MR_INPUT_DEPTH     64           /* deeper: nothing set aside */
 
 
-/* mr_input_same() knows the escapes of these flags only */
+/* mr_input_escape() knows the escapes of these flags only */
 
 #if (MR_JSON_FLAGS & (JSON_ENSURE_ASCII | JSON_ESCAPE_SLASH))
-#error "mr_input.c: MR_JSON_FLAGS escapes what mr_input_same() does not"
+#error "mr_input.c: MR_JSON_FLAGS escapes what mr_input_escape() does not"
 #endif
 
 
-typedef struct {
-    ngx_uint_t         ord;             /* of the body's string values */
-    u_char            *data;            /* its text, quotes included */
-    size_t             len;
-} mr_input_lit_t;
-
-
-typedef struct {
-    json_t            *input;
-    mr_input_lit_t    *lits;            /* the body's long string values */
-    ngx_uint_t         nlits;
-    ngx_uint_t         next;            /* of lits */
-    ngx_uint_t         ord;             /* string values walked */
-    ngx_array_t        strings;         /* ngx_str_t */
-    ngx_array_t        swaps;           /* mr_input_swap_t */
-    size_t             len;             /* of the strings */
-} mr_input_walk_t;
-
-
-static ngx_int_t mr_input_lits(ngx_pool_t *pool, ngx_str_t *text,
-    mr_input_walk_t *w);
-static ngx_int_t mr_input_walk(mr_input_walk_t *w, json_t *v,
-    json_t *parent, const char *key, size_t index, ngx_uint_t inside,
-    ngx_uint_t depth);
-static ngx_uint_t mr_input_same(mr_input_lit_t *lit, json_t *v);
+static json_t *mr_input_skeleton(ngx_pool_t *pool, ngx_str_t *text,
+    ngx_uint_t body, mr_input_t *in);
+static ngx_uint_t mr_input_plain(u_char *p, u_char *end);
+static size_t mr_input_escape(u_char *p, u_char *end);
+static size_t mr_input_utf8(u_char *p, u_char *end);
 static ngx_uint_t mr_input_nul(ngx_str_t *text);
 static ngx_int_t mr_input_string(u_char *q, u_char *end, u_char **last);
 
 
 /*
- * The create: each long string of the input that the body (text) writes
- * as jansson would takes a stand-in's place in the parsed body until
- * mr_input_restore() (a failed allocation sets nothing aside).  The
- * caller encodes the input and passes the text to mr_input_splice().
+ * The create: the body parsed with the long strings of its input set
+ * aside where they are plain.  NULL: nothing set aside, or a body that
+ * jansson refuses; the caller parses the body whole (and has jansson's
+ * error of the body as it is).
  */
 
-void
-mr_input_set_aside(ngx_pool_t *pool, ngx_str_t *text, json_t *body,
-    json_t *input, mr_input_t *in)
+json_t *
+mr_input_load_body(ngx_pool_t *pool, ngx_str_t *text, mr_input_t *in)
 {
-    u_char            buf[1 + NGX_INT_T_LEN];
-    int               rc;
-    size_t            len;
-    json_t           *standin;
-    ngx_uint_t        i;
-    mr_input_swap_t  *sw;
-    mr_input_walk_t   w;
-
-    in->strings = NULL;
-    in->n = 0;
-    in->len = 0;
-    in->swaps = NULL;
-
-    ngx_memzero(&w, sizeof(mr_input_walk_t));
-    w.input = input;
-
-    if (text->len < MR_INPUT_LONG
-        || mr_input_lits(pool, text, &w) != NGX_OK
-        || w.nlits == 0
-        || ngx_array_init(&w.strings, pool, 8, sizeof(ngx_str_t)) != NGX_OK
-        || ngx_array_init(&w.swaps, pool, 8, sizeof(mr_input_swap_t))
-           != NGX_OK)
-    {
-        return;
-    }
-
-    if (mr_input_walk(&w, body, NULL, NULL, 0, 0, 0) != NGX_OK) {
-        sw = w.swaps.elts;
-
-        for (i = 0; i < w.swaps.nelts; i++) {
-            json_decref(sw[i].value);
-        }
-
-        return;
-    }
-
-    /* after the walk: an object's iteration never sees its values set */
-
-    sw = w.swaps.elts;
-
-    for (i = 0; i < w.swaps.nelts; i++) {
-        buf[0] = '\0';
-        len = ngx_sprintf(buf + 1, "%ui", i) - buf;
-
-        standin = json_stringn_nocheck((char *) buf, len);
-
-        if (standin == NULL) {
-            rc = -1;
-
-        } else if (sw[i].key) {
-            rc = json_object_set_new_nocheck(sw[i].parent, sw[i].key,
-                                             standin);
-        } else {
-            rc = json_array_set_new(sw[i].parent, sw[i].index, standin);
-        }
-
-        /* a failed set freed the stand-in and left the string */
-
-        if (rc != 0) {
-            in->swaps = sw;
-            in->n = i;
-            mr_input_restore(in);
-
-            for ( /* void */ ; i < w.swaps.nelts; i++) {
-                json_decref(sw[i].value);
-            }
-
-            return;
-        }
-    }
-
-    in->strings = w.strings.elts;
-    in->n = w.strings.nelts;
-    in->len = w.len;
-    in->swaps = sw;
+    return mr_input_skeleton(pool, text, 1, in);
 }
 
 
-/*
- * The strings set aside back in their places in the parsed body.  A set
- * cannot fail here: the stand-in's set grew the object's table if it had
- * to, and a key that is there takes its new value in its place.
- */
-
-void
-mr_input_restore(mr_input_t *in)
-{
-    ngx_uint_t        i;
-    mr_input_swap_t  *sw;
-
-    if (in->swaps == NULL) {
-        return;
-    }
-
-    sw = in->swaps;
-
-    for (i = 0; i < in->n; i++) {
-        if (sw[i].key) {
-            (void) json_object_set_new_nocheck(sw[i].parent, sw[i].key,
-                                               sw[i].value);
-        } else {
-            (void) json_array_set_new(sw[i].parent, sw[i].index,
-                                      sw[i].value);
-        }
-    }
-
-    in->swaps = NULL;
-    in->strings = NULL;
-    in->n = 0;
-}
-
-
-/* the body's long string values (not keys), each with its order among
-   all of its string values */
-
-static ngx_int_t
-mr_input_lits(ngx_pool_t *pool, ngx_str_t *text, mr_input_walk_t *w)
-{
-    u_char          *p, *q, *last, *end;
-    ngx_int_t        rc;
-    ngx_uint_t       ord;
-    ngx_array_t      lits;
-    mr_input_lit_t  *lit;
-
-    if (ngx_array_init(&lits, pool, 8, sizeof(mr_input_lit_t)) != NGX_OK) {
-        return NGX_ERROR;
-    }
-
-    p = text->data;
-    end = p + text->len;
-    ord = 0;
-
-    while ((q = memchr(p, '"', end - p)) != NULL) {
-
-        rc = mr_input_string(q, end, &last);
-        if (rc == NGX_ERROR) {
-            return NGX_ERROR;
-        }
-
-        if (rc == NGX_OK) {
-
-            if (last - q >= MR_INPUT_LONG) {
-                lit = ngx_array_push(&lits);
-                if (lit == NULL) {
-                    return NGX_ERROR;
-                }
-
-                lit->ord = ord;
-                lit->data = q;
-                lit->len = last - q;
-            }
-
-            ord++;
-        }
-
-        p = last;
-    }
-
-    w->lits = lits.elts;
-    w->nlits = lits.nelts;
-
-    return NGX_OK;
-}
-
-
-/* the parsed body in its text's order: its string values paired with
-   the long ones of the text */
-
-static ngx_int_t
-mr_input_walk(mr_input_walk_t *w, json_t *v, json_t *parent,
-    const char *key, size_t index, ngx_uint_t inside, ngx_uint_t depth)
-{
-    size_t            i;
-    json_t           *e;
-    ngx_str_t        *s;
-    ngx_uint_t        ord;
-    const char       *k;
-    mr_input_lit_t   *lit;
-    mr_input_swap_t  *sw;
-
-    if (depth > MR_INPUT_DEPTH) {
-        return NGX_DECLINED;
-    }
-
-    inside = inside || v == w->input;
-
-    switch (json_typeof(v)) {
-
-    case JSON_OBJECT:
-        json_object_foreach(v, k, e) {
-            if (mr_input_walk(w, e, v, k, 0, inside, depth + 1) != NGX_OK) {
-                return NGX_DECLINED;
-            }
-        }
-
-        return NGX_OK;
-
-    case JSON_ARRAY:
-        json_array_foreach(v, i, e) {
-            if (mr_input_walk(w, e, v, NULL, i, inside, depth + 1) != NGX_OK)
-            {
-                return NGX_DECLINED;
-            }
-        }
-
-        return NGX_OK;
-
-    case JSON_STRING:
-        break;
-
-    default:
-        return NGX_OK;
-    }
-
-    ord = w->ord++;
-
-    if (w->next == w->nlits || w->lits[w->next].ord != ord) {
-        return NGX_OK;
-    }
-
-    lit = &w->lits[w->next++];
-
-    if (!inside || !mr_input_same(lit, v)) {
-        return NGX_OK;
-    }
-
-    /* a swap is pushed whole before its string: the caller undoes swaps */
-
-    sw = ngx_array_push(&w->swaps);
-    if (sw == NULL) {
-        return NGX_ERROR;
-    }
-
-    sw->parent = parent;
-    sw->key = key;
-    sw->index = index;
-    sw->value = json_incref(v);
-
-    s = ngx_array_push(&w->strings);
-    if (s == NULL) {
-        return NGX_ERROR;
-    }
-
-    s->data = lit->data;
-    s->len = lit->len;
-
-    w->len += lit->len;
-
-    return NGX_OK;
-}
-
-
-/*
- * Whether a string's text (quotes included) is what jansson writes for
- * the value: its bytes as they are but for '"', '\\', \b \f \n \r \t
- * and the other control characters as \u00XX, upper case
- */
-
-static ngx_uint_t
-mr_input_same(mr_input_lit_t *lit, json_t *v)
-{
-    u_char  *p, *b, *end, *s, *send, c;
-    size_t   n;
-
-    p = lit->data + 1;
-    end = lit->data + lit->len - 1;
-    s = (u_char *) json_string_value(v);
-    send = s + json_string_length(v);
-
-    for ( ;; ) {
-        b = memchr(p, '\\', end - p);
-        n = (b ? b : end) - p;
-
-        if (n > (size_t) (send - s) || ngx_memcmp(p, s, n) != 0) {
-            return 0;
-        }
-
-        p += n;
-        s += n;
-
-        if (b == NULL) {
-            return s == send;
-        }
-
-        if (end - p < 2) {
-            return 0;
-        }
-
-        switch (p[1]) {
-
-        case '"':
-            c = '"';
-            break;
-
-        case '\\':
-            c = '\\';
-            break;
-
-        case 'b':
-            c = '\b';
-            break;
-
-        case 'f':
-            c = '\f';
-            break;
-
-        case 'n':
-            c = '\n';
-            break;
-
-        case 'r':
-            c = '\r';
-            break;
-
-        case 't':
-            c = '\t';
-            break;
-
-        case 'u':
-            if (end - p < 6 || p[2] != '0' || p[3] != '0'
-                || (p[4] != '0' && p[4] != '1')
-                || !((p[5] >= '0' && p[5] <= '9')
-                     || (p[5] >= 'A' && p[5] <= 'F')))
-            {
-                return 0;
-            }
-
-            c = (p[4] - '0') * 16
-                + (p[5] <= '9' ? p[5] - '0' : p[5] - 'A' + 10);
-
-            if (c == '\0' || c == '\b' || c == '\f' || c == '\n' || c == '\r'
-                || c == '\t')
-            {
-                return 0;
-            }
-
-            p += 4;
-            break;
-
-        default:
-            return 0;
-        }
-
-        if (s == send || *s != c) {
-            return 0;
-        }
-
-        s++;
-        p += 2;
-    }
-}
-
+/* an attempt: the stored input, read whole if nothing is set aside */
 
 json_t *
 mr_input_load(ngx_pool_t *pool, ngx_str_t *text, mr_input_t *in)
 {
-    u_char       *p, *q, *last, *end, *skel, *w;
+    json_t  *j;
+
+    j = mr_input_skeleton(pool, text, 0, in);
+
+    if (j) {
+        return j;
+    }
+
+    return json_loadb((char *) text->data, text->len, 0, NULL);
+}
+
+
+/*
+ * The text with its long string values (not keys) replaced by stand-ins,
+ * parsed.  In a create's body (body) only the values inside the top-level
+ * "input" are, and only if mr_input_plain() says that jansson writes the
+ * string as it is written.  Where the text is valid JSON, a string begins
+ * at a quote outside the strings before it and is a key if the next
+ * byte but spaces is ':', as jansson reads it; where it is not, jansson
+ * refuses the text before that point or after it: a span replaced is a
+ * whole valid string that holds no NUL, and a stand-in is one too, so
+ * the skeleton is valid JSON exactly when the text is, and has the same
+ * keys.
+ */
+
+static json_t *
+mr_input_skeleton(ngx_pool_t *pool, ngx_str_t *text, ngx_uint_t body,
+    mr_input_t *in)
+{
+    u_char       *p, *q, *b, *from, *last, *end, *skel, *w;
     json_t       *j;
-    ngx_int_t     rc;
+    ngx_int_t     rc, depth;
     ngx_str_t    *s;
+    ngx_uint_t    inside;
     ngx_array_t   strings;
 
     in->strings = NULL;
     in->n = 0;
     in->len = 0;
-    in->swaps = NULL;
 
-    if (text->len < MR_INPUT_LONG || mr_input_nul(text)
-        || ngx_array_init(&strings, pool, 8, sizeof(ngx_str_t)) != NGX_OK)
-    {
-        goto whole;
-    }
-
-    /* at most as long as the text: a stand-in is shorter than the string
-       it stands for */
-
-    skel = ngx_pnalloc(pool, text->len);
-    if (skel == NULL) {
-        goto whole;
+    if (text->len < MR_INPUT_LONG || mr_input_nul(text)) {
+        return NULL;
     }
 
     p = text->data;
     end = p + text->len;
-    w = skel;
+    from = p;                           /* the text not yet in skel */
+    skel = NULL;
+    w = NULL;
+
+    /* the body: how deep outside strings, and whether in "input" */
+
+    depth = 0;
+    inside = !body;
 
     while ((q = memchr(p, '"', end - p)) != NULL) {
+
+        for (b = p; body && b < q; b++) {
+            if (*b == '{' || *b == '[') {
+                depth++;
+
+            } else if (*b == '}' || *b == ']') {
+                depth--;
+            }
+        }
 
         rc = mr_input_string(q, end, &last);
         if (rc == NGX_ERROR) {
             break;
         }
 
-        w = ngx_cpymem(w, p, q - p);
+        p = last;
 
-        if (last - q < MR_INPUT_LONG || rc == NGX_DECLINED) {
-            w = ngx_cpymem(w, q, last - q);     /* short, or a key */
+        if (rc == NGX_DECLINED) {
+            if (body && depth == 1) {
+                inside = (last - q == sizeof("\"input\"") - 1
+                          && ngx_strncmp(q, "\"input\"", last - q) == 0);
+            }
 
-        } else {
-            s = ngx_array_push(&strings);
-            if (s == NULL) {
+            continue;
+        }
+
+        if (last - q < MR_INPUT_LONG
+            || !inside
+            || (body && (depth < 2 || !mr_input_plain(q + 1, last - 1))))
+        {
+            continue;
+        }
+
+        /* at most as long as the text: a stand-in is shorter than the
+           string it stands for */
+
+        if (skel == NULL) {
+            skel = ngx_pnalloc(pool, text->len);
+
+            if (skel == NULL
+                || ngx_array_init(&strings, pool, 8, sizeof(ngx_str_t))
+                   != NGX_OK)
+            {
                 break;
             }
 
-            s->data = q;
-            s->len = last - q;
-
-            w = ngx_sprintf(w, MR_INPUT_MARK "%ui\"", strings.nelts - 1);
+            w = skel;
         }
 
-        p = last;
+        s = ngx_array_push(&strings);
+        if (s == NULL) {
+            break;
+        }
+
+        s->data = q;
+        s->len = last - q;
+
+        in->len += last - q;
+
+        w = ngx_cpymem(w, from, q - from);
+        w = ngx_sprintf(w, MR_INPUT_MARK "%ui\"", strings.nelts - 1);
+        from = last;
+    }
+
+    if (skel == NULL) {
+        in->len = 0;
+        return NULL;
     }
 
     j = NULL;
 
-    if (q == NULL && strings.nelts) {
-        w = ngx_cpymem(w, p, end - p);
+    if (q == NULL) {
+        w = ngx_cpymem(w, from, end - from);
 
-        j = json_loadb((char *) skel, w - skel, JSON_ALLOW_NUL, NULL);
+        j = json_loadb((char *) skel, w - skel,
+                       body ? JSON_ALLOW_NUL | JSON_REJECT_DUPLICATES
+                            : JSON_ALLOW_NUL,
+                       NULL);
     }
 
     (void) ngx_pfree(pool, skel);
 
-    if (j) {
-        in->strings = strings.elts;
-        in->n = strings.nelts;
-        return j;
+    if (j == NULL) {
+        in->len = 0;
+        return NULL;
     }
 
-whole:
+    in->strings = strings.elts;
+    in->n = strings.nelts;
 
-    return json_loadb((char *) text->data, text->len, 0, NULL);
+    return j;
+}
+
+
+/*
+ * Whether a string's text (between its quotes) is what jansson writes
+ * for what jansson reads from it: printable ASCII but '"' and '\\',
+ * UTF-8 as RFC 3629 has it (no overlong form, no surrogate, nothing
+ * above U+10FFFF: what jansson accepts), and the escapes jansson writes.
+ * No other escape: "\/" and "\u0041" are read as "/" and "A", written
+ * so; the string is then left to jansson.
+ */
+
+static ngx_uint_t
+mr_input_plain(u_char *p, u_char *end)
+{
+    size_t  n;
+
+    while (p < end) {
+
+        if (*p >= 0x20 && *p < 0x80 && *p != '"' && *p != '\\') {
+            p++;
+            continue;
+        }
+
+        if (*p == '\\') {
+            n = mr_input_escape(p, end);
+
+        } else if (*p >= 0x80) {
+            n = mr_input_utf8(p, end);
+
+        } else {
+            n = 0;                      /* a control character, or '"' */
+        }
+
+        if (n == 0) {
+            return 0;
+        }
+
+        p += n;
+    }
+
+    return 1;
+}
+
+
+/*
+ * The length of an escape that jansson writes: \" \\ \b \f \n \r \t and
+ * \u00XX, upper case, for the other control characters but NUL; 0: any
+ * other
+ */
+
+static size_t
+mr_input_escape(u_char *p, u_char *end)
+{
+    u_char  c;
+
+    if (end - p < 2) {
+        return 0;
+    }
+
+    switch (p[1]) {
+
+    case '"':
+    case '\\':
+    case 'b':
+    case 'f':
+    case 'n':
+    case 'r':
+    case 't':
+        return 2;
+
+    case 'u':
+        break;
+
+    default:
+        return 0;
+    }
+
+    if (end - p < 6 || p[2] != '0' || p[3] != '0'
+        || (p[4] != '0' && p[4] != '1')
+        || !((p[5] >= '0' && p[5] <= '9') || (p[5] >= 'A' && p[5] <= 'F')))
+    {
+        return 0;
+    }
+
+    c = (p[4] - '0') * 16 + (p[5] <= '9' ? p[5] - '0' : p[5] - 'A' + 10);
+
+    if (c == '\0' || c == '\b' || c == '\f' || c == '\n' || c == '\r'
+        || c == '\t')
+    {
+        return 0;
+    }
+
+    return 6;
+}
+
+
+/*
+ * The length of the well-formed UTF-8 sequence p begins (RFC 3629,
+ * section 4), 0 if it is not one: a lead byte C2-F4, the second byte's
+ * range narrowed after E0 (no overlong form), ED (no surrogate), F0 (no
+ * overlong form) and F4 (nothing above U+10FFFF)
+ */
+
+static size_t
+mr_input_utf8(u_char *p, u_char *end)
+{
+    u_char  lo, hi;
+    size_t  n, i;
+
+    lo = 0x80;
+    hi = 0xBF;
+
+    if (*p < 0xC2) {
+        return 0;
+
+    } else if (*p < 0xE0) {
+        n = 2;
+
+    } else if (*p < 0xF0) {
+        n = 3;
+        lo = (*p == 0xE0) ? 0xA0 : 0x80;
+        hi = (*p == 0xED) ? 0x9F : 0xBF;
+
+    } else if (*p < 0xF5) {
+        n = 4;
+        lo = (*p == 0xF0) ? 0x90 : 0x80;
+        hi = (*p == 0xF4) ? 0x8F : 0xBF;
+
+    } else {
+        return 0;
+    }
+
+    if ((size_t) (end - p) < n || p[1] < lo || p[1] > hi) {
+        return 0;
+    }
+
+    for (i = 2; i < n; i++) {
+        if (p[i] < 0x80 || p[i] > 0xBF) {
+            return 0;
+        }
+    }
+
+    return n;
 }
 
 

@@ -21,24 +21,14 @@
 
 
 typedef struct {
-    json_t      *parent;        /* where a stand-in took a string's place */
-    const char  *key;           /* in an object; NULL: in an array */
-    size_t       index;
-    json_t      *value;         /* the string, put back by restore */
-} mr_input_swap_t;
-
-
-typedef struct {
-    ngx_str_t         *strings; /* the strings set aside: their text */
-    ngx_uint_t         n;
-    size_t             len;     /* the create's: of their texts */
-    mr_input_swap_t   *swaps;   /* the create's: one per string */
+    ngx_str_t   *strings;       /* the strings set aside: their text */
+    ngx_uint_t   n;
+    size_t       len;           /* of their texts */
 } mr_input_t;
 
 
-void mr_input_set_aside(ngx_pool_t *pool, ngx_str_t *text,
-    json_t *body, json_t *input, mr_input_t *in);
-void mr_input_restore(mr_input_t *in);
+json_t *mr_input_load_body(ngx_pool_t *pool, ngx_str_t *text,
+    mr_input_t *in);
 json_t *mr_input_load(ngx_pool_t *pool, ngx_str_t *text, mr_input_t *in);
 ngx_int_t mr_input_dump(ngx_pool_t *pool, json_t *json, mr_input_t *in,
     ngx_str_t *out);

@@ -560,7 +560,7 @@ mr_ratelimit_set(ngx_http_request_t *r)
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_modelroute_module);
 
-    body = mr_http_parse_object(r, &rc);
+    body = mr_http_parse_object(r, NULL, &rc);
     if (body == NULL) {
         return rc;
     }

@@ -206,7 +206,7 @@ mr_wh_create(ngx_http_request_t *r)
     op = &ctx->op;
     wh = &op->wh.ep;
 
-    body = mr_http_parse_object(r, &rc);
+    body = mr_http_parse_object(r, NULL, &rc);
     if (body == NULL) {
         return rc;
     }
@@ -262,7 +262,7 @@ mr_wh_patch(ngx_http_request_t *r)
     ctx = ngx_http_get_module_ctx(r, ngx_http_modelroute_module);
     op = &ctx->op;
 
-    body = mr_http_parse_object(r, &rc);
+    body = mr_http_parse_object(r, NULL, &rc);
     if (body == NULL) {
         return rc;
     }

@@ -15,7 +15,7 @@
 # The create sets a long string aside too, where the body writes it as
 # jansson would: bodies written by hand, with escapes jansson does not
 # write, spaces, keys in another order, a mixed array, objects of 8 and
-# 16 long values, nesting deeper than the walk goes, are stored as
+# 16 long values, nesting 70 deep, are stored as
 # jansson writes them (the same key with the same input written either
 # way is the same execution).
 #
@@ -309,11 +309,10 @@ sub holds_each {
     is($diff->{status}, 409, 'one byte more in a long string: 409');
 }
 
-# ---- more bodies for the create's pairing: a mixed array, a long key
-# ending in a backslash before spaces and its colon, \u001F and \u001f
-# side by side, objects of 8 and 16 long values (jansson's table grows
-# when a value is set), nesting deeper than the walk goes (nothing set
-# aside, the same text), long strings after the input
+# ---- more bodies for the create: a mixed array, a long key ending in a
+# backslash before spaces and its colon, \u001F and \u001f side by side,
+# objects of 8 and 16 long values, nesting 70 deep (set aside all the
+# same), long strings after the input
 {
     my ($l1, $l2, $l3) = (long(), long(), long());
     my $lk = long('\\');
@@ -343,10 +342,11 @@ sub holds_each {
     my $req = $req[$before] // {};
     is_deeply($req->{json}{input}, $input, 'pairing bodies: as sent')
         or diag $req->{body};
-    # nesting deeper than the walk goes: nothing at the create; at the
-    # attempt, every long value (the stored text is jansson's)
-    is_deeply([ set_aside($from) ], [ [0], [31] ],
-        'set aside: none at the create (too deep), 31 at the attempt');
+    # nesting 70 deep: set aside at the create too (the scan of the body
+    # keeps no stack); all but lower's (\u001f) at the create, every long
+    # value at the attempt (the stored text is jansson's)
+    is_deeply([ set_aside($from) ], [ [30], [31] ],
+        'set aside: 30 at the create (one 70 deep), 31 at the attempt');
     holds_each($req, 'pairing bodies', $l1, $l2, $l3, $lk,
         "${l2}\x1f", "${l3}\x1f", values %o8, values %o16);
     delete $input->{deep};
