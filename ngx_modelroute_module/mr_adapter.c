@@ -53,7 +53,8 @@ static void mr_adapter_detail(ngx_pool_t *pool, json_t *answer,
 static int64_t mr_adapter_usage(json_t *usage, const char *name);
 static int64_t mr_adapter_cost(mr_model_t *m, json_t *input, int64_t in,
     int64_t out, int64_t images);
-static json_t *mr_adapter_input(mr_model_t *m, mr_exec_t *exec);
+static json_t *mr_adapter_input(ngx_pool_t *pool, mr_model_t *m,
+    mr_exec_t *exec);
 static int64_t mr_adapter_retry_after(ngx_str_t *value);
 
 
@@ -422,7 +423,7 @@ mr_adapter_response(ngx_pool_t *pool, mr_route_t *route, mr_model_t *m,
             goto done;
         }
 
-        input = mr_adapter_input(m, exec);
+        input = mr_adapter_input(pool, m, exec);
 
         if (mr_adapter_ok(pool, route, m, input, answer, out) != NGX_OK
             && out->outcome == 0)
@@ -900,17 +901,21 @@ mr_adapter_cost(mr_model_t *m, json_t *input, int64_t in, int64_t out,
 }
 
 
-/* the execution's input, where the price needs it (per image, per second) */
+/*
+ * the execution's input, where the price needs it (per image, per second):
+ * its numbers are read, its long strings set aside (mr_input.c)
+ */
 
 static json_t *
-mr_adapter_input(mr_model_t *m, mr_exec_t *exec)
+mr_adapter_input(ngx_pool_t *pool, mr_model_t *m, mr_exec_t *exec)
 {
+    mr_input_t  in;
+
     if (m->per_image == 0 && m->per_second == 0) {
         return NULL;
     }
 
-    return json_loadb((char *) exec->seg[MR_SEG_INPUT].data,
-                      exec->seg[MR_SEG_INPUT].len, 0, NULL);
+    return mr_input_load(pool, &exec->seg[MR_SEG_INPUT], &in);
 }
 
 
@@ -1000,7 +1005,7 @@ mr_adapter_callback(ngx_pool_t *pool, mr_model_t *m, mr_exec_t *exec,
             }
         }
 
-        input = mr_adapter_input(m, exec);
+        input = mr_adapter_input(pool, m, exec);
         out->cost = mr_adapter_cost(m, input, in, outt, -1);
         json_decref(input);
 

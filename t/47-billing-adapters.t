@@ -50,6 +50,7 @@ my %M = (
     bvdef   => { in => 10_000_000, max_tokens => 10 },
     basync  => { per_request => 10_000, in => 1_000_000, out => 2_000_000,
                  max_tokens => 1000 },
+    bjobimg => { per_image => 30_000 },
     schat   => { per_request => 2000, in => 1_000_000, out => 2_000_000,
                  max_tokens => 200 },
     santh   => { in => 1_000_000, out => 2_000_000, max_tokens => 300 },
@@ -71,6 +72,7 @@ my $models = join '', map {
     my $route = { bchat => 'f-chat', bchatc => 'f-chatc', banth => 'f-anth',
         bemb => 'f-emb', bimg => 'f-img', bimgtok => 'f-img',
         bvision => 'f-chat', bvdef => 'f-chat', basync => 'job',
+        bjobimg => 'job',
         schat => 's-chat', santh => 's-anth', semb => 's-emb',
         simg => 's-img' }->{$_};
     "modelroute_model $_ @p routes=$route:prov-$_;\n";
@@ -463,6 +465,24 @@ sub chat_answer {
         $e = terminal($e->{id} // 'exec_none');
         charged_ok($e, $want->($e), "async, $name");
     }
+}
+
+{
+    # per image, asynchronous: the images asked for (input.n), read from
+    # the stored input where a long prompt is set aside (mr_input.c)
+    my $m = marker();
+    my ($e, $q) = run('bjobimg', '/job', { prompt => "$m " . ('p' x 100),
+        n => 3 }, marker => $m, until => 'AWAITING_WEBHOOK');
+    my $j = $q->{json} // {};
+    my ($path) = ($j->{callback_url} // '') =~ m{(/v1/callbacks/.*)$};
+    my $r = $t->req(POST => $path // '/v1/callbacks/none',
+        { Authorization => 'Bearer ' . ($j->{callback_token} // '') },
+        { status => 'succeeded', output => { text => 'done' } });
+    is($r->{status}, 200, 'async per image: the callback is taken')
+        or diag $r->{body};
+    $e = terminal($e->{id} // 'exec_none');
+    charged_ok($e, rule($M{bjobimg}, images => 3),
+        'async per image, a long prompt: 3 x 0.03');
 }
 
 # ---------------------------------------------------------------- simulator
