@@ -6,7 +6,8 @@
 #   bench_conf HTTP          writes $tmp/conf/nginx.conf: what every
 #                            benchmark shares (2 workers, durable store,
 #                            temp paths) around the http block's HTTP;
-#                            $bench_store replaces the store's line
+#                            $bench_store replaces the store's line;
+#                            BENCH_BODY_BUFFER sets client_body_buffer_size
 #   bench_start URL CODE     starts nginx on $tmp/conf/nginx.conf and
 #                            waits until URL answers CODE
 #   http METHOD PATH [BODY] [curl args...]   -> $code, $body (from $base)
@@ -114,6 +115,7 @@ http {
     keepalive_requests 1000000;
 
     client_body_temp_path $tmp/tmp/body;
+    ${BENCH_BODY_BUFFER:+client_body_buffer_size $BENCH_BODY_BUFFER;}
     proxy_temp_path       $tmp/tmp/proxy;
     fastcgi_temp_path     $tmp/tmp/fastcgi;
     uwsgi_temp_path       $tmp/tmp/uwsgi;
