@@ -15,7 +15,7 @@ use IO::Socket::UNIX;
 use Socket qw(SOCK_STREAM);
 use Time::HiRes qw(time);
 use MR::Test qw(:all);
-use MR::Receiver;
+use MR::Receiver qw(chat_completion);
 
 my $rc = MR::Receiver->new;
 $rc->start;
@@ -71,11 +71,7 @@ EOF
 my $t = MR::Test->new(http => $http);
 $t->start;
 
-my $CHAT = { id => 'chatcmpl-1', object => 'chat.completion',
-    choices => [ { index => 0, finish_reason => 'stop',
-        message => { role => 'assistant', content => 'ok' } } ],
-    usage => { prompt_tokens => 3, completion_tokens => 5,
-        total_tokens => 8 } };
+my $CHAT = chat_completion();
 
 my %TERMINAL = map { $_ => 1 } qw(COMPLETED FAILED CANCELLED EXPIRED);
 $rc->set('/sync', json => $CHAT);

@@ -18,16 +18,13 @@ use IO::Socket::UNIX;
 use Socket qw(SOCK_STREAM);
 use Time::HiRes qw(time);
 use MR::Test qw(:all);
-use MR::Receiver;
+use MR::Receiver qw(chat_completion);
 
 my $rc = MR::Receiver->new;
 $rc->start;
 my $RPORT = $rc->port;
 
-my $CHAT = { id => 'c', object => 'chat.completion',
-    choices => [ { index => 0, finish_reason => 'stop',
-        message => { role => 'assistant', content => 'ok' } } ],
-    usage => { prompt_tokens => 3, completion_tokens => 5 } };
+my $CHAT = chat_completion();
 
 # no sweep until the test asks for one (a reload): an answer that comes
 # after expires_at meets an execution that is not expired yet

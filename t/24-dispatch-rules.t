@@ -11,16 +11,13 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 use Test::More;
 use MR::Test qw(:all);
-use MR::Receiver;
+use MR::Receiver qw(chat_completion);
 
 my $rc = MR::Receiver->new;
 $rc->start;
 my $RPORT = $rc->port;
 
-my $CHAT = { id => 'c', object => 'chat.completion',
-    choices => [ { index => 0, finish_reason => 'stop',
-        message => { role => 'assistant', content => 'ok' } } ],
-    usage => { prompt_tokens => 3, completion_tokens => 5 } };
+my $CHAT = chat_completion();
 my $R429 = { status => 429, json => { error => { message => 'slow down',
     type => 'rate_limit_error' } } };
 

@@ -66,11 +66,7 @@ push @n, MR::Test->new(store => 'postgres', db => $n[0]->db,
 $_->start for @n;
 my $t = $n[0];
 
-my $CHAT = { id => 'chatcmpl-1', object => 'chat.completion',
-    choices => [ { index => 0, finish_reason => 'stop',
-        message => { role => 'assistant', content => 'ok' } } ],
-    usage => { prompt_tokens => 3, completion_tokens => 5,
-        total_tokens => 8 } };
+my $CHAT = chat_completion();
 my %TERMINAL = map { $_ => 1 } qw(COMPLETED FAILED CANCELLED EXPIRED);
 
 isnt($n[1]->store, $n[0]->store, 'each node has a directory of its own');

@@ -88,11 +88,7 @@ my $t = MR::Test->new(store => 'postgres', http => $http, workers => 2,
     timeout => 30);
 $t->start;
 
-my $CHAT = { id => 'chatcmpl-1', object => 'chat.completion',
-    choices => [ { index => 0, finish_reason => 'stop',
-        message => { role => 'assistant', content => 'ok' } } ],
-    usage => { prompt_tokens => 3, completion_tokens => 5,
-        total_tokens => 8 } };
+my $CHAT = chat_completion();
 my %TERMINAL = map { $_ => 1 } qw(COMPLETED FAILED CANCELLED EXPIRED);
 
 sub route {

@@ -73,11 +73,7 @@ $t->start;
 
 my $PGLOG = MR::Test::pg_cluster()->{dir} . '/log';
 
-my $CHAT = { id => 'chatcmpl-1', object => 'chat.completion',
-    choices => [ { index => 0, finish_reason => 'stop',
-        message => { role => 'assistant', content => 'ok' x 40 } } ],
-    usage => { prompt_tokens => 3, completion_tokens => 5,
-        total_tokens => 8 } };
+my $CHAT = chat_completion(content => 'ok' x 40);
 
 sub pg_log_from {
     my ($off) = @_;
