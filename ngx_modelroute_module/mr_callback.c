@@ -21,8 +21,6 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 
-#include <openssl/hmac.h>
-
 #include "mr_callback.h"
 #include "mr_http.h"
 #include "mr_adapter.h"
@@ -36,7 +34,8 @@
 
 static void mr_callback_key_read(mr_store_read_t *rd);
 static void mr_callback_key_again(ngx_event_t *ev);
-static void mr_callback_mac(u_char *exec_id, ngx_uint_t attempt, u_char *hex);
+static ngx_int_t mr_callback_mac(u_char *exec_id, ngx_uint_t attempt,
+    u_char *hex);
 static ngx_int_t mr_callback_parse(ngx_str_t *token, ngx_uint_t *attempt,
     u_char **mac);
 static ngx_int_t mr_callback_body(ngx_http_request_t *r);
@@ -132,26 +131,33 @@ mr_callback_ready(void)
 }
 
 
-static void
+static ngx_int_t
 mr_callback_mac(u_char *exec_id, ngx_uint_t attempt, u_char *hex)
 {
-    u_char        *p;
-    unsigned int   len;
-    u_char         msg[sizeof(MR_CALLBACK_CONTEXT) + MR_EXEC_ID_LEN + 1
-                       + NGX_INT_T_LEN];
-    u_char         mac[EVP_MAX_MD_SIZE];
+    u_char     *p;
+    ngx_str_t   part;
+    u_char      msg[sizeof(MR_CALLBACK_CONTEXT) + MR_EXEC_ID_LEN + 1
+                    + NGX_INT_T_LEN];
+    u_char      mac[MR_SHA256_LEN];
 
     p = ngx_cpymem(msg, MR_CALLBACK_CONTEXT, sizeof(MR_CALLBACK_CONTEXT));
     p = ngx_cpymem(p, exec_id, MR_EXEC_ID_LEN);
     *p++ = '\0';
     p = ngx_sprintf(p, "%ui", attempt);
 
-    len = 0;
+    part.data = msg;
+    part.len = p - msg;
 
-    (void) HMAC(EVP_sha256(), mr_callback_key, sizeof(mr_callback_key),
-                msg, p - msg, mac, &len);
+    if (mr_hmac_sha256(mac, mr_callback_key, sizeof(mr_callback_key), &part,
+                       1)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
 
-    mr_hex(hex, mac, 32);
+    mr_hex(hex, mac, MR_SHA256_LEN);
+
+    return NGX_OK;
 }
 
 
@@ -197,7 +203,10 @@ mr_callback_token(ngx_pool_t *pool, u_char *exec_id, ngx_uint_t attempt,
     }
 
     p = ngx_sprintf(token->data, "%ui.", attempt);
-    mr_callback_mac(exec_id, attempt, p);
+
+    if (mr_callback_mac(exec_id, attempt, p) != NGX_OK) {
+        return NGX_ERROR;
+    }
 
     token->len = p + MR_CALLBACK_MAC_LEN - token->data;
 
@@ -281,7 +290,12 @@ mr_callback_handler(ngx_http_request_t *r)
     ok = (token.len && mr_callback_parse(&token, &attempt, &mac) == NGX_OK);
 
     if (ok) {
-        mr_callback_mac(ctx->id.data, attempt, expect);
+        if (mr_callback_mac(ctx->id.data, attempt, expect) != NGX_OK) {
+            return mr_http_error(r, MR_E_INTERNAL,
+                                 "the callback token cannot be computed "
+                                 "(OpenSSL's HMAC failed)", NULL);
+        }
+
         ok = mr_memeq_ct(mac, expect, MR_CALLBACK_MAC_LEN);
     }
 

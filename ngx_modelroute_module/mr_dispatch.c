@@ -924,6 +924,7 @@ mr_dispatch_read(mr_store_read_t *rd)
 static void
 mr_dispatch_start(ngx_http_request_t *r, mr_store_read_t *rd)
 {
+    ngx_int_t       rc;
     ngx_str_t       body;
     ngx_uint_t      i;
     mr_exec_t      *exec;
@@ -949,7 +950,17 @@ mr_dispatch_start(ngx_http_request_t *r, mr_store_read_t *rd)
             a->exec = exec[i];
         }
 
-        if (mr_dispatch_prepare(r, a, &body) != NGX_OK) {
+        rc = mr_dispatch_prepare(r, a, &body);
+
+        if (rc != NGX_OK) {
+            if (rc == NGX_ERROR) {
+                /* no memory, or OpenSSL failed the callback token */
+                ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                              "modelroute dispatch: cannot prepare an "
+                              "attempt of %*s; it is made when its lease "
+                              "ends", (size_t) MR_EXEC_ID_LEN, a->exec_id);
+            }
+
             continue;
         }
 

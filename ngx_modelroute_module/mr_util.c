@@ -8,7 +8,9 @@
 #include <ngx_core.h>
 #include <ngx_event.h>
 
+#include <openssl/core_names.h>
 #include <openssl/crypto.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <openssl/sha.h>
@@ -305,6 +307,73 @@ mr_sha256(u_char *dst, u_char *src, size_t len)
     {
         SHA256(src, len, dst);
     }
+}
+
+
+/*
+ * HMAC-SHA256 of a message in parts, with a MAC context kept for the
+ * thread (as mr_sha256()): OpenSSL 3's one-shot HMAC() looks the MAC and
+ * the digest up and takes locks on every call, and wants the message in
+ * one piece.  The key is never NULL here: EVP_MAC_init() with a NULL key
+ * would sign with the context's previous one.
+ */
+
+ngx_int_t
+mr_hmac_sha256(u_char *dst, u_char *key, size_t klen, ngx_str_t *parts,
+    ngx_uint_t n)
+{
+    size_t                        len;
+    EVP_MAC                      *mac;
+    ngx_uint_t                    i;
+    OSSL_PARAM                    params[2];
+    static __thread EVP_MAC_CTX  *ctx;
+
+    if (ctx == NULL) {
+        mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+        if (mac == NULL) {
+            goto failed;
+        }
+
+        ctx = EVP_MAC_CTX_new(mac);
+        EVP_MAC_free(mac);            /* the context holds its own */
+
+        if (ctx == NULL) {
+            goto failed;
+        }
+
+        params[0] = OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST,
+                                                     "SHA256", 0);
+        params[1] = OSSL_PARAM_construct_end();
+
+        if (EVP_MAC_CTX_set_params(ctx, params) != 1) {
+            EVP_MAC_CTX_free(ctx);
+            ctx = NULL;
+            goto failed;
+        }
+    }
+
+    if (EVP_MAC_init(ctx, key ? key : (u_char *) "", klen, NULL) != 1) {
+        goto failed;
+    }
+
+    for (i = 0; i < n; i++) {
+        if (EVP_MAC_update(ctx, parts[i].data, parts[i].len) != 1) {
+            goto failed;
+        }
+    }
+
+    if (EVP_MAC_final(ctx, dst, &len, MR_SHA256_LEN) == 1
+        && len == MR_SHA256_LEN)
+    {
+        return NGX_OK;
+    }
+
+failed:
+
+    /* nothing of it left for the next TLS call of this thread to read */
+    ERR_clear_error();
+
+    return NGX_ERROR;
 }
 
 

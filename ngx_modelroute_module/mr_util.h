@@ -47,6 +47,8 @@ size_t mr_money_format(u_char *dst, int64_t micros);
 
 u_char *mr_hex(u_char *dst, u_char *src, size_t len);
 void mr_sha256(u_char *dst, u_char *src, size_t len);
+ngx_int_t mr_hmac_sha256(u_char *dst, u_char *key, size_t klen,
+    ngx_str_t *parts, ngx_uint_t n);
 ngx_int_t mr_memeq_ct(u_char *a, u_char *b, size_t len);
 
 ngx_int_t mr_conf_param(ngx_str_t *param, ngx_str_t *name,

@@ -29,8 +29,6 @@
 #include <ngx_event.h>
 
 #include <arpa/inet.h>
-#include <openssl/evp.h>
-#include <openssl/hmac.h>
 #include <jansson.h>
 
 #include "ngx_http_modelroute_module.h"
@@ -112,6 +110,8 @@ static ngx_uint_t       mr_wh_claiming;
 static ngx_uint_t       mr_wh_kicked;     /* while claiming */
 static ngx_queue_t      mr_wh_sends;
 static ngx_uint_t       mr_wh_active;
+static CURL           **mr_wh_idle;       /* handles for the next transfers */
+static ngx_uint_t       mr_wh_nidle;
 
 
 ngx_int_t
@@ -119,6 +119,14 @@ mr_webhook_init_process(ngx_cycle_t *cycle, mr_main_conf_t *mcf)
 {
     mr_wh_mcf = mcf;
     ngx_queue_init(&mr_wh_sends);
+
+    /* a handle per transfer at most: kept, not made anew for each */
+
+    mr_wh_nidle = 0;
+    mr_wh_idle = ngx_alloc(mcf->webhook_total * sizeof(CURL *), cycle->log);
+    if (mr_wh_idle == NULL) {
+        return NGX_ERROR;
+    }
 
     mr_wh_claim_ev.handler = mr_webhook_claim;
     mr_wh_claim_ev.log = cycle->log;
@@ -165,6 +173,15 @@ mr_webhook_exit_process(ngx_cycle_t *cycle)
             mr_webhook_drop(s);
         }
     }
+
+    /* the handles of transfers still running are freed as they end */
+
+    while (mr_wh_nidle) {
+        curl_easy_cleanup(mr_wh_idle[--mr_wh_nidle]);
+    }
+
+    ngx_free(mr_wh_idle);
+    mr_wh_idle = NULL;
 
     mr_wh_mcf = NULL;
 }
@@ -659,7 +676,7 @@ mr_webhook_transfer(mr_wh_send_t *s)
     CURL        *easy;
     ngx_msec_t   elapsed, timeout;
 
-    easy = curl_easy_init();
+    easy = mr_wh_nidle ? mr_wh_idle[--mr_wh_nidle] : curl_easy_init();
     if (easy == NULL) {
         goto failed;
     }
@@ -888,14 +905,39 @@ mr_webhook_drop(mr_wh_send_t *s)
 static void
 mr_webhook_free(mr_wh_send_t *s)
 {
+    long  oserr;
+
     if (s->ctx) {
         ngx_resolve_name_done(s->ctx);
     }
 
-    /* the handle first: it refers to the URL, headers and addresses */
+    /*
+     * The handle first: it refers to the URL, headers and addresses.  It
+     * is kept for the next transfer with its options reset (its buffers,
+     * about 22 kB, stay), unless the worker exits.
+     */
 
     if (s->easy) {
-        curl_easy_cleanup(s->easy);
+        oserr = 0;
+        (void) curl_easy_getinfo(s->easy, CURLINFO_OS_ERRNO, &oserr);
+
+        /*
+         * Not kept: a handle with a system error (curl_easy_reset() of
+         * libcurl 7.88 keeps it, and the next transfer would report it
+         * as its own), or with no room for it.
+         */
+
+        if (mr_wh_idle && oserr == 0
+            && mr_wh_nidle < mr_wh_mcf->webhook_total)
+        {
+            /* the reset also keeps a CURLOPT_RESOLVE list not loaded yet */
+            curl_easy_setopt(s->easy, CURLOPT_RESOLVE, NULL);
+            curl_easy_reset(s->easy);
+            mr_wh_idle[mr_wh_nidle++] = s->easy;
+
+        } else {
+            curl_easy_cleanup(s->easy);
+        }
     }
 
     if (s->url) {
@@ -954,22 +996,14 @@ mr_webhook_inflight(ngx_event_t *ev)
 static ngx_int_t
 mr_webhook_sign(mr_dlv_job_t *job, time_t ts, struct curl_slist **list)
 {
-    u_char            *msg, *p;
-    size_t             len;
+    u_char            *p;
     json_t            *extra, *value;
-    ngx_str_t          src, dst;
+    ngx_str_t          src, dst, parts[2];
     const char        *name;
-    unsigned int       mlen;
     struct curl_slist *l, *n;
-    u_char             mac[EVP_MAX_MD_SIZE], key[64];
+    u_char             mac[MR_SHA256_LEN], key[64];
     u_char             line[256], b64[ngx_base64_encoded_length(32) + 1];
-
-    len = job->body.len + NGX_TIME_T_LEN + MR_EVT_ID_LEN + 2;
-
-    msg = ngx_alloc(len, ngx_cycle->log);
-    if (msg == NULL) {
-        return NGX_ERROR;
-    }
+    u_char             pre[MR_EVT_ID_LEN + NGX_TIME_T_LEN + 2];
 
     l = NULL;
 
@@ -987,17 +1021,20 @@ mr_webhook_sign(mr_dlv_job_t *job, time_t ts, struct curl_slist **list)
     mr_header("Expect:");
     mr_header("X-Signature-Timestamp: %T", ts);
 
-    p = ngx_sprintf(msg, "%T.", ts);
-    p = ngx_cpymem(p, job->body.data, job->body.len);
+    /* "<ts>.<body>": the body is signed where it is, not copied */
 
-    if (HMAC(EVP_sha256(), job->secret.data, (int) job->secret.len,
-             msg, p - msg, mac, &mlen) == NULL)
+    parts[0].data = pre;
+    parts[0].len = ngx_sprintf(pre, "%T.", ts) - pre;
+    parts[1] = job->body;
+
+    if (mr_hmac_sha256(mac, job->secret.data, job->secret.len, parts, 2)
+        != NGX_OK)
     {
         goto failed;
     }
 
     p = ngx_cpymem(line, "X-Signature: ", sizeof("X-Signature: ") - 1);
-    p = ngx_hex_dump(p, mac, mlen);
+    p = ngx_hex_dump(p, mac, MR_SHA256_LEN);
     *p = '\0';
 
     n = curl_slist_append(l, (char *) line);
@@ -1022,18 +1059,18 @@ mr_webhook_sign(mr_dlv_job_t *job, time_t ts, struct curl_slist **list)
         goto failed;
     }
 
-    p = ngx_sprintf(msg, "%*s.%T.", (size_t) MR_EVT_ID_LEN, job->event_id,
-                    ts);
-    p = ngx_cpymem(p, job->body.data, job->body.len);
+    /* "<id>.<ts>.<body>" */
 
-    if (HMAC(EVP_sha256(), key, (int) dst.len, msg, p - msg, mac, &mlen)
-        == NULL)
-    {
+    parts[0].len = ngx_sprintf(pre, "%*s.%T.", (size_t) MR_EVT_ID_LEN,
+                               job->event_id, ts)
+                   - pre;
+
+    if (mr_hmac_sha256(mac, key, dst.len, parts, 2) != NGX_OK) {
         goto failed;
     }
 
     src.data = mac;
-    src.len = mlen;
+    src.len = MR_SHA256_LEN;
     dst.data = b64;
     ngx_encode_base64(&dst, &src);
 
@@ -1079,14 +1116,12 @@ mr_webhook_sign(mr_dlv_job_t *job, time_t ts, struct curl_slist **list)
 
 #undef mr_header
 
-    ngx_free(msg);
     *list = l;
 
     return NGX_OK;
 
 failed:
 
-    ngx_free(msg);
     curl_slist_free_all(l);
 
     return NGX_ERROR;
