@@ -87,6 +87,27 @@ mr_adapter_fail(mr_adapter_out_t *out, ngx_uint_t outcome, const char *code,
 
 
 /*
+ * The level a failed outcome is logged at: one the tenant's input caused
+ * (refused as invalid, or by the provider's moderation) at info, so that
+ * a key holder cannot fill the error log at the rate of their creates;
+ * the provider's failures at error.
+ */
+
+ngx_uint_t
+mr_adapter_log_level(mr_adapter_out_t *out)
+{
+    if (out->code
+        && (ngx_strcmp(out->code, "INPUT_VALIDATION_ERROR") == 0
+            || ngx_strcmp(out->code, "CONTENT_MODERATION_REJECTED") == 0))
+    {
+        return NGX_LOG_INFO;
+    }
+
+    return NGX_LOG_ERR;
+}
+
+
+/*
  * A provider's JSON text: any value, a \u0000 in a string, and integers
  * beyond 64 bits, which make every number of the text a real (only usage
  * is read from numbers, and it may be either).  NULL: not JSON, or JSON

@@ -45,6 +45,7 @@ void mr_adapter_callback(ngx_pool_t *pool, mr_model_t *m, mr_exec_t *exec,
 void mr_adapter_fail(mr_adapter_out_t *out, ngx_uint_t outcome,
     const char *code, const char *message);
 json_t *mr_adapter_json(u_char *data, size_t len, ngx_uint_t *unheld);
+ngx_uint_t mr_adapter_log_level(mr_adapter_out_t *out);
 
 
 #endif /* _MR_ADAPTER_H_INCLUDED_ */

@@ -437,7 +437,7 @@ mr_callback_got(ngx_http_request_t *r, mr_store_read_t *rd)
 
     if (out.detail.len) {
         /* the provider's words are the operator's, not the tenant's */
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+        ngx_log_error(mr_adapter_log_level(&out), r->connection->log, 0,
                       "modelroute: %V: the provider called back a "
                       "failure: \"%V\"", &ctx->id, &out.detail);
     }

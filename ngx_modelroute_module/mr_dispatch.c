@@ -1124,6 +1124,12 @@ mr_dispatch_prepare(ngx_http_request_t *r, mr_disp_att_t *a, ngx_str_t *body)
                         "the attempt came too late to be made");
         out.breaker = MR_BREAKER_NONE;
         out.cost = -1;
+
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "modelroute dispatch: an attempt of %*s came too "
+                      "late to be made within its lease",
+                      (size_t) MR_EXEC_ID_LEN, a->exec_id);
+
         mr_dispatch_record(a, &out, 0);
 
         return NGX_DECLINED;
@@ -1164,6 +1170,13 @@ mr_dispatch_prepare(ngx_http_request_t *r, mr_disp_att_t *a, ngx_str_t *body)
         mr_adapter_fail(&out, MR_OUT_RETRY, "GENERATION_FAILED",
                         "the route is no longer configured");
         out.breaker = MR_BREAKER_NONE;
+
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "modelroute dispatch: %*s: its route \"%*s\" is no "
+                      "longer configured", (size_t) MR_EXEC_ID_LEN,
+                      a->exec_id, (size_t) a->exec.rec.route_len,
+                      a->exec.rec.route);
+
         mr_dispatch_record(a, &out, 0);
         return NGX_DECLINED;
     }
@@ -1189,8 +1202,14 @@ mr_dispatch_prepare(ngx_http_request_t *r, mr_disp_att_t *a, ngx_str_t *body)
                             &callback, &token, body, &out);
 
     if (rc == NGX_DECLINED) {
-        /* the input does not fit the protocol */
+        /* the input does not fit the protocol: the tenant's doing */
         out.cost = -1;
+
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "modelroute dispatch: %*s: route \"%V\": %V",
+                      (size_t) MR_EXEC_ID_LEN, a->exec_id,
+                      &a->route->name, &out.message);
+
         mr_dispatch_record(a, &out, 0);
         return NGX_DECLINED;
     }
@@ -1419,11 +1438,27 @@ mr_dispatch_answered(ngx_http_request_t *sr, void *data, ngx_int_t rc)
     } else {
         mr_adapter_response(req->r->pool, a->route, a->model, &a->exec,
                             status, &body, &retry_after, &out);
+
+        /*
+         * an answer with no words of the provider's (a bare 503, an HTML
+         * page, a 2xx that is not of the protocol) gets the gateway's; an
+         * answer too large has been logged, no answer at all by nginx
+         */
+
+        if (status && out.detail.len == 0 && !a->too_large
+            && out.outcome != MR_OUT_OK && out.outcome != MR_OUT_ACCEPTED)
+        {
+            ngx_log_error(mr_adapter_log_level(&out), sr->connection->log,
+                          0, "modelroute dispatch: %*s: route \"%V\" "
+                          "answered %ui: %V", (size_t) MR_EXEC_ID_LEN,
+                          a->exec_id, &a->route->name, status,
+                          &out.message);
+        }
     }
 
     if (out.detail.len) {
         /* the provider's words are the operator's, not the tenant's */
-        ngx_log_error(NGX_LOG_ERR, sr->connection->log, 0,
+        ngx_log_error(mr_adapter_log_level(&out), sr->connection->log, 0,
                       "modelroute dispatch: %*s: route \"%V\" answered "
                       "%ui: \"%V\"", (size_t) MR_EXEC_ID_LEN, a->exec_id,
                       &a->route->name, status, &out.detail);

@@ -359,6 +359,7 @@ static void
 mr_webhook_send(mr_dlv_job_t *job)
 {
     char          *port;
+    size_t         len;
     ngx_int_t      n, rc;
     const char    *why;
     mr_wh_send_t  *s;
@@ -408,6 +409,9 @@ mr_webhook_send(mr_dlv_job_t *job)
     curl_free(port);
 
     if (n < 1 || n > 65535) {
+        ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                      "modelroute webhooks: %*s: the URL's port is out of "
+                      "range", (size_t) MR_DLV_ID_LEN, job->dlv_id);
         mr_webhook_record(s, 0, MR_WH_UNREACHABLE);
         return;
     }
@@ -428,12 +432,18 @@ mr_webhook_send(mr_dlv_job_t *job)
             return;
         }
 
-        (void) ngx_sock_ntop(&sa.sockaddr, sizeof(ngx_sockaddr_t), text,
-                             NGX_SOCKADDR_STRLEN, 0);
+        /* not NUL-terminated */
+        len = ngx_sock_ntop(&sa.sockaddr, sizeof(ngx_sockaddr_t), text,
+                            NGX_SOCKADDR_STRLEN, 0);
 
         ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
-                      "modelroute webhooks: %*s: the address %s is %s",
-                      (size_t) MR_DLV_ID_LEN, job->dlv_id, text, why);
+                      "modelroute webhooks: %*s: the address %*s is %s",
+                      (size_t) MR_DLV_ID_LEN, job->dlv_id, len, text, why);
+
+    } else {
+        ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                      "modelroute webhooks: %*s: \"%s\" is no address",
+                      (size_t) MR_DLV_ID_LEN, job->dlv_id, s->host);
     }
 
     mr_webhook_record(s, 0, MR_WH_UNREACHABLE);
@@ -755,6 +765,13 @@ mr_webhook_sent(CURL *easy, CURLcode rc, void *data)
         /* a long answer is cut short: its status is what counts */
         curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &code);
 
+        if (code < 200 || code > 299) {
+            ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                          "modelroute webhooks: %*s: \"%s\" answered %l",
+                          (size_t) MR_DLV_ID_LEN, s->job->dlv_id, s->host,
+                          code);
+        }
+
     } else {
         reason = mr_webhook_reason(s, rc);
 
@@ -873,7 +890,14 @@ mr_webhook_recorded(mr_store_op_t *op)
                       "again after its lease",
                       (size_t) MR_DLV_ID_LEN, op->wh.dlv_id);
 
-    } else if (op->result != MR_R_OK && op->result != MR_R_NOOP) {
+    } else if (op->result == MR_R_NOOP) {
+        ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
+                      "modelroute webhooks: an attempt of %*s ended after "
+                      "its delivery was deleted or its lease had passed; "
+                      "its outcome was dropped",
+                      (size_t) MR_DLV_ID_LEN, op->wh.dlv_id);
+
+    } else if (op->result != MR_R_OK) {
         ngx_log_error(NGX_LOG_WARN, ngx_cycle->log, 0,
                       "modelroute webhooks: an attempt of %*s was not "
                       "recorded; it is tried again after its lease",
@@ -1082,6 +1106,11 @@ mr_webhook_sign(mr_dlv_job_t *job, time_t ts, struct curl_slist **list)
         extra = json_loadb((char *) job->headers.data, job->headers.len, 0,
                            NULL);
 
+        /* never sent without them (they were checked when set) */
+        if (extra == NULL) {
+            goto failed;
+        }
+
         json_object_foreach(extra, name, value) {
             u_char  *h;
             size_t   hlen;
@@ -1134,18 +1163,21 @@ mr_webhook_opensocket(void *clientp, curlsocktype purpose,
 {
     mr_wh_send_t *s = clientp;
 
+    size_t       len;
     const char  *why;
     u_char       text[NGX_SOCKADDR_STRLEN];
 
     why = mr_webhook_addr_refused(mr_wh_mcf, &address->addr);
 
     if (why) {
-        (void) ngx_sock_ntop(&address->addr, address->addrlen, text,
-                             NGX_SOCKADDR_STRLEN, 1);
+        /* not NUL-terminated */
+        len = ngx_sock_ntop(&address->addr, address->addrlen, text,
+                            NGX_SOCKADDR_STRLEN, 1);
 
         ngx_log_error(NGX_LOG_INFO, ngx_cycle->log, 0,
-                      "modelroute webhooks: %*s: the address %s is %s",
-                      (size_t) MR_DLV_ID_LEN, s->job->dlv_id, text, why);
+                      "modelroute webhooks: %*s: the address %*s is %s",
+                      (size_t) MR_DLV_ID_LEN, s->job->dlv_id, len, text,
+                      why);
 
         s->blocked = 1;
         return CURL_SOCKET_BAD;

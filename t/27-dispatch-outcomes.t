@@ -228,13 +228,19 @@ my $RL = { status => 429, headers => { 'Retry-After' => 3600 },
         '... output_tokens 7');
     money_is($e->{cost}, '0.017', '... cost from that usage');
 
-    # what jansson cannot hold fails the attempt, not the route
+    # what jansson cannot hold fails the attempt, not the route; the
+    # attempt is logged once (the answer has no words of the provider's)
     for my $m (qw(m-deep m-hugereal)) {
-        $e = terminal($acc->{key}, create($acc, $m));
+        my $id = create($acc, $m);
+        $e = terminal($acc->{key}, $id);
         is($e->{status}, 'FAILED', "$m: FAILED") or diag explain $e;
         is(eval { $e->{error}{code} }, 'GENERATION_FAILED',
             "$m: GENERATION_FAILED");
         is(eval { $e->{attempts}[0]{status} }, 200, "$m: status 200");
+        my @lines = grep { /\[error\].*\Q$id\E: route "jb" answered 200: /
+                           && /cannot read/ } split /\n/, $t->read_log;
+        is(scalar @lines, 1, "$m: logged once, with the execution id")
+            or diag $t->read_log;
     }
     my $rs = routes_state()->{jb} // {};
     is($rs->{breaker}, 'closed', 'breaker=1 route: still closed')
@@ -266,10 +272,41 @@ my $SECRET = 'sk-proj-abcdef0123456789';
         '401: none of the provider\'s text in error.message');
     my $r = $t->req(GET => "/v1/executions?limit=5", auth($acc->{key}));
     unlike($r->{body}, qr/\Q$SECRET\E/, '... nor in the list');
-    my @lines = grep { /\Q$id\E/ && /\Q$SECRET\E/ }
-        split /\n/, $t->read_log;
+    my @lines = grep { /\Q$id\E/ } split /\n/, $t->read_log;
     is(scalar @lines, 1, 'the provider\'s text is logged once, with the '
         . 'execution id') or diag join "\n", @lines;
+    like($lines[0] // '', qr/\[error\].*\Q$SECRET\E/, '... at error');
+
+    # no text of the provider's (a load balancer's page): the status and
+    # the gateway's words, once
+    $rc->set('/e', status => 503, content_type => 'text/html',
+        body => '<html><body>Service Unavailable</body></html>');
+    $id = create($acc, 'm-e');
+    $e = terminal($acc->{key}, $id);
+    is(eval { $e->{error}{code} }, 'MODEL_OVERLOADED', 'a bare 503: its code')
+        or diag explain $e;
+    @lines = grep { /\Q$id\E/ } split /\n/, $t->read_log;
+    is(scalar @lines, 1, 'a bare 503: logged once')
+        or diag join "\n", @lines;
+    like($lines[0] // '', qr/\[error\].*route "e" answered 503: \S/,
+        '... at error, with the status and the gateway\'s words');
+
+    # the tenant's input refused: not the provider's failure, at info
+    # (this log is at notice: no line), whether it has words or not
+    for my $case ([ 'a 400 with text', status => 400,
+                    json => { error => { message => "bad input $SECRET" } } ],
+                  [ 'a bare 422', status => 422, body => 'no' ]) {
+        my ($name, %rule) = @$case;
+        $rc->set('/e', %rule);
+        $id = create($acc, 'm-e');
+        $e = terminal($acc->{key}, $id);
+        is(eval { $e->{error}{code} }, 'INPUT_VALIDATION_ERROR',
+            "$name: INPUT_VALIDATION_ERROR") or diag explain $e;
+        @lines = grep { /\Q$id\E/ } split /\n/, $t->read_log;
+        is(scalar @lines, 0, "$name: no line at notice or above")
+            or diag join "\n", @lines;
+    }
+    $rc->set('/e');
 }
 
 # ------------------------------------------------------ 4. callbacks

@@ -8,8 +8,9 @@
 # time, so that each delivery gets the handle of the one before it (if
 # that one's was kept): endpoint A (tenant 1: headers of its own, a name
 # it resolves), B (tenant 2: no headers, an address), C (tenant 2: a port
-# where nobody listens) and D (tenant 1: a receiver that closes without
-# answering), their test events made in turns.  libcurl 7.88's reset keeps
+# where nobody listens), D (tenant 1: a receiver that closes without
+# answering) and E (tenant 2: a receiver that answers 500), their test
+# events made in turns.  libcurl 7.88's reset keeps
 # the system error of a failed connect: a handle that has one is not kept,
 # else D's failures would be logged with C's "Connection refused".
 use strict;
@@ -28,6 +29,7 @@ $dns->start;
 my $rc = MR::Receiver->new;
 $rc->start;
 $rc->set('/d', close => 1);
+$rc->set('/e', status => 500);
 
 my $t = MR::Test->new(workers => 1,
     extra_main => "error_log logs/info.log info;\n",
@@ -47,7 +49,8 @@ for ([ a => $one, { url => 'http://hooks.tenant-one.test:' . $rc->port
      [ b => $two, { url => $rc->url('/b') } ],
      [ c => $two, { url => 'http://127.0.0.1:' . MR::Test::free_port()
                        . '/c' } ],
-     [ d => $one, { url => $rc->url('/d') } ]) {
+     [ d => $one, { url => $rc->url('/d') } ],
+     [ e => $two, { url => $rc->url('/e') } ]) {
     my ($n, $acc, $body) = @$_;
     my $r = wh_create($t, $acc->{key}, $body);
     is($r->{status}, 201, "endpoint $n: $body->{url}");
@@ -55,11 +58,11 @@ for ([ a => $one, { url => 'http://hooks.tenant-one.test:' . $rc->port
                 secret => $r->{json}{secret} // 'whsec_' };
 }
 
-# fewer than the 10 failures in a row that deactivate C and D
+# fewer than the 10 failures in a row that deactivate C, D and E
 my $N = 8;
 my (%events, $made);
 for my $i (1 .. $N) {
-    for my $n (qw(a b c d)) {
+    for my $n (qw(a b c d e)) {
         my $r = $t->req(POST => "/v1/webhooks/endpoints/$ep{$n}{id}/test",
             auth($ep{$n}{key}));
         next unless $r->{status} == 202;
@@ -67,7 +70,7 @@ for my $i (1 .. $N) {
         push @{ $events{$n} }, $r->{json};
     }
 }
-is($made, 4 * $N, "$N test events for each endpoint, in turns");
+is($made, 5 * $N, "$N test events for each endpoint, in turns");
 
 my @got_a = $rc->wait_requests($N, path => '/a', timeout => 60);
 my @got_b = $rc->wait_requests($N, path => '/b', timeout => 60);
@@ -125,6 +128,23 @@ sub first_attempts {
 
 my %why = (c => 'could not connect', d => 'no valid HTTP answer');
 my $log = $t->prefix . '/logs/info.log';
+
+# E: each answer logged once, with its status
+{
+    my @at = first_attempts('e');
+    my @wrong = grep { ($_->[1]{status_code} // 0) != 500 } @at;
+    ok(@at == $N && !@wrong, 'e: each first attempt answered 500')
+        or diag explain \@wrong;
+    open my $fh, '<', $log or die "$log: $!";
+    my @lines = <$fh>;
+    my @bad = grep {
+        my $id = $_->[0];
+        1 != grep { /\[info\].*\Q$id\E: "127\.0\.0\.1" answered 500$/ }
+            @lines } @at;
+    ok(!@bad, 'e: each answer logged once, at info, with its status')
+        or diag explain \@bad;
+}
+
 for my $n (qw(c d)) {
     my @at = first_attempts($n);
     my @wrong = grep { defined $_->[1]{status_code}
@@ -149,10 +169,10 @@ for my $n (qw(c d)) {
 }
 
 my %failed = map { ($_->{event_id} // '') => 1 } @{ $events{c} },
-    @{ $events{d} };
+    @{ $events{d} }, @{ $events{e} };
 ok(!grep({ $failed{ $_->{headers}{'webhook-id'} // '' } }
         $rc->requests(path => '/a'), $rc->requests(path => '/b')),
-    "C's and D's events reached neither A nor B");
+    "C's, D's and E's events reached neither A nor B");
 
 $t->done;
 $rc->stop;
