@@ -25,12 +25,12 @@
  * candidates without a lock; step 1 then locks the candidates still due,
  * skipping those another worker or node holds (FOR UPDATE SKIP LOCKED),
  * then their accounts.  Every transaction locks executions, keys,
- * deliveries, routes, then accounts last, in order: workers and nodes do
- * not deadlock on them.  An operation refused by the rules (insufficient
- * balance, say) changes nothing and does not touch the others; a
- * statement that fails (a unique key two nodes raced for, a deadlock
- * PostgreSQL broke) rolls the batch back, and its operations are made
- * again, each alone.
+ * deliveries, the endpoints it may change, routes, then accounts last,
+ * in order: workers and nodes do not deadlock on them.  An operation
+ * refused by the rules (insufficient balance, say) changes nothing and
+ * does not touch the others; a statement that fails (a unique key two
+ * nodes raced for, a deadlock PostgreSQL broke) rolls the batch back,
+ * and its operations are made again, each alone.
  *
  * A claim, or a batch of creates, cancels and outcomes, made for the
  * first time, reads its accounts without a lock and changes them at the

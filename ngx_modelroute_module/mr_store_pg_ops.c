@@ -520,16 +520,31 @@ mr_pg_ops_load(mr_pg_batch_t *b, mr_pg_req_t *req)
         return NGX_ERROR;
     }
 
-    if (s.emits
-        && mr_pg_load_send(b, req, MR_SQL_ENDPOINTS, 4,
-                           (const char *[]) { v[0], v[1], v[3], v[4] })
+    if (s.dlvs.n
+        && mr_pg_load_send(b, req, MR_SQL_LOCK_DLVS, 1, &v[4]) != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    /*
+     * the endpoints the batch may change (named, or those of the
+     * deliveries whose outcomes it records) locked: two batches that
+     * count failures of one endpoint do not lose one; then the others
+     * of its accounts, read for the events (the locked ones kept)
+     */
+
+    if ((s.whs.n || s.dlvs.n)
+        && mr_pg_load_send(b, req, MR_SQL_LOCK_ENDPOINTS, 2,
+                           (const char *[]) { v[3], v[4] })
            != NGX_OK)
     {
         return NGX_ERROR;
     }
 
-    if (s.dlvs.n
-        && mr_pg_load_send(b, req, MR_SQL_LOCK_DLVS, 1, &v[4]) != NGX_OK)
+    if (s.emits
+        && mr_pg_load_send(b, req, MR_SQL_ENDPOINTS, 4,
+                           (const char *[]) { v[0], v[1], none, none })
+           != NGX_OK)
     {
         return NGX_ERROR;
     }
@@ -637,6 +652,7 @@ mr_pg_loads_parse(mr_pg_batch_t *b, mr_pg_req_t *req)
             break;
 
         case MR_SQL_ENDPOINTS:
+        case MR_SQL_LOCK_ENDPOINTS:
             rc = mr_pg_rows_endpoints(rs, res);
             break;
 

@@ -652,9 +652,15 @@ mr_pg_rows_endpoints(mr_pg_rows_t *rs, PGresult *res)
     for (i = 0; i < PQntuples(res); i++) {
         e = mr_pg_add(rs, MR_PG_WH, (u_char *) PQgetvalue(res, i, 0),
                       (size_t) PQgetlength(res, i, 0));
-        if (e == NULL
-            || mr_pg_parse_wh(res, i, 0, &e->wh, rs->pool) != NGX_OK)
-        {
+        if (e == NULL) {
+            return NGX_ERROR;
+        }
+
+        if (e->found) {
+            continue;                 /* read locked first: the same */
+        }
+
+        if (mr_pg_parse_wh(res, i, 0, &e->wh, rs->pool) != NGX_OK) {
             return NGX_ERROR;
         }
 

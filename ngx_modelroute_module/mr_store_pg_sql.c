@@ -7,11 +7,12 @@
  * statement whatever its size.
  *
  * A write transaction locks in one order: executions, keys, deliveries,
- * routes, and the accounts it touches last (sorted by id), whether it
- * locks them as it reads them or changes them by deltas at its end;
- * claims and the sweep first read their candidates without a lock, then
- * lock those still due, skipping those that another worker or node has
- * locked (FOR UPDATE SKIP LOCKED), then their routes and accounts.
+ * the endpoints it may change, routes, and the accounts it touches last
+ * (sorted by id), whether it locks them as it reads them or changes
+ * them by deltas at its end; claims and the sweep first read their
+ * candidates without a lock, then lock those still due, skipping those
+ * that another worker or node has locked (FOR UPDATE SKIP LOCKED), then
+ * their routes and accounts.
  *
  * Rows wanted by several keys are found by a UNION of index look-ups,
  * never by ORs of conditions: PostgreSQL reads the whole table for those.
@@ -672,7 +673,8 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
       "used_executions = a.used_executions + u.ue, "
       "used_endpoints = a.used_endpoints + u.uw, "
       "used_keys = a.used_keys + u.uk "
-      "FROM unnest((SELECT $1::text[]), $2::bigint[], $3::bigint[], $4::bigint[], "
+      "FROM unnest((SELECT $1::text[]), $2::bigint[], $3::bigint[], "
+      "$4::bigint[], "
       "$5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[], "
       "$9::bigint[], $10::bigint[], $11::int[], $12::bigint[], "
       "$13::bigint[]) "
@@ -805,6 +807,18 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
     { "mr_execs_shown",
       "SELECT " MR_EXEC_COLS_SHOWN " FROM mr_executions "
       "WHERE id = ANY($1::text[])", 0 },
+
+    /*
+     * the endpoints a batch may change: named ($1), or those of the
+     * deliveries whose outcomes it records ($2); locked in the order of
+     * their ids, after the deliveries, before the routes and accounts
+     */
+    { "mr_lock_endpoints",
+      "SELECT " MR_WH_COLS " FROM mr_endpoints WHERE id = ANY (ARRAY("
+      "SELECT unnest($1::text[]) "
+      "UNION SELECT wh_id FROM mr_deliveries "
+      "WHERE id = ANY (ARRAY(SELECT unnest($2::text[]))))) "
+      "ORDER BY id FOR UPDATE", 0 },
 };
 
 

@@ -111,7 +111,10 @@
 #define MR_SQL_EXEC_SHOWN       80
 #define MR_SQL_EXECS_SHOWN      81
 
-#define MR_SQL_N                82
+/* ---- a batch: the endpoints it may change, locked */
+#define MR_SQL_LOCK_ENDPOINTS   82
+
+#define MR_SQL_N                83
 
 
 /* the columns of a row, by position */
