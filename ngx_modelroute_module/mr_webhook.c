@@ -452,7 +452,9 @@ mr_webhook_send(mr_dlv_job_t *job)
 failed:
 
     ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
-                  "modelroute webhooks: cannot start a delivery");
+                  "modelroute webhooks: %*s: cannot start the delivery; "
+                  "it is tried again after its lease",
+                  (size_t) MR_DLV_ID_LEN, job->dlv_id);
 
     mr_webhook_drop(s);
 }
@@ -592,8 +594,9 @@ mr_webhook_resolve(mr_wh_send_t *s)
 failed:
 
     ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
-                  "modelroute webhooks: cannot start resolving a host "
-                  "name; the delivery is tried again after its lease");
+                  "modelroute webhooks: %*s: cannot start resolving a "
+                  "host name; the delivery is tried again after its lease",
+                  (size_t) MR_DLV_ID_LEN, s->job->dlv_id);
 
     mr_webhook_drop(s);
 }
@@ -671,7 +674,9 @@ mr_webhook_resolved(ngx_resolver_ctx_t *ctx)
     s->resolve = curl_slist_append(NULL, (char *) line);
     if (s->resolve == NULL) {
         ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
-                      "modelroute webhooks: cannot start a delivery");
+                      "modelroute webhooks: %*s: cannot start the "
+                      "delivery; it is tried again after its lease",
+                      (size_t) MR_DLV_ID_LEN, s->job->dlv_id);
         mr_webhook_drop(s);
         return;
     }
@@ -735,9 +740,10 @@ mr_webhook_transfer(mr_wh_send_t *s)
 failed:
 
     ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
-                  "modelroute webhooks: cannot start a delivery");
+                  "modelroute webhooks: %*s: cannot start the delivery; "
+                  "it is tried again after its lease",
+                  (size_t) MR_DLV_ID_LEN, s->job->dlv_id);
 
-    /* its lease ends and it is tried again */
     mr_webhook_drop(s);
 }
 

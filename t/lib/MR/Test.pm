@@ -123,8 +123,9 @@ our @BUG_LINES = (
     qr/modelroute dispatch: a claim failed/,
     qr/modelroute dispatch: cannot send \d+ attempts/,
     qr/modelroute dispatch: cannot start an attempt/,
+    qr/modelroute dispatch: cannot prepare an attempt/,
     qr/modelroute dispatch: the outcome of \S+ was not recorded/,
-    qr/modelroute webhooks: cannot start a delivery/,
+    qr/modelroute webhooks: \S+: cannot start (?:the delivery|resolving)/,
     qr/modelroute webhooks: an attempt of \S+ was not recorded/,
 );
 
