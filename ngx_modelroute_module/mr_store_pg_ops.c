@@ -337,7 +337,7 @@ mr_pg_ops_load(mr_pg_batch_t *b, mr_pg_req_t *req)
     ngx_int_t        rc;
     ngx_uint_t       i, n, accts;
     ngx_queue_t     *q;
-    const char      *v[8], *none, *ids, *orgs;
+    const char      *v[8], *idem[2], *none, *ids, *orgs;
     mr_pg_sets_t     s;
     mr_store_op_t   *op;
 
@@ -419,8 +419,7 @@ mr_pg_ops_load(mr_pg_batch_t *b, mr_pg_req_t *req)
                 break;
 
             case MR_PG_S_EVENTS:
-                rc = mr_pg_load_send(b, req, MR_SQL_EVENTS_BY_ID, 2,
-                                     (const char *[]) { ids, none });
+                rc = mr_pg_load_send(b, req, MR_SQL_LOCK_EVENTS, 1, v);
                 break;
 
             case MR_PG_S_KEYS:
@@ -501,14 +500,25 @@ mr_pg_ops_load(mr_pg_batch_t *b, mr_pg_req_t *req)
         return NGX_ERROR;
     }
 
-    if (s.idem_orgs.n) {
-        ids = mr_pg_buf_end(&s.idem_orgs);
-        orgs = mr_pg_buf_end(&s.idem_keys);
+    /*
+     * the idempotency keys: a batch that changes its accounts by deltas
+     * inserts its keys only if no other batch did meanwhile
+     * (MR_SQL_W_IDEM_NEW), and reads them here; one that locks its
+     * accounts reads them once it holds them (below), else a key another
+     * batch committed while this one waited for the account would be
+     * missed and its execution made twice
+     */
 
-        if (ids == NULL || orgs == NULL
-            || mr_pg_load_send(b, req, MR_SQL_IDEM, 2,
-                               (const char *[]) { ids, orgs })
-               != NGX_OK)
+    if (s.idem_orgs.n) {
+        idem[0] = mr_pg_buf_end(&s.idem_orgs);
+        idem[1] = mr_pg_buf_end(&s.idem_keys);
+
+        if (idem[0] == NULL || idem[1] == NULL) {
+            return NGX_ERROR;
+        }
+
+        if (b->rows->deltas
+            && mr_pg_load_send(b, req, MR_SQL_IDEM, 2, idem) != NGX_OK)
         {
             return NGX_ERROR;
         }
@@ -570,6 +580,12 @@ mr_pg_ops_load(mr_pg_batch_t *b, mr_pg_req_t *req)
      */
 
     if (mr_pg_load_send(b, req, accts, 5, v) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (s.idem_orgs.n && !b->rows->deltas
+        && mr_pg_load_send(b, req, MR_SQL_IDEM, 2, idem) != NGX_OK)
+    {
         return NGX_ERROR;
     }
 
@@ -675,6 +691,7 @@ mr_pg_loads_parse(mr_pg_batch_t *b, mr_pg_req_t *req)
             break;
 
         case MR_SQL_EVENTS_BY_ID:
+        case MR_SQL_LOCK_EVENTS:
             rc = mr_pg_rows_events(rs, res);
             break;
 

@@ -819,6 +819,15 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
       "UNION SELECT wh_id FROM mr_deliveries "
       "WHERE id = ANY (ARRAY(SELECT unnest($2::text[]))))) "
       "ORDER BY id FOR UPDATE", 0 },
+
+    /*
+     * the sweep's old events, locked: of two sweepers that read the same
+     * ones, the second gets those the first has not deleted, and frees
+     * their bytes from their accounts once, not twice
+     */
+    { "mr_lock_events",
+      "SELECT id, org, body FROM mr_events WHERE id = ANY($1::text[]) "
+      "ORDER BY id FOR UPDATE", 0 },
 };
 
 

@@ -114,7 +114,10 @@
 /* ---- a batch: the endpoints it may change, locked */
 #define MR_SQL_LOCK_ENDPOINTS   82
 
-#define MR_SQL_N                83
+/* ---- the sweep: old events, locked */
+#define MR_SQL_LOCK_EVENTS      83
+
+#define MR_SQL_N                84
 
 
 /* the columns of a row, by position */
