@@ -23,8 +23,9 @@
  * The claims of due work (dispatch, webhook deliveries) and each step of
  * the sweep run alone in a batch, with a first round trip that reads the
  * candidates without a lock; step 1 then locks the candidates still due,
- * skipping those another worker or node holds (FOR UPDATE SKIP LOCKED),
- * then their accounts.  Every transaction locks executions, keys,
+ * skipping those another worker or node holds (FOR UPDATE SKIP LOCKED;
+ * the purges wait for them, and find those another purge deleted
+ * gone), then their accounts.  Every transaction locks executions, keys,
  * deliveries, the endpoints it may change, routes, then accounts last,
  * in order: workers and nodes do not deadlock on them.  An operation
  * refused by the rules (insufficient balance, say) changes nothing and

@@ -11,8 +11,10 @@
  * (sorted by id), whether it locks them as it reads them or changes
  * them by deltas at its end; claims and the sweep first read their
  * candidates without a lock, then lock those still due, skipping those
- * that another worker or node has locked (FOR UPDATE SKIP LOCKED), then
- * their routes and accounts.
+ * that another worker or node has locked (FOR UPDATE SKIP LOCKED; the
+ * retention's purges wait for them instead), then their routes and
+ * accounts.  Only the purge of old events locks events, before their
+ * accounts.
  *
  * Rows wanted by several keys are found by a UNION of index look-ups,
  * never by ORs of conditions: PostgreSQL reads the whole table for those.
