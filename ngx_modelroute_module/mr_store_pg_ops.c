@@ -377,6 +377,14 @@ mr_pg_ops_load(mr_pg_batch_t *b, mr_pg_req_t *req)
         switch (b->kind) {
 
         case MR_PG_B_DISP_CLAIM:
+
+            /*
+             * the routes of this node's models, and those the candidates
+             * name: an attempt taken over gives its slot back to its
+             * route, which this node may not have (configured on the
+             * node that died only, or removed here since)
+             */
+
             v[2] = mr_pg_routes_literal();
 
             rc = (mr_pg_load_send(b, req, MR_SQL_LOCK_DUE_EXECS, 2, v)
@@ -384,7 +392,7 @@ mr_pg_ops_load(mr_pg_batch_t *b, mr_pg_req_t *req)
                   || mr_pg_load_send(b, req, b->rows->route_deltas
                                              ? MR_SQL_ROUTES_SNAP
                                              : MR_SQL_LOCK_ROUTES, 2,
-                                     (const char *[]) { v[2], none })
+                                     (const char *[]) { v[2], ids })
                      != NGX_OK
                   || mr_pg_load_send(b, req, MR_SQL_ENDPOINTS, 4,
                                      (const char *[]) { orgs, none, none,
