@@ -57,6 +57,7 @@ void mr_rule_disp_accepted(mr_exec_t *exec, mr_disp_op_t *d);
 ngx_uint_t mr_rule_disp_retry(mr_model_t *m, mr_exec_t *exec,
     mr_disp_op_t *d, int64_t now, int64_t *next);
 ngx_uint_t mr_rule_callback_check(mr_store_op_t *op, mr_exec_t *exec);
+ngx_uint_t mr_rule_callback_current(mr_store_op_t *op, mr_exec_t *exec);
 int mr_rule_attempt(mr_exec_t *exec, int64_t end, const char *outcome,
     const char *code, ngx_uint_t status, ngx_str_t *job_id, u_char **buf);
 

@@ -604,7 +604,8 @@ mr_store_disp_callback(MDB_txn *txn, mr_store_op_t *op)
     }
 
     if (exec.rec.lease_owner) {
-        rc = mr_store_disp_lease_end(txn, op, &exec, MR_OUT_OK, 0, 1);
+        rc = mr_store_disp_lease_end(txn, op, &exec, MR_OUT_OK, 0,
+                                     mr_rule_callback_current(op, &exec));
         if (rc != 0) {
             goto done;
         }

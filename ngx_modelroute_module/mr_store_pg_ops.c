@@ -2337,7 +2337,8 @@ mr_pg_disp_callback(mr_pg_rows_t *rs, mr_store_op_t *op)
     }
 
     if (x->exec.rec.lease_owner) {
-        rc = mr_pg_disp_lease_end(rs, op, x, MR_OUT_OK, 0, 1);
+        rc = mr_pg_disp_lease_end(rs, op, x, MR_OUT_OK, 0,
+                                  mr_rule_callback_current(op, &x->exec));
         if (rc != 0) {
             return rc;
         }
