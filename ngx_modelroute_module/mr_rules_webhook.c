@@ -344,16 +344,29 @@ mr_rule_wh_active(mr_store_op_t *op, mr_wh_t *wh)
 }
 
 
-/* a delivery retried: due now, with a new schedule and max age from now */
+/*
+ * A delivery retried: due now, with a new schedule and max age from now;
+ * 0 if it is being sent (claimed, its lease not ended): that send is the
+ * one asked for, and a second at once would drop the first's outcome as
+ * late
+ */
 
-void
+ngx_uint_t
 mr_rule_dlv_retry(mr_dlv_t *dlv, int64_t now)
 {
+    if (dlv->rec.status == MR_DLV_PENDING && dlv->rec.token != 0
+        && dlv->rec.due_ms > now)
+    {
+        return 0;
+    }
+
     dlv->rec.status = MR_DLV_PENDING;
     dlv->rec.next_ms = now;
     dlv->rec.token = 0;
     dlv->rec.attempts = 0;
     dlv->rec.created_ms = now;
+
+    return 1;
 }
 
 

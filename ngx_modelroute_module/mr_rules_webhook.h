@@ -37,7 +37,7 @@ void mr_rule_dlv_init(mr_dlv_t *dlv, u_char *event_id, u_char *org,
 void mr_rule_dlv_target(mr_dlv_t *dlv, u_char *target);
 void mr_rule_wh_patch(mr_store_op_t *op, mr_wh_t *wh, int64_t *grow);
 void mr_rule_wh_active(mr_store_op_t *op, mr_wh_t *wh);
-void mr_rule_dlv_retry(mr_dlv_t *dlv, int64_t now);
+ngx_uint_t mr_rule_dlv_retry(mr_dlv_t *dlv, int64_t now);
 ngx_uint_t mr_rule_dlv_late(mr_store_op_t *op, mr_dlv_t *dlv);
 ngx_uint_t mr_rule_dlv_expired(mr_main_conf_t *mcf, mr_dlv_t *dlv,
     int64_t now);

@@ -1693,7 +1693,11 @@ mr_pg_dlv_retry(mr_pg_rows_t *rs, mr_store_op_t *op)
 
     /* due now, with a new schedule and a new max age from now */
 
-    mr_rule_dlv_retry(&d->dlv, op->now);
+    if (!mr_rule_dlv_retry(&d->dlv, op->now)) {
+        op->wh.dlv = d->dlv;          /* being sent: as it is */
+        return 0;
+    }
+
     d->dlv.rec.due_ms = op->now;
 
     op->emitted++;

@@ -712,7 +712,10 @@ mr_store_dlv_retry(MDB_txn *txn, mr_store_op_t *op)
 
     /* due now, with a new schedule and a new max age from now */
 
-    mr_rule_dlv_retry(&dlv, op->now);
+    if (!mr_rule_dlv_retry(&dlv, op->now)) {
+        op->wh.dlv = dlv;             /* being sent: as it is */
+        return 0;
+    }
 
     rc = mr_store_dlv_due(txn, &dlv, op->now);
     if (rc != 0) {
