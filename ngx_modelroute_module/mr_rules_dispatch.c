@@ -546,10 +546,10 @@ mr_rule_callback_check(mr_store_op_t *op, mr_exec_t *exec)
  * Whether a callback is the answer of the attempt whose lease is current
  * (the last one made): only then did that attempt's route answer.  A
  * callback of an earlier attempt (it timed out, its provider had taken
- * the job anyway) ends the current lease as abandoned: its slot comes
- * back and a half-open probe is let go, the route's breaker is left as
- * it is (closed by the other route's answer, it let traffic through to
- * a route that was down).
+ * the job anyway) ends the current lease: its slot comes back and a
+ * half-open probe is let go, the route's breaker is left as it is
+ * (closed by the other route's answer, it let traffic through to a
+ * route that was down).
  */
 
 ngx_uint_t

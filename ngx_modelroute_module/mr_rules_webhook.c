@@ -345,15 +345,19 @@ mr_rule_wh_active(mr_store_op_t *op, mr_wh_t *wh)
 
 
 /*
- * A delivery retried: due now, with a new schedule and max age from now;
- * 0 if it is being sent (claimed, its lease not ended): that send is the
- * one asked for, and a second at once would drop the first's outcome as
- * late
+ * A delivery retried: a new schedule and max age from now, and due now
+ * (1); or, if it is being sent (claimed, its lease not ended), not due:
+ * that send is the one asked for, its outcome counted on the new
+ * schedule (0; a second send at once would drop the first's outcome as
+ * late)
  */
 
 ngx_uint_t
 mr_rule_dlv_retry(mr_dlv_t *dlv, int64_t now)
 {
+    dlv->rec.attempts = 0;
+    dlv->rec.created_ms = now;
+
     if (dlv->rec.status == MR_DLV_PENDING && dlv->rec.token != 0
         && dlv->rec.due_ms > now)
     {
@@ -363,8 +367,6 @@ mr_rule_dlv_retry(mr_dlv_t *dlv, int64_t now)
     dlv->rec.status = MR_DLV_PENDING;
     dlv->rec.next_ms = now;
     dlv->rec.token = 0;
-    dlv->rec.attempts = 0;
-    dlv->rec.created_ms = now;
 
     return 1;
 }

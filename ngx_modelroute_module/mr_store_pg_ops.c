@@ -1691,16 +1691,12 @@ mr_pg_dlv_retry(mr_pg_rows_t *rs, mr_store_op_t *op)
         }
     }
 
-    /* due now, with a new schedule and a new max age from now */
+    /* a new schedule and max age from now; due now unless being sent */
 
-    if (!mr_rule_dlv_retry(&d->dlv, op->now)) {
-        op->wh.dlv = d->dlv;          /* being sent: as it is */
-        return 0;
+    if (mr_rule_dlv_retry(&d->dlv, op->now)) {
+        d->dlv.rec.due_ms = op->now;
+        op->emitted++;
     }
-
-    d->dlv.rec.due_ms = op->now;
-
-    op->emitted++;
 
     if (mr_pg_dlv_put(rs, d) != 0) {
         return EINVAL;

@@ -710,19 +710,16 @@ mr_store_dlv_retry(MDB_txn *txn, mr_store_op_t *op)
         return rc;
     }
 
-    /* due now, with a new schedule and a new max age from now */
+    /* a new schedule and max age from now; due now unless being sent */
 
-    if (!mr_rule_dlv_retry(&dlv, op->now)) {
-        op->wh.dlv = dlv;             /* being sent: as it is */
-        return 0;
+    if (mr_rule_dlv_retry(&dlv, op->now)) {
+        rc = mr_store_dlv_due(txn, &dlv, op->now);
+        if (rc != 0) {
+            return rc;
+        }
+
+        op->emitted++;
     }
-
-    rc = mr_store_dlv_due(txn, &dlv, op->now);
-    if (rc != 0) {
-        return rc;
-    }
-
-    op->emitted++;
 
     rc = mr_store_dlv_put(txn, &dlv);
     if (rc != 0) {
