@@ -64,12 +64,7 @@ sub create {
     return $r->{json}{id} // 'exec_none';
 }
 
-sub route {
-    my ($name) = @_;
-    my ($r) = grep { $_->{name} eq $name }
-        @{ $t->admin(GET => '/routes')->{json}{data} // [] };
-    return $r // {};
-}
+sub route { $t->route_state($_[0]) }
 
 # ---------------------------------------------------------------- pause
 

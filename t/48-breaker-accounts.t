@@ -98,12 +98,7 @@ sub final {
     return $last;
 }
 
-sub route {
-    my ($name) = @_;
-    my $r = $t->admin(GET => '/routes')->{json};
-    my ($p) = grep { $_->{name} eq $name } @{ $r->{data} // [] };
-    return $p // {};
-}
+sub route { $t->route_state($_[0]) }
 
 # ------------------------------ 1. one account's slow executions, B's next
 

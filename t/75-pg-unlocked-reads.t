@@ -91,12 +91,7 @@ $t->start;
 my $CHAT = chat_completion();
 my %TERMINAL = map { $_ => 1 } qw(COMPLETED FAILED CANCELLED EXPIRED);
 
-sub route {
-    my ($name) = @_;
-    my ($r) = grep { $_->{name} eq $name }
-        @{ $t->admin(GET => '/routes')->{json}{data} // [] };
-    return $r // {};
-}
+sub route { $t->route_state($_[0]) }
 
 # another transaction (psql, as another node would) that runs $sql and
 # keeps what it locked for $secs seconds: its pid, once it has begun

@@ -45,12 +45,7 @@ server {
 EOF
 $t->start;
 
-sub route {
-    my ($name) = @_;
-    my $r = $t->admin(GET => '/routes')->{json};
-    my ($p) = grep { $_->{name} eq $name } @{ $r->{data} // [] };
-    return $p // {};
-}
+sub route { $t->route_state($_[0]) }
 
 sub exec_of {
     my ($key, $id) = @_;

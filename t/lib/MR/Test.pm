@@ -1259,6 +1259,14 @@ sub admin {
     return $self->req($method, "/admin$path", {}, $body);
 }
 
+# A route's state as GET /admin/routes shows it ({} if it has none).
+sub route_state {
+    my ($self, $name) = @_;
+    my $r = $self->admin(GET => '/routes')->{json};
+    my ($p) = grep { $_->{name} eq $name } @{ $r->{data} // [] };
+    return $p // {};
+}
+
 sub expect_status {
     my ($res, $want, $what) = @_;
     croak "$what: status $res->{status}, want $want: $res->{body}"
