@@ -645,7 +645,7 @@ mr_metrics_exec_event(mr_store_op_t *op, mr_exec_t *exec)
 /* an attempt, written in the transaction (mr_store_disp_attempt()) */
 
 void
-mr_metrics_attempt(mr_exec_t *exec, const char *outcome)
+mr_metrics_attempt(ngx_str_t *route, const char *outcome)
 {
     mr_route_t      *rt;
     mr_met_event_t   ev;
@@ -654,7 +654,7 @@ mr_metrics_attempt(mr_exec_t *exec, const char *outcome)
         return;
     }
 
-    rt = mr_route_find(mr_met->mcf, exec->rec.route, exec->rec.route_len);
+    rt = mr_route_find(mr_met->mcf, route->data, route->len);
 
     ev.kind = MR_MET_ATTEMPT;
     ev.slot = rt ? mr_met->route_slot[rt->index] : mr_met->nroutes - 1;

@@ -45,7 +45,7 @@ void mr_metrics_txn_begin(void);
 void mr_metrics_txn_discard(void);
 void mr_metrics_txn_end(int rc, ngx_queue_t *ops, mr_store_op_t *one);
 void mr_metrics_exec_event(mr_store_op_t *op, mr_exec_t *exec);
-void mr_metrics_attempt(mr_exec_t *exec, const char *outcome);
+void mr_metrics_attempt(ngx_str_t *route, const char *outcome);
 
 /* on the event loop */
 void mr_metrics_op_done(mr_store_op_t *op);

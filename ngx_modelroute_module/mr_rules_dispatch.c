@@ -12,12 +12,17 @@
 #include <ngx_config.h>
 #include <ngx_core.h>
 
+#include <jansson.h>
+
 #include "mr_store.h"
 #include "mr_rules.h"
 #include "mr_metrics.h"
 
 
 static void mr_rule_disp_run_reset(mr_route_state_t *st);
+static int mr_rule_attempt_add(mr_exec_t *exec, ngx_str_t *route,
+    u_char *started, int64_t end, const char *outcome, const char *code,
+    ngx_uint_t status, ngx_str_t *job_id, u_char **buf);
 
 
 /*
@@ -562,13 +567,34 @@ mr_rule_callback_current(mr_store_op_t *op, mr_exec_t *exec)
 
 /*
  * Appends {route, started_at, ended_at, outcome, error_code, status} to
- * the attempts; they are then in *buf (malloc'ed: the caller frees it
- * once the execution is written)
+ * the attempts, for the attempt of the lease; they are then in *buf
+ * (malloc'ed: the caller frees it once the execution is written)
  */
 
 int
 mr_rule_attempt(mr_exec_t *exec, int64_t end, const char *outcome,
     const char *code, ngx_uint_t status, ngx_str_t *job_id, u_char **buf)
+{
+    ngx_str_t  route;
+    u_char     started[MR_TIME_LEN];
+
+    route.data = exec->rec.route;
+    route.len = exec->rec.route_len;
+
+    mr_time_format(started, exec->rec.attempt_ms);
+
+    return mr_rule_attempt_add(exec, &route, started,
+                               ngx_max(end, exec->rec.attempt_ms), outcome,
+                               code, status, job_id, buf);
+}
+
+
+/* the same for any attempt: its route, its start (MR_TIME_LEN bytes) */
+
+static int
+mr_rule_attempt_add(mr_exec_t *exec, ngx_str_t *route, u_char *started,
+    int64_t end, const char *outcome, const char *code, ngx_uint_t status,
+    ngx_str_t *job_id, u_char **buf)
 {
     u_char     *p;
     size_t      len;
@@ -602,11 +628,11 @@ mr_rule_attempt(mr_exec_t *exec, int64_t end, const char *outcome,
         *p++ = '[';
     }
 
-    p = ngx_sprintf(p, "{\"route\":\"%*s\",\"started_at\":\"",
-                    (size_t) exec->rec.route_len, exec->rec.route);
-    p = mr_time_format(p, exec->rec.attempt_ms);
+    p = ngx_sprintf(p, "{\"route\":\"%*s\",\"started_at\":\"%*s",
+                    ngx_min(route->len, MR_ROUTE_NAME_LEN), route->data,
+                    (size_t) MR_TIME_LEN, started);
     p = ngx_cpymem(p, "\",\"ended_at\":\"", 14);
-    p = mr_time_format(p, ngx_max(end, exec->rec.attempt_ms));
+    p = mr_time_format(p, end);
     p = ngx_sprintf(p, "\",\"outcome\":\"%s\",\"error_code\":", outcome);
 
     if (code) {
@@ -633,7 +659,86 @@ mr_rule_attempt(mr_exec_t *exec, int64_t end, const char *outcome,
     a->data = *buf;
     a->len = p - *buf;
 
-    mr_metrics_attempt(exec, outcome);
+    mr_metrics_attempt(route, outcome);
 
     return 0;
+}
+
+
+/*
+ * A callback's record: "called_back" (its outcome "failed" if it reports
+ * a failure) for the attempt whose token it carries.  The callback of an
+ * earlier attempt is recorded under that attempt's route and start, read
+ * from its entry (each attempt that ended has exactly one, in order:
+ * attempt n is the n-th), and the attempt in flight, if any, as
+ * "abandoned": its request is out, the execution no longer waits for it.
+ * The attempts are then in *buf (malloc'ed: the caller frees it once the
+ * execution is written).
+ */
+
+int
+mr_rule_callback_attempts(mr_store_op_t *op, mr_exec_t *exec, u_char **buf)
+{
+    int            rc;
+    u_char        *first;
+    json_t        *log, *a, *r, *s;
+    ngx_str_t      route;
+    const char    *outcome, *code;
+    mr_disp_op_t  *d;
+
+    d = &op->disp;
+
+    outcome = (d->outcome == MR_OUT_OK) ? "called_back" : "failed";
+    code = (d->outcome == MR_OUT_OK) ? NULL : d->code;
+
+    if (mr_rule_callback_current(op, exec)) {
+        return mr_rule_attempt(exec, op->now, outcome, code, 0, NULL, buf);
+    }
+
+    log = json_loadb((char *) exec->seg[MR_SEG_ATTEMPTS].data,
+                     exec->seg[MR_SEG_ATTEMPTS].len, 0, NULL);
+
+    a = NULL;
+
+    if (json_is_array(log)
+        && json_array_size(log) + (exec->rec.lease_owner ? 1 : 0)
+           == exec->rec.nattempts)
+    {
+        a = json_array_get(log, d->token);
+    }
+
+    r = json_object_get(a, "route");
+    s = json_object_get(a, "started_at");
+
+    if (!json_is_string(r) || json_string_length(r) > MR_ROUTE_NAME_LEN
+        || !json_is_string(s) || json_string_length(s) != MR_TIME_LEN)
+    {
+        /* not as this gateway writes it: under the last route */
+        json_decref(log);
+        return mr_rule_attempt(exec, op->now, outcome, code, 0, NULL, buf);
+    }
+
+    route.data = (u_char *) json_string_value(r);
+    route.len = json_string_length(r);
+
+    rc = mr_rule_attempt_add(exec, &route, (u_char *) json_string_value(s),
+                             op->now, outcome, code, 0, NULL, buf);
+
+    json_decref(log);
+
+    if (rc != 0 || !exec->rec.lease_owner) {
+        return rc;
+    }
+
+    first = *buf;
+
+    rc = mr_rule_attempt(exec, op->now, "abandoned", NULL, 0, NULL, buf);
+
+    ngx_free(first);          /* the attempts were copied from it */
+
+    if (rc != 0) {
+        *buf = NULL;
+    }
+
+    return rc;
 }

@@ -60,5 +60,7 @@ ngx_uint_t mr_rule_callback_check(mr_store_op_t *op, mr_exec_t *exec);
 ngx_uint_t mr_rule_callback_current(mr_store_op_t *op, mr_exec_t *exec);
 int mr_rule_attempt(mr_exec_t *exec, int64_t end, const char *outcome,
     const char *code, ngx_uint_t status, ngx_str_t *job_id, u_char **buf);
+int mr_rule_callback_attempts(mr_store_op_t *op, mr_exec_t *exec,
+    u_char **buf);
 
 #endif /* _MR_RULES_DISPATCH_H_INCLUDED_ */

@@ -594,11 +594,7 @@ mr_store_disp_callback(MDB_txn *txn, mr_store_op_t *op)
         goto done;
     }
 
-    rc = mr_rule_attempt(&exec, op->now,
-                               d->outcome == MR_OUT_OK ? "called_back"
-                                                       : "failed",
-                               d->outcome == MR_OUT_OK ? NULL : d->code,
-                               0, NULL, &buf);
+    rc = mr_rule_callback_attempts(op, &exec, &buf);
     if (rc != 0) {
         goto done;
     }

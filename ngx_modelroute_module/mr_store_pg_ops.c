@@ -2322,6 +2322,7 @@ static int
 mr_pg_disp_callback(mr_pg_rows_t *rs, mr_store_op_t *op)
 {
     int            rc;
+    u_char        *buf;
     mr_pg_ent_t   *x;
     mr_disp_op_t  *d;
 
@@ -2338,9 +2339,20 @@ mr_pg_disp_callback(mr_pg_rows_t *rs, mr_store_op_t *op)
         return 0;
     }
 
-    rc = mr_pg_attempt(rs, x, op->now,
-                       d->outcome == MR_OUT_OK ? "called_back" : "failed",
-                       d->outcome == MR_OUT_OK ? NULL : d->code, 0, NULL);
+    buf = NULL;
+
+    rc = mr_rule_callback_attempts(op, &x->exec, &buf);
+
+    if (rc == 0
+        && mr_pg_seg_copy(rs->pool, &x->exec.seg[MR_SEG_ATTEMPTS]) != NGX_OK)
+    {
+        rc = ENOMEM;
+    }
+
+    if (buf) {
+        ngx_free(buf);
+    }
+
     if (rc != 0) {
         return rc;
     }

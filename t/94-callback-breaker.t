@@ -9,7 +9,9 @@
 # probe closed jb's breaker, and traffic went to a route that was down.
 # Now only a callback of the current attempt counts as its route's
 # answer; an earlier attempt's lets the probe go (another may be sent)
-# and leaves the breaker half-open.
+# and leaves the breaker half-open.  The callback is recorded under ja's
+# attempt (it was under jb's), and jb's attempt, whose request is still
+# out, as abandoned (it was not recorded).
 use strict;
 use warnings;
 use FindBin;
@@ -92,6 +94,21 @@ is($r->{status}, 200, "ja's callback: 200") or diag $r->{body};
 my $done = exec_of($key, $id);
 is($done->{status}, 'COMPLETED', 'the execution completed with it');
 is(($done->{result} // {})->{text}, 'from ja', "... ja's result");
+
+# the attempts: ja timed out, ja called back (under ja and its attempt's
+# start, not jb's), and jb's request, still out, abandoned
+my @att = @{ $done->{attempts} // [] };
+is(scalar @att, 3, 'three entries in attempts') or diag explain \@att;
+is(join(',', map { "$_->{route}:$_->{outcome}" } @att),
+    'ja:timed_out,ja:called_back,jb:abandoned',
+    "ja's timeout, ja's callback, jb's attempt abandoned")
+    or diag explain \@att;
+is($att[1]{started_at}, $att[0]{started_at},
+    "the callback's entry starts when ja's attempt did");
+ok(!defined $att[2]{error_code}, "jb's abandoned attempt has no error code")
+    or diag explain $att[2];
+ok(($att[2]{started_at} // '') gt ($att[0]{started_at} // 'z'),
+    "jb's entry starts after ja's");
 
 my $rs = route('jb');
 isnt($rs->{breaker}, 'closed', "jb's breaker is not closed by ja's answer")
