@@ -372,6 +372,20 @@ mr_rule_dlv_retry(mr_dlv_t *dlv, int64_t now)
 }
 
 
+/*
+ * A delivery claimed again (its lease ended unanswered: a worker died)
+ * that must wait behind an earlier one is no longer leased: its old token
+ * would make a late outcome of that lease count, a retry of it wait, and
+ * the deliveries behind it take it for one being sent.
+ */
+
+void
+mr_rule_dlv_park(mr_dlv_t *dlv)
+{
+    dlv->rec.token = 0;
+}
+
+
 /* an attempt's outcome for a delivery deleted, or taken over since */
 
 ngx_uint_t

@@ -38,6 +38,7 @@ void mr_rule_dlv_target(mr_dlv_t *dlv, u_char *target);
 void mr_rule_wh_patch(mr_store_op_t *op, mr_wh_t *wh, int64_t *grow);
 void mr_rule_wh_active(mr_store_op_t *op, mr_wh_t *wh);
 ngx_uint_t mr_rule_dlv_retry(mr_dlv_t *dlv, int64_t now);
+void mr_rule_dlv_park(mr_dlv_t *dlv);
 ngx_uint_t mr_rule_dlv_late(mr_store_op_t *op, mr_dlv_t *dlv);
 ngx_uint_t mr_rule_dlv_expired(mr_main_conf_t *mcf, mr_dlv_t *dlv,
     int64_t now);

@@ -3107,7 +3107,8 @@ mr_pg_dlv_claim_one(mr_pg_rows_t *rs, mr_store_op_t *op, mr_pg_ent_t *d,
     /* the events of one execution reach a destination in order */
 
     if (d->live) {
-        /* it waits: behind the earlier one in the queue */
+        /* it waits: behind the earlier one (mr_rule_dlv_park()) */
+        mr_rule_dlv_park(dlv);
         dlv->rec.due_ms = mr_rule_dlv_wait_due(d->after_ms, d->after_ms < 0,
                                                op->now);
         return mr_pg_dlv_put(rs, d);

@@ -1203,7 +1203,12 @@ mr_store_dlv_claim_one(MDB_txn *txn, mr_store_op_t *op, mr_dlv_visit_t *vt,
         mdb_cursor_close(cur);
 
         if (rc == 0) {
-            /* it waits: behind the earlier one in the queue */
+            /*
+             * it waits: behind the earlier one in the queue, its lease,
+             * if one ended unanswered, over (mr_rule_dlv_park())
+             */
+
+            mr_rule_dlv_park(&dlv);
 
             rc = mr_store_dlv_due(txn, &dlv,
                                   mr_rule_dlv_wait_due(other.rec.due_ms,

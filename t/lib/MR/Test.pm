@@ -295,6 +295,7 @@ sub config_text {
     $http = "modelroute_node_dir $p/store;\n$http"
         if $self->{backend} eq 'postgres';
     $http =~ s/%%(PORT[23]?|STORE|PREFIX)%%/$sub{$1}/g;
+    (my $main = $self->{extra_main}) =~ s/%%PREFIX%%/$p/g;
     $http =~ s/^/    /mg;
     my $log = $self->{access_log}
         ? "log_format mr '\$pid \$status \$request';\n"
@@ -313,7 +314,7 @@ master_process on;
 worker_processes $self->{workers};
 error_log $p/logs/error.log notice;
 pid $p/logs/nginx.pid;
-$env$self->{extra_main}
+$env$main
 events { worker_connections 4096; }
 
 http {
