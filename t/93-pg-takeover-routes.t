@@ -18,7 +18,21 @@
 # A is killed (kill -9 of its master and workers); B starts, takes the
 # attempt over when its lease ends (the route's timeout + 2 s), records it
 # abandoned, and completes the execution on "sim": "held" has no slot in
-# flight any more.
+# flight any more.  ("held" times out after 8 s: the lease ends 10 s after
+# the send, time for B to start, and for psql to take a row in part 2,
+# under a sanitizer too.)
+#
+# Part 2: the claim's first try is made to lose, and made again locked
+# it must lock the routes its candidates name, not only its own node's.
+# A claim reads its routes without a lock and changes them at its end,
+# if still as it read them; else (MR001) it is made again with its routes
+# locked first.  Node A, started again, sends a second execution to
+# "held" and is killed; psql holds the row of "sim" (max_concurrency=1);
+# when B's claim waits for it, psql takes sim's one slot and commits: the
+# claim's first try loses, and made again locked it records A's attempt
+# abandoned and gives "held" its slot back, and waits for "sim".  psql
+# gives sim's slot back: B completes the execution on "sim".  (B is
+# stopped while A runs: it would take the execution itself.)
 use strict;
 use warnings;
 use FindBin;
@@ -43,7 +57,7 @@ EOF
 my $a = MR::Test->new(store => 'postgres', workers => 1, timeout => 30,
     http => <<"EOF" . $api . <<"EOF2");
 modelroute_store %%STORE%%;
-modelroute_route held /p/held protocol=openai_chat timeout=4s
+modelroute_route held /p/held protocol=openai_chat timeout=8s
                  max_concurrency=4;
 modelroute_model m per_request=0.01 routes=held attempts=2;
 EOF
@@ -59,7 +73,7 @@ EOF2
 my $b = MR::Test->new(store => 'postgres', workers => 1, timeout => 30,
     db => $a->db, http => <<"EOF" . $api . <<'EOF2');
 modelroute_store %%STORE%%;
-modelroute_route sim /p/sim protocol=openai_chat;
+modelroute_route sim /p/sim protocol=openai_chat max_concurrency=1;
 modelroute_model m per_request=0.01 routes=sim attempts=2;
 EOF
 server {
@@ -101,6 +115,87 @@ is($a->psql("SELECT attempts FROM mr_routes WHERE name = 'held'"), 1,
     . 'over)');
 is($a->psql("SELECT failures || ' ' || open_until_ms FROM mr_routes "
     . "WHERE name = 'held'"), '0 0', '... and its breaker closed, as it was');
+
+sub route_row {
+    my ($name) = @_;
+    return $a->psql("SELECT inflight || ' ' || attempts || ' ' || failures "
+        . "|| ' ' || open_until_ms FROM mr_routes WHERE name = '$name'");
+}
+
+my $PGLOG = MR::Test::pg_cluster()->{dir} . '/log';
+
+sub pg_log_from {
+    my ($off) = @_;
+    open my $fh, '<', $PGLOG or return '';
+    seek $fh, $off, 0;
+    local $/;
+    return <$fh> // '';
+}
+
+# ---- part 2: the claim made again, locked (B stopped meanwhile: it
+# would take the execution itself)
+$b->stop;
+$a->start;
+$x = $a->create_exec($acc->{key}, $a->exec_body(model => 'm'));
+is($x->{status}, 202, 'part 2: an execution on node A') or diag $x->{body};
+$id = $x->{json}{id} // 'exec_none';
+is(scalar $rc->wait_requests(2, path => '/held', timeout => 20), 2,
+    'node A sent it to "held", which holds it');
+is(route_row('held'), '1 2 0 0', '"held": one slot in flight, two attempts');
+
+@killed = $a->kill_node;
+ok(@killed >= 2, 'node A killed again');
+$b->start;
+
+# psql holds sim's row until B's claim waits for it
+my $pg = MR::Test::pg_cluster();
+open my $h, '|-', 'psql', '-X', '-q', '-o', '/dev/null', '-v',
+    'ON_ERROR_STOP=1', '-h', $pg->{dir}, '-p', $pg->{port}, '-U', 'postgres',
+    '-d', $a->db or die "psql: $!";
+$h->autoflush(1);
+print $h "SET application_name = 'holder'; BEGIN; "
+    . "SELECT 1 FROM mr_routes WHERE name = 'sim' FOR UPDATE;\n";
+ok(wait_for(sub {
+    $a->psql("SELECT count(*) FROM pg_stat_activity "
+        . "WHERE application_name = 'holder' "
+        . "AND state = 'idle in transaction'") == 1 }, 20, 0.02),
+    "psql holds sim's row");
+my $mark = -s $PGLOG // 0;
+ok(eval { $a->psql("DO \$\$ BEGIN FOR i IN 1 .. 3000 LOOP "
+    . "IF EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity s "
+    . "ON s.pid = l.pid WHERE NOT l.granted "
+    . "AND s.application_name <> 'holder' "
+    . "AND s.datname = current_database()) THEN RETURN; END IF; "
+    . "PERFORM pg_sleep(0.01); END LOOP; "
+    . "RAISE EXCEPTION 'no claim waited'; END \$\$"); 1 },
+    "node B's claim (after the lease of A's attempt) waits for sim's row")
+    or diag $@;
+print $h "UPDATE mr_routes SET inflight = 1 WHERE name = 'sim'; COMMIT;\n"
+    . "\\q\n";
+close $h;
+
+ok(wait_for(sub { route_row('held') =~ /^0 / }, 20),
+    '"held" has its slot back');
+like(pg_log_from($mark), qr/lost a race/,
+    "the claim's first try lost (MR001): it was made again, locked");
+is(route_row('held'), '0 2 0 0',
+    '"held" still counts its attempts, its breaker closed (its row was not '
+    . 'written over)');
+$e = $b->get_exec($acc->{key}, $id)->{json} // {};
+isnt($e->{status}, 'COMPLETED', 'the execution waits for a slot of "sim"')
+    or diag explain $e;
+is(($e->{attempts} // [])->[0]{outcome}, 'abandoned',
+    "A's attempt recorded abandoned") or diag explain $e;
+
+$a->psql("UPDATE mr_routes SET inflight = 0 WHERE name = 'sim'");
+$e = $b->wait_terminal($acc->{key}, [ $id ], 60)->{$id} // {};
+is($e->{status}, 'COMPLETED', 'node B completed it on "sim"')
+    or diag explain $e;
+@att = @{ $e->{attempts} // [] };
+is(join(',', map { "$_->{route}:$_->{outcome}" } @att),
+    'held:abandoned,sim:succeeded', 'its attempts') or diag explain \@att;
+is(route_row('sim'), '0 2 0 0', '"sim": its slot back, two attempts');
+is(route_row('held'), '0 2 0 0', '"held" as it was');
 my $v = $b->verify($acc->{org});
 ok($v->{ok}, 'verify exact') or diag explain $v;
 

@@ -27,24 +27,9 @@ use MR::Receiver qw(:all);
 my $rc = MR::Receiver->new;
 $rc->start;
 
-my $http = <<"EOF";
-modelroute_store %%STORE%%;
-modelroute_webhook_allow_private on;
-modelroute_webhook_retry 1s 30s;
-modelroute_webhook_timeout 2s;
-modelroute_webhook_max_age 10m;
-modelroute_route sim /p/sim protocol=openai_chat;
-modelroute_model m-ok per_request=0.01 routes=sim;
-server {
-    listen 127.0.0.1:%%PORT%%;
-    location /v1/ { modelroute_api; }
-    location /admin/ { modelroute_admin; }
-}
-server {
-    modelroute_dispatch;
-    location /p/sim { internal; modelroute_simulator; }
-}
-EOF
+my $http = sim_http('modelroute_webhook_allow_private on;',
+    'modelroute_webhook_retry 1s 30s;', 'modelroute_webhook_timeout 2s;',
+    'modelroute_webhook_max_age 10m;');
 
 # node 0 logs at info too: a dropped outcome's line
 my $n0 = MR::Test->new(store => 'postgres', workers => 1, http => $http,
@@ -62,7 +47,7 @@ $rc->set('/h', status => 200,
 my $ep = wh_create($n0, $key, { url => $rc->url('/h') });
 is($ep->{status}, 201, 'an endpoint') or diag $ep->{body};
 
-my $x = $n0->create_exec($key, $n0->exec_body(model => 'm-ok'));
+my $x = $n0->create_exec($key, $n0->exec_body(model => 'm-sim'));
 is($x->{status}, 202, 'an execution') or diag $x->{body};
 my $exec = $x->{json}{id} // 'exec_none';
 
