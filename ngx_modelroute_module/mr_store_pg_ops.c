@@ -388,9 +388,10 @@ mr_pg_ops_load(mr_pg_batch_t *b, mr_pg_req_t *req)
             v[2] = mr_pg_routes_literal();
 
             /*
-             * read unlocked, only this node's routes are read again: the
-             * candidates' round trip read every route, those of the
-             * candidates too (mr_pg_ops_candidates_done())
+             * the candidates' routes are read again, unlocked too: read
+             * after their executions are locked, a route is at least as
+             * new as the lease it takes over (the candidates' round trip
+             * read it before)
              */
 
             rc = (mr_pg_load_send(b, req, MR_SQL_LOCK_DUE_EXECS, 2, v)
@@ -398,10 +399,7 @@ mr_pg_ops_load(mr_pg_batch_t *b, mr_pg_req_t *req)
                   || mr_pg_load_send(b, req, b->rows->route_deltas
                                              ? MR_SQL_ROUTES_SNAP
                                              : MR_SQL_LOCK_ROUTES, 2,
-                                     (const char *[]) {
-                                         v[2],
-                                         b->rows->route_deltas ? none : ids
-                                     })
+                                     (const char *[]) { v[2], ids })
                      != NGX_OK
                   || mr_pg_load_send(b, req, MR_SQL_ENDPOINTS, 4,
                                      (const char *[]) { orgs, none, none,

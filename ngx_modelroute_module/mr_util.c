@@ -169,10 +169,18 @@ mr_now_us(void)
 }
 
 
+/*
+ * ISO 8601 in UTC to the millisecond: MR_TIME_LEN bytes, also for a time
+ * out of range (a row edited by hand): clamped to 1970 .. 9999
+ */
+
 u_char *
 mr_time_format(u_char *dst, int64_t ms)
 {
     ngx_tm_t  tm;
+
+    ms = ngx_max(ms, 0);
+    ms = ngx_min(ms, MR_TIME_MAX_MS);
 
     ngx_gmtime((time_t) (ms / 1000), &tm);
 

@@ -24,6 +24,7 @@
 #define MR_REQ_ID_LEN      36
 
 #define MR_TIME_LEN        24      /* 2026-03-20T10:30:00.000Z */
+#define MR_TIME_MAX_MS     253402300799999LL  /* 9999-12-31T23:59:59.999Z */
 #define MR_MONEY_LEN       32
 #define MR_SHA256_LEN      32
 

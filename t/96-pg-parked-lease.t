@@ -28,7 +28,7 @@ my $rc = MR::Receiver->new;
 $rc->start;
 
 my $http = sim_http('modelroute_webhook_allow_private on;',
-    'modelroute_webhook_retry 1s 30s;', 'modelroute_webhook_timeout 2s;',
+    'modelroute_webhook_retry 1s 30s;', 'modelroute_webhook_timeout 4s;',
     'modelroute_webhook_max_age 10m;');
 
 # node 0 logs at info too: a dropped outcome's line
