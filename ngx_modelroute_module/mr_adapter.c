@@ -51,6 +51,7 @@ static void mr_adapter_message(ngx_pool_t *pool, ngx_uint_t status,
 static void mr_adapter_detail(ngx_pool_t *pool, json_t *answer,
     mr_adapter_out_t *out);
 static int64_t mr_adapter_usage(json_t *usage, const char *name);
+static int64_t mr_adapter_usage_opt(json_t *usage, const char *name);
 static int64_t mr_adapter_cost(mr_model_t *m, json_t *input, int64_t in,
     int64_t out, int64_t images);
 static json_t *mr_adapter_input(ngx_pool_t *pool, mr_model_t *m,
@@ -474,7 +475,7 @@ mr_adapter_ok(ngx_pool_t *pool, mr_route_t *route, mr_model_t *m,
     u_char       *p, *buf;
     size_t        i, len;
     json_t       *res, *v, *item, *list, *usage, *text, *parts;
-    int64_t       in, outt, images;
+    int64_t       in, outt, images, cw, cr;
     ngx_int_t     rc;
     const char   *fr;
 
@@ -571,13 +572,11 @@ mr_adapter_ok(ngx_pool_t *pool, mr_route_t *route, mr_model_t *m,
 
         in = mr_adapter_usage(usage, "input_tokens");
         outt = mr_adapter_usage(usage, "output_tokens");
+        cw = mr_adapter_usage_opt(usage, "cache_creation_input_tokens");
+        cr = mr_adapter_usage_opt(usage, "cache_read_input_tokens");
 
-        if (in >= 0) {
-            in += ngx_max(mr_adapter_usage(usage,
-                                           "cache_creation_input_tokens"), 0)
-                  + ngx_max(mr_adapter_usage(usage,
-                                             "cache_read_input_tokens"), 0);
-        }
+        /* a cache count that is not a count: the input's is not known */
+        in = (in >= 0 && cw >= 0 && cr >= 0) ? in + cw + cr : -1;
 
         res = json_pack("{s:o, s:s?}", "text", text, "finish_reason", fr);
         break;
@@ -862,7 +861,12 @@ mr_adapter_detail(ngx_pool_t *pool, json_t *answer, mr_adapter_out_t *out)
 }
 
 
-/* a count of usage: an integer, or a real with an integer value */
+/*
+ * A count of usage: an integer, or a real with an integer value (-1: none,
+ * or not a count).  One larger than MR_ADAPTER_USAGE_MAX counts as that
+ * many: the cost of that many is past the hold of any budget the gateway
+ * sends, so the hold is charged (not the estimate, as for no count).
+ */
 
 static int64_t
 mr_adapter_usage(json_t *usage, const char *name)
@@ -873,26 +877,39 @@ mr_adapter_usage(json_t *usage, const char *name)
     v = json_object_get(usage, name);
 
     if (json_is_integer(v)) {
-        if (json_integer_value(v) < 0
-            || json_integer_value(v) > MR_ADAPTER_USAGE_MAX)
-        {
+        if (json_integer_value(v) < 0) {
             return -1;
         }
 
-        return json_integer_value(v);
+        return ngx_min(json_integer_value(v), MR_ADAPTER_USAGE_MAX);
     }
 
     if (json_is_real(v)) {
         d = json_real_value(v);
 
-        if (d >= 0 && d <= (double) MR_ADAPTER_USAGE_MAX
-            && d == (double) (int64_t) d)
-        {
+        if (d > (double) MR_ADAPTER_USAGE_MAX) {
+            return MR_ADAPTER_USAGE_MAX;
+        }
+
+        if (d >= 0 && d == (double) (int64_t) d) {
             return (int64_t) d;
         }
     }
 
     return -1;
+}
+
+
+/* a count that may be left out (0), or -1 if it is there but not a count */
+
+static int64_t
+mr_adapter_usage_opt(json_t *usage, const char *name)
+{
+    if (json_object_get(usage, name) == NULL) {
+        return 0;
+    }
+
+    return mr_adapter_usage(usage, name);
 }
 
 
@@ -986,6 +1003,11 @@ mr_adapter_callback(ngx_pool_t *pool, mr_model_t *m, mr_exec_t *exec,
 
     v = json_object_get(body, "status");
     status = json_is_string(v) ? json_string_value(v) : "";
+
+    if (ngx_strlen(status) != (json_is_string(v) ? json_string_length(v) : 0))
+    {
+        status = "";                      /* a NUL in it: not a status */
+    }
 
     if (ngx_strcmp(status, "succeeded") == 0
         || ngx_strcmp(status, "completed") == 0)

@@ -233,7 +233,7 @@ mr_callback_parse(ngx_str_t *token, ngx_uint_t *attempt, u_char **mac)
 
     n = ngx_atoi(token->data, dot - token->data);
 
-    if (n == NGX_ERROR || (n > 0 && token->data[0] == '0')) {
+    if (n == NGX_ERROR || (dot - token->data > 1 && token->data[0] == '0')) {
         return NGX_DECLINED;
     }
 

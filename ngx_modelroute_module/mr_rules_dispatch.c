@@ -695,8 +695,10 @@ mr_rule_callback_attempts(mr_store_op_t *op, mr_exec_t *exec, u_char **buf)
         return mr_rule_attempt(exec, op->now, outcome, code, 0, NULL, buf);
     }
 
+    /* a provider's job id may hold a NUL (mr_adapter.c parses so too) */
+
     log = json_loadb((char *) exec->seg[MR_SEG_ATTEMPTS].data,
-                     exec->seg[MR_SEG_ATTEMPTS].len, 0, NULL);
+                     exec->seg[MR_SEG_ATTEMPTS].len, JSON_ALLOW_NUL, NULL);
 
     a = NULL;
 
@@ -710,19 +712,20 @@ mr_rule_callback_attempts(mr_store_op_t *op, mr_exec_t *exec, u_char **buf)
     r = json_object_get(a, "route");
     s = json_object_get(a, "started_at");
 
-    if (!json_is_string(r) || json_string_length(r) > MR_ROUTE_NAME_LEN
-        || !json_is_string(s) || json_string_length(s) != MR_TIME_LEN)
+    if (json_is_string(r) && json_string_length(r) <= MR_ROUTE_NAME_LEN
+        && json_is_string(s) && json_string_length(s) == MR_TIME_LEN)
     {
+        route.data = (u_char *) json_string_value(r);
+        route.len = json_string_length(r);
+
+        rc = mr_rule_attempt_add(exec, &route,
+                                 (u_char *) json_string_value(s), op->now,
+                                 outcome, code, 0, NULL, buf);
+
+    } else {
         /* not as this gateway writes it: under the last route */
-        json_decref(log);
-        return mr_rule_attempt(exec, op->now, outcome, code, 0, NULL, buf);
+        rc = mr_rule_attempt(exec, op->now, outcome, code, 0, NULL, buf);
     }
-
-    route.data = (u_char *) json_string_value(r);
-    route.len = json_string_length(r);
-
-    rc = mr_rule_attempt_add(exec, &route, (u_char *) json_string_value(s),
-                             op->now, outcome, code, 0, NULL, buf);
 
     json_decref(log);
 

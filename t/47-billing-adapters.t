@@ -371,6 +371,18 @@ sub chat_answer {
         'anthropic: the model\'s max_tokens without the client\'s');
     charged_ok($e, rule($M{banth}, in => 10, out => 20),
         'anthropic: usage priced');
+
+    # a cache count that is not a count: the input's count is not known,
+    # the estimate is charged (it was taken as 0: 10 tokens charged)
+    $rc->set('/anth', json => { id => 'm3', type => 'message',
+        role => 'assistant', stop_reason => 'end_turn',
+        content => [ { type => 'text', text => 'hi' } ],
+        usage => { input_tokens => 10, output_tokens => 20,
+            cache_read_input_tokens => -3 } });
+    $m = marker();
+    ($e) = run('banth', '/anth', { prompt => $m }, marker => $m);
+    charged_ok($e, micros($e->{estimated_cost}),
+        'anthropic: a cache count that is not one: the estimate');
 }
 
 # ---------------------------------------------------------------- embeddings
@@ -447,6 +459,13 @@ sub chat_answer {
           { input_tokens => 5 }, sub { micros($_[0]{estimated_cost}) } ],
         [ 'usage above the hold', { input_tokens => 10_000_000,
             output_tokens => 10_000_000 }, sub { micros($_[0]{hold_amount}) } ],
+        # more than the gateway counts (1e9): that many, past the hold (it
+        # was taken as no count, and the estimate charged)
+        [ 'a count past 1,000,000,000', { input_tokens => 5,
+            output_tokens => 1_500_000_000 },
+          sub { micros($_[0]{hold_amount}) } ],
+        [ 'a negative count', { input_tokens => 5, output_tokens => -3 },
+          sub { micros($_[0]{estimated_cost}) } ],
     );
     for my $c (@cases) {
         my ($name, $usage, $want) = @$c;
@@ -465,6 +484,26 @@ sub chat_answer {
         $e = terminal($e->{id} // 'exec_none');
         charged_ok($e, $want->($e), "async, $name");
     }
+}
+
+{
+    # a status with a NUL in it is no status: the job failed (it was taken
+    # as "succeeded", the text before the NUL)
+    $rc->set('/job', status => 202, json => { job_id => 'j' });
+    my $m = marker();
+    my ($e, $q) = run('basync', '/job', { prompt => $m }, marker => $m,
+        until => 'AWAITING_WEBHOOK');
+    my $j = $q->{json} // {};
+    my ($path) = ($j->{callback_url} // '') =~ m{(/v1/callbacks/.*)$};
+    my $r = $t->req(POST => $path // '/v1/callbacks/none',
+        { Authorization => 'Bearer ' . ($j->{callback_token} // '') },
+        { status => "succeeded\x{0}x", output => { text => 'done' } });
+    is($r->{status}, 200, 'async, a NUL in the status: the callback is taken')
+        or diag $r->{body};
+    $e = terminal($e->{id} // 'exec_none');
+    is($e->{status}, 'FAILED', '... the execution failed') or diag explain $e;
+    is(($e->{error} // {})->{code}, 'GENERATION_FAILED',
+        '... GENERATION_FAILED, nothing charged');
 }
 
 {

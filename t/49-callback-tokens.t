@@ -169,6 +169,8 @@ my %refused = (
     'the token of another execution, same attempt' => $tok,
     'a token of attempt 99 (made with the real key)' => token_of($id2, 99),
     'a leading zero' => '01.' . substr(token_of($id2, 1), 2),
+    'attempt 0 spelt 00 (made with the real key)'
+        => '00.' . substr(token_of($id2, 0), 2),
     'the MAC alone' => substr($tok1, 2),
 );
 for my $name (sort keys %refused) {
