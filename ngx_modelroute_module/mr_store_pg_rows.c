@@ -1384,7 +1384,13 @@ mr_pg_rows_write_routes_delta(mr_pg_rows_t *rs, mr_pg_req_t *req)
         rd = &e->route_read;
         n++;
 
-        /* the fields of the breaker that the batch changed */
+        /*
+         * the fields of the breaker that the batch changed, and those its
+         * attempts were let through by (open, the probe, a pause), if it
+         * started attempts there (mr_rule_disp_take() counts them):
+         * written as read, they are checked (another node that opened
+         * the breaker meanwhile makes the batch again)
+         */
 
         m = (st->failures != rd->failures)
             | (st->open_until_ms != rd->open_until_ms) << 1
@@ -1395,6 +1401,10 @@ mr_pg_rows_write_routes_delta(mr_pg_rows_t *rs, mr_pg_req_t *req)
             | (st->timeout_accounts != rd->timeout_accounts) << 6
             | (ngx_memcmp(st->timeout_org, rd->timeout_org, MR_ORG_ID_LEN)
                != 0) << 7;
+
+        if (st->attempts != rd->attempts) {
+            m |= 1 << 1 | 1 << 2 | 1 << 3 | 1 << 4;
+        }
 
         route = mr_route_find(mr_pg_main_conf(), e->key.data, e->key.len);
 

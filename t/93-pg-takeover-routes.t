@@ -33,6 +33,15 @@
 # abandoned and gives "held" its slot back, and waits for "sim".  psql
 # gives sim's slot back: B completes the execution on "sim".  (B is
 # stopped while A runs: it would take the execution itself.)
+#
+# Part 3: a claim's first try checks the breaker that let its attempts
+# through.  psql holds sim's row; B's claim of a new execution read the
+# breaker closed and waits for the row; psql opens the breaker and
+# commits: the claim loses (MR001), made again locked it finds the
+# breaker open: the execution fails (MODEL_UNAVAILABLE, its only route
+# open), with no attempt.  Before, the first try checked
+# only the breaker fields it changed, committed, and sent the attempt to
+# the route another node had just opened.
 use strict;
 use warnings;
 use FindBin;
@@ -147,29 +156,41 @@ is(route_row('held'), '1 2 0 0', '"held": one slot in flight, two attempts');
 ok(@killed >= 2, 'node A killed again');
 $b->start;
 
+# psql, holding a route's row in a transaction of its own
+sub hold_row {
+    my ($name) = @_;
+    my $pg = MR::Test::pg_cluster();
+    open my $fh, '|-', 'psql', '-X', '-q', '-o', '/dev/null', '-v',
+        'ON_ERROR_STOP=1', '-h', $pg->{dir}, '-p', $pg->{port}, '-U',
+        'postgres', '-d', $a->db or die "psql: $!";
+    $fh->autoflush(1);
+    print $fh "SET application_name = 'holder'; BEGIN; "
+        . "SELECT 1 FROM mr_routes WHERE name = '$name' FOR UPDATE;\n";
+    ok(wait_for(sub {
+        $a->psql("SELECT count(*) FROM pg_stat_activity "
+            . "WHERE application_name = 'holder' "
+            . "AND state = 'idle in transaction'") == 1 }, 20, 0.02),
+        "psql holds the row of \"$name\"");
+    return $fh;
+}
+
+# another session waits for a lock (watched from inside PostgreSQL)
+sub claim_waits {
+    return eval { $a->psql("DO \$\$ BEGIN FOR i IN 1 .. 3000 LOOP "
+        . "IF EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity s "
+        . "ON s.pid = l.pid WHERE NOT l.granted "
+        . "AND s.application_name <> 'holder' "
+        . "AND s.datname = current_database()) THEN RETURN; END IF; "
+        . "PERFORM pg_sleep(0.01); END LOOP; "
+        . "RAISE EXCEPTION 'no claim waited'; END \$\$"); 1 }
+        || (diag($@), 0);
+}
+
 # psql holds sim's row until B's claim waits for it
-my $pg = MR::Test::pg_cluster();
-open my $h, '|-', 'psql', '-X', '-q', '-o', '/dev/null', '-v',
-    'ON_ERROR_STOP=1', '-h', $pg->{dir}, '-p', $pg->{port}, '-U', 'postgres',
-    '-d', $a->db or die "psql: $!";
-$h->autoflush(1);
-print $h "SET application_name = 'holder'; BEGIN; "
-    . "SELECT 1 FROM mr_routes WHERE name = 'sim' FOR UPDATE;\n";
-ok(wait_for(sub {
-    $a->psql("SELECT count(*) FROM pg_stat_activity "
-        . "WHERE application_name = 'holder' "
-        . "AND state = 'idle in transaction'") == 1 }, 20, 0.02),
-    "psql holds sim's row");
+my $h = hold_row('sim');
 my $mark = -s $PGLOG // 0;
-ok(eval { $a->psql("DO \$\$ BEGIN FOR i IN 1 .. 3000 LOOP "
-    . "IF EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity s "
-    . "ON s.pid = l.pid WHERE NOT l.granted "
-    . "AND s.application_name <> 'holder' "
-    . "AND s.datname = current_database()) THEN RETURN; END IF; "
-    . "PERFORM pg_sleep(0.01); END LOOP; "
-    . "RAISE EXCEPTION 'no claim waited'; END \$\$"); 1 },
-    "node B's claim (after the lease of A's attempt) waits for sim's row")
-    or diag $@;
+ok(claim_waits(),
+    "node B's claim (after the lease of A's attempt) waits for sim's row");
 print $h "UPDATE mr_routes SET inflight = 1 WHERE name = 'sim'; COMMIT;\n"
     . "\\q\n";
 close $h;
@@ -196,6 +217,30 @@ is(join(',', map { "$_->{route}:$_->{outcome}" } @att),
     'held:abandoned,sim:succeeded', 'its attempts') or diag explain \@att;
 is(route_row('sim'), '0 2 0 0', '"sim": its slot back, two attempts');
 is(route_row('held'), '0 2 0 0', '"held" as it was');
+
+# ---- part 3: a claim whose route another node opened meanwhile
+$h = hold_row('sim');
+$mark = -s $PGLOG // 0;
+$x = $b->create_exec($acc->{key}, $b->exec_body(model => 'm'));
+is($x->{status}, 202, 'part 3: an execution on node B') or diag $x->{body};
+$id = $x->{json}{id} // 'exec_none';
+ok(claim_waits(), "node B's claim waits for sim's row");
+print $h "UPDATE mr_routes SET open_until_ms = "
+    . "(extract(epoch FROM clock_timestamp()) * 1000)::bigint + 600000 "
+    . "WHERE name = 'sim'; COMMIT;\n\\q\n";
+close $h;
+ok(wait_for(sub { pg_log_from($mark) =~ /lost a race/ }, 20),
+    "the claim, which read sim's breaker closed, lost (MR001): made again, "
+    . 'locked');
+$e = $b->get_exec($acc->{key}, $id)->{json} // {};
+is($e->{status}, 'FAILED', '... it found the only route open: FAILED')
+    or diag explain $e;
+is(($e->{error} // {})->{code}, 'MODEL_UNAVAILABLE', '... MODEL_UNAVAILABLE');
+is(scalar @{ $e->{attempts} // [ 1 ] }, 0, '... with no attempt')
+    or diag explain $e;
+is(route_row('sim') =~ /^0 2 0 /, 1, '"sim": no attempt, no slot taken')
+    or diag route_row('sim');
+$a->psql("UPDATE mr_routes SET open_until_ms = 0 WHERE name = 'sim'");
 my $v = $b->verify($acc->{org});
 ok($v->{ok}, 'verify exact') or diag explain $v;
 
