@@ -232,7 +232,8 @@ close $h;
 ok(wait_for(sub { pg_log_from($mark) =~ /lost a race/ }, 20),
     "the claim, which read sim's breaker closed, lost (MR001): made again, "
     . 'locked');
-$e = $b->get_exec($acc->{key}, $id)->{json} // {};
+# (the log line comes before B has the error: wait for the batch made again)
+$e = $b->wait_terminal($acc->{key}, [ $id ], 20)->{$id} // {};
 is($e->{status}, 'FAILED', '... it found the only route open: FAILED')
     or diag explain $e;
 is(($e->{error} // {})->{code}, 'MODEL_UNAVAILABLE', '... MODEL_UNAVAILABLE');
