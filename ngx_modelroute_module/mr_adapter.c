@@ -1001,13 +1001,12 @@ mr_adapter_callback(ngx_pool_t *pool, mr_model_t *m, mr_exec_t *exec,
     ngx_memzero(out, sizeof(mr_adapter_out_t));
     out->cost = -1;
 
-    v = json_object_get(body, "status");
-    status = json_is_string(v) ? json_string_value(v) : "";
+    /* a string with a NUL in it is not a status */
 
-    if (ngx_strlen(status) != (json_is_string(v) ? json_string_length(v) : 0))
-    {
-        status = "";                      /* a NUL in it: not a status */
-    }
+    v = json_object_get(body, "status");
+    status = (json_is_string(v)
+              && ngx_strlen(json_string_value(v)) == json_string_length(v))
+             ? json_string_value(v) : "";
 
     if (ngx_strcmp(status, "succeeded") == 0
         || ngx_strcmp(status, "completed") == 0)

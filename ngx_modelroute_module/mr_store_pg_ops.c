@@ -123,6 +123,8 @@ static int mr_pg_route_getter(void *data, mr_route_t *route,
 static int mr_pg_attempt(mr_pg_rows_t *rs, mr_pg_ent_t *x, int64_t end,
     const char *outcome, const char *code, ngx_uint_t status,
     ngx_str_t *job_id);
+static int mr_pg_attempts_keep(mr_pg_rows_t *rs, mr_pg_ent_t *x, int rc,
+    u_char *buf);
 static int mr_pg_expire(mr_pg_rows_t *rs, mr_store_op_t *op,
     mr_pg_ent_t *x);
 static ngx_int_t mr_pg_seg_copy(ngx_pool_t *pool, ngx_str_t *s);
@@ -2055,6 +2057,15 @@ mr_pg_attempt(mr_pg_rows_t *rs, mr_pg_ent_t *x, int64_t end,
 
     rc = mr_rule_attempt(&x->exec, end, outcome, code, status, job_id, &buf);
 
+    return mr_pg_attempts_keep(rs, x, rc, buf);
+}
+
+
+/* the attempts a rule made in buf (malloc'ed), copied to the batch */
+
+static int
+mr_pg_attempts_keep(mr_pg_rows_t *rs, mr_pg_ent_t *x, int rc, u_char *buf)
+{
     if (rc == 0
         && mr_pg_seg_copy(rs->pool, &x->exec.seg[MR_SEG_ATTEMPTS]) != NGX_OK)
     {
@@ -2340,16 +2351,7 @@ mr_pg_disp_callback(mr_pg_rows_t *rs, mr_store_op_t *op)
     buf = NULL;
 
     rc = mr_rule_callback_attempts(op, &x->exec, &buf);
-
-    if (rc == 0
-        && mr_pg_seg_copy(rs->pool, &x->exec.seg[MR_SEG_ATTEMPTS]) != NGX_OK)
-    {
-        rc = ENOMEM;
-    }
-
-    if (buf) {
-        ngx_free(buf);
-    }
+    rc = mr_pg_attempts_keep(rs, x, rc, buf);
 
     if (rc != 0) {
         return rc;

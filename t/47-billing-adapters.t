@@ -449,6 +449,15 @@ sub chat_answer {
 
 # ---------------------------------------------------------------- async
 
+# the provider of the job $q (the request it got) calls back with $body
+sub call_back {
+    my ($q, $body) = @_;
+    my $j = $q->{json} // {};
+    my ($path) = ($j->{callback_url} // '') =~ m{(/v1/callbacks/.*)$};
+    return $t->req(POST => $path // '/v1/callbacks/none',
+        { Authorization => 'Bearer ' . ($j->{callback_token} // '') }, $body);
+}
+
 {
     $rc->set('/job', status => 202, json => { job_id => 'j' });
     my @cases = (
@@ -474,11 +483,8 @@ sub chat_answer {
             max_tokens => 3000 }, marker => $m, until => 'AWAITING_WEBHOOK');
         my $j = $q->{json} // {};
         is($j->{max_tokens}, 3000, "async, $name: the job carries the budget");
-        my ($path) = ($j->{callback_url} // '') =~ m{(/v1/callbacks/.*)$};
-        my $r = $t->req(POST => $path // '/v1/callbacks/none',
-            { Authorization => 'Bearer ' . ($j->{callback_token} // '') },
-            { status => 'succeeded', output => { text => 'done' },
-              $usage ? (usage => $usage) : () });
+        my $r = call_back($q, { status => 'succeeded',
+            output => { text => 'done' }, $usage ? (usage => $usage) : () });
         is($r->{status}, 200, "async, $name: the callback is taken")
             or diag $r->{body};
         $e = terminal($e->{id} // 'exec_none');
@@ -493,17 +499,15 @@ sub chat_answer {
     my $m = marker();
     my ($e, $q) = run('basync', '/job', { prompt => $m }, marker => $m,
         until => 'AWAITING_WEBHOOK');
-    my $j = $q->{json} // {};
-    my ($path) = ($j->{callback_url} // '') =~ m{(/v1/callbacks/.*)$};
-    my $r = $t->req(POST => $path // '/v1/callbacks/none',
-        { Authorization => 'Bearer ' . ($j->{callback_token} // '') },
-        { status => "succeeded\x{0}x", output => { text => 'done' } });
+    my $r = call_back($q, { status => "succeeded\x{0}x",
+        output => { text => 'done' } });
     is($r->{status}, 200, 'async, a NUL in the status: the callback is taken')
         or diag $r->{body};
     $e = terminal($e->{id} // 'exec_none');
     is($e->{status}, 'FAILED', '... the execution failed') or diag explain $e;
     is(($e->{error} // {})->{code}, 'GENERATION_FAILED',
-        '... GENERATION_FAILED, nothing charged');
+        '... GENERATION_FAILED');
+    is(micros($e->{cost} // '-1'), 0, '... nothing charged');
 }
 
 {
@@ -512,11 +516,8 @@ sub chat_answer {
     my $m = marker();
     my ($e, $q) = run('bjobimg', '/job', { prompt => "$m " . ('p' x 100),
         n => 3 }, marker => $m, until => 'AWAITING_WEBHOOK');
-    my $j = $q->{json} // {};
-    my ($path) = ($j->{callback_url} // '') =~ m{(/v1/callbacks/.*)$};
-    my $r = $t->req(POST => $path // '/v1/callbacks/none',
-        { Authorization => 'Bearer ' . ($j->{callback_token} // '') },
-        { status => 'succeeded', output => { text => 'done' } });
+    my $r = call_back($q, { status => 'succeeded',
+        output => { text => 'done' } });
     is($r->{status}, 200, 'async per image: the callback is taken')
         or diag $r->{body};
     $e = terminal($e->{id} // 'exec_none');

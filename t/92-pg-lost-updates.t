@@ -47,31 +47,6 @@ server {
 $STATUS}
 EOF
 
-# psql, in a transaction of its own that $sql began, until release()
-sub hold {
-    my ($t, $name, $sql) = @_;
-    my $pg = MR::Test::pg_cluster();
-    open my $h, '|-', 'psql', '-X', '-q', '-o', '/dev/null', '-v',
-        'ON_ERROR_STOP=1', '-h', $pg->{dir}, '-p', $pg->{port},
-        '-U', 'postgres', '-d', $t->db
-        or die "psql: $!";
-    $h->autoflush(1);
-    print $h "SET application_name = '$name'; BEGIN; $sql;\n";
-    ok(wait_for(sub {
-        $t->psql("SELECT count(*) FROM pg_stat_activity "
-            . "WHERE application_name = '$name' "
-            . "AND state = 'idle in transaction'") == 1 }, 20, 0.02),
-        "psql: $sql");
-    return $h;
-}
-
-# COMMIT, and psql quits (the children forked since hold share its pipe)
-sub release {
-    my ($h) = @_;
-    print $h "COMMIT;\n\\q\n";
-    close $h;
-}
-
 # sessions of the database waiting for a lock
 sub lock_waits {
     my ($t) = @_;
@@ -139,9 +114,9 @@ sub writing {
     my $y = $n[0]->new_account(credit => '10.00');
     my $body = $n[0]->exec_body(idempotency_key => 'k-race');
 
-    my $ha = hold($n[0], 'mr-t92-a',
+    my $ha = $n[0]->psql_hold('mr-t92-a',
         "SELECT 1 FROM mr_accounts WHERE org = '$a->{org}' FOR UPDATE");
-    my $hz = hold($n[0], 'mr-t92-z',
+    my $hz = $n[0]->psql_hold('mr-t92-z',
         "SELECT 1 FROM mr_accounts WHERE org = '$z->{org}' FOR UPDATE");
 
     my @pids;
@@ -162,13 +137,13 @@ sub writing {
     ok(wait_for(sub { writing($n[1]) >= 4 }, 20, 0.02),
         'node 1 has the create with K and a credit queued behind it');
 
-    release($hz);
+    MR::Test::psql_release($hz);
     is(answer("$dir/b1")->{status}, 202, 'Z let go: the create on Z');
     ok(wait_for(sub { lock_waits($n[0]) == 2 }, 20, 0.02),
         "node 1's batch (the create with K, the credit) waits for A")
         or diag activity($n[0]);
 
-    release($ha);
+    MR::Test::psql_release($ha);
     my ($r1, $r2, $q) = map { answer("$dir/$_") } qw(r1 r2 q);
     waitpid $_, 0 for @pids;
 
@@ -221,11 +196,11 @@ sub writing {
     is($t->store_entries('event'), $N,
         'the events are kept until their max age');
 
-    my $h = hold($t, 'mr-t92-sweep',
+    my $h = $t->psql_hold('mr-t92-sweep',
         "SELECT 1 FROM mr_accounts WHERE org = '$a->{org}' FOR UPDATE");
     ok(wait_for(sub { lock_waits($t) == 2 }, 20, 0.02),
         "both workers' sweeps wait, for the account or the events");
-    release($h);
+    MR::Test::psql_release($h);
 
     ok(wait_for(sub { $t->store_entries('event') == 0 }, 20, 0.05),
         'the events are purged');

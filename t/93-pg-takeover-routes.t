@@ -156,22 +156,10 @@ is(route_row('held'), '1 2 0 0', '"held": one slot in flight, two attempts');
 ok(@killed >= 2, 'node A killed again');
 $b->start;
 
-# psql, holding a route's row in a transaction of its own
+# psql holds a route's row (session "holder")
 sub hold_row {
-    my ($name) = @_;
-    my $pg = MR::Test::pg_cluster();
-    open my $fh, '|-', 'psql', '-X', '-q', '-o', '/dev/null', '-v',
-        'ON_ERROR_STOP=1', '-h', $pg->{dir}, '-p', $pg->{port}, '-U',
-        'postgres', '-d', $a->db or die "psql: $!";
-    $fh->autoflush(1);
-    print $fh "SET application_name = 'holder'; BEGIN; "
-        . "SELECT 1 FROM mr_routes WHERE name = '$name' FOR UPDATE;\n";
-    ok(wait_for(sub {
-        $a->psql("SELECT count(*) FROM pg_stat_activity "
-            . "WHERE application_name = 'holder' "
-            . "AND state = 'idle in transaction'") == 1 }, 20, 0.02),
-        "psql holds the row of \"$name\"");
-    return $fh;
+    return $a->psql_hold('holder',
+        "SELECT 1 FROM mr_routes WHERE name = '$_[0]' FOR UPDATE");
 }
 
 # another session waits for a lock (watched from inside PostgreSQL)
@@ -191,9 +179,8 @@ my $h = hold_row('sim');
 my $mark = -s $PGLOG // 0;
 ok(claim_waits(),
     "node B's claim (after the lease of A's attempt) waits for sim's row");
-print $h "UPDATE mr_routes SET inflight = 1 WHERE name = 'sim'; COMMIT;\n"
-    . "\\q\n";
-close $h;
+MR::Test::psql_release($h,
+    "UPDATE mr_routes SET inflight = 1 WHERE name = 'sim'; ");
 
 ok(wait_for(sub { route_row('held') =~ /^0 / }, 20),
     '"held" has its slot back');
@@ -225,10 +212,9 @@ $x = $b->create_exec($acc->{key}, $b->exec_body(model => 'm'));
 is($x->{status}, 202, 'part 3: an execution on node B') or diag $x->{body};
 $id = $x->{json}{id} // 'exec_none';
 ok(claim_waits(), "node B's claim waits for sim's row");
-print $h "UPDATE mr_routes SET open_until_ms = "
+MR::Test::psql_release($h, "UPDATE mr_routes SET open_until_ms = "
     . "(extract(epoch FROM clock_timestamp()) * 1000)::bigint + 600000 "
-    . "WHERE name = 'sim'; COMMIT;\n\\q\n";
-close $h;
+    . "WHERE name = 'sim'; ");
 ok(wait_for(sub { pg_log_from($mark) =~ /lost a race/ }, 20),
     "the claim, which read sim's breaker closed, lost (MR001): made again, "
     . 'locked');

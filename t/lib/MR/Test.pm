@@ -64,6 +64,7 @@ use IO::Socket::INET;
 use JSON::PP;
 use POSIX qw(WNOHANG);
 use Test::More;
+use IO::Handle;
 use Time::HiRes qw(time sleep);
 
 use Exporter 'import';
@@ -746,6 +747,35 @@ sub psql {
     my ($self, $sql) = @_;
     croak 'psql: not a PostgreSQL store' unless $self->{db};
     return pg_sql($self->{db}, $sql);
+}
+
+# psql in a transaction of its own on this instance's database, begun
+# with $sql and left open (its session named $name in pg_stat_activity):
+# the rows $sql locked stay locked until psql_release.  Returns the pipe.
+sub psql_hold {
+    my ($self, $name, $sql) = @_;
+    croak 'psql_hold: not a PostgreSQL store' unless $self->{db};
+    my $pg = pg_cluster();
+    open my $h, '|-', 'psql', '-X', '-q', '-o', '/dev/null', '-v',
+        'ON_ERROR_STOP=1', '-h', $pg->{dir}, '-p', $pg->{port},
+        '-U', 'postgres', '-d', $self->{db}
+        or croak "psql: $!";
+    $h->autoflush(1);
+    print $h "SET application_name = '$name'; BEGIN; $sql;\n";
+    ok(wait_for(sub {
+        $self->psql("SELECT count(*) FROM pg_stat_activity "
+            . "WHERE application_name = '$name' "
+            . "AND state = 'idle in transaction'") == 1 }, 20, 0.02),
+        "psql: $sql");
+    return $h;
+}
+
+# More SQL in a psql_hold's transaction ($sql, if given), then COMMIT and
+# psql quits (children forked since the hold share its pipe).
+sub psql_release {
+    my ($h, $sql) = @_;
+    print $h ($sql // '') . "COMMIT;\n\\q\n";
+    close $h;
 }
 
 # The entries of a table of the store (LMDB: its database, as mdb_stat
