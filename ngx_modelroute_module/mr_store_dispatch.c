@@ -36,11 +36,15 @@
 #include "mr_rules.h"
 
 
-#define MR_DISP_SCAN_MAX     4096    /* due entries looked at per claim */
+#define MR_DISP_SCAN_PART    2048    /* due entries looked at per claim at
+                                        its head, and as many past it */
 #define MR_DISP_KEY_LEN      (8 + MR_EXEC_ID_LEN)
 
 
 static int mr_store_disp_claim(MDB_txn *txn, mr_store_op_t *op);
+static int mr_store_disp_scan(MDB_txn *txn, mr_store_op_t *op,
+    MDB_cursor *cur, u_char *from, ngx_uint_t *claimed, u_char *last,
+    ngx_uint_t *end);
 static int mr_store_disp_claim_one(MDB_txn *txn, mr_store_op_t *op,
     mr_exec_t *exec, ngx_uint_t *claimed, u_char **buf);
 static int mr_store_disp_done(MDB_txn *txn, mr_store_op_t *op);
@@ -68,6 +72,10 @@ static ngx_uint_t mr_store_disp_waits(MDB_txn *txn, MDB_val *v, int64_t now);
 
 
 void (*mr_store_dispatch_hook)(void);
+
+/* where this process's next look past the head of the due queue starts */
+static u_char      mr_disp_from[MR_DISP_KEY_LEN];
+static ngx_uint_t  mr_disp_from_set;
 
 
 int
@@ -166,15 +174,22 @@ mr_store_disp_release(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
 }
 
 
+/*
+ * A claim looks at the head of the due queue (the oldest first) and, when
+ * more are due than that, at as many again from where its last look past
+ * the head stopped (mr_disp_from), round the queue: executions that wait
+ * for a full capped route, however many, neither hide the ones due
+ * behind them (another model's, an ended lease's) nor take the head from
+ * the oldest.  The look past the head is this process's; it runs in the
+ * store's one write transaction at a time.
+ */
+
 static int
 mr_store_disp_claim(MDB_txn *txn, mr_store_op_t *op)
 {
     int          rc;
-    u_char      *copy, *buf;
-    MDB_val      k, v;
-    mr_exec_t    exec;
     MDB_cursor  *cur;
-    ngx_uint_t   scanned, claimed, one;
+    ngx_uint_t   claimed, end, past;
     u_char       last[MR_DISP_KEY_LEN];
 
     rc = mdb_cursor_open(txn, mr_store.disp, &cur);
@@ -182,13 +197,76 @@ mr_store_disp_claim(MDB_txn *txn, mr_store_op_t *op)
         return rc;
     }
 
-    scanned = 0;
     claimed = 0;
 
-    for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
-         rc == 0;
-         /* void */)
-    {
+    rc = mr_store_disp_scan(txn, op, cur, NULL, &claimed, last, &end);
+
+    /* more are due than it looked at: claimed again at once if it took */
+
+    op->disp.more = !end;
+
+    if (rc == 0 && !end && claimed < op->disp.limit) {
+
+        if (!mr_disp_from_set
+            || ngx_memcmp(mr_disp_from, last, MR_DISP_KEY_LEN) < 0)
+        {
+            ngx_memcpy(mr_disp_from, last, MR_DISP_KEY_LEN);
+        }
+
+        rc = mr_store_disp_scan(txn, op, cur, mr_disp_from, &claimed, last,
+                                &past);
+
+        /* the next look past the head starts after this one, or round */
+
+        mr_disp_from_set = !past;
+        ngx_memcpy(mr_disp_from, last, MR_DISP_KEY_LEN);
+    }
+
+    mdb_cursor_close(cur);
+
+    op->disp.claimed = claimed;
+
+    return rc;
+}
+
+
+/*
+ * Due entries after the key from (NULL: from the first), at most
+ * MR_DISP_SCAN_PART, until *claimed reaches the claim's limit: *end is set
+ * if it saw the last one due, last is the last one it looked at.
+ */
+
+static int
+mr_store_disp_scan(MDB_txn *txn, mr_store_op_t *op, MDB_cursor *cur,
+    u_char *from, ngx_uint_t *claimed, u_char *last, ngx_uint_t *end)
+{
+    int          rc;
+    u_char      *copy, *buf;
+    MDB_val      k, v;
+    mr_exec_t    exec;
+    ngx_uint_t   scanned, one;
+
+    scanned = 0;
+    *end = 0;
+
+    if (from == NULL) {
+        rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
+
+    } else {
+        k.mv_data = from;
+        k.mv_size = MR_DISP_KEY_LEN;
+
+        rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+
+        if (rc == 0 && k.mv_size == MR_DISP_KEY_LEN
+            && ngx_memcmp(k.mv_data, from, MR_DISP_KEY_LEN) == 0)
+        {
+            rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+        }
+    }
+
+    while (rc == 0) {
+
         if (k.mv_size != MR_DISP_KEY_LEN) {
             rc = mdb_cursor_del(cur, 0);
             if (rc == 0) {
@@ -202,9 +280,8 @@ mr_store_disp_claim(MDB_txn *txn, mr_store_op_t *op)
             break;
         }
 
-        if (claimed >= op->disp.limit || scanned++ >= MR_DISP_SCAN_MAX) {
-            op->disp.more = 1;
-            break;
+        if (*claimed >= op->disp.limit || scanned++ >= MR_DISP_SCAN_PART) {
+            return 0;
         }
 
         ngx_memcpy(last, k.mv_data, MR_DISP_KEY_LEN);
@@ -215,7 +292,7 @@ mr_store_disp_claim(MDB_txn *txn, mr_store_op_t *op)
         rc = mdb_get(txn, mr_store.exec, &k, &v);
 
         if (rc == 0 && mr_store_disp_waits(txn, &v, op->now)) {
-            rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
+            rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);    /* still there */
             continue;
         }
 
@@ -234,7 +311,7 @@ mr_store_disp_claim(MDB_txn *txn, mr_store_op_t *op)
             one = 0;
             buf = NULL;
             rc = mr_store_disp_claim_one(txn, op, &exec, &one, &buf);
-            claimed += one;
+            *claimed += one;
 
             if (buf) {
                 ngx_free(buf);
@@ -246,7 +323,7 @@ mr_store_disp_claim(MDB_txn *txn, mr_store_op_t *op)
         }
 
         if (rc != 0) {
-            break;
+            return rc;
         }
 
         /* back to where the scan was: the index may have changed */
@@ -263,11 +340,13 @@ mr_store_disp_claim(MDB_txn *txn, mr_store_op_t *op)
         }
     }
 
-    mdb_cursor_close(cur);
+    if (rc != 0 && rc != MDB_NOTFOUND) {
+        return rc;
+    }
 
-    op->disp.claimed = claimed;
+    *end = 1;
 
-    return (rc == MDB_NOTFOUND) ? 0 : rc;
+    return 0;
 }
 
 

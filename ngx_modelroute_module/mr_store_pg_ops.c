@@ -29,7 +29,8 @@
 
 
 #define MR_PG_SWEEP_MAX      256
-#define MR_PG_DISP_SCAN      4096     /* due entries looked at per claim */
+#define MR_PG_DISP_SCAN      2048     /* due entries looked at per claim
+                                         at its head, and as many past it */
 #define MR_PG_DLV_ORGS       64       /* accounts a claim visits */
 #define MR_PG_DLV_TAKE       64       /* due deliveries of each */
 #define MR_PG_DLV_TARGETS    16       /* targets looked at per account */
@@ -2475,11 +2476,23 @@ mr_pg_ops_candidates(mr_pg_batch_t *b, mr_pg_req_t *req)
         b->scan = ngx_min(op->disp.limit + mr_pg->disp_waiting,
                           MR_PG_DISP_SCAN);
 
+        /*
+         * and when the head is as long as it may be, as many again past
+         * it from where the last such look stopped, round the queue:
+         * executions that wait for a full capped route, however many,
+         * neither hide the ones due behind them (another model's, an
+         * ended lease's) nor take the head from the oldest
+         */
+
+        b->scan_past = (b->scan == MR_PG_DISP_SCAN) ? MR_PG_DISP_SCAN : 0;
+
         v[0] = mr_pg_int(b->pool, op->now);
         v[1] = mr_pg_int(b->pool, (int64_t) b->scan);
+        v[2] = mr_pg_int(b->pool, mr_pg->disp_from);
+        v[3] = mr_pg_int(b->pool, (int64_t) b->scan_past);
 
-        if (v[0] == NULL || v[1] == NULL
-            || mr_pg_send(req, MR_SQL_DISP_DUE, 2, v, NULL) != NGX_OK
+        if (v[0] == NULL || v[1] == NULL || v[2] == NULL || v[3] == NULL
+            || mr_pg_send(req, MR_SQL_DISP_DUE, 4, v, NULL) != NGX_OK
             || mr_pg_send(req, MR_SQL_ROUTES, 0, NULL, NULL) != NGX_OK
             || mr_pg_send(req, MR_SQL_DISP_AFTER, 1, v, NULL) != NGX_OK)
         {
@@ -2609,7 +2622,7 @@ mr_pg_ops_candidates_done(mr_pg_batch_t *b, mr_pg_req_t *req)
 {
     int              i, n;
     ngx_str_t        slug;
-    ngx_uint_t       taken, passed;
+    ngx_uint_t       taken, passed, head;
     PGresult        *res;
     mr_exec_rec_t    rec;
     mr_store_op_t   *op;
@@ -2642,11 +2655,16 @@ mr_pg_ops_candidates_done(mr_pg_batch_t *b, mr_pg_req_t *req)
 
         taken = 0;
         passed = 0;
+        head = 0;
 
         for (i = 0; i < n; i++) {
             if (taken >= op->disp.limit) {
                 b->more = 1;
                 break;
+            }
+
+            if (PQgetvalue(res, i, 8)[0] == '0') {
+                head++;
             }
 
             ngx_memzero(&rec, sizeof(mr_exec_rec_t));
@@ -2677,12 +2695,19 @@ mr_pg_ops_candidates_done(mr_pg_batch_t *b, mr_pg_req_t *req)
             taken++;
         }
 
+        /* the next look past the head: after this one's, or round */
+
+        if (i == n && b->scan_past) {
+            mr_pg->disp_from = ((ngx_uint_t) n - head == b->scan_past)
+                               ? mr_pg_get_int(res, n - 1, 7) : 0;
+        }
+
         /*
          * the next look: past those that waited; or, when all it read
          * were due and it took fewer than it may, twice as far at once
          */
 
-        if ((ngx_uint_t) n == b->scan && taken < op->disp.limit
+        if (head == b->scan && taken < op->disp.limit
             && b->scan < MR_PG_DISP_SCAN)
         {
             mr_pg->disp_waiting = ngx_min(2 * b->scan, MR_PG_DISP_SCAN);
@@ -2692,7 +2717,7 @@ mr_pg_ops_candidates_done(mr_pg_batch_t *b, mr_pg_req_t *req)
             mr_pg->disp_waiting = passed + passed / 4;
         }
 
-        if ((ngx_uint_t) n == b->scan) {
+        if (head == b->scan) {
             b->more = 1;
 
         } else if (!b->more && passed == 0 && req->res[2] != NULL

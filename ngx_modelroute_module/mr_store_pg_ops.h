@@ -55,6 +55,7 @@ typedef struct {
     ngx_array_t              *cand_orgs;     /* ngx_str_t */
     ngx_uint_t                more;          /* candidates were left */
     ngx_uint_t                scan;          /* a claim's LIMIT */
+    ngx_uint_t                scan_past;     /* and past the head */
     ngx_uint_t                rescan;        /* it was too small */
     ngx_uint_t                next_known;    /* all that was due seen */
     int64_t                   next_due;      /* the next after (-1) */
@@ -111,6 +112,9 @@ typedef struct mr_pg_store_s {
     ngx_uint_t                disp_waiting;  /* due executions the last
                                                 dispatch claim passed over
                                                 before it was done */
+    int64_t                   disp_from;     /* where its next look past
+                                                the head of the due queue
+                                                starts (0: after it) */
     unsigned                  exiting:1;
 } mr_pg_store_t;
 

@@ -314,11 +314,24 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
 
     /* ---- claims and the sweep */
 
-    /* due for dispatch: what the rules need to pass over those waiting */
+    /*
+     * due for dispatch, with what the rules need to pass over those
+     * waiting: the head of the queue ($2 rows), and at most $4 after the
+     * head and after $3 (where the last look past the head stopped: see
+     * mr_pg_ops_candidates()); the head's rows first (an Append keeps its
+     * inputs' order), the last column telling the two apart
+     */
     { "mr_disp_due",
-      "SELECT id, org, status, lease_owner, expires_ms, nattempts, model "
-      "FROM mr_executions WHERE next_ms IS NOT NULL AND next_ms <= $1 "
-      "ORDER BY next_ms LIMIT $2", 0 },
+      "WITH h AS MATERIALIZED (SELECT id, org, status, lease_owner, "
+      "expires_ms, nattempts, model, next_ms FROM mr_executions "
+      "WHERE next_ms IS NOT NULL AND next_ms <= $1 "
+      "ORDER BY next_ms LIMIT $2) "
+      "SELECT *, 0 FROM h UNION ALL "
+      "(SELECT id, org, status, lease_owner, expires_ms, nattempts, model, "
+      "next_ms, 1 FROM mr_executions WHERE next_ms IS NOT NULL "
+      "AND next_ms <= $1 "
+      "AND next_ms > greatest($3, (SELECT max(next_ms) FROM h)) "
+      "ORDER BY next_ms LIMIT $4)", 0 },
 
     /*
      * The locks of a claim's or a step's candidates: by their ids only.

@@ -7,7 +7,8 @@
 # with modelroute_dispatch_concurrency 3, all three slots taken while
 # they are created (no claim runs), so that when two free the look has to
 # grow (2, then 6, 14, 30, 62, 126) before it reaches them.  On LMDB a claim
-# walks the queue until it has taken what it may.  Either way the other
+# walks the queue until it has taken what it may (past 2,048 waiting at
+# the head, a claim's look past the head: t/98).  Either way the other
 # model's executions complete, the waiting ones stay PENDING and the
 # capped route sees one request.
 #
