@@ -180,6 +180,10 @@ static ngx_uint_t       mr_disp_kicked;
 static ngx_uint_t       mr_disp_more;     /* the last claim left due work */
 static ngx_uint_t       mr_disp_unread;   /* claimed without reading due */
 static ngx_uint_t       mr_disp_backoff;  /* the last claim failed */
+static u_char           mr_disp_from[MR_DISP_FROM_LEN];
+static ngx_uint_t       mr_disp_from_set; /* where the next claim's look
+                                             past the head of the due
+                                             queue starts (mr_disp_op_t) */
 static ngx_uint_t       mr_disp_active;   /* attempts sent, not answered */
 static ngx_msec_t       mr_disp_timeout;  /* the longest route timeout */
 static ngx_event_t      mr_disp_inflight_ev;
@@ -435,6 +439,8 @@ mr_dispatch_due(int64_t due)
     op->handler = mr_dispatch_claimed;
     op->disp.limit = ngx_min(mr_disp_mcf->dispatch_concurrency
                              - mr_disp_active, MR_DISP_CLAIM_MAX);
+    op->disp.from_set = mr_disp_from_set;
+    ngx_memcpy(op->disp.from, mr_disp_from, MR_DISP_FROM_LEN);
 
     mr_disp_claiming = 1;
     mr_disp_kicked = 0;
@@ -486,6 +492,11 @@ mr_dispatch_claimed(mr_store_op_t *op)
         }
 
         return;
+    }
+
+    if (op->disp.past) {
+        mr_disp_from_set = op->disp.next_from_set;
+        ngx_memcpy(mr_disp_from, op->disp.next_from, MR_DISP_FROM_LEN);
     }
 
     /* in requests of up to MR_DISP_BATCH attempts */

@@ -263,6 +263,8 @@ typedef struct {
 
 /* dispatch */
 
+#define MR_DISP_FROM_LEN     (8 + MR_EXEC_ID_LEN)    /* be64 due ms + id */
+
 #define MR_OUT_OK               1      /* a result */
 #define MR_OUT_RETRY            2      /* a retryable failure */
 #define MR_OUT_FATAL            3      /* a failure retrying cannot mend */
@@ -318,6 +320,17 @@ typedef struct {
                                                 again at once */
     ngx_uint_t                next_known;    /* it saw all that was due, */
     int64_t                   next_due;      /* and the next (-1: none) */
+
+    /*
+     * in: where its look past the head of the due queue starts (be64 due
+     * ms + execution id; from_set 0: after the head); out, if it looked
+     * past the head (past): where the next one starts
+     */
+    u_char                    from[MR_DISP_FROM_LEN];
+    ngx_uint_t                from_set;
+    ngx_uint_t                past;
+    u_char                    next_from[MR_DISP_FROM_LEN];
+    ngx_uint_t                next_from_set;
 
     /* MR_OP_DISP_DONE, MR_OP_DISP_CALLBACK */
     u_char                    exec_id[MR_EXEC_ID_LEN];

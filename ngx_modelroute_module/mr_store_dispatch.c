@@ -38,7 +38,7 @@
 
 #define MR_DISP_SCAN_PART    2048    /* due entries looked at per claim at
                                         its head, and as many past it */
-#define MR_DISP_KEY_LEN      (8 + MR_EXEC_ID_LEN)
+#define MR_DISP_KEY_LEN      MR_DISP_FROM_LEN
 
 
 static int mr_store_disp_claim(MDB_txn *txn, mr_store_op_t *op);
@@ -72,10 +72,6 @@ static ngx_uint_t mr_store_disp_waits(MDB_txn *txn, MDB_val *v, int64_t now);
 
 
 void (*mr_store_dispatch_hook)(void);
-
-/* where this process's next look past the head of the due queue starts */
-static u_char      mr_disp_from[MR_DISP_KEY_LEN];
-static ngx_uint_t  mr_disp_from_set;
 
 
 int
@@ -176,18 +172,19 @@ mr_store_disp_release(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
 
 /*
  * A claim looks at the head of the due queue (the oldest first) and, when
- * more are due than that, at as many again from where its last look past
- * the head stopped (mr_disp_from), round the queue: executions that wait
- * for a full capped route, however many, neither hide the ones due
- * behind them (another model's, an ended lease's) nor take the head from
- * the oldest.  The look past the head is this process's; it runs in the
- * store's one write transaction at a time.
+ * more are due than that, at as many again past the head, from where the
+ * last such look stopped (op->disp.from, kept by the dispatcher from one
+ * committed claim to the next), round the queue: executions that wait for
+ * a full capped route, however many, neither hide the ones due behind
+ * them (another model's, an ended lease's) nor take the head from the
+ * oldest.
  */
 
 static int
 mr_store_disp_claim(MDB_txn *txn, mr_store_op_t *op)
 {
     int          rc;
+    u_char      *from;
     MDB_cursor  *cur;
     ngx_uint_t   claimed, end, past;
     u_char       last[MR_DISP_KEY_LEN];
@@ -207,19 +204,17 @@ mr_store_disp_claim(MDB_txn *txn, mr_store_op_t *op)
 
     if (rc == 0 && !end && claimed < op->disp.limit) {
 
-        if (!mr_disp_from_set
-            || ngx_memcmp(mr_disp_from, last, MR_DISP_KEY_LEN) < 0)
-        {
-            ngx_memcpy(mr_disp_from, last, MR_DISP_KEY_LEN);
-        }
+        from = (op->disp.from_set
+                && ngx_memcmp(op->disp.from, last, MR_DISP_KEY_LEN) > 0)
+               ? op->disp.from : last;
 
-        rc = mr_store_disp_scan(txn, op, cur, mr_disp_from, &claimed, last,
-                                &past);
+        rc = mr_store_disp_scan(txn, op, cur, from, &claimed,
+                                op->disp.next_from, &past);
 
         /* the next look past the head starts after this one, or round */
 
-        mr_disp_from_set = !past;
-        ngx_memcpy(mr_disp_from, last, MR_DISP_KEY_LEN);
+        op->disp.past = 1;
+        op->disp.next_from_set = !past;
     }
 
     mdb_cursor_close(cur);

@@ -112,9 +112,6 @@ typedef struct mr_pg_store_s {
     ngx_uint_t                disp_waiting;  /* due executions the last
                                                 dispatch claim passed over
                                                 before it was done */
-    int64_t                   disp_from;     /* where its next look past
-                                                the head of the due queue
-                                                starts (0: after it) */
     unsigned                  exiting:1;
 } mr_pg_store_t;
 

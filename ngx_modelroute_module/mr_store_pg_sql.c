@@ -316,22 +316,31 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
 
     /*
      * due for dispatch, with what the rules need to pass over those
-     * waiting: the head of the queue ($2 rows), and at most $4 after the
-     * head and after $3 (where the last look past the head stopped: see
-     * mr_pg_ops_candidates()); the head's rows first (an Append keeps its
-     * inputs' order), the last column telling the two apart
+     * waiting, in the order they are due (then by id): the head of the
+     * queue ($2 rows), and at most $4 after the head and after ($3, $5)
+     * (where the last look past the head stopped: mr_pg_ops_candidates());
+     * the head's rows first (an Append keeps its inputs' order), the last
+     * column telling the two apart.  Both read the index of due rows in
+     * its order, ties sorted by id (an incremental sort).
      */
     { "mr_disp_due",
       "WITH h AS MATERIALIZED (SELECT id, org, status, lease_owner, "
       "expires_ms, nattempts, model, next_ms FROM mr_executions "
       "WHERE next_ms IS NOT NULL AND next_ms <= $1 "
-      "ORDER BY next_ms LIMIT $2) "
+      "ORDER BY next_ms, id LIMIT $2), "
+      "e AS (SELECT next_ms AS m, id AS i FROM h "
+      "ORDER BY next_ms DESC, id DESC LIMIT 1), "
+      "s AS (SELECT CASE WHEN (e.m, e.i) > ($3::bigint, $5::text) "
+      "THEN e.m ELSE $3::bigint END AS m, "
+      "CASE WHEN (e.m, e.i) > ($3::bigint, $5::text) "
+      "THEN e.i ELSE $5::text END AS i "
+      "FROM (SELECT 1) o LEFT JOIN e ON true) "
       "SELECT *, 0 FROM h UNION ALL "
       "(SELECT id, org, status, lease_owner, expires_ms, nattempts, model, "
       "next_ms, 1 FROM mr_executions WHERE next_ms IS NOT NULL "
-      "AND next_ms <= $1 "
-      "AND next_ms > greatest($3, (SELECT max(next_ms) FROM h)) "
-      "ORDER BY next_ms LIMIT $4)", 0 },
+      "AND next_ms <= $1 AND next_ms >= (SELECT m FROM s) "
+      "AND (next_ms > (SELECT m FROM s) OR id > (SELECT i FROM s)) "
+      "ORDER BY next_ms, id LIMIT $4)", 0 },
 
     /*
      * The locks of a claim's or a step's candidates: by their ids only.
