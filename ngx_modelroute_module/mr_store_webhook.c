@@ -77,7 +77,7 @@ static int mr_store_dlv_drop(MDB_txn *txn, mr_dlv_t *dlv);
 static int mr_store_dlv_end(MDB_txn *txn, mr_dlv_t *dlv, ngx_uint_t status);
 static int mr_store_dlv_create(MDB_txn *txn, mr_store_op_t *op,
     u_char *org, u_char *event_id, u_char *wh_id, ngx_str_t *url,
-    u_char *exec_id, ngx_str_t *type, int64_t now);
+    u_char *exec_id, ngx_str_t *type, int64_t now, u_char *id);
 static int mr_store_event_put(MDB_txn *txn, u_char *event_id, u_char *org,
     ngx_str_t *type, u_char *exec_id, ngx_str_t *data, int64_t now,
     ngx_pool_t *pool);
@@ -364,7 +364,7 @@ mr_store_emit(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
 
             rc = mr_store_dlv_create(txn, op, exec->rec.org, event_id, ids[i],
                                      &wh.seg[MR_WH_SEG_URL], exec->id, &type,
-                                     op->now);
+                                     op->now, NULL);
             if (rc != 0) {
                 goto done;
             }
@@ -399,7 +399,7 @@ mr_store_emit(MDB_txn *txn, mr_store_op_t *op, mr_exec_t *exec,
         }
 
         rc = mr_store_dlv_create(txn, op, exec->rec.org, event_id, NULL, &url,
-                                 exec->id, &type, op->now);
+                                 exec->id, &type, op->now, NULL);
         made++;
     }
 
@@ -487,7 +487,7 @@ mr_store_event_put(MDB_txn *txn, u_char *event_id, u_char *org,
 static int
 mr_store_dlv_create(MDB_txn *txn, mr_store_op_t *op, u_char *org,
     u_char *event_id, u_char *wh_id, ngx_str_t *url, u_char *exec_id,
-    ngx_str_t *type, int64_t now)
+    ngx_str_t *type, int64_t now, u_char *id)
 {
     int       rc;
     mr_dlv_t  dlv;
@@ -531,6 +531,10 @@ mr_store_dlv_create(MDB_txn *txn, mr_store_op_t *op, u_char *org,
         if (rc != 0) {
             return rc;
         }
+    }
+
+    if (id) {
+        ngx_memcpy(id, dlv.rec.id, MR_DLV_ID_LEN);
     }
 
     op->emitted++;
@@ -639,43 +643,11 @@ mr_store_wh_test(MDB_txn *txn, mr_store_op_t *op)
         return rc;
     }
 
-    rc = mr_store_dlv_create(txn, op, op->org, op->wh.event_id,
-                             op->wh.wh_id, &wh.seg[MR_WH_SEG_URL], NULL,
-                             &type, op->now);
-    if (rc != 0) {
-        return rc;
-    }
+    /* the id of the delivery made: the answer's */
 
-    /* the id of the delivery just made: the last of the endpoint's log */
-    {
-        MDB_val      k, v;
-        MDB_cursor  *cur;
-        u_char       key[MR_WH_ID_LEN + MR_DLV_ID_LEN];
-
-        ngx_memcpy(key, op->wh.wh_id, MR_WH_ID_LEN);
-        ngx_memset(key + MR_WH_ID_LEN, 0xff, MR_DLV_ID_LEN);
-
-        rc = mdb_cursor_open(txn, mr_store.whdlv, &cur);
-        if (rc != 0) {
-            return rc;
-        }
-
-        k.mv_data = key;
-        k.mv_size = sizeof(key);
-
-        rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
-        rc = (rc == 0) ? mdb_cursor_get(cur, &k, &v, MDB_PREV)
-                       : mdb_cursor_get(cur, &k, &v, MDB_LAST);
-
-        if (rc == 0 && k.mv_size == sizeof(key)) {
-            ngx_memcpy(op->wh.dlv_id, (u_char *) k.mv_data + MR_WH_ID_LEN,
-                       MR_DLV_ID_LEN);
-        }
-
-        mdb_cursor_close(cur);
-    }
-
-    return rc;
+    return mr_store_dlv_create(txn, op, op->org, op->wh.event_id,
+                               op->wh.wh_id, &wh.seg[MR_WH_SEG_URL], NULL,
+                               &type, op->now, op->wh.dlv_id);
 }
 
 

@@ -519,6 +519,26 @@ for my $q ('limit=0', 'limit=abc') {
 is(scalar @{ wh_deliveries($t, $key, $exp_id) // [1] }, 0,
     'the other endpoint has no delivery');
 
+# test events asked at once (several in one commit, in one millisecond):
+# each answer names its own delivery (LMDB named the endpoint's last
+# delivery, a sibling made in the same millisecond when its id sorted
+# after)
+{
+    my @tests = $t->parallel(24, sub {
+        $t->req(POST => "/v1/webhooks/endpoints/$all_id/test", \%A)->{json};
+    }, timeout => 30);
+    my $all = wh_deliveries($t, $key, $all_id, 100) // [];
+    my %event_of = map { $_->{id} => $_->{event_id} } @$all;
+    my @wrong = grep {
+        !ref $_ || ($event_of{ $_->{delivery_id} // '' } // '')
+                   ne ($_->{event_id} // '-')
+    } @tests;
+    my %ids = map { (ref $_ ? $_->{delivery_id} // '' : '') => 1 } @tests;
+    is(scalar keys %ids, 24, 'tests at once: 24 deliveries named');
+    is(scalar @wrong, 0, 'tests at once: each names its own delivery')
+        or diag explain \@wrong;
+}
+
 # any 2xx is a success
 $r = wh_create($t, $key, { url => $rc->url('/nocontent') });
 my $nc_id = $r->{json}{id} // 'wh_none';
