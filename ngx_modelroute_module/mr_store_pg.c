@@ -1312,7 +1312,6 @@ mr_pg_op_reset(mr_store_op_t *op)
     op->disp.more = 0;
     op->disp.rescan = 0;
     op->disp.next_known = 0;
-    op->disp.past = 0;
     op->wh.claimed = 0;
 
     while (op->disp.jobs) {

@@ -2486,6 +2486,11 @@ mr_pg_ops_candidates(mr_pg_batch_t *b, mr_pg_req_t *req)
 
         b->scan_past = (b->scan == MR_PG_DISP_SCAN) ? MR_PG_DISP_SCAN : 0;
 
+        /* what it says of the look past the head is set when it is read
+         * (mr_pg_op_reset() before the load of the candidates keeps it) */
+
+        op->disp.past = 0;
+
         v[0] = mr_pg_int(b->pool, op->now);
         v[1] = mr_pg_int(b->pool, (int64_t) b->scan);
         v[2] = mr_pg_int(b->pool, op->disp.from_set
