@@ -59,7 +59,8 @@ deps=(nginx nginx-dev liblmdb-dev lmdb-utils libjansson-dev
       libnginx-mod-http-lua lua-resty-core lua-cjson
       prometheus chromium    # the tests: promtool, a headless browser
       libio-socket-ssl-perl  # t/46: TLS clients of the production nginx
-      postgresql-15 postgresql-client-15)    # the PostgreSQL store's tests
+      postgresql-15 postgresql-client-15     # the PostgreSQL store's tests
+      libfaketime)    # t/99: a PostgreSQL server whose clock is behind
 
 # what ./build.sh deb needs on top (debian/control's Build-Depends are
 # among the above)

@@ -90,6 +90,7 @@ typedef struct {
     u_char                    exec_id[MR_EXEC_ID_LEN];
     uint64_t                  token;
     ngx_msec_t                deadline;
+    int64_t                   lease;         /* the end of its lease */
     ngx_uint_t                state;
     ngx_uint_t                expired;    /* its lease is (nearly) over */
     mr_exec_t                 exec;
@@ -935,6 +936,7 @@ mr_dispatch_read(mr_store_read_t *rd)
 static void
 mr_dispatch_start(ngx_http_request_t *r, mr_store_read_t *rd)
 {
+    int64_t         now, left;
     ngx_int_t       rc;
     ngx_str_t       body;
     ngx_uint_t      i;
@@ -949,8 +951,21 @@ mr_dispatch_start(ngx_http_request_t *r, mr_store_read_t *rd)
 
     req->started = 1;
 
+    /*
+     * the attempt ends before its lease: none is made twice at once;
+     * timed after the read, which the store's clock is known for (this
+     * worker's first read may be this one: mr_now_ms())
+     */
+
+    now = mr_now_ms();
+
     for (i = 0; i < req->n; i++) {
         a = &req->att[i];
+
+        left = a->lease - MR_DISP_MARGIN - now;
+
+        a->deadline = ngx_current_msec + (ngx_msec_t) ngx_max(left, 0);
+        a->expired = (left <= 0);
 
         if (!a->expired) {
             if (rd->rc != NGX_OK || i >= rd->list->nelts) {
@@ -1006,7 +1021,6 @@ mr_dispatch_parse(ngx_http_request_t *r, mr_disp_req_t *req)
     u_char         *p, *last, *buf, *sp;
     off_t           lease;
     size_t          len;
-    int64_t         now, left;
     ngx_int_t       n;
     ngx_buf_t      *b;
     ngx_uint_t      max, i;
@@ -1039,7 +1053,6 @@ mr_dispatch_parse(ngx_http_request_t *r, mr_disp_req_t *req)
 
     last = p;
     max = MR_DISP_BATCH;    /* r->main->blocked counts to 255 */
-    now = mr_now_ms();
 
     req->att = ngx_pcalloc(r->pool, max * sizeof(mr_disp_att_t));
     if (req->att == NULL) {
@@ -1093,12 +1106,7 @@ mr_dispatch_parse(ngx_http_request_t *r, mr_disp_req_t *req)
             return NGX_ERROR;
         }
 
-        /* the attempt ends before its lease: none is made twice at once */
-
-        left = (int64_t) lease - MR_DISP_MARGIN - now;
-
-        a->deadline = ngx_current_msec + (ngx_msec_t) ngx_max(left, 0);
-        a->expired = (left <= 0);
+        a->lease = (int64_t) lease;
         a->req = req;
         req->n++;
 

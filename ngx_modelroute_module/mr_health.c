@@ -99,7 +99,7 @@ mr_health_beat(ngx_event_t *ev)
         w->pid = (ngx_atomic_uint_t) ngx_pid;
         w->dispatcher = mr_dispatch_running();
         w->sender = mr_webhook_running();
-        w->beat_ms = (ngx_atomic_uint_t) mr_now_ms();
+        w->beat_ms = (ngx_atomic_uint_t) mr_local_ms();
     }
 
     ngx_add_timer(ev, MR_HEALTH_BEAT);
@@ -299,7 +299,7 @@ mr_health_got(ngx_http_request_t *r, mr_store_read_t *rd)
     n = ngx_min(n, MR_METRICS_WORKERS);
 
     slot = mr_metrics_workers();
-    now = mr_now_ms();
+    now = mr_local_ms();
 
     for (i = 0; slot && i < n; i++) {
         age = now - (int64_t) slot[i].beat_ms;

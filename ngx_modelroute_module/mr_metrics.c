@@ -469,7 +469,7 @@ mr_metrics_commit_age(void)
 
     start = (int64_t) mr_met_commit_ms;
 
-    return start ? ngx_max(mr_now_ms() - start, 0) : 0;
+    return start ? ngx_max(mr_local_ms() - start, 0) : 0;
 }
 
 
@@ -715,7 +715,7 @@ mr_metrics_txn_end(int rc, ngx_queue_t *ops, mr_store_op_t *one)
 
     mono = mr_mono_us();
     us = mono - mr_met_t0;
-    now = mr_metrics_now_ms();
+    now = mr_metrics_now_ms() + mr_clock_offset;    /* the store's clock */
 
     if (rc != 0) {
         (void) ngx_atomic_fetch_add(&sh->commits[1], 1);

@@ -407,7 +407,7 @@ mr_ratelimit_request(ngx_http_request_t *r)
     limit = mr_ratelimit_limit(ocf, hctx, &own);
 
     hash = ngx_crc32_short(org, MR_ORG_ID_LEN);
-    now = mr_now_ms();
+    now = mr_local_ms();
     limited = 0;
 
     ngx_shmtx_lock(&ctx->shpool->mutex);

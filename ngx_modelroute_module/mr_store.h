@@ -323,8 +323,9 @@ typedef struct {
 
     /*
      * in: where its look past the head of the due queue starts (be64 due
-     * ms + execution id; from_set 0: after the head); out, if it looked
-     * past the head (past): where the next one starts
+     * ms + execution id, PostgreSQL: the due ms only, zeros after it;
+     * from_set 0: after the head); out, if it looked past the head
+     * (past): where the next one starts
      */
     u_char                    from[MR_DISP_FROM_LEN];
     ngx_uint_t                from_set;
@@ -450,6 +451,9 @@ struct mr_store_op_s {
 
     ngx_uint_t                result;        /* MR_R_* */
     int64_t                   now;           /* set by mr_store_submit() */
+    ngx_uint_t                now_local;     /* set before the store's
+                                                clock was known (PostgreSQL:
+                                                set again in its batch) */
 
     /* MR_OP_EXEC_CREATE: exec, idem_key, idem_ttl_ms;
      * MR_OP_EXEC_CANCEL: exec.id, org */

@@ -341,6 +341,7 @@ mr_store_pg_submit(mr_store_op_t *op)
     st = &mr_pg_store;
 
     op->now = mr_now_ms();
+    op->now_local = !mr_pg_clock_known();
     op->tries = 0;
 
     if (st->exiting) {
@@ -468,6 +469,14 @@ mr_pg_batch_start(void)
 
         ngx_queue_remove(q);
         ngx_queue_insert_tail(&b->ops, q);
+
+        /* submitted before this worker knew the server's clock: its time
+         * is the batch's (the writer's session read the clock) */
+
+        if (op->now_local) {
+            op->now = mr_now_ms();
+            op->now_local = 0;
+        }
     }
 
     b->n = n;
@@ -841,7 +850,7 @@ mr_pg_batch_commit_done(mr_pg_req_t *req)
 
         mr_pg_req_free(req);
         b->phase = MR_PG_P_RESOLVE;
-        b->resolve_until = mr_now_ms() + mr_pg_store.mcf->pg_timeout * 3;
+        b->resolve_until = mr_local_ms() + mr_pg_store.mcf->pg_timeout * 3;
 
         if (mr_pg_store.writer->state == MR_PG_READY) {
             mr_pg_batch_resolve(b);
@@ -1359,7 +1368,7 @@ mr_pg_wait_handler(ngx_event_t *ev)
     mr_pg_batch_t  *b;
 
     st = &mr_pg_store;
-    now = mr_now_ms();
+    now = mr_local_ms();    /* waits: on this machine's clock */
     b = &st->batch;
 
     if (st->busy && b->phase == MR_PG_P_RESOLVE) {
@@ -1409,7 +1418,7 @@ mr_pg_wait_handler(ngx_event_t *ev)
 static void
 mr_pg_fail_ops(ngx_uint_t all)
 {
-    int64_t         now;
+    int64_t         now, local;
     ngx_queue_t    *q, *next;
     mr_pg_store_t  *st;
     mr_store_op_t  *op;
@@ -1421,6 +1430,7 @@ mr_pg_fail_ops(ngx_uint_t all)
     }
 
     now = mr_now_ms();
+    local = mr_local_ms();
     all = all || st->writer->unreachable || st->exiting;
 
     for (q = ngx_queue_head(&st->ops);
@@ -1430,7 +1440,12 @@ mr_pg_fail_ops(ngx_uint_t all)
         next = ngx_queue_next(q);
         op = ngx_queue_data(q, mr_store_op_t, queue);
 
-        if (!all && now - op->now < (int64_t) st->mcf->pg_timeout) {
+        /* how long it waited (its time was this machine's if it came
+         * before the server's clock was known) */
+
+        if (!all && (op->now_local ? local : now) - op->now
+                    < (int64_t) st->mcf->pg_timeout)
+        {
             continue;
         }
 
@@ -1730,7 +1745,7 @@ mr_pg_group_done(mr_pg_req_t *req)
 
     if (req->status == MR_PG_REQ_LOST) {
         mr_pg_req_free(req);
-        now = mr_now_ms();
+        now = mr_local_ms();
 
         for (i = 0; i < g->n; i++) {
             mr_pg_read_again(g->rd[i], now);
@@ -1801,7 +1816,7 @@ mr_pg_read_done(mr_pg_req_t *req)
 
     if (req->status == MR_PG_REQ_LOST) {
         mr_pg_req_free(req);
-        mr_pg_read_again(rd, mr_now_ms());
+        mr_pg_read_again(rd, mr_local_ms());
         return;
     }
 

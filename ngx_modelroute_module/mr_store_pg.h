@@ -29,6 +29,10 @@
 
 #define MR_PG_SCHEMA_VERSION     1      /* sql/NNN_*.sql applied */
 
+/* the server's clock in ms, read last in a request (mr_pg_clock_sample()) */
+#define MR_PG_CLOCK_SQL                                                       \
+    "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
+
 #define MR_PG_CONNECTIONS        2      /* per worker: batches, reads */
 #define MR_PG_CONNECT_TIMEOUT    5000
 #define MR_PG_TIMEOUT            10000
@@ -116,6 +120,8 @@ struct mr_pg_conn_s {
                                                 prepared (the session's
                                                 first look, or since) */
     ngx_uint_t                plans_failures;  /* looks in a row */
+    int64_t                   clock_sent;    /* a request that reads the
+                                                server's clock: when sent */
     void                     *data;
     ngx_log_t                *log;
     unsigned                  logged_down:1; /* said once until it is up */
@@ -142,6 +148,8 @@ void mr_pg_conn_connect(mr_pg_conn_t *pc);
 void mr_pg_conn_close(mr_pg_conn_t *pc, ngx_uint_t again);
 void mr_pg_conn_destroy(mr_pg_conn_t *pc);
 ngx_int_t mr_pg_conn_prepare(mr_pg_conn_t *pc, ngx_uint_t *n);
+void mr_pg_clock_sample(mr_pg_conn_t *pc, PGresult *res, int col);
+ngx_uint_t mr_pg_clock_known(void);
 
 mr_pg_req_t *mr_pg_req_create(ngx_pool_t *pool, ngx_uint_t size);
 ngx_int_t mr_pg_send(mr_pg_req_t *req, ngx_uint_t stmt, int n,

@@ -35,6 +35,10 @@
 #define MR_PG_BACKOFF_MIN    100
 #define MR_PG_BACKOFF_MAX    5000
 
+#define MR_PG_CLOCK_RTT      10000   /* ms: a slower sample is not taken */
+#define MR_PG_CLOCK_SLACK    5       /* ms: nearer the offset, nothing moves */
+#define MR_PG_CLOCK_WARN     1000    /* ms: an offset said in the log */
+
 
 static const char *mr_pg_conn_rotate(mr_pg_conn_t *pc, const char *v,
     ngx_uint_t n, ngx_uint_t k);
@@ -58,6 +62,9 @@ static void mr_pg_conn_lost_handler(ngx_event_t *ev);
 
 
 static void mr_pg_req_done(mr_pg_conn_t *pc, mr_pg_req_t *req);
+
+
+static ngx_uint_t  mr_pg_clock_sampled;  /* mr_clock_offset was sampled */
 
 
 mr_pg_conn_t *
@@ -506,7 +513,8 @@ mr_pg_conn_setup(mr_pg_conn_t *pc)
                               "'idle_in_transaction_session_timeout', $2, "
                               "false), set_config('random_page_cost', "
                               "least(current_setting('random_page_cost')"
-                              "::float8, 1.1)::text, false)",
+                              "::float8, 1.1)::text, false), "
+                              MR_PG_CLOCK_SQL,
                               2, NULL, sync, NULL, NULL, 0))
     {
         mr_pg_conn_lost(pc, PQerrorMessage(pc->pg));
@@ -514,6 +522,7 @@ mr_pg_conn_setup(mr_pg_conn_t *pc)
     }
 
     req->n++;
+    pc->clock_sent = mr_wall_ms();
 
     req->size = req->n;
     req->res = ngx_alloc(req->n * sizeof(PGresult *), pc->log);
@@ -581,6 +590,8 @@ mr_pg_conn_setup_done(mr_pg_req_t *req)
         mr_pg_conn_close(pc, 1);
         return;
     }
+
+    mr_pg_clock_sample(pc, res, 5);
 
     mr_pg_req_free(req);
 
@@ -1354,4 +1365,72 @@ mr_pg_get_bytea(PGresult *res, int row, int col, u_char *dst, size_t len)
     }
 
     return NGX_OK;
+}
+
+
+/*
+ * The store's clock follows the server's (mr_now_ms(), mr_clock_offset):
+ * a sample is the server's clock read last in a request sent at
+ * pc->clock_sent and answered now.  The server answers once it has read
+ * it, so the offset is taken against the time of the answer (the
+ * statements before it in the request make the middle of the round trip
+ * no better): a sample is late by the answer's way back and by the turns
+ * of the event loop before its handler ran, never early, so the offset it
+ * gives is never above the true one, and at most the round trip below.
+ * The first sample of the worker is taken as it is (its times need the
+ * server's clock at once); a later one moves the offset up when it is
+ * MR_PG_CLOCK_SLACK ms above it (closer to the truth: the store's clock
+ * steps forward), down only when it is more than its round trip and the
+ * slack below it (a clock was stepped): a busy event loop does not move
+ * the store's times back and forth.
+ */
+
+void
+mr_pg_clock_sample(mr_pg_conn_t *pc, PGresult *res, int col)
+{
+    int64_t  server, now, rtt, offset, moved;
+
+    if (PQntuples(res) != 1 || PQnfields(res) <= col
+        || PQgetisnull(res, 0, col))
+    {
+        return;
+    }
+
+    server = mr_pg_get_int(res, 0, col);
+    now = mr_wall_ms();
+    rtt = ngx_max(now - pc->clock_sent, 0);
+
+    if (server <= 0 || (mr_pg_clock_sampled && rtt > MR_PG_CLOCK_RTT)) {
+        return;
+    }
+
+    offset = server - now;
+    moved = offset - mr_clock_offset;
+
+    if (mr_pg_clock_sampled && moved < MR_PG_CLOCK_SLACK
+        && moved > -(rtt + MR_PG_CLOCK_SLACK))
+    {
+        return;
+    }
+
+    if (mr_pg_clock_sampled ? ngx_abs(moved) >= MR_PG_CLOCK_WARN
+                            : ngx_abs(offset) >= MR_PG_CLOCK_WARN)
+    {
+        ngx_log_error(NGX_LOG_WARN, pc->log, 0,
+                      "modelroute_store: this machine's clock is %L ms %s "
+                      "the clock of PostgreSQL %V; the store keeps to the "
+                      "server's", ngx_abs(offset),
+                      offset < 0 ? "ahead of" : "behind",
+                      &mr_pg_conf()->where);
+    }
+
+    mr_clock_offset = offset;
+    mr_pg_clock_sampled = 1;
+}
+
+
+ngx_uint_t
+mr_pg_clock_known(void)
+{
+    return mr_pg_clock_sampled;
 }

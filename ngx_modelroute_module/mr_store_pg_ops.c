@@ -2497,12 +2497,11 @@ mr_pg_ops_candidates(mr_pg_batch_t *b, mr_pg_req_t *req)
                                   ? (int64_t) mr_be64_get(op->disp.from)
                                   : 0);
         v[3] = mr_pg_int(b->pool, (int64_t) b->scan_past);
-        v[4] = mr_pg_str(b->pool, op->disp.from + 8,
-                         op->disp.from_set ? MR_EXEC_ID_LEN : 0);
 
         if (v[0] == NULL || v[1] == NULL || v[2] == NULL || v[3] == NULL
-            || v[4] == NULL
-            || mr_pg_send(req, MR_SQL_DISP_DUE, 5, v, NULL) != NGX_OK
+            || (b->scan_past
+                ? mr_pg_send(req, MR_SQL_DISP_DUE_PAST, 4, v, NULL)
+                : mr_pg_send(req, MR_SQL_DISP_DUE, 2, v, NULL)) != NGX_OK
             || mr_pg_send(req, MR_SQL_ROUTES, 0, NULL, NULL) != NGX_OK
             || mr_pg_send(req, MR_SQL_DISP_AFTER, 1, v, NULL) != NGX_OK)
         {
@@ -2709,16 +2708,12 @@ mr_pg_ops_candidates_done(mr_pg_batch_t *b, mr_pg_req_t *req)
 
         if (i == n && b->scan_past) {
             op->disp.past = 1;
-            op->disp.next_from_set = 0;
+            op->disp.next_from_set = ((ngx_uint_t) n - head >= b->scan_past);
 
-            if ((ngx_uint_t) n - head == b->scan_past
-                && PQgetlength(res, n - 1, 0) == MR_EXEC_ID_LEN)
-            {
-                op->disp.next_from_set = 1;
+            if (op->disp.next_from_set) {
+                ngx_memzero(op->disp.next_from, MR_DISP_FROM_LEN);
                 mr_be64_put(op->disp.next_from,
                             (uint64_t) mr_pg_get_int(res, n - 1, 7));
-                ngx_memcpy(op->disp.next_from + 8, PQgetvalue(res, n - 1, 0),
-                           MR_EXEC_ID_LEN);
             }
         }
 

@@ -62,7 +62,7 @@ static const char  *mr_pg_plans_sizes =
     "pg_relation_size('mr_endpoints'), pg_relation_size('mr_whsecrets'), "
     "pg_relation_size('mr_events'), pg_relation_size('mr_deliveries'), "
     "pg_relation_size('mr_credit_refs'), pg_relation_size('mr_batches'), "
-    "pg_relation_size('mr_routes')";
+    "pg_relation_size('mr_routes'), " MR_PG_CLOCK_SQL;
 
 
 static void mr_pg_plans_timer(ngx_event_t *ev);
@@ -184,6 +184,7 @@ mr_pg_plans_send(mr_pg_conn_t *pc)
     req->sqlstate[0] = '\0';
 
     pc->plans_preparing = pc->plans_renew;
+    pc->clock_sent = mr_wall_ms();
 
     if (!PQsendQueryParams(pc->pg, "SELECT set_config('lock_timeout', "
                            "'100ms', true)", 0, NULL, NULL, NULL, NULL, 0)
@@ -231,12 +232,13 @@ lost:
 static void
 mr_pg_plans_done(mr_pg_req_t *req)
 {
-    ngx_uint_t     dropped;
+    ngx_uint_t     dropped, prepared;
     ngx_msec_t     delay;
     mr_pg_conn_t  *pc;
 
     pc = req->data;
     pc->plans_sent = 0;
+    prepared = pc->plans_preparing;
 
     if (pc->plans_preparing) {
         pc->plans_preparing = 0;
@@ -292,6 +294,14 @@ mr_pg_plans_done(mr_pg_req_t *req)
     pc->plans_failures = 0;
     pc->plans_logged = 0;
 
+    /* the server's clock, unless statements were prepared after it */
+
+    if (!prepared && PQntuples(req->res[1]) == 1
+        && PQnfields(req->res[1]) == MR_PG_PLANS_TABLES + 1)
+    {
+        mr_pg_clock_sample(pc, req->res[1], MR_PG_PLANS_TABLES);
+    }
+
     if (mr_pg_plans_changed(pc, req->res[1]) == NGX_OK) {
         pc->plans_renew = 1;         /* at once, when the connection may */
         pc->plans_due = 1;
@@ -321,7 +331,7 @@ mr_pg_plans_changed(mr_pg_conn_t *pc, PGresult *res)
     int64_t     now[MR_PG_PLANS_TABLES], was;
     ngx_uint_t  i, n, first;
 
-    if (PQntuples(res) != 1 || PQnfields(res) != MR_PG_PLANS_TABLES) {
+    if (PQntuples(res) != 1 || PQnfields(res) != MR_PG_PLANS_TABLES + 1) {
         return NGX_DECLINED;
     }
 

@@ -76,7 +76,7 @@ mr_pg_read_create(mr_store_read_t *rd)
     }
 
     ctx->own = (rd->pool == NULL) ? pool : NULL;
-    ctx->start = mr_now_ms();
+    ctx->start = mr_local_ms();    /* its wait: on this machine's clock */
     ctx->kc_gen = mr_pg_kc_gen;
 
     rd->backend = ctx;

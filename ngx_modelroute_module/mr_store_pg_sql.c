@@ -314,33 +314,11 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
 
     /* ---- claims and the sweep */
 
-    /*
-     * due for dispatch, with what the rules need to pass over those
-     * waiting, in the order they are due (then by id): the head of the
-     * queue ($2 rows), and at most $4 after the head and after ($3, $5)
-     * (where the last look past the head stopped: mr_pg_ops_candidates());
-     * the head's rows first (an Append keeps its inputs' order), the last
-     * column telling the two apart.  Both read the index of due rows in
-     * its order, ties sorted by id (an incremental sort).
-     */
+    /* due for dispatch: what the rules need to pass over those waiting */
     { "mr_disp_due",
-      "WITH h AS MATERIALIZED (SELECT id, org, status, lease_owner, "
-      "expires_ms, nattempts, model, next_ms FROM mr_executions "
+      "SELECT " MR_DISP_DUE_COLS ", 0 FROM mr_executions "
       "WHERE next_ms IS NOT NULL AND next_ms <= $1 "
-      "ORDER BY next_ms, id LIMIT $2), "
-      "e AS (SELECT next_ms AS m, id AS i FROM h "
-      "ORDER BY next_ms DESC, id DESC LIMIT 1), "
-      "s AS (SELECT CASE WHEN (e.m, e.i) > ($3::bigint, $5::text) "
-      "THEN e.m ELSE $3::bigint END AS m, "
-      "CASE WHEN (e.m, e.i) > ($3::bigint, $5::text) "
-      "THEN e.i ELSE $5::text END AS i "
-      "FROM (SELECT 1) o LEFT JOIN e ON true) "
-      "SELECT *, 0 FROM h UNION ALL "
-      "(SELECT id, org, status, lease_owner, expires_ms, nattempts, model, "
-      "next_ms, 1 FROM mr_executions WHERE next_ms IS NOT NULL "
-      "AND next_ms <= $1 AND next_ms >= (SELECT m FROM s) "
-      "AND (next_ms > (SELECT m FROM s) OR id > (SELECT i FROM s)) "
-      "ORDER BY next_ms, id LIMIT $4)", 0 },
+      "ORDER BY next_ms LIMIT $2", 0 },
 
     /*
      * The locks of a claim's or a step's candidates: by their ids only.
@@ -852,6 +830,29 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
     { "mr_lock_events",
       "SELECT id, org, body FROM mr_events WHERE id = ANY($1::text[]) "
       "ORDER BY id FOR UPDATE", 0 },
+
+    /*
+     * due for dispatch, a head of $2 rows as mr_disp_due, and at most $4
+     * after it and after $3 (the due time where the last look past the
+     * head stopped: mr_pg_ops_candidates()), with those due at the same
+     * time as its last (WITH TIES: the next look starts after that time,
+     * and skips none); the rows due when the head's last is and not in it
+     * first.  The head's rows come first (an Append keeps its inputs'
+     * order), the last column tells the two apart.  Both read the index
+     * of due rows in its order.
+     */
+    { "mr_disp_due_past",
+      "WITH h AS MATERIALIZED (SELECT " MR_DISP_DUE_COLS " FROM mr_executions "
+      "WHERE next_ms IS NOT NULL AND next_ms <= $1 "
+      "ORDER BY next_ms LIMIT $2), "
+      "s AS (SELECT max(next_ms) AS m FROM h) "
+      "SELECT *, 0 FROM h UNION ALL "
+      "(SELECT " MR_DISP_DUE_COLS ", 1 FROM mr_executions "
+      "WHERE next_ms IS NOT NULL AND next_ms <= $1 "
+      "AND next_ms >= greatest($3::bigint + 1, (SELECT m FROM s)) "
+      "AND (next_ms > (SELECT m FROM s) OR id <> ALL (ARRAY("
+      "SELECT id FROM h WHERE next_ms = (SELECT m FROM s)))) "
+      "ORDER BY next_ms FETCH FIRST $4 ROWS WITH TIES)", 0 },
 };
 
 

@@ -117,7 +117,10 @@
 /* ---- the sweep: old events, locked */
 #define MR_SQL_LOCK_EVENTS      83
 
-#define MR_SQL_N                84
+/* ---- a dispatch claim: its look past the head of the due queue */
+#define MR_SQL_DISP_DUE_PAST    84
+
+#define MR_SQL_N                85
 
 
 /* the columns of a row, by position */
@@ -191,6 +194,10 @@
     "paused_until_ms, attempts, failed, probe_token, provider_failures, "     \
     "timeout_accounts, timeout_org"
 #define MR_ROUTE_NCOLS           12
+
+/* a due execution, as a claim's candidate (then 0: the head, 1: past it) */
+#define MR_DISP_DUE_COLS                                                      \
+    "id, org, status, lease_owner, expires_ms, nattempts, model, next_ms"
 
 
 #endif /* _MR_STORE_PG_SQL_H_INCLUDED_ */

@@ -132,14 +132,48 @@ mr_timer_exact(ngx_event_t *ev, ngx_msec_t timer)
 }
 
 
+/*
+ * The store's clock (ms, and µs below): this machine's wall clock plus
+ * mr_clock_offset, which the PostgreSQL store keeps at its server's clock
+ * (mr_pg_clock_sample()), so that the nodes of a fleet write and compare
+ * the times of leases, due work, expiries and idempotency keys on one
+ * clock; 0 with LMDB.  What stays on this machine (rate limit windows, the
+ * workers' heartbeats) is timed by mr_local_ms().
+ */
+
+int64_t  mr_clock_offset;
+
+
 int64_t
 mr_now_ms(void)
+{
+    return mr_local_ms() + mr_clock_offset;
+}
+
+
+/* this machine's wall clock, as of the event loop's last turn */
+
+int64_t
+mr_local_ms(void)
 {
     ngx_time_t  *tp;
 
     tp = ngx_timeofday();
 
     return (int64_t) tp->sec * 1000 + tp->msec;
+}
+
+
+/* this machine's wall clock, now */
+
+int64_t
+mr_wall_ms(void)
+{
+    struct timeval  tv;
+
+    ngx_gettimeofday(&tv);
+
+    return (int64_t) tv.tv_sec * 1000 + tv.tv_usec / 1000;
 }
 
 
@@ -165,7 +199,8 @@ mr_now_us(void)
 
     ngx_gettimeofday(&tv);
 
-    return (int64_t) tv.tv_sec * 1000000 + tv.tv_usec;
+    return (int64_t) tv.tv_sec * 1000000 + tv.tv_usec
+           + mr_clock_offset * 1000;
 }
 
 

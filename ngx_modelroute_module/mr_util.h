@@ -40,7 +40,11 @@ ngx_int_t mr_id_valid(ngx_str_t *id, const char *prefix, size_t len);
 
 int64_t mr_now_ms(void);
 int64_t mr_now_us(void);
+int64_t mr_local_ms(void);
+int64_t mr_wall_ms(void);
 int64_t mr_mono_us(void);
+
+extern int64_t  mr_clock_offset;
 u_char *mr_time_format(u_char *dst, int64_t ms);
 
 ngx_int_t mr_money_parse(u_char *s, size_t len, int64_t *out);

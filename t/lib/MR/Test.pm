@@ -359,7 +359,8 @@ sub nginx_env {
     my ($self) = @_;
     my %env = %{ $self->{env} };
     if ($SANITIZE) {
-        $env{LD_PRELOAD} = $SANITIZE;
+        # ASan's runtime first, then what the test preloads (libfaketime)
+        $env{LD_PRELOAD} = join ':', $SANITIZE, $env{LD_PRELOAD} // ();
         # no leak check: nginx's own allocations at exit are not the module's
         $env{ASAN_OPTIONS} = "log_path=$self->{prefix}/sanitizer/asan"
             . ':detect_leaks=0:halt_on_error=1';
@@ -668,6 +669,9 @@ sub pg_cluster {
     return $PG;
 }
 
+# The environment of this file's cluster's server (t/99: libfaketime)
+our %PG_ENV;
+
 # pg_ctl start | stop [mode] | restart [mode] on this file's cluster
 sub pg_ctl {
     my ($what, $mode) = @_;
@@ -676,6 +680,7 @@ sub pg_ctl {
         '-t', '120');
     push @cmd, '-l', "$pg->{dir}/log" if $what ne 'stop';
     push @cmd, '-m', $mode if $mode;
+    local @ENV{ keys %PG_ENV } = values %PG_ENV;
     my $out = run_capture(@cmd, $what);
     croak "pg_ctl $what failed: $out" if $?;
     return $out;
