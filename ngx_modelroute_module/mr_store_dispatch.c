@@ -45,6 +45,8 @@ static int mr_store_disp_claim(MDB_txn *txn, mr_store_op_t *op);
 static int mr_store_disp_scan(MDB_txn *txn, mr_store_op_t *op,
     MDB_cursor *cur, u_char *from, ngx_uint_t *claimed, u_char *last,
     ngx_uint_t *end);
+static int mr_store_disp_after(MDB_cursor *cur, u_char *key, MDB_val *k,
+    MDB_val *v);
 static int mr_store_disp_claim_one(MDB_txn *txn, mr_store_op_t *op,
     mr_exec_t *exec, ngx_uint_t *claimed, u_char **buf);
 static int mr_store_disp_done(MDB_txn *txn, mr_store_op_t *op);
@@ -244,21 +246,8 @@ mr_store_disp_scan(MDB_txn *txn, mr_store_op_t *op, MDB_cursor *cur,
     scanned = 0;
     *end = 0;
 
-    if (from == NULL) {
-        rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST);
-
-    } else {
-        k.mv_data = from;
-        k.mv_size = MR_DISP_KEY_LEN;
-
-        rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
-
-        if (rc == 0 && k.mv_size == MR_DISP_KEY_LEN
-            && ngx_memcmp(k.mv_data, from, MR_DISP_KEY_LEN) == 0)
-        {
-            rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
-        }
-    }
+    rc = (from == NULL) ? mdb_cursor_get(cur, &k, &v, MDB_FIRST)
+                        : mr_store_disp_after(cur, from, &k, &v);
 
     while (rc == 0) {
 
@@ -323,16 +312,7 @@ mr_store_disp_scan(MDB_txn *txn, mr_store_op_t *op, MDB_cursor *cur,
 
         /* back to where the scan was: the index may have changed */
 
-        k.mv_data = last;
-        k.mv_size = MR_DISP_KEY_LEN;
-
-        rc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
-
-        if (rc == 0 && k.mv_size == MR_DISP_KEY_LEN
-            && ngx_memcmp(k.mv_data, last, MR_DISP_KEY_LEN) == 0)
-        {
-            rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT);
-        }
+        rc = mr_store_disp_after(cur, last, &k, &v);
     }
 
     if (rc != 0 && rc != MDB_NOTFOUND) {
@@ -342,6 +322,28 @@ mr_store_disp_scan(MDB_txn *txn, mr_store_op_t *op, MDB_cursor *cur,
     *end = 1;
 
     return 0;
+}
+
+
+/* the cursor on the first entry after the key (which may be gone) */
+
+static int
+mr_store_disp_after(MDB_cursor *cur, u_char *key, MDB_val *k, MDB_val *v)
+{
+    int  rc;
+
+    k->mv_data = key;
+    k->mv_size = MR_DISP_KEY_LEN;
+
+    rc = mdb_cursor_get(cur, k, v, MDB_SET_RANGE);
+
+    if (rc == 0 && k->mv_size == MR_DISP_KEY_LEN
+        && ngx_memcmp(k->mv_data, key, MR_DISP_KEY_LEN) == 0)
+    {
+        rc = mdb_cursor_get(cur, k, v, MDB_NEXT);
+    }
+
+    return rc;
 }
 
 

@@ -62,16 +62,8 @@ $t->start;
 my $acct = $t->new_account(credit => '100.00');
 my $key = $acct->{key};
 
-sub create {
-    my ($model) = @_;
-    my $r = $t->create_exec($key, $t->exec_body(model => $model));
-    return $r->{status} == 202 ? $r->{json}{id} : undef;
-}
-
-sub status_of {
-    my ($id) = @_;
-    return $t->get_exec($key, $id)->{json}{status} // '';
-}
+sub create    { $t->create_id($key, $_[0]) }
+sub status_of { $t->status_of($key, $_[0]) }
 
 $rc->set('/up', json => $CHAT);
 $rc->set('/capped', json => $CHAT, hold => 'capped');

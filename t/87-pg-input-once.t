@@ -83,7 +83,7 @@ sub create {
     return $r->{json}{id};
 }
 
-sub status_of { $t->get_exec($key, $_[0])->{json}{status} // '' }
+sub status_of { $t->status_of($key, $_[0]) }
 
 # the input's length in the execution's row
 sub stored {

@@ -1377,6 +1377,20 @@ sub get_exec {
     return $self->req(GET => "/v1/executions/$id", auth($key));
 }
 
+# The id of an execution of $model created with $key (202), or undef.
+sub create_id {
+    my ($self, $key, $model, %over) = @_;
+    my $r = $self->create_exec($key,
+        $self->exec_body(model => $model, %over));
+    return $r->{status} == 202 ? $r->{json}{id} : undef;
+}
+
+# An execution's status as $key reads it ('' if it cannot).
+sub status_of {
+    my ($self, $key, $id) = @_;
+    return $self->get_exec($key, $id)->{json}{status} // '';
+}
+
 # The executions $ids (read with $key) by id, once every one is terminal,
 # or as they were last seen when $timeout seconds (60) passed.
 my %TERMINAL = map { $_ => 1 } qw(COMPLETED FAILED CANCELLED EXPIRED);
