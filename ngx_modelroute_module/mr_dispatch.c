@@ -122,6 +122,8 @@ struct mr_disp_req_s {
     mr_store_read_t          *watching;   /* the watch's read in flight */
     unsigned                  started:1;
     unsigned                  finished:1;
+    unsigned                  starting:1; /* in mr_dispatch_start() */
+    unsigned                  deferred:1; /* recorded meanwhile */
 };
 
 
@@ -952,6 +954,13 @@ mr_dispatch_start(ngx_http_request_t *r, mr_store_read_t *rd)
     req->started = 1;
 
     /*
+     * an outcome recorded at once (the store exiting answers without a
+     * commit) ends nothing while the attempts are started: see below
+     */
+
+    req->starting = 1;
+
+    /*
      * the attempt ends before its lease: none is made twice at once;
      * timed after the read, which the store's clock is known for (this
      * worker's first read may be this one: mr_now_ms())
@@ -1001,6 +1010,13 @@ mr_dispatch_start(ngx_http_request_t *r, mr_store_read_t *rd)
         a->state = MR_ATT_RUNNING;
         req->running++;
         req->live++;
+    }
+
+    req->starting = 0;
+
+    if (req->deferred && r->connection->error) {
+        ngx_http_finalize_request(r, NGX_ERROR);
+        return;
     }
 
     if (req->running) {
@@ -1844,6 +1860,11 @@ mr_dispatch_recorded(mr_store_op_t *op)
                       "modelroute dispatch: the outcome of %*s was not "
                       "recorded; it is made again when its lease ends",
                       (size_t) MR_EXEC_ID_LEN, a->exec_id);
+    }
+
+    if (req->starting) {
+        req->deferred = 1;    /* mr_dispatch_start() goes on with it */
+        return;
     }
 
     if (c->error) {

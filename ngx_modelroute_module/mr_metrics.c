@@ -678,7 +678,9 @@ mr_metrics_stage(mr_met_event_t *ev)
         a = malloc(cap * sizeof(mr_met_event_t));
         if (a == NULL) {
             /* counted now: a transaction that aborts is then counted */
-            mr_metrics_apply(mr_met, ev, mr_metrics_now_ms(), mr_mono_us());
+            mr_metrics_apply(mr_met, ev,
+                             mr_metrics_now_ms() + mr_clock_offset,
+                             mr_mono_us());
             return;
         }
 

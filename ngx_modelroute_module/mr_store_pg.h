@@ -31,7 +31,7 @@
 
 /* the server's clock in ms, read last in a request (mr_pg_clock_sample()) */
 #define MR_PG_CLOCK_SQL                                                       \
-    "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
+    "floor(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
 
 #define MR_PG_CONNECTIONS        2      /* per worker: batches, reads */
 #define MR_PG_CONNECT_TIMEOUT    5000
