@@ -3,9 +3,11 @@
 # stopped, round the queue (2,048 and 2,048 on both stores): 4,300
 # executions that wait for a full capped route, more than one claim looks
 # at, neither keep another model's executions due behind them from being
-# dispatched, nor keep the capped route's next one from going when its
-# slot frees.  Before, a claim looked at the first 4,096 due only: the
-# other model's executions waited for the capped ones to expire.
+# dispatched, nor keep the capped route's slot taken when the worker that
+# held it dies: its lease's end, due after all of them, is found, the
+# attempt recorded abandoned, and the next capped execution goes.
+# Before, a claim looked at the first 4,096 due only: the other model's
+# executions, and the route itself, waited for the capped ones to expire.
 #
 # The capped route's provider holds its requests (MR::Receiver
 # hold/release); no assertion depends on how fast anything is.
@@ -29,7 +31,7 @@ my $t = MR::Test->new(workers => 1, http => <<"EOF");
 modelroute_store %%STORE%%;
 modelroute_route up /p/up protocol=openai_chat;
 modelroute_route capped /p/capped protocol=openai_chat max_concurrency=1
-                 timeout=60s;
+                 timeout=40s;
 modelroute_model m-up per_request=0.001 routes=up;
 modelroute_model m-capped per_request=0.001 routes=capped;
 server {
@@ -82,11 +84,19 @@ is(scalar(grep { $_ eq 'COMPLETED' } values %done), 5, 'all COMPLETED');
 is($rc->count(path => '/capped'), 1, 'one request on the capped route');
 is(status_of($first), 'PROCESSING', 'the capped one still in flight');
 
-# ---- the capped route's slot frees: the next of them goes
+# ---- the worker holding the capped route's slot dies: when the lease
+# ends (40 s + 2 s after its claim), a claim finds it behind the waiting
+# ones, records the attempt abandoned, and the slot goes to the next
+$t->kill_workers('KILL');
+ok($rc->wait_requests(2, path => '/capped', timeout => 90),
+    'the ended lease is found: the next capped execution is sent');
+my @at = @{ $t->get_exec($key, $first)->{json}{attempts} // [] };
+is_deeply([ map { $_->{outcome} } @at ], ['abandoned'],
+    'the dead worker\'s attempt: abandoned') or diag explain \@at;
+
+# ---- the provider answers: the next ones go, one at a time
 $rc->release('capped');
-ok(wait_for(sub { status_of($first) eq 'COMPLETED' }, 30),
-    'the first capped execution COMPLETED');
-ok($rc->wait_requests(3, path => '/capped', timeout => 30),
+ok($rc->wait_requests(4, path => '/capped', timeout => 30),
     'the next capped executions are sent, one at a time');
 
 my $v = $t->verify($acct->{org});
