@@ -971,17 +971,17 @@ mr_dispatch_start(ngx_http_request_t *r, mr_store_read_t *rd)
     for (i = 0; i < req->n; i++) {
         a = &req->att[i];
 
+        if (rd->rc != NGX_OK || i >= rd->list->nelts) {
+            /* the store did not say: its lease ends, it is made again */
+            continue;
+        }
+
         left = a->lease - MR_DISP_MARGIN - now;
 
         a->deadline = ngx_current_msec + (ngx_msec_t) ngx_max(left, 0);
         a->expired = (left <= 0);
 
         if (!a->expired) {
-            if (rd->rc != NGX_OK || i >= rd->list->nelts) {
-                /* the store did not say: its lease ends, it is made again */
-                continue;
-            }
-
             a->exec = exec[i];
         }
 
