@@ -12,7 +12,6 @@
 #include <ngx_config.h>
 #include <ngx_core.h>
 
-#include <openssl/rand.h>
 #include <jansson.h>
 
 #include "mr_store.h"
@@ -565,7 +564,7 @@ mr_store_new_secret(u_char *secret)
     u_char     raw[32];
     ngx_str_t  src, dst;
 
-    if (RAND_bytes(raw, sizeof(raw)) != 1) {
+    if (mr_random_bytes(raw, sizeof(raw)) != NGX_OK) {
         return NGX_ERROR;
     }
 

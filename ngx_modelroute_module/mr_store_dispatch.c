@@ -29,8 +29,6 @@
 #include <ngx_config.h>
 #include <ngx_core.h>
 
-#include <openssl/rand.h>
-
 #include "mr_store.h"
 #include "mr_store_lmdb.h"
 #include "mr_rules.h"
@@ -993,7 +991,7 @@ mr_store_disp_secrets(MDB_txn *txn, MDB_dbi meta, ngx_uint_t rotate)
             return rc;
         }
 
-        if (RAND_bytes(raw, sizeof(raw)) != 1) {
+        if (mr_random_bytes(raw, sizeof(raw)) != NGX_OK) {
             return EIO;
         }
 

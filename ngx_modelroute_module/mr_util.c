@@ -12,19 +12,47 @@
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
-#include <openssl/rand.h>
 #include <openssl/sha.h>
+
+#include <sys/random.h>
 
 #include "mr_util.h"
 
 
+static ngx_int_t
+mr_getrandom(u_char *dst, size_t n)
+{
+    ssize_t  got;
+
+    while (n) {
+        got = getrandom(dst, n, 0);
+
+        if (got == -1) {
+            if (ngx_errno == NGX_EINTR) {
+                continue;
+            }
+
+            return NGX_ERROR;
+        }
+
+        dst += got;
+        n -= (size_t) got;
+    }
+
+    return NGX_OK;
+}
+
+
 /*
- * Random bytes from OpenSSL's CSPRNG, drawn 4 KB at a time: a call per id
- * costs more than the rest of a request (OpenSSL 3 also asks getpid() on
- * every call).  A pool per thread: the event loop's, and each store
- * thread's.  A pool drawn in another process (a fork copies the thread
- * that forks, with its pool) is dropped: no two processes hand out the
- * same bytes.
+ * Random bytes from the kernel (getrandom(2)), drawn 4 KB at a time: a
+ * call per id costs more than the rest of a request.  A pool per thread:
+ * the event loop's, and each store thread's.  A pool drawn in another
+ * process (a fork copies the thread that forks, with its pool) is
+ * dropped: no two processes hand out the same bytes.  Not OpenSSL's
+ * RAND_bytes(): in a store thread it made OpenSSL state of that thread,
+ * freed by the thread's exit, which nginx lets the worker race: the
+ * worker's exit(), running OPENSSL_cleanup(), could free what the thread
+ * was still freeing (a worker exiting on SIGSEGV, rarely, under load).
  */
 
 ngx_int_t
@@ -45,7 +73,7 @@ mr_random_bytes(u_char *dst, size_t n)
     }
 
     if (avail < n) {
-        if (RAND_bytes(pool, sizeof(pool)) != 1) {
+        if (mr_getrandom(pool, sizeof(pool)) != NGX_OK) {
             return NGX_ERROR;
         }
 
