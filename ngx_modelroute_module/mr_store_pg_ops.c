@@ -2735,16 +2735,16 @@ mr_pg_ops_candidates_done(mr_pg_batch_t *b, mr_pg_req_t *req)
         if (head == b->scan) {
             b->more = 1;
 
-        } else if (!b->more && passed == 0 && req->res[2] != NULL
-                   && PQntuples(req->res[2]) == 1)
-        {
+        } else if (!b->more && passed == 0 && req->res[2] != NULL) {
             /*
              * it may take all that was due (none waits for a slot that
              * another worker or node may free): and when the next is
+             * (no row: none)
              */
 
             b->next_known = 1;
-            b->next_due = PQgetisnull(req->res[2], 0, 0)
+            b->next_due = (PQntuples(req->res[2]) == 0
+                           || PQgetisnull(req->res[2], 0, 0))
                           ? -1 : mr_pg_get_int(req->res[2], 0, 0);
         }
 
