@@ -46,7 +46,7 @@ static ngx_int_t mr_health_answer(ngx_http_request_t *r, ngx_uint_t stored,
 static void mr_health_reason(json_t *reasons, const char *fmt, ...);
 
 
-/* the store's statistics, read for the answer, and what is known */
+/* the store's size, read for the answer, and what is known */
 typedef struct {
     mr_store_read_t           rd;
     ngx_uint_t                stored;
@@ -188,7 +188,7 @@ mr_health_reason(json_t *reasons, const char *fmt, ...)
 }
 
 
-/* the answer, once the store's statistics are read */
+/* the answer, once the store's size is read (MR_READ_SIZE) */
 
 static ngx_int_t
 mr_health_answer(ngx_http_request_t *r, ngx_uint_t stored,
@@ -202,7 +202,7 @@ mr_health_answer(ngx_http_request_t *r, ngx_uint_t stored,
         return mr_http_error(r, MR_E_INTERNAL, "out of memory", NULL);
     }
 
-    hr->rd.type = MR_READ_STATS;
+    hr->rd.type = MR_READ_SIZE;
     hr->stored = stored;
     hr->commit_ms = commit_ms;
 

@@ -548,6 +548,9 @@ struct mr_store_op_s {
 #define MR_READ_FAILED_DLVS  16  /* limit -> list (mr_dlv_t), scanned */
 #define MR_READ_ROUTES       17  /* -> states (a slot per configured
                                     route) */
+#define MR_READ_SIZE         18  /* -> stats: the store's size only (the
+                                    health answer: no count that grows
+                                    with the open executions) */
 
 
 typedef struct mr_store_read_s  mr_store_read_t;

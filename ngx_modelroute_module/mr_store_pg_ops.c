@@ -34,6 +34,8 @@
 #define MR_PG_DLV_ORGS       64       /* accounts a claim visits */
 #define MR_PG_DLV_TAKE       64       /* due deliveries of each */
 #define MR_PG_DLV_TARGETS    16       /* targets looked at per account */
+#define MR_PG_CLAIM_RES      1        /* a claim's candidates: its first
+                                         result, after MR_SQL_IN_ORDER's */
 
 /* the sweep's steps, in the LMDB store's order */
 #define MR_PG_S_EXECS        0
@@ -2498,7 +2500,15 @@ mr_pg_ops_candidates(mr_pg_batch_t *b, mr_pg_req_t *req)
                                   : 0);
         v[3] = mr_pg_int(b->pool, (int64_t) b->scan_past);
 
+        /*
+         * read in the index's order, whatever PostgreSQL estimates: with
+         * statistics taken while few were due, it planned the look past
+         * the head as a bitmap scan of every due execution and a sort
+         * (t/81); the settings last until the request's end
+         */
+
         if (v[0] == NULL || v[1] == NULL || v[2] == NULL || v[3] == NULL
+            || mr_pg_send(req, MR_SQL_IN_ORDER, 0, NULL, NULL) != NGX_OK
             || (b->scan_past
                 ? mr_pg_send(req, MR_SQL_DISP_DUE_PAST, 4, v, NULL)
                 : mr_pg_send(req, MR_SQL_DISP_DUE, 2, v, NULL)) != NGX_OK
@@ -2632,14 +2642,14 @@ mr_pg_ops_candidates_done(mr_pg_batch_t *b, mr_pg_req_t *req)
     int              i, n;
     ngx_str_t        slug;
     ngx_uint_t       taken, passed, head;
-    PGresult        *res;
+    PGresult        *res, *after;
     mr_exec_rec_t    rec;
     mr_store_op_t   *op;
     mr_pg_rows_t    *rs;
 
     op = ngx_queue_data(ngx_queue_head(&b->ops), mr_store_op_t, queue);
     rs = b->rows;
-    res = req->res[0];
+    res = req->res[b->kind == MR_PG_B_DISP_CLAIM ? MR_PG_CLAIM_RES : 0];
 
     if (res == NULL) {
         return NGX_ERROR;
@@ -2656,8 +2666,8 @@ mr_pg_ops_candidates_done(mr_pg_batch_t *b, mr_pg_req_t *req)
          * tell from the states read now (they are read again, locked)
          */
 
-        if (req->res[1] == NULL || mr_pg_rows_routes(rs, req->res[1])
-                                   != NGX_OK)
+        if (req->res[MR_PG_CLAIM_RES + 1] == NULL
+            || mr_pg_rows_routes(rs, req->res[MR_PG_CLAIM_RES + 1]) != NGX_OK)
         {
             return NGX_ERROR;
         }
@@ -2735,17 +2745,19 @@ mr_pg_ops_candidates_done(mr_pg_batch_t *b, mr_pg_req_t *req)
         if (head == b->scan) {
             b->more = 1;
 
-        } else if (!b->more && passed == 0 && req->res[2] != NULL) {
+        } else if (!b->more && passed == 0
+                   && req->res[MR_PG_CLAIM_RES + 2] != NULL)
+        {
             /*
              * it may take all that was due (none waits for a slot that
              * another worker or node may free): and when the next is
              * (no row: none)
              */
 
+            after = req->res[MR_PG_CLAIM_RES + 2];
             b->next_known = 1;
-            b->next_due = (PQntuples(req->res[2]) == 0
-                           || PQgetisnull(req->res[2], 0, 0))
-                          ? -1 : mr_pg_get_int(req->res[2], 0, 0);
+            b->next_due = (PQntuples(after) == 0 || PQgetisnull(after, 0, 0))
+                          ? -1 : mr_pg_get_int(after, 0, 0);
         }
 
         if (b->cand->nelts == 0) {

@@ -167,7 +167,7 @@ mr_pg_read_name(mr_store_read_t *rd)
         "", "key", "account", "keys", "execution", "executions",
         "executions", "account", "endpoint", "endpoints", "deliveries",
         "secret", "meta", "dispatch index", "statistics", "accounts",
-        "deliveries", "route states"
+        "deliveries", "route states", "database size"
     };
 
     return rd->type < sizeof(names) / sizeof(names[0]) ? names[rd->type]
@@ -353,6 +353,10 @@ mr_pg_read_send(mr_pg_conn_t *pc, mr_store_read_t *rd,
 
     case MR_READ_ROUTES:
         rc = mr_pg_send(req, MR_SQL_ROUTES, 0, NULL, NULL);
+        break;
+
+    case MR_READ_SIZE:
+        rc = mr_pg_send(req, MR_SQL_DB_SIZE, 0, NULL, NULL);
         break;
 
     case MR_READ_ACCOUNTS:
@@ -749,6 +753,16 @@ mr_pg_read_parse(mr_store_read_t *rd, mr_pg_req_t *req)
 
     case MR_READ_ROUTES:
         return mr_pg_read_states(rd, res);
+
+    case MR_READ_SIZE:
+        if (n != 1) {
+            return NGX_ERROR;
+        }
+
+        ngx_memzero(&rd->stats, sizeof(mr_store_stats_t));
+        rd->stats.used_bytes = (uint64_t) mr_pg_get_int(res, 0, 0);
+
+        return NGX_OK;
 
     case MR_READ_ACCOUNTS:
         for (i = 0; i < n; i++) {

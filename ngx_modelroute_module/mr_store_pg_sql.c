@@ -861,6 +861,22 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
       "AND (next_ms > (SELECT m FROM s) OR id <> ALL (ARRAY("
       "SELECT id FROM h WHERE next_ms = (SELECT m FROM s)))) "
       "ORDER BY next_ms FETCH FIRST $4 ROWS WITH TIES)", 0 },
+
+    /*
+     * the health answer's look at the store: its size only (mr_stats
+     * reads every open execution; a balancer asks every second or so)
+     */
+    { "mr_db_size",
+      "SELECT pg_database_size(current_database())", 0 },
+
+    /*
+     * before a claim's candidates, until its request's end (an implicit
+     * transaction, to its sync): no plan but the index's order (a sort,
+     * or a bitmap scan, reads every due row to return the first ones)
+     */
+    { "mr_in_order",
+      "SELECT set_config('enable_sort', 'off', true), "
+      "set_config('enable_bitmapscan', 'off', true)", 0 },
 };
 
 

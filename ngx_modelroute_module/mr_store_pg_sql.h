@@ -120,7 +120,13 @@
 /* ---- a dispatch claim: its look past the head of the due queue */
 #define MR_SQL_DISP_DUE_PAST    84
 
-#define MR_SQL_N                85
+/* ---- the health answer: the database's size */
+#define MR_SQL_DB_SIZE          85
+
+/* ---- a claim's candidates: read in the order of their index */
+#define MR_SQL_IN_ORDER         86
+
+#define MR_SQL_N                87
 
 
 /* the columns of a row, by position */

@@ -25,6 +25,9 @@ sub http_with {
 }
 
 my $t = MR::Test->new(http => http_with('64m'));
+# PostgreSQL: every statement in its log (the health answer's reads)
+$t->psql("ALTER DATABASE ${\ $t->db } SET log_min_duration_statement = 0")
+    if $t->backend ne 'lmdb';
 $t->start;
 
 # ---- healthy
@@ -54,6 +57,39 @@ for my $path ('/healthz', '/admin/health') {
 }
 is_error($t->req(POST => '/healthz'), 405, 'METHOD_NOT_ALLOWED',
     'POST: 405');
+
+# ---- PostgreSQL: an answer reads the database's size, never the counts
+# of the metrics (mr_stats reads every open execution, and a balancer
+# asks every second or so): 300 open executions (a model without routes:
+# PENDING), 10 answers
+if ($t->backend ne 'lmdb') {
+    my $acct = $t->new_account(credit => '100.00');
+    my $open = 0;
+    for (1 .. 300) {
+        $open++ if $t->create_exec($acct->{key}, $t->exec_body)
+            ->{status} == 202;
+    }
+    is($open, 300, '300 executions open');
+    my $from = MR::Test::pg_log_mark();
+    my $ok = 0;
+    for (1 .. 10) {
+        $ok++ if $t->req(GET => '/healthz')->{status} == 200;
+    }
+    is($ok, 10, '10 answers: 200');
+    my %n = (size => 0, stats => 0);
+    wait_for(sub {
+        open my $fh, '<', MR::Test::pg_cluster()->{dir} . '/log' or return;
+        seek $fh, $from, 0;
+        %n = (size => 0, stats => 0);
+        while (<$fh>) {
+            $n{size}++ if /duration: [\d.]+ ms\s+execute mr_db_size:/;
+            $n{stats}++ if /duration: [\d.]+ ms\s+execute mr_stats:/;
+        }
+        $n{size} >= 10;
+    }, 10, 0.1);
+    cmp_ok($n{size}, '>=', 10, '... each read the database\'s size');
+    is($n{stats}, 0, '... none read the statistics');
+}
 is($t->req(HEAD => '/healthz')->{status}, 200, 'HEAD: 200');
 
 # ---- a worker whose event loop stops

@@ -111,13 +111,26 @@ is(scalar @pkey, scalar @plans, 'each reads executions by their ids')
 # all of it: written min(next_ms), the dispatcher's generic plan, made
 # while few were due, was an aggregate of every due execution (here the
 # 3,000 waiting, at every read; 3-6 ms a call in bench/pg.sh).
-my @next = grep { /FROM mr_executions\s+WHERE next_ms (?:IS NOT NULL|>)/ }
+my @next = grep { /Query\ Text:\ SELECT\ (?:min\(next_ms\)|next_ms)\ FROM
+                  \s+mr_executions\s+WHERE\s+next_ms\s+(?:IS\ NOT\ NULL|>)/x }
     MR::Test::pg_plans_since($from);
-my @first = grep { /WHERE next_ms IS NOT NULL/ } @next;
+my @first = grep { /WHERE\s+next_ms\s+IS NOT NULL/ } @next;
 ok(@first >= 1, scalar(@first) . ' plans of the dispatcher\'s read logged');
 my @all = grep { !/\bLimit\b/ } @next;
 is(scalar @all, 0, 'each of the ' . scalar(@next) . ' reads of the next '
     . 'due time stops at its first entry') or diag $all[0];
+
+# The claims' candidates (mr_disp_due), read in the index's order and up
+# to their limit: never a sort of all that is due (a bitmap scan, or a
+# scan of the table; with 3,000 due, as many rows read at every claim)
+my @due = grep { /WHERE next_ms IS NOT NULL AND next_ms <= \$1\s+ORDER BY/ }
+    MR::Test::pg_plans_since($from);
+ok(@due >= 20, scalar(@due) . ' plans of the claims\' candidates logged');
+ok(scalar(grep { /WITH TIES/ } @due) >= 1,
+    '... looks past the head among them');
+my @sorted = grep { /\b(?:Sort|Bitmap Heap Scan|Seq Scan)\b/ } @due;
+is(scalar @sorted, 0, '... each reads the index of due executions in its '
+    . 'order') or diag $sorted[0];
 
 # ------------------------------------------- 2: the claims of a backlog
 
