@@ -207,11 +207,11 @@ mr_pg_stmt_t  mr_pg_stmts[] = {
       "ORDER BY next_ms LIMIT 1", 0 },
 
     /*
-     * what the metrics and the health answer show: the open holds
-     * exactly (their partial index: as many as are open); the accounts
-     * and the executions kept counted while they are few, else the
-     * planner's estimate (a count would read the whole table on every
-     * scrape and health check)
+     * what the metrics show: the open holds exactly (their partial
+     * index: as many as are open); the accounts and the executions kept
+     * counted while they are few, else the planner's estimate (a count
+     * would read the whole table on every scrape); the health answer
+     * reads mr_db_size only
      */
     { "mr_stats",
       "SELECT (SELECT count(*) FROM mr_executions WHERE status < 4), "

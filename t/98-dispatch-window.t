@@ -67,15 +67,16 @@ ok($rc->wait_requests(1, path => '/capped', timeout => 20),
 # (by four clients: all of this must happen within the first attempt's
 # lease, 40 s, which one client on PostgreSQL took half of under load)
 my $n = 0;
-for my $k ($t->parallel(4, sub {
+for my $made ($t->parallel(4, sub {
     my ($i) = @_;
-    my $k = 0;
+    my $m = 0;
     for (my $j = $i; $j < $WAITING; $j += 4) {
-        $k++ if defined create('m-capped');
+        $m++ if defined create('m-capped');
     }
-    return $k;
+    return $m;
 })) {
-    if (ref $k) { diag "a client died: $k->{died}" } else { $n += $k }
+    if (ref $made) { diag "a client died: $made->{died}" }
+    else { $n += $made }
 }
 is($n, $WAITING, "$WAITING capped executions accepted");
 
